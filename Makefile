@@ -1,0 +1,179 @@
+# fl: federated learning in C.  One GNU Makefile builds everything into build/.
+#
+#   make            build the library, binaries and tests
+#   make test       build and run every test (unit and integration)
+#   make demo       the main job end to end on Fashion-MNIST
+#   make bench      benchmarks, each reported against a baseline measured in the same run
+#   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
+#   make certs      a CA, a server certificate and client certificates in certs/out/
+#   make deps       install the Debian packages the project needs (when missing)
+#   make install    PREFIX=/usr/local DESTDIR=
+#
+# Switches: V=1 (full commands), SANITIZER=address,undefined, EXTRA_CFLAGS=-Werror.
+
+CC        ?= cc
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+SANITIZER ?=
+EXTRA_CFLAGS ?=
+FUZZ_SECONDS ?= 30
+
+ifeq ($(V),1)
+Q :=
+say :=
+else
+Q := @
+say = @printf '  %-7s %s\n' $(1) $(2);
+endif
+
+# Objects for each sanitizer set live apart, so switching back and forth costs nothing.
+comma := ,
+ifeq ($(SANITIZER),)
+B := build
+else
+B := build/san-$(subst $(comma),-,$(SANITIZER))
+endif
+GEN := build/gen
+
+DEB_PKGS := pkgconf libuv1-dev libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler \
+            libopenblas-dev zlib1g-dev libinih-dev libcriterion-dev openssl \
+            dataset-fashion-mnist clang libclang-rt-14-dev
+
+PKGS := libuv libprotobuf-c zlib inih openblas
+CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -fno-strict-aliasing
+ifneq ($(SANITIZER),)
+CFLAGS_BASE += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS_SAN := -fsanitize=$(SANITIZER)
+endif
+CFLAGS_ALL = $(CFLAGS_BASE) $(EXTRA_CFLAGS) -Icommon -I$(GEN) $(PKG_CFLAGS)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LDLIBS := $(LDFLAGS_SAN)
+LIBS = $(PKG_LIBS) -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm
+
+PROTOS      := $(wildcard proto/*.proto)
+PROTO_C     := $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS))
+PROTO_H     := $(PROTO_C:.c=.h)
+
+COMMON_SRCS := $(wildcard common/*.c)
+SERVER_SRCS := $(wildcard server/*.c)
+CLIENT_SRCS := $(filter-out client/train_main.c,$(wildcard client/*.c))
+TRAIN_SRCS  := $(wildcard client/train_main.c)
+TEST_SRCS   := $(wildcard tests/test_*.c tests/testutil.c)
+BENCH_SRCS  := $(wildcard bench/bench_*.c)
+FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
+
+obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
+COMMON_OBJS := $(call obj,$(COMMON_SRCS)) $(patsubst $(GEN)/%.c,$(B)/obj/gen/%.o,$(PROTO_C))
+LIB := $(B)/libfl.a
+
+BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) \
+        $(if $(TRAIN_SRCS),$(B)/fl-train)
+TEST_BIN := $(B)/tests/fl-tests
+BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
+
+.PHONY: all deps test bench fuzz demo certs clean install
+.DEFAULT_GOAL := all
+.SECONDARY:
+all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
+
+# make deps: cheap and silent when everything is there.
+deps:
+	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(DEB_PKGS) 2>/dev/null \
+	    | awk '$$1=="ii"{print $$2}' | sed 's/:.*//' | sort > build.deps.tmp; \
+	  for p in $(DEB_PKGS); do grep -qx "$$p" build.deps.tmp || echo $$p; done; rm -f build.deps.tmp); \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing missing Debian packages:" $$missing; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "deps: run as root: apt-get install -y $$missing" >&2; exit 1; fi; \
+	fi
+
+# Any change of flags rebuilds the objects of that build directory.
+$(B)/flags: FORCE | deps
+	@mkdir -p $(B)
+	@echo '$(CC) $(CFLAGS_ALL) $(LIBS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS_ALL) $(LIBS)' > $@
+FORCE:
+
+$(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: proto/%.proto | deps
+	$(call say,PROTOC,$<)
+	@mkdir -p $(GEN)
+	$(Q)protoc-c --proto_path=proto --c_out=$(GEN) $<
+
+$(B)/obj/gen/%.o: $(GEN)/%.c $(B)/flags
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS_ALL) -Wno-unused-parameter -MMD -MP -c -o $@ $<
+
+$(B)/obj/%.o: %.c $(B)/flags | $(PROTO_H)
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
+
+$(LIB): $(COMMON_OBJS)
+	$(call say,AR,$@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(B)/fl-server: $(call obj,$(SERVER_SRCS)) $(LIB)
+	$(call say,LINK,$@)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+$(B)/fl-client: $(call obj,$(CLIENT_SRCS)) $(LIB)
+	$(call say,LINK,$@)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+$(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
+	$(call say,LINK,$@)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+$(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)
+	$(call say,LINK,$@)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+
+# All tests link into one Criterion binary: one summary line closes the run.
+$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(LIB)
+	$(call say,LINK,$@)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
+
+# Integration tests find the binaries and test certificates through the environment.
+TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B)/test-certs
+test: $(BINS) $(TEST_BIN) $(B)/test-certs/ca.crt
+	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
+
+$(B)/test-certs/ca.crt: certs/gen.sh | deps
+	$(call say,CERTS,$(B)/test-certs)
+	$(Q)rm -rf $(B)/test-certs && certs/gen.sh --out $(B)/test-certs --clients 16 --quiet
+
+certs: | deps
+	$(Q)certs/gen.sh --out certs/out
+
+bench: $(BENCH_BINS) $(BINS) $(B)/test-certs/ca.crt
+	$(Q)for b in $(BENCH_BINS); do echo "== $$b"; $(TEST_ENV) ./$$b || exit 1; done
+
+# Fuzzing needs clang's libFuzzer; objects are built apart with their own flags.
+FUZZ_DIR := build/fuzz
+FUZZ_CFLAGS := -std=c11 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icommon -I$(GEN)
+FUZZ_BINS := $(patsubst tests/fuzz/fuzz_%.c,$(FUZZ_DIR)/fuzz_%,$(FUZZ_SRCS))
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRCS) $(PROTO_C) | deps
+	$(call say,FUZZ,$@)
+	@mkdir -p $(FUZZ_DIR)
+	$(Q)clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ $< $(COMMON_SRCS) $(PROTO_C) $(LIBS)
+fuzz: $(FUZZ_BINS)
+	$(Q)for f in $(FUZZ_BINS); do n=$${f##*/fuzz_}; mkdir -p build/fuzz/corpus-$$n; \
+	  echo "== $$f for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n tests/fuzz/corpus/$$n \
+	    2>build/fuzz/$$n.log || { tail -50 build/fuzz/$$n.log; exit 1; }; \
+	  grep -E 'stat::number_of_executed_units|Done' build/fuzz/$$n.log; done
+
+demo: $(BINS)
+	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh
+
+install: $(BINS)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(PREFIX)/share/fl/examples
+	install -m 0644 proto/fl.proto $(DESTDIR)$(PREFIX)/share/fl/
+	install -m 0755 certs/gen.sh $(DESTDIR)$(PREFIX)/share/fl/gen-certs.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

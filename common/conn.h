@@ -1,0 +1,90 @@
+/* Framed, mutually authenticated TLS connections on a libuv loop.
+ *
+ * Ciphertext that libuv reads is fed to mbedTLS through in-memory BIO callbacks; records
+ * mbedTLS produces are written with uv_write.  Nothing blocks the loop.  The layer speaks
+ * frames (frame.h): on_frame gets each payload; fl_conn_send sends one.
+ *
+ * Liveness: when nothing was sent for heartbeat_interval_ms the connection sends the
+ * heartbeat payload given in the options; a peer from which nothing arrives for
+ * idle_timeout_ms is dropped.  Backpressure: fl_conn_queued() says how many bytes wait to
+ * be written; senders stream while it is below high_water and continue from on_drain; a
+ * peer that leaves more than high_water unread for stall_timeout_ms is dropped.
+ *
+ * Ownership: the caller owns nothing of a connection; the layer frees it after on_close
+ * returns (never inside another of its callbacks).  Every failure is logged with the
+ * peer's address and identity and ends that connection alone.  No global mutable state:
+ * each loop (and thread) owns its connections. */
+#ifndef FL_CONN_H
+#define FL_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "tls.h"
+
+typedef struct fl_conn fl_conn;
+typedef struct fl_listener fl_listener;
+
+typedef struct fl_conn_callbacks {
+  /* Handshake done and the peer authenticated; fl_conn_peer_id() is valid. */
+  void (*on_open)(fl_conn *c);
+  /* One frame payload, valid during the call only. */
+  void (*on_frame)(fl_conn *c, const uint8_t *payload, size_t len);
+  /* The write queue fell below high_water / 2 (after having been above it). */
+  void (*on_drain)(fl_conn *c);
+  /* Called once, whatever ended the connection (err 0: closed by us or cleanly by the
+   * peer).  The connection is freed after it returns. */
+  void (*on_close)(fl_conn *c, int err, const char *reason);
+} fl_conn_callbacks;
+
+typedef struct fl_conn_options {
+  uint32_t max_frame;            /* largest payload accepted (default FL_FRAME_DEFAULT_MAX) */
+  size_t high_water;             /* default 1 MiB */
+  uint32_t handshake_timeout_ms; /* default 10 s */
+  uint32_t idle_timeout_ms;      /* nothing received for this long: drop; default 60 s */
+  uint32_t heartbeat_interval_ms;/* default 15 s; 0 = never */
+  uint32_t stall_timeout_ms;     /* write queue stuck above high_water: drop; default 60 s */
+  const uint8_t *heartbeat;      /* payload sent as heartbeat (copied); NULL = none */
+  size_t heartbeat_len;
+} fl_conn_options;
+
+/* Fills in the defaults above. */
+void fl_conn_options_default(fl_conn_options *o);
+
+/* Server: listens on host:port ("0.0.0.0", "::", "127.0.0.1"; port 0 = any) and
+ * handshakes every accepted connection; callbacks and data are given to each one.
+ * The bound port is available from fl_listener_port(). */
+int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
+              const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
+              fl_listener **out);
+int fl_listener_port(const fl_listener *l);
+/* Stops accepting; connections already accepted go on.  Frees the listener. */
+void fl_listener_close(fl_listener *l);
+
+/* Client: resolves and connects to host:port, then handshakes; callbacks as above (a
+ * failed connect or handshake ends in on_close with an error).  *out is valid at once. */
+int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
+               const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
+               fl_conn **out);
+
+/* Encrypts and queues one frame (payload is copied).  0, FL_ETOOBIG, FL_ECLOSED. */
+int fl_conn_send(fl_conn *c, const uint8_t *payload, size_t len);
+size_t fl_conn_queued(const fl_conn *c);
+/* Stops / resumes delivering frames and reading from the socket (receive backpressure). */
+void fl_conn_pause(fl_conn *c);
+void fl_conn_resume(fl_conn *c);
+/* Flushes what is queued, sends TLS close_notify, closes; on_close follows. */
+void fl_conn_close(fl_conn *c, const char *reason);
+
+void *fl_conn_data(const fl_conn *c);
+void fl_conn_set_data(fl_conn *c, void *data);
+/* The peer certificate's CN ("" before the handshake). */
+const char *fl_conn_peer_id(const fl_conn *c);
+/* "1.2.3.4:5678" or "[::1]:5678". */
+const char *fl_conn_peer_addr(const fl_conn *c);
+uint64_t fl_conn_bytes_in(const fl_conn *c);  /* TLS bytes received */
+uint64_t fl_conn_bytes_out(const fl_conn *c); /* TLS bytes sent */
+uv_loop_t *fl_conn_loop(const fl_conn *c);
+
+#endif

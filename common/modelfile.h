@@ -1,0 +1,23 @@
+/* Model files: a versioned binary format for a model's spec and parameters.
+ *
+ *   magic "FLMODEL\0" | u32 format version | u32 spec length | spec bytes |
+ *   u64 model id | u64 parameter count | float32 parameters | u32 CRC-32 of all before
+ * All integers and floats little-endian.  Written atomically (temp file, fsync, rename);
+ * loading refuses a corrupt, truncated, or mismatched file with a message in err. */
+#ifndef FL_MODELFILE_H
+#define FL_MODELFILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FL_MODELFILE_VERSION 1u
+
+int fl_modelfile_save(const char *path, const char *spec, uint64_t model_id,
+                      const float *params, size_t num_params, char *err, size_t errlen);
+
+/* Loads a whole file.  On success *spec (malloc'd string) and *params (malloc'd array of
+ * *num_params floats) belong to the caller. */
+int fl_modelfile_load(const char *path, char **spec, uint64_t *model_id, float **params,
+                      size_t *num_params, char *err, size_t errlen);
+
+#endif

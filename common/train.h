@@ -1,0 +1,66 @@
+/* Local training and evaluation with the shared core.
+ *
+ * An fl_trainer holds everything one thread needs to train one model: activations,
+ * gradients and optimizer state (flat buffers with the parameters' layout), a batch
+ * buffer.  No global mutable state: N trainers on N threads (OpenBLAS single-threaded)
+ * give the same results as running them one after another.  Same seed, same data, one
+ * BLAS thread: bit-identical weights. */
+#ifndef FL_TRAIN_H
+#define FL_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dataset.h"
+#include "model.h"
+
+typedef enum { FL_OPT_SGD = 0, FL_OPT_ADAM, FL_OPT_ADAMW } fl_optimizer_kind;
+
+typedef struct fl_train_config {
+  fl_optimizer_kind optimizer;
+  float lr;
+  float momentum;      /* SGD */
+  int nesterov;        /* SGD */
+  float beta1, beta2, eps; /* Adam/AdamW */
+  float weight_decay;  /* L2 added to the gradient (SGD, Adam) or decoupled (AdamW) */
+  float clip_norm;     /* global gradient-norm clipping; 0 = off */
+  float prox_mu;       /* proximal term mu/2 ||w - prox_ref||^2; 0 = off */
+  const float *prox_ref; /* [num_params] reference weights, or NULL */
+  uint32_t epochs;
+  uint32_t batch_size;
+  uint64_t seed;       /* shuffling and dropout */
+} fl_train_config;
+
+/* Defaults: SGD, lr 0.01, no momentum, beta1 0.9, beta2 0.999, eps 1e-8, 1 epoch,
+ * batch 32, seed 1. */
+fl_train_config fl_train_config_default(void);
+/* "sgd", "momentum" (SGD with 0.9), "nesterov", "adam", "adamw"; 0 or FL_EINVAL. */
+int fl_optimizer_parse(const char *name, fl_train_config *cfg);
+const char *fl_optimizer_name(fl_optimizer_kind k);
+
+typedef struct fl_eval {
+  double loss;      /* mean loss */
+  double accuracy;  /* classification accuracy (0 for regression) */
+  double auc;       /* ROC AUC for binary tasks, else 0 */
+  size_t n;         /* samples evaluated */
+} fl_eval;
+
+typedef struct fl_trainer fl_trainer;
+
+/* A trainer for model m (not owned; must outlive the trainer) whose batches hold up to
+ * max_batch samples.  NULL on out-of-memory. */
+fl_trainer *fl_trainer_create(const fl_model *m, uint32_t max_batch);
+void fl_trainer_free(fl_trainer *t);
+
+/* Trains params in place on the subset for cfg->epochs epochs; optimizer state starts
+ * fresh each call.  progress (may be NULL) is called after each epoch.  Fills *last with
+ * the last epoch's mean training loss/accuracy.  0 or FL_E* (FL_ENONFINITE if the loss
+ * diverges). */
+typedef void (*fl_epoch_cb)(void *arg, uint32_t epoch, const fl_eval *train);
+int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train_config *cfg,
+             fl_epoch_cb progress, void *arg, fl_eval *last);
+
+/* Evaluates params on the subset (no dropout). */
+int fl_evaluate(fl_trainer *t, const float *params, const fl_subset *data, fl_eval *out);
+
+#endif

@@ -14,9 +14,13 @@ void fl_rng_seed(fl_rng *r, uint64_t seed) {
   for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
 }
 
-void fl_rng_seed2(fl_rng *r, uint64_t seed, uint64_t stream) {
+uint64_t fl_seed_mix(uint64_t seed, uint64_t stream) {
   uint64_t x = seed ^ (stream * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL);
-  fl_rng_seed(r, splitmix64(&x));
+  return splitmix64(&x);
+}
+
+void fl_rng_seed2(fl_rng *r, uint64_t seed, uint64_t stream) {
+  fl_rng_seed(r, fl_seed_mix(seed, stream));
 }
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }

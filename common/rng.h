@@ -14,6 +14,9 @@ void fl_rng_seed(fl_rng *r, uint64_t seed);
 /* An independent stream derived from a seed and a stream number (e.g. a client index). */
 void fl_rng_seed2(fl_rng *r, uint64_t seed, uint64_t stream);
 uint64_t fl_rng_u64(fl_rng *r);
+/* Mixes a seed with a stream number into a new seed (e.g. a round's training seed with a
+ * client's partition index), so related runs get unrelated random numbers. */
+uint64_t fl_seed_mix(uint64_t seed, uint64_t stream);
 /* Uniform in [0, n) without modulo bias; n > 0. */
 uint64_t fl_rng_below(fl_rng *r, uint64_t n);
 /* Uniform float in [0, 1). */

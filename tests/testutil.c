@@ -36,3 +36,107 @@ int fl_test_free_port(void) {
   close(fd);
   return port;
 }
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+char *fl_test_tmpdir(void) {
+  char tmpl[] = "/tmp/fl-test-XXXXXX";
+  if (!mkdtemp(tmpl)) return NULL;
+  return strdup(tmpl);
+}
+
+pid_t fl_test_spawn(const char *log, char *const argv[]) {
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  if (fd >= 0) {
+    dup2(fd, 1);
+    dup2(fd, 2);
+    close(fd);
+  }
+  int null = open("/dev/null", O_RDONLY);
+  if (null >= 0) dup2(null, 0);
+  execv(argv[0], argv);
+  fprintf(stderr, "exec %s failed\n", argv[0]);
+  _exit(127);
+}
+
+static double mono(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+int fl_test_wait(pid_t pid, double timeout_s) {
+  double end = mono() + timeout_s;
+  int st;
+  for (;;) {
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == pid) break;
+    if (r < 0) return -1;
+    if (mono() > end) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      return -1;
+    }
+    usleep(20000);
+  }
+  if (WIFEXITED(st)) return WEXITSTATUS(st);
+  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+  return -1;
+}
+
+char *fl_test_read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap);
+  size_t got;
+  while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+    n += got;
+    if (cap - n - 1 == 0) {
+      char *nb = realloc(buf, cap *= 2);
+      if (!nb) { free(buf); buf = NULL; }
+      else buf = nb;
+    }
+  }
+  fclose(f);
+  if (!buf) return NULL;
+  buf[n] = 0;
+  if (len) *len = n;
+  return buf;
+}
+
+int fl_test_count(const char *path, const char *needle) {
+  char *s = fl_test_read_file(path, NULL);
+  if (!s) return 0;
+  int n = 0;
+  for (char *p = s; (p = strstr(p, needle)); p += strlen(needle)) n++;
+  free(s);
+  return n;
+}
+
+int fl_test_sanitizer_clean(const char *log) {
+  return fl_test_count(log, "ERROR: AddressSanitizer") == 0 &&
+         fl_test_count(log, "ERROR: LeakSanitizer") == 0 &&
+         fl_test_count(log, "runtime error:") == 0;
+}
+
+int fl_test_wait_for(const char *path, const char *needle, double timeout_s) {
+  double end = mono() + timeout_s;
+  do {
+    if (fl_test_count(path, needle) > 0) return 1;
+    usleep(20000);
+  } while (mono() < end);
+  return 0;
+}
+
+char *fl_test_bin(const char *name) {
+  char *p = malloc(4096);
+  if (p) snprintf(p, 4096, "%s/%s", fl_test_bin_dir(), name);
+  return p;
+}

@@ -1,0 +1,74 @@
+/* fl-client's options: names, defaults, ranges and help, in one table. */
+#include "config.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
+#include "log.h"
+
+#define O(name, sec, type, field, def, arg, help, lo, hi) \
+  {name, sec, type, offsetof(client_config, field), def, arg, help, lo, hi}
+
+const fl_option client_options[] = {
+  O("server", "client", FL_OPTT_STR, server, "127.0.0.1:7700", "HOST:PORT", "the fl-server to join", 0, 0),
+  O("server-name", "client", FL_OPTT_STR, server_name, NULL, "NAME", "name the server certificate must carry (default: the host of --server)", 0, 0),
+  O("clients", "client", FL_OPTT_INT, clients, "1", "N", "virtual clients in this process, each with its own connection, identity and data", 1, 1000000),
+  O("workers", "client", FL_OPTT_INT, workers, "0", "N", "training threads (0 = one per core)", 0, 1024),
+  O("log-level", "client", FL_OPTT_STR, log_level, "info", "LEVEL", "debug, info, warn or error", 0, 0),
+  O("max-retries", "client", FL_OPTT_INT, max_retries, "20", "N", "failed connection attempts in a row before a client gives up", 0, 1000000),
+  O("retry-base", "client", FL_OPTT_DOUBLE, retry_base, "0.2", "SECONDS", "first reconnect delay (doubles each attempt, with jitter)", 0.001, 3600),
+  O("retry-max", "client", FL_OPTT_DOUBLE, retry_max, "30", "SECONDS", "longest reconnect delay", 0.001, 86400),
+  O("heartbeat", "client", FL_OPTT_DOUBLE, heartbeat, "15", "SECONDS", "heartbeat interval on idle connections", 0.01, 1e6),
+  O("idle-timeout", "client", FL_OPTT_DOUBLE, idle_timeout, "120", "SECONDS", "reconnect when the server is silent this long", 0.05, 1e9),
+  O("ca", "tls", FL_OPTT_STR, ca, "certs/out/ca.crt", "FILE", "CA certificate that signs the server certificate", 0, 0),
+  O("cert", "tls", FL_OPTT_STR, cert, NULL, "FILE", "client certificate (one client)", 0, 0),
+  O("key", "tls", FL_OPTT_STR, key, NULL, "FILE", "client private key (one client)", 0, 0),
+  O("certs-dir", "tls", FL_OPTT_STR, certs_dir, "certs/out", "DIR", "where PREFIX-NNNN.crt/.key are, when --cert is not given", 0, 0),
+  O("cert-prefix", "tls", FL_OPTT_STR, cert_prefix, "client", "PREFIX", "certificate file prefix in --certs-dir", 0, 0),
+  O("cert-index", "tls", FL_OPTT_INT, cert_index, "1", "N", "number NNNN of the first virtual client's certificate", 0, 9999999),
+  O("data", "data", FL_OPTT_STR, data, NULL, "DATA", "training data: a CSV (FILE or FILE:LABEL_COLUMN), IMAGES,LABELS (IDX), or fashion-mnist:train", 0, 0),
+  O("test", "data", FL_OPTT_STR, test, NULL, "DATA", "local test data for federated evaluation (default: the training data)", 0, 0),
+  O("max-samples", "data", FL_OPTT_U64, max_samples, "0", "N", "use only the first N samples of --data and --test (0 = all)", 0, 1e15),
+  O("partition", "data", FL_OPTT_STR, partition, NULL, "SCHEME", "simulate: train on one partition of --data (iid, shards:S, dirichlet:A, quantity:A)", 0, 0),
+  O("num-partitions", "data", FL_OPTT_INT, num_partitions, "0", "N", "partitions of --data (default: --clients)", 0, 10000000),
+  O("partition-index", "data", FL_OPTT_INT, partition_index, "0", "I", "partition of the first virtual client (client k trains on I+k)", 0, 10000000),
+  O("seed", "data", FL_OPTT_U64, seed, "1", "N", "partitioning seed (the same on every client of a simulation)", 0, 0),
+  {0},
+};
+
+int client_config_check(const client_config *c, char *err, size_t errlen) {
+  if (fl_log_level_parse(c->log_level) < 0) {
+    snprintf(err, errlen, "--log-level: unknown level '%s' (debug, info, warn, error)", c->log_level);
+    return FL_ECONFIG;
+  }
+  if (!c->data) {
+    snprintf(err, errlen, "--data is required (the local training data)");
+    return FL_ECONFIG;
+  }
+  if ((c->cert == NULL) != (c->key == NULL)) {
+    snprintf(err, errlen, "--cert and --key go together");
+    return FL_ECONFIG;
+  }
+  if (c->cert && c->clients > 1) {
+    snprintf(err, errlen, "--cert names one identity; with --clients %d use --certs-dir", c->clients);
+    return FL_ECONFIG;
+  }
+  int parts = c->num_partitions ? c->num_partitions : c->clients;
+  if (!c->partition && (c->num_partitions || c->partition_index)) {
+    snprintf(err, errlen, "--num-partitions and --partition-index need --partition");
+    return FL_ECONFIG;
+  }
+  if (c->partition && c->partition_index + c->clients > parts) {
+    snprintf(err, errlen, "--partition-index %d with %d clients needs %d partitions, but --num-partitions is %d",
+             c->partition_index, c->clients, c->partition_index + c->clients, parts);
+    return FL_ECONFIG;
+  }
+  if (c->heartbeat * 2 > c->idle_timeout) {
+    snprintf(err, errlen, "--idle-timeout (%g s) must be at least twice --heartbeat (%g s)",
+             c->idle_timeout, c->heartbeat);
+    return FL_ECONFIG;
+  }
+  return 0;
+}

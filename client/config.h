@@ -1,0 +1,40 @@
+/* fl-client configuration: one table serves flags, the INI file and --help. */
+#ifndef FL_CLIENT_CONFIG_H
+#define FL_CLIENT_CONFIG_H
+
+#include "options.h"
+
+typedef struct client_config {
+  /* [client] */
+  char *server;          /* HOST:PORT */
+  char *server_name;     /* host name the server certificate must carry */
+  int clients;           /* virtual clients in this process */
+  int workers;           /* training threads */
+  char *log_level;
+  int max_retries;
+  double retry_base;     /* seconds */
+  double retry_max;      /* seconds */
+  double heartbeat;      /* seconds */
+  double idle_timeout;   /* seconds */
+  /* [tls] */
+  char *ca;
+  char *cert;
+  char *key;
+  char *certs_dir;       /* with --clients: DIR/PREFIX-NNNN.{crt,key} */
+  char *cert_prefix;
+  int cert_index;        /* number of the first virtual client's certificate */
+  /* [data] */
+  char *data;
+  char *test;
+  unsigned long long max_samples;
+  char *partition;
+  int num_partitions;
+  int partition_index;
+  unsigned long long seed;
+} client_config;
+
+extern const fl_option client_options[];
+
+int client_config_check(const client_config *c, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,63 @@
+/* fl-client: trains on local data for an fl-server, as one client or as many virtual
+ * clients (simulation).  Flags or an INI file (--config) configure it. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "client.h"
+#include "config.h"
+#include "error.h"
+#include "log.h"
+#include "version.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: fl-client --data DATA [--server HOST:PORT] [OPTION...]\n"
+          "\n"
+          "Joins an fl-server over mutually authenticated TLS and trains the global model\n"
+          "on local data each round it is selected for, sending back only the weight delta.\n"
+          "With --clients N it runs N virtual clients (own connection, certificate and data\n"
+          "partition each) to simulate a federation on one machine.  Every option can be\n"
+          "given as a flag or as a key in the INI section shown (flags override the file).\n"
+          "\n"
+          "  --config FILE                INI file with any of the options below\n"
+          "  --help                       this text\n"
+          "  --version                    print the version\n");
+  fl_options_help(client_options, f);
+}
+
+int main(int argc, char **argv) {
+  client_config cfg;
+  char err[1024] = "";
+  signal(SIGPIPE, SIG_IGN);
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--version") == 0) {
+      printf("fl-client %s\n", FL_VERSION);
+      return 0;
+    }
+  fl_options_init(client_options, &cfg);
+  int rc = fl_options_parse_args(client_options, &cfg, argc, argv, 1, err, sizeof err);
+  if (rc == 1) {
+    usage(stdout);
+    fl_options_free(client_options, &cfg);
+    return 0;
+  }
+  if (rc == 0) rc = client_config_check(&cfg, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "fl-client: %s\n", err);
+    fl_options_free(client_options, &cfg);
+    return 2;
+  }
+  fl_log_set_level(fl_log_level_parse(cfg.log_level));
+  app *a;
+  rc = app_create(&cfg, &a, err, sizeof err);
+  if (rc) {
+    fl_error("client", "%s", err);
+    fl_options_free(client_options, &cfg);
+    return 1;
+  }
+  rc = app_run(a);
+  app_free(a);
+  fl_options_free(client_options, &cfg);
+  return rc ? 1 : 0;
+}

@@ -1,0 +1,77 @@
+/* fl-server's options: names, defaults, ranges and help, in one table. */
+#include "config.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
+#include "log.h"
+
+#define O(name, sec, type, field, def, arg, help, lo, hi) \
+  {name, sec, type, offsetof(server_config, field), def, arg, help, lo, hi}
+
+const fl_option server_options[] = {
+  O("listen", "server", FL_OPTT_STR, listen, "0.0.0.0:7700", "HOST:PORT", "address to listen on", 0, 0),
+  O("log-level", "server", FL_OPTT_STR, log_level, "info", "LEVEL", "debug, info, warn or error", 0, 0),
+  O("out", "server", FL_OPTT_STR, out, "fl-model.bin", "FILE", "final global model file", 0, 0),
+  O("metrics", "server", FL_OPTT_STR, metrics, NULL, "FILE", "append one JSON line per round", 0, 0),
+  O("model", "model", FL_OPTT_STR, model, "2nn", "SPEC", "model spec or preset (logreg, 2nn, cnn, mlp64)", 0, 0),
+  O("init-model", "model", FL_OPTT_STR, init_model, NULL, "FILE", "start from this model file instead of a seeded initialisation", 0, 0),
+  O("seed", "model", FL_OPTT_U64, seed, "1", "N", "seed for initialisation, client selection and local training", 0, 0),
+  O("rounds", "round", FL_OPTT_INT, rounds, "10", "N", "rounds to run", 1, 1e9),
+  O("clients-per-round", "round", FL_OPTT_DOUBLE, clients_per_round, "10", "N|FRACTION", "clients selected each round: a count, or a fraction (< 1) of those connected", 1e-9, 1e9),
+  O("min-clients", "round", FL_OPTT_INT, min_clients, "1", "N", "connected clients needed before a round starts", 1, 1e9),
+  O("min-updates", "round", FL_OPTT_INT, min_updates, "1", "N", "updates needed for a round to count when it times out", 1, 1e9),
+  O("round-timeout", "round", FL_OPTT_DOUBLE, round_timeout, "600", "SECONDS", "time a round waits for its updates", 0.01, 1e9),
+  O("server-lr", "round", FL_OPTT_DOUBLE, server_lr, "1", "RATE", "server learning rate applied to the averaged delta", 0, 1e6),
+  O("strategy", "round", FL_OPTT_STR, strategy, "fedavg", "NAME", "aggregation strategy (fedavg)", 0, 0),
+  O("epochs", "train", FL_OPTT_INT, epochs, "1", "N", "local epochs per round", 1, 1e6),
+  O("batch-size", "train", FL_OPTT_INT, batch_size, "10", "N", "local mini-batch size", 1, 1e6),
+  O("lr", "train", FL_OPTT_DOUBLE, lr, "0.05", "RATE", "local learning rate", 0, 1e6),
+  O("optimizer", "train", FL_OPTT_STR, optimizer, "sgd", "NAME", "local optimizer: sgd, momentum, nesterov, adam, adamw", 0, 0),
+  O("momentum", "train", FL_OPTT_DOUBLE, momentum, "0", "M", "SGD momentum (momentum/nesterov default 0.9)", 0, 1),
+  O("weight-decay", "train", FL_OPTT_DOUBLE, weight_decay, "0", "L2", "local weight decay", 0, 1e6),
+  O("prox-mu", "train", FL_OPTT_DOUBLE, prox_mu, "0", "MU", "FedProx proximal term", 0, 1e6),
+  O("clip-norm", "train", FL_OPTT_DOUBLE, clip_norm, "0", "NORM", "local gradient-norm clipping (0 = off)", 0, 1e9),
+  O("test-data", "eval", FL_OPTT_STR, test_data, NULL, "DATA", "server-side test data (e.g. fashion-mnist:test, a CSV, IMAGES,LABELS)", 0, 0),
+  O("eval-every", "eval", FL_OPTT_INT, eval_every, "1", "N", "evaluate on the test data every N rounds (and after the last)", 1, 1e9),
+  O("fed-eval-every", "eval", FL_OPTT_INT, fed_eval_every, "0", "N", "federated evaluation on the clients every N rounds (0 = never)", 0, 1e9),
+  O("fed-eval-timeout", "eval", FL_OPTT_DOUBLE, fed_eval_timeout, "120", "SECONDS", "time a federated evaluation waits", 0.01, 1e9),
+  O("ca", "tls", FL_OPTT_STR, ca, "certs/out/ca.crt", "FILE", "CA certificate that signs client certificates", 0, 0),
+  O("cert", "tls", FL_OPTT_STR, cert, "certs/out/server.crt", "FILE", "server certificate", 0, 0),
+  O("key", "tls", FL_OPTT_STR, key, "certs/out/server.key", "FILE", "server private key", 0, 0),
+  O("crl", "tls", FL_OPTT_STR, crl, NULL, "FILE", "certificate revocation list", 0, 0),
+  O("chunk-kib", "net", FL_OPTT_INT, chunk_kib, "256", "KIB", "tensor data per chunk message", 1, 2048),
+  O("max-frame-mib", "net", FL_OPTT_INT, max_frame_mib, "4", "MIB", "largest frame accepted", 1, 1024),
+  O("heartbeat", "net", FL_OPTT_DOUBLE, heartbeat, "15", "SECONDS", "heartbeat interval on idle connections", 0.01, 1e6),
+  O("idle-timeout", "net", FL_OPTT_DOUBLE, idle_timeout, "120", "SECONDS", "drop a peer silent this long", 0.05, 1e9),
+  {0},
+};
+
+int server_config_check(const server_config *c, char *err, size_t errlen) {
+  if (fl_log_level_parse(c->log_level) < 0) {
+    snprintf(err, errlen, "--log-level: unknown level '%s' (debug, info, warn, error)", c->log_level);
+    return FL_ECONFIG;
+  }
+  if (strcmp(c->strategy, "fedavg") != 0) {
+    snprintf(err, errlen, "--strategy: unknown strategy '%s' (fedavg)", c->strategy);
+    return FL_ECONFIG;
+  }
+  if (c->clients_per_round >= 1 && c->clients_per_round != (int)c->clients_per_round) {
+    snprintf(err, errlen, "--clients-per-round: %g is neither a whole count nor a fraction below 1",
+             c->clients_per_round);
+    return FL_ECONFIG;
+  }
+  if (c->clients_per_round >= 1 && c->min_updates > c->clients_per_round) {
+    snprintf(err, errlen, "--min-updates %d exceeds --clients-per-round %g", c->min_updates,
+             c->clients_per_round);
+    return FL_ECONFIG;
+  }
+  if (c->heartbeat * 2 > c->idle_timeout) {
+    snprintf(err, errlen, "--idle-timeout (%g s) must be at least twice --heartbeat (%g s)",
+             c->idle_timeout, c->heartbeat);
+    return FL_ECONFIG;
+  }
+  return 0;
+}

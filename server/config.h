@@ -1,0 +1,56 @@
+/* fl-server configuration: one table serves flags, the INI file and --help. */
+#ifndef FL_SERVER_CONFIG_H
+#define FL_SERVER_CONFIG_H
+
+#include "options.h"
+
+typedef struct server_config {
+  /* [server] */
+  char *listen;            /* HOST:PORT */
+  char *log_level;
+  char *out;               /* final model file */
+  char *metrics;           /* JSON lines, one per round */
+  /* [model] */
+  char *model;
+  char *init_model;
+  unsigned long long seed;
+  /* [round] */
+  int rounds;
+  double clients_per_round; /* >= 1: a count; < 1: a fraction of connected clients */
+  int min_clients;
+  int min_updates;
+  double round_timeout;     /* seconds */
+  double server_lr;
+  char *strategy;
+  /* [train]: sent to clients each round */
+  int epochs;
+  int batch_size;
+  double lr;
+  char *optimizer;
+  double momentum;
+  double weight_decay;
+  double prox_mu;
+  double clip_norm;
+  /* [eval] */
+  char *test_data;
+  int eval_every;
+  int fed_eval_every;
+  double fed_eval_timeout;
+  /* [tls] */
+  char *ca;
+  char *cert;
+  char *key;
+  char *crl;
+  /* [net] */
+  int chunk_kib;
+  int max_frame_mib;
+  double heartbeat;         /* seconds */
+  double idle_timeout;      /* seconds */
+} server_config;
+
+extern const fl_option server_options[];
+
+/* Cross-field checks after parsing; a message in err. */
+int server_config_check(const server_config *c, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,1100 @@
+/* The round state machine of fl-server.
+ *
+ * One libuv loop owns every connection.  A round goes WAITING (enough clients?) ->
+ * TRAINING (tasks out, updates in, each update folded on the thread pool as soon as it
+ * is complete) -> AGGREGATING (folds and sends drain, then the strategy applies the
+ * aggregate) -> EVALUATING (server-side test data, on the thread pool) -> FED_EVAL
+ * (clients evaluate) -> the metrics line, and the next round.  Every event that can move
+ * a round on calls advance(), the one place that decides what happens next.
+ *
+ * Memory does not grow with the clients per round: the global model, the strategy's sum
+ * and UPDATE_BUFFERS update buffers are all the model-sized memory there is.  A client
+ * whose update arrives while every buffer is busy is paused (its socket is not read)
+ * until a fold returns one. */
+#include "server.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "conn.h"
+#include "dataset.h"
+#include "error.h"
+#include "log.h"
+#include "model.h"
+#include "modelfile.h"
+#include "msg.h"
+#include "rng.h"
+#include "strategy.h"
+#include "train.h"
+#include "version.h"
+
+#define UPDATE_BUFFERS 2
+#define MAX_REFUSALS 64
+
+typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD } rx_state;
+typedef enum { PH_WAITING, PH_TRAINING, PH_AGGREGATING, PH_EVALUATING, PH_FED_EVAL,
+               PH_DONE } phase;
+
+typedef struct client client;
+enum { TAG_SERVER = 0x5e7e5e7e, TAG_CLIENT = 0xc1c1c1c1 };
+
+struct client {
+  unsigned tag;              /* TAG_CLIENT: first, see on_any_close */
+  server *srv;
+  fl_conn *conn;
+  client *prev, *next;       /* srv->clients */
+  client *wait_next;         /* srv->waiting: paused until an update buffer frees */
+  char id[128];
+  uint64_t num_samples;
+  int ready;                 /* said hello, was welcomed */
+  int closing;
+
+  uint64_t task_round;       /* round (and attempt) this client was selected for */
+  uint64_t task_attempt;
+  int answered;              /* sent its update (accepted or refused) or dropped */
+  int eval_pending;          /* owes an EvalResult */
+
+  int tx_active;             /* streaming the global model */
+  fl_tensor_tx tx;
+
+  rx_state rx;
+  fl_tensor_rx rxt;
+  float *buf;                /* update buffer while RX_UPDATE */
+  uint64_t upd_examples;
+  double upd_loss, upd_acc;
+};
+
+typedef struct fold_job {
+  uv_work_t work;
+  server *srv;
+  float *buf;
+  double weight;
+  int rc;
+} fold_job;
+
+typedef struct refusal { char client[128]; char reason[160]; } refusal;
+
+typedef struct round_stats {
+  uint64_t number, attempt;
+  size_t selected, answered, accepted, refused, dropped;
+  uint64_t examples;
+  double loss_sum, acc_sum;          /* weighted by examples */
+  double test_loss, test_acc;
+  int tested;
+  double fed_loss, fed_acc;
+  uint64_t fed_n;
+  size_t fed_asked, fed_answered;
+  uint64_t bytes_in0, bytes_out0;
+  uint64_t t0;
+  refusal refusals[MAX_REFUSALS];
+  size_t n_refusals;
+  int timed_out;
+} round_stats;
+
+struct server {
+  unsigned tag;                  /* TAG_SERVER: first, see on_any_close */
+  const server_config *cfg;
+  uv_loop_t loop;
+  uv_timer_t timer;             /* round and federated-evaluation timeouts */
+  uv_signal_t sigint, sigterm;
+  fl_tls_config *tls;
+  fl_listener *listener;
+  fl_conn_options copt;
+  uint8_t *heartbeat;
+  size_t heartbeat_len;
+
+  fl_model *model;
+  size_t n;                      /* parameters */
+  float *global;
+  uint64_t model_version;
+  fl_strategy *strategy;
+  fl_rng rng;
+  fl_train_config train_cfg;
+
+  fl_dataset test;
+  int have_test;
+  fl_trainer *eval_trainer;
+  uv_work_t eval_work;
+  fl_eval eval_result;
+  int eval_rc;
+
+  float *bufs[UPDATE_BUFFERS];   /* free update buffers */
+  int n_free;
+  client *waiting, *waiting_tail;
+  fold_job *folds[UPDATE_BUFFERS];
+  int n_folds, fold_busy;
+
+  client *clients;
+  size_t n_clients, n_ready;
+  size_t sends_pending;
+
+  phase ph;
+  round_stats r;
+  uint64_t bytes_in, bytes_out;
+  FILE *metrics;
+  int stopping, exit_code;
+};
+
+static void advance(server *s);
+static void start_fold(server *s);
+
+static uint64_t now_ms(server *s) { return uv_now(&s->loop); }
+
+/* ---- sending ---- */
+
+static int send_env(client *c, const Fl__Envelope *env) {
+  uint8_t *buf;
+  size_t len;
+  int rc = fl_msg_encode(env, &buf, &len);
+  if (rc) return rc;
+  rc = fl_conn_send(c->conn, buf, len);
+  if (rc == 0) c->srv->bytes_out += len + 4;
+  free(buf);
+  return rc;
+}
+
+static void send_error(client *c, Fl__ErrorCode code, const char *reason) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Error e = FL__ERROR__INIT;
+  uint32_t versions[1] = {FL_PROTOCOL_VERSION};
+  e.code = code;
+  e.reason = (char *)reason;
+  if (code == FL__ERROR_CODE__ERROR_VERSION) {
+    e.n_supported_versions = 1;
+    e.supported_versions = versions;
+  }
+  env.body_case = FL__ENVELOPE__BODY_ERROR;
+  env.error = &e;
+  send_env(c, &env);
+}
+
+static void tx_done(client *c) {
+  if (!c->tx_active) return;
+  c->tx_active = 0;
+  c->srv->sends_pending--;
+}
+
+/* Streams model chunks while the connection's queue has room; on_drain continues. */
+static void pump_tx(client *c) {
+  while (c->tx_active && fl_conn_queued(c->conn) < c->srv->copt.high_water) {
+    uint8_t *buf;
+    size_t len;
+    int rc = fl_tensor_tx_next(&c->tx, &buf, &len);
+    if (rc < 0) {
+      fl_error("server", "%s: encoding a model chunk failed: %s", c->id, fl_strerror(rc));
+      tx_done(c);
+      fl_conn_close(c->conn, "internal error");
+      return;
+    }
+    if (rc == 0) {
+      tx_done(c);
+      advance(c->srv);
+      return;
+    }
+    rc = fl_conn_send(c->conn, buf, len);
+    if (rc == 0) c->srv->bytes_out += len + 4;
+    free(buf);
+    if (rc) {
+      tx_done(c);
+      return;
+    }
+  }
+}
+
+static void start_tx(client *c) {
+  server *s = c->srv;
+  fl_tensor_tx_init(&c->tx, s->global, s->n, (uint32_t)s->cfg->chunk_kib * 1024u);
+  c->tx_active = 1;
+  s->sends_pending++;
+  pump_tx(c);
+}
+
+static void send_train_task(client *c) {
+  server *s = c->srv;
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__TrainTask t = FL__TRAIN_TASK__INIT;
+  Fl__TrainConfig tc = FL__TRAIN_CONFIG__INIT;
+  const server_config *cfg = s->cfg;
+  tc.epochs = (uint32_t)cfg->epochs;
+  tc.batch_size = (uint32_t)cfg->batch_size;
+  tc.lr = (float)cfg->lr;
+  tc.optimizer = cfg->optimizer;
+  tc.momentum = (float)cfg->momentum;
+  tc.weight_decay = (float)cfg->weight_decay;
+  tc.prox_mu = (float)cfg->prox_mu;
+  tc.clip_norm = (float)cfg->clip_norm;
+  tc.seed = cfg->seed * 1000003ULL + s->r.number;
+  t.round = s->r.number;
+  t.model_version = s->model_version;
+  t.model_id = fl_model_id(s->model);
+  t.model_spec = (char *)fl_model_spec(s->model);
+  t.num_params = s->n;
+  t.config = &tc;
+  t.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  env.body_case = FL__ENVELOPE__BODY_TRAIN_TASK;
+  env.train_task = &t;
+  if (send_env(c, &env) == 0) start_tx(c);
+}
+
+static void send_eval_task(client *c) {
+  server *s = c->srv;
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__EvalTask t = FL__EVAL_TASK__INIT;
+  t.round = s->r.number;
+  t.model_version = s->model_version;
+  t.model_id = fl_model_id(s->model);
+  t.num_params = s->n;
+  t.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  env.body_case = FL__ENVELOPE__BODY_EVAL_TASK;
+  env.eval_task = &t;
+  if (send_env(c, &env) == 0) {
+    c->eval_pending = 1;
+    s->r.fed_asked++;
+    start_tx(c);
+  }
+}
+
+static void send_done(client *c, const char *reason) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Done d = FL__DONE__INIT;
+  d.reason = (char *)reason;
+  d.rounds = c->srv->model_version;
+  env.body_case = FL__ENVELOPE__BODY_DONE;
+  env.done = &d;
+  send_env(c, &env);
+}
+
+/* ---- update buffers and folding ---- */
+
+static void release_buf(server *s, float *buf) {
+  client *c = s->waiting;
+  if (c) { /* hand it straight to the first paused client */
+    s->waiting = c->wait_next;
+    if (!s->waiting) s->waiting_tail = NULL;
+    c->wait_next = NULL;
+    c->buf = buf;
+    c->rx = RX_UPDATE;
+    fl_tensor_rx_init(&c->rxt, buf, s->n, 1);
+    fl_conn_resume(c->conn);
+    return;
+  }
+  s->bufs[s->n_free++] = buf;
+}
+
+static void unwait(server *s, client *c) {
+  client **p = &s->waiting, *prev = NULL;
+  while (*p && *p != c) {
+    prev = *p;
+    p = &(*p)->wait_next;
+  }
+  if (!*p) return;
+  *p = c->wait_next;
+  if (s->waiting_tail == c) s->waiting_tail = prev;
+  c->wait_next = NULL;
+}
+
+static void fold_work(uv_work_t *w) {
+  fold_job *j = w->data;
+  j->rc = j->srv->strategy->ops->fold(j->srv->strategy, j->buf, j->weight);
+}
+
+static void fold_after(uv_work_t *w, int status) {
+  fold_job *j = w->data;
+  server *s = j->srv;
+  (void)status;
+  if (j->rc) fl_error("server", "folding an update failed: %s", fl_strerror(j->rc));
+  release_buf(s, j->buf);
+  free(j);
+  s->fold_busy = 0;
+  start_fold(s);
+  advance(s);
+}
+
+static void start_fold(server *s) {
+  if (s->fold_busy || s->n_folds == 0) return;
+  fold_job *j = s->folds[0];
+  memmove(s->folds, s->folds + 1, (size_t)(s->n_folds - 1) * sizeof *s->folds);
+  s->n_folds--;
+  s->fold_busy = 1;
+  j->work.data = j;
+  uv_queue_work(&s->loop, &j->work, fold_work, fold_after);
+}
+
+/* ---- updates ---- */
+
+static void refuse(client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void refuse(client *c, const char *fmt, ...) {
+  server *s = c->srv;
+  char reason[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  fl_warn("server", "round %llu: refused update from %s: %s", (unsigned long long)s->r.number,
+          c->id, reason);
+  s->r.refused++;
+  if (s->r.n_refusals < MAX_REFUSALS) {
+    refusal *f = &s->r.refusals[s->r.n_refusals++];
+    snprintf(f->client, sizeof f->client, "%s", c->id);
+    snprintf(f->reason, sizeof f->reason, "%s", reason);
+  }
+  send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason);
+}
+
+static int selected_now(const client *c) {
+  const server *s = c->srv;
+  return s->ph == PH_TRAINING && c->task_round == s->r.number && c->task_attempt == s->r.attempt;
+}
+
+static void on_update(client *c, const Fl__Update *u) {
+  server *s = c->srv;
+  c->rx = RX_DISCARD; /* until accepted below, its chunks are skipped */
+  if (s->ph != PH_TRAINING || u->round != s->r.number) {
+    refuse(c, "update for round %llu, but the current round is %llu%s",
+           (unsigned long long)u->round, (unsigned long long)s->r.number,
+           s->ph == PH_TRAINING ? "" : " and it is closed");
+    return;
+  }
+  if (!selected_now(c)) {
+    refuse(c, "client was not selected for round %llu", (unsigned long long)s->r.number);
+    return;
+  }
+  if (c->answered) {
+    refuse(c, "second update for round %llu", (unsigned long long)s->r.number);
+    return;
+  }
+  c->answered = 1;
+  s->r.answered++;
+  if (u->model_id != fl_model_id(s->model) || u->num_params != s->n) {
+    refuse(c, "update is for model %016llx with %llu parameters, expected %016llx with %zu",
+           (unsigned long long)u->model_id, (unsigned long long)u->num_params,
+           (unsigned long long)fl_model_id(s->model), s->n);
+    return;
+  }
+  if (u->num_examples == 0 || u->encoding != FL__ENCODING__ENCODING_FLOAT32) {
+    refuse(c, u->num_examples == 0 ? "update has no examples" : "unsupported update encoding %d",
+           (int)u->encoding);
+    return;
+  }
+  c->upd_examples = u->num_examples;
+  c->upd_loss = u->metrics ? u->metrics->loss : NAN;
+  c->upd_acc = u->metrics ? u->metrics->accuracy : NAN;
+  if (s->n_free > 0) {
+    c->buf = s->bufs[--s->n_free];
+    c->rx = RX_UPDATE;
+    fl_tensor_rx_init(&c->rxt, c->buf, s->n, 1);
+  } else {
+    c->rx = RX_WAIT_BUF;
+    fl_conn_pause(c->conn);
+    if (s->waiting_tail) s->waiting_tail->wait_next = c;
+    else s->waiting = c;
+    s->waiting_tail = c;
+  }
+}
+
+static void abort_rx(client *c) {
+  if (c->rx == RX_UPDATE && c->buf) {
+    float *b = c->buf;
+    c->buf = NULL;
+    release_buf(c->srv, b);
+  }
+  if (c->rx == RX_WAIT_BUF) {
+    unwait(c->srv, c);
+    fl_conn_resume(c->conn);
+  }
+  c->rx = RX_DISCARD;
+}
+
+static void on_chunk(client *c, const Fl__TensorChunk *ch) {
+  server *s = c->srv;
+  if (c->rx == RX_DISCARD) {
+    uint64_t count = ch->data.len / 4;
+    if (ch->offset + count >= ch->total) c->rx = RX_IDLE;
+    return;
+  }
+  if (c->rx != RX_UPDATE) {
+    fl_warn("server", "%s (%s): tensor chunk without an update", c->id, fl_conn_peer_addr(c->conn));
+    send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "tensor chunk without an update");
+    fl_conn_close(c->conn, "protocol violation: tensor chunk without an update");
+    c->closing = 1;
+    return;
+  }
+  char err[160];
+  int rc = fl_tensor_rx_add(&c->rxt, ch, err, sizeof err);
+  if (rc < 0) {
+    int last = ch->offset + ch->data.len / 4 >= ch->total;
+    abort_rx(c);
+    refuse(c, "%s", err);
+    if (last) c->rx = RX_IDLE;
+    return;
+  }
+  if (rc == 0) return;
+  /* Complete and finite: fold it. */
+  fold_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    abort_rx(c);
+    refuse(c, "server out of memory");
+    return;
+  }
+  j->srv = s;
+  j->buf = c->buf;
+  j->weight = (double)c->upd_examples;
+  c->buf = NULL;
+  c->rx = RX_IDLE;
+  s->folds[s->n_folds++] = j;
+  s->r.accepted++;
+  s->r.examples += c->upd_examples;
+  if (isfinite(c->upd_loss)) s->r.loss_sum += c->upd_loss * (double)c->upd_examples;
+  if (isfinite(c->upd_acc)) s->r.acc_sum += c->upd_acc * (double)c->upd_examples;
+  fl_debug("server", "round %llu: update from %s (%llu examples, loss %.4f)",
+           (unsigned long long)s->r.number, c->id, (unsigned long long)c->upd_examples,
+           c->upd_loss);
+  start_fold(s);
+  advance(s);
+}
+
+/* ---- connections ---- */
+
+static client *find_client(server *s, const char *id, const client *except) {
+  for (client *c = s->clients; c; c = c->next)
+    if (c != except && !c->closing && strcmp(c->id, id) == 0) return c;
+  return NULL;
+}
+
+static void on_open(fl_conn *conn) {
+  client *c = fl_conn_data(conn);
+  snprintf(c->id, sizeof c->id, "%s", fl_conn_peer_id(conn));
+  client *old = find_client(c->srv, c->id, c);
+  if (old) {
+    fl_warn("server", "%s connected again from %s; closing its older connection", c->id,
+            fl_conn_peer_addr(conn));
+    old->closing = 1;
+    fl_conn_close(old->conn, "replaced by a newer connection of the same client");
+  }
+  fl_info("server", "%s connected from %s", c->id, fl_conn_peer_addr(conn));
+}
+
+static void on_hello(client *c, const Fl__Hello *h) {
+  server *s = c->srv;
+  uint32_t chosen;
+  if (c->ready) {
+    send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "second hello");
+    return;
+  }
+  if (fl_version_negotiate(h, &chosen) != 0) {
+    char reason[160];
+    snprintf(reason, sizeof reason,
+             "protocol version %u is not supported; this server speaks version %u",
+             h->protocol_version, FL_PROTOCOL_VERSION);
+    fl_warn("server", "%s (%s): %s", c->id, fl_conn_peer_addr(c->conn), reason);
+    send_error(c, FL__ERROR_CODE__ERROR_VERSION, reason);
+    c->closing = 1;
+    fl_conn_close(c->conn, "incompatible protocol version");
+    return;
+  }
+  c->num_samples = h->num_samples;
+  c->ready = 1;
+  s->n_ready++;
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Welcome w = FL__WELCOME__INIT;
+  w.protocol_version = chosen;
+  w.software_version = FL_VERSION;
+  w.client_id = c->id;
+  w.heartbeat_interval_ms = s->copt.heartbeat_interval_ms;
+  w.max_frame = s->copt.max_frame;
+  w.chunk_size = (uint32_t)s->cfg->chunk_kib * 1024u;
+  env.body_case = FL__ENVELOPE__BODY_WELCOME;
+  env.welcome = &w;
+  send_env(c, &env);
+  fl_info("server", "%s ready (%llu samples, client %s); %zu clients ready", c->id,
+          (unsigned long long)h->num_samples, h->software_version, s->n_ready);
+  advance(s);
+}
+
+static void on_eval_result(client *c, const Fl__EvalResult *e) {
+  server *s = c->srv;
+  if (!c->eval_pending || s->ph != PH_FED_EVAL || e->round != s->r.number) {
+    fl_warn("server", "%s: unexpected evaluation result for round %llu", c->id,
+            (unsigned long long)e->round);
+    return;
+  }
+  c->eval_pending = 0;
+  s->r.fed_answered++;
+  if (e->metrics && e->metrics->num_examples > 0 && isfinite(e->metrics->loss)) {
+    double n = (double)e->metrics->num_examples;
+    s->r.fed_loss += e->metrics->loss * n;
+    s->r.fed_acc += e->metrics->accuracy * n;
+    s->r.fed_n += e->metrics->num_examples;
+  }
+  advance(s);
+}
+
+static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
+  client *c = fl_conn_data(conn);
+  server *s = c->srv;
+  s->bytes_in += len + 4;
+  if (c->closing) return;
+  Fl__Envelope *env;
+  int rc = fl_msg_decode(payload, len, &env);
+  if (rc) {
+    fl_warn("server", "%s (%s): undecodable message of %zu bytes: %s", c->id,
+            fl_conn_peer_addr(conn), len, fl_strerror(rc));
+    send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "undecodable message");
+    c->closing = 1;
+    fl_conn_close(conn, "undecodable message");
+    return;
+  }
+  if (!c->ready && env->body_case != FL__ENVELOPE__BODY_HELLO &&
+      env->body_case != FL__ENVELOPE__BODY_HEARTBEAT) {
+    fl_warn("server", "%s: %s before hello", c->id, fl_msg_name(env));
+    send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "expected hello first");
+    c->closing = 1;
+    fl_conn_close(conn, "protocol violation: no hello");
+    fl_msg_free(env);
+    return;
+  }
+  switch (env->body_case) {
+  case FL__ENVELOPE__BODY_HELLO: on_hello(c, env->hello); break;
+  case FL__ENVELOPE__BODY_UPDATE: on_update(c, env->update); break;
+  case FL__ENVELOPE__BODY_CHUNK: on_chunk(c, env->chunk); break;
+  case FL__ENVELOPE__BODY_EVAL_RESULT: on_eval_result(c, env->eval_result); break;
+  case FL__ENVELOPE__BODY_HEARTBEAT: break;
+  case FL__ENVELOPE__BODY_ERROR:
+    fl_warn("server", "%s reports an error: %s", c->id, env->error->reason);
+    break;
+  case FL__ENVELOPE__BODY_DONE:
+    fl_info("server", "%s says goodbye: %s", c->id, env->done->reason);
+    c->closing = 1;
+    fl_conn_close(conn, "client left");
+    break;
+  default:
+    fl_warn("server", "%s: unexpected %s message", c->id, fl_msg_name(env));
+    send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "unexpected message");
+    break;
+  }
+  fl_msg_free(env);
+}
+
+static void on_drain(fl_conn *conn) { pump_tx(fl_conn_data(conn)); }
+
+static void on_close(fl_conn *conn, int err, const char *reason) {
+  client *c = fl_conn_data(conn);
+  server *s = c->srv;
+  if (c->ready || err)
+    FL_LOG(err ? FL_LOG_WARN : FL_LOG_INFO, "server", "%s (%s) disconnected: %s", c->id[0] ? c->id : "?",
+           fl_conn_peer_addr(conn), reason ? reason : "closed");
+  tx_done(c);
+  abort_rx(c);
+  if (selected_now(c) && !c->answered) {
+    c->answered = 1;
+    s->r.answered++;
+    s->r.dropped++;
+    fl_warn("server", "round %llu: %s dropped out", (unsigned long long)s->r.number, c->id);
+  }
+  if (c->eval_pending && s->ph == PH_FED_EVAL) s->r.fed_answered++;
+  if (c->ready) s->n_ready--;
+  if (c->prev) c->prev->next = c->next;
+  else s->clients = c->next;
+  if (c->next) c->next->prev = c->prev;
+  s->n_clients--;
+  free(c);
+  advance(s);
+}
+
+/* The listener gives every accepted connection the server as its data; on_open swaps in
+ * a client record.  Both structs start with a tag, so on_close of a connection whose
+ * handshake failed (still holding the server) can tell the two apart. */
+static void on_accepted_open(fl_conn *conn) {
+  server *s = fl_conn_data(conn);
+  client *c = calloc(1, sizeof *c);
+  if (!c) {
+    fl_conn_close(conn, "server out of memory");
+    return;
+  }
+  c->tag = TAG_CLIENT;
+  c->srv = s;
+  c->conn = conn;
+  c->next = s->clients;
+  if (s->clients) s->clients->prev = c;
+  s->clients = c;
+  s->n_clients++;
+  fl_conn_set_data(conn, c);
+  on_open(conn);
+}
+
+static void on_any_frame(fl_conn *conn, const uint8_t *p, size_t n) {
+  if (*(unsigned *)fl_conn_data(conn) == TAG_CLIENT) on_frame(conn, p, n);
+}
+
+static void on_any_drain(fl_conn *conn) {
+  if (*(unsigned *)fl_conn_data(conn) == TAG_CLIENT) on_drain(conn);
+}
+
+static void on_any_close(fl_conn *conn, int err, const char *reason) {
+  if (*(unsigned *)fl_conn_data(conn) == TAG_CLIENT) on_close(conn, err, reason);
+}
+
+static const fl_conn_callbacks conn_cb = {on_accepted_open, on_any_frame, on_any_drain,
+                                          on_any_close};
+
+/* ---- rounds ---- */
+
+static int by_id(const void *a, const void *b) {
+  return strcmp((*(client *const *)a)->id, (*(client *const *)b)->id);
+}
+
+static size_t round_size(const server *s) {
+  double k = s->cfg->clients_per_round;
+  size_t want = k < 1 ? (size_t)ceil(k * (double)s->n_ready) : (size_t)k;
+  if (want < 1) want = 1;
+  return want < s->n_ready ? want : s->n_ready;
+}
+
+static void arm_timer(server *s, double seconds);
+
+/* Picks the round's clients at random from those ready, in id order so that the same
+ * seed picks the same clients whatever order they connected in. */
+static void start_round(server *s) {
+  client **ready = malloc(s->n_ready * sizeof *ready);
+  if (!ready) {
+    fl_error("server", "out of memory selecting clients");
+    return;
+  }
+  size_t m = 0;
+  for (client *c = s->clients; c; c = c->next)
+    if (c->ready && !c->closing) ready[m++] = c;
+  qsort(ready, m, sizeof *ready, by_id);
+  size_t k = round_size(s);
+  if (k > m) k = m;
+  for (size_t i = 0; i < k; i++) { /* partial Fisher-Yates */
+    size_t j = i + (size_t)fl_rng_below(&s->rng, m - i);
+    client *t = ready[i];
+    ready[i] = ready[j];
+    ready[j] = t;
+  }
+  s->r.attempt++;
+  s->r.selected = k;
+  s->r.answered = s->r.accepted = s->r.refused = s->r.dropped = 0;
+  s->r.examples = 0;
+  s->r.loss_sum = s->r.acc_sum = 0;
+  s->r.n_refusals = 0;
+  s->r.timed_out = 0;
+  s->strategy->ops->begin(s->strategy);
+  s->ph = PH_TRAINING;
+  fl_info("server", "round %llu/%d: %zu of %zu ready clients selected%s",
+          (unsigned long long)s->r.number, s->cfg->rounds, k, m,
+          s->r.attempt > 1 ? " (retry)" : "");
+  for (size_t i = 0; i < k; i++) {
+    client *c = ready[i];
+    c->task_round = s->r.number;
+    c->task_attempt = s->r.attempt;
+    c->answered = 0;
+    send_train_task(c);
+  }
+  free(ready);
+  arm_timer(s, s->cfg->round_timeout);
+}
+
+static void on_timer(uv_timer_t *t) {
+  server *s = t->data;
+  s->r.timed_out = 1;
+  advance(s);
+}
+
+static void arm_timer(server *s, double seconds) {
+  s->r.timed_out = 0;
+  uv_timer_start(&s->timer, on_timer, (uint64_t)(seconds * 1000.0 + 0.5), 0);
+}
+
+/* Ends the collection of updates: anything still arriving is dropped, clients still
+ * waiting for the model are cut off (the global model is about to change). */
+static void close_collection(server *s) {
+  uv_timer_stop(&s->timer);
+  for (client *c = s->clients; c; c = c->next) {
+    if (c->rx == RX_UPDATE || c->rx == RX_WAIT_BUF) abort_rx(c);
+    if (c->tx_active) {
+      tx_done(c);
+      c->closing = 1;
+      fl_conn_close(c->conn, "round ended before the model was delivered");
+    }
+  }
+}
+
+static void eval_work(uv_work_t *w) {
+  server *s = w->data;
+  fl_subset all = {&s->test, NULL, s->test.n};
+  s->eval_rc = fl_evaluate(s->eval_trainer, s->global, &all, &s->eval_result);
+}
+
+static void eval_after(uv_work_t *w, int status) {
+  server *s = w->data;
+  (void)status;
+  if (s->eval_rc == 0) {
+    s->r.test_loss = s->eval_result.loss;
+    s->r.test_acc = s->eval_result.accuracy;
+    s->r.tested = 1;
+  } else {
+    fl_error("server", "evaluating the global model failed: %s", fl_strerror(s->eval_rc));
+  }
+  s->ph = PH_FED_EVAL;
+  s->r.fed_asked = s->r.fed_answered = 0;
+  s->r.fed_loss = s->r.fed_acc = 0;
+  s->r.fed_n = 0;
+  int fed = s->cfg->fed_eval_every > 0 &&
+            (s->r.number % (uint64_t)s->cfg->fed_eval_every == 0 ||
+             s->r.number == (uint64_t)s->cfg->rounds);
+  if (fed) {
+    for (client *c = s->clients; c; c = c->next)
+      if (c->ready && !c->closing) send_eval_task(c);
+    arm_timer(s, s->cfg->fed_eval_timeout);
+  }
+  advance(s);
+}
+
+static void json_str(FILE *f, const char *v) {
+  fputc('"', f);
+  for (; *v; v++) {
+    if (*v == '"' || *v == '\\') fprintf(f, "\\%c", *v);
+    else if ((unsigned char)*v < 0x20) fprintf(f, "\\u%04x", *v);
+    else fputc(*v, f);
+  }
+  fputc('"', f);
+}
+
+static void json_num(FILE *f, const char *key, double v, int have) {
+  fprintf(f, ",\"%s\":", key);
+  if (have && isfinite(v)) fprintf(f, "%.6g", v);
+  else fputs("null", f);
+}
+
+static void write_metrics(server *s, double seconds) {
+  round_stats *r = &s->r;
+  double ex = (double)r->examples;
+  double loss = ex > 0 ? r->loss_sum / ex : NAN, acc = ex > 0 ? r->acc_sum / ex : NAN;
+  double fl = r->fed_n ? r->fed_loss / (double)r->fed_n : NAN;
+  double fa = r->fed_n ? r->fed_acc / (double)r->fed_n : NAN;
+  char test[96] = "", fed[96] = "";
+  if (r->tested) snprintf(test, sizeof test, ", test loss %.4f acc %.4f", r->test_loss, r->test_acc);
+  if (r->fed_n) snprintf(fed, sizeof fed, ", federated eval loss %.4f acc %.4f", fl, fa);
+  fl_info("server", "round %llu/%d done: %zu/%zu updates (%zu refused, %zu dropped), %llu examples, "
+          "train loss %.4f%s%s, %.2f s",
+          (unsigned long long)r->number, s->cfg->rounds, r->accepted, r->selected, r->refused,
+          r->dropped, (unsigned long long)r->examples, loss, test, fed, seconds);
+  if (!s->metrics) return;
+  FILE *f = s->metrics;
+  fprintf(f, "{\"round\":%llu,\"attempts\":%llu,\"clients_selected\":%zu,\"updates_accepted\":%zu,"
+          "\"updates_refused\":%zu,\"clients_dropped\":%zu,\"refusals\":[",
+          (unsigned long long)r->number, (unsigned long long)r->attempt, r->selected, r->accepted,
+          r->refused, r->dropped);
+  for (size_t i = 0; i < r->n_refusals; i++) {
+    fprintf(f, "%s{\"client\":", i ? "," : "");
+    json_str(f, r->refusals[i].client);
+    fputs(",\"reason\":", f);
+    json_str(f, r->refusals[i].reason);
+    fputc('}', f);
+  }
+  fprintf(f, "],\"examples\":%llu", (unsigned long long)r->examples);
+  json_num(f, "train_loss", loss, ex > 0);
+  json_num(f, "train_accuracy", acc, ex > 0);
+  json_num(f, "test_loss", r->test_loss, r->tested);
+  json_num(f, "test_accuracy", r->test_acc, r->tested);
+  json_num(f, "fed_eval_loss", fl, r->fed_n > 0);
+  json_num(f, "fed_eval_accuracy", fa, r->fed_n > 0);
+  fprintf(f, ",\"fed_eval_clients\":%zu", r->fed_answered);
+  fprintf(f, ",\"bytes_received\":%llu,\"bytes_sent\":%llu",
+          (unsigned long long)(s->bytes_in - r->bytes_in0),
+          (unsigned long long)(s->bytes_out - r->bytes_out0));
+  json_num(f, "seconds", seconds, 1);
+  fputs("}\n", f);
+  fflush(f);
+}
+
+static void begin_round_number(server *s, uint64_t number) {
+  s->r.number = number;
+  s->r.attempt = 0;
+  s->r.tested = 0;
+  s->r.bytes_in0 = s->bytes_in;
+  s->r.bytes_out0 = s->bytes_out;
+  s->r.t0 = now_ms(s);
+  s->ph = PH_WAITING;
+}
+
+static void finish_run(server *s, const char *why) {
+  s->ph = PH_DONE;
+  uv_timer_stop(&s->timer);
+  char err[512];
+  int rc = fl_modelfile_save(s->cfg->out, fl_model_spec(s->model), fl_model_id(s->model),
+                             s->global, s->n, err, sizeof err);
+  if (rc) {
+    fl_error("server", "writing the final model failed: %s", err);
+    s->exit_code = 1;
+  } else {
+    fl_info("server", "final model (%llu rounds) written to %s",
+            (unsigned long long)s->model_version, s->cfg->out);
+  }
+  for (client *c = s->clients; c; c = c->next) {
+    if (c->closing) continue;
+    if (c->ready) send_done(c, why);
+    c->closing = 1;
+    fl_conn_close(c->conn, why);
+  }
+  if (s->listener) {
+    fl_listener_close(s->listener);
+    s->listener = NULL;
+  }
+  uv_close((uv_handle_t *)&s->timer, NULL);
+  uv_close((uv_handle_t *)&s->sigint, NULL);
+  uv_close((uv_handle_t *)&s->sigterm, NULL);
+}
+
+static int folds_idle(const server *s) { return !s->fold_busy && s->n_folds == 0; }
+
+/* Decides what happens next; called after every event that can move a round on. */
+static void advance(server *s) {
+  switch (s->ph) {
+  case PH_WAITING:
+    if (s->stopping) {
+      finish_run(s, "server stopped");
+      return;
+    }
+    if (s->n_ready >= (size_t)s->cfg->min_clients) start_round(s);
+    return;
+  case PH_TRAINING:
+    if (s->r.answered >= s->r.selected) {
+      close_collection(s);
+      s->ph = PH_AGGREGATING;
+    } else if (s->r.timed_out || s->stopping) {
+      close_collection(s);
+      if (s->r.accepted >= (size_t)s->cfg->min_updates && !s->stopping) {
+        fl_warn("server", "round %llu: timed out with %zu of %zu updates; aggregating those",
+                (unsigned long long)s->r.number, s->r.accepted, s->r.selected);
+        s->ph = PH_AGGREGATING;
+      } else {
+        s->ph = PH_AGGREGATING;
+        s->r.accepted = 0; /* abandoned: finish below discards what was folded */
+      }
+    } else {
+      return;
+    }
+    /* fall through */
+  case PH_AGGREGATING:
+    if (!folds_idle(s) || s->sends_pending) return;
+    if (s->r.accepted == 0 || s->r.accepted < (size_t)s->cfg->min_updates) {
+      if (s->stopping) {
+        finish_run(s, "server stopped");
+        return;
+      }
+      fl_warn("server", "round %llu: only %zu of %zu clients answered (%d needed); retrying with a new selection",
+              (unsigned long long)s->r.number, s->r.accepted, s->r.selected, s->cfg->min_updates);
+      s->ph = PH_WAITING;
+      advance(s);
+      return;
+    }
+    s->strategy->ops->finish(s->strategy, s->global, s->cfg->server_lr);
+    s->model_version++;
+    if (s->have_test && (s->r.number % (uint64_t)s->cfg->eval_every == 0 ||
+                         s->r.number == (uint64_t)s->cfg->rounds)) {
+      s->ph = PH_EVALUATING;
+      s->eval_work.data = s;
+      uv_queue_work(&s->loop, &s->eval_work, eval_work, eval_after);
+      return;
+    }
+    eval_after(&s->eval_work, 0);
+    return;
+  case PH_EVALUATING:
+    return;
+  case PH_FED_EVAL:
+    if (s->r.fed_answered < s->r.fed_asked && !s->r.timed_out && !s->stopping) return;
+    uv_timer_stop(&s->timer);
+    for (client *c = s->clients; c; c = c->next) c->eval_pending = 0;
+    write_metrics(s, (double)(now_ms(s) - s->r.t0) / 1000.0);
+    if (s->stopping || s->r.number >= (uint64_t)s->cfg->rounds) {
+      finish_run(s, s->stopping ? "server stopped" : "training complete");
+      return;
+    }
+    begin_round_number(s, s->r.number + 1);
+    advance(s);
+    return;
+  case PH_DONE:
+    return;
+  }
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  server *s = h->data;
+  if (s->stopping) return;
+  fl_warn("server", "%s: stopping after the current step", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  s->stopping = 1;
+  advance(s);
+}
+
+/* ---- set-up ---- */
+
+static int split_host_port(const char *s, char *host, size_t hostlen, int *port) {
+  const char *colon = strrchr(s, ':');
+  if (!colon) return FL_ECONFIG;
+  const char *h = s, *he = colon;
+  if (*h == '[' && he > h && he[-1] == ']') {
+    h++;
+    he--;
+  }
+  size_t n = (size_t)(he - h);
+  if (n == 0 || n >= hostlen) return FL_ECONFIG;
+  memcpy(host, h, n);
+  host[n] = 0;
+  char *end;
+  long p = strtol(colon + 1, &end, 10);
+  if (!colon[1] || *end || p < 0 || p > 65535) return FL_ECONFIG;
+  *port = (int)p;
+  return 0;
+}
+
+int server_create(const server_config *cfg, server **out, char *err, size_t errlen) {
+  server *s = calloc(1, sizeof *s);
+  if (!s) return FL_ENOMEM;
+  s->tag = TAG_SERVER;
+  s->cfg = cfg;
+  int rc = uv_loop_init(&s->loop);
+  if (rc) {
+    snprintf(err, errlen, "libuv: %s", uv_strerror(rc));
+    free(s);
+    return FL_EIO;
+  }
+  fl_rng_seed2(&s->rng, cfg->seed, 0x5e1ec7);
+  openblas_set_num_threads(1);
+
+  rc = fl_model_create(cfg->model, &s->model, err, errlen);
+  if (rc) goto fail;
+  s->n = fl_model_num_params(s->model);
+  s->global = malloc(s->n * sizeof *s->global);
+  for (int i = 0; i < UPDATE_BUFFERS; i++) s->bufs[s->n_free++] = malloc(s->n * sizeof(float));
+  rc = FL_ENOMEM;
+  if (!s->global || !s->bufs[0] || !s->bufs[UPDATE_BUFFERS - 1]) {
+    snprintf(err, errlen, "out of memory for a model of %zu parameters", s->n);
+    goto fail;
+  }
+  if (cfg->init_model) {
+    char *spec = NULL;
+    float *params = NULL;
+    uint64_t id;
+    size_t n;
+    rc = fl_modelfile_load(cfg->init_model, &spec, &id, &params, &n, err, errlen);
+    if (rc) goto fail;
+    if (id != fl_model_id(s->model) || n != s->n) {
+      snprintf(err, errlen, "--init-model %s holds model '%s' (%zu parameters), but --model is '%s' (%zu parameters)",
+               cfg->init_model, spec, n, fl_model_spec(s->model), s->n);
+      free(spec);
+      free(params);
+      rc = FL_EMISMATCH;
+      goto fail;
+    }
+    memcpy(s->global, params, n * sizeof *params);
+    free(spec);
+    free(params);
+    fl_info("server", "initial model from %s", cfg->init_model);
+  } else {
+    fl_model_init(s->model, s->global, cfg->seed);
+  }
+  s->strategy = fl_strategy_create(cfg->strategy, s->n, err, errlen);
+  if (!s->strategy) {
+    rc = FL_ECONFIG;
+    goto fail;
+  }
+  if (cfg->test_data) {
+    rc = fl_dataset_load(&s->test, cfg->test_data, err, errlen);
+    if (rc) goto fail;
+    if (s->test.dim != fl_model_input_dim(s->model)) {
+      snprintf(err, errlen, "--test-data %s has %zu features, but model '%s' takes %zu",
+               cfg->test_data, s->test.dim, fl_model_spec(s->model), fl_model_input_dim(s->model));
+      rc = FL_EMISMATCH;
+      goto fail;
+    }
+    s->have_test = 1;
+    s->eval_trainer = fl_trainer_create(s->model, 256);
+    if (!s->eval_trainer) {
+      rc = FL_ENOMEM;
+      snprintf(err, errlen, "out of memory for the evaluation workspace");
+      goto fail;
+    }
+  }
+  if (cfg->metrics) {
+    s->metrics = fopen(cfg->metrics, "a");
+    if (!s->metrics) {
+      snprintf(err, errlen, "--metrics %s: cannot open for appending", cfg->metrics);
+      rc = FL_EIO;
+      goto fail;
+    }
+  }
+
+  fl_tls_options topt = {.is_server = 1, .ca_file = cfg->ca, .cert_file = cfg->cert,
+                         .key_file = cfg->key, .crl_file = cfg->crl};
+  rc = fl_tls_config_create(&topt, &s->tls, err, errlen);
+  if (rc) goto fail;
+
+  fl_conn_options_default(&s->copt);
+  s->copt.max_frame = (uint32_t)cfg->max_frame_mib << 20;
+  s->copt.high_water = (size_t)cfg->chunk_kib * 1024u;
+  s->copt.heartbeat_interval_ms = (uint32_t)(cfg->heartbeat * 1000);
+  s->copt.idle_timeout_ms = (uint32_t)(cfg->idle_timeout * 1000);
+  rc = fl_msg_heartbeat(0, 0, &s->heartbeat, &s->heartbeat_len);
+  if (rc) goto fail;
+  s->copt.heartbeat = s->heartbeat;
+  s->copt.heartbeat_len = s->heartbeat_len;
+
+  char host[256];
+  int port;
+  if (split_host_port(cfg->listen, host, sizeof host, &port) != 0) {
+    snprintf(err, errlen, "--listen: expected HOST:PORT, got '%s'", cfg->listen);
+    rc = FL_ECONFIG;
+    goto fail;
+  }
+  rc = fl_listen(&s->loop, s->tls, host, port, &s->copt, &conn_cb, s, &s->listener);
+  if (rc) {
+    snprintf(err, errlen, "cannot listen on %s: %s", cfg->listen, fl_strerror(rc));
+    goto fail;
+  }
+  uv_timer_init(&s->loop, &s->timer);
+  s->timer.data = s;
+  uv_signal_init(&s->loop, &s->sigint);
+  uv_signal_init(&s->loop, &s->sigterm);
+  s->sigint.data = s->sigterm.data = s;
+  uv_signal_start(&s->sigint, on_signal, SIGINT);
+  uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+  fl_info("server", "listening on %s:%d; model %s (%zu parameters, id %016llx); %d rounds of %g clients",
+          host, fl_listener_port(s->listener), fl_model_spec(s->model), s->n,
+          (unsigned long long)fl_model_id(s->model), cfg->rounds, cfg->clients_per_round);
+  *out = s;
+  return 0;
+fail:
+  server_free(s);
+  return rc;
+}
+
+int server_run(server *s) {
+  begin_round_number(s, 1);
+  advance(s);
+  uv_run(&s->loop, UV_RUN_DEFAULT);
+  return s->exit_code ? FL_EIO : 0;
+}
+
+void server_free(server *s) {
+  if (!s) return;
+  if (s->listener) fl_listener_close(s->listener);
+  if (uv_loop_alive(&s->loop)) uv_run(&s->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&s->loop);
+  fl_tls_config_free(s->tls);
+  if (s->metrics) fclose(s->metrics);
+  if (s->strategy) s->strategy->ops->free(s->strategy);
+  fl_trainer_free(s->eval_trainer);
+  if (s->have_test) fl_dataset_free(&s->test);
+  for (int i = 0; i < s->n_free; i++) free(s->bufs[i]);
+  free(s->global);
+  free(s->heartbeat);
+  fl_model_free(s->model);
+  free(s);
+}

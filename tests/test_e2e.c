@@ -1,0 +1,219 @@
+/* End to end: the real fl-server and fl-client binaries over real TLS on loopback.
+ *
+ * - ten virtual clients on a Fashion-MNIST subset learn, and the metrics file has one
+ *   valid line per round;
+ * - the global model after a round equals the sample-weighted average of the clients'
+ *   locally trained models, computed independently here with the training core;
+ * - a server and three separate client processes complete a run. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dataset.h"
+#include "model.h"
+#include "modelfile.h"
+#include "rng.h"
+#include "testutil.h"
+#include "train.h"
+
+typedef struct run {
+  char *dir;
+  char log[512], metrics[512], out[512], listen[64], server_addr[64];
+  char ca[512], cert[512], key[512];
+  char *server, *client;
+} run;
+
+static void run_init(run *r) {
+  r->dir = fl_test_tmpdir();
+  int port = fl_test_free_port();
+  snprintf(r->log, sizeof r->log, "%s/server.log", r->dir);
+  snprintf(r->metrics, sizeof r->metrics, "%s/metrics.jsonl", r->dir);
+  snprintf(r->out, sizeof r->out, "%s/model.bin", r->dir);
+  snprintf(r->listen, sizeof r->listen, "127.0.0.1:%d", port);
+  snprintf(r->server_addr, sizeof r->server_addr, "127.0.0.1:%d", port);
+  const char *certs = fl_test_certs_dir();
+  snprintf(r->ca, sizeof r->ca, "%s/ca.crt", certs);
+  snprintf(r->cert, sizeof r->cert, "%s/server.crt", certs);
+  snprintf(r->key, sizeof r->key, "%s/server.key", certs);
+  r->server = fl_test_bin("fl-server");
+  r->client = fl_test_bin("fl-client");
+}
+
+static void run_free(run *r) {
+  free(r->server);
+  free(r->client);
+  free(r->dir);
+}
+
+/* Reads "key":X from a JSON line (NAN when absent or null). */
+static double json_num(const char *line, const char *key) {
+  char pat[64];
+  snprintf(pat, sizeof pat, "\"%s\":", key);
+  const char *p = strstr(line, pat);
+  if (!p || strncmp(p + strlen(pat), "null", 4) == 0) return NAN;
+  return strtod(p + strlen(pat), NULL);
+}
+
+Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
+  run r;
+  run_init(&r);
+  char clog[600];
+  snprintf(clog, sizeof clog, "%s/clients.log", r.dir);
+  char *sargv[] = {r.server, "--listen", r.listen, "--model", "2nn", "--rounds", "5",
+                   "--clients-per-round", "10", "--min-clients", "10", "--epochs", "1",
+                   "--batch-size", "10", "--lr", "0.05", "--test-data", "fashion-mnist:test",
+                   "--metrics", r.metrics, "--out", r.out, "--ca", r.ca, "--cert", r.cert,
+                   "--key", r.key, NULL};
+  char *cargv[] = {r.client, "--server", r.server_addr, "--server-name", "localhost", "--clients", "10", "--data",
+                   "fashion-mnist:train", "--max-samples", "6000", "--partition", "iid",
+                   "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca, "--workers", "2",
+                   NULL};
+  pid_t s = fl_test_spawn(r.log, sargv);
+  pid_t c = fl_test_spawn(clog, cargv);
+  int rc = fl_test_wait(s, 540);
+  cr_assert_eq(rc, 0, "fl-server exited with %d (see %s)", rc, r.log);
+  rc = fl_test_wait(c, 30);
+  cr_assert_eq(rc, 0, "fl-client exited with %d (see %s)", rc, clog);
+
+  char *m = fl_test_read_file(r.metrics, NULL);
+  cr_assert_not_null(m, "no metrics file");
+  double first = NAN, last = NAN;
+  int lines = 0;
+  for (char *line = strtok(m, "\n"); line; line = strtok(NULL, "\n")) {
+    lines++;
+    cr_assert_eq(line[0], '{');
+    cr_assert_eq(line[strlen(line) - 1], '}');
+    cr_assert_eq(json_num(line, "round"), lines, "%s", line);
+    cr_assert_eq(json_num(line, "clients_selected"), 10, "%s", line);
+    cr_assert_eq(json_num(line, "updates_accepted"), 10, "%s", line);
+    cr_assert_eq(json_num(line, "examples"), 6000, "%s", line);
+    cr_assert(json_num(line, "bytes_received") > 10 * 199210 * 4, "%s", line);
+    cr_assert(json_num(line, "bytes_sent") > 10 * 199210 * 4, "%s", line);
+    cr_assert(json_num(line, "seconds") > 0, "%s", line);
+    double acc = json_num(line, "test_accuracy");
+    cr_assert(acc >= 0 && acc <= 1, "%s", line);
+    if (lines == 1) first = acc;
+    last = acc;
+  }
+  free(m);
+  cr_assert_eq(lines, 5);
+  cr_assert_gt(last, 0.70, "final test accuracy %.3f", last);
+  cr_assert_gt(last, first, "accuracy did not rise: %.3f -> %.3f", first, last);
+  cr_assert_eq(fl_test_count(r.log, "round 5/5 done"), 1);
+  cr_assert(fl_test_sanitizer_clean(r.log), "sanitizer report in %s", r.log);
+  cr_assert(fl_test_sanitizer_clean(clog), "sanitizer report in %s", clog);
+  run_free(&r);
+}
+
+/* One round, three clients on IID partitions of 300 samples, deterministic training:
+ * the server's model must equal the weighted average of the three locally trained
+ * models, which this test computes itself. */
+Test(e2e, global_model_is_weighted_average, .timeout = 300) {
+  run r;
+  run_init(&r);
+  char clog[600];
+  snprintf(clog, sizeof clog, "%s/clients.log", r.dir);
+  char *sargv[] = {r.server, "--listen", r.listen, "--model", "2nn", "--rounds", "1",
+                   "--clients-per-round", "3", "--min-clients", "3", "--epochs", "2",
+                   "--batch-size", "16", "--lr", "0.05", "--seed", "11", "--out", r.out,
+                   "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
+  char *cargv[] = {r.client, "--server", r.server_addr, "--server-name", "localhost", "--clients", "3", "--data",
+                   "fashion-mnist:train", "--max-samples", "301", "--partition", "iid",
+                   "--seed", "5", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca,
+                   NULL};
+  pid_t s = fl_test_spawn(r.log, sargv);
+  pid_t c = fl_test_spawn(clog, cargv);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", r.log);
+  cr_assert_eq(fl_test_wait(c, 30), 0, "fl-client failed (see %s)", clog);
+
+  char err[512], *spec;
+  uint64_t id;
+  float *got;
+  size_t n;
+  cr_assert_eq(fl_modelfile_load(r.out, &spec, &id, &got, &n, err, sizeof err), 0, "%s", err);
+
+  /* The same computation, independently: initial model from the server's seed, each
+   * client's partition and seed as the protocol defines them. */
+  fl_model *m;
+  cr_assert_eq(fl_model_create("2nn", &m, err, sizeof err), 0);
+  cr_assert_eq(n, fl_model_num_params(m));
+  cr_assert_eq(id, fl_model_id(m));
+  fl_dataset d;
+  cr_assert_eq(fl_dataset_load(&d, "fashion-mnist:train", err, sizeof err), 0, "%s", err);
+  d.n = 301;
+  fl_subset *parts;
+  cr_assert_eq(fl_partition(&d, "iid", 3, 5, &parts, err, sizeof err), 0, "%s", err);
+  float *global = malloc(n * sizeof *global), *local = malloc(n * sizeof *local);
+  double *avg = calloc(n, sizeof *avg);
+  fl_model_init(m, global, 11);
+  uint64_t round_seed = 11ULL * 1000003ULL + 1; /* the server's seed for round 1 */
+  double total = 0;
+  fl_trainer *t = fl_trainer_create(m, 16);
+  for (int k = 0; k < 3; k++) {
+    fl_train_config cfg = fl_train_config_default();
+    cfg.epochs = 2;
+    cfg.batch_size = 16;
+    cfg.lr = 0.05f;
+    cfg.seed = fl_seed_mix(round_seed, (uint64_t)k);
+    memcpy(local, global, n * sizeof *local);
+    fl_eval ev;
+    cr_assert_eq(fl_train(t, local, &parts[k], &cfg, NULL, NULL, &ev), 0);
+    for (size_t i = 0; i < n; i++) avg[i] += (double)parts[k].n * local[i];
+    total += (double)parts[k].n;
+  }
+  double worst = 0;
+  for (size_t i = 0; i < n; i++) {
+    double diff = fabs(avg[i] / total - (double)got[i]);
+    if (diff > worst) worst = diff;
+  }
+  cr_assert_lt(worst, 1e-6, "largest difference from the weighted average: %g", worst);
+  /* And training did move the model. */
+  double moved = 0;
+  for (size_t i = 0; i < n; i++) moved = fmax(moved, fabs((double)got[i] - global[i]));
+  cr_assert_gt(moved, 1e-3);
+
+  fl_trainer_free(t);
+  free(global);
+  free(local);
+  free(avg);
+  free(got);
+  free(spec);
+  fl_partition_free(parts);
+  fl_dataset_free(&d);
+  fl_model_free(m);
+  run_free(&r);
+}
+
+Test(e2e, server_and_three_client_processes, .timeout = 300) {
+  run r;
+  run_init(&r);
+  char *sargv[] = {r.server, "--listen", r.listen, "--model", "logreg", "--rounds", "3",
+                   "--clients-per-round", "3", "--min-clients", "3", "--metrics", r.metrics,
+                   "--out", r.out, "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
+  pid_t s = fl_test_spawn(r.log, sargv);
+  pid_t c[3];
+  char logs[3][600];
+  for (int i = 0; i < 3; i++) {
+    char cert[600], key[600], idx[8];
+    snprintf(cert, sizeof cert, "%s/client-%04d.crt", fl_test_certs_dir(), i + 1);
+    snprintf(key, sizeof key, "%s/client-%04d.key", fl_test_certs_dir(), i + 1);
+    snprintf(idx, sizeof idx, "%d", i);
+    snprintf(logs[i], sizeof logs[i], "%s/client%d.log", r.dir, i);
+    char *cargv[] = {r.client, "--server", r.server_addr, "--server-name", "localhost", "--cert", cert, "--key", key,
+                     "--ca", r.ca, "--data", "fashion-mnist:train", "--max-samples", "3000",
+                     "--partition", "iid", "--num-partitions", "3", "--partition-index", idx,
+                     NULL};
+    c[i] = fl_test_spawn(logs[i], cargv);
+  }
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", r.log);
+  for (int i = 0; i < 3; i++) {
+    cr_assert_eq(fl_test_wait(c[i], 30), 0, "client %d failed (see %s)", i, logs[i]);
+    cr_assert_eq(fl_test_count(logs[i], "training is done"), 1);
+    cr_assert(fl_test_sanitizer_clean(logs[i]));
+  }
+  cr_assert_eq(fl_test_count(r.metrics, "\"updates_accepted\":3"), 3);
+  cr_assert(fl_test_sanitizer_clean(r.log));
+  run_free(&r);
+}

@@ -1,0 +1,316 @@
+/* fl-server refuses bad updates and goes on with the others.
+ *
+ * The real fl-server runs as a child process; four scripted clients live in this test,
+ * on its own libuv loop, speaking the real protocol over real TLS.  Each round three of
+ * the four are selected.  client-0001 misbehaves according to how many tasks it has had:
+ * an update holding NaN, one for another round (then a good one), one for another model,
+ * a good one followed by a second, one with the wrong parameter count.  Whichever client
+ * is not selected sends an update anyway.  The test counts what it sent and checks that
+ * the server's metrics and log agree, round by round. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "conn.h"
+#include "log.h"
+#include "msg.h"
+#include "testutil.h"
+
+#define NCLIENTS 4
+#define ROUNDS 10
+#define MAXR (ROUNDS + 2)
+
+typedef struct script script;
+typedef struct sclient {
+  script *sc;
+  int index;                /* 0 misbehaves */
+  fl_tls_config *tls;
+  fl_conn *conn;
+  int tasks;                /* tasks received so far */
+  uint64_t round, model_id, num_params;
+  float *model;
+  fl_tensor_rx rx;
+  int receiving;
+  uint64_t task_round;      /* last round it was given a task for */
+  uv_timer_t answer;
+  int done;
+} sclient;
+
+struct script {
+  uv_loop_t loop;
+  sclient c[NCLIENTS];
+  uv_timer_t unselected;
+  uint64_t current;          /* newest round any client got a task for */
+  int accepted[MAXR], refused[MAXR];
+  int finished;
+  uv_timer_t deadline;
+};
+
+static void send_env(sclient *c, const Fl__Envelope *env) {
+  uint8_t *buf;
+  size_t len;
+  cr_assert_eq(fl_msg_encode(env, &buf, &len), 0);
+  fl_conn_send(c->conn, buf, len);
+  free(buf);
+}
+
+/* Sends an Update header and n values of delta (value v, NaN at index nan_at if >= 0). */
+static void send_update(sclient *c, uint64_t round, uint64_t model_id, uint64_t n, int nan_at) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Update u = FL__UPDATE__INIT;
+  Fl__Metrics m = FL__METRICS__INIT;
+  m.loss = 1.0;
+  m.num_examples = 100;
+  u.round = round;
+  u.model_id = model_id;
+  u.num_params = n;
+  u.num_examples = 100 + (uint64_t)c->index;
+  u.metrics = &m;
+  env.body_case = FL__ENVELOPE__BODY_UPDATE;
+  env.update = &u;
+  send_env(c, &env);
+  float *delta = malloc(n * sizeof *delta);
+  for (uint64_t i = 0; i < n; i++) delta[i] = 0.001f * (float)(c->index + 1);
+  if (nan_at >= 0) delta[nan_at] = NAN;
+  fl_tensor_tx tx;
+  fl_tensor_tx_init(&tx, delta, n, 4096);
+  uint8_t *buf;
+  size_t len;
+  while (fl_tensor_tx_next(&tx, &buf, &len) == 1) {
+    fl_conn_send(c->conn, buf, len);
+    free(buf);
+  }
+  free(delta);
+}
+
+static void answer(uv_timer_t *t) {
+  sclient *c = t->data;
+  script *sc = c->sc;
+  uint64_t r = c->task_round;
+  if (!c->conn) return;
+  if (c->index != 0) {
+    send_update(c, r, c->model_id, c->num_params, -1);
+    sc->accepted[r]++;
+    return;
+  }
+  switch (c->tasks) {
+  case 1: /* NaN inside the delta */
+    send_update(c, r, c->model_id, c->num_params, (int)(c->num_params / 2));
+    sc->refused[r]++;
+    break;
+  case 2: /* for another round, then the real one */
+    send_update(c, r + 5, c->model_id, c->num_params, -1);
+    send_update(c, r, c->model_id, c->num_params, -1);
+    sc->refused[r]++;
+    sc->accepted[r]++;
+    break;
+  case 3: /* for another model */
+    send_update(c, r, c->model_id ^ 0x1234, c->num_params, -1);
+    sc->refused[r]++;
+    break;
+  case 4: /* a good one, then a second */
+    send_update(c, r, c->model_id, c->num_params, -1);
+    send_update(c, r, c->model_id, c->num_params, -1);
+    sc->accepted[r]++;
+    sc->refused[r]++;
+    break;
+  case 5: /* the wrong parameter count */
+    send_update(c, r, c->model_id, c->num_params - 1, -1);
+    sc->refused[r]++;
+    break;
+  default:
+    send_update(c, r, c->model_id, c->num_params, -1);
+    sc->accepted[r]++;
+  }
+}
+
+/* 100 ms after a round's first task, a client that got none sends an update anyway. */
+static void unselected_speaks(uv_timer_t *t) {
+  script *sc = t->data;
+  for (int i = 0; i < NCLIENTS; i++) {
+    sclient *c = &sc->c[i];
+    if (c->conn && c->task_round != sc->current) {
+      send_update(c, sc->current, c->model_id, c->num_params ? c->num_params : 16, -1);
+      sc->refused[sc->current]++;
+    }
+  }
+}
+
+static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
+  sclient *c = fl_conn_data(conn);
+  script *sc = c->sc;
+  Fl__Envelope *env;
+  cr_assert_eq(fl_msg_decode(p, len, &env), 0);
+  switch (env->body_case) {
+  case FL__ENVELOPE__BODY_TRAIN_TASK: {
+    Fl__TrainTask *t = env->train_task;
+    cr_assert_lt(t->round, MAXR);
+    c->round = t->round;
+    c->model_id = t->model_id;
+    c->num_params = t->num_params;
+    free(c->model);
+    c->model = malloc(t->num_params * sizeof(float));
+    fl_tensor_rx_init(&c->rx, c->model, t->num_params, 1);
+    c->receiving = 1;
+    break;
+  }
+  case FL__ENVELOPE__BODY_CHUNK: {
+    char err[160];
+    int rc = fl_tensor_rx_add(&c->rx, env->chunk, err, sizeof err);
+    cr_assert_geq(rc, 0, "%s", err);
+    if (rc == 1 && c->receiving) {
+      c->receiving = 0;
+      c->tasks++;
+      c->task_round = c->round;
+      if (c->round != sc->current) {
+        sc->current = c->round;
+        uv_timer_start(&sc->unselected, unselected_speaks, 100, 0);
+      }
+      /* client-0001 answers first, so its second update still finds the round open. */
+      uv_timer_start(&c->answer, answer, c->index == 0 ? 300 : 600, 0);
+    }
+    break;
+  }
+  case FL__ENVELOPE__BODY_DONE:
+    c->done = 1;
+    fl_conn_close(conn, "done");
+    break;
+  default:
+    break;
+  }
+  fl_msg_free(env);
+}
+
+static void on_open(fl_conn *conn) {
+  sclient *c = fl_conn_data(conn);
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Hello h = FL__HELLO__INIT;
+  h.protocol_version = FL_PROTOCOL_VERSION;
+  h.software_version = "test";
+  h.num_samples = 100;
+  env.body_case = FL__ENVELOPE__BODY_HELLO;
+  env.hello = &h;
+  send_env(c, &env);
+}
+
+static void on_drain(fl_conn *conn) { (void)conn; }
+
+static void on_close(fl_conn *conn, int err, const char *reason) {
+  sclient *c = fl_conn_data(conn);
+  (void)err;
+  (void)reason;
+  c->conn = NULL;
+  uv_close((uv_handle_t *)&c->answer, NULL);
+  if (++c->sc->finished == NCLIENTS) {
+    uv_close((uv_handle_t *)&c->sc->unselected, NULL);
+    uv_close((uv_handle_t *)&c->sc->deadline, NULL);
+  }
+}
+
+static const fl_conn_callbacks cbs = {on_open, on_frame, on_drain, on_close};
+
+static void on_deadline(uv_timer_t *t) {
+  script *sc = t->data;
+  for (int i = 0; i < NCLIENTS; i++)
+    if (sc->c[i].conn) fl_conn_close(sc->c[i].conn, "test deadline");
+}
+
+/* Reads "key":N from a JSON line. */
+static long json_int(const char *line, const char *key) {
+  char pat[64];
+  snprintf(pat, sizeof pat, "\"%s\":", key);
+  const char *p = strstr(line, pat);
+  return p ? strtol(p + strlen(pat), NULL, 10) : -1;
+}
+
+Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
+  fl_log_set_level(FL_LOG_ERROR);
+  char *dir = fl_test_tmpdir();
+  char log[512], metrics[512], out[512], listen[64], port_s[16], ca[512], cert[512], key[512];
+  int port = fl_test_free_port();
+  snprintf(log, sizeof log, "%s/server.log", dir);
+  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
+  snprintf(out, sizeof out, "%s/model.bin", dir);
+  snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+  snprintf(port_s, sizeof port_s, "%d", port);
+  const char *certs = fl_test_certs_dir();
+  snprintf(ca, sizeof ca, "%s/ca.crt", certs);
+  snprintf(cert, sizeof cert, "%s/server.crt", certs);
+  snprintf(key, sizeof key, "%s/server.key", certs);
+  char *server = fl_test_bin("fl-server");
+  char rounds[8];
+  snprintf(rounds, sizeof rounds, "%d", ROUNDS);
+  char *argv[] = {server, "--listen", listen, "--model", "logreg", "--rounds", rounds,
+                  "--clients-per-round", "3", "--min-clients", "4", "--min-updates", "1",
+                  "--round-timeout", "30", "--metrics", metrics, "--out", out, "--ca", ca,
+                  "--cert", cert, "--key", key, "--seed", "7", NULL};
+  pid_t pid = fl_test_spawn(log, argv);
+  cr_assert(fl_test_wait_for(log, "listening on", 30), "server did not start");
+
+  script *sc = calloc(1, sizeof *sc);
+  uv_loop_init(&sc->loop);
+  uv_timer_init(&sc->loop, &sc->unselected);
+  sc->unselected.data = sc;
+  uv_timer_init(&sc->loop, &sc->deadline);
+  sc->deadline.data = sc;
+  uv_timer_start(&sc->deadline, on_deadline, 200000, 0);
+  fl_conn_options opt;
+  fl_conn_options_default(&opt);
+  for (int i = 0; i < NCLIENTS; i++) {
+    sclient *c = &sc->c[i];
+    char ccert[512], ckey[512], err[512];
+    snprintf(ccert, sizeof ccert, "%s/client-%04d.crt", certs, i + 1);
+    snprintf(ckey, sizeof ckey, "%s/client-%04d.key", certs, i + 1);
+    fl_tls_options t = {.ca_file = ca, .cert_file = ccert, .key_file = ckey,
+                        .server_name = "localhost"};
+    cr_assert_eq(fl_tls_config_create(&t, &c->tls, err, sizeof err), 0, "%s", err);
+    c->sc = sc;
+    c->index = i;
+    uv_timer_init(&sc->loop, &c->answer);
+    c->answer.data = c;
+    cr_assert_eq(fl_connect(&sc->loop, c->tls, "127.0.0.1", port, &opt, &cbs, c, &c->conn), 0);
+  }
+  uv_run(&sc->loop, UV_RUN_DEFAULT);
+
+  int rc = fl_test_wait(pid, 60);
+  cr_assert_eq(rc, 0, "fl-server exited with %d (log %s)", rc, log);
+  for (int i = 0; i < NCLIENTS; i++) cr_assert(sc->c[i].done, "client %d got no Done", i);
+  cr_assert_geq(sc->c[0].tasks, 5, "client-0001 was selected only %d times", sc->c[0].tasks);
+
+  /* The metrics agree with what was sent, round by round. */
+  char *m = fl_test_read_file(metrics, NULL);
+  cr_assert_not_null(m);
+  int lines = 0, total_refused = 0;
+  for (char *line = strtok(m, "\n"); line; line = strtok(NULL, "\n")) {
+    long r = json_int(line, "round");
+    cr_assert(r >= 1 && r <= ROUNDS, "bad line %s", line);
+    cr_assert_eq(json_int(line, "updates_accepted"), sc->accepted[r], "round %ld: %s", r, line);
+    cr_assert_eq(json_int(line, "updates_refused"), sc->refused[r], "round %ld: %s", r, line);
+    total_refused += sc->refused[r];
+    lines++;
+  }
+  cr_assert_eq(lines, ROUNDS);
+  cr_assert_eq(total_refused, ROUNDS + 5);
+  free(m);
+
+  /* Each refusal names its reason in the log. */
+  cr_assert_geq(fl_test_count(log, "refused update from client-0001"), 5);
+  cr_assert_geq(fl_test_count(log, "not selected"), ROUNDS);
+  cr_assert_geq(fl_test_count(log, "but the current round is"), 1);
+  cr_assert_geq(fl_test_count(log, "second update"), 1);
+  cr_assert_geq(fl_test_count(log, "update is for model"), 2);
+  cr_assert(fl_test_count(log, "NaN") + fl_test_count(log, "finite") >= 1, "no NaN refusal in log");
+  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+
+  for (int i = 0; i < NCLIENTS; i++) {
+    fl_tls_config_free(sc->c[i].tls);
+    free(sc->c[i].model);
+  }
+  uv_loop_close(&sc->loop);
+  free(sc);
+  free(server);
+  free(dir);
+}

@@ -177,7 +177,7 @@ $(B)/gen_corpus: $(B)/obj/tests/fuzz/gen_corpus.o $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
 fuzz-corpus: $(B)/gen_corpus
-	$(Q)rm -rf tests/fuzz/corpus/frame && mkdir -p tests/fuzz/corpus/frame && $(B)/gen_corpus tests/fuzz/corpus/frame
+	$(Q)mkdir -p tests/fuzz/corpus/frame && $(B)/gen_corpus tests/fuzz/corpus/frame
 
 demo: $(BINS)
 	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh

@@ -52,11 +52,46 @@ int fl_msg_encode_framed(const Fl__Envelope *env, uint8_t **out, size_t *len) {
   return 0;
 }
 
+/* protobuf-c keeps fields it does not know, and accepts a field number of 0 (or above
+ * the protobuf maximum) when the tag is written in more bytes than needed; such a
+ * message would not survive being packed again, so it is refused here.  Walks every
+ * sub-message through the descriptors; our schema has no recursion, so depth is small. */
+#define MAX_FIELD_NUMBER 536870911u
+
+static int fields_valid(const ProtobufCMessage *m) {
+  for (unsigned i = 0; i < m->n_unknown_fields; i++)
+    if (m->unknown_fields[i].tag == 0 || m->unknown_fields[i].tag > MAX_FIELD_NUMBER) return 0;
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  const char *base = (const char *)m;
+  for (unsigned f = 0; f < d->n_fields; f++) {
+    const ProtobufCFieldDescriptor *fd = &d->fields[f];
+    if (fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n;
+      ProtobufCMessage **sub;
+      memcpy(&n, base + fd->quantifier_offset, sizeof n);
+      memcpy(&sub, base + fd->offset, sizeof sub);
+      for (size_t k = 0; k < n; k++)
+        if (!fields_valid(sub[k])) return 0;
+    } else {
+      if (fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+        uint32_t which;
+        memcpy(&which, base + fd->quantifier_offset, sizeof which);
+        if (which != fd->id) continue;
+      }
+      ProtobufCMessage *sub;
+      memcpy(&sub, base + fd->offset, sizeof sub);
+      if (sub && !fields_valid(sub)) return 0;
+    }
+  }
+  return 1;
+}
+
 int fl_msg_decode(const uint8_t *payload, size_t len, Fl__Envelope **env) {
   static const uint8_t empty[1];
   *env = fl__envelope__unpack(NULL, len, payload ? payload : empty);
   if (!*env) return FL_EPROTO;
-  if ((*env)->body_case == FL__ENVELOPE__BODY__NOT_SET) {
+  if ((*env)->body_case == FL__ENVELOPE__BODY__NOT_SET || !fields_valid(&(*env)->base)) {
     fl__envelope__free_unpacked(*env, NULL);
     *env = NULL;
     return FL_EPROTO;

@@ -242,6 +242,23 @@ Test(msg, garbage_and_empty_are_eproto) {
   /* Only an unknown field: a valid message without a body. */
   static const uint8_t unknown[] = {0x58, 0x01}; /* field 11, varint 1 */
   cr_assert_eq(fl_msg_decode(unknown, sizeof unknown, &o), FL_EPROTO);
+  /* Unknown fields beside a body are fine (a newer peer), but never field number 0,
+   * which protobuf-c lets through when the tag is overlong: here inside a Welcome,
+   * and inside TrainTask.config.extra[0]. */
+  static const uint8_t newer[] = {0x12, 0x02, 0x08, 0x01, 0x58, 0x01};
+  cr_assert_eq(fl_msg_decode(newer, sizeof newer, &o), 0);
+  fl_msg_free(o);
+  static const uint8_t tag0[] = {0x12, 0x05, 0x08, 0x01, 0x80, 0x00, 0x01};
+  cr_assert_eq(fl_msg_decode(tag0, sizeof tag0, &o), FL_EPROTO);
+  cr_assert_null(o);
+  static const uint8_t deep_ok[] = {0x1a, 0x06, 0x32, 0x04, 0x52, 0x02, 0x0a, 0x00};
+  cr_assert_eq(fl_msg_decode(deep_ok, sizeof deep_ok, &o), 0);
+  cr_assert_eq(o->train_task->config->n_extra, 1);
+  fl_msg_free(o);
+  static const uint8_t deep_tag0[] = {0x1a, 0x09, 0x32, 0x07, 0x52, 0x05, 0x0a, 0x00, 0x80, 0x00, 0x01};
+  cr_assert_eq(fl_msg_decode(deep_tag0, sizeof deep_tag0, &o), FL_EPROTO);
+  static const uint8_t huge_field[] = {0x12, 0x08, 0x08, 0x01, 0xf8, 0xff, 0xff, 0xff, 0x7f, 0x01};
+  cr_assert_eq(fl_msg_decode(huge_field, sizeof huge_field, &o), FL_EPROTO);
   fl_msg_free(NULL);
 
   /* Encoding an envelope without a body is a caller bug. */

@@ -1,7 +1,8 @@
 /* Writes the seed corpus for fuzz_frame: one frame of each Envelope body, a whole
  * tensor as a stream of chunk frames, a stream with every message in protocol order, a
  * zero-length frame and an oversized length.  Rerun with `make fuzz-corpus`; the files
- * are small and committed in tests/fuzz/corpus/frame/.
+ * are small and committed in tests/fuzz/corpus/frame/, beside regress-* inputs that once
+ * found bugs (kept by hand, not generated).
  *
  *   gen_corpus DIR */
 #include <stdio.h>

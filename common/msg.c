@@ -87,9 +87,31 @@ static int fields_valid(const ProtobufCMessage *m) {
   return 1;
 }
 
+/* protobuf-c allocates per field: a 4 MiB payload of tiny repeated fields would take
+ * around 100 MiB of heap.  Unpacking goes through an allocator with a budget instead
+ * (twice the payload plus 64 KiB: a tensor chunk needs the payload once, a control
+ * message a few KiB); each allocation also pays for malloc's bookkeeping.  It uses
+ * malloc and free, so the result is freed with the default allocator. */
+typedef struct budget { size_t left; } budget;
+
+static void *budget_alloc(void *data, size_t size) {
+  budget *b = data;
+  size_t cost = size + 16;
+  if (cost < size || cost > b->left) return NULL;
+  b->left -= cost;
+  return malloc(size);
+}
+
+static void budget_free(void *data, void *p) {
+  (void)data;
+  free(p);
+}
+
 int fl_msg_decode(const uint8_t *payload, size_t len, Fl__Envelope **env) {
   static const uint8_t empty[1];
-  *env = fl__envelope__unpack(NULL, len, payload ? payload : empty);
+  budget b = {len <= SIZE_MAX / 4 ? 2 * len + (64u << 10) : SIZE_MAX};
+  ProtobufCAllocator alloc = {budget_alloc, budget_free, &b};
+  *env = fl__envelope__unpack(&alloc, len, payload ? payload : empty);
   if (!*env) return FL_EPROTO;
   if ((*env)->body_case == FL__ENVELOPE__BODY__NOT_SET || !fields_valid(&(*env)->base)) {
     fl__envelope__free_unpacked(*env, NULL);

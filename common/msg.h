@@ -27,7 +27,8 @@ int fl_msg_encode_framed(const Fl__Envelope *env, uint8_t **out, size_t *len);
 /* Unpacks a payload (payload may be NULL when len is 0).  On success *env is the
  * caller's to free with fl_msg_free; on error (FL_EPROTO: not a valid Envelope, or no
  * body) *env is NULL.  Field values are not checked beyond what protobuf guarantees:
- * enums may hold unknown values and sub-messages may be NULL. */
+ * enums may hold unknown values and sub-messages may be NULL.  Decoding takes at most
+ * about twice len plus 64 KiB of heap; a payload that would need more is FL_EPROTO. */
 int fl_msg_decode(const uint8_t *payload, size_t len, Fl__Envelope **env);
 /* Frees an Envelope from fl_msg_decode; NULL is fine. */
 void fl_msg_free(Fl__Envelope *env);

@@ -286,6 +286,40 @@ Test(msg, random_bytes_never_crash) {
   }
 }
 
+static size_t put_varint(uint8_t *o, uint64_t v) {
+  size_t i = 0;
+  for (; v >= 0x80; v >>= 7) o[i++] = (uint8_t)(v | 0x80);
+  o[i++] = (uint8_t)v;
+  return i;
+}
+
+/* Tiny repeated fields would make protobuf-c allocate many times the payload. */
+Test(msg, decode_heap_is_bounded) {
+  size_t count = 32768, n = 0;
+  uint8_t *p = malloc(2 * count + 16);
+  p[n++] = 0x0a; /* hello */
+  n += put_varint(p + n, 2 * count);
+  for (size_t i = 0; i < count; i++) {
+    p[n++] = 0x2a; /* capabilities: "" */
+    p[n++] = 0x00;
+  }
+  Fl__Envelope *o;
+  cr_assert_eq(fl_msg_decode(p, n, &o), FL_EPROTO);
+  cr_assert_null(o);
+  /* The same shape at a sane size is fine. */
+  n = 0;
+  p[n++] = 0x0a;
+  n += put_varint(p + n, 2 * 100);
+  for (size_t i = 0; i < 100; i++) {
+    p[n++] = 0x2a;
+    p[n++] = 0x00;
+  }
+  cr_assert_eq(fl_msg_decode(p, n, &o), 0);
+  cr_assert_eq(o->hello->n_capabilities, 100);
+  fl_msg_free(o);
+  free(p);
+}
+
 /* Sends values through tx, decodes each chunk and feeds rx; returns chunks used. */
 static uint64_t tensor_roundtrip(const float *values, uint64_t n, uint32_t chunk_bytes) {
   float *dst = malloc((n ? n : 1) * sizeof *dst);

@@ -5,6 +5,7 @@
 #   make demo       the main job end to end on Fashion-MNIST
 #   make bench      benchmarks, each reported against a baseline measured in the same run
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
+#   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
 #   make deps       install the Debian packages the project needs (when missing)
 #   make install    PREFIX=/usr/local DESTDIR=
@@ -72,7 +73,7 @@ BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) 
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: all deps test bench fuzz demo certs clean install
+.PHONY: all deps test bench fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
@@ -148,20 +149,35 @@ certs: | deps
 bench: $(BENCH_BINS) $(BINS) $(B)/test-certs/ca.crt
 	$(Q)for b in $(BENCH_BINS); do echo "== $$b"; $(TEST_ENV) ./$$b || exit 1; done
 
-# Fuzzing needs clang's libFuzzer; objects are built apart with their own flags.
+# Fuzzing needs clang's libFuzzer; objects are built apart with their own flags.  Each
+# target runs FUZZ_SECONDS on its seeds (tests/fuzz/corpus/NAME) plus what it found before
+# (build/fuzz/corpus-NAME); a crash, leak or hang fails with the log's tail and leaves the
+# input in build/fuzz/.  `make fuzz-corpus` regenerates the committed frame seeds.
 FUZZ_DIR := build/fuzz
-FUZZ_CFLAGS := -std=c11 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icommon -I$(GEN)
+FUZZ_CFLAGS := -std=c11 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+               -fno-sanitize-recover=all -Icommon -I$(GEN)
 FUZZ_BINS := $(patsubst tests/fuzz/fuzz_%.c,$(FUZZ_DIR)/fuzz_%,$(FUZZ_SRCS))
-$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRCS) $(PROTO_C) | deps
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRCS) $(wildcard common/*.h) $(PROTO_C) $(PROTO_H) | deps
 	$(call say,FUZZ,$@)
 	@mkdir -p $(FUZZ_DIR)
 	$(Q)clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ $< $(COMMON_SRCS) $(PROTO_C) $(LIBS)
 fuzz: $(FUZZ_BINS)
-	$(Q)for f in $(FUZZ_BINS); do n=$${f##*/fuzz_}; mkdir -p build/fuzz/corpus-$$n; \
+	$(Q)for f in $(FUZZ_BINS); do n=$${f##*/fuzz_}; mkdir -p $(FUZZ_DIR)/corpus-$$n; \
 	  echo "== $$f for $(FUZZ_SECONDS)s"; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n tests/fuzz/corpus/$$n \
-	    2>build/fuzz/$$n.log || { tail -50 build/fuzz/$$n.log; exit 1; }; \
-	  grep -E 'stat::number_of_executed_units|Done' build/fuzz/$$n.log; done
+	  $$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_DIR)/$$n- $(FUZZ_DIR)/corpus-$$n tests/fuzz/corpus/$$n \
+	    2>$(FUZZ_DIR)/$$n.log || { l=$(FUZZ_DIR)/$$n.log; \
+	    grep -m1 -A40 -E '==ERROR|runtime error|deadly signal|ERROR: libFuzzer' $$l || tail -60 $$l; \
+	    grep -E '^MS:|Test unit written|^Base64|stat::number_of_executed_units' $$l; \
+	    echo "fuzz: $$n FAILED (full log: $$l)"; exit 1; }; \
+	  grep -E '^Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::new_units_added' $(FUZZ_DIR)/$$n.log; \
+	done
+
+$(B)/gen_corpus: $(B)/obj/tests/fuzz/gen_corpus.o $(LIB)
+	$(call say,LINK,$@)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+fuzz-corpus: $(B)/gen_corpus
+	$(Q)mkdir -p tests/fuzz/corpus/frame && $(B)/gen_corpus tests/fuzz/corpus/frame
 
 demo: $(BINS)
 	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh

@@ -23,17 +23,21 @@ typedef struct fl_frame_decoder {
   uint32_t have;     /* payload bytes buffered so far */
   uint8_t *buf;      /* payload buffer, owned */
   uint32_t cap;
-  int failed;        /* sticky: after an error the decoder refuses everything */
+  int failed;        /* sticky: after an error the decoder refuses everything (the FL_E*) */
 } fl_frame_decoder;
 
+/* max_len is capped at INT_MAX - 4 so that a consumed count always fits the int result. */
 void fl_frame_decoder_init(fl_frame_decoder *d, uint32_t max_len);
+/* Frees the buffer; the decoder is then as after init (same max_len) and may be reused. */
 void fl_frame_decoder_free(fl_frame_decoder *d);
 
 /* Consumes bytes from in[0..in_len).  Returns the number of bytes consumed (>= 0) or a
  * negative FL_E* (FL_ETOOBIG for a length above max_len; the decoder then stays failed).
  * When a whole frame is complete it stops consuming right after it and sets *frame and
  * *frame_len to the payload (valid until the next call); otherwise *frame is NULL and all
- * of the input was consumed ("need more").  Call again with the rest of the input. */
+ * of the input was consumed ("need more").  Call again with the rest of the input.
+ * A zero-length frame is a frame: *frame is then a non-NULL pointer and *frame_len 0.
+ * A failed decoder returns its error again on every call (FL_ENOMEM is sticky too). */
 int fl_frame_decode(fl_frame_decoder *d, const uint8_t *in, size_t in_len,
                     const uint8_t **frame, size_t *frame_len);
 

@@ -18,34 +18,65 @@
 #define FL_PROTOCOL_VERSION 1u
 #define FL_CHUNK_DEFAULT (1u << 20) /* bytes of tensor data per chunk */
 
-/* Packs env; *out is malloc'd (caller frees), *len its size.  0 or FL_ENOMEM. */
+/* Packs env; *out is malloc'd (caller frees), *len its size.  0 or FL_ENOMEM
+ * (FL_EINVAL for a NULL env or one without a body). */
 int fl_msg_encode(const Fl__Envelope *env, uint8_t **out, size_t *len);
-/* Unpacks a payload; on success *env is the caller's to free with fl_msg_free. */
+/* The same, with the 4-byte frame header in front: *out is a whole frame ready to send
+ * (malloc'd, caller frees).  0, FL_ENOMEM, FL_EINVAL or FL_ETOOBIG. */
+int fl_msg_encode_framed(const Fl__Envelope *env, uint8_t **out, size_t *len);
+/* Unpacks a payload (payload may be NULL when len is 0).  On success *env is the
+ * caller's to free with fl_msg_free; on error (FL_EPROTO: not a valid Envelope, or no
+ * body) *env is NULL.  Field values are not checked beyond what protobuf guarantees:
+ * enums may hold unknown values and sub-messages may be NULL.  Decoding takes at most
+ * about twice len plus 64 KiB of heap; a payload that would need more is FL_EPROTO. */
 int fl_msg_decode(const uint8_t *payload, size_t len, Fl__Envelope **env);
+/* Frees an Envelope from fl_msg_decode; NULL is fine. */
 void fl_msg_free(Fl__Envelope *env);
-/* "hello", "train_task", ... for logs. */
+/* "hello", "train_task", ... for logs ("none" without a body, "null" for NULL). */
 const char *fl_msg_name(const Fl__Envelope *env);
 
-/* Streams values[0..n) as TensorChunk frames of at most chunk_bytes of data. */
+/* Encoded Envelope{Heartbeat{seq, progress}}; *out malloc'd, caller frees.  0 or FL_ENOMEM. */
+int fl_msg_heartbeat(uint64_t seq, float progress, uint8_t **out, size_t *len);
+/* Encoded Envelope{Error{code, reason}}; with FL__ERROR_CODE__ERROR_VERSION it lists the
+ * versions this build speaks.  reason may be NULL.  *out malloc'd, caller frees. */
+int fl_msg_error(Fl__ErrorCode code, const char *reason, uint8_t **out, size_t *len);
+
+/* Server side of the handshake: picks the protocol version for a client's Hello.  The
+ * client speaks hello->protocol_version and every supported_versions entry (so a Hello
+ * with only protocol_version speaks just that one).  Sets *chosen and returns 0, or
+ * returns FL_EVERSION (*chosen = 0) when it speaks no version we do; the server then
+ * answers fl_msg_error(FL__ERROR_CODE__ERROR_VERSION, ...) and closes. */
+int fl_version_negotiate(const Fl__Hello *hello, uint32_t *chosen);
+
+/* Streams values[0..n) as TensorChunk frames of at most chunk_bytes of data (at least
+ * one value per chunk).  An empty tensor (n = 0) is sent as one empty chunk, so the
+ * receiver always completes on a chunk.  values is borrowed: keep it alive and unchanged
+ * until the last chunk has been produced. */
 typedef struct fl_tensor_tx {
   const float *values;
   uint64_t n, next;
   uint32_t chunk_values;
+  uint64_t sent;     /* chunks produced so far */
 } fl_tensor_tx;
 void fl_tensor_tx_init(fl_tensor_tx *tx, const float *values, uint64_t n, uint32_t chunk_bytes);
-/* Encodes the next chunk envelope into *out (malloc'd, caller frees).  Returns 1 when a
- * chunk was produced, 0 when the tensor is complete, or FL_E*. */
+/* Encodes the next chunk envelope (a payload, without frame header) into *out
+ * (malloc'd, caller frees).  Returns 1 when a chunk was produced, 0 when the tensor is
+ * complete, or FL_E*. */
 int fl_tensor_tx_next(fl_tensor_tx *tx, uint8_t **out, size_t *len);
 
 typedef struct fl_tensor_rx {
   float *dst;        /* [total] destination, caller-owned */
   uint64_t total, have;
   int check_finite;  /* refuse NaN or infinity with FL_ENONFINITE */
+  uint64_t chunks;   /* chunks accepted so far */
 } fl_tensor_rx;
 void fl_tensor_rx_init(fl_tensor_rx *rx, float *dst, uint64_t total, int check_finite);
-/* Takes one chunk.  Returns 1 when the tensor is complete, 0 when more chunks are
- * expected, or FL_E* (FL_EPROTO out of order / wrong total / bad length, FL_EFORMAT
- * unsupported encoding, FL_ENONFINITE) with the reason in err. */
+/* Takes one chunk (borrowed; nothing of it is kept).  Returns 1 when the tensor is
+ * complete, 0 when more chunks are expected, or FL_E* (FL_EPROTO out of order / wrong
+ * total / data not whole float32 values / past the end / empty chunk / chunk after
+ * completion, FL_EFORMAT unsupported encoding, FL_ENONFINITE naming the value's index)
+ * with the reason in err (may be NULL).  A tensor of total 0 completes on one empty
+ * chunk.  After an error the transfer is broken: dst may hold part of the bad chunk. */
 int fl_tensor_rx_add(fl_tensor_rx *rx, const Fl__TensorChunk *chunk, char *err, size_t errlen);
 
 #endif

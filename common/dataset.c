@@ -50,8 +50,16 @@ int fl__read_file(const char *path, uint8_t **buf, size_t *len, char *err, size_
     return fl__dataset_err(err, errlen, FL_ENOMEM, "%s: cannot open: out of memory", path);
   }
   gzbuffer(g, 1 << 17);
-  /* Compressed files grow; start from the file size and double. */
+  /* Start from the size the gzip trailer records (mod 2^32), else the file size, and
+   * double if that was short. */
   size_t cap = st.st_size > 0 ? (size_t)st.st_size + 2 : 1 << 16, n = 0;
+  uint8_t head[2], tail[4];
+  if (st.st_size >= 18 && pread(fd, head, 2, 0) == 2 && head[0] == 0x1f && head[1] == 0x8b &&
+      pread(fd, tail, 4, st.st_size - 4) == 4) {
+    size_t isize = (size_t)tail[0] | (size_t)tail[1] << 8 | (size_t)tail[2] << 16 |
+                   (size_t)tail[3] << 24;
+    if (isize + 2 > cap) cap = isize + 2;
+  }
   uint8_t *b = NULL;
   int rc = 0;
   for (;;) {

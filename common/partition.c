@@ -78,13 +78,14 @@ static void apportion(const double *w, size_t k, size_t total, size_t *cnt) {
 }
 
 /* Dirichlet(alpha) weights.  With a tiny alpha every Gamma draw can underflow to 0; the
- * limit of that distribution is all mass on one partition, so that is what we give. */
+ * limit of that distribution is all mass on one partition, so that is what we give.
+ * With a huge alpha the sum can overflow; that limit is equal shares. */
 static void dirichlet(fl_rng *r, double alpha, double *w, size_t k) {
   double sum = 0;
   for (size_t i = 0; i < k; i++) sum += w[i] = fl_rng_gamma(r, alpha);
   if (sum > 0 && isfinite(sum)) return;
-  for (size_t i = 0; i < k; i++) w[i] = 0;
-  w[fl_rng_below(r, k)] = 1;
+  for (size_t i = 0; i < k; i++) w[i] = sum > 0 ? 1 : 0;
+  if (sum == 0) w[fl_rng_below(r, k)] = 1;
 }
 
 static size_t largest(const size_t *a, size_t k) {

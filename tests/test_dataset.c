@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -327,4 +328,76 @@ Test(dataset, split_is_seeded_disjoint_and_complete) {
   cr_assert_neq(memcmp(va, va2, sizeof va), 0);
   fl_split(N, 0, 1, tr2, va2);
   for (int i = 0; i < N; i++) cr_assert_eq(tr2[i], (uint32_t)i);
+}
+
+/* A copy of len bytes ending right before a PROT_NONE page, so reading past the end of
+ * the input crashes the test (picohttpparser's trick).  Free with unguard. */
+static uint8_t *guarded(const void *data, size_t len, size_t *map_len) {
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), pages = (len + page - 1) / page + 1;
+  *map_len = pages * page;
+  uint8_t *m = mmap(NULL, *map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  cr_assert_neq(m, MAP_FAILED);
+  cr_assert_eq(mprotect(m + *map_len - page, page, PROT_NONE), 0);
+  uint8_t *p = m + *map_len - page - len;
+  memcpy(p, data, len);
+  return p;
+}
+
+static void unguard(uint8_t *p, size_t len, size_t map_len) {
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  munmap(p + len + page - map_len, map_len);
+}
+
+/* Every prefix of a CSV file, placed against a guard page, parses or fails cleanly; the
+ * prefixes that end after a complete row parse to the rows so far. */
+Test(dataset, csv_prefixes_never_over_read) {
+  const char *text = "\"a\", b ,label\r\n1.5,-2,1\r\n\n3,4e-3,0\n5,6,2";
+  size_t len = strlen(text);
+  for (size_t k = 0; k <= len; k++) {
+    size_t ml;
+    uint8_t *p = guarded(text, k, &ml);
+    fl_dataset d;
+    int rc = fl_dataset_parse_csv(&d, (const char *)p, k, "mem.csv", NULL, 0, err, sizeof err);
+    if (rc == 0) {
+      cr_assert(d.n >= 1 && d.n <= 3 && d.dim == 2, "prefix %zu", k);
+      cr_assert_eq(d.x[0], 1.5f);
+      fl_dataset_free(&d);
+    } else {
+      cr_assert(rc == FL_EFORMAT, "prefix %zu: %s", k, err);
+      cr_assert_not_null(strstr(err, "mem.csv"), "%s", err);
+    }
+    unguard(p, k, ml);
+  }
+  size_t ml;
+  uint8_t *p = guarded(text, len, &ml);
+  fl_dataset d;
+  cr_assert_eq(fl_dataset_parse_csv(&d, (const char *)p, len, "mem.csv", "b", 0, err,
+                                    sizeof err), 0, "%s", err);
+  cr_assert(d.n == 3 && d.x[5] == 2.0f && d.y[2] == 6.0f && d.y[1] == 4e-3f && d.num_classes == 0);
+  fl_dataset_free(&d);
+  unguard(p, len, ml);
+}
+
+Test(dataset, idx_prefixes_never_over_read) {
+  static uint8_t img[16 + 3 * 4], lab[8 + 3];
+  size_t il = idx_images(img, 3, 2, 2), ll = idx_labels(lab, 3), ml1, ml2;
+  uint8_t *l = guarded(lab, ll, &ml2);
+  for (size_t k = 0; k <= il; k++) {
+    uint8_t *p = guarded(img, k, &ml1);
+    fl_dataset d;
+    int rc = fl_dataset_parse_idx(&d, p, k, "img", l, ll, "lab", err, sizeof err);
+    cr_assert_eq(rc == 0, k == il, "prefix %zu: %s", k, err);
+    if (rc == 0) fl_dataset_free(&d);
+    unguard(p, k, ml1);
+  }
+  unguard(l, ll, ml2);
+}
+
+Test(dataset, csv_gzip) {
+  const char *text = "a,b\n1,0\n2,1\n";
+  put("z.csv.gz", text, strlen(text), 1);
+  fl_dataset d;
+  cr_assert_eq(fl_dataset_load(&d, path_of("z.csv.gz"), err, sizeof err), 0, "%s", err);
+  cr_assert(d.n == 2 && d.num_classes == 2);
+  fl_dataset_free(&d);
 }

@@ -74,7 +74,7 @@ static double mean_top_share(const fl_subset *p, size_t parts, int classes) {
 Test(partition, every_scheme_covers_exactly_and_is_deterministic) {
   fl_dataset d = synth(3001, 10);
   const char *schemes[] = {"iid", "shards:2", "dirichlet:0.3", "quantity:0.5", "dirichlet:0.001",
-                           "quantity:0.01"};
+                           "quantity:0.01", "quantity:1e308", "dirichlet:1e308"};
   for (size_t s = 0; s < sizeof schemes / sizeof *schemes; s++) {
     for (size_t parts = 1; parts <= 37; parts += 12) {
       fl_subset *a = split(&d, schemes[s], parts, 7), *b = split(&d, schemes[s], parts, 7);

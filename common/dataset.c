@@ -134,6 +134,19 @@ int fl_dataset_load(fl_dataset *out, const char *spec, char *err, size_t errlen)
     snprintf(lab, sizeof lab, "%s/%s-labels-idx1-ubyte.gz", FASHION_DIR, stem);
     return fl_dataset_load_idx(out, img, lab, err, errlen);
   }
+  size_t len = strlen(spec);
+  if (is_csv_path(spec, len)) return fl_dataset_load_csv(out, spec, NULL, err, errlen);
+  const char *colon = strrchr(spec, ':');
+  if (colon && colon[1] && is_csv_path(spec, (size_t)(colon - spec))) {
+    size_t k = (size_t)(colon - spec);
+    char *path = malloc(k + 1);
+    if (!path) return fl__dataset_err(err, errlen, FL_ENOMEM, "out of memory");
+    memcpy(path, spec, k);
+    path[k] = 0;
+    int rc = fl_dataset_load_csv(out, path, colon + 1, err, errlen);
+    free(path);
+    return rc;
+  }
   const char *comma = strchr(spec, ',');
   if (comma) {
     if (strchr(comma + 1, ','))
@@ -146,19 +159,6 @@ int fl_dataset_load(fl_dataset *out, const char *spec, char *err, size_t errlen)
     img[k] = 0;
     int rc = fl_dataset_load_idx(out, img, comma + 1, err, errlen);
     free(img);
-    return rc;
-  }
-  size_t len = strlen(spec);
-  if (is_csv_path(spec, len)) return fl_dataset_load_csv(out, spec, NULL, err, errlen);
-  const char *colon = strrchr(spec, ':');
-  if (colon && colon[1] && is_csv_path(spec, (size_t)(colon - spec))) {
-    size_t k = (size_t)(colon - spec);
-    char *path = malloc(k + 1);
-    if (!path) return fl__dataset_err(err, errlen, FL_ENOMEM, "out of memory");
-    memcpy(path, spec, k);
-    path[k] = 0;
-    int rc = fl_dataset_load_csv(out, path, colon + 1, err, errlen);
-    free(path);
     return rc;
   }
   return fl__dataset_err(err, errlen, FL_EINVAL,

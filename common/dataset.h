@@ -58,7 +58,9 @@ int fl_dataset_parse_idx(fl_dataset *out, const uint8_t *images, size_t images_l
 
 /* Loads by path: "a.csv" (label = last column, or "a.csv:COLUMN"), or an IDX pair given as
  * "IMAGES,LABELS", or the name "fashion-mnist:train" / "fashion-mnist:test" for the files
- * of the Debian package dataset-fashion-mnist. */
+ * of the Debian package dataset-fashion-mnist.  A path ending in .csv or .csv.gz (before
+ * an optional ":COLUMN") is CSV; otherwise a comma makes an IDX pair; anything else is
+ * FL_EINVAL.  Every loader leaves *out zeroed on failure. */
 int fl_dataset_load(fl_dataset *out, const char *spec, char *err, size_t errlen);
 
 /* Writes a dataset as CSV (header f0..f{dim-1},label; values as %.9g, so loading the

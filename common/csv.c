@@ -54,20 +54,63 @@ static size_t count_fields(span line) {
   return n;
 }
 
-/* Parses one field as a finite float32. */
-static int number(const parser *ps, span f, size_t line, size_t col, double *v) {
+/* Short decimals ("0", "255", "-1.25", "4e-3") without strtof: a mantissa of at most
+ * 2^24 is exact as a float, and so is 10^k for k <= 10, so one IEEE multiply or divide
+ * rounds correctly and gives strtof's result.  Returns 0 to leave the field to strtof. */
+static int fast_float(const char *p, size_t len, float *out) {
+  static const float pow10[] = {1e0f, 1e1f, 1e2f, 1e3f, 1e4f, 1e5f,
+                                1e6f, 1e7f, 1e8f, 1e9f, 1e10f};
+  size_t i = 0;
+  int neg = 0, scale = 0, digits = 0;
+  uint32_t m = 0;
+  if (i < len && (p[i] == '-' || p[i] == '+')) neg = p[i++] == '-';
+  for (int frac = 0; i < len; i++) {
+    if (p[i] == '.' && !frac) {
+      frac = 1;
+      continue;
+    }
+    if (p[i] < '0' || p[i] > '9') break;
+    m = m * 10 + (uint32_t)(p[i] - '0');
+    if (m > (1u << 24)) return 0;
+    scale -= frac;
+    digits++;
+  }
+  if (!digits) return 0;
+  if (i < len && (p[i] == 'e' || p[i] == 'E')) {
+    int eneg = 0, e = 0, edigits = 0;
+    if (++i < len && (p[i] == '-' || p[i] == '+')) eneg = p[i++] == '-';
+    for (; i < len && p[i] >= '0' && p[i] <= '9' && edigits < 3; i++, edigits++)
+      e = e * 10 + (p[i] - '0');
+    if (!edigits) return 0;
+    scale += eneg ? -e : e;
+  }
+  if (i != len || scale < -10 || scale > 10) return 0;
+  float f = (float)m;
+  f = scale < 0 ? f / pow10[-scale] : f * pow10[scale];
+  *out = neg ? -f : f;
+  return 1;
+}
+
+/* Parses one field: a feature as a finite float32 (exactly as strtof would), a label
+ * as a double (so that 3.0000001 is not mistaken for the class 3). */
+static int number(const parser *ps, span f, size_t line, size_t col, int is_label,
+                  double *v) {
   span t = trim(f);
   const char *what = NULL;
   int code = FL_EFORMAT;
   char tmp[FIELD_MAX + 1];
+  float fv;
+  if (!is_label && fast_float(t.p, t.len, &fv)) {
+    *v = fv;
+    return 0;
+  }
   if (t.len == 0) what = "empty field";
   else if (t.len > FIELD_MAX) what = "field too long to be a number";
   else {
     memcpy(tmp, t.p, t.len);
     tmp[t.len] = 0;
     char *end;
-    errno = 0;
-    *v = strtod(tmp, &end);
+    *v = is_label ? strtod(tmp, &end) : strtof(tmp, &end);
     if (end != tmp + t.len) what = "not a number";
     else if (!isfinite(*v) || !isfinite((float)*v))
       what = "not a finite float32 number", code = FL_ENONFINITE;
@@ -180,7 +223,7 @@ int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const cha
       size_t k = c ? (size_t)(c - p) : l.len - at;
       at += k + 1;
       double v = 0;
-      rc = number(&ps, (span){p, k}, line, i, &v);
+      rc = number(&ps, (span){p, k}, line, i, i == lab, &v);
       if (rc) goto fail;
       if (i != lab) {
         *row++ = (float)v;

@@ -401,3 +401,35 @@ Test(dataset, csv_gzip) {
   cr_assert(d.n == 2 && d.num_classes == 2);
   fl_dataset_free(&d);
 }
+
+/* Features parse to exactly what strtof gives, for the short decimals the parser reads
+ * itself and the long ones it leaves to strtof. */
+Test(dataset, csv_features_match_strtof) {
+  enum { N = 4000 };
+  static char text[N * 40 + 16], fields[N][32];
+  uint32_t s = 99;
+  size_t at = (size_t)sprintf(text, "f,label\n");
+  for (int i = 0; i < N; i++) {
+    s = s * 1103515245u + 12345u;
+    uint32_t r = s >> 8;
+    switch (i % 6) {
+    case 0: sprintf(fields[i], "%u", r % 20000000u); break;
+    case 1: sprintf(fields[i], "-%u.%u", r % 1000u, (r >> 10) % 100000u); break;
+    case 2: sprintf(fields[i], "%ue-%u", r % 17000000u, (r >> 5) % 14u); break;
+    case 3: sprintf(fields[i], "%.9g", (double)(r % 100000u) * 1.37e-5); break;
+    case 4: sprintf(fields[i], "0.%07u", r % 10000000u); break;
+    default: sprintf(fields[i], "%u.%uE+%u", r % 99u, (r >> 7) % 999999u, (r >> 3) % 12u);
+    }
+    at += (size_t)sprintf(text + at, "%s,0\n", fields[i]);
+  }
+  fl_dataset d;
+  cr_assert_eq(fl_dataset_parse_csv(&d, text, at, "mem.csv", NULL, 0, err, sizeof err), 0,
+               "%s", err);
+  cr_assert_eq(d.n, N);
+  for (int i = 0; i < N; i++) {
+    float want = strtof(fields[i], NULL);
+    cr_assert_eq(memcmp(&d.x[i], &want, 4), 0, "'%s': %.9g vs %.9g", fields[i],
+                 (double)d.x[i], (double)want);
+  }
+  fl_dataset_free(&d);
+}

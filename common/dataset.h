@@ -39,29 +39,61 @@ int fl_dataset_load_idx(fl_dataset *out, const char *images_path, const char *la
 int fl_dataset_load_csv(fl_dataset *out, const char *path, const char *label_column,
                         char *err, size_t errlen);
 
+/* Like fl_dataset_load_csv with an explicit class count.  num_classes > 0: every label
+ * must be an integer in [0, num_classes), else FL_ERANGE "label out of range" naming
+ * the line.  num_classes == 0: inferred as above, and a negative integer label among
+ * integer labels is FL_ERANGE too (integer labels are read as class indices).
+ * num_classes < 0: a regression target, any finite value. */
+int fl_dataset_load_csv_classes(fl_dataset *out, const char *path, const char *label_column,
+                                int num_classes, char *err, size_t errlen);
+
+/* The parsers behind the loaders, on a caller's buffer (not NUL-terminated; never read
+ * past len).  name is used only in error messages.  Same results and ownership as the
+ * loaders. */
+int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const char *name,
+                         const char *label_column, int num_classes, char *err, size_t errlen);
+int fl_dataset_parse_idx(fl_dataset *out, const uint8_t *images, size_t images_len,
+                         const char *images_name, const uint8_t *labels, size_t labels_len,
+                         const char *labels_name, char *err, size_t errlen);
+
 /* Loads by path: "a.csv" (label = last column, or "a.csv:COLUMN"), or an IDX pair given as
  * "IMAGES,LABELS", or the name "fashion-mnist:train" / "fashion-mnist:test" for the files
- * of the Debian package dataset-fashion-mnist. */
+ * of the Debian package dataset-fashion-mnist.  A path ending in .csv or .csv.gz (before
+ * an optional ":COLUMN") is CSV; otherwise a comma makes an IDX pair; anything else is
+ * FL_EINVAL.  Every loader leaves *out zeroed on failure. */
 int fl_dataset_load(fl_dataset *out, const char *spec, char *err, size_t errlen);
 
-/* Writes a dataset as CSV (header f0..f{dim-1},label). */
+/* Writes a dataset as CSV (header f0..f{dim-1},label; values as %.9g, so loading the
+ * file gives back the same floats). */
 int fl_dataset_save_csv(const fl_dataset *d, const char *path, char *err, size_t errlen);
 
 void fl_dataset_free(fl_dataset *d);
 
 /* Feature standardisation from the statistics of one subset (the training data), applied
- * in place to a whole dataset.  mean/std are [dim] arrays the caller provides. */
+ * in place to a whole dataset.  mean/std are [dim] arrays the caller provides; std is
+ * the population standard deviation.  A feature with std 0 is only centred. */
 void fl_dataset_stats(const fl_subset *s, float *mean, float *std);
 void fl_dataset_standardize(fl_dataset *d, const float *mean, const float *std);
 
 /* A seeded train/validation split of [0, n): writes n_val validation indices and
- * n - n_val training indices (both caller-allocated). */
+ * n - n_val training indices (both caller-allocated), each list in ascending order.
+ * n_val <= n <= UINT32_MAX. */
 void fl_split(size_t n, size_t n_val, uint64_t seed, uint32_t *train_idx, uint32_t *val_idx);
 
 /* Partitions for simulation: every sample in exactly one of `parts` partitions,
  * deterministic from the seed.  scheme: "iid", "shards:S", "dirichlet:ALPHA",
  * "quantity:ALPHA".  On success *out is an array of `parts` subsets whose idx arrays
- * share one allocation; free with fl_partition_free. */
+ * share one allocation; free with fl_partition_free.
+ *   iid              seeded shuffle, sizes equal to within one
+ *   shards:S         samples sorted by label (stable) and cut into parts*S shards of equal
+ *                    size (to within one); each partition gets S random shards
+ *                    (McMahan et al. 2017); needs parts*S <= n
+ *   dirichlet:ALPHA  label skew: for each class, shares over partitions ~ Dir(ALPHA);
+ *                    needs class labels.  A partition left empty gets one sample from
+ *                    the largest partition, so none is empty
+ *   quantity:ALPHA   size skew: sizes ~ Dir(ALPHA), labels iid; empty ones fixed alike
+ * Indices within a partition are in ascending order.  parts must be 1..n; ALPHA > 0;
+ * S >= 1; else FL_EINVAL with a message in err. */
 int fl_partition(const fl_dataset *d, const char *scheme, size_t parts, uint64_t seed,
                  fl_subset **out, char *err, size_t errlen);
 void fl_partition_free(fl_subset *parts);

@@ -1,0 +1,313 @@
+/* CSV datasets: a header row naming the columns, then one sample per line.  One column
+ * is the label, every other column a numeric feature.  Fields are separated by commas;
+ * surrounding spaces and double quotes are dropped (a quoted field cannot hold a comma);
+ * lines may end in CRLF; empty lines are skipped.  The parser works on a caller's buffer
+ * and never reads past its length. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dataset.h"
+#include "dataset_internal.h"
+#include "error.h"
+
+/* Longest numeric field accepted (digits of a float32 fit many times over). */
+#define FIELD_MAX 127
+/* Labels are classes only when exactly representable as float32 integers. */
+#define LABEL_INT_MAX 16777216.0
+
+typedef struct span { const char *p; size_t len; } span;
+
+typedef struct parser {
+  const char *name;
+  char *err;
+  size_t errlen;
+  span *cols;          /* header names */
+  size_t ncols;
+} parser;
+
+/* Drops blanks and one pair of surrounding double quotes. */
+static span trim(span s) {
+  while (s.len && (s.p[0] == ' ' || s.p[0] == '\t')) s.p++, s.len--;
+  while (s.len && (s.p[s.len - 1] == ' ' || s.p[s.len - 1] == '\t')) s.len--;
+  if (s.len >= 2 && s.p[0] == '"' && s.p[s.len - 1] == '"') s.p++, s.len -= 2;
+  return s;
+}
+
+/* The line starting at *pos, without its "\n" or "\r\n"; advances *pos past it. */
+static span next_line(const char *buf, size_t len, size_t *pos) {
+  const char *p = buf + *pos;
+  const char *nl = memchr(p, '\n', len - *pos);
+  size_t k = nl ? (size_t)(nl - p) : len - *pos;
+  *pos += nl ? k + 1 : k;
+  if (k && p[k - 1] == '\r') k--;
+  return (span){p, k};
+}
+
+static size_t count_fields(span line) {
+  size_t n = 1;
+  for (const char *p = line.p, *end = line.p + line.len; (p = memchr(p, ',', (size_t)(end - p)));
+       p++)
+    n++;
+  return n;
+}
+
+/* Short decimals ("0", "255", "-1.25", "4e-3") without strtof: a mantissa of at most
+ * 2^24 is exact as a float, and so is 10^k for k <= 10, so one IEEE multiply or divide
+ * rounds correctly and gives strtof's result.  Returns 0 to leave the field to strtof. */
+static int fast_float(const char *p, size_t len, float *out) {
+  static const float pow10[] = {1e0f, 1e1f, 1e2f, 1e3f, 1e4f, 1e5f,
+                                1e6f, 1e7f, 1e8f, 1e9f, 1e10f};
+  size_t i = 0;
+  int neg = 0, scale = 0, digits = 0;
+  uint32_t m = 0;
+  if (i < len && (p[i] == '-' || p[i] == '+')) neg = p[i++] == '-';
+  for (int frac = 0; i < len; i++) {
+    if (p[i] == '.' && !frac) {
+      frac = 1;
+      continue;
+    }
+    if (p[i] < '0' || p[i] > '9') break;
+    m = m * 10 + (uint32_t)(p[i] - '0');
+    if (m > (1u << 24)) return 0;
+    scale -= frac;
+    digits++;
+  }
+  if (!digits) return 0;
+  if (i < len && (p[i] == 'e' || p[i] == 'E')) {
+    int eneg = 0, e = 0, edigits = 0;
+    if (++i < len && (p[i] == '-' || p[i] == '+')) eneg = p[i++] == '-';
+    for (; i < len && p[i] >= '0' && p[i] <= '9' && edigits < 3; i++, edigits++)
+      e = e * 10 + (p[i] - '0');
+    if (!edigits) return 0;
+    scale += eneg ? -e : e;
+  }
+  if (i != len || scale < -10 || scale > 10) return 0;
+  float f = (float)m;
+  f = scale < 0 ? f / pow10[-scale] : f * pow10[scale];
+  *out = neg ? -f : f;
+  return 1;
+}
+
+/* Parses one field: a feature as a finite float32 (exactly as strtof would), a label
+ * as a double (so that 3.0000001 is not mistaken for the class 3). */
+static int number(const parser *ps, span f, size_t line, size_t col, int is_label,
+                  double *v) {
+  span t = trim(f);
+  const char *what = NULL;
+  int code = FL_EFORMAT;
+  char tmp[FIELD_MAX + 1];
+  float fv;
+  if (!is_label && fast_float(t.p, t.len, &fv)) {
+    *v = fv;
+    return 0;
+  }
+  if (t.len == 0) what = "empty field";
+  else if (t.len > FIELD_MAX) what = "field too long to be a number";
+  else {
+    memcpy(tmp, t.p, t.len);
+    tmp[t.len] = 0;
+    char *end;
+    *v = is_label ? strtod(tmp, &end) : strtof(tmp, &end);
+    if (end != tmp + t.len) what = "not a number";
+    else if (!isfinite(*v) || !isfinite((float)*v))
+      what = "not a finite float32 number", code = FL_ENONFINITE;
+  }
+  if (!what) return 0;
+  span c = ps->cols[col];
+  return fl__dataset_err(ps->err, ps->errlen, code, "%s:%zu: column '%.*s' (%zu): %s: '%.*s'",
+                         ps->name, line, (int)(c.len > 64 ? 64 : c.len), c.p, col, what,
+                         (int)(f.len > 64 ? 64 : f.len), f.p);
+}
+
+/* Finds the label column by name, else by 0-based index; NULL means the last. */
+static int label_index(const parser *ps, const char *label, size_t *out) {
+  if (!label) {
+    *out = ps->ncols - 1;
+    return 0;
+  }
+  size_t k = strlen(label);
+  for (size_t i = 0; i < ps->ncols; i++)
+    if (ps->cols[i].len == k && memcmp(ps->cols[i].p, label, k) == 0) {
+      *out = i;
+      return 0;
+    }
+  char *end;
+  errno = 0;
+  unsigned long long i = strtoull(label, &end, 10);
+  if (k && *end == 0 && label[0] >= '0' && label[0] <= '9' && errno == 0) {
+    if (i < ps->ncols) {
+      *out = (size_t)i;
+      return 0;
+    }
+    return fl__dataset_err(ps->err, ps->errlen, FL_EINVAL,
+                           "%s: label column index %llu, but the header has %zu columns "
+                           "(0..%zu)", ps->name, i, ps->ncols, ps->ncols - 1);
+  }
+  return fl__dataset_err(ps->err, ps->errlen, FL_EINVAL,
+                         "%s: no column named '%s' in the header (%zu columns)", ps->name,
+                         label, ps->ncols);
+}
+
+int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const char *name,
+                         const char *label_column, int num_classes, char *err, size_t errlen) {
+  parser ps = {.name = name, .err = err, .errlen = errlen};
+  int rc = 0;
+  memset(out, 0, sizeof *out);
+  size_t pos = 0;
+  if (len >= 3 && memcmp(buf, "\xef\xbb\xbf", 3) == 0) pos = 3;
+  size_t blank = pos;
+  while (blank < len && (buf[blank] == ' ' || buf[blank] == '\t' || buf[blank] == '\r' ||
+                         buf[blank] == '\n'))
+    blank++;
+  if (blank == len)
+    return fl__dataset_err(err, errlen, FL_EFORMAT, "%s: empty file (expected a header row)",
+                           name);
+
+  span head = next_line(buf, len, &pos);
+  if (trim(head).len == 0)
+    return fl__dataset_err(err, errlen, FL_EFORMAT, "%s:1: empty header row", name);
+  ps.ncols = count_fields(head);
+  if (ps.ncols < 2)
+    return fl__dataset_err(err, errlen, FL_EFORMAT,
+                           "%s:1: header has one column; need features and a label", name);
+  ps.cols = malloc(ps.ncols * sizeof *ps.cols);
+  if (!ps.cols) return fl__dataset_err(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+  for (size_t i = 0, at = 0; i < ps.ncols; i++) {
+    const char *p = head.p + at;
+    const char *c = memchr(p, ',', head.len - at);
+    size_t k = c ? (size_t)(c - p) : head.len - at;
+    ps.cols[i] = trim((span){p, k});
+    at += k + 1;
+  }
+  size_t lab = 0;
+  rc = label_index(&ps, label_column, &lab);
+  if (rc) goto fail;
+
+  /* A data row holds at least ncols one-byte fields and ncols - 1 commas, which bounds
+   * the rows by the bytes left, so the arrays are allocated once. */
+  size_t dim = ps.ncols - 1, rest = len - pos, max_rows = rest / (2 * ps.ncols - 1) + 1;
+  if (max_rows > UINT32_MAX) max_rows = UINT32_MAX;
+  out->x = malloc((max_rows * dim + 1) * sizeof(float));
+  out->y = malloc(max_rows * sizeof(float));
+  if (!out->x || !out->y) {
+    rc = fl__dataset_err(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+    goto fail;
+  }
+
+  size_t n = 0, line = 1, neg_line = 0;
+  int all_int = 1;
+  double max = 0, neg = 0;
+  while (pos < len) {
+    span l = next_line(buf, len, &pos);
+    line++;
+    if (trim(l).len == 0) continue;
+    size_t nf = count_fields(l);
+    if (nf != ps.ncols) {
+      rc = fl__dataset_err(err, errlen, FL_EFORMAT,
+                           "%s:%zu: ragged row: %zu fields, expected %zu as in the header", name,
+                           line, nf, ps.ncols);
+      goto fail;
+    }
+    if (n == max_rows) {
+      rc = fl__dataset_err(err, errlen, FL_ETOOBIG, "%s:%zu: more than %zu rows", name, line,
+                           max_rows);
+      goto fail;
+    }
+    float *row = out->x + n * dim;
+    for (size_t i = 0, at = 0; i < ps.ncols; i++) {
+      const char *p = l.p + at;
+      const char *c = memchr(p, ',', l.len - at);
+      size_t k = c ? (size_t)(c - p) : l.len - at;
+      at += k + 1;
+      double v = 0;
+      rc = number(&ps, (span){p, k}, line, i, i == lab, &v);
+      if (rc) goto fail;
+      if (i != lab) {
+        *row++ = (float)v;
+        continue;
+      }
+      out->y[n] = (float)v;
+      int integral = v == floor(v) && fabs(v) < LABEL_INT_MAX;
+      if (num_classes > 0 && (!integral || v < 0 || v >= num_classes)) {
+        rc = fl__dataset_err(err, errlen, FL_ERANGE,
+                             "%s:%zu: label out of range: '%.*s' is not a class index "
+                             "0..%d", name, line, (int)(k > 64 ? 64 : k), p, num_classes - 1);
+        goto fail;
+      }
+      if (!integral) all_int = 0;
+      if (integral && v < 0 && !neg_line) neg = v, neg_line = line;
+      if (v > max) max = v;
+    }
+    n++;
+  }
+  if (n == 0) {
+    rc = fl__dataset_err(err, errlen, FL_EFORMAT, "%s: no data rows after the header", name);
+    goto fail;
+  }
+  if (num_classes == 0 && all_int) {
+    if (neg_line) {
+      rc = fl__dataset_err(err, errlen, FL_ERANGE,
+                           "%s:%zu: label out of range: %g; integer labels are class indices "
+                           "and must be >= 0", name, neg_line, neg);
+      goto fail;
+    }
+    num_classes = (int)max + 1;
+  }
+  out->num_classes = num_classes > 0 ? num_classes : 0;
+  out->n = n;
+  out->dim = dim;
+  out->channels = 1;
+  out->height = 1;
+  out->width = (uint32_t)dim;
+  /* Give back what the row bound over-reserved. */
+  float *x = realloc(out->x, (n * dim + 1) * sizeof(float));
+  float *y = realloc(out->y, n * sizeof(float));
+  if (x) out->x = x;
+  if (y) out->y = y;
+  free(ps.cols);
+  return 0;
+fail:
+  free(ps.cols);
+  fl_dataset_free(out);
+  return rc;
+}
+
+int fl_dataset_load_csv_classes(fl_dataset *out, const char *path, const char *label_column,
+                                int num_classes, char *err, size_t errlen) {
+  uint8_t *buf;
+  size_t len;
+  memset(out, 0, sizeof *out);
+  int rc = fl__read_file(path, &buf, &len, err, errlen);
+  if (rc) return rc;
+  rc = fl_dataset_parse_csv(out, (const char *)buf, len, path, label_column, num_classes, err,
+                            errlen);
+  free(buf);
+  return rc;
+}
+
+int fl_dataset_load_csv(fl_dataset *out, const char *path, const char *label_column,
+                        char *err, size_t errlen) {
+  return fl_dataset_load_csv_classes(out, path, label_column, 0, err, errlen);
+}
+
+int fl_dataset_save_csv(const fl_dataset *d, const char *path, char *err, size_t errlen) {
+  FILE *f = fopen(path, "w");
+  if (!f)
+    return fl__dataset_err(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO,
+                           "%s: cannot create: %s", path, strerror(errno));
+  setvbuf(f, NULL, _IOFBF, 1 << 16);
+  for (size_t j = 0; j < d->dim; j++) fprintf(f, "f%zu,", j);
+  fputs("label\n", f);
+  for (size_t i = 0; i < d->n; i++) {
+    const float *row = d->x + i * d->dim;
+    for (size_t j = 0; j < d->dim; j++) fprintf(f, "%.9g,", (double)row[j]);
+    fprintf(f, "%.9g\n", (double)d->y[i]);
+  }
+  int bad = ferror(f);
+  if (fclose(f) != 0 || bad)
+    return fl__dataset_err(err, errlen, FL_EIO, "%s: cannot write: %s", path, strerror(errno));
+  return 0;
+}

@@ -1,19 +1,15 @@
-/* Model files (format in modelfile.h).  The file is built in memory, then written to a
- * temporary file in the same directory, synced and renamed over the target, so a reader
- * sees either the old file or the new one, never a half-written one. */
+/* Model files (format in modelfile.h).  The file image is built in memory and written
+ * atomically (fileio.h), so a reader sees either the old file or the new one. */
 #include "modelfile.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include "error.h"
+#include "fileio.h"
 
 #define MAGIC "FLMODEL\0"
 #define MAGIC_LEN 8
@@ -34,109 +30,51 @@ static int fail_msg(char *err, size_t errlen, int code, const char *fmt, ...) {
   return code;
 }
 
-static void put32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get32(const uint8_t *p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
-
-static int write_all(int fd, const uint8_t *p, size_t n) {
-  while (n) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return -1;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-/* The rename is durable only once the directory itself is synced. */
-static int sync_dir(const char *path) {
-  const char *slash = strrchr(path, '/');
-  char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-  if (!dir) return -1;
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  free(dir);
-  if (fd < 0) return -1;
-  int rc = fsync(fd);
-  close(fd);
-  return rc;
-}
-
-int fl_modelfile_save(const char *path, const char *spec, uint64_t model_id,
-                      const float *params, size_t num_params, char *err, size_t errlen) {
+int fl_modelfile_encode(const char *spec, uint64_t model_id, const float *params,
+                        size_t num_params, uint8_t **out, size_t *out_len) {
   size_t spec_len = strlen(spec);
-  if (spec_len > UINT32_MAX)
-    return fail_msg(err, errlen, FL_EINVAL, "%s: model spec of %zu bytes is too long", path,
-                    spec_len);
+  if (spec_len > UINT32_MAX) return FL_EINVAL;
   size_t fixed = HEAD_LEN + MID_LEN + TAIL_LEN + spec_len;
-  if (num_params > (SIZE_MAX - fixed) / 4)
-    return fail_msg(err, errlen, FL_EINVAL, "%s: %zu parameters is too many", path,
-                    num_params);
+  if (num_params > (SIZE_MAX - fixed) / 4) return FL_EINVAL;
   size_t size = fixed + 4 * num_params;
   uint8_t *buf = malloc(size);
-  if (!buf) return fail_msg(err, errlen, FL_ENOMEM, "%s: out of memory", path);
+  if (!buf) return FL_ENOMEM;
   uint8_t *p = buf;
   memcpy(p, MAGIC, MAGIC_LEN);
-  put32(p + MAGIC_LEN, FL_MODELFILE_VERSION);
-  put32(p + MAGIC_LEN + 4, (uint32_t)spec_len);
+  fl_put32(p + MAGIC_LEN, FL_MODELFILE_VERSION);
+  fl_put32(p + MAGIC_LEN + 4, (uint32_t)spec_len);
   p += HEAD_LEN;
   memcpy(p, spec, spec_len);
   p += spec_len;
-  put64(p, model_id);
-  put64(p + 8, num_params);
+  fl_put64(p, model_id);
+  fl_put64(p + 8, num_params);
   p += MID_LEN;
   for (size_t i = 0; i < num_params; i++, p += 4) {
     uint32_t bits;
     memcpy(&bits, &params[i], 4);
-    put32(p, bits);
+    fl_put32(p, bits);
   }
-  put32(p, (uint32_t)crc32_z(0, buf, size - TAIL_LEN));
+  fl_put32(p, (uint32_t)crc32_z(0, buf, size - TAIL_LEN));
 
-  int rc = 0, fd = -1;
-  char *tmp = malloc(strlen(path) + 16);
-  if (!tmp) {
-    rc = fail_msg(err, errlen, FL_ENOMEM, "%s: out of memory", path);
-    goto done;
-  }
-  sprintf(tmp, "%s.tmp.XXXXXX", path);
-  fd = mkostemp(tmp, O_CLOEXEC);
-  if (fd < 0) {
-    rc = fail_msg(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO,
-                  "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
-    goto done;
-  }
-  if (fchmod(fd, 0644) != 0 || write_all(fd, buf, size) != 0 || fsync(fd) != 0) {
-    rc = fail_msg(err, errlen, FL_EIO, "%s: cannot write %s: %s", path, tmp, strerror(errno));
-    goto unlink;
-  }
-  int c = close(fd);
-  fd = -1;
-  if (c != 0 || rename(tmp, path) != 0) {
-    rc = fail_msg(err, errlen, FL_EIO, "%s: cannot write: %s", path, strerror(errno));
-    goto unlink;
-  }
-  if (sync_dir(path) != 0)
-    rc = fail_msg(err, errlen, FL_EIO, "%s: written, but syncing its directory failed: %s",
-                  path, strerror(errno));
-  goto done;
-unlink:
-  if (fd >= 0) close(fd);
-  unlink(tmp);
-done:
-  free(tmp);
+  *out = buf;
+  *out_len = size;
+  return 0;
+}
+
+int fl_modelfile_save(const char *path, const char *spec, uint64_t model_id,
+                      const float *params, size_t num_params, char *err, size_t errlen) {
+  uint8_t *buf;
+  size_t size;
+  int rc = fl_modelfile_encode(spec, model_id, params, num_params, &buf, &size);
+  if (rc)
+    return fail_msg(err, errlen, rc, "%s: cannot encode the model (%zu parameters): %s", path,
+                    num_params, fl_strerror(rc));
+  rc = fl_file_write_atomic(path, buf, size, err, errlen);
   free(buf);
   return rc;
 }
 
-/* Checks a whole file image; on success fills the outputs (malloc'd). */
-static int parse(const uint8_t *b, size_t size, const char *path, char **spec,
+int fl_modelfile_decode(const uint8_t *b, size_t size, const char *path, char **spec,
                  uint64_t *model_id, float **params, size_t *num_params, char *err,
                  size_t errlen) {
   if (size < MAGIC_LEN || memcmp(b, MAGIC, MAGIC_LEN) != 0)
@@ -145,21 +83,21 @@ static int parse(const uint8_t *b, size_t size, const char *path, char **spec,
     return fail_msg(err, errlen, FL_ETRUNC,
                     "%s: truncated: %zu bytes, a model file has at least %d", path, size,
                     HEAD_LEN + MID_LEN + TAIL_LEN);
-  uint32_t version = get32(b + MAGIC_LEN);
+  uint32_t version = fl_get32(b + MAGIC_LEN);
   if (version != FL_MODELFILE_VERSION)
     return fail_msg(err, errlen, FL_EVERSION,
                     "%s: model file format version %u; this build reads version %u", path,
                     version, FL_MODELFILE_VERSION);
-  size_t spec_len = get32(b + MAGIC_LEN + 4);
+  size_t spec_len = fl_get32(b + MAGIC_LEN + 4);
   uint64_t count = 0;
   /* The length the header declares, or 0 if it cannot be computed from what is there. */
   size_t declared = 0;
   if (spec_len <= size - (HEAD_LEN + MID_LEN + TAIL_LEN)) {
-    count = get64(b + HEAD_LEN + spec_len + 8);
+    count = fl_get64(b + HEAD_LEN + spec_len + 8);
     size_t fixed = HEAD_LEN + MID_LEN + TAIL_LEN + spec_len;
     if (count <= (SIZE_MAX - fixed) / 4) declared = fixed + 4 * (size_t)count;
   }
-  uint32_t stored = get32(b + size - TAIL_LEN);
+  uint32_t stored = fl_get32(b + size - TAIL_LEN);
   uint32_t actual = (uint32_t)crc32_z(0, b, size - TAIL_LEN);
   if (stored != actual) {
     if (declared == 0 || declared > size)
@@ -189,11 +127,11 @@ static int parse(const uint8_t *b, size_t size, const char *path, char **spec,
   s[spec_len] = 0;
   const uint8_t *p = b + HEAD_LEN + spec_len + MID_LEN;
   for (size_t i = 0; i < count; i++, p += 4) {
-    uint32_t bits = get32(p);
+    uint32_t bits = fl_get32(p);
     memcpy(&w[i], &bits, 4);
   }
   *spec = s;
-  *model_id = get64(b + HEAD_LEN + spec_len);
+  *model_id = fl_get64(b + HEAD_LEN + spec_len);
   *params = w;
   *num_params = (size_t)count;
   return 0;
@@ -204,37 +142,11 @@ int fl_modelfile_load(const char *path, char **spec, uint64_t *model_id, float *
   *spec = NULL;
   *params = NULL;
   *num_params = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return fail_msg(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO, "%s: cannot open: %s",
-                    path, strerror(errno));
-  struct stat st;
-  uint8_t *buf = NULL;
-  int rc;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    rc = fail_msg(err, errlen, FL_EIO, "%s: cannot read: %s", path,
-                  S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
-    goto done;
-  }
-  size_t size = (size_t)st.st_size, got = 0;
-  buf = malloc(size ? size : 1);
-  if (!buf) {
-    rc = fail_msg(err, errlen, FL_ENOMEM, "%s: out of memory for %zu bytes", path, size);
-    goto done;
-  }
-  while (got < size) {
-    ssize_t r = read(fd, buf + got, size - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      rc = fail_msg(err, errlen, FL_EIO, "%s: cannot read: %s", path, strerror(errno));
-      goto done;
-    }
-    if (r == 0) break;
-    got += (size_t)r;
-  }
-  rc = parse(buf, got, path, spec, model_id, params, num_params, err, errlen);
-done:
-  close(fd);
+  uint8_t *buf;
+  size_t size;
+  int rc = fl_file_read(path, &buf, &size, err, errlen);
+  if (rc) return rc;
+  rc = fl_modelfile_decode(buf, size, path, spec, model_id, params, num_params, err, errlen);
   free(buf);
   return rc;
 }

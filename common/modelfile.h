@@ -20,4 +20,13 @@ int fl_modelfile_save(const char *path, const char *spec, uint64_t model_id,
 int fl_modelfile_load(const char *path, char **spec, uint64_t *model_id, float **params,
                       size_t *num_params, char *err, size_t errlen);
 
+/* The file image in memory: *out (malloc'd, *len bytes) belongs to the caller. */
+int fl_modelfile_encode(const char *spec, uint64_t model_id, const float *params,
+                        size_t num_params, uint8_t **out, size_t *len);
+/* Checks and decodes a file image (untrusted bytes); name is used in messages.  Outputs
+ * as fl_modelfile_load. */
+int fl_modelfile_decode(const uint8_t *buf, size_t len, const char *name, char **spec,
+                        uint64_t *model_id, float **params, size_t *num_params, char *err,
+                        size_t errlen);
+
 #endif

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include "conn.h"
@@ -66,7 +67,7 @@ struct client {
   fl_tensor_rx rxt;
   float *buf;                /* update buffer while RX_UPDATE */
   uint64_t upd_examples;
-  double upd_loss, upd_acc;
+  double upd_loss, upd_acc, upd_seconds;
 };
 
 typedef struct fold_job {
@@ -84,6 +85,7 @@ typedef struct round_stats {
   size_t selected, answered, accepted, refused, dropped;
   uint64_t examples;
   double loss_sum, acc_sum;          /* weighted by examples */
+  double slowest;                    /* longest local training time reported */
   double test_loss, test_acc;
   int tested;
   double fed_loss, fed_acc;
@@ -384,6 +386,7 @@ static void on_update(client *c, const Fl__Update *u) {
   c->upd_examples = u->num_examples;
   c->upd_loss = u->metrics ? u->metrics->loss : NAN;
   c->upd_acc = u->metrics ? u->metrics->accuracy : NAN;
+  c->upd_seconds = u->metrics ? u->metrics->seconds : 0;
   if (s->n_free > 0) {
     c->buf = s->bufs[--s->n_free];
     c->rx = RX_UPDATE;
@@ -451,6 +454,7 @@ static void on_chunk(client *c, const Fl__TensorChunk *ch) {
   s->r.examples += c->upd_examples;
   if (isfinite(c->upd_loss)) s->r.loss_sum += c->upd_loss * (double)c->upd_examples;
   if (isfinite(c->upd_acc)) s->r.acc_sum += c->upd_acc * (double)c->upd_examples;
+  if (isfinite(c->upd_seconds) && c->upd_seconds > s->r.slowest) s->r.slowest = c->upd_seconds;
   fl_debug("server", "round %llu: update from %s (%llu examples, loss %.4f)",
            (unsigned long long)s->r.number, c->id, (unsigned long long)c->upd_examples,
            c->upd_loss);
@@ -682,6 +686,7 @@ static void start_round(server *s) {
   s->r.answered = s->r.accepted = s->r.refused = s->r.dropped = 0;
   s->r.examples = 0;
   s->r.loss_sum = s->r.acc_sum = 0;
+  s->r.slowest = 0;
   s->r.n_refusals = 0;
   s->r.timed_out = 0;
   s->strategy->ops->begin(s->strategy);
@@ -756,6 +761,11 @@ static void eval_after(uv_work_t *w, int status) {
   advance(s);
 }
 
+static long peak_rss_kib(void) {
+  struct rusage ru;
+  return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+}
+
 static void json_str(FILE *f, const char *v) {
   fputc('"', f);
   for (; *v; v++) {
@@ -810,6 +820,8 @@ static void write_metrics(server *s, double seconds) {
           (unsigned long long)(s->bytes_in - r->bytes_in0),
           (unsigned long long)(s->bytes_out - r->bytes_out0));
   json_num(f, "seconds", seconds, 1);
+  json_num(f, "slowest_client_seconds", r->slowest, r->accepted > 0);
+  fprintf(f, ",\"peak_rss_kib\":%ld", peak_rss_kib());
   fputs("}\n", f);
   fflush(f);
 }
@@ -834,8 +846,8 @@ static void finish_run(server *s, const char *why) {
     fl_error("server", "writing the final model failed: %s", err);
     s->exit_code = 1;
   } else {
-    fl_info("server", "final model (%llu rounds) written to %s",
-            (unsigned long long)s->model_version, s->cfg->out);
+    fl_info("server", "final model (%llu rounds) written to %s; peak memory %ld KiB",
+            (unsigned long long)s->model_version, s->cfg->out, peak_rss_kib());
   }
   for (client *c = s->clients; c; c = c->next) {
     if (c->closing) continue;

@@ -10,6 +10,8 @@ typedef struct server_config {
   char *log_level;
   char *out;               /* final model file */
   char *metrics;           /* JSON lines, one per round */
+  char *checkpoint;        /* state after the last completed round (default: OUT.ckpt) */
+  int resume;              /* continue from the checkpoint */
   /* [model] */
   char *model;
   char *init_model;
@@ -22,6 +24,8 @@ typedef struct server_config {
   double round_timeout;     /* seconds */
   double server_lr;
   char *strategy;
+  double over_select;       /* select this fraction more clients than needed */
+  int max_attempts;         /* failed attempts of a round before waiting for new clients */
   /* [train]: sent to clients each round */
   int epochs;
   int batch_size;

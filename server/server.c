@@ -20,8 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <uv.h>
 
+#include "checkpoint.h"
 #include "conn.h"
 #include "dataset.h"
 #include "error.h"
@@ -82,7 +84,7 @@ typedef struct refusal { char client[128]; char reason[160]; } refusal;
 
 typedef struct round_stats {
   uint64_t number, attempt;
-  size_t selected, answered, accepted, refused, dropped;
+  size_t selected, target, answered, accepted, refused, dropped;
   uint64_t examples;
   double loss_sum, acc_sum;          /* weighted by examples */
   double slowest;                    /* longest local training time reported */
@@ -139,11 +141,17 @@ struct server {
   round_stats r;
   uint64_t bytes_in, bytes_out;
   FILE *metrics;
+  char *checkpoint;              /* path */
+  uint64_t ready_events;         /* hellos so far: "new clients" for a stalled round */
+  uint64_t ready_seen;           /* ready_events when the server began waiting for more */
+  int waiting_for_more;
+  uint64_t first_round;          /* 1, or the round after the checkpoint's */
   int stopping, exit_code;
 };
 
 static void advance(server *s);
 static void start_fold(server *s);
+static void stop_run(server *s);
 
 static uint64_t now_ms(server *s) { return uv_now(&s->loop); }
 
@@ -261,10 +269,11 @@ static void send_eval_task(client *c) {
   }
 }
 
-static void send_done(client *c, const char *reason) {
+static void send_done(client *c, const char *reason, uint32_t reconnect_ms) {
   Fl__Envelope env = FL__ENVELOPE__INIT;
   Fl__Done d = FL__DONE__INIT;
   d.reason = (char *)reason;
+  d.reconnect_after_ms = reconnect_ms;
   d.rounds = c->srv->model_version;
   env.body_case = FL__ENVELOPE__BODY_DONE;
   env.done = &d;
@@ -504,6 +513,7 @@ static void on_hello(client *c, const Fl__Hello *h) {
   c->num_samples = h->num_samples;
   c->ready = 1;
   s->n_ready++;
+  s->ready_events++;
   Fl__Envelope env = FL__ENVELOPE__INIT;
   Fl__Welcome w = FL__WELCOME__INIT;
   w.protocol_version = chosen;
@@ -673,8 +683,10 @@ static void start_round(server *s) {
   for (client *c = s->clients; c; c = c->next)
     if (c->ready && !c->closing) ready[m++] = c;
   qsort(ready, m, sizeof *ready, by_id);
-  size_t k = round_size(s);
+  size_t target = round_size(s);
+  size_t k = (size_t)ceil((double)target * (1.0 + s->cfg->over_select));
   if (k > m) k = m;
+  if (target > k) target = k;
   for (size_t i = 0; i < k; i++) { /* partial Fisher-Yates */
     size_t j = i + (size_t)fl_rng_below(&s->rng, m - i);
     client *t = ready[i];
@@ -683,6 +695,7 @@ static void start_round(server *s) {
   }
   s->r.attempt++;
   s->r.selected = k;
+  s->r.target = target;
   s->r.answered = s->r.accepted = s->r.refused = s->r.dropped = 0;
   s->r.examples = 0;
   s->r.loss_sum = s->r.acc_sum = 0;
@@ -691,9 +704,9 @@ static void start_round(server *s) {
   s->r.timed_out = 0;
   s->strategy->ops->begin(s->strategy);
   s->ph = PH_TRAINING;
-  fl_info("server", "round %llu/%d: %zu of %zu ready clients selected%s",
+  fl_info("server", "round %llu/%d: %zu of %zu ready clients selected%s%s",
           (unsigned long long)s->r.number, s->cfg->rounds, k, m,
-          s->r.attempt > 1 ? " (retry)" : "");
+          k > target ? " (over-selected)" : "", s->r.attempt > 1 ? " (retry)" : "");
   for (size_t i = 0; i < k; i++) {
     client *c = ready[i];
     c->task_round = s->r.number;
@@ -716,18 +729,13 @@ static void arm_timer(server *s, double seconds) {
   uv_timer_start(&s->timer, on_timer, (uint64_t)(seconds * 1000.0 + 0.5), 0);
 }
 
-/* Ends the collection of updates: anything still arriving is dropped, clients still
- * waiting for the model are cut off (the global model is about to change). */
+/* Ends the collection of updates: updates still arriving are dropped (their clients'
+ * later chunks are skipped).  Models still being sent finish before the global model
+ * changes: aggregation waits for sends_pending. */
 static void close_collection(server *s) {
   uv_timer_stop(&s->timer);
-  for (client *c = s->clients; c; c = c->next) {
+  for (client *c = s->clients; c; c = c->next)
     if (c->rx == RX_UPDATE || c->rx == RX_WAIT_BUF) abort_rx(c);
-    if (c->tx_active) {
-      tx_done(c);
-      c->closing = 1;
-      fl_conn_close(c->conn, "round ended before the model was delivered");
-    }
-  }
 }
 
 static void eval_work(uv_work_t *w) {
@@ -826,6 +834,54 @@ static void write_metrics(server *s, double seconds) {
   fflush(f);
 }
 
+/* After every completed round: all a restart needs to continue from the next one. */
+static void save_checkpoint(server *s) {
+  checkpoint c = {0};
+  c.rounds = s->r.number;
+  c.model_version = s->model_version;
+  c.rng = s->rng;
+  c.metrics_len = s->metrics ? (uint64_t)ftello(s->metrics) : 0;
+  c.spec = (char *)fl_model_spec(s->model);
+  c.model_id = fl_model_id(s->model);
+  c.params = s->global;
+  c.n = s->n;
+  char err[512];
+  int rc = checkpoint_save(s->checkpoint, &c, err, sizeof err);
+  if (rc) fl_error("server", "round %llu: checkpoint failed: %s", (unsigned long long)s->r.number, err);
+  else fl_debug("server", "round %llu: checkpoint written to %s", (unsigned long long)s->r.number, s->checkpoint);
+}
+
+/* --resume: the global model, round, generator and metrics as the checkpoint left them. */
+static int resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
+  checkpoint c;
+  int rc = checkpoint_load(s->checkpoint, &c, err, errlen);
+  if (rc == FL_ENOENT) {
+    fl_info("server", "--resume: no checkpoint at %s yet; starting from round 1", s->checkpoint);
+    return 0;
+  }
+  if (rc) return rc;
+  if (c.model_id != fl_model_id(s->model) || c.n != s->n) {
+    snprintf(err, errlen, "checkpoint %s holds model '%s' (%zu parameters), but --model is '%s' (%zu parameters)",
+             s->checkpoint, c.spec, c.n, fl_model_spec(s->model), s->n);
+    checkpoint_free(&c);
+    return FL_EMISMATCH;
+  }
+  memcpy(s->global, c.params, s->n * sizeof *s->global);
+  s->model_version = c.model_version;
+  s->rng = c.rng;
+  *next_round = c.rounds + 1;
+  if (s->cfg->metrics && truncate(s->cfg->metrics, (off_t)c.metrics_len) != 0) {
+    snprintf(err, errlen, "--metrics %s: cannot cut it back to the %llu bytes of the checkpointed rounds",
+             s->cfg->metrics, (unsigned long long)c.metrics_len);
+    checkpoint_free(&c);
+    return FL_EIO;
+  }
+  fl_info("server", "resuming from %s: %llu rounds completed", s->checkpoint,
+          (unsigned long long)c.rounds);
+  checkpoint_free(&c);
+  return 0;
+}
+
 static void begin_round_number(server *s, uint64_t number) {
   s->r.number = number;
   s->r.attempt = 0;
@@ -836,22 +892,14 @@ static void begin_round_number(server *s, uint64_t number) {
   s->ph = PH_WAITING;
 }
 
-static void finish_run(server *s, const char *why) {
+/* Says goodbye to every client (reconnect_ms > 0: come back later), stops listening and
+ * closes the server's own handles, so the loop ends once the connections are closed. */
+static void close_all(server *s, const char *why, uint32_t reconnect_ms) {
   s->ph = PH_DONE;
   uv_timer_stop(&s->timer);
-  char err[512];
-  int rc = fl_modelfile_save(s->cfg->out, fl_model_spec(s->model), fl_model_id(s->model),
-                             s->global, s->n, err, sizeof err);
-  if (rc) {
-    fl_error("server", "writing the final model failed: %s", err);
-    s->exit_code = 1;
-  } else {
-    fl_info("server", "final model (%llu rounds) written to %s; peak memory %ld KiB",
-            (unsigned long long)s->model_version, s->cfg->out, peak_rss_kib());
-  }
   for (client *c = s->clients; c; c = c->next) {
     if (c->closing) continue;
-    if (c->ready) send_done(c, why);
+    if (c->ready) send_done(c, why, reconnect_ms);
     c->closing = 1;
     fl_conn_close(c->conn, why);
   }
@@ -864,6 +912,28 @@ static void finish_run(server *s, const char *why) {
   uv_close((uv_handle_t *)&s->sigterm, NULL);
 }
 
+static void finish_run(server *s, const char *why) {
+  char err[512];
+  int rc = fl_modelfile_save(s->cfg->out, fl_model_spec(s->model), fl_model_id(s->model),
+                             s->global, s->n, err, sizeof err);
+  if (rc) {
+    fl_error("server", "writing the final model failed: %s", err);
+    s->exit_code = 1;
+  } else {
+    fl_info("server", "final model (%llu rounds) written to %s; peak memory %ld KiB",
+            (unsigned long long)s->model_version, s->cfg->out, peak_rss_kib());
+  }
+  close_all(s, why, 0);
+}
+
+/* A signal: the round in flight is abandoned; the checkpoint of the last completed round
+ * is what a restart with --resume continues from; clients are told to come back. */
+static void stop_run(server *s) {
+  fl_info("server", "stopped after %llu completed rounds; checkpoint %s (restart with --resume)",
+          (unsigned long long)s->model_version, s->checkpoint);
+  close_all(s, "server restarting", 2000);
+}
+
 static int folds_idle(const server *s) { return !s->fold_busy && s->n_folds == 0; }
 
 /* Decides what happens next; called after every event that can move a round on. */
@@ -871,13 +941,21 @@ static void advance(server *s) {
   switch (s->ph) {
   case PH_WAITING:
     if (s->stopping) {
-      finish_run(s, "server stopped");
+      stop_run(s);
       return;
     }
-    if (s->n_ready >= (size_t)s->cfg->min_clients) start_round(s);
+    if (s->waiting_for_more && s->ready_events == s->ready_seen) return;
+    if (s->n_ready >= (size_t)s->cfg->min_clients) {
+      s->waiting_for_more = 0;
+      start_round(s);
+    }
     return;
   case PH_TRAINING:
-    if (s->r.answered >= s->r.selected) {
+    if (s->r.answered >= s->r.selected ||
+        (s->r.selected > s->r.target && s->r.accepted >= s->r.target)) {
+      if (s->r.answered < s->r.selected)
+        fl_info("server", "round %llu: %zu updates in; closing the round without the %zu slowest clients",
+                (unsigned long long)s->r.number, s->r.accepted, s->r.selected - s->r.answered);
       close_collection(s);
       s->ph = PH_AGGREGATING;
     } else if (s->r.timed_out || s->stopping) {
@@ -885,11 +963,10 @@ static void advance(server *s) {
       if (s->r.accepted >= (size_t)s->cfg->min_updates && !s->stopping) {
         fl_warn("server", "round %llu: timed out with %zu of %zu updates; aggregating those",
                 (unsigned long long)s->r.number, s->r.accepted, s->r.selected);
-        s->ph = PH_AGGREGATING;
       } else {
-        s->ph = PH_AGGREGATING;
-        s->r.accepted = 0; /* abandoned: finish below discards what was folded */
+        s->r.accepted = 0; /* abandoned: nothing folded this attempt is applied */
       }
+      s->ph = PH_AGGREGATING;
     } else {
       return;
     }
@@ -898,11 +975,20 @@ static void advance(server *s) {
     if (!folds_idle(s) || s->sends_pending) return;
     if (s->r.accepted == 0 || s->r.accepted < (size_t)s->cfg->min_updates) {
       if (s->stopping) {
-        finish_run(s, "server stopped");
+        stop_run(s);
         return;
       }
-      fl_warn("server", "round %llu: only %zu of %zu clients answered (%d needed); retrying with a new selection",
-              (unsigned long long)s->r.number, s->r.accepted, s->r.selected, s->cfg->min_updates);
+      if (s->r.attempt >= (uint64_t)s->cfg->max_attempts) {
+        fl_warn("server", "round %llu: %llu attempts failed (%zu of %zu clients answered, %d updates needed); waiting for new clients",
+                (unsigned long long)s->r.number, (unsigned long long)s->r.attempt, s->r.accepted,
+                s->r.selected, s->cfg->min_updates);
+        s->waiting_for_more = 1;
+        s->ready_seen = s->ready_events;
+        s->r.attempt = 0;
+      } else {
+        fl_warn("server", "round %llu: only %zu of %zu clients answered (%d needed); retrying with a new selection",
+                (unsigned long long)s->r.number, s->r.accepted, s->r.selected, s->cfg->min_updates);
+      }
       s->ph = PH_WAITING;
       advance(s);
       return;
@@ -925,8 +1011,13 @@ static void advance(server *s) {
     uv_timer_stop(&s->timer);
     for (client *c = s->clients; c; c = c->next) c->eval_pending = 0;
     write_metrics(s, (double)(now_ms(s) - s->r.t0) / 1000.0);
-    if (s->stopping || s->r.number >= (uint64_t)s->cfg->rounds) {
-      finish_run(s, s->stopping ? "server stopped" : "training complete");
+    save_checkpoint(s);
+    if (s->r.number >= (uint64_t)s->cfg->rounds) {
+      finish_run(s, "training complete");
+      return;
+    }
+    if (s->stopping) {
+      stop_run(s);
       return;
     }
     begin_round_number(s, s->r.number + 1);
@@ -1034,6 +1125,18 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
       goto fail;
     }
   }
+  s->first_round = 1;
+  if (cfg->checkpoint) s->checkpoint = strdup(cfg->checkpoint);
+  else if (asprintf(&s->checkpoint, "%s.ckpt", cfg->out) < 0) s->checkpoint = NULL;
+  if (!s->checkpoint) {
+    rc = FL_ENOMEM;
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
+  if (cfg->resume) {
+    rc = resume(s, &s->first_round, err, errlen);
+    if (rc) goto fail;
+  }
   if (cfg->metrics) {
     s->metrics = fopen(cfg->metrics, "a");
     if (!s->metrics) {
@@ -1088,8 +1191,13 @@ fail:
 }
 
 int server_run(server *s) {
-  begin_round_number(s, 1);
-  advance(s);
+  begin_round_number(s, s->first_round);
+  if (s->first_round > (uint64_t)s->cfg->rounds) {
+    fl_info("server", "all %d rounds were already completed", s->cfg->rounds);
+    finish_run(s, "training complete");
+  } else {
+    advance(s);
+  }
   uv_run(&s->loop, UV_RUN_DEFAULT);
   return s->exit_code ? FL_EIO : 0;
 }
@@ -1107,6 +1215,7 @@ void server_free(server *s) {
   for (int i = 0; i < s->n_free; i++) free(s->bufs[i]);
   free(s->global);
   free(s->heartbeat);
+  free(s->checkpoint);
   fl_model_free(s->model);
   free(s);
 }

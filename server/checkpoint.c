@@ -1,0 +1,123 @@
+/* Server checkpoints (format in checkpoint.h). */
+#include "checkpoint.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "error.h"
+#include "fileio.h"
+#include "modelfile.h"
+
+#define MAGIC "FLCKPT\0\0"
+#define VERSION 1u
+/* magic, version, rounds, model version, rng, metrics length, strategy length */
+#define HEAD_LEN (8 + 4 + 8 + 8 + 32 + 8 + 4)
+
+int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t errlen) {
+  uint8_t *model;
+  size_t model_len;
+  int rc = fl_modelfile_encode(c->spec, c->model_id, c->params, c->n, &model, &model_len);
+  if (rc) {
+    snprintf(err, errlen, "%s: cannot encode the model: %s", path, fl_strerror(rc));
+    return rc;
+  }
+  size_t size = HEAD_LEN + c->strategy_len + 8 + model_len + 4;
+  uint8_t *buf = malloc(size), *p = buf;
+  if (!buf) {
+    free(model);
+    snprintf(err, errlen, "%s: out of memory", path);
+    return FL_ENOMEM;
+  }
+  memcpy(p, MAGIC, 8);
+  fl_put32(p + 8, VERSION);
+  fl_put64(p + 12, c->rounds);
+  fl_put64(p + 20, c->model_version);
+  for (int i = 0; i < 4; i++) fl_put64(p + 28 + 8 * i, c->rng.s[i]);
+  fl_put64(p + 60, c->metrics_len);
+  fl_put32(p + 68, (uint32_t)c->strategy_len);
+  p += HEAD_LEN;
+  if (c->strategy_len) memcpy(p, c->strategy, c->strategy_len);
+  p += c->strategy_len;
+  fl_put64(p, model_len);
+  memcpy(p + 8, model, model_len);
+  p += 8 + model_len;
+  fl_put32(p, (uint32_t)crc32_z(0, buf, size - 4));
+  free(model);
+  rc = fl_file_write_atomic(path, buf, size, err, errlen);
+  free(buf);
+  return rc;
+}
+
+int checkpoint_decode(const uint8_t *b, size_t len, const char *name, checkpoint *c,
+                      char *err, size_t errlen) {
+  memset(c, 0, sizeof *c);
+  if (len < 8 || memcmp(b, MAGIC, 8) != 0) {
+    snprintf(err, errlen, "%s: not an fl checkpoint (bad magic)", name);
+    return FL_EFORMAT;
+  }
+  if (len < HEAD_LEN + 8 + 4) {
+    snprintf(err, errlen, "%s: truncated checkpoint (%zu bytes)", name, len);
+    return FL_ETRUNC;
+  }
+  if (fl_get32(b + 8) != VERSION) {
+    snprintf(err, errlen, "%s: checkpoint format version %u; this build reads version %u", name,
+             fl_get32(b + 8), VERSION);
+    return FL_EVERSION;
+  }
+  uint32_t stored = fl_get32(b + len - 4), actual = (uint32_t)crc32_z(0, b, len - 4);
+  if (stored != actual) {
+    snprintf(err, errlen, "%s: corrupt or truncated checkpoint: CRC-32 mismatch (stored %08x, computed %08x)",
+             name, stored, actual);
+    return FL_ECHECKSUM;
+  }
+  size_t slen = fl_get32(b + 68);
+  if (slen > len - (HEAD_LEN + 8 + 4)) {
+    snprintf(err, errlen, "%s: strategy state of %zu bytes overruns the file", name, slen);
+    return FL_EFORMAT;
+  }
+  const uint8_t *p = b + HEAD_LEN + slen;
+  uint64_t mlen = fl_get64(p);
+  if (mlen != len - (HEAD_LEN + slen + 8 + 4)) {
+    snprintf(err, errlen, "%s: model image of %llu bytes does not fit the file", name,
+             (unsigned long long)mlen);
+    return FL_EFORMAT;
+  }
+  int rc = fl_modelfile_decode(p + 8, (size_t)mlen, name, &c->spec, &c->model_id, &c->params,
+                               &c->n, err, errlen);
+  if (rc) return rc;
+  if (slen) {
+    c->strategy = malloc(slen);
+    if (!c->strategy) {
+      checkpoint_free(c);
+      snprintf(err, errlen, "%s: out of memory", name);
+      return FL_ENOMEM;
+    }
+    memcpy(c->strategy, b + HEAD_LEN, slen);
+    c->strategy_len = slen;
+  }
+  c->rounds = fl_get64(b + 12);
+  c->model_version = fl_get64(b + 20);
+  for (int i = 0; i < 4; i++) c->rng.s[i] = fl_get64(b + 28 + 8 * i);
+  c->metrics_len = fl_get64(b + 60);
+  return 0;
+}
+
+int checkpoint_load(const char *path, checkpoint *c, char *err, size_t errlen) {
+  memset(c, 0, sizeof *c);
+  uint8_t *buf;
+  size_t len;
+  int rc = fl_file_read(path, &buf, &len, err, errlen);
+  if (rc) return rc;
+  rc = checkpoint_decode(buf, len, path, c, err, errlen);
+  free(buf);
+  return rc;
+}
+
+void checkpoint_free(checkpoint *c) {
+  free(c->strategy);
+  free(c->spec);
+  free(c->params);
+  memset(c, 0, sizeof *c);
+}

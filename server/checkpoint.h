@@ -1,0 +1,40 @@
+/* Server checkpoints: everything fl-server needs to continue a run after a crash.
+ *
+ *   magic "FLCKPT\0\0" | u32 version | u64 rounds completed | u64 model version |
+ *   4 x u64 random generator state | u64 metrics file length | u32 strategy state length |
+ *   strategy state | u64 model image length | model file image (modelfile.h) |
+ *   u32 CRC-32 of all before
+ * Little-endian.  Written atomically after every completed round, so a restart finds
+ * the last completed round or the one before it, never a torn file. */
+#ifndef FL_CHECKPOINT_H
+#define FL_CHECKPOINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rng.h"
+
+typedef struct checkpoint {
+  uint64_t rounds;          /* rounds completed */
+  uint64_t model_version;
+  fl_rng rng;               /* the selection generator, as after the last round */
+  uint64_t metrics_len;     /* bytes of the metrics file written by completed rounds */
+  uint8_t *strategy;        /* the strategy's own state (may be empty) */
+  size_t strategy_len;
+  char *spec;               /* the global model */
+  uint64_t model_id;
+  float *params;
+  size_t n;
+} checkpoint;
+
+/* Writes c to path atomically. */
+int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t errlen);
+/* Reads path into *c (its buffers malloc'd; free with checkpoint_free).  FL_ENOENT when
+ * there is no checkpoint; FL_EFORMAT, FL_ETRUNC, FL_ECHECKSUM, FL_EVERSION otherwise. */
+int checkpoint_load(const char *path, checkpoint *c, char *err, size_t errlen);
+/* Decodes a checkpoint image (untrusted bytes). */
+int checkpoint_decode(const uint8_t *b, size_t len, const char *name, checkpoint *c,
+                      char *err, size_t errlen);
+void checkpoint_free(checkpoint *c);
+
+#endif

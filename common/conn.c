@@ -823,3 +823,7 @@ const char *fl_conn_peer_addr(const fl_conn *c) { return c->addr; }
 uint64_t fl_conn_bytes_in(const fl_conn *c) { return c->bytes_in; }
 uint64_t fl_conn_bytes_out(const fl_conn *c) { return c->bytes_out; }
 uv_loop_t *fl_conn_loop(const fl_conn *c) { return c->loop; }
+const char *fl_conn_cipher(const fl_conn *c) {
+  const char *s = mbedtls_ssl_get_ciphersuite(&c->ssl);
+  return s ? s : "";
+}

@@ -95,5 +95,8 @@ const char *fl_conn_peer_addr(const fl_conn *c);
 uint64_t fl_conn_bytes_in(const fl_conn *c);  /* TLS bytes received */
 uint64_t fl_conn_bytes_out(const fl_conn *c); /* TLS bytes sent */
 uv_loop_t *fl_conn_loop(const fl_conn *c);
+/* The negotiated cipher suite ("TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256"), or ""
+ * before the handshake.  Static string. */
+const char *fl_conn_cipher(const fl_conn *c);
 
 #endif

@@ -19,6 +19,7 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -607,6 +608,18 @@ static void on_connection(uv_stream_t *server, int status) {
   drive(c);
 }
 
+/* A write to a socket the peer has reset raises SIGPIPE, which by default ends the
+ * process; it must end that one connection (libuv then reports EPIPE).  Only a default
+ * disposition is changed: a program that set its own handler keeps it. */
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL && !(sa.sa_flags & SA_SIGINFO)) {
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+  }
+}
+
 static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
   memset(ss, 0, sizeof *ss);
   if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) return 0;
@@ -620,6 +633,7 @@ int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int p
   *out = NULL;
   if (!loop || !tls || !host || port < 0 || port > 65535 || !fl__tls_is_server(tls))
     return FL_EINVAL;
+  ignore_sigpipe();
   struct sockaddr_storage ss;
   if (parse_addr(host, port, &ss) < 0) {
     fl_error("conn", "cannot listen on '%s': not an IPv4 or IPv6 address", host);
@@ -707,6 +721,7 @@ int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int 
   *out = NULL;
   if (!loop || !tls || !host || port <= 0 || port > 65535 || fl__tls_is_server(tls))
     return FL_EINVAL;
+  ignore_sigpipe();
   fl_conn *c = conn_new(loop, tls, opt, cb, data);
   if (!c) return FL_ENOMEM;
   const char *name = fl__tls_server_name(tls);

@@ -13,7 +13,9 @@
  * Ownership: the caller owns nothing of a connection; the layer frees it after on_close
  * returns (never inside another of its callbacks).  Every failure is logged with the
  * peer's address and identity and ends that connection alone.  No global mutable state:
- * each loop (and thread) owns its connections. */
+ * each loop (and thread) owns its connections.  The one process-wide effect: fl_listen and
+ * fl_connect set SIGPIPE to ignored when it is at its default, so a peer that resets
+ * ends its connection rather than the process. */
 #ifndef FL_CONN_H
 #define FL_CONN_H
 

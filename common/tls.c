@@ -1,14 +1,11 @@
 /* TLS configuration shared by every connection of a process (see tls.h).
  *
  * Everything here is set up once and then only read, so one fl_tls_config serves
- * connections on several loops and threads.  Two pieces of mbedTLS state are not
- * naturally read-only and are handled here:
- *  - the CTR-DRBG: this mbedTLS is built with MBEDTLS_THREADING_C, which gives the DRBG
- *    its own mutex; without it we wrap the generator in ours;
- *  - the elliptic-curve groups of our private key and of the CA key: mbedTLS builds the
- *    fixed-point table of a group lazily on first use and stores it in the group, which
- *    would race between threads.  We sign and verify once here so the tables exist before
- *    the configuration is shared. */
+ * connections on several loops and threads.  The one piece of mbedTLS state that changes
+ * in use is the CTR-DRBG: this mbedTLS is built with MBEDTLS_THREADING_C (pthread), which
+ * gives the DRBG and the entropy pool their own mutex; without it we lock around the DRBG.
+ * Keys are only read: mbedTLS copies an ECKEY's group for each signature or
+ * verification, so its lazily built tables never live in the shared key. */
 #include "tls.h"
 #include "tls_internal.h"
 
@@ -16,7 +13,6 @@
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/pk.h>
-#include <mbedtls/sha256.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crl.h>
 #include <mbedtls/x509_crt.h>
@@ -81,21 +77,16 @@ static int load_error(char *err, size_t errlen, const char *what, const char *fi
              ? FL_ENOENT : FL_ECONFIG;
 }
 
-/* Builds the lazy fixed-point tables now, while only this thread sees the config: one
- * signature with our key, and one (failing) verification with each CA key.  An ECDSA
- * verification multiplies the base point whatever the signature, so r = s = 1 will do. */
-static int warm_up(fl_tls_config *cfg, char *err, size_t errlen) {
-  static const unsigned char fake_sig[] = {0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01};
+/* Signs once with our key (catches a key the parser accepted but cannot use) and warns
+ * when our certificate does not verify against the CA; only a warning, since it may come
+ * from another CA than the peer's. */
+static int check_own(fl_tls_config *cfg, char *err, size_t errlen) {
+  if (!cfg->have_cert) return 0;
   unsigned char hash[32], sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
   memset(hash, 0x5a, sizeof hash);
-  for (mbedtls_x509_crt *ca = &cfg->ca; ca && ca->raw.p; ca = ca->next)
-    (void)mbedtls_pk_verify(&ca->pk, MBEDTLS_MD_SHA256, hash, sizeof hash, fake_sig,
-                            sizeof fake_sig);
-  if (!cfg->have_cert) return 0;
   size_t sig_len = 0;
   int r = mbedtls_pk_sign(&cfg->key, MBEDTLS_MD_SHA256, hash, sizeof hash, sig, &sig_len, rng, cfg);
   if (r != 0) return load_error(err, errlen, "signing with the key of", "(own certificate)", r);
-  /* Only a warning: our certificate may come from another CA than the peer's. */
   uint32_t flags = 0;
   if (mbedtls_x509_crt_verify(&cfg->cert, &cfg->ca, cfg->have_crl ? &cfg->crl : NULL, NULL,
                               &flags, NULL, NULL) != 0) {
@@ -193,7 +184,7 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
     rc = load_error(err, errlen, "certificate", opt->cert_file, r);
     goto fail;
   }
-  if ((rc = warm_up(cfg, err, errlen)) < 0) goto fail;
+  if ((rc = check_own(cfg, err, errlen)) < 0) goto fail;
   fl_debug("tls", "%s configuration ready (CA %s%s%s)", opt->is_server ? "server" : "client",
            opt->ca_file, cfg->have_crl ? ", CRL " : "", cfg->have_crl ? opt->crl_file : "");
   *out = cfg;

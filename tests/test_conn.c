@@ -4,6 +4,7 @@
  * Each test runs its own uv loop with server and client in it. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,7 @@ struct test_ctx {
   int ncli;
   fl_tls_config *cli_tls[MAX_PEERS];
   int ncli_tls;
+  int shared_tls; /* the configurations belong to the caller */
 };
 
 static const char *certs(void) { return fl_test_certs_dir(); }
@@ -80,12 +82,22 @@ static char *path(const char *dir, const char *file) {
   return p;
 }
 
+/* Invariants checked in callbacks and helpers, which also run on other threads than the
+ * test's own (Criterion's asserts are not thread-safe): report and abort. */
+#define CHECK(cond)                                                               \
+  do {                                                                            \
+    if (!(cond)) {                                                                \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);    \
+      abort();                                                                    \
+    }                                                                             \
+  } while (0)
+
 /* ---- callbacks ---- */
 
 static peer *srv_peer(test_ctx *t, fl_conn *c) {
   for (int i = 0; i < t->nsrv; i++)
     if (t->srv[i].c == c) return &t->srv[i];
-  cr_assert_lt(t->nsrv, MAX_PEERS);
+  CHECK(t->nsrv < MAX_PEERS);
   peer *p = &t->srv[t->nsrv++];
   p->t = t;
   p->c = c;
@@ -120,7 +132,7 @@ static void s_open(fl_conn *c) {
     stream_more(p, 256u << 10);
   }
   if (t->mode == M_BURST) {
-    for (uint8_t i = 0; i < 5; i++) cr_assert_eq(fl_conn_send(c, &i, 1), 0);
+    for (uint8_t i = 0; i < 5; i++) CHECK(fl_conn_send(c, &i, 1) == 0);
   }
 }
 
@@ -136,10 +148,10 @@ static void s_frame(fl_conn *c, const uint8_t *d, size_t len) {
     const uint32_t *w = (const uint32_t *)d;
     uint64_t idx = p->frames - 1;
     size_t n = len / 4;
-    cr_assert_eq(len, 1u << 20);
-    cr_assert_eq(w[0], (uint32_t)(idx * 2654435761u));
-    cr_assert_eq(w[n / 2], (uint32_t)(idx * 2654435761u + n / 2));
-    cr_assert_eq(w[n - 1], (uint32_t)(idx * 2654435761u + n - 1));
+    CHECK(len == 1u << 20);
+    CHECK(w[0] == (uint32_t)(idx * 2654435761u));
+    CHECK(w[n / 2] == (uint32_t)(idx * 2654435761u + n / 2));
+    CHECK(w[n - 1] == (uint32_t)(idx * 2654435761u + n - 1));
     if (p->bytes == 100u << 20) fl_conn_send(c, (const uint8_t *)"done", 4);
   }
 }
@@ -153,7 +165,7 @@ static void s_drain(fl_conn *c) {
 static void s_close(fl_conn *c, int err, const char *reason) {
   test_ctx *t = fl_conn_data(c);
   peer *p = srv_peer(t, c);
-  cr_assert_eq(p->closed, 0, "on_close twice");
+  CHECK(p->closed == 0); /* on_close once */
   p->closed = 1;
   p->err = err;
   snprintf(p->reason, sizeof p->reason, "%s", reason);
@@ -182,9 +194,8 @@ static void c_frame(fl_conn *c, const uint8_t *d, size_t len) {
   p->bytes += len;
   if (p->ping && len == 4 && memcmp(d, "ping", 4) == 0) fl_conn_send(c, d, len);
   if (p->pause_after_first) {
-    cr_assert_eq(len, 1);
-    cr_assert_eq(d[0], p->frames - 1, "frame %u arrived as %llu", d[0],
-                 (unsigned long long)p->frames - 1);
+    CHECK(len == 1);
+    CHECK(d[0] == p->frames - 1);
     if (p->frames == 1) {
       fl_conn_pause(c);
       uv_timer_init(fl_conn_loop(c), &p->resume_timer);
@@ -204,7 +215,7 @@ static void c_drain(fl_conn *c) {
 
 static void c_close(fl_conn *c, int err, const char *reason) {
   peer *p = fl_conn_data(c);
-  cr_assert_eq(p->closed, 0, "on_close twice");
+  CHECK(p->closed == 0); /* on_close once */
   p->closed = 1;
   p->err = err;
   snprintf(p->reason, sizeof p->reason, "%s", reason);
@@ -230,12 +241,12 @@ static void ctx_init(test_ctx *t, const char *crl, const fl_conn_options *sopt) 
 }
 
 static peer *client(test_ctx *t, fl_tls_config *tls, const fl_conn_options *opt) {
-  cr_assert_lt(t->ncli, MAX_PEERS);
+  CHECK(t->ncli < MAX_PEERS);
   peer *p = &t->cli[t->ncli++];
   p->t = t;
   t->cli_tls[t->ncli_tls++] = tls;
-  cr_assert_eq(fl_connect(&t->loop, tls, "127.0.0.1", fl_listener_port(t->l), opt, &cli_cb, p,
-                          &p->c), 0);
+  CHECK(fl_connect(&t->loop, tls, "127.0.0.1", fl_listener_port(t->l), opt, &cli_cb, p,
+                   &p->c) == 0);
   return p;
 }
 
@@ -269,10 +280,11 @@ static void ctx_done(test_ctx *t) {
   for (int i = 0; i < t->nsrv; i++)
     if (!t->srv[i].closed) fl_conn_close(t->srv[i].c, "test over");
   RUN_UNTIL(t, all_closed(t), 5000);
-  cr_assert(all_closed(t), "connections still open at the end");
+  CHECK(all_closed(t)); /* connections still open at the end */
   uv_close((uv_handle_t *)&t->tick, NULL);
   uv_run(&t->loop, UV_RUN_DEFAULT);
-  cr_assert_eq(uv_loop_close(&t->loop), 0, "handles left on the loop");
+  CHECK(uv_loop_close(&t->loop) == 0); /* no handle left on the loop */
+  if (t->shared_tls) return;
   for (int i = 0; i < t->ncli_tls; i++) {
     int dup = 0;
     for (int j = 0; j < i; j++) dup |= t->cli_tls[j] == t->cli_tls[i];
@@ -670,4 +682,56 @@ Test(conn, ipv6_loopback, .timeout = 20) {
   cr_assert_eq(strncmp(fl_conn_peer_addr(p->c), "[::1]:", 6), 0, "%s", fl_conn_peer_addr(p->c));
   cr_assert_str_eq(t.srv[0].id, "client-0004");
   ctx_done(&t);
+}
+
+/* Several loops on several threads share one server and one client configuration:
+ * concurrent handshakes and traffic (the DRBG and the key tables are shared). */
+typedef struct thread_job {
+  fl_tls_config *srv, *cli;
+  int opened, frames;
+} thread_job;
+
+static void *thread_main(void *arg) {
+  thread_job *j = arg;
+  test_ctx *t = calloc(1, sizeof *t);
+  uv_loop_init(&t->loop);
+  uv_timer_init(&t->loop, &t->tick);
+  uv_timer_start(&t->tick, tick, 5, 5);
+  t->srv_tls = j->srv;
+  t->shared_tls = 1;
+  t->mode = M_ECHO;
+  if (fl_listen(&t->loop, t->srv_tls, "127.0.0.1", 0, NULL, &srv_cb, t, &t->l) == 0) {
+    for (int i = 0; i < 4; i++) {
+      peer *p = &t->cli[t->ncli];
+      p->ping = 1;
+      client(t, j->cli, NULL);
+      RUN_UNTIL(t, p->closed || p->frames >= 20, 5000);
+      j->opened += p->opened;
+      j->frames += (int)p->frames;
+      if (!p->closed) fl_conn_close(p->c, "next");
+    }
+  }
+  ctx_done(t);
+  free(t);
+  return NULL;
+}
+
+Test(conn, loops_on_threads_share_configs, .timeout = 30) {
+  const char *d = certs();
+  thread_job jobs[3];
+  fl_tls_config *srv = tls_cfg(1, path(d, "ca.crt"), path(d, "server.crt"), path(d, "server.key"),
+                               NULL, NULL);
+  fl_tls_config *cli = client_tls("client-0005");
+  pthread_t th[3];
+  for (int i = 0; i < 3; i++) {
+    jobs[i] = (thread_job){.srv = srv, .cli = cli};
+    cr_assert_eq(pthread_create(&th[i], NULL, thread_main, &jobs[i]), 0);
+  }
+  for (int i = 0; i < 3; i++) {
+    pthread_join(th[i], NULL);
+    cr_assert_eq(jobs[i].opened, 4, "thread %d: %d of 4 connections opened", i, jobs[i].opened);
+    cr_assert_geq(jobs[i].frames, 80);
+  }
+  fl_tls_config_free(cli);
+  fl_tls_config_free(srv);
 }

@@ -13,7 +13,9 @@
  * Ownership: the caller owns nothing of a connection; the layer frees it after on_close
  * returns (never inside another of its callbacks).  Every failure is logged with the
  * peer's address and identity and ends that connection alone.  No global mutable state:
- * each loop (and thread) owns its connections. */
+ * each loop (and thread) owns its connections.  The one process-wide effect: fl_listen and
+ * fl_connect set SIGPIPE to ignored when it is at its default, so a peer that resets
+ * ends its connection rather than the process. */
 #ifndef FL_CONN_H
 #define FL_CONN_H
 
@@ -34,7 +36,8 @@ typedef struct fl_conn_callbacks {
   /* The write queue fell below high_water / 2 (after having been above it). */
   void (*on_drain)(fl_conn *c);
   /* Called once, whatever ended the connection (err 0: closed by us or cleanly by the
-   * peer).  The connection is freed after it returns. */
+   * peer).  The connection is freed after it returns.  A server also gets it for an
+   * accepted connection whose handshake failed (without on_open before). */
   void (*on_close)(fl_conn *c, int err, const char *reason);
 } fl_conn_callbacks;
 
@@ -63,15 +66,23 @@ int fl_listener_port(const fl_listener *l);
 void fl_listener_close(fl_listener *l);
 
 /* Client: resolves and connects to host:port, then handshakes; callbacks as above (a
- * failed connect or handshake ends in on_close with an error).  *out is valid at once. */
+ * failed connect or handshake ends in on_close with an error).  *out is valid at once.
+ * The server certificate must carry the config's server_name, or host when that is NULL.
+ * Returns a negative FL_E* only for bad arguments or no memory (then no callback). */
 int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
                const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
                fl_conn **out);
 
-/* Encrypts and queues one frame (payload is copied).  0, FL_ETOOBIG, FL_ECLOSED. */
+/* Encrypts and queues one frame (payload is copied).  0, FL_ETOOBIG (len above this
+ * connection's max_frame), FL_ECLOSED, or FL_ESTATE before on_open. */
 int fl_conn_send(fl_conn *c, const uint8_t *payload, size_t len);
+/* Encrypts and queues bytes as they are, without a frame header (tests and protocol
+ * tools: lets a peer misbehave on purpose).  Returns as fl_conn_send. */
+int fl_conn_send_raw(fl_conn *c, const uint8_t *bytes, size_t len);
 size_t fl_conn_queued(const fl_conn *c);
-/* Stops / resumes delivering frames and reading from the socket (receive backpressure). */
+/* Stops / resumes delivering frames and reading from the socket (receive backpressure).
+ * The idle timeout does not run while paused.  After a resume, frames already decrypted
+ * are delivered first, from the loop (never from inside fl_conn_resume). */
 void fl_conn_pause(fl_conn *c);
 void fl_conn_resume(fl_conn *c);
 /* Flushes what is queued, sends TLS close_notify, closes; on_close follows. */
@@ -86,5 +97,8 @@ const char *fl_conn_peer_addr(const fl_conn *c);
 uint64_t fl_conn_bytes_in(const fl_conn *c);  /* TLS bytes received */
 uint64_t fl_conn_bytes_out(const fl_conn *c); /* TLS bytes sent */
 uv_loop_t *fl_conn_loop(const fl_conn *c);
+/* The negotiated cipher suite ("TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256"), or ""
+ * before the handshake.  Static string. */
+const char *fl_conn_cipher(const fl_conn *c);
 
 #endif

@@ -13,10 +13,11 @@
 typedef struct fl_tls_options {
   int is_server;
   const char *ca_file;     /* PEM CA certificate(s) that sign the peer */
-  const char *cert_file;   /* own certificate (PEM) */
-  const char *key_file;    /* own private key (PEM) */
+  const char *cert_file;   /* own certificate (PEM); a client may give none (tests) */
+  const char *key_file;    /* own private key (PEM, PKCS#8 or SEC1); with cert_file */
   const char *crl_file;    /* optional PEM CRL (server side: revoked clients) */
-  const char *server_name; /* client: host name the server certificate must carry */
+  const char *server_name; /* client: host name the server certificate must carry
+                            * (NULL: the host given to fl_connect) */
   int verify_optional;     /* server: accept clients without a certificate (tests only) */
 } fl_tls_options;
 

@@ -1,0 +1,844 @@
+/* Framed, mutually authenticated TLS connections on a libuv loop (see conn.h).
+ *
+ * Data path: libuv reads ciphertext into `in`; mbedTLS pulls it through bio_recv, and
+ * what it decrypts lands in `pt`, which the frame decoder turns into frames.  Going out,
+ * mbedTLS pushes records through bio_send into `out`, which flush() hands to uv_write in
+ * one piece.  Nothing here blocks: an empty `in` is MBEDTLS_ERR_SSL_WANT_READ.
+ *
+ * One timer per connection serves every deadline (handshake, idle, heartbeat, stall,
+ * close linger, deferred delivery after resume): it is armed at the earliest one and,
+ * since reads and writes only ever push deadlines later, it may fire early and re-arm.
+ *
+ * Closing: a connection is marked CLOSING (no callback but on_close after that), its two
+ * handles are uv_close()d, and when both close callbacks and any pending getaddrinfo
+ * have come back, on_close runs and the memory is freed.  So a connection is never freed
+ * under one of its own callbacks. */
+#include "conn.h"
+
+#include <mbedtls/error.h>
+#include <mbedtls/oid.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "frame.h"
+#include "log.h"
+#include "tls_internal.h"
+
+#define IN_CAP (64u * 1024)     /* ciphertext read buffer, allocated while in use */
+#define PT_CAP (16u * 1024)     /* plaintext of one TLS record */
+#define RECORD_OVERHEAD 64u     /* per record: header, explicit nonce, tag (generous) */
+#define CLOSE_LINGER_MS 2000u   /* a clean close waits this long for the queue to flush */
+#define LISTEN_BACKLOG 4096
+
+enum conn_state { ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSING };
+
+struct fl_conn {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_loop_t *loop;
+  uv_getaddrinfo_t gai;
+  uv_connect_t connect_req;
+  mbedtls_ssl_context ssl;
+  fl_frame_decoder dec;
+  fl_conn_options opt; /* opt.heartbeat points at our own copy */
+  fl_conn_callbacks cb;
+  void *data;
+  enum conn_state state;
+  int is_server;
+  int paused;
+  int need_process;    /* frames to deliver after a resume */
+  int handles_closing, handles_closed, gai_pending;
+  int above_high;      /* queue went above high_water; on_drain owed */
+  int port;            /* connect: port to use once resolved */
+  int err;
+  uint8_t *in;         /* ciphertext read from the socket, [in_off, in_len) unread */
+  size_t in_off, in_len;
+  uint8_t *pt;         /* decrypted bytes, [pt_off, pt_len) not yet framed */
+  size_t pt_off, pt_len;
+  uint8_t *out;        /* records waiting for flush() */
+  size_t out_len, out_cap;
+  size_t wq_bytes;     /* handed to uv_write, not yet completed */
+  unsigned writes;     /* uv_write requests in flight */
+  uint64_t started, last_rx, last_tx, stall_since, close_deadline;
+  uint64_t bytes_in, bytes_out;
+  char peer_id[65];
+  char addr[64];
+  char reason[256];
+};
+
+struct fl_listener {
+  uv_tcp_t tcp;
+  const fl_tls_config *tls;
+  fl_conn_options opt;
+  fl_conn_callbacks cb;
+  void *data;
+  int port;
+};
+
+typedef struct write_req {
+  uv_write_t req;
+  fl_conn *c;
+  uint8_t *buf;
+  size_t len;
+} write_req;
+
+static void timer_cb(uv_timer_t *t);
+static void process(fl_conn *c);
+static int flush(fl_conn *c);
+
+void fl_conn_options_default(fl_conn_options *o) {
+  memset(o, 0, sizeof *o);
+  o->max_frame = FL_FRAME_DEFAULT_MAX;
+  o->high_water = 1u << 20;
+  o->handshake_timeout_ms = 10000;
+  o->idle_timeout_ms = 60000;
+  o->heartbeat_interval_ms = 15000;
+  o->stall_timeout_ms = 60000;
+}
+
+/* ---- closing ---- */
+
+static void finish(fl_conn *c) {
+  if (c->handles_closed < 2 || c->gai_pending) return;
+  if (c->cb.on_close) c->cb.on_close(c, c->err, c->reason);
+  mbedtls_ssl_free(&c->ssl);
+  fl_frame_decoder_free(&c->dec);
+  free(c->in);
+  free(c->pt);
+  free(c->out);
+  free((void *)c->opt.heartbeat);
+  free(c);
+}
+
+static void handle_closed(uv_handle_t *h) {
+  fl_conn *c = h->data;
+  c->handles_closed++;
+  finish(c);
+}
+
+static void close_handles(fl_conn *c) {
+  if (c->handles_closing) return;
+  c->handles_closing = 1;
+  uv_close((uv_handle_t *)&c->tcp, handle_closed);
+  uv_close((uv_handle_t *)&c->timer, handle_closed);
+}
+
+/* Marks the connection closing; graceful: flush what is queued and send close_notify
+ * first (bounded by CLOSE_LINGER_MS), otherwise close at once. */
+static void begin_close(fl_conn *c, int err, const char *reason, int graceful) {
+  if (c->state == ST_CLOSING) return;
+  enum conn_state was = c->state;
+  c->state = ST_CLOSING;
+  c->err = err;
+  snprintf(c->reason, sizeof c->reason, "%s", reason ? reason : "");
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  if (c->gai_pending) uv_cancel((uv_req_t *)&c->gai);
+  if (graceful && was == ST_OPEN) {
+    mbedtls_ssl_close_notify(&c->ssl);
+    flush(c);
+  }
+  if (graceful && c->writes > 0) {
+    c->close_deadline = uv_now(c->loop) + CLOSE_LINGER_MS;
+    uv_timer_start(&c->timer, timer_cb, CLOSE_LINGER_MS, 0);
+    return;
+  }
+  close_handles(c);
+}
+
+static const char *who(const fl_conn *c) { return c->peer_id[0] ? c->peer_id : "-"; }
+
+/* Ends the connection with an error, logged with the peer's address and identity. */
+__attribute__((format(printf, 3, 4)))
+static void fail(fl_conn *c, int err, const char *fmt, ...) {
+  if (c->state == ST_CLOSING) return;
+  char reason[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  fl_warn("conn", "%s %s: %s (%s)", c->addr, who(c), reason, fl_err_name(err));
+  begin_close(c, err, reason, 0);
+}
+
+void fl_conn_close(fl_conn *c, const char *reason) {
+  if (!c || c->state == ST_CLOSING) return;
+  fl_debug("conn", "%s %s: closing: %s", c->addr, who(c), reason ? reason : "");
+  begin_close(c, 0, reason, 1);
+}
+
+/* ---- timers ---- */
+
+static void consider(uint64_t *next, uint64_t t) {
+  if (t < *next) *next = t;
+}
+
+static void rearm(fl_conn *c) {
+  if (c->state == ST_CLOSING) return;
+  uint64_t now = uv_now(c->loop), next = UINT64_MAX;
+  if (c->need_process) next = now;
+  if (c->state != ST_OPEN && c->opt.handshake_timeout_ms)
+    consider(&next, c->started + c->opt.handshake_timeout_ms);
+  if (c->state == ST_OPEN) {
+    if (c->opt.idle_timeout_ms && !c->paused) consider(&next, c->last_rx + c->opt.idle_timeout_ms);
+    if (c->opt.heartbeat_interval_ms && c->opt.heartbeat)
+      consider(&next, c->last_tx + c->opt.heartbeat_interval_ms);
+    if (c->stall_since && c->opt.stall_timeout_ms)
+      consider(&next, c->stall_since + c->opt.stall_timeout_ms);
+  }
+  if (next == UINT64_MAX)
+    uv_timer_stop(&c->timer);
+  else
+    uv_timer_start(&c->timer, timer_cb, next > now ? next - now : 0, 0);
+}
+
+static int send_frame(fl_conn *c, const uint8_t *payload, size_t len, int framed);
+
+static void timer_cb(uv_timer_t *t) {
+  fl_conn *c = t->data;
+  uint64_t now = uv_now(c->loop);
+  if (c->state == ST_CLOSING) { /* the clean close did not flush in time */
+    close_handles(c);
+    return;
+  }
+  if (c->need_process) {
+    c->need_process = 0;
+    if (c->state == ST_OPEN) process(c);
+    if (c->state == ST_CLOSING) return;
+  }
+  if (c->state != ST_OPEN) {
+    if (c->opt.handshake_timeout_ms && now - c->started >= c->opt.handshake_timeout_ms) {
+      fail(c, FL_ETIMEDOUT, "%s timed out after %u ms",
+           c->state == ST_HANDSHAKE ? "handshake" : "connect", c->opt.handshake_timeout_ms);
+      return;
+    }
+  } else {
+    if (c->opt.idle_timeout_ms && !c->paused && now - c->last_rx >= c->opt.idle_timeout_ms) {
+      fail(c, FL_ETIMEDOUT, "idle: nothing received for %u ms", c->opt.idle_timeout_ms);
+      return;
+    }
+    if (c->stall_since && c->opt.stall_timeout_ms &&
+        now - c->stall_since >= c->opt.stall_timeout_ms) {
+      fail(c, FL_ETIMEDOUT, "stalled: peer left %zu bytes unread for %u ms",
+           fl_conn_queued(c), c->opt.stall_timeout_ms);
+      return;
+    }
+    if (c->opt.heartbeat_interval_ms && c->opt.heartbeat &&
+        now - c->last_tx >= c->opt.heartbeat_interval_ms) {
+      if (send_frame(c, c->opt.heartbeat, c->opt.heartbeat_len, 1) < 0) return;
+      c->last_tx = now; /* even if the queue was full and nothing went out yet */
+    }
+  }
+  rearm(c);
+}
+
+/* ---- bytes to and from mbedTLS ---- */
+
+static int out_reserve(fl_conn *c, size_t more) {
+  if (c->out_cap - c->out_len >= more) return 0;
+  size_t cap = c->out_cap ? c->out_cap : 16u * 1024;
+  while (cap - c->out_len < more) cap *= 2;
+  uint8_t *p = realloc(c->out, cap);
+  if (!p) return FL_ENOMEM;
+  c->out = p;
+  c->out_cap = cap;
+  return 0;
+}
+
+static int bio_send(void *ctx, const unsigned char *buf, size_t len) {
+  fl_conn *c = ctx;
+  if (out_reserve(c, len) < 0) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+  memcpy(c->out + c->out_len, buf, len);
+  c->out_len += len;
+  return (int)len;
+}
+
+static int bio_recv(void *ctx, unsigned char *buf, size_t len) {
+  fl_conn *c = ctx;
+  size_t avail = c->in_len - c->in_off;
+  if (avail == 0) return MBEDTLS_ERR_SSL_WANT_READ;
+  if (len > avail) len = avail;
+  memcpy(buf, c->in + c->in_off, len);
+  c->in_off += len;
+  return (int)len;
+}
+
+static void write_cb(uv_write_t *req, int status) {
+  write_req *w = req->data;
+  fl_conn *c = w->c;
+  c->wq_bytes -= w->len;
+  c->writes--;
+  if (status == 0) c->bytes_out += w->len;
+  free(w->buf);
+  free(w);
+  if (c->state == ST_CLOSING) {
+    if (c->writes == 0) close_handles(c);
+    return;
+  }
+  if (status < 0) {
+    fail(c, FL_ENET, "write failed: %s", uv_strerror(status));
+    return;
+  }
+  size_t q = fl_conn_queued(c);
+  if (q <= c->opt.high_water) c->stall_since = 0;
+  if (c->above_high && (q < c->opt.high_water / 2 || q == 0)) {
+    c->above_high = 0;
+    if (c->cb.on_drain) c->cb.on_drain(c);
+  }
+}
+
+/* Hands the records mbedTLS produced to libuv (ownership of `out` moves to the request). */
+static int flush(fl_conn *c) {
+  if (c->out_len == 0 || c->handles_closing) return 0;
+  write_req *w = malloc(sizeof *w);
+  if (!w) return FL_ENOMEM;
+  w->c = c;
+  w->buf = c->out;
+  w->len = c->out_len;
+  w->req.data = w;
+  c->out = NULL;
+  c->out_len = c->out_cap = 0;
+  uv_buf_t b = uv_buf_init((char *)w->buf, (unsigned)w->len);
+  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
+  if (r < 0) {
+    free(w->buf);
+    free(w);
+    fail(c, FL_ENET, "write failed: %s", uv_strerror(r));
+    return FL_ENET;
+  }
+  c->writes++;
+  c->wq_bytes += w->len;
+  c->last_tx = uv_now(c->loop);
+  if (c->wq_bytes > c->opt.high_water) {
+    c->above_high = 1;
+    if (!c->stall_since && c->state == ST_OPEN) {
+      c->stall_since = uv_now(c->loop);
+      rearm(c);
+    }
+  }
+  return 0;
+}
+
+static void tls_reason(int r, char *out, size_t n) {
+  char msg[160];
+  mbedtls_strerror(r, msg, sizeof msg);
+  snprintf(out, n, "%s (-0x%04x)", msg, (unsigned)-r);
+}
+
+/* The CN of a certificate's subject, made printable. */
+static void cert_cn(const mbedtls_x509_crt *crt, char *out, size_t n) {
+  out[0] = '\0';
+  for (const mbedtls_x509_name *name = &crt->subject; name; name = name->next) {
+    if (name->oid.p && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &name->oid) == 0) {
+      size_t len = name->val.len < n - 1 ? name->val.len : n - 1;
+      for (size_t i = 0; i < len; i++) {
+        unsigned char ch = name->val.p[i];
+        out[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+      }
+      out[len] = '\0';
+      return;
+    }
+  }
+}
+
+static void handshake_failed(fl_conn *c, int r) {
+  char why[200], cert[300] = "";
+  tls_reason(r, why, sizeof why);
+  uint32_t flags = mbedtls_ssl_get_verify_result(&c->ssl);
+  int err = FL_ETLS;
+  /* Name the certificate the peer presented, if it got that far (it is not verified, so
+   * it only goes into the reason, never into peer_id). */
+  char presented[96] = "";
+  if (c->ssl.session_negotiate && c->ssl.session_negotiate->peer_cert) {
+    char cn[65];
+    cert_cn(c->ssl.session_negotiate->peer_cert, cn, sizeof cn);
+    snprintf(presented, sizeof presented, " (presented CN=%s)", cn);
+  }
+  if (flags != 0 && flags != (uint32_t)-1) {
+    char info[256];
+    mbedtls_x509_crt_verify_info(info, sizeof info, "", flags);
+    size_t l = strlen(info);
+    while (l && info[l - 1] == '\n') info[--l] = '\0';
+    for (char *p = info; *p; p++)
+      if (*p == '\n') *p = ';';
+    snprintf(cert, sizeof cert, "; certificate%s: %s", presented, info);
+    err = FL_ECERT;
+  }
+  if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED || r == MBEDTLS_ERR_SSL_NO_CLIENT_CERTIFICATE)
+    err = FL_ECERT;
+  fail(c, err, "handshake failed: %s%s", why, cert);
+}
+
+static void handshake_done(fl_conn *c) {
+  const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&c->ssl);
+  if (peer)
+    cert_cn(peer, c->peer_id, sizeof c->peer_id);
+  else
+    c->peer_id[0] = '\0';
+  c->state = ST_OPEN;
+  c->last_rx = c->last_tx = uv_now(c->loop);
+  fl_debug("conn", "%s %s: open, %s", c->addr, who(c), mbedtls_ssl_get_ciphersuite(&c->ssl));
+  if (c->cb.on_open) c->cb.on_open(c);
+  if (c->state == ST_OPEN) rearm(c);
+}
+
+/* Decrypts and delivers frames until mbedTLS wants more ciphertext, or we are paused or
+ * closing.  Plaintext mbedTLS still holds is drained even if the socket has nothing new. */
+static void process(fl_conn *c) {
+  while (c->state == ST_OPEN && !c->paused) {
+    if (c->pt_off < c->pt_len) {
+      const uint8_t *frame;
+      size_t flen;
+      int n = fl_frame_decode(&c->dec, c->pt + c->pt_off, c->pt_len - c->pt_off, &frame, &flen);
+      if (n < 0) {
+        if (n == FL_ETOOBIG)
+          fail(c, n, "framing: peer announced a %u-byte frame, limit %u", c->dec.len,
+               c->opt.max_frame);
+        else
+          fail(c, n, "framing: %s", fl_strerror(n));
+        return;
+      }
+      c->pt_off += (size_t)n;
+      if (frame && c->cb.on_frame) c->cb.on_frame(c, frame, flen);
+      continue;
+    }
+    if (!c->pt && !(c->pt = malloc(PT_CAP))) {
+      fail(c, FL_ENOMEM, "no memory for the receive buffer");
+      return;
+    }
+    int r = mbedtls_ssl_read(&c->ssl, c->pt, PT_CAP);
+    if (r > 0) {
+      c->pt_off = 0;
+      c->pt_len = (size_t)r;
+      continue;
+    }
+    c->pt_off = c->pt_len = 0;
+    if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE) break;
+    if (r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || r == 0) {
+      if (c->dec.hdr_have > 0) {
+        fail(c, FL_ETRUNC, "truncated frame: peer closed after %u of %u payload bytes",
+             c->dec.hdr_have < FL_FRAME_HEADER ? 0 : c->dec.have,
+             c->dec.hdr_have < FL_FRAME_HEADER ? 0 : c->dec.len);
+        return;
+      }
+      fl_debug("conn", "%s %s: peer closed", c->addr, who(c));
+      begin_close(c, 0, "closed by peer", 1);
+      return;
+    }
+    char why[200];
+    tls_reason(r, why, sizeof why);
+    fail(c, FL_ETLS, "TLS read failed: %s", why);
+    return;
+  }
+  if (c->state != ST_CLOSING) flush(c);
+  if (c->pt && c->pt_off == c->pt_len) {
+    free(c->pt);
+    c->pt = NULL;
+    c->pt_off = c->pt_len = 0;
+  }
+}
+
+/* New ciphertext arrived (or the handshake starts): move the state machine on. */
+static void drive(fl_conn *c) {
+  if (c->state == ST_HANDSHAKE) {
+    int r = mbedtls_ssl_handshake(&c->ssl);
+    flush(c);
+    if (c->state == ST_CLOSING) return;
+    if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE) return;
+    if (r != 0) {
+      handshake_failed(c, r);
+      return;
+    }
+    handshake_done(c);
+  }
+  if (c->state == ST_OPEN) process(c);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  fl_conn *c = h->data;
+  if (!c->in) {
+    c->in = malloc(IN_CAP);
+    c->in_off = c->in_len = 0;
+  }
+  if (!c->in) {
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
+  if (c->in_off == c->in_len) {
+    c->in_off = c->in_len = 0;
+  } else if (c->in_off > 0) {
+    memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+    c->in_len -= c->in_off;
+    c->in_off = 0;
+  }
+  *buf = uv_buf_init((char *)c->in + c->in_len, (unsigned)(IN_CAP - c->in_len));
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  (void)buf;
+  fl_conn *c = s->data;
+  if (c->state == ST_CLOSING) return;
+  if (nread > 0) {
+    c->in_len += (size_t)nread;
+    c->bytes_in += (uint64_t)nread;
+    c->last_rx = uv_now(c->loop);
+    drive(c);
+    if (c->state != ST_CLOSING && c->in && c->in_off == c->in_len) {
+      free(c->in); /* idle connections hold no read buffer */
+      c->in = NULL;
+      c->in_off = c->in_len = 0;
+    }
+    return;
+  }
+  if (nread == 0) return;
+  if (nread == UV_EOF) {
+    if (c->state == ST_HANDSHAKE)
+      fail(c, FL_ECLOSED, "peer closed the connection during the handshake");
+    else if (c->dec.hdr_have > 0)
+      fail(c, FL_ETRUNC, "truncated frame: connection ended inside a frame");
+    else
+      fail(c, FL_ECLOSED, "peer closed the connection without close_notify");
+  } else if (nread == UV_ENOBUFS) {
+    fail(c, FL_ENOMEM, "no memory for the read buffer");
+  } else {
+    fail(c, FL_ENET, "read failed: %s", nread == UV_ECONNRESET ? "connection reset by peer"
+                                                               : uv_strerror((int)nread));
+  }
+}
+
+/* ---- creating connections ---- */
+
+static void format_addr(const struct sockaddr *sa, char *out, size_t n) {
+  char ip[64] = "?";
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+    uv_ip4_name(a, ip, sizeof ip);
+    snprintf(out, n, "%s:%d", ip, ntohs(a->sin_port));
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+    uv_ip6_name(a, ip, sizeof ip);
+    snprintf(out, n, "[%s]:%d", ip, ntohs(a->sin6_port));
+  } else {
+    snprintf(out, n, "?");
+  }
+}
+
+static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_conn_options *opt,
+                         const fl_conn_callbacks *cb, void *data) {
+  fl_conn *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->loop = loop;
+  if (opt)
+    c->opt = *opt;
+  else
+    fl_conn_options_default(&c->opt);
+  if (!c->opt.max_frame) c->opt.max_frame = FL_FRAME_DEFAULT_MAX;
+  if (!c->opt.high_water) c->opt.high_water = 1u << 20;
+  c->opt.heartbeat = NULL;
+  if (opt && opt->heartbeat) {
+    uint8_t *hb = malloc(opt->heartbeat_len ? opt->heartbeat_len : 1);
+    if (!hb) goto fail_mem;
+    memcpy(hb, opt->heartbeat, opt->heartbeat_len);
+    c->opt.heartbeat = hb;
+  }
+  if (cb) c->cb = *cb;
+  c->data = data;
+  c->is_server = fl__tls_is_server(tls);
+  c->started = c->last_rx = c->last_tx = uv_now(loop);
+  snprintf(c->addr, sizeof c->addr, "?");
+  fl_frame_decoder_init(&c->dec, c->opt.max_frame);
+  mbedtls_ssl_init(&c->ssl);
+  if (mbedtls_ssl_setup(&c->ssl, fl__tls_ssl_config(tls)) != 0) goto fail_ssl;
+  mbedtls_ssl_set_bio(&c->ssl, c, bio_send, bio_recv, NULL);
+  uv_tcp_init(loop, &c->tcp);
+  uv_timer_init(loop, &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  return c;
+
+fail_ssl:
+  mbedtls_ssl_free(&c->ssl);
+  fl_frame_decoder_free(&c->dec);
+fail_mem:
+  free((void *)c->opt.heartbeat);
+  free(c);
+  return NULL;
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  fl_listener *l = server->data;
+  if (status < 0) {
+    fl_warn("conn", "accept on port %d failed: %s", l->port, uv_strerror(status));
+    return;
+  }
+  fl_conn *c = conn_new(server->loop, l->tls, &l->opt, &l->cb, l->data);
+  if (!c) {
+    uv_tcp_t *t = malloc(sizeof *t); /* take the connection off the queue, then drop it */
+    if (t && uv_tcp_init(server->loop, t) == 0) {
+      if (uv_accept(server, (uv_stream_t *)t) == 0) fl_warn("conn", "out of memory: dropping a new connection");
+      uv_close((uv_handle_t *)t, (uv_close_cb)free);
+    } else {
+      free(t);
+    }
+    return;
+  }
+  c->state = ST_HANDSHAKE;
+  int r = uv_accept(server, (uv_stream_t *)&c->tcp);
+  if (r < 0) {
+    fail(c, FL_ENET, "accept failed: %s", uv_strerror(r));
+    return;
+  }
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+    format_addr((struct sockaddr *)&ss, c->addr, sizeof c->addr);
+  uv_tcp_nodelay(&c->tcp, 1);
+  r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+  if (r < 0) {
+    fail(c, FL_ENET, "read failed: %s", uv_strerror(r));
+    return;
+  }
+  rearm(c);
+  drive(c);
+}
+
+/* A write to a socket the peer has reset raises SIGPIPE, which by default ends the
+ * process; it must end that one connection (libuv then reports EPIPE).  Only a default
+ * disposition is changed: a program that set its own handler keeps it. */
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL && !(sa.sa_flags & SA_SIGINFO)) {
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+  }
+}
+
+static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
+  memset(ss, 0, sizeof *ss);
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) return 0;
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0) return 0;
+  return FL_EINVAL;
+}
+
+int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
+              const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
+              fl_listener **out) {
+  *out = NULL;
+  if (!loop || !tls || !host || port < 0 || port > 65535 || !fl__tls_is_server(tls))
+    return FL_EINVAL;
+  ignore_sigpipe();
+  struct sockaddr_storage ss;
+  if (parse_addr(host, port, &ss) < 0) {
+    fl_error("conn", "cannot listen on '%s': not an IPv4 or IPv6 address", host);
+    return FL_EINVAL;
+  }
+  fl_listener *l = calloc(1, sizeof *l);
+  if (!l) return FL_ENOMEM;
+  l->tls = tls;
+  if (opt)
+    l->opt = *opt;
+  else
+    fl_conn_options_default(&l->opt);
+  if (cb) l->cb = *cb;
+  l->data = data;
+  uv_tcp_init(loop, &l->tcp);
+  l->tcp.data = l;
+  int r = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+  if (r == 0) r = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, on_connection);
+  if (r < 0) {
+    fl_error("conn", "cannot listen on %s port %d: %s", host, port, uv_strerror(r));
+    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+    return FL_ENET;
+  }
+  int len = sizeof ss;
+  uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len);
+  l->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                           : ((struct sockaddr_in *)&ss)->sin_port);
+  fl_info("conn", "listening on %s port %d", host, l->port);
+  *out = l;
+  return 0;
+}
+
+int fl_listener_port(const fl_listener *l) { return l->port; }
+
+void fl_listener_close(fl_listener *l) {
+  if (l) uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+}
+
+static void connect_cb(uv_connect_t *req, int status) {
+  fl_conn *c = req->data;
+  if (status == UV_ECANCELED || c->state == ST_CLOSING) return;
+  if (status < 0) {
+    fail(c, FL_ENET, "connect failed: %s", uv_strerror(status));
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  c->state = ST_HANDSHAKE;
+  int r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+  if (r < 0) {
+    fail(c, FL_ENET, "read failed: %s", uv_strerror(r));
+    return;
+  }
+  drive(c);
+}
+
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  fl_conn *c = req->data;
+  c->gai_pending = 0;
+  if (c->state == ST_CLOSING) {
+    uv_freeaddrinfo(res);
+    finish(c);
+    return;
+  }
+  if (status < 0 || !res) {
+    fail(c, FL_ENET, "cannot resolve %s: %s", c->addr, uv_strerror(status));
+    uv_freeaddrinfo(res);
+    return;
+  }
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  memcpy(&ss, res->ai_addr, res->ai_addrlen < sizeof ss ? res->ai_addrlen : sizeof ss);
+  uv_freeaddrinfo(res);
+  if (ss.ss_family == AF_INET) ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)c->port);
+  if (ss.ss_family == AF_INET6) ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)c->port);
+  format_addr((struct sockaddr *)&ss, c->addr, sizeof c->addr);
+  c->state = ST_CONNECTING;
+  c->connect_req.data = c;
+  int r = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss, connect_cb);
+  if (r < 0) fail(c, FL_ENET, "connect failed: %s", uv_strerror(r));
+}
+
+int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
+               const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
+               fl_conn **out) {
+  *out = NULL;
+  if (!loop || !tls || !host || port <= 0 || port > 65535 || fl__tls_is_server(tls))
+    return FL_EINVAL;
+  ignore_sigpipe();
+  fl_conn *c = conn_new(loop, tls, opt, cb, data);
+  if (!c) return FL_ENOMEM;
+  const char *name = fl__tls_server_name(tls);
+  if (mbedtls_ssl_set_hostname(&c->ssl, name ? name : host) != 0) {
+    c->handles_closing = 1; /* never started: close quietly */
+    c->state = ST_CLOSING;
+    c->cb.on_close = NULL;
+    uv_close((uv_handle_t *)&c->tcp, handle_closed);
+    uv_close((uv_handle_t *)&c->timer, handle_closed);
+    return FL_ENOMEM;
+  }
+  c->port = port;
+  c->state = ST_RESOLVING;
+  snprintf(c->addr, sizeof c->addr, "%s:%d", host, port);
+  char service[16];
+  snprintf(service, sizeof service, "%d", port);
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  c->gai.data = c;
+  *out = c;
+  int r = uv_getaddrinfo(loop, &c->gai, gai_cb, host, service, &hints);
+  if (r < 0) {
+    fail(c, FL_ENET, "cannot resolve %s: %s", host, uv_strerror(r));
+    return 0;
+  }
+  c->gai_pending = 1;
+  rearm(c);
+  return 0;
+}
+
+/* ---- sending ---- */
+
+static int ssl_write_all(fl_conn *c, const uint8_t *p, size_t len) {
+  while (len > 0) {
+    int r = mbedtls_ssl_write(&c->ssl, p, len);
+    if (r < 0) {
+      char why[200];
+      tls_reason(r, why, sizeof why);
+      fail(c, FL_ETLS, "TLS write failed: %s", why);
+      return FL_ECLOSED;
+    }
+    p += r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+/* framed: header + payload; otherwise the bytes as they are.  One record never carries
+ * the 4-byte header alone: it travels with the start of the payload. */
+static int send_frame(fl_conn *c, const uint8_t *payload, size_t len, int framed) {
+  if (c->state == ST_CLOSING) return FL_ECLOSED;
+  if (c->state != ST_OPEN) return FL_ESTATE;
+  if (framed && len > c->opt.max_frame) return FL_ETOOBIG;
+  size_t total = len + (framed ? FL_FRAME_HEADER : 0);
+  if (out_reserve(c, total + (total / PT_CAP + 2) * RECORD_OVERHEAD) < 0) {
+    fail(c, FL_ENOMEM, "no memory to queue %zu bytes", total);
+    return FL_ECLOSED;
+  }
+  if (framed) {
+    uint8_t first[PT_CAP];
+    size_t head = len < PT_CAP - FL_FRAME_HEADER ? len : PT_CAP - FL_FRAME_HEADER;
+    fl_frame_header(first, (uint32_t)len);
+    if (head) memcpy(first + FL_FRAME_HEADER, payload, head);
+    if (ssl_write_all(c, first, FL_FRAME_HEADER + head) < 0) return FL_ECLOSED;
+    payload += head;
+    len -= head;
+  }
+  if (ssl_write_all(c, payload, len) < 0) return FL_ECLOSED;
+  return flush(c) < 0 ? FL_ECLOSED : 0;
+}
+
+int fl_conn_send(fl_conn *c, const uint8_t *payload, size_t len) {
+  return send_frame(c, payload, len, 1);
+}
+
+int fl_conn_send_raw(fl_conn *c, const uint8_t *bytes, size_t len) {
+  return send_frame(c, bytes, len, 0);
+}
+
+size_t fl_conn_queued(const fl_conn *c) { return c->wq_bytes + c->out_len; }
+
+/* ---- receive backpressure and accessors ---- */
+
+void fl_conn_pause(fl_conn *c) {
+  if (c->state == ST_CLOSING || c->paused) return;
+  c->paused = 1;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  rearm(c);
+}
+
+void fl_conn_resume(fl_conn *c) {
+  if (c->state == ST_CLOSING || !c->paused) return;
+  c->paused = 0;
+  c->last_rx = uv_now(c->loop); /* the silence while paused was ours */
+  if (c->state == ST_HANDSHAKE || c->state == ST_OPEN) {
+    int r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    if (r < 0) {
+      fail(c, FL_ENET, "read failed: %s", uv_strerror(r));
+      return;
+    }
+  }
+  /* Frames already decrypted go first, from the loop rather than from inside this call. */
+  c->need_process = 1;
+  rearm(c);
+}
+
+void *fl_conn_data(const fl_conn *c) { return c->data; }
+void fl_conn_set_data(fl_conn *c, void *data) { c->data = data; }
+const char *fl_conn_peer_id(const fl_conn *c) { return c->peer_id; }
+const char *fl_conn_peer_addr(const fl_conn *c) { return c->addr; }
+uint64_t fl_conn_bytes_in(const fl_conn *c) { return c->bytes_in; }
+uint64_t fl_conn_bytes_out(const fl_conn *c) { return c->bytes_out; }
+uv_loop_t *fl_conn_loop(const fl_conn *c) { return c->loop; }
+const char *fl_conn_cipher(const fl_conn *c) {
+  const char *s = mbedtls_ssl_get_ciphersuite(&c->ssl);
+  return s ? s : "";
+}

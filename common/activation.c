@@ -7,11 +7,17 @@
 #include <math.h>
 
 void fl__relu_forward(float *y, const float *x, size_t n) {
-  for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i];
+    y[i] = v > 0.0f ? v : 0.0f;
+  }
 }
 
 void fl__relu_backward(float *dx, const float *dy, const float *y, size_t n) {
-  for (size_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+  for (size_t i = 0; i < n; i++) {
+    float d = dy[i]; /* loaded unconditionally, so the select vectorises */
+    dx[i] = y[i] > 0.0f ? d : 0.0f;
+  }
 }
 
 void fl__sigmoid_forward(float *y, const float *x, size_t n) {

@@ -92,4 +92,10 @@ void fl__bce_backward(float *dz, const float *keep, const float *y, int B);
 void fl__mse_forward(float *loss, float *keep, const float *z, const float *y, int B);
 void fl__mse_backward(float *dz, const float *keep, int B);
 
+/* optim.c: fl_optimizer_step that also zeroes g as it reads it, ready for the next
+ * step's accumulation. */
+struct fl_train_config;
+int fl__optimizer_step_zero(const struct fl_train_config *cfg, float *w, float *g, float *m,
+                            float *v, size_t n, uint64_t step);
+
 #endif

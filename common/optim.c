@@ -66,24 +66,33 @@ static float prox_and_clip(const fl_train_config *cfg, const float *w, float *g,
   return norm > cfg->clip_norm ? (float)(cfg->clip_norm / norm) : 1.0f;
 }
 
-int fl_optimizer_step(const fl_train_config *cfg, float *w, float *g, float *m, float *v,
-                      size_t n, uint64_t step) {
+/* The step; with zero_grad the gradient is left zeroed for the next accumulation, in the
+ * same pass that reads it (the trainer's step then never makes a separate memset pass
+ * over all parameters). */
+static int step_impl(const fl_train_config *cfg, float *restrict w, float *restrict g,
+                     float *restrict m, float *restrict v, size_t n, uint64_t step,
+                     int zero_grad) {
   float scale = prox_and_clip(cfg, w, g, n);
   if (isnan(scale)) return FL_ENONFINITE;
   const float lr = cfg->lr, wd = cfg->weight_decay;
   if (cfg->optimizer == FL_OPT_SGD) {
     const float mom = cfg->momentum;
     if (mom == 0.0f) {
-      for (size_t i = 0; i < n; i++) w[i] -= lr * (g[i] * scale + wd * w[i]);
+      for (size_t i = 0; i < n; i++) {
+        w[i] -= lr * (g[i] * scale + wd * w[i]);
+        if (zero_grad) g[i] = 0.0f;
+      }
     } else if (cfg->nesterov) {
       for (size_t i = 0; i < n; i++) {
         float gi = g[i] * scale + wd * w[i];
+        if (zero_grad) g[i] = 0.0f;
         m[i] = mom * m[i] + gi;
         w[i] -= lr * (gi + mom * m[i]);
       }
     } else {
       for (size_t i = 0; i < n; i++) {
         m[i] = mom * m[i] + g[i] * scale + wd * w[i];
+        if (zero_grad) g[i] = 0.0f;
         w[i] -= lr * m[i];
       }
     }
@@ -98,9 +107,20 @@ int fl_optimizer_step(const fl_train_config *cfg, float *w, float *g, float *m, 
   const float inv_bc2 = (float)(1.0 / sqrt(1.0 - pow(b2, t)));
   for (size_t i = 0; i < n; i++) {
     float gi = g[i] * scale + l2 * w[i];
+    if (zero_grad) g[i] = 0.0f;
     m[i] = b1 * m[i] + (1.0f - b1) * gi;
     v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
     w[i] = w[i] * decay - step_size * m[i] / (sqrtf(v[i]) * inv_bc2 + eps);
   }
   return 0;
+}
+
+int fl_optimizer_step(const fl_train_config *cfg, float *w, float *g, float *m, float *v,
+                      size_t n, uint64_t step) {
+  return step_impl(cfg, w, g, m, v, n, step, 0);
+}
+
+int fl__optimizer_step_zero(const fl_train_config *cfg, float *w, float *g, float *m,
+                            float *v, size_t n, uint64_t step) {
+  return step_impl(cfg, w, g, m, v, n, step, 1);
 }

@@ -282,6 +282,7 @@ int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train
   if (n > UINT32_MAX) return FL_ERANGE;
   uint32_t *perm = malloc(sizeof *perm * n);
   if (!perm) return FL_ENOMEM;
+  memset(t->grad, 0, sizeof(float) * P); /* from here on each step leaves it zeroed */
   memset(t->m1, 0, sizeof(float) * P);
   memset(t->m2, 0, sizeof(float) * P);
   fl_rng_seed2(&t->drop_rng, cfg->seed, UINT64_MAX);
@@ -300,9 +301,8 @@ int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train
       if (!isfinite(s)) { rc = FL_ENONFINITE; goto out; }
       sum += s;
       correct += count_correct(t, t->yb, B);
-      memset(t->grad, 0, sizeof(float) * P);
       backward(t, params, t->grad, t->yb, B);
-      rc = fl_optimizer_step(cfg, params, t->grad, t->m1, t->m2, P, ++step);
+      rc = fl__optimizer_step_zero(cfg, params, t->grad, t->m1, t->m2, P, ++step);
       if (rc < 0) goto out;
     }
     fl_eval ev = {sum / n, m->head == FL__MSE ? 0.0 : (double)correct / n, 0.0, n};

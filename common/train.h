@@ -53,7 +53,10 @@ fl_trainer *fl_trainer_create(const fl_model *m, uint32_t max_batch);
 void fl_trainer_free(fl_trainer *t);
 
 /* Trains params in place on the subset for cfg->epochs epochs; optimizer state starts
- * fresh each call.  progress (may be NULL) is called after each epoch.  Fills *last with
+ * fresh each call.  Each epoch visits the subset in an order shuffled from cfg->seed and
+ * the epoch number; the last batch of an epoch may be short.  progress (may be NULL) is
+ * called after each epoch with that epoch's running mean training loss/accuracy; it may
+ * call fl_evaluate with the same trainer and params.  Fills *last with
  * the last epoch's mean training loss/accuracy.  0 or FL_E* (FL_ENONFINITE if the loss
  * diverges). */
 typedef void (*fl_epoch_cb)(void *arg, uint32_t epoch, const fl_eval *train);
@@ -77,8 +80,8 @@ int fl_trainer_grad(fl_trainer *t, const float *params, const float *x, const fl
                     uint32_t n, int training, uint64_t seed, float *grad, double *loss);
 
 /* One optimizer step over n parameters w with gradient g, as configured in cfg (the
- * proximal term, clipping and weight decay included; epochs/batch/seed unused).  g is
- * modified (proximal term added, clipped).  m and v [n] hold the optimizer state and
+ * proximal term, clipping and weight decay included; epochs/batch/seed unused).  The
+ * proximal term is added to g in place.  m and v [n] hold the optimizer state and
  * must be zero before step 1: m is the momentum or Adam's first moment (unused, may be
  * NULL, for plain SGD), v Adam's second moment (may be NULL for SGD).  step counts from 1
  * (Adam's bias correction).  Order: g += mu (w - prox_ref); g *= min(1, clip/||g||);

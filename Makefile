@@ -111,6 +111,13 @@ $(B)/obj/%.o: %.c $(B)/flags | $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
 
+# The training core's element-wise loops (bias, activations, optimizers) need the full
+# vectoriser: at -O2 GCC only vectorises loops whose trip count is a known multiple of the
+# vector width.
+CORE_OBJS := $(call obj,$(wildcard common/dense.c common/conv.c common/activation.c \
+                                   common/loss.c common/optim.c common/train.c))
+$(CORE_OBJS): CFLAGS_ALL += -O3
+
 $(LIB): $(COMMON_OBJS)
 	$(call say,AR,$@)
 	$(Q)rm -f $@ && ar rcs $@ $^

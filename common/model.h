@@ -34,6 +34,10 @@ size_t fl_model_output_dim(const fl_model *m);
 /* 64-bit identity: a hash of the canonical spec and of every tensor's size and order. */
 uint64_t fl_model_id(const fl_model *m);
 
+/* The spec a fixed preset name ("logreg", "2nn", "cnn", "mlp64") expands to, or NULL.
+ * (fl_model_create also accepts "logreg:D:C".)  Static storage. */
+const char *fl_model_preset(const char *name);
+
 /* He (ReLU layers) / Xavier (others) initialisation into params, biases zero; the same
  * seed gives bit-identical weights. */
 void fl_model_init(const fl_model *m, float *params, uint64_t seed);

@@ -53,14 +53,47 @@ fl_trainer *fl_trainer_create(const fl_model *m, uint32_t max_batch);
 void fl_trainer_free(fl_trainer *t);
 
 /* Trains params in place on the subset for cfg->epochs epochs; optimizer state starts
- * fresh each call.  progress (may be NULL) is called after each epoch.  Fills *last with
+ * fresh each call.  Each epoch visits the subset in an order shuffled from cfg->seed and
+ * the epoch number; the last batch of an epoch may be short.  progress (may be NULL) is
+ * called after each epoch with that epoch's running mean training loss/accuracy; it may
+ * call fl_evaluate with the same trainer and params.  Fills *last with
  * the last epoch's mean training loss/accuracy.  0 or FL_E* (FL_ENONFINITE if the loss
  * diverges). */
 typedef void (*fl_epoch_cb)(void *arg, uint32_t epoch, const fl_eval *train);
 int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train_config *cfg,
              fl_epoch_cb progress, void *arg, fl_eval *last);
 
-/* Evaluates params on the subset (no dropout). */
+/* Evaluates params on the subset (no dropout).  auc is 0.5 when the subset holds only
+ * one class. */
 int fl_evaluate(fl_trainer *t, const float *params, const fl_subset *data, fl_eval *out);
+
+/* Checks that a subset fits the model: feature count equals the input size, labels are
+ * class indices below the output width (softmax), 0 or 1 (sigmoid_bce), or finite (mse).
+ * fl_train and fl_evaluate call it; 0 or FL_EMISMATCH / FL_EINVAL with a message in err. */
+int fl_check_data(const fl_model *m, const fl_subset *data, char *err, size_t errlen);
+
+/* One forward pass, and a backward pass when grad != NULL, on n <= max_batch samples
+ * x [n][input_dim] with labels y [n].  Writes the batch's mean loss to *loss and ADDS the
+ * gradient of that mean loss to grad [num_params].  training != 0 applies dropout with
+ * masks drawn from seed.  Used for gradient checks and gradient-based aggregation. */
+int fl_trainer_grad(fl_trainer *t, const float *params, const float *x, const float *y,
+                    uint32_t n, int training, uint64_t seed, float *grad, double *loss);
+
+/* One optimizer step over n parameters w with gradient g, as configured in cfg (the
+ * proximal term, clipping and weight decay included; epochs/batch/seed unused).  The
+ * proximal term is added to g in place.  m and v [n] hold the optimizer state and
+ * must be zero before step 1: m is the momentum or Adam's first moment (unused, may be
+ * NULL, for plain SGD), v Adam's second moment (may be NULL for SGD).  step counts from 1
+ * (Adam's bias correction).  Order: g += mu (w - prox_ref); g *= min(1, clip/||g||);
+ * then SGD: g += wd w; m = momentum m + g; w -= lr (nesterov ? g + momentum m : m)
+ * (m = g when momentum is 0); Adam: g += wd w, AdamW: w *= 1 - lr wd; then
+ * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w -= lr m^ / (sqrt(v^) + eps).
+ * 0, or FL_ENONFINITE if the gradient norm is NaN/inf (checked only when clipping). */
+int fl_optimizer_step(const fl_train_config *cfg, float *w, float *g, float *m, float *v,
+                      size_t n, uint64_t step);
+
+/* ROC AUC of scores against 0/1 labels (both [n]), tied scores sharing their average
+ * rank; 0.5 when either class is absent. */
+double fl_auc(const float *scores, const float *labels, size_t n);
 
 #endif

@@ -1,0 +1,148 @@
+/* Convolution (stride 1, same padding) and 2x2 max-pooling on [B][C][H][W] tensors.
+ *
+ * A convolution is im2col + one sgemm per sample: the input patch under every output
+ * pixel becomes a column of col [C*F*F][H*W], and y_b [K][H*W] = w [K][C*F*F] . col.
+ * Backward recomputes col rather than keeping one per sample (which would cost
+ * B*C*F*F*H*W floats), then reuses the same buffer for the input-gradient columns. */
+#include "layers.h"
+
+#include <cblas.h>
+#include <string.h>
+
+/* Column range [*x0, *x1) of output pixels whose input column ox + d lies inside [0, W). */
+static void valid_range(int d, int W, int *x0, int *x1) {
+  *x0 = d < 0 ? -d : 0;
+  *x1 = d > 0 ? W - d : W;
+  if (*x1 < *x0) *x1 = *x0;
+}
+
+/* col [C*F*F][H*W]  x [C][H][W] */
+static void im2col(float *col, const float *x, int C, int H, int W, int F) {
+  int pad = (F - 1) / 2;
+  for (int c = 0; c < C; c++)
+    for (int ky = 0; ky < F; ky++)
+      for (int kx = 0; kx < F; kx++) {
+        float *row = col + (size_t)((c * F + ky) * F + kx) * H * W;
+        int d = kx - pad, x0, x1;
+        valid_range(d, W, &x0, &x1);
+        for (int oy = 0; oy < H; oy++) {
+          int iy = oy + ky - pad;
+          float *r = row + (size_t)oy * W;
+          if (iy < 0 || iy >= H) {
+            memset(r, 0, sizeof(float) * W);
+            continue;
+          }
+          const float *src = x + ((size_t)c * H + iy) * W + d;
+          for (int ox = 0; ox < x0; ox++) r[ox] = 0.0f;
+          memcpy(r + x0, src + x0, sizeof(float) * (x1 - x0));
+          for (int ox = x1; ox < W; ox++) r[ox] = 0.0f;
+        }
+      }
+}
+
+/* dx [C][H][W] += the columns of dcol [C*F*F][H*W] scattered back to their pixels */
+static void col2im(float *dx, const float *dcol, int C, int H, int W, int F) {
+  int pad = (F - 1) / 2;
+  for (int c = 0; c < C; c++)
+    for (int ky = 0; ky < F; ky++)
+      for (int kx = 0; kx < F; kx++) {
+        const float *row = dcol + (size_t)((c * F + ky) * F + kx) * H * W;
+        int d = kx - pad, x0, x1;
+        valid_range(d, W, &x0, &x1);
+        for (int oy = 0; oy < H; oy++) {
+          int iy = oy + ky - pad;
+          if (iy < 0 || iy >= H) continue;
+          const float *r = row + (size_t)oy * W;
+          float *dst = dx + ((size_t)c * H + iy) * W + d;
+          for (int ox = x0; ox < x1; ox++) dst[ox] += r[ox];
+        }
+      }
+}
+
+/* Eight partial sums, so the reduction vectorises without reassociation flags. */
+static float row_sum(const float *r, int n) {
+  float acc[8] = {0};
+  int j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int u = 0; u < 8; u++) acc[u] += r[j + u];
+  float s = 0.0f;
+  for (; j < n; j++) s += r[j];
+  for (int u = 0; u < 8; u++) s += acc[u];
+  return s;
+}
+
+void fl__conv_forward(float *y, float *col, const float *x, const float *w, const float *b,
+                      int B, int C, int H, int W, int K, int F) {
+  int HW = H * W, CFF = C * F * F;
+  for (int i = 0; i < B; i++) {
+    float *yb = y + (size_t)i * K * HW;
+    im2col(col, x + (size_t)i * C * HW, C, H, W, F);
+    /* yb [K][HW] = w [K][CFF] . col [CFF][HW] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, HW, CFF, 1.0f, w, CFF, col,
+                HW, 0.0f, yb, HW);
+    for (int k = 0; k < K; k++) {
+      float *r = yb + (size_t)k * HW, bk = b[k];
+      for (int j = 0; j < HW; j++) r[j] += bk;
+    }
+  }
+}
+
+void fl__conv_backward(float *dx, float *dw, float *db, float *col, const float *dy,
+                       const float *x, const float *w, int B, int C, int H, int W, int K,
+                       int F) {
+  int HW = H * W, CFF = C * F * F;
+  for (int i = 0; i < B; i++) {
+    const float *dyb = dy + (size_t)i * K * HW;
+    for (int k = 0; k < K; k++) db[k] += row_sum(dyb + (size_t)k * HW, HW);
+    im2col(col, x + (size_t)i * C * HW, C, H, W, F);
+    /* dw [K][CFF] += dyb [K][HW] . col^T [HW][CFF] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, CFF, HW, 1.0f, dyb, HW, col, HW,
+                1.0f, dw, CFF);
+    if (!dx) continue;
+    /* dcol [CFF][HW] = w^T [CFF][K] . dyb [K][HW], into the col buffer */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CFF, HW, K, 1.0f, w, CFF, dyb, HW,
+                0.0f, col, HW);
+    float *dxb = dx + (size_t)i * C * HW;
+    memset(dxb, 0, sizeof(float) * C * HW);
+    col2im(dxb, col, C, H, W, F);
+  }
+}
+
+void fl__pool_forward(float *y, int32_t *arg, const float *x, int B, int C, int H, int W) {
+  int OH = H / 2, OW = W / 2;
+  for (int bc = 0; bc < B * C; bc++) {
+    const float *xp = x + (size_t)bc * H * W;
+    float *yp = y + (size_t)bc * OH * OW;
+    int32_t *ap = arg + (size_t)bc * OH * OW;
+    int32_t base = (int32_t)((size_t)bc * H * W);
+    for (int oy = 0; oy < OH; oy++)
+      for (int ox = 0; ox < OW; ox++) {
+        int i0 = 2 * oy * W + 2 * ox, best = i0;
+        if (xp[i0 + 1] > xp[best]) best = i0 + 1;
+        if (xp[i0 + W] > xp[best]) best = i0 + W;
+        if (xp[i0 + W + 1] > xp[best]) best = i0 + W + 1;
+        yp[oy * OW + ox] = xp[best];
+        ap[oy * OW + ox] = base + best;
+      }
+  }
+}
+
+void fl__pool_backward(float *dx, const float *dy, const int32_t *arg, int B, int C, int H,
+                       int W) {
+  int OH = H / 2, OW = W / 2;
+  /* Every 2x2 window is written whole (zeros, then the winner), so no separate pass
+   * clears dx; only a trailing odd row or column needs clearing first. */
+  if ((H | W) & 1) memset(dx, 0, sizeof(float) * (size_t)B * C * H * W);
+  for (int bc = 0; bc < B * C; bc++) {
+    float *dp = dx + (size_t)bc * H * W;
+    const float *gp = dy + (size_t)bc * OH * OW;
+    const int32_t *ap = arg + (size_t)bc * OH * OW;
+    for (int oy = 0; oy < OH; oy++) {
+      float *r0 = dp + (size_t)2 * oy * W, *r1 = r0 + W;
+      for (int ox = 0; ox < OW; ox++) {
+        r0[2 * ox] = r0[2 * ox + 1] = r1[2 * ox] = r1[2 * ox + 1] = 0.0f;
+        dx[ap[oy * OW + ox]] = gp[oy * OW + ox];
+      }
+    }
+  }
+}

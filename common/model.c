@@ -1,0 +1,393 @@
+/* Model specs: parsing, presets, the canonical spec, the model id and initialisation.
+ *
+ * fl_model_create turns a spec into a table of layers (layers.h) with every shape and
+ * every tensor's place in the flat parameter buffer worked out once; training only reads
+ * that table.  Parameter layout: layer by layer, weights then bias; dense weights are
+ * [out][in], conv weights [K][C][F][F]. */
+#include "model.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "layers.h"
+#include "rng.h"
+
+#define MAX_TOKENS 256
+#define MAX_TOKEN_LEN 64
+#define MAX_DIM (1u << 24)               /* any single size in a spec */
+#define MAX_PARAMS ((size_t)1 << 30)     /* 4 GiB of float32 */
+#define MAX_WIDTH ((size_t)1 << 26)      /* floats per sample in one activation */
+
+static const struct { const char *name, *spec; } presets[] = {
+    {"logreg", "in:784 dense:10 softmax"},
+    {"2nn", "in:784 dense:200 relu dense:200 relu dense:10 softmax"},
+    {"cnn", "in:1x28x28 conv:32:5 relu pool:2 conv:64:5 relu pool:2 dense:512 relu "
+            "dense:10 softmax"},
+    {"mlp64", "in:100 dense:64 relu dense:1 sigmoid_bce"},
+};
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return FL_EINVAL;
+}
+
+/* A decimal integer in [1, MAX_DIM] that fills s[0..len) exactly. */
+static int parse_dim(const char *s, size_t len, uint32_t *out) {
+  uint64_t v = 0;
+  if (len == 0 || len > 9) return -1;
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] < '0' || s[i] > '9') return -1;
+    v = v * 10 + (uint64_t)(s[i] - '0');
+  }
+  if (v == 0 || v > MAX_DIM) return -1;
+  *out = (uint32_t)v;
+  return 0;
+}
+
+/* "A:B:..." after a prefix: up to n dims separated by sep; returns how many were read or
+ * -1 on any malformed part. */
+static int parse_dims(const char *s, char sep, uint32_t *out, int n) {
+  int k = 0;
+  for (;;) {
+    const char *e = strchr(s, sep);
+    size_t len = e ? (size_t)(e - s) : strlen(s);
+    if (k == n || parse_dim(s, len, &out[k]) < 0) return -1;
+    k++;
+    if (!e) return k;
+    s = e + 1;
+  }
+}
+
+/* The shortest %g form of p that reads back as the same float. */
+static void format_prob(char *buf, size_t len, float p) {
+  for (int prec = 1; prec <= 9; prec++) {
+    snprintf(buf, len, "%.*g", prec, (double)p);
+    if (strtof(buf, NULL) == p) return;
+  }
+}
+
+typedef struct builder {
+  fl_model *m;
+  char *canon;           /* canonical spec being built */
+  size_t canon_len, canon_cap;
+  uint32_t c, h, w;      /* current shape */
+  int image;             /* current shape is an image (conv/pool allowed) */
+} builder;
+
+static int canon_add(builder *b, const char *tok) {
+  size_t n = strlen(tok);
+  if (b->canon_len + n + 2 > b->canon_cap) {
+    size_t cap = (b->canon_cap + n + 2) * 2;
+    char *p = realloc(b->canon, cap);
+    if (!p) return FL_ENOMEM;
+    b->canon = p;
+    b->canon_cap = cap;
+  }
+  if (b->canon_len) b->canon[b->canon_len++] = ' ';
+  memcpy(b->canon + b->canon_len, tok, n + 1);
+  b->canon_len += n;
+  return 0;
+}
+
+static fl__layer *add_layer(builder *b, int kind) {
+  fl__layer *l = &b->m->layers[b->m->nlayers++];
+  memset(l, 0, sizeof *l);
+  l->kind = kind;
+  l->c = b->c, l->h = b->h, l->w = b->w;
+  l->in_size = (size_t)b->c * b->h * b->w;
+  return l;
+}
+
+/* Sets the layer's output shape, moves the builder to it, and places its tensors. */
+static int finish_layer(builder *b, fl__layer *l, uint32_t oc, uint32_t oh, uint32_t ow,
+                        size_t w_len, size_t b_len, const char *tok, char *err,
+                        size_t errlen) {
+  fl_model *m = b->m;
+  l->oc = oc, l->oh = oh, l->ow = ow;
+  l->out_size = (size_t)oc * oh * ow;
+  if (l->out_size > MAX_WIDTH)
+    return fail(err, errlen, "model spec: '%s' makes an activation of %zu values (limit %zu)",
+                tok, l->out_size, MAX_WIDTH);
+  if (w_len + b_len > MAX_PARAMS - m->num_params)
+    return fail(err, errlen, "model spec: '%s' takes the model over %zu parameters", tok,
+                MAX_PARAMS);
+  l->w_off = m->num_params, l->w_len = w_len;
+  l->b_off = l->w_off + w_len, l->b_len = b_len;
+  m->num_params += w_len + b_len;
+  if (l->out_size > m->max_width) m->max_width = l->out_size;
+  b->c = oc, b->h = oh, b->w = ow;
+  return 0;
+}
+
+static int parse_input(builder *b, const char *tok, char *err, size_t errlen) {
+  uint32_t d[3];
+  if (strncmp(tok, "in:", 3) != 0)
+    return fail(err, errlen, "model spec: the first token must be in:D or in:CxHxW, not '%s'",
+                tok);
+  int n = parse_dims(tok + 3, 'x', d, 3);
+  if (n == 1) {
+    b->c = 1, b->h = 1, b->w = d[0], b->image = 0;
+  } else if (n == 3) {
+    b->c = d[0], b->h = d[1], b->w = d[2], b->image = 1;
+  } else {
+    return fail(err, errlen, "model spec: bad input token '%s' (expected in:D or in:CxHxW)",
+                tok);
+  }
+  fl_model *m = b->m;
+  m->in_c = b->c, m->in_h = b->h, m->in_w = b->w;
+  m->in_dim = (size_t)b->c * b->h * b->w;
+  if (m->in_dim > MAX_WIDTH)
+    return fail(err, errlen, "model spec: input '%s' is too large", tok);
+  m->max_width = m->in_dim;
+  char buf[MAX_TOKEN_LEN + 8];
+  if (b->image)
+    snprintf(buf, sizeof buf, "in:%ux%ux%u", b->c, b->h, b->w);
+  else
+    snprintf(buf, sizeof buf, "in:%u", b->w);
+  return canon_add(b, buf);
+}
+
+static int parse_head(builder *b, const char *tok, char *err, size_t errlen) {
+  fl_model *m = b->m;
+  size_t width = (size_t)b->c * b->h * b->w;
+  if (strcmp(tok, "softmax") == 0) {
+    m->head = FL__SOFTMAX;
+    if (width < 2)
+      return fail(err, errlen,
+                  "model spec: head 'softmax' needs at least 2 outputs, the last layer gives "
+                  "%zu (use sigmoid_bce for a binary task)", width);
+  } else if (strcmp(tok, "sigmoid_bce") == 0 || strcmp(tok, "mse") == 0) {
+    m->head = tok[0] == 'm' ? FL__MSE : FL__SIGMOID_BCE;
+    if (width != 1)
+      return fail(err, errlen,
+                  "model spec: head '%s' needs 1 output, the last layer gives %zu (add "
+                  "dense:1)", tok, width);
+  } else {
+    return fail(err, errlen,
+                "model spec: the last token must be a head (softmax, sigmoid_bce or mse), "
+                "not '%s'", tok);
+  }
+  m->out_dim = width;
+  return canon_add(b, tok);
+}
+
+static int parse_layer(builder *b, const char *tok, char *err, size_t errlen) {
+  uint32_t d[2];
+  char buf[MAX_TOKEN_LEN + 8];
+  fl__layer *l;
+  int rc;
+  if (strncmp(tok, "dense:", 6) == 0) {
+    if (parse_dims(tok + 6, ':', d, 1) != 1)
+      return fail(err, errlen, "model spec: bad token '%s' (expected dense:N, N >= 1)", tok);
+    l = add_layer(b, FL__DENSE);
+    l->fan_in = l->in_size, l->fan_out = d[0];
+    if ((uint64_t)l->in_size * d[0] > MAX_PARAMS)
+      return fail(err, errlen, "model spec: '%s' takes the model over %zu parameters", tok,
+                  MAX_PARAMS);
+    rc = finish_layer(b, l, 1, 1, d[0], l->in_size * d[0], d[0], tok, err, errlen);
+    b->image = 0;
+    snprintf(buf, sizeof buf, "dense:%u", d[0]);
+  } else if (strncmp(tok, "conv:", 5) == 0) {
+    if (parse_dims(tok + 5, ':', d, 2) != 2)
+      return fail(err, errlen, "model spec: bad token '%s' (expected conv:K:F)", tok);
+    if (!b->image)
+      return fail(err, errlen,
+                  "model spec: '%s' needs an image input (in:CxHxW, before any dense layer)",
+                  tok);
+    if (d[1] > 64)
+      return fail(err, errlen, "model spec: '%s': kernel size %u is too large", tok, d[1]);
+    l = add_layer(b, FL__CONV);
+    l->filters = d[0], l->ksize = d[1];
+    l->fan_in = (size_t)b->c * d[1] * d[1], l->fan_out = (size_t)d[0] * d[1] * d[1];
+    if ((uint64_t)l->fan_in * b->h * b->w > MAX_WIDTH)
+      return fail(err, errlen, "model spec: '%s' needs too large an im2col buffer", tok);
+    if (l->fan_in * b->h * b->w > b->m->max_col) b->m->max_col = l->fan_in * b->h * b->w;
+    rc = finish_layer(b, l, d[0], b->h, b->w, (size_t)d[0] * l->fan_in, d[0], tok, err,
+                      errlen);
+    snprintf(buf, sizeof buf, "conv:%u:%u", d[0], d[1]);
+  } else if (strncmp(tok, "pool:", 5) == 0) {
+    if (strcmp(tok + 5, "2") != 0)
+      return fail(err, errlen, "model spec: bad token '%s' (only pool:2 is supported)", tok);
+    if (!b->image)
+      return fail(err, errlen, "model spec: '%s' needs an image input (in:CxHxW)", tok);
+    if (b->h < 2 || b->w < 2)
+      return fail(err, errlen, "model spec: '%s' on a %ux%u image", tok, b->h, b->w);
+    l = add_layer(b, FL__POOL);
+    rc = finish_layer(b, l, b->c, b->h / 2, b->w / 2, 0, 0, tok, err, errlen);
+    snprintf(buf, sizeof buf, "pool:2");
+  } else if (strncmp(tok, "dropout:", 8) == 0) {
+    char *end;
+    float p = strtof(tok + 8, &end);
+    if (end == tok + 8 || *end || !(p >= 0.0f && p < 1.0f))
+      return fail(err, errlen, "model spec: bad token '%s' (expected dropout:P, 0 <= P < 1)",
+                  tok);
+    l = add_layer(b, FL__DROPOUT);
+    l->p = p;
+    rc = finish_layer(b, l, b->c, b->h, b->w, 0, 0, tok, err, errlen);
+    memcpy(buf, "dropout:", 8);
+    format_prob(buf + 8, sizeof buf - 8, p);
+  } else {
+    int kind;
+    if (strcmp(tok, "relu") == 0) kind = FL__RELU;
+    else if (strcmp(tok, "sigmoid") == 0) kind = FL__SIGMOID;
+    else if (strcmp(tok, "tanh") == 0) kind = FL__TANH;
+    else if (strcmp(tok, "softmax") == 0 || strcmp(tok, "sigmoid_bce") == 0 ||
+             strcmp(tok, "mse") == 0)
+      return fail(err, errlen, "model spec: head '%s' must be the last token", tok);
+    else if (strncmp(tok, "in:", 3) == 0)
+      return fail(err, errlen, "model spec: '%s': the input must be the first token only",
+                  tok);
+    else
+      return fail(err, errlen, "model spec: unknown token '%s'", tok);
+    l = add_layer(b, kind);
+    rc = finish_layer(b, l, b->c, b->h, b->w, 0, 0, tok, err, errlen);
+    snprintf(buf, sizeof buf, "%s", tok);
+  }
+  return rc < 0 ? rc : canon_add(b, buf);
+}
+
+const char *fl_model_preset(const char *name) {
+  for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+    if (strcmp(name, presets[i].name) == 0) return presets[i].spec;
+  return NULL;
+}
+
+/* Expands a preset (or logreg:D:C) into buf; returns the spec to parse. */
+static const char *expand_preset(const char *spec, char *buf, size_t len, char *err,
+                                 size_t errlen, int *rc) {
+  *rc = 0;
+  const char *preset = fl_model_preset(spec);
+  if (preset) return preset;
+  if (strncmp(spec, "logreg:", 7) != 0) return spec;
+  uint32_t d[2];
+  if (parse_dims(spec + 7, ':', d, 2) != 2 || d[1] < 2) {
+    *rc = fail(err, errlen, "model spec: bad preset '%s' (expected logreg:D:C, C >= 2)", spec);
+    return NULL;
+  }
+  if (d[1] == 2)
+    snprintf(buf, len, "in:%u dense:1 sigmoid_bce", d[0]);
+  else
+    snprintf(buf, len, "in:%u dense:%u softmax", d[0], d[1]);
+  return buf;
+}
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+  const unsigned char *s = p;
+  for (size_t i = 0; i < n; i++) {
+    h ^= s[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+static uint64_t model_hash(const fl_model *m) {
+  uint64_t h = fnv1a(0xcbf29ce484222325ULL, m->spec, strlen(m->spec));
+  for (int i = 0; i < m->nlayers; i++) {
+    const fl__layer *l = &m->layers[i];
+    if (!l->w_len) continue;
+    uint64_t sizes[2] = {l->w_len, l->b_len};
+    for (int k = 0; k < 2; k++) {
+      unsigned char le[8];
+      for (int j = 0; j < 8; j++) le[j] = (unsigned char)(sizes[k] >> (8 * j));
+      h = fnv1a(h, le, 8);
+    }
+  }
+  return h;
+}
+
+int fl_model_create(const char *spec, fl_model **out, char *err, size_t errlen) {
+  char expanded[96];
+  int rc;
+  *out = NULL;
+  if (!spec) return fail(err, errlen, "model spec: missing");
+  const char *s = expand_preset(spec, expanded, sizeof expanded, err, errlen, &rc);
+  if (!s) return rc;
+
+  builder b = {0};
+  b.m = calloc(1, sizeof *b.m);
+  if (!b.m) return FL_ENOMEM;
+  b.m->layers = calloc(MAX_TOKENS, sizeof *b.m->layers);
+  if (!b.m->layers) { rc = FL_ENOMEM; goto fail; }
+
+  /* Tokens are split on spaces and commas; the last one is the head. */
+  char toks[MAX_TOKENS][MAX_TOKEN_LEN + 1];
+  int ntok = 0;
+  for (const char *p = s;;) {
+    while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+    if (!*p) break;
+    size_t n = strcspn(p, " ,\t\n");
+    if (n > MAX_TOKEN_LEN) {
+      rc = fail(err, errlen, "model spec: token '%.*s...' is too long", 16, p);
+      goto fail;
+    }
+    if (ntok == MAX_TOKENS) {
+      rc = fail(err, errlen, "model spec: more than %d tokens", MAX_TOKENS);
+      goto fail;
+    }
+    memcpy(toks[ntok], p, n);
+    toks[ntok++][n] = '\0';
+    p += n;
+  }
+  if (ntok < 2) {
+    rc = ntok ? fail(err, errlen, "model spec '%s': needs an input and a head (e.g. "
+                     "'in:784 dense:10 softmax') or a preset (logreg, 2nn, cnn, mlp64)",
+                     toks[0])
+              : fail(err, errlen, "model spec: empty");
+    goto fail;
+  }
+  if ((rc = parse_input(&b, toks[0], err, errlen)) < 0) goto fail;
+  for (int i = 1; i < ntok - 1; i++)
+    if ((rc = parse_layer(&b, toks[i], err, errlen)) < 0) goto fail;
+  if ((rc = parse_head(&b, toks[ntok - 1], err, errlen)) < 0) goto fail;
+
+  fl_model *m = b.m;
+  for (int i = 0; i + 1 < m->nlayers; i++)
+    m->layers[i].he_init = m->layers[i + 1].kind == FL__RELU;
+  m->spec = b.canon;
+  m->id = model_hash(m);
+  *out = m;
+  return 0;
+fail:
+  free(b.canon);
+  fl_model_free(b.m);
+  return rc;
+}
+
+void fl_model_free(fl_model *m) {
+  if (!m) return;
+  free(m->spec);
+  free(m->layers);
+  free(m);
+}
+
+const char *fl_model_spec(const fl_model *m) { return m->spec; }
+size_t fl_model_num_params(const fl_model *m) { return m->num_params; }
+size_t fl_model_input_dim(const fl_model *m) { return m->in_dim; }
+size_t fl_model_output_dim(const fl_model *m) { return m->out_dim; }
+uint64_t fl_model_id(const fl_model *m) { return m->id; }
+
+void fl_model_init(const fl_model *m, float *params, uint64_t seed) {
+  fl_rng r;
+  fl_rng_seed(&r, seed);
+  for (int i = 0; i < m->nlayers; i++) {
+    const fl__layer *l = &m->layers[i];
+    if (!l->w_len) continue;
+    double var = l->he_init ? 2.0 / (double)l->fan_in
+                            : 2.0 / (double)(l->fan_in + l->fan_out);
+    float sd = (float)sqrt(var);
+    float *w = params + l->w_off;
+    for (size_t j = 0; j < l->w_len; j++) w[j] = sd * fl_rng_normal(&r);
+    memset(params + l->b_off, 0, sizeof(float) * l->b_len);
+  }
+}

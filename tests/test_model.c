@@ -1,0 +1,110 @@
+/* Model specs: presets and their parameter counts, canonical specs, ids, parse errors
+ * naming the bad token, and seeded initialisation. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "model.h"
+
+static fl_model *create(const char *spec) {
+  fl_model *m = NULL;
+  char err[256] = "";
+  int rc = fl_model_create(spec, &m, err, sizeof err);
+  cr_assert_eq(rc, 0, "%s: %s", spec, err);
+  return m;
+}
+
+Test(model, preset_param_counts) {
+  static const struct { const char *name; size_t params, in, out; } cases[] = {
+      {"logreg", 7850, 784, 10},       {"2nn", 199210, 784, 10},
+      {"cnn", 1663370, 784, 10},       {"mlp64", 6529, 100, 1},
+      {"logreg:20:2", 21, 20, 1},      {"logreg:30:5", 155, 30, 5},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    fl_model *m = create(cases[i].name);
+    cr_expect_eq(fl_model_num_params(m), cases[i].params, "%s: %zu", cases[i].name,
+                 fl_model_num_params(m));
+    cr_expect_eq(fl_model_input_dim(m), cases[i].in);
+    cr_expect_eq(fl_model_output_dim(m), cases[i].out);
+    fl_model_free(m);
+  }
+}
+
+Test(model, canonical_spec_and_id) {
+  fl_model *a = create("2nn");
+  fl_model *b = create(" in:784,dense:200  relu,dense:200 relu dense:10 , softmax ");
+  fl_model *c = create("in:784 dense:200 relu dense:200 relu dense:1 mse");
+  fl_model *d = create("logreg:784:2");
+  cr_assert_str_eq(fl_model_spec(a), fl_model_preset("2nn"));
+  cr_assert_str_eq(fl_model_spec(b), fl_model_spec(a));
+  cr_assert_eq(fl_model_id(a), fl_model_id(b));
+  cr_assert_neq(fl_model_id(a), fl_model_id(c));
+  cr_assert_str_eq(fl_model_spec(d), "in:784 dense:1 sigmoid_bce");
+  fl_model_free(a); fl_model_free(b); fl_model_free(c); fl_model_free(d);
+
+  fl_model *e = create("in:10 dense:4 dropout:0.50 dense:2 softmax");
+  cr_assert_str_eq(fl_model_spec(e), "in:10 dense:4 dropout:0.5 dense:2 softmax");
+  fl_model_free(e);
+  fl_model *f = create("in:3x8x8 conv:4:3 tanh pool:2 sigmoid dense:2 softmax");
+  cr_assert_str_eq(fl_model_spec(f), "in:3x8x8 conv:4:3 tanh pool:2 sigmoid dense:2 softmax");
+  cr_assert_eq(fl_model_num_params(f), 4 * 27 + 4 + 64 * 2 + 2);
+  fl_model_free(f);
+}
+
+Test(model, parse_errors_name_the_token) {
+  static const struct { const char *spec, *needle; } cases[] = {
+      {"", "empty"},
+      {"2nm", "2nm"},
+      {"dense:10 softmax", "dense:10"},
+      {"in:784 dense:0 softmax", "dense:0"},
+      {"in:784 dense:x softmax", "dense:x"},
+      {"in:784 dense:10", "dense:10"},
+      {"in:784 dens:10 softmax", "dens:10"},
+      {"in:784 conv:8:3 dense:10 softmax", "conv:8:3"},
+      {"in:1x28x28 conv:8 relu dense:10 softmax", "conv:8"},
+      {"in:1x28x28 pool:3 dense:10 softmax", "pool:3"},
+      {"in:784 pool:2 dense:10 softmax", "pool:2"},
+      {"in:784 dropout:1.5 dense:10 softmax", "dropout:1.5"},
+      {"in:784 softmax dense:10 softmax", "softmax"},
+      {"in:784 dense:1 softmax", "softmax"},
+      {"in:784 dense:2 sigmoid_bce", "sigmoid_bce"},
+      {"in:784 in:3 dense:2 softmax", "in:3"},
+      {"in:1x2 dense:2 softmax", "in:1x2"},
+      {"logreg:10:1", "logreg:10:1"},
+      {"in:65536 dense:65536 softmax", "dense:65536"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    fl_model *m = (fl_model *)1;
+    char err[256] = "";
+    int rc = fl_model_create(cases[i].spec, &m, err, sizeof err);
+    cr_expect_eq(rc, FL_EINVAL, "'%s' accepted", cases[i].spec);
+    cr_expect_null(m);
+    cr_expect(strstr(err, cases[i].needle) != NULL, "'%s': message '%s' lacks '%s'",
+              cases[i].spec, err, cases[i].needle);
+  }
+}
+
+Test(model, init_seeded_he_and_xavier) {
+  fl_model *m = create("in:400 dense:300 relu dense:200 softmax");
+  size_t n = fl_model_num_params(m);
+  float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+  fl_model_init(m, a, 7);
+  fl_model_init(m, b, 7);
+  cr_assert_eq(memcmp(a, b, n * sizeof *a), 0);
+  fl_model_init(m, b, 8);
+  cr_assert_neq(memcmp(a, b, n * sizeof *a), 0);
+  /* layer 1: He, var 2/400; bias zero; layer 2: Xavier, var 2/(300+200) */
+  double s = 0;
+  for (size_t i = 0; i < 120000; i++) s += (double)a[i] * a[i];
+  cr_expect_float_eq(s / 120000, 2.0 / 400, 2.0 / 400 * 0.05);
+  for (size_t i = 120000; i < 120300; i++) cr_assert_eq(a[i], 0.0f);
+  s = 0;
+  for (size_t i = 120300; i < 180300; i++) s += (double)a[i] * a[i];
+  cr_expect_float_eq(s / 60000, 2.0 / 500, 2.0 / 500 * 0.05);
+  for (size_t i = 180300; i < n; i++) cr_assert_eq(a[i], 0.0f);
+  free(a);
+  free(b);
+  fl_model_free(m);
+}

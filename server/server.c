@@ -59,7 +59,8 @@ struct client {
 
   uint64_t task_round;       /* round (and attempt) this client was selected for */
   uint64_t task_attempt;
-  int answered;              /* sent its update (accepted or refused) or dropped */
+  int answered;              /* its update for the round has begun (a second is refused) */
+  int counted;               /* its answer is in: update complete or refused, or dropped */
   int eval_pending;          /* owes an EvalResult */
 
   int tx_active;             /* streaming the global model */
@@ -338,6 +339,19 @@ static void start_fold(server *s) {
 
 /* ---- updates ---- */
 
+static int selected_now(const client *c) {
+  const server *s = c->srv;
+  return s->ph == PH_TRAINING && c->task_round == s->r.number && c->task_attempt == s->r.attempt;
+}
+
+/* The round waits for every selected client's answer: a complete update, a refused one,
+ * or the client gone. */
+static void count_answer(client *c) {
+  if (c->counted || !selected_now(c)) return;
+  c->counted = 1;
+  c->srv->r.answered++;
+}
+
 static void refuse(client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void refuse(client *c, const char *fmt, ...) {
   server *s = c->srv;
@@ -355,11 +369,6 @@ static void refuse(client *c, const char *fmt, ...) {
     snprintf(f->reason, sizeof f->reason, "%s", reason);
   }
   send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason);
-}
-
-static int selected_now(const client *c) {
-  const server *s = c->srv;
-  return s->ph == PH_TRAINING && c->task_round == s->r.number && c->task_attempt == s->r.attempt;
 }
 
 static void on_update(client *c, const Fl__Update *u) {
@@ -380,14 +389,15 @@ static void on_update(client *c, const Fl__Update *u) {
     return;
   }
   c->answered = 1;
-  s->r.answered++;
   if (u->model_id != fl_model_id(s->model) || u->num_params != s->n) {
+    count_answer(c);
     refuse(c, "update is for model %016llx with %llu parameters, expected %016llx with %zu",
            (unsigned long long)u->model_id, (unsigned long long)u->num_params,
            (unsigned long long)fl_model_id(s->model), s->n);
     return;
   }
   if (u->num_examples == 0 || u->encoding != FL__ENCODING__ENCODING_FLOAT32) {
+    count_answer(c);
     refuse(c, u->num_examples == 0 ? "update has no examples" : "unsupported update encoding %d",
            (int)u->encoding);
     return;
@@ -441,6 +451,7 @@ static void on_chunk(client *c, const Fl__TensorChunk *ch) {
   if (rc < 0) {
     int last = ch->offset + ch->data.len / 4 >= ch->total;
     abort_rx(c);
+    count_answer(c);
     refuse(c, "%s", err);
     if (last) c->rx = RX_IDLE;
     return;
@@ -450,6 +461,7 @@ static void on_chunk(client *c, const Fl__TensorChunk *ch) {
   fold_job *j = calloc(1, sizeof *j);
   if (!j) {
     abort_rx(c);
+    count_answer(c);
     refuse(c, "server out of memory");
     return;
   }
@@ -459,6 +471,7 @@ static void on_chunk(client *c, const Fl__TensorChunk *ch) {
   c->buf = NULL;
   c->rx = RX_IDLE;
   s->folds[s->n_folds++] = j;
+  count_answer(c);
   s->r.accepted++;
   s->r.examples += c->upd_examples;
   if (isfinite(c->upd_loss)) s->r.loss_sum += c->upd_loss * (double)c->upd_examples;
@@ -604,9 +617,8 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
            fl_conn_peer_addr(conn), reason ? reason : "closed");
   tx_done(c);
   abort_rx(c);
-  if (selected_now(c) && !c->answered) {
-    c->answered = 1;
-    s->r.answered++;
+  if (selected_now(c) && !c->counted) {
+    count_answer(c);
     s->r.dropped++;
     fl_warn("server", "round %llu: %s dropped out", (unsigned long long)s->r.number, c->id);
   }
@@ -712,6 +724,7 @@ static void start_round(server *s) {
     c->task_round = s->r.number;
     c->task_attempt = s->r.attempt;
     c->answered = 0;
+    c->counted = 0;
     send_train_task(c);
   }
   free(ready);
@@ -744,6 +757,23 @@ static void eval_work(uv_work_t *w) {
   s->eval_rc = fl_evaluate(s->eval_trainer, s->global, &all, &s->eval_result);
 }
 
+/* Federated evaluation, when due: every ready client evaluates the new global model. */
+static void begin_fed_eval(server *s) {
+  s->ph = PH_FED_EVAL;
+  s->r.fed_asked = s->r.fed_answered = 0;
+  s->r.fed_loss = s->r.fed_acc = 0;
+  s->r.fed_n = 0;
+  int due = s->cfg->fed_eval_every > 0 &&
+            (s->r.number % (uint64_t)s->cfg->fed_eval_every == 0 ||
+             s->r.number == (uint64_t)s->cfg->rounds);
+  if (due) {
+    for (client *c = s->clients; c; c = c->next)
+      if (c->ready && !c->closing) send_eval_task(c);
+    arm_timer(s, s->cfg->fed_eval_timeout);
+  }
+  advance(s);
+}
+
 static void eval_after(uv_work_t *w, int status) {
   server *s = w->data;
   (void)status;
@@ -754,19 +784,7 @@ static void eval_after(uv_work_t *w, int status) {
   } else {
     fl_error("server", "evaluating the global model failed: %s", fl_strerror(s->eval_rc));
   }
-  s->ph = PH_FED_EVAL;
-  s->r.fed_asked = s->r.fed_answered = 0;
-  s->r.fed_loss = s->r.fed_acc = 0;
-  s->r.fed_n = 0;
-  int fed = s->cfg->fed_eval_every > 0 &&
-            (s->r.number % (uint64_t)s->cfg->fed_eval_every == 0 ||
-             s->r.number == (uint64_t)s->cfg->rounds);
-  if (fed) {
-    for (client *c = s->clients; c; c = c->next)
-      if (c->ready && !c->closing) send_eval_task(c);
-    arm_timer(s, s->cfg->fed_eval_timeout);
-  }
-  advance(s);
+  begin_fed_eval(s);
 }
 
 static long peak_rss_kib(void) {
@@ -1002,7 +1020,7 @@ static void advance(server *s) {
       uv_queue_work(&s->loop, &s->eval_work, eval_work, eval_after);
       return;
     }
-    eval_after(&s->eval_work, 0);
+    begin_fed_eval(s);
     return;
   case PH_EVALUATING:
     return;

@@ -142,7 +142,8 @@ $(TEST_BIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
 
 # Integration tests find the binaries and test certificates through the environment.
-TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B)/test-certs
+TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B)/test-certs \
+           LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp
 test: $(BINS) $(TEST_BIN) $(B)/test-certs/ca.crt
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
 

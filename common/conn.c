@@ -420,7 +420,7 @@ static void process(fl_conn *c) {
     c->pt_off = c->pt_len = 0;
     if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE) break;
     if (r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || r == 0) {
-      if (c->dec.hdr_have > 0) {
+      if (fl_frame_decoder_partial(&c->dec)) {
         fail(c, FL_ETRUNC, "truncated frame: peer closed after %u of %u payload bytes",
              c->dec.hdr_have < FL_FRAME_HEADER ? 0 : c->dec.have,
              c->dec.hdr_have < FL_FRAME_HEADER ? 0 : c->dec.len);
@@ -500,7 +500,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread == UV_EOF) {
     if (c->state == ST_HANDSHAKE)
       fail(c, FL_ECLOSED, "peer closed the connection during the handshake");
-    else if (c->dec.hdr_have > 0)
+    else if (fl_frame_decoder_partial(&c->dec))
       fail(c, FL_ETRUNC, "truncated frame: connection ended inside a frame");
     else
       fail(c, FL_ECLOSED, "peer closed the connection without close_notify");

@@ -79,3 +79,8 @@ int fl_frame_decode(fl_frame_decoder *d, const uint8_t *in, size_t in_len,
   }
   return (int)used;
 }
+
+int fl_frame_decoder_partial(const fl_frame_decoder *d) {
+  if (d->hdr_have == 0) return 0;
+  return !(d->hdr_have == FL_FRAME_HEADER && d->have == d->len);
+}

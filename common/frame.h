@@ -41,6 +41,9 @@ void fl_frame_decoder_free(fl_frame_decoder *d);
 int fl_frame_decode(fl_frame_decoder *d, const uint8_t *in, size_t in_len,
                     const uint8_t **frame, size_t *frame_len);
 
+/* 1 when the decoder holds part of a frame (a peer that closes now cut a frame off). */
+int fl_frame_decoder_partial(const fl_frame_decoder *d);
+
 /* Writes the 4-byte header for a payload of len bytes into out. */
 void fl_frame_header(uint8_t out[FL_FRAME_HEADER], uint32_t len);
 

@@ -310,3 +310,25 @@ Test(frame, random_streams) {
     free(buf);
   }
 }
+
+/* A peer that closes now would cut a frame off: after a header byte, inside a payload;
+ * not before the first byte, nor right after a whole frame was handed out. */
+Test(frame, partial_tells_whether_a_frame_is_cut_off) {
+  fl_frame_decoder d;
+  fl_frame_decoder_init(&d, 64);
+  const uint8_t in[] = {0, 0, 0, 2, 'h', 'i', 0};
+  const uint8_t *f;
+  size_t flen;
+  cr_assert_eq(fl_frame_decoder_partial(&d), 0);
+  cr_assert_eq(fl_frame_decode(&d, in, 3, &f, &flen), 3);
+  cr_assert_eq(fl_frame_decoder_partial(&d), 1);
+  cr_assert_eq(fl_frame_decode(&d, in + 3, 2, &f, &flen), 2);
+  cr_assert_eq(fl_frame_decoder_partial(&d), 1);
+  cr_assert_eq(fl_frame_decode(&d, in + 5, 2, &f, &flen), 1);
+  cr_assert_not_null(f);
+  cr_assert_eq(fl_frame_decoder_partial(&d), 0);
+  cr_assert_eq(fl_frame_decode(&d, in + 6, 1, &f, &flen), 1);
+  cr_assert_null(f);
+  cr_assert_eq(fl_frame_decoder_partial(&d), 1);
+  fl_frame_decoder_free(&d);
+}

@@ -43,18 +43,21 @@ cpid=$!
 # Progress: one table row per round as the metrics file grows.
 printf '%6s %10s %10s %10s %8s\n' round train_loss test_loss test_acc seconds
 shown=0
+show_new_rows() {
+  [ -f "$work/metrics.jsonl" ] || return 0
+  local n
+  n=$(wc -l < "$work/metrics.jsonl")
+  [ "$n" -gt "$shown" ] || return 0
+  sed -n "$((shown + 1)),${n}p" "$work/metrics.jsonl" | awk '
+    function num(key) { return match($0, "\"" key "\":[-0-9.e+]*") ? substr($0, RSTART + length(key) + 3, RLENGTH - length(key) - 3) : "-" }
+    { printf "%6s %10.4f %10.4f %10.4f %8.2f\n", num("round"), num("train_loss"), num("test_loss"), num("test_accuracy"), num("seconds") }'
+  shown=$n
+}
 while kill -0 "$spid" 2>/dev/null; do
-  if [ -f "$work/metrics.jsonl" ]; then
-    n=$(wc -l < "$work/metrics.jsonl")
-    if [ "$n" -gt "$shown" ]; then
-      sed -n "$((shown + 1)),${n}p" "$work/metrics.jsonl" | awk '
-        function num(key,   m) { return match($0, "\"" key "\":[-0-9.e+]*") ? substr($0, RSTART + length(key) + 3, RLENGTH - length(key) - 3) : "-" }
-        { printf "%6s %10.4f %10.4f %10.4f %8.2f\n", num("round"), num("train_loss"), num("test_loss"), num("test_accuracy"), num("seconds") }'
-      shown=$n
-    fi
-  fi
+  show_new_rows
   sleep 0.2
 done
+show_new_rows
 wait "$spid" || { echo "demo: fl-server failed; see $work/server.log" >&2; tail -20 "$work/server.log" >&2; exit 1; }
 wait "$cpid" || { echo "demo: fl-client failed; see $work/clients.log" >&2; tail -20 "$work/clients.log" >&2; exit 1; }
 trap - EXIT

@@ -25,15 +25,23 @@
 #include "version.h"
 
 typedef enum { VC_CONNECTING, VC_READY, VC_BACKOFF, VC_DONE, VC_FAILED } vc_state;
-typedef enum { TASK_NONE, TASK_RECV_TRAIN, TASK_RECV_EVAL, TASK_RUNNING, TASK_SENDING } task_state;
 
 typedef struct vclient vclient;
 
+/* One task from the server: the model it came with, the work, and the answer.  A job
+ * owns its buffers, so a client whose connection dropped while a worker trains can
+ * take the next task at once; the stale job is freed when it finishes. */
 typedef struct job {
   pool_job base;       /* first: the pool hands back this pointer */
   vclient *vc;
   uint64_t gen;        /* the connection generation that asked for it */
   int train;           /* 1 train, 0 evaluate */
+  uint64_t round, model_id, n;
+  fl_train_config tcfg;
+  float *global;       /* [n] the model as received */
+  float *local;        /* [n] trained weights, then the delta (train only) */
+  fl_tensor_rx rx;
+  fl_tensor_tx tx;
   int rc;
   fl_eval result;
   double seconds;
@@ -52,14 +60,8 @@ struct vclient {
   fl_rng rng;          /* backoff jitter */
   fl_subset train, test;
   int partition;       /* -1 when training on all of --data */
-
-  task_state task;
-  uint64_t round, model_id, num_params;
-  fl_train_config tcfg;
-  float *global, *local;
-  fl_tensor_rx rx;
-  fl_tensor_tx tx;
-  job job;
+  job *rx;             /* task whose model is arriving */
+  job *tx;             /* update being sent */
 };
 
 struct app {
@@ -78,7 +80,7 @@ struct app {
   size_t heartbeat_len;
   vclient *vcs;
   int n, finished, failed, stopping;
-  int open_conns, shut_down;
+  int open_conns, running, shut_down;
   uint32_t chunk_bytes;
 };
 
@@ -106,29 +108,27 @@ static void send_error(vclient *v, Fl__ErrorCode code, const char *reason) {
   send_env(v, &env);
 }
 
-static void drop_task(vclient *v) {
-  free(v->global);
-  free(v->local);
-  v->global = v->local = NULL;
-  v->task = TASK_NONE;
+static void job_free(job *j) {
+  if (!j) return;
+  free(j->global);
+  free(j->local);
+  free(j);
 }
 
 static void pump_tx(vclient *v) {
-  while (v->task == TASK_SENDING && fl_conn_queued(v->conn) < v->a->copt.high_water) {
+  while (v->tx && fl_conn_queued(v->conn) < v->a->copt.high_water) {
     uint8_t *buf;
     size_t len;
-    int rc = fl_tensor_tx_next(&v->tx, &buf, &len);
-    if (rc <= 0) {
-      if (rc < 0) fl_error(v->name, "encoding the update failed: %s", fl_strerror(rc));
-      drop_task(v);
-      return;
+    int rc = fl_tensor_tx_next(&v->tx->tx, &buf, &len);
+    if (rc > 0) {
+      rc = fl_conn_send(v->conn, buf, len);
+      free(buf);
+      if (rc == 0) continue;
+    } else if (rc < 0) {
+      fl_error(v->name, "encoding the update failed: %s", fl_strerror(rc));
     }
-    rc = fl_conn_send(v->conn, buf, len);
-    free(buf);
-    if (rc) {
-      drop_task(v);
-      return;
-    }
+    job_free(v->tx); /* sent, or the connection is gone */
+    v->tx = NULL;
   }
 }
 
@@ -136,7 +136,7 @@ static void pump_tx(vclient *v) {
 
 /* Shuts the loop down once every client has finished and every connection is closed. */
 static void check_all_finished(app *a) {
-  if (a->finished < a->n || a->open_conns > 0 || a->shut_down) return;
+  if (a->finished < a->n || a->open_conns > 0 || a->running > 0 || a->shut_down) return;
   a->shut_down = 1;
   fl_info("client", "all %d clients finished (%d gave up)", a->n, a->failed);
   pool_stop(&a->workers);
@@ -151,7 +151,6 @@ static void finish_vc(vclient *v, vc_state st) {
   v->a->finished++;
   if (st == VC_FAILED) v->a->failed++;
   uv_timer_stop(&v->retry);
-  if (v->task != TASK_RUNNING) drop_task(v);
   if (v->conn) fl_conn_close(v->conn, st == VC_DONE ? "done" : "giving up");
   check_all_finished(v->a);
 }
@@ -194,21 +193,21 @@ static void job_run(pool_job *pj) {
   vclient *v = j->vc;
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  uint32_t batch = j->train ? v->tcfg.batch_size : 256;
+  uint32_t batch = j->train ? j->tcfg.batch_size : 256;
   fl_trainer *t = fl_trainer_create(v->a->model, batch);
   if (!t) {
     j->rc = FL_ENOMEM;
     return;
   }
   if (j->train) {
-    memcpy(v->local, v->global, v->num_params * sizeof(float));
-    v->tcfg.prox_ref = v->tcfg.prox_mu > 0 ? v->global : NULL;
-    j->rc = fl_train(t, v->local, &v->train, &v->tcfg, NULL, NULL, &j->result);
+    memcpy(j->local, j->global, j->n * sizeof(float));
+    j->tcfg.prox_ref = j->tcfg.prox_mu > 0 ? j->global : NULL;
+    j->rc = fl_train(t, j->local, &v->train, &j->tcfg, NULL, NULL, &j->result);
     if (j->rc == 0) /* the delta: local minus the global weights it started from */
-      for (uint64_t i = 0; i < v->num_params; i++) v->local[i] -= v->global[i];
+      for (uint64_t i = 0; i < j->n; i++) j->local[i] -= j->global[i];
   } else {
     const fl_subset *s = v->test.n ? &v->test : &v->train;
-    j->rc = fl_evaluate(t, v->global, s, &j->result);
+    j->rc = fl_evaluate(t, j->global, s, &j->result);
   }
   fl_trainer_free(t);
   j->seconds = seconds_since(&t0);
@@ -217,8 +216,10 @@ static void job_run(pool_job *pj) {
 static void job_done(pool_job *pj) {
   job *j = (job *)pj;
   vclient *v = j->vc;
+  v->a->running--;
   if (v->state == VC_DONE || v->state == VC_FAILED || j->gen != v->gen || !v->conn) {
-    drop_task(v); /* the connection it was for is gone */
+    job_free(j); /* the connection it was for is gone */
+    check_all_finished(v->a);
     return;
   }
   Fl__Envelope env = FL__ENVELOPE__INIT;
@@ -232,41 +233,42 @@ static void job_done(pool_job *pj) {
     char reason[160];
     snprintf(reason, sizeof reason, "local %s failed: %s", j->train ? "training" : "evaluation",
              fl_strerror(j->rc));
-    fl_error(v->name, "round %llu: %s", (unsigned long long)v->round, reason);
+    fl_error(v->name, "round %llu: %s", (unsigned long long)j->round, reason);
     send_error(v, FL__ERROR_CODE__ERROR_INTERNAL, reason);
-    drop_task(v);
+    job_free(j);
     return;
   }
-  if (j->train) {
-    Fl__Update u = FL__UPDATE__INIT;
-    u.round = v->round;
-    u.model_id = v->model_id;
-    u.num_params = v->num_params;
-    u.num_examples = v->train.n;
-    u.metrics = &m;
-    u.encoding = FL__ENCODING__ENCODING_FLOAT32;
-    env.body_case = FL__ENVELOPE__BODY_UPDATE;
-    env.update = &u;
-    fl_info(v->name, "round %llu: trained on %zu examples in %.2f s, loss %.4f, accuracy %.4f",
-            (unsigned long long)v->round, v->train.n, j->seconds, m.loss, m.accuracy);
-    if (send_env(v, &env) != 0) {
-      drop_task(v);
-      return;
-    }
-    fl_tensor_tx_init(&v->tx, v->local, v->num_params, v->a->chunk_bytes);
-    v->task = TASK_SENDING;
-    pump_tx(v);
-  } else {
+  if (!j->train) {
     Fl__EvalResult r = FL__EVAL_RESULT__INIT;
-    r.round = v->round;
+    r.round = j->round;
     r.metrics = &m;
     env.body_case = FL__ENVELOPE__BODY_EVAL_RESULT;
     env.eval_result = &r;
     fl_debug(v->name, "round %llu: evaluated %zu examples, accuracy %.4f",
-             (unsigned long long)v->round, j->result.n, m.accuracy);
+             (unsigned long long)j->round, j->result.n, m.accuracy);
     send_env(v, &env);
-    drop_task(v);
+    job_free(j);
+    return;
   }
+  Fl__Update u = FL__UPDATE__INIT;
+  u.round = j->round;
+  u.model_id = j->model_id;
+  u.num_params = j->n;
+  u.num_examples = v->train.n;
+  u.metrics = &m;
+  u.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  env.body_case = FL__ENVELOPE__BODY_UPDATE;
+  env.update = &u;
+  fl_info(v->name, "round %llu: trained on %zu examples in %.2f s, loss %.4f, accuracy %.4f",
+          (unsigned long long)j->round, v->train.n, j->seconds, m.loss, m.accuracy);
+  if (send_env(v, &env) != 0) {
+    job_free(j);
+    return;
+  }
+  job_free(v->tx); /* an older update still streaming is superseded */
+  v->tx = j;
+  fl_tensor_tx_init(&j->tx, j->local, j->n, v->a->chunk_bytes);
+  pump_tx(v);
 }
 
 /* ---- messages from the server ---- */
@@ -276,9 +278,7 @@ static int use_model(vclient *v, const char *spec, uint64_t id, uint64_t n, char
                      size_t errlen) {
   app *a = v->a;
   if (spec && spec[0] && (!a->model || strcmp(fl_model_spec(a->model), spec) != 0)) {
-    int busy = 0;
-    for (int i = 0; i < a->n; i++) busy |= a->vcs[i].task == TASK_RUNNING;
-    if (busy && a->model) {
+    if (a->running > 0 && a->model) {
       snprintf(err, errlen, "model changed while other clients still train");
       return FL_ESTATE;
     }
@@ -306,92 +306,105 @@ static int use_model(vclient *v, const char *spec, uint64_t id, uint64_t n, char
   return 0;
 }
 
-static int begin_receive(vclient *v, task_state kind, uint64_t round, uint64_t n) {
-  if (v->task != TASK_NONE) {
-    fl_warn(v->name, "new task for round %llu while busy; dropping the old one",
+/* A new job whose model is about to arrive; an unfinished earlier one is dropped. */
+static job *begin_receive(vclient *v, int train, uint64_t round, uint64_t model_id, uint64_t n) {
+  if (v->rx) {
+    fl_warn(v->name, "new task for round %llu before the last one's model arrived; dropping that one",
             (unsigned long long)round);
-    if (v->task == TASK_RUNNING) return FL_ESTATE;
-    drop_task(v);
+    job_free(v->rx);
+    v->rx = NULL;
   }
-  v->global = malloc((n ? n : 1) * sizeof(float));
-  v->local = kind == TASK_RECV_TRAIN ? malloc((n ? n : 1) * sizeof(float)) : NULL;
-  if (!v->global || (kind == TASK_RECV_TRAIN && !v->local)) {
-    drop_task(v);
-    return FL_ENOMEM;
+  job *j = calloc(1, sizeof *j);
+  if (!j) return NULL;
+  j->global = malloc((n ? n : 1) * sizeof(float));
+  j->local = train ? malloc((n ? n : 1) * sizeof(float)) : NULL;
+  if (!j->global || (train && !j->local)) {
+    job_free(j);
+    return NULL;
   }
-  v->round = round;
-  v->num_params = n;
-  v->task = kind;
-  fl_tensor_rx_init(&v->rx, v->global, n, 1);
-  return 0;
+  j->base.run = job_run;
+  j->base.done = job_done;
+  j->vc = v;
+  j->train = train;
+  j->round = round;
+  j->model_id = model_id;
+  j->n = n;
+  fl_tensor_rx_init(&j->rx, j->global, n, 1);
+  v->rx = j;
+  return j;
 }
 
 static void on_train_task(vclient *v, const Fl__TrainTask *t) {
   char err[512];
+  fl_train_config tcfg = fl_train_config_default();
   int rc = use_model(v, t->model_spec, t->model_id, t->num_params, err, sizeof err);
+  const Fl__TrainConfig *c = t->config;
+  if (rc == 0 && c) {
+    if (c->optimizer && c->optimizer[0] && fl_optimizer_parse(c->optimizer, &tcfg) != 0) {
+      snprintf(err, sizeof err, "unknown optimizer '%s'", c->optimizer);
+      rc = FL_EINVAL;
+    }
+    if (c->epochs) tcfg.epochs = c->epochs;
+    if (c->batch_size) tcfg.batch_size = c->batch_size;
+    if (c->lr > 0) tcfg.lr = c->lr;
+    if (c->momentum > 0) tcfg.momentum = c->momentum;
+    tcfg.weight_decay = c->weight_decay;
+    tcfg.prox_mu = c->prox_mu;
+    tcfg.clip_norm = c->clip_norm;
+    /* Every client of a round trains with its own seed, derived from the round's. */
+    tcfg.seed = fl_seed_mix(c->seed, (uint64_t)(v->partition >= 0 ? v->partition : v->index));
+  }
+  job *j = NULL;
   if (rc == 0) {
-    v->tcfg = fl_train_config_default();
-    const Fl__TrainConfig *c = t->config;
-    if (c) {
-      if (c->optimizer && c->optimizer[0] && fl_optimizer_parse(c->optimizer, &v->tcfg) != 0) {
-        snprintf(err, sizeof err, "unknown optimizer '%s'", c->optimizer);
-        rc = FL_EINVAL;
-      }
-      if (c->epochs) v->tcfg.epochs = c->epochs;
-      if (c->batch_size) v->tcfg.batch_size = c->batch_size;
-      if (c->lr > 0) v->tcfg.lr = c->lr;
-      if (c->momentum > 0) v->tcfg.momentum = c->momentum;
-      v->tcfg.weight_decay = c->weight_decay;
-      v->tcfg.prox_mu = c->prox_mu;
-      v->tcfg.clip_norm = c->clip_norm;
-      /* Every client of a round trains with its own seed, derived from the round's. */
-      v->tcfg.seed = fl_seed_mix(c->seed, (uint64_t)(v->partition >= 0 ? v->partition : v->index));
+    j = begin_receive(v, 1, t->round, t->model_id, t->num_params);
+    if (!j) {
+      rc = FL_ENOMEM;
+      snprintf(err, sizeof err, "out of memory for a model of %llu parameters",
+               (unsigned long long)t->num_params);
     }
   }
-  if (rc == 0) rc = begin_receive(v, TASK_RECV_TRAIN, t->round, t->num_params);
   if (rc) {
-    if (rc == FL_ESTATE || rc == FL_ENOMEM) snprintf(err, sizeof err, "%s", fl_strerror(rc));
     fl_error(v->name, "round %llu: cannot take the task: %s", (unsigned long long)t->round, err);
     send_error(v, FL__ERROR_CODE__ERROR_REFUSED, err);
     return;
   }
-  v->model_id = t->model_id;
+  j->tcfg = tcfg;
   fl_debug(v->name, "round %llu: task received", (unsigned long long)t->round);
 }
 
 static void on_eval_task(vclient *v, const Fl__EvalTask *t) {
   char err[512];
   int rc = use_model(v, NULL, t->model_id, t->num_params, err, sizeof err);
-  if (rc == 0) rc = begin_receive(v, TASK_RECV_EVAL, t->round, t->num_params);
+  if (rc == 0 && !begin_receive(v, 0, t->round, t->model_id, t->num_params)) {
+    rc = FL_ENOMEM;
+    snprintf(err, sizeof err, "out of memory");
+  }
   if (rc) {
-    fl_error(v->name, "round %llu: cannot evaluate: %s", (unsigned long long)t->round,
-             rc == FL_ESTATE || rc == FL_ENOMEM ? fl_strerror(rc) : err);
-    send_error(v, FL__ERROR_CODE__ERROR_REFUSED, "cannot evaluate");
+    fl_error(v->name, "round %llu: cannot evaluate: %s", (unsigned long long)t->round, err);
+    send_error(v, FL__ERROR_CODE__ERROR_REFUSED, err);
   }
 }
 
 static void on_chunk(vclient *v, const Fl__TensorChunk *ch) {
-  if (v->task != TASK_RECV_TRAIN && v->task != TASK_RECV_EVAL) {
+  job *j = v->rx;
+  if (!j) {
     fl_warn(v->name, "tensor chunk without a task; ignored");
     return;
   }
   char err[160];
-  int rc = fl_tensor_rx_add(&v->rx, ch, err, sizeof err);
+  int rc = fl_tensor_rx_add(&j->rx, ch, err, sizeof err);
   if (rc < 0) {
-    fl_error(v->name, "round %llu: bad model from the server: %s", (unsigned long long)v->round, err);
+    fl_error(v->name, "round %llu: bad model from the server: %s", (unsigned long long)j->round, err);
     send_error(v, FL__ERROR_CODE__ERROR_PROTOCOL, err);
-    drop_task(v);
+    job_free(j);
+    v->rx = NULL;
     return;
   }
   if (rc == 0) return;
-  v->job = (job){0};
-  v->job.base.run = job_run;
-  v->job.base.done = job_done;
-  v->job.vc = v;
-  v->job.gen = v->gen;
-  v->job.train = v->task == TASK_RECV_TRAIN;
-  v->task = TASK_RUNNING;
-  pool_submit(&v->a->workers, &v->job.base);
+  v->rx = NULL;
+  j->gen = v->gen;
+  v->a->running++;
+  pool_submit(&v->a->workers, &j->base);
 }
 
 static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
@@ -464,7 +477,9 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
   vclient *v = fl_conn_data(conn);
   v->a->open_conns--;
   if (v->conn == conn) v->conn = NULL;
-  if (v->task != TASK_RUNNING) drop_task(v);
+  job_free(v->rx);
+  job_free(v->tx);
+  v->rx = v->tx = NULL;
   if (v->state == VC_DONE || v->state == VC_FAILED) {
     check_all_finished(v->a);
     return;
@@ -650,8 +665,8 @@ void app_free(app *a) {
   uv_loop_close(&a->loop);
   for (int i = 0; a->vcs && i < a->n; i++) {
     fl_tls_config_free(a->vcs[i].tls);
-    free(a->vcs[i].global);
-    free(a->vcs[i].local);
+    job_free(a->vcs[i].rx);
+    job_free(a->vcs[i].tx);
   }
   free(a->vcs);
   if (a->parts) fl_partition_free(a->parts);

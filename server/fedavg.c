@@ -1,7 +1,11 @@
 /* Federated averaging of deltas, folded in as each update arrives.
  *
- * The running sum is kept in float, scaled by the weight of each update; one extra model
- * sized buffer is all FedAvg holds, however many clients a round has. */
+ * The running sum sum_k n_k * d_k is kept in double, whatever the number of clients per
+ * round.  Each term is exact in double (a float times an integer weight below 2^29) and
+ * the sum rounds only when one parameter's terms span a huge range of magnitudes, so the
+ * float model it produces practically never depends on the order in which updates
+ * arrive: a resumed or repeated run gives the same model, where a float sum would differ
+ * in the last bits and training would amplify that to visible differences. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +15,7 @@
 
 typedef struct fedavg {
   fl_strategy base;
-  float *sum; /* [n] sum of weight_k * delta_k */
+  double *sum; /* [n] sum of weight_k * delta_k */
 } fedavg;
 
 static void fedavg_begin(fl_strategy *s) {
@@ -23,9 +27,9 @@ static void fedavg_begin(fl_strategy *s) {
 
 static int fedavg_fold(fl_strategy *s, const float *delta, double weight) {
   fedavg *f = (fedavg *)s;
-  float w = (float)weight;
-  float *restrict sum = f->sum;
-  for (size_t i = 0; i < s->n; i++) sum[i] += w * delta[i];
+  double *restrict sum = f->sum;
+  const float *restrict d = delta;
+  for (size_t i = 0; i < s->n; i++) sum[i] += weight * (double)d[i];
   s->folded++;
   s->weight += weight;
   return 0;
@@ -34,8 +38,8 @@ static int fedavg_fold(fl_strategy *s, const float *delta, double weight) {
 static int fedavg_finish(fl_strategy *s, float *global, double server_lr) {
   fedavg *f = (fedavg *)s;
   if (s->folded == 0 || s->weight <= 0) return FL_ESTATE;
-  float scale = (float)(server_lr / s->weight);
-  for (size_t i = 0; i < s->n; i++) global[i] += scale * f->sum[i];
+  double scale = server_lr / s->weight;
+  for (size_t i = 0; i < s->n; i++) global[i] = (float)((double)global[i] + scale * f->sum[i]);
   return 0;
 }
 

@@ -7,8 +7,9 @@
  * (clients evaluate) -> the metrics line, and the next round.  Every event that can move
  * a round on calls advance(), the one place that decides what happens next.
  *
- * Memory does not grow with the clients per round: the global model, the strategy's sum
- * and UPDATE_BUFFERS update buffers are all the model-sized memory there is.  A client
+ * Memory does not grow with the clients per round: the global model (one model size),
+ * the strategy's double-precision sum (two) and UPDATE_BUFFERS update buffer (one) are
+ * all the model-sized memory there is.  A client
  * whose update arrives while every buffer is busy is paused (its socket is not read)
  * until a fold returns one. */
 #include "server.h"
@@ -36,7 +37,7 @@
 #include "train.h"
 #include "version.h"
 
-#define UPDATE_BUFFERS 2
+#define UPDATE_BUFFERS 1
 #define MAX_REFUSALS 64
 
 typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD } rx_state;
@@ -1174,6 +1175,10 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   s->copt.high_water = (size_t)cfg->chunk_kib * 1024u;
   s->copt.heartbeat_interval_ms = (uint32_t)(cfg->heartbeat * 1000);
   s->copt.idle_timeout_ms = (uint32_t)(cfg->idle_timeout * 1000);
+  if (s->copt.handshake_timeout_ms > s->copt.idle_timeout_ms)
+    s->copt.handshake_timeout_ms = s->copt.idle_timeout_ms;
+  if (s->copt.stall_timeout_ms > s->copt.idle_timeout_ms)
+    s->copt.stall_timeout_ms = s->copt.idle_timeout_ms;
   rc = fl_msg_heartbeat(0, 0, &s->heartbeat, &s->heartbeat_len);
   if (rc) goto fail;
   s->copt.heartbeat = s->heartbeat;

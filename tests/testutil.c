@@ -140,3 +140,8 @@ char *fl_test_bin(const char *name) {
   if (p) snprintf(p, 4096, "%s/%s", fl_test_bin_dir(), name);
   return p;
 }
+
+int fl_test_running(pid_t pid) {
+  int st;
+  return waitpid(pid, &st, WNOHANG) == 0;
+}

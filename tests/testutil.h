@@ -26,6 +26,8 @@ pid_t fl_test_spawn(const char *log, char *const argv[]);
 /* Waits up to timeout_s for pid: its exit status, 128+signal if killed by one, or -1 on
  * timeout (the process is then killed with SIGKILL and reaped). */
 int fl_test_wait(pid_t pid, double timeout_s);
+/* 1 while pid is running (not yet exited). */
+int fl_test_running(pid_t pid);
 /* The whole file as a NUL-terminated string (malloc'd), or NULL. */
 char *fl_test_read_file(const char *path, size_t *len);
 /* Counts the occurrences of needle in the file (0 if it cannot be read). */

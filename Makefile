@@ -144,17 +144,19 @@ $(TEST_BIN): $(call obj,$(TEST_SRCS)) $(LIB)
 # Integration tests find the binaries and test certificates through the environment.
 TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B)/test-certs \
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp
-test: $(BINS) $(TEST_BIN) $(B)/test-certs/ca.crt
+TEST_CERT_CLIENTS := 24
+TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
+test: $(BINS) $(TEST_BIN) $(TEST_CERTS)
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
 
-$(B)/test-certs/ca.crt: certs/gen.sh | deps
+$(TEST_CERTS): certs/gen.sh | deps
 	$(call say,CERTS,$(B)/test-certs)
-	$(Q)rm -rf $(B)/test-certs && certs/gen.sh --out $(B)/test-certs --clients 16 --quiet
+	$(Q)rm -rf $(B)/test-certs && certs/gen.sh --out $(B)/test-certs --clients $(TEST_CERT_CLIENTS) --quiet
 
 certs: | deps
 	$(Q)certs/gen.sh --out certs/out
 
-bench: $(BENCH_BINS) $(BINS) $(B)/test-certs/ca.crt
+bench: $(BENCH_BINS) $(BINS) $(TEST_CERTS)
 	$(Q)for b in $(BENCH_BINS); do echo "== $$b"; $(TEST_ENV) ./$$b || exit 1; done
 
 # Fuzzing needs clang's libFuzzer; objects are built apart with their own flags.  Each

@@ -195,3 +195,153 @@ Test(resilience, sigterm_stops_cleanly_and_resume_continues, .timeout = 300) {
   cr_assert(fl_test_sanitizer_clean(log));
   setup_free(&s);
 }
+
+static pid_t start_group(setup *s, const char *tag, const char *n, const char *first,
+                         const char *part) {
+  char log[600];
+  snprintf(log, sizeof log, "%s/clients-%s.log", s->dir, tag);
+  char *argv[] = {s->client, "--server", s->addr, "--server-name", "localhost", "--clients",
+                  (char *)n, "--cert-index", (char *)first, "--data", "fashion-mnist:train",
+                  "--max-samples", "20000", "--partition", "iid", "--num-partitions", "20",
+                  "--partition-index", (char *)part, "--certs-dir", (char *)fl_test_certs_dir(),
+                  "--ca", s->ca, "--retry-base", "0.05", "--retry-max", "0.5", "--max-retries",
+                  "100000", "--workers", "2", NULL};
+  return fl_test_spawn(log, argv);
+}
+
+/* Twenty clients; six of them (one process) killed as round 2 starts and restarted after
+ * round 4: every round completes, and the log names the clients that dropped. */
+Test(resilience, churn_thirty_percent_killed_and_restarted, .timeout = 600) {
+  setup s;
+  setup_init(&s);
+  char log[600], metrics[600], out[600];
+  snprintf(log, sizeof log, "%s/server.log", s.dir);
+  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
+  snprintf(out, sizeof out, "%s/model.bin", s.dir);
+  char *argv[] = {s.server, "--listen", s.listen, "--model", "2nn", "--rounds", "6",
+                  "--clients-per-round", "10", "--min-clients", "10", "--min-updates", "4",
+                  "--round-timeout", "60", "--epochs", "3", "--seed", "5", "--out", out,
+                  "--metrics", metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
+  pid_t srv = fl_test_spawn(log, argv);
+  pid_t a = start_group(&s, "a", "14", "1", "0");
+  pid_t b = start_group(&s, "b", "6", "15", "14");
+  cr_assert(fl_test_wait_for(log, "round 2/6:", 120), "no round 2 (%s)", log);
+  kill(b, SIGKILL);
+  fl_test_wait(b, 10);
+  cr_assert(fl_test_wait_for(log, "round 4/6 done", 240), "no round 4 (%s)", log);
+  b = start_group(&s, "b2", "6", "15", "14");
+  cr_assert_eq(fl_test_wait(srv, 300), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(a, 30), 0, "clients a failed (%s)", s.dir);
+  cr_assert_eq(fl_test_wait(b, 30), 0, "clients b failed (%s)", s.dir);
+
+  cr_assert_eq(metrics_rounds(metrics), 6);
+  cr_assert_geq(fl_test_count(log, "dropped out"), 1, "no client dropped mid-round (%s)", log);
+  int named = 0;
+  for (int i = 15; i <= 20; i++) {
+    char who[64];
+    snprintf(who, sizeof who, "client-%04d (127.0.0.1", i);
+    named += fl_test_count(log, who) > 0;
+  }
+  cr_assert_eq(named, 6, "the log names %d of the 6 killed clients", named);
+  cr_assert(fl_test_sanitizer_clean(log));
+  setup_free(&s);
+}
+
+/* ---- peers that stall ---- */
+
+typedef struct staller {
+  fl_conn *conn;
+  int half_frame;  /* 1: after hello, half a frame header, then nothing */
+  int closed;
+  char reason[256];
+} staller;
+
+static void st_open(fl_conn *c) {
+  staller *p = fl_conn_data(c);
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Hello h = FL__HELLO__INIT;
+  h.protocol_version = FL_PROTOCOL_VERSION;
+  h.num_samples = 100;
+  env.body_case = FL__ENVELOPE__BODY_HELLO;
+  env.hello = &h;
+  uint8_t *buf;
+  size_t len;
+  cr_assert_eq(fl_msg_encode(&env, &buf, &len), 0);
+  fl_conn_send(c, buf, len);
+  free(buf);
+  if (p->half_frame) {
+    const uint8_t half[2] = {0, 0};
+    fl_conn_send_raw(c, half, sizeof half);
+  }
+}
+static void st_frame(fl_conn *c, const uint8_t *p, size_t n) { (void)c; (void)p; (void)n; }
+static void st_drain(fl_conn *c) { (void)c; }
+static void st_close(fl_conn *c, int err, const char *reason) {
+  staller *p = fl_conn_data(c);
+  (void)err;
+  p->closed = 1;
+  snprintf(p->reason, sizeof p->reason, "%s", reason ? reason : "");
+}
+static const fl_conn_callbacks st_cb = {st_open, st_frame, st_drain, st_close};
+
+static void st_tick(uv_timer_t *t) {
+  staller *p = t->data;
+  if (p[0].closed && p[1].closed) uv_close((uv_handle_t *)t, NULL);
+}
+
+Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
+  fl_log_set_level(FL_LOG_ERROR);
+  setup s;
+  setup_init(&s);
+  char log[600], metrics[600], out[600];
+  snprintf(log, sizeof log, "%s/server.log", s.dir);
+  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
+  snprintf(out, sizeof out, "%s/model.bin", s.dir);
+  char *argv[] = {s.server, "--listen", s.listen, "--model", "logreg", "--rounds", "1",
+                  "--clients-per-round", "4", "--min-clients", "4", "--round-timeout", "120",
+                  "--idle-timeout", "1.5", "--heartbeat", "0.3", "--out", out, "--metrics",
+                  metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
+  pid_t srv = fl_test_spawn(log, argv);
+  cr_assert(fl_test_wait_for(log, "listening on", 30));
+  char clog[600];
+  snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
+  char *cargv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "2",
+                   "--data", "fashion-mnist:train", "--max-samples", "2000", "--partition",
+                   "iid", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca,
+                   "--heartbeat", "0.3", "--idle-timeout", "1.5", NULL};
+  pid_t good = fl_test_spawn(clog, cargv);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  staller p[2] = {{.half_frame = 0}, {.half_frame = 1}};
+  fl_tls_config *tls[2];
+  fl_conn_options opt;
+  fl_conn_options_default(&opt); /* no heartbeat payload: these peers stay silent */
+  for (int i = 0; i < 2; i++) {
+    char cert[600], key[600], err[512];
+    snprintf(cert, sizeof cert, "%s/client-%04d.crt", fl_test_certs_dir(), 21 + i);
+    snprintf(key, sizeof key, "%s/client-%04d.key", fl_test_certs_dir(), 21 + i);
+    fl_tls_options t = {.ca_file = s.ca, .cert_file = cert, .key_file = key,
+                        .server_name = "localhost"};
+    cr_assert_eq(fl_tls_config_create(&t, &tls[i], err, sizeof err), 0, "%s", err);
+    int port = atoi(strrchr(s.addr, ':') + 1);
+    cr_assert_eq(fl_connect(&loop, tls[i], "127.0.0.1", port, &opt, &st_cb, &p[i], &p[i].conn), 0);
+  }
+  uv_timer_t tick;
+  uv_timer_init(&loop, &tick);
+  tick.data = p;
+  uv_timer_start(&tick, st_tick, 50, 50);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  for (int i = 0; i < 2; i++) fl_tls_config_free(tls[i]);
+  uv_loop_close(&loop);
+
+  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(good, 30), 0, "good clients failed (%s)", clog);
+  cr_assert_eq(fl_test_count(metrics, "\"updates_accepted\":2"), 1, "%s", metrics);
+  cr_assert_eq(fl_test_count(metrics, "\"clients_dropped\":2"), 1, "%s", metrics);
+  cr_assert_eq(fl_test_count(log, "timed out with"), 0, "the round waited for its timeout");
+  cr_assert_geq(fl_test_count(log, "client-0021 dropped out"), 1);
+  cr_assert_geq(fl_test_count(log, "client-0022 dropped out"), 1);
+  cr_assert(fl_test_sanitizer_clean(log));
+  setup_free(&s);
+}

@@ -48,10 +48,11 @@ static void setup_free(setup *s) {
   free(s->dir);
 }
 
-static pid_t start_server(setup *s, const char *tag, const char *rounds, int resume,
-                          const char *extra1, const char *extra2) {
+/* A server of the run `tag` (its model and metrics files), logging to server-LOG.log. */
+static pid_t start_server(setup *s, const char *tag, const char *log_tag, const char *rounds,
+                          int resume) {
   char log[600], out[600], metrics[600];
-  snprintf(log, sizeof log, "%s/server-%s.log", s->dir, tag);
+  snprintf(log, sizeof log, "%s/server-%s.log", s->dir, log_tag);
   snprintf(out, sizeof out, "%s/model-%s.bin", s->dir, tag);
   snprintf(metrics, sizeof metrics, "%s/metrics-%s.jsonl", s->dir, tag);
   char *argv[40] = {s->server, "--listen", s->listen, "--model", "2nn", "--rounds",
@@ -62,8 +63,6 @@ static pid_t start_server(setup *s, const char *tag, const char *rounds, int res
   int n = 0;
   while (argv[n]) n++;
   if (resume) argv[n++] = "--resume";
-  if (extra1) argv[n++] = (char *)extra1;
-  if (extra2) argv[n++] = (char *)extra2;
   argv[n] = NULL;
   return fl_test_spawn(log, argv);
 }
@@ -114,7 +113,7 @@ Test(resilience, sigkill_and_resume_match_an_uninterrupted_run, .timeout = 600) 
 
   /* The reference: one uninterrupted run. */
   pid_t c = start_clients(&s, "ref", "4", "1");
-  pid_t srv = start_server(&s, "ref", "30", 0, NULL, NULL);
+  pid_t srv = start_server(&s, "ref", "ref", "30", 0);
   cr_assert_eq(fl_test_wait(srv, 240), 0, "reference server failed (%s)", s.dir);
   cr_assert_eq(fl_test_wait(c, 30), 0, "reference clients failed (%s)", s.dir);
 
@@ -125,11 +124,16 @@ Test(resilience, sigkill_and_resume_match_an_uninterrupted_run, .timeout = 600) 
   srand((unsigned)now.tv_nsec);
   int kills = 0, finished = 0;
   for (int life = 0; life < 40 && !finished; life++) {
-    srv = start_server(&s, "kill", "30", 1, NULL, NULL);
+    char life_log[64], life_path[700];
+    snprintf(life_log, sizeof life_log, "kill-life%d", life);
+    snprintf(life_path, sizeof life_path, "%s/server-%s.log", s.dir, life_log);
+    srv = start_server(&s, "kill", life_log, "30", 1);
     int rc;
     if (kills < 5) {
-      /* Any moment: starting, waiting for clients, training, folding, checkpointing. */
-      usleep((useconds_t)(200000 + rand() % 600000));
+      /* Each life completes a round, then dies at any moment: writing that round's
+       * checkpoint, training, folding, evaluating the next. */
+      fl_test_wait_for(life_path, "/30 done", 120);
+      usleep((useconds_t)(rand() % 200000));
       kill(srv, SIGKILL);
       rc = fl_test_wait(srv, 30);
       if (rc == 128 + SIGKILL) {
@@ -146,11 +150,15 @@ Test(resilience, sigkill_and_resume_match_an_uninterrupted_run, .timeout = 600) 
   cr_assert_geq(kills, 5);
   cr_assert_eq(fl_test_wait(c, 30), 0, "clients failed (%s)", s.dir);
 
-  snprintf(path, sizeof path, "%s/server-kill.log", s.dir);
-  cr_assert_eq(fl_test_count(path, "checkpoint failed"), 0);
-  cr_assert_eq(fl_test_count(path, "corrupt"), 0);
-  cr_assert(fl_test_count(path, "resuming from") >= 1, "never resumed from a checkpoint");
-  cr_assert(fl_test_sanitizer_clean(path));
+  int resumed = 0;
+  for (int life = 0; life <= kills; life++) {
+    snprintf(path, sizeof path, "%s/server-kill-life%d.log", s.dir, life);
+    cr_assert_eq(fl_test_count(path, "checkpoint failed"), 0, "%s", path);
+    cr_assert_eq(fl_test_count(path, "corrupt"), 0, "%s", path);
+    cr_assert(fl_test_sanitizer_clean(path), "%s", path);
+    resumed += fl_test_count(path, "resuming from");
+  }
+  cr_assert_geq(resumed, 1, "never resumed from a checkpoint (%s)", s.dir);
   snprintf(path, sizeof path, "%s/metrics-kill.jsonl", s.dir);
   cr_assert_eq(metrics_rounds(path), 30, "rounds lost or run twice: %s", path);
 
@@ -176,7 +184,7 @@ Test(resilience, sigterm_stops_cleanly_and_resume_continues, .timeout = 300) {
   snprintf(metrics, sizeof metrics, "%s/metrics-term.jsonl", s.dir);
   snprintf(clog, sizeof clog, "%s/clients-term.log", s.dir);
   pid_t c = start_clients(&s, "term", "4", "1");
-  pid_t srv = start_server(&s, "term", "6", 0, NULL, NULL);
+  pid_t srv = start_server(&s, "term", "term", "6", 0);
   cr_assert(fl_test_wait_for(log, "round 2/6 done", 120), "no round 2 (%s)", log);
   kill(srv, SIGTERM);
   cr_assert_eq(fl_test_wait(srv, 60), 0, "SIGTERM: server did not exit 0 (%s)", log);
@@ -187,7 +195,7 @@ Test(resilience, sigterm_stops_cleanly_and_resume_continues, .timeout = 300) {
   cr_assert(fl_test_wait_for(clog, "reconnecting", 10));
   usleep(500000);
   cr_assert(fl_test_running(c), "clients exited while the server was down");
-  srv = start_server(&s, "term", "6", 1, NULL, NULL);
+  srv = start_server(&s, "term", "term", "6", 1);
   cr_assert_eq(fl_test_wait(srv, 240), 0, "resumed server failed (%s)", log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "clients failed (%s)", clog);
   cr_assert_eq(metrics_rounds(metrics), 6);

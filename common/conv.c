@@ -29,12 +29,13 @@ static void im2col(float *col, const float *x, int C, int H, int W, int F) {
           int iy = oy + ky - pad;
           float *r = row + (size_t)oy * W;
           if (iy < 0 || iy >= H) {
-            memset(r, 0, sizeof(float) * W);
+            for (int ox = 0; ox < W; ox++) r[ox] = 0.0f;
             continue;
           }
+          /* plain loops: rows are short (tens of floats), too short for memcpy's call */
           const float *src = x + ((size_t)c * H + iy) * W + d;
           for (int ox = 0; ox < x0; ox++) r[ox] = 0.0f;
-          memcpy(r + x0, src + x0, sizeof(float) * (x1 - x0));
+          for (int ox = x0; ox < x1; ox++) r[ox] = src[ox];
           for (int ox = x1; ox < W; ox++) r[ox] = 0.0f;
         }
       }
@@ -115,15 +116,19 @@ void fl__pool_forward(float *y, int32_t *arg, const float *x, int B, int C, int 
     float *yp = y + (size_t)bc * OH * OW;
     int32_t *ap = arg + (size_t)bc * OH * OW;
     int32_t base = (int32_t)((size_t)bc * H * W);
-    for (int oy = 0; oy < OH; oy++)
+    for (int oy = 0; oy < OH; oy++) {
+      const float *r0 = xp + (size_t)2 * oy * W, *r1 = r0 + W;
+      int32_t i0 = base + 2 * oy * W;
+      /* branch-free selects (first maximum wins), which the compiler vectorises */
       for (int ox = 0; ox < OW; ox++) {
-        int i0 = 2 * oy * W + 2 * ox, best = i0;
-        if (xp[i0 + 1] > xp[best]) best = i0 + 1;
-        if (xp[i0 + W] > xp[best]) best = i0 + W;
-        if (xp[i0 + W + 1] > xp[best]) best = i0 + W + 1;
-        yp[oy * OW + ox] = xp[best];
-        ap[oy * OW + ox] = base + best;
+        float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
+        int32_t ia = i0 + 2 * ox, ic = ia + W;
+        float top = b > a ? b : a, bot = d > c ? d : c;
+        int32_t itop = b > a ? ia + 1 : ia, ibot = d > c ? ic + 1 : ic;
+        yp[oy * OW + ox] = bot > top ? bot : top;
+        ap[oy * OW + ox] = bot > top ? ibot : itop;
       }
+    }
   }
 }
 

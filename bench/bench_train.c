@@ -85,7 +85,8 @@ static void run_gemms(const gemm *g, int n) {
   }
 }
 
-static int bench(const char *spec, int B, int steps, int rounds, double target) {
+static int bench(const char *spec, const char *opt, int B, int steps, int rounds,
+                 double target) {
   char err[256];
   fl_model *m;
   if (fl_model_create(spec, &m, err, sizeof err) < 0) {
@@ -106,7 +107,7 @@ static int bench(const char *spec, int B, int steps, int rounds, double target) 
   fl_model_init(m, params, 1);
   fl_trainer *t = fl_trainer_create(m, (uint32_t)B);
   fl_train_config cfg = fl_train_config_default();
-  fl_optimizer_parse("momentum", &cfg);
+  fl_optimizer_parse(opt, &cfg);
   cfg.lr = 0.01f;
   cfg.batch_size = (uint32_t)B;
 
@@ -126,8 +127,8 @@ static int bench(const char *spec, int B, int steps, int rounds, double target) 
     if (t2 - t1 < best_gemm) best_gemm = t2 - t1;
   }
   double train_sps = n / best_train, gemm_sps = n / best_gemm, ratio = train_sps / gemm_sps;
-  printf("%-6s %6d %16.0f %18.0f %8.3f %8.2f   %s\n", strchr(spec, ' ') ? "?" : spec, B,
-         train_sps, gemm_sps, ratio, target, ratio >= target ? "ok" : "BELOW");
+  printf("%-6s %-9s %6d %16.0f %18.0f %8.3f %8.2f   %s\n", strchr(spec, ' ') ? "?" : spec,
+         opt, B, train_sps, gemm_sps, ratio, target, ratio >= target ? "ok" : "BELOW");
   for (int i = 0; i < ng; i++) free(g[i].a), free(g[i].b), free(g[i].c);
   fl_trainer_free(t);
   free(params);
@@ -138,17 +139,23 @@ static int bench(const char *spec, int B, int steps, int rounds, double target) 
 }
 
 /* Optional arguments MODEL BATCH run that one case (for profiling). */
+/* Optional arguments MODEL OPTIMIZER BATCH run that one case (for profiling). */
 int main(int argc, char **argv) {
   openblas_set_num_threads(1);
-  if (argc == 3) return bench(argv[1], atoi(argv[2]), 3000 / atoi(argv[2]) + 1, 10, 0.0);
-  printf("training throughput vs the same step's bare sgemm calls (1 BLAS thread, SGD "
-         "momentum,\nsynthetic data, best of several alternating runs)\n\n");
-  printf("%-6s %6s %16s %18s %8s %8s\n", "model", "batch", "train samples/s",
-         "sgemm-only samp/s", "ratio", "target");
+  if (argc == 4)
+    return bench(argv[1], argv[2], atoi(argv[3]), 3000 / atoi(argv[3]) + 1, 10, 0.0);
+  printf("training throughput vs the same step's bare sgemm calls (1 BLAS thread, synthetic\n"
+         "data, best of several alternating runs; ratio = train / sgemm-only)\n\n");
+  printf("%-6s %-9s %6s %16s %18s %8s %8s\n", "model", "optimizer", "batch",
+         "train samples/s", "sgemm-only samp/s", "ratio", "target");
   int rc = 0;
-  rc |= bench("2nn", 10, 300, 7, 0.8);
-  rc |= bench("2nn", 32, 120, 7, 0.8);
-  rc |= bench("2nn", 64, 60, 7, 0.8);
-  rc |= bench("cnn", 64, 6, 4, 0.7);
+  static const char *const opts[] = {"sgd", "momentum"};
+  for (int o = 0; o < 2; o++) {
+    rc |= bench("2nn", opts[o], 10, 300, 7, 0.8);
+    rc |= bench("2nn", opts[o], 32, 120, 7, 0.8);
+    rc |= bench("2nn", opts[o], 64, 60, 7, 0.8);
+  }
+  rc |= bench("cnn", "sgd", 64, 6, 4, 0.7);
+  rc |= bench("cnn", "momentum", 64, 6, 4, 0.7);
   return rc;
 }

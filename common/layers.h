@@ -42,7 +42,7 @@ struct fl_model {
   uint32_t in_c, in_h, in_w;
   size_t in_dim, out_dim, num_params;
   size_t max_width;       /* largest per-sample activation (input included) */
-  size_t max_col;         /* largest conv im2col buffer per sample (floats) */
+  size_t max_col;         /* largest conv scratch per sample (floats, see conv.c) */
   uint64_t id;
 };
 
@@ -55,8 +55,8 @@ void fl__dense_backward(float *dx, float *dw, float *db, const float *dy, const 
                         const float *w, int B, int in, int out);
 
 /* conv.c.  Input [B][C][H][W], weights w[K][C*F*F], bias b[K], output [B][K][H][W]
- * (stride 1, same padding: (F-1)/2 before, F/2 after).  col is scratch of C*F*F*H*W
- * floats. */
+ * (stride 1, same padding: (F-1)/2 before, F/2 after).  col is scratch of
+ * C*F*F*H*W + C*(H+F-1)*(W+F-1) floats (the columns, then one zero-padded image). */
 void fl__conv_forward(float *y, float *col, const float *x, const float *w, const float *b,
                       int B, int C, int H, int W, int K, int F);
 void fl__conv_backward(float *dx, float *dw, float *db, float *col, const float *dy,

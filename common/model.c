@@ -212,7 +212,9 @@ static int parse_layer(builder *b, const char *tok, char *err, size_t errlen) {
     l->fan_in = (size_t)b->c * d[1] * d[1], l->fan_out = (size_t)d[0] * d[1] * d[1];
     if ((uint64_t)l->fan_in * b->h * b->w > MAX_WIDTH)
       return fail(err, errlen, "model spec: '%s' needs too large an im2col buffer", tok);
-    if (l->fan_in * b->h * b->w > b->m->max_col) b->m->max_col = l->fan_in * b->h * b->w;
+    size_t scratch = l->fan_in * b->h * b->w +
+                     (size_t)b->c * (b->h + d[1] - 1) * (b->w + d[1] - 1);
+    if (scratch > b->m->max_col) b->m->max_col = scratch;
     rc = finish_layer(b, l, d[0], b->h, b->w, (size_t)d[0] * l->fan_in, d[0], tok, err,
                       errlen);
     snprintf(buf, sizeof buf, "conv:%u:%u", d[0], d[1]);

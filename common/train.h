@@ -4,7 +4,12 @@
  * gradients and optimizer state (flat buffers with the parameters' layout), a batch
  * buffer.  No global mutable state: N trainers on N threads (OpenBLAS single-threaded)
  * give the same results as running them one after another.  Same seed, same data, one
- * BLAS thread: bit-identical weights. */
+ * BLAS thread: bit-identical weights.
+ *
+ * The caller chooses OpenBLAS's thread count (openblas_set_num_threads) before training:
+ * fl-train uses 1 unless --threads says otherwise, the tests use 1, and a process running
+ * one trainer per thread should use 1 (Debian's pthread OpenBLAS then runs each call on
+ * the calling thread; tests/test_train.c checks that threads give sequential results). */
 #ifndef FL_TRAIN_H
 #define FL_TRAIN_H
 

@@ -101,7 +101,8 @@ Test(gradcheck, heads_numerically_stable) {
 /* The im2col convolution against a direct one. */
 Test(gradcheck, conv_matches_naive) {
   enum { B = 2, C = 3, H = 5, W = 6, K = 4, F = 3 };
-  float x[B * C * H * W], w[K * C * F * F], b[K], y[B * K * H * W], col[C * F * F * H * W];
+  float x[B * C * H * W], w[K * C * F * F], b[K], y[B * K * H * W],
+        col[C * F * F * H * W + C * (H + F - 1) * (W + F - 1)];
   fl_rng r;
   fl_rng_seed(&r, 9);
   for (size_t i = 0; i < sizeof x / 4; i++) x[i] = fl_rng_normal(&r);

@@ -514,25 +514,6 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---- set-up ---- */
 
-static int split_host_port(const char *s, char *host, size_t hostlen, int *port) {
-  const char *colon = strrchr(s, ':');
-  if (!colon) return FL_ECONFIG;
-  const char *h = s, *he = colon;
-  if (*h == '[' && he > h && he[-1] == ']') {
-    h++;
-    he--;
-  }
-  size_t n = (size_t)(he - h);
-  if (n == 0 || n >= hostlen) return FL_ECONFIG;
-  memcpy(host, h, n);
-  host[n] = 0;
-  char *end;
-  long p = strtol(colon + 1, &end, 10);
-  if (!colon[1] || *end || p <= 0 || p > 65535) return FL_ECONFIG;
-  *port = (int)p;
-  return 0;
-}
-
 static int load_data(app *a, char *err, size_t errlen) {
   const client_config *cfg = a->cfg;
   int rc = fl_dataset_load(&a->data, cfg->data, err, errlen);
@@ -565,7 +546,7 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   if (!a) return FL_ENOMEM;
   a->cfg = cfg;
   int rc = FL_ECONFIG;
-  if (split_host_port(cfg->server, a->host, sizeof a->host, &a->port) != 0) {
+  if (fl_split_host_port(cfg->server, a->host, sizeof a->host, &a->port) != 0 || a->port == 0) {
     snprintf(err, errlen, "--server: expected HOST:PORT, got '%s'", cfg->server);
     free(a);
     return rc;

@@ -43,6 +43,12 @@ int client_config_check(const client_config *c, char *err, size_t errlen) {
     snprintf(err, errlen, "--log-level: unknown level '%s' (debug, info, warn, error)", c->log_level);
     return FL_ECONFIG;
   }
+  char host[256];
+  int port;
+  if (fl_split_host_port(c->server, host, sizeof host, &port) != 0 || port == 0) {
+    snprintf(err, errlen, "--server: expected HOST:PORT with a port from 1 to 65535, got '%s'", c->server);
+    return FL_ECONFIG;
+  }
   if (!c->data) {
     snprintf(err, errlen, "--data is required (the local training data)");
     return FL_ECONFIG;

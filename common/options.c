@@ -245,3 +245,22 @@ void fl_options_help(const fl_option *opts, FILE *f) {
     fputc('\n', f);
   }
 }
+
+int fl_split_host_port(const char *s, char *host, size_t hostlen, int *port) {
+  const char *colon = strrchr(s, ':');
+  if (!colon) return FL_ECONFIG;
+  const char *h = s, *he = colon;
+  if (*h == '[' && he > h && he[-1] == ']') { /* [::1]:7700 */
+    h++;
+    he--;
+  }
+  size_t n = (size_t)(he - h);
+  if (n == 0 || n >= hostlen) return FL_ECONFIG;
+  memcpy(host, h, n);
+  host[n] = 0;
+  char *end;
+  long p = strtol(colon + 1, &end, 10);
+  if (!colon[1] || *end || p < 0 || p > 65535) return FL_ECONFIG;
+  *port = (int)p;
+  return 0;
+}

@@ -49,4 +49,7 @@ int fl_options_set(const fl_option *opts, void *cfg, const char *name, const cha
                    char *err, size_t errlen);
 void fl_options_help(const fl_option *opts, FILE *f);
 
+/* Splits "HOST:PORT" or "[V6ADDR]:PORT" (port 0-65535); 0 or FL_ECONFIG. */
+int fl_split_host_port(const char *s, char *host, size_t hostlen, int *port);
+
 #endif

@@ -58,6 +58,12 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
     snprintf(err, errlen, "--log-level: unknown level '%s' (debug, info, warn, error)", c->log_level);
     return FL_ECONFIG;
   }
+  char host[256];
+  int port;
+  if (fl_split_host_port(c->listen, host, sizeof host, &port) != 0) {
+    snprintf(err, errlen, "--listen: expected HOST:PORT, got '%s'", c->listen);
+    return FL_ECONFIG;
+  }
   if (strcmp(c->strategy, "fedavg") != 0) {
     snprintf(err, errlen, "--strategy: unknown strategy '%s' (fedavg)", c->strategy);
     return FL_ECONFIG;

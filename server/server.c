@@ -1057,25 +1057,6 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---- set-up ---- */
 
-static int split_host_port(const char *s, char *host, size_t hostlen, int *port) {
-  const char *colon = strrchr(s, ':');
-  if (!colon) return FL_ECONFIG;
-  const char *h = s, *he = colon;
-  if (*h == '[' && he > h && he[-1] == ']') {
-    h++;
-    he--;
-  }
-  size_t n = (size_t)(he - h);
-  if (n == 0 || n >= hostlen) return FL_ECONFIG;
-  memcpy(host, h, n);
-  host[n] = 0;
-  char *end;
-  long p = strtol(colon + 1, &end, 10);
-  if (!colon[1] || *end || p < 0 || p > 65535) return FL_ECONFIG;
-  *port = (int)p;
-  return 0;
-}
-
 int server_create(const server_config *cfg, server **out, char *err, size_t errlen) {
   server *s = calloc(1, sizeof *s);
   if (!s) return FL_ENOMEM;
@@ -1186,7 +1167,7 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
 
   char host[256];
   int port;
-  if (split_host_port(cfg->listen, host, sizeof host, &port) != 0) {
+  if (fl_split_host_port(cfg->listen, host, sizeof host, &port) != 0) {
     snprintf(err, errlen, "--listen: expected HOST:PORT, got '%s'", cfg->listen);
     rc = FL_ECONFIG;
     goto fail;

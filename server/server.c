@@ -375,10 +375,14 @@ static void refuse(client *c, const char *fmt, ...) {
 static void on_update(client *c, const Fl__Update *u) {
   server *s = c->srv;
   c->rx = RX_DISCARD; /* until accepted below, its chunks are skipped */
-  if (s->ph != PH_TRAINING || u->round != s->r.number) {
-    refuse(c, "update for round %llu, but the current round is %llu%s",
-           (unsigned long long)u->round, (unsigned long long)s->r.number,
-           s->ph == PH_TRAINING ? "" : " and it is closed");
+  if (u->round < s->r.number || (u->round == s->r.number && s->ph != PH_TRAINING)) {
+    refuse(c, "stale update for round %llu, which is closed (the current round is %llu)",
+           (unsigned long long)u->round, (unsigned long long)s->r.number);
+    return;
+  }
+  if (u->round != s->r.number) {
+    refuse(c, "update for round %llu, but the current round is %llu",
+           (unsigned long long)u->round, (unsigned long long)s->r.number);
     return;
   }
   if (!selected_now(c)) {

@@ -353,3 +353,109 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   cr_assert(fl_test_sanitizer_clean(log));
   setup_free(&s);
 }
+
+/* ---- stragglers ---- */
+
+/* Six clients with size-skewed data, four updates needed: the round closes once the
+ * four fastest are in, and the two slowest are refused as stale. */
+Test(resilience, over_selection_closes_rounds_without_the_slowest, .timeout = 300) {
+  setup s;
+  setup_init(&s);
+  char log[600], metrics[600], out[600], clog[600];
+  snprintf(log, sizeof log, "%s/server.log", s.dir);
+  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
+  snprintf(out, sizeof out, "%s/model.bin", s.dir);
+  snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
+  char *argv[] = {s.server, "--listen", s.listen, "--model", "2nn", "--rounds", "3",
+                  "--clients-per-round", "4", "--over-select", "0.5", "--min-clients", "6",
+                  "--epochs", "2", "--out", out, "--metrics", metrics, "--ca", s.ca,
+                  "--cert", s.cert, "--key", s.key, NULL};
+  pid_t srv = fl_test_spawn(log, argv);
+  char *cargv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "6",
+                   "--data", "fashion-mnist:train", "--max-samples", "12000", "--partition",
+                   "quantity:0.5", "--seed", "4", "--certs-dir", (char *)fl_test_certs_dir(),
+                   "--ca", s.ca, "--workers", "2", NULL};
+  pid_t c = fl_test_spawn(clog, cargv);
+  cr_assert_eq(fl_test_wait(srv, 240), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(c, 30), 0, "clients failed (%s)", clog);
+  cr_assert_eq(metrics_rounds(metrics), 3);
+  cr_assert_eq(fl_test_count(metrics, "\"clients_selected\":6"), 3, "%s", metrics);
+  cr_assert_eq(fl_test_count(metrics, "\"updates_accepted\":4"), 3, "%s", metrics);
+  cr_assert_eq(fl_test_count(log, "closing the round without the 2 slowest clients"), 3);
+  cr_assert_geq(fl_test_count(log, "stale update for round"), 1, "no late update was refused (%s)", log);
+  cr_assert(fl_test_sanitizer_clean(log));
+  setup_free(&s);
+}
+
+/* A round that cannot get its updates is retried with a new selection; after
+ * --max-attempts it waits for a new client instead of spinning, then completes. */
+Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) {
+  fl_log_set_level(FL_LOG_ERROR);
+  setup s;
+  setup_init(&s);
+  char log[600], metrics[600], out[600], clog[600];
+  snprintf(log, sizeof log, "%s/server.log", s.dir);
+  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
+  snprintf(out, sizeof out, "%s/model.bin", s.dir);
+  snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
+  char *argv[] = {s.server, "--listen", s.listen, "--model", "logreg", "--rounds", "2",
+                  "--clients-per-round", "2", "--min-clients", "2", "--min-updates", "2",
+                  "--round-timeout", "1", "--max-attempts", "2", "--out", out, "--metrics",
+                  metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
+  pid_t srv = fl_test_spawn(log, argv);
+  cr_assert(fl_test_wait_for(log, "listening on", 30));
+  char *cargv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "1",
+                   "--data", "fashion-mnist:train", "--max-samples", "500", "--certs-dir",
+                   (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
+  pid_t good = fl_test_spawn(clog, cargv);
+
+  /* A client that says hello, keeps its connection alive, and never trains. */
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  staller p[2] = {{.half_frame = 0}, {.closed = 1}};
+  fl_tls_config *tls;
+  char cert[600], key[600], err[512];
+  snprintf(cert, sizeof cert, "%s/client-%04d.crt", fl_test_certs_dir(), 23);
+  snprintf(key, sizeof key, "%s/client-%04d.key", fl_test_certs_dir(), 23);
+  fl_tls_options t = {.ca_file = s.ca, .cert_file = cert, .key_file = key,
+                      .server_name = "localhost"};
+  cr_assert_eq(fl_tls_config_create(&t, &tls, err, sizeof err), 0, "%s", err);
+  fl_conn_options opt;
+  fl_conn_options_default(&opt);
+  uint8_t *hb;
+  size_t hb_len;
+  cr_assert_eq(fl_msg_heartbeat(0, 0, &hb, &hb_len), 0);
+  opt.heartbeat = hb;
+  opt.heartbeat_len = hb_len;
+  opt.heartbeat_interval_ms = 200;
+  int port = atoi(strrchr(s.addr, ':') + 1);
+  cr_assert_eq(fl_connect(&loop, tls, "127.0.0.1", port, &opt, &st_cb, &p[0], &p[0].conn), 0);
+  /* Run until the server gives up on the round and waits, then leave. */
+  while (!fl_test_count(log, "waiting for new clients") && fl_test_running(srv))
+    uv_run(&loop, UV_RUN_NOWAIT), usleep(10000);
+  cr_assert(fl_test_count(log, "waiting for new clients"), "the server never waited (%s)", log);
+  usleep(1500000); /* longer than a round timeout: no attempt may start meanwhile */
+  cr_assert_eq(fl_test_count(log, "round 1/2: "), 2, "the server kept retrying (%s)", log);
+  fl_conn_close(p[0].conn, "leaving");
+  while (!p[0].closed) uv_run(&loop, UV_RUN_ONCE);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  fl_tls_config_free(tls);
+  free(hb);
+
+  /* A new client arrives: the round is tried again and the run completes. */
+  char clog2[600];
+  snprintf(clog2, sizeof clog2, "%s/clients2.log", s.dir);
+  char *c2argv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "1",
+                    "--cert-index", "2", "--data", "fashion-mnist:train", "--max-samples", "500",
+                    "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
+  pid_t good2 = fl_test_spawn(clog2, c2argv);
+  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(good, 30), 0);
+  cr_assert_eq(fl_test_wait(good2, 30), 0);
+  cr_assert_geq(fl_test_count(log, "retrying with a new selection"), 1);
+  cr_assert_eq(fl_test_count(log, "round 1/2: "), 3, "%s", log);
+  cr_assert_eq(metrics_rounds(metrics), 2);
+  cr_assert(fl_test_sanitizer_clean(log));
+  setup_free(&s);
+}

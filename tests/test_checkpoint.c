@@ -1,0 +1,68 @@
+/* Checkpoints: round trip, and refusal of a flipped byte, a truncated file and a file
+ * that is not a checkpoint. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "error.h"
+#include "fileio.h"
+#include "testutil.h"
+
+static checkpoint sample(float *p, size_t n, uint8_t *state) {
+  checkpoint c = {0};
+  c.rounds = 7;
+  c.model_version = 7;
+  fl_rng_seed(&c.rng, 42);
+  c.metrics_len = 1234;
+  c.strategy = state;
+  c.strategy_len = 3;
+  c.spec = "in:4 dense:2 softmax";
+  c.model_id = 0xabcdef;
+  for (size_t i = 0; i < n; i++) p[i] = (float)i * 0.5f - 1.0f;
+  c.params = p;
+  c.n = n;
+  return c;
+}
+
+Test(checkpoint, round_trip_and_corruption) {
+  char *dir = fl_test_tmpdir();
+  char path[600], err[512];
+  snprintf(path, sizeof path, "%s/run.ckpt", dir);
+  float p[10];
+  uint8_t st[3] = {9, 8, 7};
+  checkpoint c = sample(p, 10, st), d;
+  cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), FL_ENOENT);
+  cr_assert_eq(checkpoint_save(path, &c, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(d.rounds, 7);
+  cr_assert_eq(d.model_version, 7);
+  cr_assert_eq(d.metrics_len, 1234);
+  cr_assert_eq(memcmp(d.rng.s, c.rng.s, sizeof d.rng.s), 0);
+  cr_assert_eq(d.strategy_len, 3);
+  cr_assert_eq(memcmp(d.strategy, st, 3), 0);
+  cr_assert_str_eq(d.spec, c.spec);
+  cr_assert_eq(d.model_id, 0xabcdef);
+  cr_assert_eq(d.n, 10);
+  cr_assert_eq(memcmp(d.params, p, sizeof p), 0);
+  checkpoint_free(&d);
+
+  uint8_t *b;
+  size_t len;
+  cr_assert_eq(fl_file_read(path, &b, &len, err, sizeof err), 0);
+  for (size_t i = 0; i < len; i++) { /* every flipped byte is refused */
+    b[i] ^= 0x20;
+    cr_assert_neq(checkpoint_decode(b, len, "x", &d, err, sizeof err), 0, "flip at %zu", i);
+    b[i] ^= 0x20;
+  }
+  for (size_t cut = 0; cut < len; cut++)
+    cr_assert_neq(checkpoint_decode(b, cut, "x", &d, err, sizeof err), 0, "cut at %zu", cut);
+  cr_assert_eq(checkpoint_decode(b, len, "x", &d, err, sizeof err), 0);
+  checkpoint_free(&d);
+  memcpy(b, "FLMODEL", 7);
+  cr_assert_eq(checkpoint_decode(b, len, "x.ckpt", &d, err, sizeof err), FL_EFORMAT);
+  cr_assert(strstr(err, "x.ckpt: not an fl checkpoint"), "%s", err);
+  free(b);
+  free(dir);
+}

@@ -117,7 +117,7 @@ static int number(const parser *ps, span f, size_t line, size_t col, int is_labe
   }
   if (!what) return 0;
   span c = ps->cols[col];
-  return fl__dataset_err(ps->err, ps->errlen, code, "%s:%zu: column '%.*s' (%zu): %s: '%.*s'",
+  return fl_errf(ps->err, ps->errlen, code, "%s:%zu: column '%.*s' (%zu): %s: '%.*s'",
                          ps->name, line, (int)(c.len > 64 ? 64 : c.len), c.p, col, what,
                          (int)(f.len > 64 ? 64 : f.len), f.p);
 }
@@ -142,11 +142,11 @@ static int label_index(const parser *ps, const char *label, size_t *out) {
       *out = (size_t)i;
       return 0;
     }
-    return fl__dataset_err(ps->err, ps->errlen, FL_EINVAL,
+    return fl_errf(ps->err, ps->errlen, FL_EINVAL,
                            "%s: label column index %llu, but the header has %zu columns "
                            "(0..%zu)", ps->name, i, ps->ncols, ps->ncols - 1);
   }
-  return fl__dataset_err(ps->err, ps->errlen, FL_EINVAL,
+  return fl_errf(ps->err, ps->errlen, FL_EINVAL,
                          "%s: no column named '%s' in the header (%zu columns)", ps->name,
                          label, ps->ncols);
 }
@@ -163,18 +163,18 @@ int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const cha
                          buf[blank] == '\n'))
     blank++;
   if (blank == len)
-    return fl__dataset_err(err, errlen, FL_EFORMAT, "%s: empty file (expected a header row)",
+    return fl_errf(err, errlen, FL_EFORMAT, "%s: empty file (expected a header row)",
                            name);
 
   span head = next_line(buf, len, &pos);
   if (trim(head).len == 0)
-    return fl__dataset_err(err, errlen, FL_EFORMAT, "%s:1: empty header row", name);
+    return fl_errf(err, errlen, FL_EFORMAT, "%s:1: empty header row", name);
   ps.ncols = count_fields(head);
   if (ps.ncols < 2)
-    return fl__dataset_err(err, errlen, FL_EFORMAT,
+    return fl_errf(err, errlen, FL_EFORMAT,
                            "%s:1: header has one column; need features and a label", name);
   ps.cols = malloc(ps.ncols * sizeof *ps.cols);
-  if (!ps.cols) return fl__dataset_err(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+  if (!ps.cols) return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", name);
   for (size_t i = 0, at = 0; i < ps.ncols; i++) {
     const char *p = head.p + at;
     const char *c = memchr(p, ',', head.len - at);
@@ -193,7 +193,7 @@ int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const cha
   out->x = malloc((max_rows * dim + 1) * sizeof(float));
   out->y = malloc(max_rows * sizeof(float));
   if (!out->x || !out->y) {
-    rc = fl__dataset_err(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+    rc = fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", name);
     goto fail;
   }
 
@@ -206,13 +206,13 @@ int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const cha
     if (trim(l).len == 0) continue;
     size_t nf = count_fields(l);
     if (nf != ps.ncols) {
-      rc = fl__dataset_err(err, errlen, FL_EFORMAT,
+      rc = fl_errf(err, errlen, FL_EFORMAT,
                            "%s:%zu: ragged row: %zu fields, expected %zu as in the header", name,
                            line, nf, ps.ncols);
       goto fail;
     }
     if (n == max_rows) {
-      rc = fl__dataset_err(err, errlen, FL_ETOOBIG, "%s:%zu: more than %zu rows", name, line,
+      rc = fl_errf(err, errlen, FL_ETOOBIG, "%s:%zu: more than %zu rows", name, line,
                            max_rows);
       goto fail;
     }
@@ -232,7 +232,7 @@ int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const cha
       out->y[n] = (float)v;
       int integral = v == floor(v) && fabs(v) < LABEL_INT_MAX;
       if (num_classes > 0 && (!integral || v < 0 || v >= num_classes)) {
-        rc = fl__dataset_err(err, errlen, FL_ERANGE,
+        rc = fl_errf(err, errlen, FL_ERANGE,
                              "%s:%zu: label out of range: '%.*s' is not a class index "
                              "0..%d", name, line, (int)(k > 64 ? 64 : k), p, num_classes - 1);
         goto fail;
@@ -244,12 +244,12 @@ int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const cha
     n++;
   }
   if (n == 0) {
-    rc = fl__dataset_err(err, errlen, FL_EFORMAT, "%s: no data rows after the header", name);
+    rc = fl_errf(err, errlen, FL_EFORMAT, "%s: no data rows after the header", name);
     goto fail;
   }
   if (num_classes == 0 && all_int) {
     if (neg_line) {
-      rc = fl__dataset_err(err, errlen, FL_ERANGE,
+      rc = fl_errf(err, errlen, FL_ERANGE,
                            "%s:%zu: label out of range: %g; integer labels are class indices "
                            "and must be >= 0", name, neg_line, neg);
       goto fail;
@@ -296,7 +296,7 @@ int fl_dataset_load_csv(fl_dataset *out, const char *path, const char *label_col
 int fl_dataset_save_csv(const fl_dataset *d, const char *path, char *err, size_t errlen) {
   FILE *f = fopen(path, "w");
   if (!f)
-    return fl__dataset_err(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO,
+    return fl_errf(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO,
                            "%s: cannot create: %s", path, strerror(errno));
   setvbuf(f, NULL, _IOFBF, 1 << 16);
   for (size_t j = 0; j < d->dim; j++) fprintf(f, "f%zu,", j);
@@ -308,6 +308,6 @@ int fl_dataset_save_csv(const fl_dataset *d, const char *path, char *err, size_t
   }
   int bad = ferror(f);
   if (fclose(f) != 0 || bad)
-    return fl__dataset_err(err, errlen, FL_EIO, "%s: cannot write: %s", path, strerror(errno));
+    return fl_errf(err, errlen, FL_EIO, "%s: cannot write: %s", path, strerror(errno));
   return 0;
 }

@@ -21,33 +21,23 @@
 
 #define FASHION_DIR "/usr/share/datasets/fashion-mnist"
 
-int fl__dataset_err(char *err, size_t errlen, int code, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
-
 int fl__read_file(const char *path, uint8_t **buf, size_t *len, char *err, size_t errlen) {
   *buf = NULL;
   *len = 0;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return fl__dataset_err(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO,
+    return fl_errf(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO,
                            "%s: cannot open: %s", path, strerror(errno));
   struct stat st;
   if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
     close(fd);
-    return fl__dataset_err(err, errlen, FL_EIO, "%s: cannot read: %s", path,
+    return fl_errf(err, errlen, FL_EIO, "%s: cannot read: %s", path,
                            S_ISDIR(st.st_mode) ? "is a directory" : strerror(errno));
   }
   gzFile g = gzdopen(fd, "rb");
   if (!g) {
     close(fd);
-    return fl__dataset_err(err, errlen, FL_ENOMEM, "%s: cannot open: out of memory", path);
+    return fl_errf(err, errlen, FL_ENOMEM, "%s: cannot open: out of memory", path);
   }
   gzbuffer(g, 1 << 17);
   /* Start from the size the gzip trailer records (mod 2^32), else the file size, and
@@ -66,14 +56,14 @@ int fl__read_file(const char *path, uint8_t **buf, size_t *len, char *err, size_
     if (!b || cap - n < 2) {
       if (b) {
         if (cap > SIZE_MAX / 2) {
-          rc = fl__dataset_err(err, errlen, FL_ENOMEM, "%s: too large to read", path);
+          rc = fl_errf(err, errlen, FL_ENOMEM, "%s: too large to read", path);
           goto fail;
         }
         cap *= 2;
       }
       uint8_t *nb = realloc(b, cap);
       if (!nb) {
-        rc = fl__dataset_err(err, errlen, FL_ENOMEM, "%s: out of memory reading %zu bytes",
+        rc = fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory reading %zu bytes",
                              path, cap);
         goto fail;
       }
@@ -88,12 +78,12 @@ int fl__read_file(const char *path, uint8_t **buf, size_t *len, char *err, size_
   int zerr;
   const char *zmsg = gzerror(g, &zerr);
   if (zerr == Z_BUF_ERROR) {
-    rc = fl__dataset_err(err, errlen, FL_ETRUNC,
+    rc = fl_errf(err, errlen, FL_ETRUNC,
                          "%s: truncated: compressed data ends early (after %zu bytes)", path, n);
     goto fail;
   }
   if (zerr != Z_OK) {
-    rc = fl__dataset_err(err, errlen, zerr == Z_ERRNO ? FL_EIO : FL_EFORMAT,
+    rc = fl_errf(err, errlen, zerr == Z_ERRNO ? FL_EIO : FL_EFORMAT,
                          "%s: cannot read: %s", path,
                          zerr == Z_ERRNO ? strerror(errno) : zmsg);
     goto fail;
@@ -120,13 +110,13 @@ static int is_csv_path(const char *s, size_t len) {
 
 int fl_dataset_load(fl_dataset *out, const char *spec, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
-  if (!spec || !*spec) return fl__dataset_err(err, errlen, FL_EINVAL, "empty dataset spec");
+  if (!spec || !*spec) return fl_errf(err, errlen, FL_EINVAL, "empty dataset spec");
   if (strncmp(spec, "fashion-mnist:", 14) == 0) {
     const char *part = spec + 14, *stem;
     if (strcmp(part, "train") == 0) stem = "train";
     else if (strcmp(part, "test") == 0) stem = "t10k";
     else
-      return fl__dataset_err(err, errlen, FL_EINVAL,
+      return fl_errf(err, errlen, FL_EINVAL,
                              "dataset '%s': fashion-mnist has 'train' and 'test', not '%s'",
                              spec, part);
     char img[256], lab[256];
@@ -140,7 +130,7 @@ int fl_dataset_load(fl_dataset *out, const char *spec, char *err, size_t errlen)
   if (colon && colon[1] && is_csv_path(spec, (size_t)(colon - spec))) {
     size_t k = (size_t)(colon - spec);
     char *path = malloc(k + 1);
-    if (!path) return fl__dataset_err(err, errlen, FL_ENOMEM, "out of memory");
+    if (!path) return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
     memcpy(path, spec, k);
     path[k] = 0;
     int rc = fl_dataset_load_csv(out, path, colon + 1, err, errlen);
@@ -150,18 +140,18 @@ int fl_dataset_load(fl_dataset *out, const char *spec, char *err, size_t errlen)
   const char *comma = strchr(spec, ',');
   if (comma) {
     if (strchr(comma + 1, ','))
-      return fl__dataset_err(err, errlen, FL_EINVAL,
+      return fl_errf(err, errlen, FL_EINVAL,
                              "dataset '%s': an IDX pair is IMAGES,LABELS (two paths)", spec);
     size_t k = (size_t)(comma - spec);
     char *img = malloc(k + 1);
-    if (!img) return fl__dataset_err(err, errlen, FL_ENOMEM, "out of memory");
+    if (!img) return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
     memcpy(img, spec, k);
     img[k] = 0;
     int rc = fl_dataset_load_idx(out, img, comma + 1, err, errlen);
     free(img);
     return rc;
   }
-  return fl__dataset_err(err, errlen, FL_EINVAL,
+  return fl_errf(err, errlen, FL_EINVAL,
                          "dataset '%s': unknown form; expected FILE.csv, FILE.csv:LABEL_COLUMN, "
                          "IMAGES,LABELS (IDX files) or fashion-mnist:train|test", spec);
 }

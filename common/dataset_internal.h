@@ -5,10 +5,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Formats a message into err (if err and errlen are non-zero) and returns code. */
-int fl__dataset_err(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
 /* Reads a whole file, gunzipping it if it is gzip (zlib reads plain files unchanged).
  * On success *buf (malloc'd, *len bytes, plus one spare zero byte) belongs to the caller. */
 int fl__read_file(const char *path, uint8_t **buf, size_t *len, char *err, size_t errlen);

@@ -52,4 +52,10 @@ const char *fl_strerror(int err);
 /* The code's symbol ("FL_ENOMEM"); never NULL. */
 const char *fl_err_name(int err);
 
+#include <stddef.h>
+/* Formats a message into err (when err and errlen are non-zero) and returns code: the
+ * one way every function that explains its failures writes the explanation. */
+int fl_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 #endif

@@ -12,18 +12,6 @@
 
 #include "error.h"
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
-
 static int write_all(int fd, const uint8_t *p, size_t n) {
   while (n) {
     ssize_t w = write(fd, p, n);
@@ -52,26 +40,26 @@ int fl_file_write_atomic(const char *path, const void *buf, size_t len, char *er
                          size_t errlen) {
   int rc = 0, fd = -1;
   char *tmp = malloc(strlen(path) + 16);
-  if (!tmp) return fail(err, errlen, FL_ENOMEM, "%s: out of memory", path);
+  if (!tmp) return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", path);
   sprintf(tmp, "%s.tmp.XXXXXX", path);
   fd = mkostemp(tmp, O_CLOEXEC);
   if (fd < 0) {
-    rc = fail(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO,
+    rc = fl_errf(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO,
               "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
     goto done;
   }
   if (fchmod(fd, 0644) != 0 || write_all(fd, buf, len) != 0 || fsync(fd) != 0) {
-    rc = fail(err, errlen, FL_EIO, "%s: cannot write %s: %s", path, tmp, strerror(errno));
+    rc = fl_errf(err, errlen, FL_EIO, "%s: cannot write %s: %s", path, tmp, strerror(errno));
     goto unlink;
   }
   int c = close(fd);
   fd = -1;
   if (c != 0 || rename(tmp, path) != 0) {
-    rc = fail(err, errlen, FL_EIO, "%s: cannot write: %s", path, strerror(errno));
+    rc = fl_errf(err, errlen, FL_EIO, "%s: cannot write: %s", path, strerror(errno));
     goto unlink;
   }
   if (sync_dir(path) != 0)
-    rc = fail(err, errlen, FL_EIO, "%s: written, but syncing its directory failed: %s", path,
+    rc = fl_errf(err, errlen, FL_EIO, "%s: written, but syncing its directory failed: %s", path,
               strerror(errno));
   goto done;
 unlink:
@@ -87,27 +75,27 @@ int fl_file_read(const char *path, uint8_t **out, size_t *len, char *err, size_t
   *len = 0;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return fail(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO, "%s: cannot open: %s", path,
+    return fl_errf(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO, "%s: cannot open: %s", path,
                 strerror(errno));
   struct stat st;
   uint8_t *buf = NULL;
   int rc = 0;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    rc = fail(err, errlen, FL_EIO, "%s: cannot read: %s", path,
+    rc = fl_errf(err, errlen, FL_EIO, "%s: cannot read: %s", path,
               S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
     goto done;
   }
   size_t size = (size_t)st.st_size, got = 0;
   buf = malloc(size ? size : 1);
   if (!buf) {
-    rc = fail(err, errlen, FL_ENOMEM, "%s: out of memory for %zu bytes", path, size);
+    rc = fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory for %zu bytes", path, size);
     goto done;
   }
   while (got < size) {
     ssize_t r = read(fd, buf + got, size - got);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) {
-      rc = fail(err, errlen, FL_EIO, "%s: cannot read: %s", path, strerror(errno));
+      rc = fl_errf(err, errlen, FL_EIO, "%s: cannot read: %s", path, strerror(errno));
       goto done;
     }
     if (r == 0) break;

@@ -30,32 +30,32 @@ static const char *type_name(unsigned t) {
 static int header(const uint8_t *b, size_t len, const char *name, unsigned ndims,
                   const char *what, uint32_t *dims, size_t *hdr, char *err, size_t errlen) {
   if (len == 0)
-    return fl__dataset_err(err, errlen, FL_EFORMAT, "%s: empty file (expected IDX %s)",
+    return fl_errf(err, errlen, FL_EFORMAT, "%s: empty file (expected IDX %s)",
                            name, what);
   if (len < 4)
-    return fl__dataset_err(err, errlen, FL_ETRUNC,
+    return fl_errf(err, errlen, FL_ETRUNC,
                            "%s: truncated: %zu bytes, an IDX header needs at least 4", name, len);
   if (b[0] != 0 || b[1] != 0)
-    return fl__dataset_err(err, errlen, FL_EFORMAT,
+    return fl_errf(err, errlen, FL_EFORMAT,
                            "%s: not an IDX file (magic 0x%08x; expected 0x%08x for %s)", name,
                            be32(b), 0x800u | ndims, what);
   if (b[2] != 0x08)
-    return fl__dataset_err(err, errlen, FL_EFORMAT,
+    return fl_errf(err, errlen, FL_EFORMAT,
                            "%s: IDX element type 0x%02x (%s) is not supported; only unsigned "
                            "byte (0x08) is", name, b[2], type_name(b[2]));
   if (b[3] != ndims)
-    return fl__dataset_err(err, errlen, FL_EFORMAT,
+    return fl_errf(err, errlen, FL_EFORMAT,
                            "%s: IDX file with %u dimensions (magic 0x%08x), expected %u for %s "
                            "(magic 0x%08x)%s", name, b[3], be32(b), ndims, what, 0x800u | ndims,
                            ndims == 3 && b[3] == 1 ? "; is it a label file?"
                            : ndims == 1 && b[3] == 3 ? "; is it an image file?" : "");
   *hdr = 4 + 4 * (size_t)ndims;
   if (len < *hdr)
-    return fl__dataset_err(err, errlen, FL_ETRUNC,
+    return fl_errf(err, errlen, FL_ETRUNC,
                            "%s: truncated: %zu bytes, the IDX header needs %zu", name, len, *hdr);
   for (unsigned i = 0; i < ndims; i++) dims[i] = be32(b + 4 + 4 * i);
   if (dims[0] == 0)
-    return fl__dataset_err(err, errlen, FL_EFORMAT, "%s: holds no records", name);
+    return fl_errf(err, errlen, FL_EFORMAT, "%s: holds no records", name);
   return 0;
 }
 
@@ -64,12 +64,12 @@ static int body(size_t len, size_t hdr, const char *name, uint32_t count, size_t
                 const char *what, char *err, size_t errlen) {
   size_t have = len - hdr, found = have / rec;
   if (found < count)
-    return fl__dataset_err(err, errlen, FL_ETRUNC,
+    return fl_errf(err, errlen, FL_ETRUNC,
                            "%s: truncated: header says %u %s, file holds %zu complete ones "
                            "(%zu of %zu data bytes)", name, count, what, found, have,
                            (size_t)count * rec);
   if (have > (size_t)count * rec)
-    return fl__dataset_err(err, errlen, FL_EFORMAT,
+    return fl_errf(err, errlen, FL_EFORMAT,
                            "%s: %zu unexpected bytes after the last of %u %s", name,
                            have - (size_t)count * rec, count, what);
   return 0;
@@ -87,11 +87,11 @@ int fl_dataset_parse_idx(fl_dataset *out, const uint8_t *images, size_t images_l
   if (rc) return rc;
   uint32_t n = idims[0], rows = idims[1], cols = idims[2];
   if (rows == 0 || cols == 0)
-    return fl__dataset_err(err, errlen, FL_EFORMAT, "%s: images of %ux%u pixels", images_name,
+    return fl_errf(err, errlen, FL_EFORMAT, "%s: images of %ux%u pixels", images_name,
                            rows, cols);
   size_t dim = (size_t)rows * cols;
   if (dim > SIZE_MAX / sizeof(float) / n)
-    return fl__dataset_err(err, errlen, FL_EFORMAT,
+    return fl_errf(err, errlen, FL_EFORMAT,
                            "%s: header claims %u images of %ux%u, too large", images_name, n,
                            rows, cols);
   rc = body(images_len, ihdr, images_name, n, dim, "images", err, errlen);
@@ -99,7 +99,7 @@ int fl_dataset_parse_idx(fl_dataset *out, const uint8_t *images, size_t images_l
   rc = body(labels_len, lhdr, labels_name, ldims[0], 1, "labels", err, errlen);
   if (rc) return rc;
   if (ldims[0] != n)
-    return fl__dataset_err(err, errlen, FL_EFORMAT,
+    return fl_errf(err, errlen, FL_EFORMAT,
                            "%s holds %u images but %s holds %u labels", images_name, n,
                            labels_name, ldims[0]);
 
@@ -107,7 +107,7 @@ int fl_dataset_parse_idx(fl_dataset *out, const uint8_t *images, size_t images_l
   out->y = malloc((size_t)n * sizeof(float));
   if (!out->x || !out->y) {
     fl_dataset_free(out);
-    return fl__dataset_err(err, errlen, FL_ENOMEM, "%s: out of memory for %u images",
+    return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory for %u images",
                            images_name, n);
   }
   /* A table gives exactly k/255 for every byte, at the cost of one load. */

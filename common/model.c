@@ -30,18 +30,6 @@ static const struct { const char *name, *spec; } presets[] = {
     {"mlp64", "in:100 dense:64 relu dense:1 sigmoid_bce"},
 };
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return FL_EINVAL;
-}
-
 /* A decimal integer in [1, MAX_DIM] that fills s[0..len) exactly. */
 static int parse_dim(const char *s, size_t len, uint32_t *out) {
   uint64_t v = 0;
@@ -117,10 +105,10 @@ static int finish_layer(builder *b, fl__layer *l, uint32_t oc, uint32_t oh, uint
   l->oc = oc, l->oh = oh, l->ow = ow;
   l->out_size = (size_t)oc * oh * ow;
   if (l->out_size > MAX_WIDTH)
-    return fail(err, errlen, "model spec: '%s' makes an activation of %zu values (limit %zu)",
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' makes an activation of %zu values (limit %zu)",
                 tok, l->out_size, MAX_WIDTH);
   if (w_len + b_len > MAX_PARAMS - m->num_params)
-    return fail(err, errlen, "model spec: '%s' takes the model over %zu parameters", tok,
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' takes the model over %zu parameters", tok,
                 MAX_PARAMS);
   l->w_off = m->num_params, l->w_len = w_len;
   l->b_off = l->w_off + w_len, l->b_len = b_len;
@@ -133,7 +121,7 @@ static int finish_layer(builder *b, fl__layer *l, uint32_t oc, uint32_t oh, uint
 static int parse_input(builder *b, const char *tok, char *err, size_t errlen) {
   uint32_t d[3];
   if (strncmp(tok, "in:", 3) != 0)
-    return fail(err, errlen, "model spec: the first token must be in:D or in:CxHxW, not '%s'",
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: the first token must be in:D or in:CxHxW, not '%s'",
                 tok);
   int n = parse_dims(tok + 3, 'x', d, 3);
   if (n == 1) {
@@ -141,14 +129,14 @@ static int parse_input(builder *b, const char *tok, char *err, size_t errlen) {
   } else if (n == 3) {
     b->c = d[0], b->h = d[1], b->w = d[2], b->image = 1;
   } else {
-    return fail(err, errlen, "model spec: bad input token '%s' (expected in:D or in:CxHxW)",
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: bad input token '%s' (expected in:D or in:CxHxW)",
                 tok);
   }
   fl_model *m = b->m;
   m->in_c = b->c, m->in_h = b->h, m->in_w = b->w;
   m->in_dim = (size_t)b->c * b->h * b->w;
   if (m->in_dim > MAX_WIDTH)
-    return fail(err, errlen, "model spec: input '%s' is too large", tok);
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: input '%s' is too large", tok);
   m->max_width = m->in_dim;
   char buf[MAX_TOKEN_LEN + 8];
   if (b->image)
@@ -164,17 +152,17 @@ static int parse_head(builder *b, const char *tok, char *err, size_t errlen) {
   if (strcmp(tok, "softmax") == 0) {
     m->head = FL__SOFTMAX;
     if (width < 2)
-      return fail(err, errlen,
+      return fl_errf(err, errlen, FL_EINVAL,
                   "model spec: head 'softmax' needs at least 2 outputs, the last layer gives "
                   "%zu (use sigmoid_bce for a binary task)", width);
   } else if (strcmp(tok, "sigmoid_bce") == 0 || strcmp(tok, "mse") == 0) {
     m->head = tok[0] == 'm' ? FL__MSE : FL__SIGMOID_BCE;
     if (width != 1)
-      return fail(err, errlen,
+      return fl_errf(err, errlen, FL_EINVAL,
                   "model spec: head '%s' needs 1 output, the last layer gives %zu (add "
                   "dense:1)", tok, width);
   } else {
-    return fail(err, errlen,
+    return fl_errf(err, errlen, FL_EINVAL,
                 "model spec: the last token must be a head (softmax, sigmoid_bce or mse), "
                 "not '%s'", tok);
   }
@@ -189,29 +177,29 @@ static int parse_layer(builder *b, const char *tok, char *err, size_t errlen) {
   int rc;
   if (strncmp(tok, "dense:", 6) == 0) {
     if (parse_dims(tok + 6, ':', d, 1) != 1)
-      return fail(err, errlen, "model spec: bad token '%s' (expected dense:N, N >= 1)", tok);
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: bad token '%s' (expected dense:N, N >= 1)", tok);
     l = add_layer(b, FL__DENSE);
     l->fan_in = l->in_size, l->fan_out = d[0];
     if ((uint64_t)l->in_size * d[0] > MAX_PARAMS)
-      return fail(err, errlen, "model spec: '%s' takes the model over %zu parameters", tok,
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' takes the model over %zu parameters", tok,
                   MAX_PARAMS);
     rc = finish_layer(b, l, 1, 1, d[0], l->in_size * d[0], d[0], tok, err, errlen);
     b->image = 0;
     snprintf(buf, sizeof buf, "dense:%u", d[0]);
   } else if (strncmp(tok, "conv:", 5) == 0) {
     if (parse_dims(tok + 5, ':', d, 2) != 2)
-      return fail(err, errlen, "model spec: bad token '%s' (expected conv:K:F)", tok);
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: bad token '%s' (expected conv:K:F)", tok);
     if (!b->image)
-      return fail(err, errlen,
+      return fl_errf(err, errlen, FL_EINVAL,
                   "model spec: '%s' needs an image input (in:CxHxW, before any dense layer)",
                   tok);
     if (d[1] > 64)
-      return fail(err, errlen, "model spec: '%s': kernel size %u is too large", tok, d[1]);
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s': kernel size %u is too large", tok, d[1]);
     l = add_layer(b, FL__CONV);
     l->filters = d[0], l->ksize = d[1];
     l->fan_in = (size_t)b->c * d[1] * d[1], l->fan_out = (size_t)d[0] * d[1] * d[1];
     if ((uint64_t)l->fan_in * b->h * b->w > MAX_WIDTH)
-      return fail(err, errlen, "model spec: '%s' needs too large an im2col buffer", tok);
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' needs too large an im2col buffer", tok);
     size_t scratch = l->fan_in * b->h * b->w +
                      (size_t)b->c * (b->h + d[1] - 1) * (b->w + d[1] - 1);
     if (scratch > b->m->max_col) b->m->max_col = scratch;
@@ -220,11 +208,11 @@ static int parse_layer(builder *b, const char *tok, char *err, size_t errlen) {
     snprintf(buf, sizeof buf, "conv:%u:%u", d[0], d[1]);
   } else if (strncmp(tok, "pool:", 5) == 0) {
     if (strcmp(tok + 5, "2") != 0)
-      return fail(err, errlen, "model spec: bad token '%s' (only pool:2 is supported)", tok);
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: bad token '%s' (only pool:2 is supported)", tok);
     if (!b->image)
-      return fail(err, errlen, "model spec: '%s' needs an image input (in:CxHxW)", tok);
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' needs an image input (in:CxHxW)", tok);
     if (b->h < 2 || b->w < 2)
-      return fail(err, errlen, "model spec: '%s' on a %ux%u image", tok, b->h, b->w);
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' on a %ux%u image", tok, b->h, b->w);
     l = add_layer(b, FL__POOL);
     rc = finish_layer(b, l, b->c, b->h / 2, b->w / 2, 0, 0, tok, err, errlen);
     snprintf(buf, sizeof buf, "pool:2");
@@ -232,7 +220,7 @@ static int parse_layer(builder *b, const char *tok, char *err, size_t errlen) {
     char *end;
     float p = strtof(tok + 8, &end);
     if (end == tok + 8 || *end || !(p >= 0.0f && p < 1.0f))
-      return fail(err, errlen, "model spec: bad token '%s' (expected dropout:P, 0 <= P < 1)",
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: bad token '%s' (expected dropout:P, 0 <= P < 1)",
                   tok);
     l = add_layer(b, FL__DROPOUT);
     l->p = p;
@@ -246,12 +234,12 @@ static int parse_layer(builder *b, const char *tok, char *err, size_t errlen) {
     else if (strcmp(tok, "tanh") == 0) kind = FL__TANH;
     else if (strcmp(tok, "softmax") == 0 || strcmp(tok, "sigmoid_bce") == 0 ||
              strcmp(tok, "mse") == 0)
-      return fail(err, errlen, "model spec: head '%s' must be the last token", tok);
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: head '%s' must be the last token", tok);
     else if (strncmp(tok, "in:", 3) == 0)
-      return fail(err, errlen, "model spec: '%s': the input must be the first token only",
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s': the input must be the first token only",
                   tok);
     else
-      return fail(err, errlen, "model spec: unknown token '%s'", tok);
+      return fl_errf(err, errlen, FL_EINVAL, "model spec: unknown token '%s'", tok);
     l = add_layer(b, kind);
     rc = finish_layer(b, l, b->c, b->h, b->w, 0, 0, tok, err, errlen);
     snprintf(buf, sizeof buf, "%s", tok);
@@ -274,7 +262,7 @@ static const char *expand_preset(const char *spec, char *buf, size_t len, char *
   if (strncmp(spec, "logreg:", 7) != 0) return spec;
   uint32_t d[2];
   if (parse_dims(spec + 7, ':', d, 2) != 2 || d[1] < 2) {
-    *rc = fail(err, errlen, "model spec: bad preset '%s' (expected logreg:D:C, C >= 2)", spec);
+    *rc = fl_errf(err, errlen, FL_EINVAL, "model spec: bad preset '%s' (expected logreg:D:C, C >= 2)", spec);
     return NULL;
   }
   if (d[1] == 2)
@@ -312,7 +300,7 @@ int fl_model_create(const char *spec, fl_model **out, char *err, size_t errlen) 
   char expanded[96];
   int rc;
   *out = NULL;
-  if (!spec) return fail(err, errlen, "model spec: missing");
+  if (!spec) return fl_errf(err, errlen, FL_EINVAL, "model spec: missing");
   const char *s = expand_preset(spec, expanded, sizeof expanded, err, errlen, &rc);
   if (!s) return rc;
 
@@ -330,11 +318,11 @@ int fl_model_create(const char *spec, fl_model **out, char *err, size_t errlen) 
     if (!*p) break;
     size_t n = strcspn(p, " ,\t\n");
     if (n > MAX_TOKEN_LEN) {
-      rc = fail(err, errlen, "model spec: token '%.*s...' is too long", 16, p);
+      rc = fl_errf(err, errlen, FL_EINVAL, "model spec: token '%.*s...' is too long", 16, p);
       goto fail;
     }
     if (ntok == MAX_TOKENS) {
-      rc = fail(err, errlen, "model spec: more than %d tokens", MAX_TOKENS);
+      rc = fl_errf(err, errlen, FL_EINVAL, "model spec: more than %d tokens", MAX_TOKENS);
       goto fail;
     }
     memcpy(toks[ntok], p, n);
@@ -342,10 +330,10 @@ int fl_model_create(const char *spec, fl_model **out, char *err, size_t errlen) 
     p += n;
   }
   if (ntok < 2) {
-    rc = ntok ? fail(err, errlen, "model spec '%s': needs an input and a head (e.g. "
+    rc = ntok ? fl_errf(err, errlen, FL_EINVAL, "model spec '%s': needs an input and a head (e.g. "
                      "'in:784 dense:10 softmax') or a preset (logreg, 2nn, cnn, mlp64)",
                      toks[0])
-              : fail(err, errlen, "model spec: empty");
+              : fl_errf(err, errlen, FL_EINVAL, "model spec: empty");
     goto fail;
   }
   if ((rc = parse_input(&b, toks[0], err, errlen)) < 0) goto fail;

@@ -18,18 +18,6 @@
 #define MID_LEN 16
 #define TAIL_LEN 4
 
-static int fail_msg(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail_msg(char *err, size_t errlen, int code, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
-
 int fl_modelfile_encode(const char *spec, uint64_t model_id, const float *params,
                         size_t num_params, uint8_t **out, size_t *out_len) {
   size_t spec_len = strlen(spec);
@@ -67,7 +55,7 @@ int fl_modelfile_save(const char *path, const char *spec, uint64_t model_id,
   size_t size;
   int rc = fl_modelfile_encode(spec, model_id, params, num_params, &buf, &size);
   if (rc)
-    return fail_msg(err, errlen, rc, "%s: cannot encode the model (%zu parameters): %s", path,
+    return fl_errf(err, errlen, rc, "%s: cannot encode the model (%zu parameters): %s", path,
                     num_params, fl_strerror(rc));
   rc = fl_file_write_atomic(path, buf, size, err, errlen);
   free(buf);
@@ -78,14 +66,14 @@ int fl_modelfile_decode(const uint8_t *b, size_t size, const char *path, char **
                  uint64_t *model_id, float **params, size_t *num_params, char *err,
                  size_t errlen) {
   if (size < MAGIC_LEN || memcmp(b, MAGIC, MAGIC_LEN) != 0)
-    return fail_msg(err, errlen, FL_EFORMAT, "%s: not an fl model file (bad magic)", path);
+    return fl_errf(err, errlen, FL_EFORMAT, "%s: not an fl model file (bad magic)", path);
   if (size < HEAD_LEN + MID_LEN + TAIL_LEN)
-    return fail_msg(err, errlen, FL_ETRUNC,
+    return fl_errf(err, errlen, FL_ETRUNC,
                     "%s: truncated: %zu bytes, a model file has at least %d", path, size,
                     HEAD_LEN + MID_LEN + TAIL_LEN);
   uint32_t version = fl_get32(b + MAGIC_LEN);
   if (version != FL_MODELFILE_VERSION)
-    return fail_msg(err, errlen, FL_EVERSION,
+    return fl_errf(err, errlen, FL_EVERSION,
                     "%s: model file format version %u; this build reads version %u", path,
                     version, FL_MODELFILE_VERSION);
   size_t spec_len = fl_get32(b + MAGIC_LEN + 4);
@@ -101,27 +89,27 @@ int fl_modelfile_decode(const uint8_t *b, size_t size, const char *path, char **
   uint32_t actual = (uint32_t)crc32_z(0, b, size - TAIL_LEN);
   if (stored != actual) {
     if (declared == 0 || declared > size)
-      return fail_msg(err, errlen, FL_ETRUNC,
+      return fl_errf(err, errlen, FL_ETRUNC,
                       "%s: truncated or corrupt: the header declares a %u-byte spec and "
                       "%llu parameters, more than the file's %zu bytes hold", path,
                       (unsigned)spec_len, (unsigned long long)count, size);
-    return fail_msg(err, errlen, FL_ECHECKSUM,
+    return fl_errf(err, errlen, FL_ECHECKSUM,
                     "%s: corrupt: CRC-32 mismatch (stored %08x, computed %08x)", path, stored,
                     actual);
   }
   if (declared != size)
-    return fail_msg(err, errlen, FL_EFORMAT,
+    return fl_errf(err, errlen, FL_EFORMAT,
                     "%s: parameter count %llu inconsistent with the file length %zu bytes",
                     path, (unsigned long long)count, size);
   if (memchr(b + HEAD_LEN, 0, spec_len))
-    return fail_msg(err, errlen, FL_EFORMAT, "%s: model spec contains a NUL byte", path);
+    return fl_errf(err, errlen, FL_EFORMAT, "%s: model spec contains a NUL byte", path);
 
   char *s = malloc(spec_len + 1);
   float *w = malloc(count ? (size_t)count * sizeof *w : 1);
   if (!s || !w) {
     free(s);
     free(w);
-    return fail_msg(err, errlen, FL_ENOMEM, "%s: out of memory", path);
+    return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", path);
   }
   memcpy(s, b + HEAD_LEN, spec_len);
   s[spec_len] = 0;

@@ -36,7 +36,7 @@ static int parse_scheme(const char *s, enum kind *k, size_t *shards, double *alp
   else if (s && strncmp(s, "dirichlet:", 10) == 0) *k = DIRICHLET, arg = s + 10;
   else if (s && strncmp(s, "quantity:", 9) == 0) *k = QUANTITY, arg = s + 9;
   else
-    return fl__dataset_err(err, errlen, FL_EINVAL,
+    return fl_errf(err, errlen, FL_EINVAL,
                            "unknown partition scheme '%s' (expected iid, shards:S, "
                            "dirichlet:ALPHA or quantity:ALPHA)", s ? s : "(null)");
   char *end;
@@ -44,7 +44,7 @@ static int parse_scheme(const char *s, enum kind *k, size_t *shards, double *alp
   if (*k == SHARDS) {
     unsigned long long v = strtoull(arg, &end, 10);
     if (arg[0] < '0' || arg[0] > '9' || *end || errno || v == 0 || v > UINT32_MAX)
-      return fl__dataset_err(err, errlen, FL_EINVAL,
+      return fl_errf(err, errlen, FL_EINVAL,
                              "partition scheme '%s': S must be a whole number of shards "
                              "per partition, 1 or more", s);
     *shards = (size_t)v;
@@ -52,7 +52,7 @@ static int parse_scheme(const char *s, enum kind *k, size_t *shards, double *alp
   }
   *alpha = strtod(arg, &end);
   if (!*arg || *end || errno || !isfinite(*alpha) || !(*alpha > 0))
-    return fl__dataset_err(err, errlen, FL_EINVAL,
+    return fl_errf(err, errlen, FL_EINVAL,
                            "partition scheme '%s': ALPHA must be a number > 0", s);
   return 0;
 }
@@ -114,7 +114,7 @@ static int by_label(const void *a, const void *b) {
 static int split_shards(plan *p, size_t per_part) {
   size_t n = p->d->n, parts = p->parts;
   if (per_part > n / parts)
-    return fl__dataset_err(p->err, p->errlen, FL_EINVAL,
+    return fl_errf(p->err, p->errlen, FL_EINVAL,
                            "shards:%zu with %zu partitions needs %zu shards of at least one "
                            "sample, but the dataset has %zu samples", per_part, parts,
                            parts * per_part, n);
@@ -124,7 +124,7 @@ static int split_shards(plan *p, size_t per_part) {
   if (!sorted || !order) {
     free(sorted);
     free(order);
-    return fl__dataset_err(p->err, p->errlen, FL_ENOMEM, "partition: out of memory");
+    return fl_errf(p->err, p->errlen, FL_ENOMEM, "partition: out of memory");
   }
   for (size_t i = 0; i < n; i++) sorted[i] = (keyed){p->d->y[i], (uint32_t)i};
   qsort(sorted, n, sizeof *sorted, by_label);
@@ -164,12 +164,12 @@ static int split_dirichlet(plan *p, double alpha) {
   const fl_dataset *d = p->d;
   size_t n = d->n, parts = p->parts, k = d->num_classes > 0 ? (size_t)d->num_classes : 0;
   if (k == 0)
-    return fl__dataset_err(p->err, p->errlen, FL_EINVAL,
+    return fl_errf(p->err, p->errlen, FL_EINVAL,
                            "dirichlet partitioning needs class labels, but the dataset has a "
                            "regression target");
   for (size_t i = 0; i < n; i++)
     if (!(d->y[i] >= 0 && d->y[i] < (float)k && d->y[i] == floorf(d->y[i])))
-      return fl__dataset_err(p->err, p->errlen, FL_ERANGE,
+      return fl_errf(p->err, p->errlen, FL_ERANGE,
                              "dirichlet partitioning: sample %zu has label %g, not a class "
                              "0..%zu", i, (double)d->y[i], k - 1);
   size_t *cnt = calloc(k * parts, sizeof *cnt), *start = calloc(k + 1, sizeof *start);
@@ -179,7 +179,7 @@ static int split_dirichlet(plan *p, double alpha) {
   double *w = malloc(parts * sizeof *w);
   int rc = 0;
   if (!cnt || !start || !total || !bycls || !fill || !w) {
-    rc = fl__dataset_err(p->err, p->errlen, FL_ENOMEM, "partition: out of memory");
+    rc = fl_errf(p->err, p->errlen, FL_ENOMEM, "partition: out of memory");
     goto done;
   }
   /* Counting sort by class, then each class in random order. */
@@ -219,7 +219,7 @@ done:
 static int split_quantity(plan *p, double alpha) {
   size_t n = p->d->n, parts = p->parts;
   double *w = malloc(parts * sizeof *w);
-  if (!w) return fl__dataset_err(p->err, p->errlen, FL_ENOMEM, "partition: out of memory");
+  if (!w) return fl_errf(p->err, p->errlen, FL_ENOMEM, "partition: out of memory");
   dirichlet(&p->rng, alpha, w, parts);
   apportion(w, parts, n, p->count);
   free(w);
@@ -248,20 +248,20 @@ int fl_partition(const fl_dataset *d, const char *scheme, size_t parts, uint64_t
   if (rc) return rc;
   size_t n = d->n;
   if (parts == 0)
-    return fl__dataset_err(err, errlen, FL_EINVAL, "partition '%s': zero partitions", scheme);
+    return fl_errf(err, errlen, FL_EINVAL, "partition '%s': zero partitions", scheme);
   if (parts > n)
-    return fl__dataset_err(err, errlen, FL_EINVAL,
+    return fl_errf(err, errlen, FL_EINVAL,
                            "partition '%s': %zu partitions of %zu samples would leave some "
                            "empty", scheme, parts, n);
   if (n > UINT32_MAX)
-    return fl__dataset_err(err, errlen, FL_EINVAL, "partition: %zu samples is too many", n);
+    return fl_errf(err, errlen, FL_EINVAL, "partition: %zu samples is too many", n);
 
   /* One block: the subsets, then every index, so fl_partition_free is one free(). */
   fl_subset *subs = malloc(parts * sizeof *subs + n * sizeof(uint32_t));
   plan p = {.d = d, .parts = parts, .err = err, .errlen = errlen};
   p.count = malloc(parts * sizeof *p.count);
   if (!subs || !p.count) {
-    rc = fl__dataset_err(err, errlen, FL_ENOMEM, "partition: out of memory");
+    rc = fl_errf(err, errlen, FL_ENOMEM, "partition: out of memory");
     goto fail;
   }
   p.perm = (uint32_t *)(subs + parts);

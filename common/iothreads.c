@@ -579,13 +579,14 @@ int fl_peer_thread(const fl_peer *p) { return p->th->index; }
 
 /* ---- the io ---- */
 
-/* A socket bound to addr with SO_REUSEPORT, so every I/O thread can listen on the port. */
-static int bound_socket(const struct sockaddr *addr, socklen_t len, int *fd_out) {
+/* A socket bound to addr; with SO_REUSEPORT (reuseport), so that every I/O thread can
+ * listen on the port. */
+static int bound_socket(const struct sockaddr *addr, socklen_t len, int reuseport, int *fd_out) {
   int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
   int on = 1;
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
-      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0 ||
+      (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) ||
       bind(fd, addr, len) != 0) {
     int e = -errno;
     close(fd);
@@ -687,21 +688,26 @@ int fl_io_listen(uv_loop_t *control, int threads, const fl_tls_config *tls, cons
     io->opt.heartbeat = hb;
   }
 
+  /* SO_REUSEPORT would let us share the port with a listener of another process (of the
+   * same user) that set it too: a plain bind first keeps "address in use" an error.  It
+   * also picks the port when port is 0; the threads' sockets then bind to that. */
+  int fd = -1;
+  int r = bound_socket((struct sockaddr *)&ss, sslen, 0, &fd);
+  if (r == 0) {
+    io->port = get_port(fd);
+    set_port(&ss, io->port);
+    close(fd);
+  }
   int rc = 0, n = 0;
-  for (; n < threads; n++) {
-    int fd = -1;
-    int r = bound_socket((struct sockaddr *)&ss, sslen, &fd);
-    if (r < 0) {
-      fl_error("iothreads", "cannot listen on %s port %d: %s", host, port, uv_strerror(r));
-      rc = FL_ENET;
-      break;
-    }
-    if (n == 0) { /* port 0: every other socket takes the port the kernel chose */
-      io->port = get_port(fd);
-      set_port(&ss, io->port);
-    }
+  for (; r == 0 && n < threads; n++) {
+    r = bound_socket((struct sockaddr *)&ss, sslen, 1, &fd);
+    if (r < 0) break;
     rc = thread_init(io, n, tls, fd);
     if (rc < 0) break;
+  }
+  if (r < 0) {
+    fl_error("iothreads", "cannot listen on %s port %d: %s", host, port, uv_strerror(r));
+    rc = FL_ENET;
   }
   if (rc < 0) {
     for (int i = 0; i < n; i++) thread_teardown(&io->th[i]);

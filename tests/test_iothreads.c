@@ -619,3 +619,14 @@ Test(iothreads, free_with_peers_open, .timeout = 30) {
   free(t.chunk);
   fl_tls_config_free(ctls);
 }
+
+/* SO_REUSEPORT must not let a second server share a port that is in use. */
+Test(iothreads, port_in_use_is_an_error, .timeout = 20) {
+  srv t;
+  srv_init(&t, 2, S_ECHO);
+  fl_io *other = NULL;
+  cr_assert_eq(fl_io_listen(&t.loop, 2, t.tls, "127.0.0.1", fl_io_port(t.io), NULL, &srv_cb, &t,
+                            &other), FL_ENET);
+  cr_assert_null(other);
+  srv_done(&t);
+}

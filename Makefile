@@ -62,6 +62,7 @@ CLIENT_SRCS := $(filter-out client/train_main.c,$(wildcard client/*.c))
 TRAIN_SRCS  := $(wildcard client/train_main.c)
 TEST_SRCS   := $(wildcard tests/test_*.c tests/testutil.c)
 BENCH_SRCS  := $(wildcard bench/bench_*.c)
+BENCH_SCRIPTS := $(wildcard bench/bench_*.sh)
 FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
 
 obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
@@ -158,6 +159,7 @@ certs: | deps
 
 bench: $(BENCH_BINS) $(BINS) $(TEST_CERTS)
 	$(Q)for b in $(BENCH_BINS); do echo "== $$b"; $(TEST_ENV) ./$$b || exit 1; done
+	$(Q)for b in $(BENCH_SCRIPTS); do echo "== $$b"; $(TEST_ENV) ./$$b || exit 1; done
 
 # Fuzzing needs clang's libFuzzer; objects are built apart with their own flags.  Each
 # target runs FUZZ_SECONDS on its seeds (tests/fuzz/corpus/NAME) plus what it found before

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "frame.h"
@@ -627,6 +628,35 @@ static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
   return FL_EINVAL;
 }
 
+static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls,
+                                 const fl_conn_options *opt, const fl_conn_callbacks *cb,
+                                 void *data) {
+  fl_listener *l = calloc(1, sizeof *l);
+  if (!l) return NULL;
+  l->tls = tls;
+  if (opt)
+    l->opt = *opt;
+  else
+    fl_conn_options_default(&l->opt);
+  if (cb) l->cb = *cb;
+  l->data = data;
+  uv_tcp_init(loop, &l->tcp);
+  l->tcp.data = l;
+  return l;
+}
+
+/* The bound socket starts listening; its port is read back (port 0 picks one). */
+static int listener_start(fl_listener *l) {
+  int r = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, on_connection);
+  if (r < 0) return r;
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len);
+  l->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                           : ((struct sockaddr_in *)&ss)->sin_port);
+  return 0;
+}
+
 int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
               const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
               fl_listener **out) {
@@ -639,29 +669,40 @@ int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int p
     fl_error("conn", "cannot listen on '%s': not an IPv4 or IPv6 address", host);
     return FL_EINVAL;
   }
-  fl_listener *l = calloc(1, sizeof *l);
+  fl_listener *l = listener_new(loop, tls, opt, cb, data);
   if (!l) return FL_ENOMEM;
-  l->tls = tls;
-  if (opt)
-    l->opt = *opt;
-  else
-    fl_conn_options_default(&l->opt);
-  if (cb) l->cb = *cb;
-  l->data = data;
-  uv_tcp_init(loop, &l->tcp);
-  l->tcp.data = l;
   int r = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
-  if (r == 0) r = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, on_connection);
+  if (r == 0) r = listener_start(l);
   if (r < 0) {
     fl_error("conn", "cannot listen on %s port %d: %s", host, port, uv_strerror(r));
     uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
     return FL_ENET;
   }
-  int len = sizeof ss;
-  uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len);
-  l->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                           : ((struct sockaddr_in *)&ss)->sin_port);
   fl_info("conn", "listening on %s port %d", host, l->port);
+  *out = l;
+  return 0;
+}
+
+int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
+                 const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
+                 fl_listener **out) {
+  *out = NULL;
+  if (!loop || !tls || fd < 0 || !fl__tls_is_server(tls)) return FL_EINVAL;
+  ignore_sigpipe();
+  fl_listener *l = listener_new(loop, tls, opt, cb, data);
+  if (!l) {
+    close(fd);
+    return FL_ENOMEM;
+  }
+  int r = uv_tcp_open(&l->tcp, fd);
+  if (r < 0) close(fd); /* not adopted: the handle does not own it */
+  if (r == 0) r = listener_start(l);
+  if (r < 0) {
+    fl_error("conn", "cannot listen on socket %d: %s", (int)fd, uv_strerror(r));
+    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+    return FL_ENET;
+  }
+  fl_debug("conn", "listening on port %d (socket %d)", l->port, (int)fd);
   *out = l;
   return 0;
 }

@@ -61,6 +61,12 @@ void fl_conn_options_default(fl_conn_options *o);
 int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
               const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
               fl_listener **out);
+/* Like fl_listen, on a socket the caller created and bound (not yet listening): lets
+ * several loops accept on one port with SO_REUSEPORT (see iothreads.h).  The listener
+ * owns fd from the call on, also when it fails (it is then closed). */
+int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
+                 const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
+                 fl_listener **out);
 int fl_listener_port(const fl_listener *l);
 /* Stops accepting; connections already accepted go on.  Frees the listener. */
 void fl_listener_close(fl_listener *l);

@@ -50,6 +50,7 @@ typedef struct server_config {
   int max_frame_mib;
   double heartbeat;         /* seconds */
   double idle_timeout;      /* seconds */
+  int io_threads;           /* TLS I/O threads (0: one per core) */
 } server_config;
 
 extern const fl_option server_options[];

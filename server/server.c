@@ -1,6 +1,7 @@
 /* The round state machine of fl-server.
  *
- * One libuv loop owns every connection.  A round goes WAITING (enough clients?) ->
+ * One libuv loop runs the rounds; I/O threads serve the connections (iothreads.h) and
+ * bring every event to it.  A round goes WAITING (enough clients?) ->
  * TRAINING (tasks out, updates in, each update folded on the thread pool as soon as it
  * is complete) -> AGGREGATING (folds and sends drain, then the strategy applies the
  * aggregate) -> EVALUATING (server-side test data, on the thread pool) -> FED_EVAL
@@ -25,9 +26,9 @@
 #include <uv.h>
 
 #include "checkpoint.h"
-#include "conn.h"
 #include "dataset.h"
 #include "error.h"
+#include "iothreads.h"
 #include "log.h"
 #include "model.h"
 #include "modelfile.h"
@@ -45,12 +46,10 @@ typedef enum { PH_WAITING, PH_TRAINING, PH_AGGREGATING, PH_EVALUATING, PH_FED_EV
                PH_DONE } phase;
 
 typedef struct client client;
-enum { TAG_SERVER = 0x5e7e5e7e, TAG_CLIENT = 0xc1c1c1c1 };
 
 struct client {
-  unsigned tag;              /* TAG_CLIENT: first, see on_any_close */
   server *srv;
-  fl_conn *conn;
+  fl_peer *peer;
   client *prev, *next;       /* srv->clients */
   client *wait_next;         /* srv->waiting: paused until an update buffer frees */
   char id[128];
@@ -103,13 +102,12 @@ typedef struct round_stats {
 } round_stats;
 
 struct server {
-  unsigned tag;                  /* TAG_SERVER: first, see on_any_close */
   const server_config *cfg;
   uv_loop_t loop;
   uv_timer_t timer;             /* round and federated-evaluation timeouts */
   uv_signal_t sigint, sigterm;
   fl_tls_config *tls;
-  fl_listener *listener;
+  fl_io *io;                     /* the I/O threads serving the clients */
   fl_conn_options copt;
   uint8_t *heartbeat;
   size_t heartbeat_len;
@@ -164,7 +162,7 @@ static int send_env(client *c, const Fl__Envelope *env) {
   size_t len;
   int rc = fl_msg_encode(env, &buf, &len);
   if (rc) return rc;
-  rc = fl_conn_send(c->conn, buf, len);
+  rc = fl_peer_send(c->peer, buf, len);
   if (rc == 0) c->srv->bytes_out += len + 4;
   free(buf);
   return rc;
@@ -193,14 +191,14 @@ static void tx_done(client *c) {
 
 /* Streams model chunks while the connection's queue has room; on_drain continues. */
 static void pump_tx(client *c) {
-  while (c->tx_active && fl_conn_queued(c->conn) < c->srv->copt.high_water) {
+  while (c->tx_active && fl_peer_queued(c->peer) < c->srv->copt.high_water) {
     uint8_t *buf;
     size_t len;
     int rc = fl_tensor_tx_next(&c->tx, &buf, &len);
     if (rc < 0) {
       fl_error("server", "%s: encoding a model chunk failed: %s", c->id, fl_strerror(rc));
       tx_done(c);
-      fl_conn_close(c->conn, "internal error");
+      fl_peer_close(c->peer, "internal error");
       return;
     }
     if (rc == 0) {
@@ -208,7 +206,7 @@ static void pump_tx(client *c) {
       advance(c->srv);
       return;
     }
-    rc = fl_conn_send(c->conn, buf, len);
+    rc = fl_peer_send(c->peer, buf, len);
     if (rc == 0) c->srv->bytes_out += len + 4;
     free(buf);
     if (rc) {
@@ -293,7 +291,7 @@ static void release_buf(server *s, float *buf) {
     c->buf = buf;
     c->rx = RX_UPDATE;
     fl_tensor_rx_init(&c->rxt, buf, s->n, 1);
-    fl_conn_resume(c->conn);
+    fl_peer_resume(c->peer);
     return;
   }
   s->bufs[s->n_free++] = buf;
@@ -417,7 +415,7 @@ static void on_update(client *c, const Fl__Update *u) {
     fl_tensor_rx_init(&c->rxt, c->buf, s->n, 1);
   } else {
     c->rx = RX_WAIT_BUF;
-    fl_conn_pause(c->conn);
+    fl_peer_pause(c->peer);
     if (s->waiting_tail) s->waiting_tail->wait_next = c;
     else s->waiting = c;
     s->waiting_tail = c;
@@ -432,7 +430,7 @@ static void abort_rx(client *c) {
   }
   if (c->rx == RX_WAIT_BUF) {
     unwait(c->srv, c);
-    fl_conn_resume(c->conn);
+    fl_peer_resume(c->peer);
   }
   c->rx = RX_DISCARD;
 }
@@ -445,9 +443,9 @@ static void on_chunk(client *c, const Fl__TensorChunk *ch) {
     return;
   }
   if (c->rx != RX_UPDATE) {
-    fl_warn("server", "%s (%s): tensor chunk without an update", c->id, fl_conn_peer_addr(c->conn));
+    fl_warn("server", "%s (%s): tensor chunk without an update", c->id, fl_peer_addr(c->peer));
     send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "tensor chunk without an update");
-    fl_conn_close(c->conn, "protocol violation: tensor chunk without an update");
+    fl_peer_close(c->peer, "protocol violation: tensor chunk without an update");
     c->closing = 1;
     return;
   }
@@ -497,17 +495,17 @@ static client *find_client(server *s, const char *id, const client *except) {
   return NULL;
 }
 
-static void on_open(fl_conn *conn) {
-  client *c = fl_conn_data(conn);
-  snprintf(c->id, sizeof c->id, "%s", fl_conn_peer_id(conn));
+static void on_open(fl_peer *peer) {
+  client *c = fl_peer_data(peer);
+  snprintf(c->id, sizeof c->id, "%s", fl_peer_id(peer));
   client *old = find_client(c->srv, c->id, c);
   if (old) {
     fl_warn("server", "%s connected again from %s; closing its older connection", c->id,
-            fl_conn_peer_addr(conn));
+            fl_peer_addr(peer));
     old->closing = 1;
-    fl_conn_close(old->conn, "replaced by a newer connection of the same client");
+    fl_peer_close(old->peer, "replaced by a newer connection of the same client");
   }
-  fl_info("server", "%s connected from %s", c->id, fl_conn_peer_addr(conn));
+  fl_info("server", "%s connected from %s", c->id, fl_peer_addr(peer));
 }
 
 static void on_hello(client *c, const Fl__Hello *h) {
@@ -522,10 +520,10 @@ static void on_hello(client *c, const Fl__Hello *h) {
     snprintf(reason, sizeof reason,
              "protocol version %u is not supported; this server speaks version %u",
              h->protocol_version, FL_PROTOCOL_VERSION);
-    fl_warn("server", "%s (%s): %s", c->id, fl_conn_peer_addr(c->conn), reason);
+    fl_warn("server", "%s (%s): %s", c->id, fl_peer_addr(c->peer), reason);
     send_error(c, FL__ERROR_CODE__ERROR_VERSION, reason);
     c->closing = 1;
-    fl_conn_close(c->conn, "incompatible protocol version");
+    fl_peer_close(c->peer, "incompatible protocol version");
     return;
   }
   c->num_samples = h->num_samples;
@@ -566,8 +564,8 @@ static void on_eval_result(client *c, const Fl__EvalResult *e) {
   advance(s);
 }
 
-static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
-  client *c = fl_conn_data(conn);
+static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
+  client *c = fl_peer_data(peer);
   server *s = c->srv;
   s->bytes_in += len + 4;
   if (c->closing) return;
@@ -575,10 +573,10 @@ static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
   int rc = fl_msg_decode(payload, len, &env);
   if (rc) {
     fl_warn("server", "%s (%s): undecodable message of %zu bytes: %s", c->id,
-            fl_conn_peer_addr(conn), len, fl_strerror(rc));
+            fl_peer_addr(peer), len, fl_strerror(rc));
     send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "undecodable message");
     c->closing = 1;
-    fl_conn_close(conn, "undecodable message");
+    fl_peer_close(peer, "undecodable message");
     return;
   }
   if (!c->ready && env->body_case != FL__ENVELOPE__BODY_HELLO &&
@@ -586,7 +584,7 @@ static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
     fl_warn("server", "%s: %s before hello", c->id, fl_msg_name(env));
     send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "expected hello first");
     c->closing = 1;
-    fl_conn_close(conn, "protocol violation: no hello");
+    fl_peer_close(peer, "protocol violation: no hello");
     fl_msg_free(env);
     return;
   }
@@ -602,7 +600,7 @@ static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_DONE:
     fl_info("server", "%s says goodbye: %s", c->id, env->done->reason);
     c->closing = 1;
-    fl_conn_close(conn, "client left");
+    fl_peer_close(peer, "client left");
     break;
   default:
     fl_warn("server", "%s: unexpected %s message", c->id, fl_msg_name(env));
@@ -612,14 +610,14 @@ static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
   fl_msg_free(env);
 }
 
-static void on_drain(fl_conn *conn) { pump_tx(fl_conn_data(conn)); }
+static void on_drain(fl_peer *peer) { pump_tx(fl_peer_data(peer)); }
 
-static void on_close(fl_conn *conn, int err, const char *reason) {
-  client *c = fl_conn_data(conn);
+static void on_close(fl_peer *peer, int err, const char *reason) {
+  client *c = fl_peer_data(peer);
   server *s = c->srv;
   if (c->ready || err)
     FL_LOG(err ? FL_LOG_WARN : FL_LOG_INFO, "server", "%s (%s) disconnected: %s", c->id[0] ? c->id : "?",
-           fl_conn_peer_addr(conn), reason ? reason : "closed");
+           fl_peer_addr(peer), reason ? reason : "closed");
   tx_done(c);
   abort_rx(c);
   if (selected_now(c) && !c->counted) {
@@ -637,41 +635,26 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
   advance(s);
 }
 
-/* The listener gives every accepted connection the server as its data; on_open swaps in
- * a client record.  Both structs start with a tag, so on_close of a connection whose
- * handshake failed (still holding the server) can tell the two apart. */
-static void on_accepted_open(fl_conn *conn) {
-  server *s = fl_conn_data(conn);
+/* A new peer carries the server as its data (fl_io_listen's); on_open swaps in a client
+ * record.  Peers whose handshake failed never reach the server. */
+static void on_accepted_open(fl_peer *peer) {
+  server *s = fl_peer_data(peer);
   client *c = calloc(1, sizeof *c);
   if (!c) {
-    fl_conn_close(conn, "server out of memory");
+    fl_peer_close(peer, "server out of memory");
     return;
   }
-  c->tag = TAG_CLIENT;
   c->srv = s;
-  c->conn = conn;
+  c->peer = peer;
   c->next = s->clients;
   if (s->clients) s->clients->prev = c;
   s->clients = c;
   s->n_clients++;
-  fl_conn_set_data(conn, c);
-  on_open(conn);
+  fl_peer_set_data(peer, c);
+  on_open(peer);
 }
 
-static void on_any_frame(fl_conn *conn, const uint8_t *p, size_t n) {
-  if (*(unsigned *)fl_conn_data(conn) == TAG_CLIENT) on_frame(conn, p, n);
-}
-
-static void on_any_drain(fl_conn *conn) {
-  if (*(unsigned *)fl_conn_data(conn) == TAG_CLIENT) on_drain(conn);
-}
-
-static void on_any_close(fl_conn *conn, int err, const char *reason) {
-  if (*(unsigned *)fl_conn_data(conn) == TAG_CLIENT) on_close(conn, err, reason);
-}
-
-static const fl_conn_callbacks conn_cb = {on_accepted_open, on_any_frame, on_any_drain,
-                                          on_any_close};
+static const fl_peer_callbacks peer_cb = {on_accepted_open, on_frame, on_drain, on_close};
 
 /* ---- rounds ---- */
 
@@ -924,12 +907,9 @@ static void close_all(server *s, const char *why, uint32_t reconnect_ms) {
     if (c->closing) continue;
     if (c->ready) send_done(c, why, reconnect_ms);
     c->closing = 1;
-    fl_conn_close(c->conn, why);
+    fl_peer_close(c->peer, why);
   }
-  if (s->listener) {
-    fl_listener_close(s->listener);
-    s->listener = NULL;
-  }
+  fl_io_stop_listening(s->io);
   uv_close((uv_handle_t *)&s->timer, NULL);
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
@@ -1064,7 +1044,6 @@ static void on_signal(uv_signal_t *h, int signum) {
 int server_create(const server_config *cfg, server **out, char *err, size_t errlen) {
   server *s = calloc(1, sizeof *s);
   if (!s) return FL_ENOMEM;
-  s->tag = TAG_SERVER;
   s->cfg = cfg;
   int rc = uv_loop_init(&s->loop);
   if (rc) {
@@ -1176,7 +1155,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     rc = FL_ECONFIG;
     goto fail;
   }
-  rc = fl_listen(&s->loop, s->tls, host, port, &s->copt, &conn_cb, s, &s->listener);
+  rc = fl_io_listen(&s->loop, cfg->io_threads, s->tls, host, port, &s->copt, &peer_cb, s,
+                    &s->io);
   if (rc) {
     snprintf(err, errlen, "cannot listen on %s: %s", cfg->listen, fl_strerror(rc));
     goto fail;
@@ -1189,7 +1169,7 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   uv_signal_start(&s->sigint, on_signal, SIGINT);
   uv_signal_start(&s->sigterm, on_signal, SIGTERM);
   fl_info("server", "listening on %s:%d; model %s (%zu parameters, id %016llx); %d rounds of %g clients",
-          host, fl_listener_port(s->listener), fl_model_spec(s->model), s->n,
+          host, fl_io_port(s->io), fl_model_spec(s->model), s->n,
           (unsigned long long)fl_model_id(s->model), cfg->rounds, cfg->clients_per_round);
   *out = s;
   return 0;
@@ -1212,7 +1192,7 @@ int server_run(server *s) {
 
 void server_free(server *s) {
   if (!s) return;
-  if (s->listener) fl_listener_close(s->listener);
+  fl_io_free(s->io); /* joins the I/O threads */
   if (uv_loop_alive(&s->loop)) uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);
   fl_tls_config_free(s->tls);

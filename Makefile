@@ -201,6 +201,7 @@ install: $(BINS)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)$(PREFIX)/share/fl/examples
+	install -m 0644 examples/*.ini $(DESTDIR)$(PREFIX)/share/fl/examples/
 	install -m 0644 proto/fl.proto $(DESTDIR)$(PREFIX)/share/fl/
 	install -m 0755 certs/gen.sh $(DESTDIR)$(PREFIX)/share/fl/gen-certs.sh
 

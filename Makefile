@@ -144,7 +144,7 @@ $(TEST_BIN): $(call obj,$(TEST_SRCS)) $(LIB)
 
 # Integration tests find the binaries and test certificates through the environment.
 TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B)/test-certs \
-           LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp
+           LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
 test: $(BINS) $(TEST_BIN) $(TEST_CERTS)

@@ -10,7 +10,7 @@ set -euo pipefail
 
 out=certs/out clients=3 prefix=client days=825 force=0 quiet=0 hosts=()
 jobs=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;

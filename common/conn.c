@@ -442,6 +442,11 @@ static void process(fl_conn *c) {
     c->pt = NULL;
     c->pt_off = c->pt_len = 0;
   }
+  /* Nor a frame buffer: one 256 KiB tensor chunk would otherwise stay with the
+   * connection for good, and a server holds thousands of mostly idle ones. */
+  if (c->state == ST_OPEN && c->pt_off == c->pt_len && c->dec.buf &&
+      !c->dec.failed && !fl_frame_decoder_partial(&c->dec))
+    fl_frame_decoder_free(&c->dec);
 }
 
 /* New ciphertext arrived (or the handshake starts): move the state machine on. */

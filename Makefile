@@ -135,6 +135,9 @@ $(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
 $(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+# The aggregation benchmark times the server's strategy itself.
+$(B)/bench-aggregate: $(B)/obj/server/fedavg.o
+$(B)/obj/bench/bench_aggregate.o: CFLAGS_ALL += -Iserver
 
 # All tests link into one Criterion binary: one summary line closes the run.
 $(TEST_BIN): $(call obj,$(TEST_SRCS)) $(LIB)
@@ -143,16 +146,28 @@ $(TEST_BIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
 
 # Integration tests find the binaries and test certificates through the environment.
+# tests/test_scale.c connects 1000 clients (certificates in scale-certs); under the
+# sanitizers, where a handshake costs ~3x the CPU, it runs FL_TEST_SCALE_CLIENTS.
+SCALE_CLIENTS := 1000
+SAN_SCALE_CLIENTS ?= 300
 TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B)/test-certs \
+           FL_SCALE_CERTS=$(CURDIR)/$(B)/scale-certs \
+           $(if $(SANITIZER),FL_TEST_SCALE_CLIENTS=$(SAN_SCALE_CLIENTS)) \
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
-test: $(BINS) $(TEST_BIN) $(TEST_CERTS)
+test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
 
 $(TEST_CERTS): certs/gen.sh | deps
 	$(call say,CERTS,$(B)/test-certs)
 	$(Q)rm -rf $(B)/test-certs && certs/gen.sh --out $(B)/test-certs --clients $(TEST_CERT_CLIENTS) --quiet
+
+$(B)/scale-certs/ca.crt: certs/gen.sh | deps
+	$(call say,CERTS,$(B)/scale-certs)
+	$(Q)rm -rf $(B)/scale-certs $(B)/scale-certs.tmp && \
+	  certs/gen.sh --out $(B)/scale-certs.tmp --clients $(SCALE_CLIENTS) --quiet && \
+	  mv $(B)/scale-certs.tmp $(B)/scale-certs
 
 certs: | deps
 	$(Q)certs/gen.sh --out certs/out

@@ -567,6 +567,9 @@ static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_con
   if (cb) c->cb = *cb;
   c->data = data;
   c->is_server = fl__tls_is_server(tls);
+  /* The loop's cached time is stale when the caller worked long before connecting
+   * (fl-client loading 10,000 identities): the handshake deadline would have passed. */
+  uv_update_time(loop);
   c->started = c->last_rx = c->last_tx = uv_now(loop);
   snprintf(c->addr, sizeof c->addr, "?");
   fl_frame_decoder_init(&c->dec, c->opt.max_frame);

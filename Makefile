@@ -4,6 +4,7 @@
 #   make test       build and run every test (unit and integration)
 #   make demo       the main job end to end on Fashion-MNIST
 #   make bench      benchmarks, each reported against a baseline measured in the same run
+#   make bench-scale  10,000 idle TLS connections held by one server (a few minutes)
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
@@ -74,7 +75,7 @@ BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) 
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: all deps test bench fuzz fuzz-corpus demo certs clean install
+.PHONY: all deps test bench bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
@@ -172,9 +173,20 @@ $(B)/scale-certs/ca.crt: certs/gen.sh | deps
 certs: | deps
 	$(Q)certs/gen.sh --out certs/out
 
-bench: $(BENCH_BINS) $(BINS) $(TEST_CERTS)
+bench: $(BENCH_BINS) $(BINS) $(TEST_CERTS) $(B)/scale-certs/ca.crt
 	$(Q)for b in $(BENCH_BINS); do echo "== $$b"; $(TEST_ENV) ./$$b || exit 1; done
 	$(Q)for b in $(BENCH_SCRIPTS); do echo "== $$b"; $(TEST_ENV) ./$$b || exit 1; done
+
+SCALE10K_CLIENTS := 10000
+$(B)/scale10k-certs/ca.crt: certs/gen.sh | deps
+	$(call say,CERTS,$(B)/scale10k-certs)
+	$(Q)rm -rf $(B)/scale10k-certs $(B)/scale10k-certs.tmp && \
+	  certs/gen.sh --out $(B)/scale10k-certs.tmp --clients $(SCALE10K_CLIENTS) --quiet && \
+	  mv $(B)/scale10k-certs.tmp $(B)/scale10k-certs
+bench-scale: $(BINS) $(B)/scale10k-certs/ca.crt
+	$(Q)echo "== bench/idle_connections.sh $(SCALE10K_CLIENTS)"; \
+	  $(TEST_ENV) FL_SCALE10K_CERTS=$(CURDIR)/$(B)/scale10k-certs \
+	  bench/idle_connections.sh $(SCALE10K_CLIENTS)
 
 # Fuzzing needs clang's libFuzzer; objects are built apart with their own flags.  Each
 # target runs FUZZ_SECONDS on its seeds (tests/fuzz/corpus/NAME) plus what it found before

@@ -4,7 +4,8 @@
 #
 #   i.   server peak memory in a round of 100 cnn clients, beside the model's size, and
 #        the server's RSS with 100 idle connected clients and no round;
-#   ii.  a round's server-side overhead: round seconds - slowest_client_seconds (2nn, 100);
+#   ii.  a round's server-side overhead: round seconds - slowest_client_seconds (2nn, 100),
+#        and the server's CPU time per round (from /proc, rounds 2 and later);
 #   iii. a round of 100 and of 1000 clients of 2nn (1000 connected) and the growth factor;
 #   iv.  server peak memory vs clients per round (2nn; 10, 50, 100 of 100 connected), and
 #        memory per connected client: (RSS with N idle connections - RSS with 0) / N.
@@ -77,6 +78,20 @@ stop() {
   wait "$spid" ${cpid:+"$cpid"} 2>/dev/null || true
 }
 
+# server_cpu NAME FROM TO: the server's CPU seconds between the first log line holding
+# FROM and the first holding TO (polled from /proc every 20 ms).
+server_cpu() {
+  local t0= t1= now
+  while kill -0 "$spid" 2>/dev/null; do
+    now=$(awk '{print $14 + $15}' "/proc/$spid/stat" 2>/dev/null) || break
+    [ -z "$t0" ] && grep -q "$2" "$work/$1.server.log" && t0=$now
+    [ -n "$t0" ] && grep -q "$3" "$work/$1.server.log" && { t1=$now; break; }
+    sleep 0.02
+  done
+  [ -n "$t1" ] || { echo "bench_round: no '$3' in $work/$1.server.log" >&2; exit 1; }
+  calc %.3f "($t1 - $t0) / $(getconf CLK_TCK)"
+}
+
 # finish NAME: waits for a run to end by itself; both must exit 0.
 finish() {
   local rc=0
@@ -128,6 +143,7 @@ cnn_peak=$(metric cnn 2 peak_rss_kib)
 # ---- ii, iii: 2nn, 1000 connected, rounds of 100, then rounds of 1000 ----
 server r100 2nn 1000 100 4
 clients r100 1000 60
+cpu100=$(server_cpu r100 'round 2/4: ' 'round 4/4 done')
 finish r100
 sec100=() over100=()
 for r in 2 3 4; do
@@ -137,6 +153,7 @@ for r in 2 3 4; do
 done
 server r1000 2nn 1000 1000 2
 clients r1000 1000 60
+cpu1000=$(server_cpu r1000 'round 2/2: ' 'round 2/2 done')
 finish r1000
 t100=$(median3 "${sec100[@]}")
 o100=$(median3 "${over100[@]}")
@@ -163,12 +180,17 @@ printf '  %-44s %10d %12s\n' "target: 4 model sizes + 256 KiB x 100 conns" "$bud
 printf '  peak / target = %s (<= 1 meets it)\n' "$(calc %.2f "$cnn_peak / $budget")"
 echo
 echo "ii, iii. 2nn rounds, 1000 clients connected, 60 samples each, one fl-client process"
-printf '  %-30s %12s %14s %18s\n' "clients per round" "round s" "overhead s" "overhead / round"
-printf '  %-30s %12s %14s %18s\n' "100 (median of rounds 2-4)" "$t100" "$o100" "$(calc %.3f "$o100 / $t100")"
-printf '  %-30s %12s %14s %18s\n' "1000 (round 2)" "$t1000" "$o1000" "$(calc %.3f "$o1000 / $t1000")"
+c100=$(calc %.3f "$cpu100 / 3")
+printf '  %-27s %9s %11s %15s %15s %13s\n' "clients per round" "round s" "overhead s" "overhead/round" "server CPU s" "CPU/update"
+printf '  %-27s %9s %11s %15s %15s %13s\n' "100 (median of rounds 2-4)" "$t100" "$o100" \
+  "$(calc %.3f "$o100 / $t100")" "$c100" "$(calc %.2f "1000 * $c100 / 100") ms"
+printf '  %-27s %9s %11s %15s %15s %13s\n' "1000 (round 2)" "$t1000" "$o1000" \
+  "$(calc %.3f "$o1000 / $t1000")" "$cpu1000" "$(calc %.2f "1000 * $cpu1000 / 1000") ms"
 printf '  growth factor, 1000 vs 100 per round: %s (10 = linear in clients)\n' "$(calc %.2f "$t1000 / $t100")"
-echo "  (overhead = round seconds - slowest_client_seconds: everything but the slowest"
-echo "   client's local training, i.e. transfers, TLS, folds and queueing on 2 workers)"
+echo "  overhead = round seconds - slowest_client_seconds: all but one client's training,"
+echo "  so here mostly the other clients' training, queued on the simulation's 2 workers;"
+echo "  server CPU (mean of rounds 2-4, resp. round 2) is what the server itself spends:"
+echo "  sending the model, receiving and folding the updates, TLS both ways."
 echo
 echo "iv. server memory, 2nn ($two_params parameters = $(model_kib $two_params) KiB)"
 printf '  %-44s %10s\n' "clients per round (100 connected)" "peak KiB"

@@ -119,6 +119,7 @@ $(B)/obj/%.o: %.c $(B)/flags | $(PROTO_H)
 CORE_OBJS := $(call obj,$(wildcard common/dense.c common/conv.c common/activation.c \
                                    common/loss.c common/optim.c common/train.c))
 $(CORE_OBJS): CFLAGS_ALL += -O3
+$(call obj,server/fedavg.c): CFLAGS_ALL += -O3
 
 $(LIB): $(COMMON_OBJS)
 	$(call say,AR,$@)

@@ -3,9 +3,9 @@
  * 60 samples per client.  Every round must collect its 100 updates and both processes
  * must end cleanly.
  *
- * The certificates (1000 clients) are made by the Makefile into FL_SCALE_CERTS.  The
- * sanitizer build sets FL_TEST_SCALE_CLIENTS lower (ASan makes every handshake ~3x
- * slower); the rounds then take a tenth of the clients each. */
+ * The certificates (1000 clients) are made by the Makefile into FL_SCALE_CERTS.
+ * FL_TEST_SCALE_CLIENTS=N (make test SCALE_TEST_CLIENTS=N) runs fewer clients, the
+ * rounds then a tenth of them each. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>

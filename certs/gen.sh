@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Generate the certificates fl needs for mutual TLS: a CA, a server certificate and
 # N client certificates (CN = client id), ECDSA P-256 with SHA-256.  Private keys are
-# created here, mode 0600, and never committed.
+# created here, mode 0600, and never committed.  Client certificates are signed by
+# --jobs parallel workers (default: one per core), one openssl call each.
 #
 # usage: certs/gen.sh [--out DIR] [--clients N] [--client-prefix P] [--days D]
-#                     [--force] [--quiet] [HOSTNAME ...]
+#                     [--jobs N] [--force] [--quiet] [HOSTNAME ...]
 set -euo pipefail
 
 out=certs/out clients=3 prefix=client days=825 force=0 quiet=0 hosts=()
+jobs=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -15,6 +17,7 @@ while [ $# -gt 0 ]; do
     --clients) clients=$2; shift 2 ;;
     --client-prefix) prefix=$2; shift 2 ;;
     --days) days=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
     --force) force=1; shift ;;
     --quiet) quiet=1; shift ;;
     -h|--help) usage 0 ;;
@@ -24,6 +27,7 @@ while [ $# -gt 0 ]; do
 done
 case "$clients" in ''|*[!0-9]*) echo "gen.sh: --clients needs a number, got '$clients'" >&2; exit 2 ;; esac
 case "$days" in ''|*[!0-9]*) echo "gen.sh: --days needs a number, got '$days'" >&2; exit 2 ;; esac
+case "$jobs" in ''|*[!0-9]*|0) echo "gen.sh: --jobs needs a number >= 1, got '$jobs'" >&2; exit 2 ;; esac
 command -v openssl >/dev/null || { echo "gen.sh: openssl not found (make deps installs it)" >&2; exit 1; }
 
 log() { [ "$quiet" = 1 ] || echo "gen.sh: $*"; }
@@ -45,34 +49,63 @@ else
   log "created CA $out/ca.crt"
 fi
 
-# sign NAME CN EXT: a key (kept if present) and a certificate signed by the CA.
-serial=$(date +%s%N)
-sign() {
-  local name=$1 cn=$2 ext=$3
-  [ -f "$out/$name.key" ] || newkey "$out/$name.key"
-  openssl req -new -sha256 -key "$out/$name.key" -subj "/CN=$cn" -out "$tmp/$name.csr"
-  printf '%s\n' "$ext" > "$tmp/$name.ext"
-  serial=$((serial + 1))
-  openssl x509 -req -sha256 -in "$tmp/$name.csr" -CA "$out/ca.crt" -CAkey "$out/ca.key" \
-    -set_serial "$serial" -days "$days" -extfile "$tmp/$name.ext" -out "$out/$name.crt" 2>/dev/null
-  chmod 644 "$out/$name.crt"
-}
-
 san="DNS:localhost,IP:127.0.0.1,IP:::1"
 for h in "${hosts[@]+"${hosts[@]}"}"; do
   case "$h" in localhost|127.0.0.1|::1) continue ;; esac
   if [[ "$h" =~ ^[0-9.]+$ || "$h" == *:* ]]; then san="$san,IP:$h"; else san="$san,DNS:$h"; fi
 done
-sign server "${hosts[0]:-localhost}" "basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature
-extendedKeyUsage=serverAuth
-subjectAltName=$san"
+cat > "$tmp/ext.cnf" <<CNF
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+[server]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = $san
+[client]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+CNF
+
+# sign NAME CN SECTION SERIAL: a key (kept if present) and a certificate signed by the
+# CA with the extensions of SECTION, in one openssl call (req -CA signs directly, no CSR
+# file; it costs a fifth of genpkey + req + x509).  The certificate is made 0644 by the
+# caller.  Runs in the parallel workers too, so it only uses exported variables.
+sign() {
+  local name=$1 cn=$2 section=$3 serial=$4 key=(-key "$out/$1.key")
+  [ -f "$out/$name.key" ] ||
+    key=(-newkey EC -pkeyopt ec_paramgen_curve:P-256 -noenc -keyout "$out/$name.key")
+  if ! openssl req -new -sha256 "${key[@]}" -subj "/CN=$cn" -CA "$out/ca.crt" \
+      -CAkey "$out/ca.key" -set_serial "$serial" -days "$days" -config "$tmp/ext.cnf" \
+      -extensions "$section" -out "$out/$name.crt" 2>"$tmp/$name.err"; then
+    echo "gen.sh: signing $name failed:" >&2
+    cat "$tmp/$name.err" >&2
+    return 1
+  fi
+  rm -f "$tmp/$name.err"
+}
+# clients FIRST...: client certificates FIRST onwards, one at a time (one worker's share).
+clients() {
+  local i id
+  for i; do
+    id=$(printf '%s-%04d' "$prefix" "$i")
+    sign "$id" "$id" client $((serial + i)) || return 1
+  done
+}
+export -f sign clients
+export out days tmp prefix
+
+export serial=$(date +%s%N)
+sign server "${hosts[0]:-localhost}" server "$serial"
+chmod 644 "$out/server.crt"
 log "server certificate $out/server.crt ($san)"
 
-for i in $(seq 1 "$clients"); do
-  id=$(printf '%s-%04d' "$prefix" "$i")
-  sign "$id" "$id" "basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature
-extendedKeyUsage=clientAuth"
-done
+# Batches of 50 per worker: a bash start-up is cheap next to 50 openssl calls.
+seq 1 "$clients" | xargs -r -n 50 -P "$jobs" bash -c 'clients "$@"' _
+if [ "$clients" -gt 0 ]; then
+  find "$out" -maxdepth 1 -name "$prefix-*.crt" -exec chmod 644 {} +
+fi
 log "$clients client certificates in $out ($prefix-0001 ...)"

@@ -26,6 +26,11 @@
 
 typedef enum { VC_CONNECTING, VC_READY, VC_BACKOFF, VC_DONE, VC_FAILED } vc_state;
 
+/* Handshakes in flight at once.  A TLS handshake costs both sides ~10 ms of CPU; a
+ * thousand started together all finish late, past the handshake timeout, and retry.  A
+ * few dozen keep both sides busy and each one quick. */
+#define MAX_HANDSHAKES 32
+
 typedef struct vclient vclient;
 
 /* One task from the server: the model it came with, the work, and the answer.  A job
@@ -56,6 +61,8 @@ struct vclient {
   uint64_t gen;        /* bumps on every new connection */
   vc_state state;
   int attempts;
+  fl_conn *handshaking; /* the connection holding one of the MAX_HANDSHAKES slots */
+  vclient *queue_next;  /* app.queue: waiting for a slot */
   uv_timer_t retry;
   fl_rng rng;          /* backoff jitter */
   fl_subset train, test;
@@ -81,10 +88,13 @@ struct app {
   vclient *vcs;
   int n, finished, failed, stopping;
   int open_conns, running, shut_down;
+  int handshakes;       /* slots in use */
+  vclient *queue, *queue_tail;
   uint32_t chunk_bytes;
 };
 
 static void connect_vc(vclient *v);
+static void start_connect(vclient *v);
 
 /* ---- sending ---- */
 
@@ -451,9 +461,25 @@ static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
   fl_msg_free(env);
 }
 
+/* Gives the slot of conn's finished handshake to the next client in the queue. */
+static void handshake_over(vclient *v, fl_conn *conn) {
+  app *a = v->a;
+  if (v->handshaking != conn) return;
+  v->handshaking = NULL;
+  a->handshakes--;
+  while (a->queue && a->handshakes < MAX_HANDSHAKES) {
+    vclient *next = a->queue;
+    a->queue = next->queue_next;
+    if (!a->queue) a->queue_tail = NULL;
+    next->queue_next = NULL;
+    if (next->state == VC_CONNECTING) start_connect(next);
+  }
+}
+
 static void on_open(fl_conn *conn) {
   vclient *v = fl_conn_data(conn);
   app *a = v->a;
+  handshake_over(v, conn);
   Fl__Envelope env = FL__ENVELOPE__INIT;
   Fl__Hello h = FL__HELLO__INIT;
   uint32_t versions[1] = {FL_PROTOCOL_VERSION};
@@ -476,6 +502,7 @@ static void on_drain(fl_conn *conn) { pump_tx(fl_conn_data(conn)); }
 static void on_close(fl_conn *conn, int err, const char *reason) {
   vclient *v = fl_conn_data(conn);
   v->a->open_conns--;
+  handshake_over(v, conn);
   if (v->conn == conn) v->conn = NULL;
   job_free(v->rx);
   job_free(v->tx);
@@ -494,10 +521,25 @@ static const fl_conn_callbacks callbacks = {on_open, on_frame, on_drain, on_clos
 
 static void connect_vc(vclient *v) {
   app *a = v->a;
-  v->gen++;
   v->state = VC_CONNECTING;
+  if (a->handshakes >= MAX_HANDSHAKES) {
+    if (a->queue_tail) a->queue_tail->queue_next = v;
+    else a->queue = v;
+    a->queue_tail = v;
+    return;
+  }
+  start_connect(v);
+}
+
+static void start_connect(vclient *v) {
+  app *a = v->a;
+  v->gen++;
   int rc = fl_connect(&a->loop, v->tls, a->host, a->port, &a->copt, &callbacks, v, &v->conn);
-  if (rc == 0) a->open_conns++;
+  if (rc == 0) {
+    a->open_conns++;
+    a->handshakes++;
+    v->handshaking = v->conn;
+  }
   if (rc) {
     v->conn = NULL;
     fl_warn(v->name, "cannot connect to %s:%d: %s", a->host, a->port, fl_strerror(rc));

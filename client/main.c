@@ -6,6 +6,7 @@
 
 #include "client.h"
 #include "config.h"
+#include "conn.h"
 #include "error.h"
 #include "log.h"
 #include "version.h"
@@ -49,6 +50,10 @@ int main(int argc, char **argv) {
     return 2;
   }
   fl_log_set_level(fl_log_level_parse(cfg.log_level));
+  long fds = fl_conn_raise_fd_limit();
+  if (fds >= 0 && fds < (long)cfg.clients + 64)
+    fl_warn("client", "open-file limit %ld is too low for %d clients (raise it with ulimit -n)",
+            fds, cfg.clients);
   app *a;
   rc = app_create(&cfg, &a, err, sizeof err);
   if (rc) {

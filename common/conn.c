@@ -20,6 +20,7 @@
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +102,16 @@ void fl_conn_options_default(fl_conn_options *o) {
   o->idle_timeout_ms = 60000;
   o->heartbeat_interval_ms = 15000;
   o->stall_timeout_ms = 60000;
+}
+
+long fl_conn_raise_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  return rl.rlim_cur == RLIM_INFINITY ? (long)1 << 30 : (long)rl.rlim_cur;
 }
 
 /* ---- closing ---- */
@@ -442,6 +453,11 @@ static void process(fl_conn *c) {
     c->pt = NULL;
     c->pt_off = c->pt_len = 0;
   }
+  /* Nor a frame buffer: one 256 KiB tensor chunk would otherwise stay with the
+   * connection for good, and a server holds thousands of mostly idle ones. */
+  if (c->state == ST_OPEN && c->pt_off == c->pt_len && c->dec.buf &&
+      !c->dec.failed && !fl_frame_decoder_partial(&c->dec))
+    fl_frame_decoder_free(&c->dec);
 }
 
 /* New ciphertext arrived (or the handshake starts): move the state machine on. */
@@ -551,6 +567,9 @@ static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_con
   if (cb) c->cb = *cb;
   c->data = data;
   c->is_server = fl__tls_is_server(tls);
+  /* The loop's cached time is stale when the caller worked long before connecting
+   * (fl-client loading 10,000 identities): the handshake deadline would have passed. */
+  uv_update_time(loop);
   c->started = c->last_rx = c->last_tx = uv_now(loop);
   snprintf(c->addr, sizeof c->addr, "?");
   fl_frame_decoder_init(&c->dec, c->opt.max_frame);

@@ -55,6 +55,11 @@ typedef struct fl_conn_options {
 /* Fills in the defaults above. */
 void fl_conn_options_default(fl_conn_options *o);
 
+/* Raises the process's open-file limit (RLIMIT_NOFILE) to its hard limit: a server or a
+ * simulation holds one descriptor per connection, and the usual soft limit is 1024.
+ * Returns the limit now in force (-1 if it cannot be read). */
+long fl_conn_raise_fd_limit(void);
+
 /* Server: listens on host:port ("0.0.0.0", "::", "127.0.0.1"; port 0 = any) and
  * handshakes every accepted connection; callbacks and data are given to each one.
  * The bound port is available from fl_listener_port(). */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "conn.h"
 #include "error.h"
 #include "log.h"
 #include "server.h"
@@ -53,6 +54,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   fl_log_set_level(fl_log_level_parse(cfg.log_level));
+  fl_debug("server", "open-file limit %ld", fl_conn_raise_fd_limit());
   server *s;
   rc = server_create(&cfg, &s, err, sizeof err);
   if (rc) {

@@ -12,7 +12,9 @@
  * the strategy's double-precision sum (two) and UPDATE_BUFFERS update buffer (one) are
  * all the model-sized memory there is.  A client
  * whose update arrives while every buffer is busy is paused (its socket is not read)
- * until a fold returns one. */
+ * until a fold returns one.  Likewise at most MAX_STREAMS clients are sent the model at
+ * once (each holds up to a chunk of it, encrypted, in its queue); the others wait their
+ * turn. */
 #include "server.h"
 
 #include <cblas.h>
@@ -39,6 +41,7 @@
 #include "version.h"
 
 #define UPDATE_BUFFERS 1
+#define MAX_STREAMS 16
 #define MAX_REFUSALS 64
 
 typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD } rx_state;
@@ -63,7 +66,9 @@ struct client {
   int counted;               /* its answer is in: update complete or refused, or dropped */
   int eval_pending;          /* owes an EvalResult */
 
-  int tx_active;             /* streaming the global model */
+  int tx_active;             /* streaming the global model, or waiting to */
+  int tx_queued;             /* waiting in srv->tx_queue for one of the MAX_STREAMS */
+  client *tx_next;
   fl_tensor_tx tx;
 
   rx_state rx;
@@ -135,7 +140,10 @@ struct server {
 
   client *clients;
   size_t n_clients, n_ready;
-  size_t sends_pending;
+  size_t sends_pending;          /* model streams not finished, queued ones too */
+  size_t streams;                /* model streams under way (at most MAX_STREAMS) */
+  client *tx_queue, *tx_queue_tail;
+  int starting_streams;
 
   phase ph;
   round_stats r;
@@ -183,15 +191,49 @@ static void send_error(client *c, Fl__ErrorCode code, const char *reason) {
   send_env(c, &env);
 }
 
+static void pump_tx(client *c);
+
+/* Gives free stream slots to the clients queued for one.  Not re-entered: a stream that
+ * ends inside pump_tx below leaves its slot to this loop. */
+static void start_streams(server *s) {
+  if (s->starting_streams) return;
+  s->starting_streams = 1;
+  while (s->tx_queue && s->streams < MAX_STREAMS) {
+    client *c = s->tx_queue;
+    s->tx_queue = c->tx_next;
+    if (!s->tx_queue) s->tx_queue_tail = NULL;
+    c->tx_next = NULL;
+    c->tx_queued = 0;
+    s->streams++;
+    pump_tx(c);
+  }
+  s->starting_streams = 0;
+}
+
 static void tx_done(client *c) {
+  server *s = c->srv;
   if (!c->tx_active) return;
   c->tx_active = 0;
-  c->srv->sends_pending--;
+  s->sends_pending--;
+  if (c->tx_queued) {
+    client **p = &s->tx_queue, *prev = NULL;
+    while (*p != c) {
+      prev = *p;
+      p = &(*p)->tx_next;
+    }
+    *p = c->tx_next;
+    if (s->tx_queue_tail == c) s->tx_queue_tail = prev;
+    c->tx_next = NULL;
+    c->tx_queued = 0;
+    return;
+  }
+  s->streams--;
+  start_streams(s);
 }
 
 /* Streams model chunks while the connection's queue has room; on_drain continues. */
 static void pump_tx(client *c) {
-  while (c->tx_active && fl_peer_queued(c->peer) < c->srv->copt.high_water) {
+  while (c->tx_active && !c->tx_queued && fl_peer_queued(c->peer) < c->srv->copt.high_water) {
     uint8_t *buf;
     size_t len;
     int rc = fl_tensor_tx_next(&c->tx, &buf, &len);
@@ -220,8 +262,12 @@ static void start_tx(client *c) {
   server *s = c->srv;
   fl_tensor_tx_init(&c->tx, s->global, s->n, (uint32_t)s->cfg->chunk_kib * 1024u);
   c->tx_active = 1;
+  c->tx_queued = 1;
   s->sends_pending++;
-  pump_tx(c);
+  if (s->tx_queue_tail) s->tx_queue_tail->tx_next = c;
+  else s->tx_queue = c;
+  s->tx_queue_tail = c;
+  start_streams(s);
 }
 
 static void send_train_task(client *c) {

@@ -67,6 +67,7 @@ struct vclient {
   fl_rng rng;          /* backoff jitter */
   fl_subset train, test;
   int partition;       /* -1 when training on all of --data */
+  uint32_t chunk_bytes; /* tensor data per chunk, as the server's Welcome asks */
   job *rx;             /* task whose model is arriving */
   job *tx;             /* update being sent */
 };
@@ -277,7 +278,7 @@ static void job_done(pool_job *pj) {
   }
   job_free(v->tx); /* an older update still streaming is superseded */
   v->tx = j;
-  fl_tensor_tx_init(&j->tx, j->local, j->n, v->a->chunk_bytes);
+  fl_tensor_tx_init(&j->tx, j->local, j->n, v->chunk_bytes);
   pump_tx(v);
 }
 
@@ -430,6 +431,9 @@ static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_WELCOME:
     v->state = VC_READY;
     v->attempts = 0;
+    v->chunk_bytes = env->welcome->chunk_size && env->welcome->chunk_size < v->a->chunk_bytes
+                         ? env->welcome->chunk_size
+                         : v->a->chunk_bytes;
     fl_info(v->name, "joined the federation as %s (protocol %u)", env->welcome->client_id,
             env->welcome->protocol_version);
     break;

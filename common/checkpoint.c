@@ -16,37 +16,35 @@
 #define HEAD_LEN (8 + 4 + 8 + 8 + 32 + 8 + 4)
 
 int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t errlen) {
-  uint8_t *model;
-  size_t model_len;
-  int rc = fl_modelfile_encode(c->spec, c->model_id, c->params, c->n, &model, &model_len);
-  if (rc) {
-    snprintf(err, errlen, "%s: cannot encode the model: %s", path, fl_strerror(rc));
-    return rc;
+  fl_piece pc[5];
+  uint8_t model_crc[4], crc[4];
+  void *owned;
+  int rc = fl_modelfile_pieces(c->spec, c->model_id, c->params, c->n, pc + 1, model_crc, &owned);
+  if (rc) return fl_errf(err, errlen, rc, "%s: cannot encode the model: %s", path, fl_strerror(rc));
+  size_t model_len = pc[1].len + pc[2].len + pc[3].len, head_len = HEAD_LEN + c->strategy_len + 8;
+  uint8_t *head = malloc(head_len);
+  if (!head) {
+    free(owned);
+    return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", path);
   }
-  size_t size = HEAD_LEN + c->strategy_len + 8 + model_len + 4;
-  uint8_t *buf = malloc(size), *p = buf;
-  if (!buf) {
-    free(model);
-    snprintf(err, errlen, "%s: out of memory", path);
-    return FL_ENOMEM;
-  }
-  memcpy(p, MAGIC, 8);
-  fl_put32(p + 8, VERSION);
-  fl_put64(p + 12, c->rounds);
-  fl_put64(p + 20, c->model_version);
-  for (int i = 0; i < 4; i++) fl_put64(p + 28 + 8 * i, c->rng.s[i]);
-  fl_put64(p + 60, c->metrics_len);
-  fl_put32(p + 68, (uint32_t)c->strategy_len);
-  p += HEAD_LEN;
-  if (c->strategy_len) memcpy(p, c->strategy, c->strategy_len);
-  p += c->strategy_len;
-  fl_put64(p, model_len);
-  memcpy(p + 8, model, model_len);
-  p += 8 + model_len;
-  fl_put32(p, (uint32_t)crc32_z(0, buf, size - 4));
-  free(model);
-  rc = fl_file_write_atomic(path, buf, size, err, errlen);
-  free(buf);
+  memcpy(head, MAGIC, 8);
+  fl_put32(head + 8, VERSION);
+  fl_put64(head + 12, c->rounds);
+  fl_put64(head + 20, c->model_version);
+  for (int i = 0; i < 4; i++) fl_put64(head + 28 + 8 * i, c->rng.s[i]);
+  fl_put64(head + 60, c->metrics_len);
+  fl_put32(head + 68, (uint32_t)c->strategy_len);
+  if (c->strategy_len) memcpy(head + HEAD_LEN, c->strategy, c->strategy_len);
+  fl_put64(head + HEAD_LEN + c->strategy_len, model_len);
+  pc[0] = (fl_piece){head, head_len};
+  uLong sum = 0;
+  for (int i = 0; i < 4; i++)
+    if (pc[i].len) sum = crc32_z(sum, pc[i].data, pc[i].len); /* crc32_z(c, NULL, 0) resets */
+  fl_put32(crc, (uint32_t)sum);
+  pc[4] = (fl_piece){crc, 4};
+  rc = fl_file_write_atomic_pieces(path, pc, 5, err, errlen);
+  free(head);
+  free(owned);
   return rc;
 }
 

@@ -11,6 +11,15 @@
 
 int fl_file_write_atomic(const char *path, const void *buf, size_t len, char *err,
                          size_t errlen);
+
+/* A piece of a file written from several buffers, so large parts (model parameters) are
+ * written from where they are instead of copied into one image. */
+typedef struct fl_piece {
+  const void *data;
+  size_t len;
+} fl_piece;
+int fl_file_write_atomic_pieces(const char *path, const fl_piece *pieces, size_t n, char *err,
+                                size_t errlen);
 /* Reads a whole regular file; *buf (malloc'd, *len bytes) belongs to the caller. */
 int fl_file_read(const char *path, uint8_t **buf, size_t *len, char *err, size_t errlen);
 

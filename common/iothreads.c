@@ -41,10 +41,10 @@
 #include "log.h"
 
 /* Inbound backpressure: a peer's socket is not read while this much waits for control. */
-#define RX_HIGH_FRAMES 8
-#define RX_HIGH_BYTES (2u << 20)
-#define RX_LOW_FRAMES 2
-#define RX_LOW_BYTES (1u << 20)
+#define RX_HIGH_FRAMES 4
+#define RX_HIGH_BYTES (256u << 10)
+#define RX_LOW_FRAMES 1
+#define RX_LOW_BYTES (64u << 10)
 #define MAX_THREADS 256
 
 enum msg_kind {

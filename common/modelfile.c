@@ -18,14 +18,16 @@
 #define MID_LEN 16
 #define TAIL_LEN 4
 
-int fl_modelfile_encode(const char *spec, uint64_t model_id, const float *params,
-                        size_t num_params, uint8_t **out, size_t *out_len) {
+int fl_modelfile_pieces(const char *spec, uint64_t model_id, const float *params,
+                        size_t num_params, fl_piece pieces[3], uint8_t crc[4], void **owned) {
   size_t spec_len = strlen(spec);
   if (spec_len > UINT32_MAX) return FL_EINVAL;
-  size_t fixed = HEAD_LEN + MID_LEN + TAIL_LEN + spec_len;
-  if (num_params > (SIZE_MAX - fixed) / 4) return FL_EINVAL;
-  size_t size = fixed + 4 * num_params;
-  uint8_t *buf = malloc(size);
+  size_t head = HEAD_LEN + spec_len + MID_LEN;
+  if (num_params > (SIZE_MAX - head - TAIL_LEN) / 4) return FL_EINVAL;
+  /* Little-endian hosts write the parameters from where they are. */
+  const uint32_t probe = 1;
+  int little = *(const uint8_t *)&probe == 1;
+  uint8_t *buf = malloc(head + (little ? 0 : 4 * num_params));
   if (!buf) return FL_ENOMEM;
   uint8_t *p = buf;
   memcpy(p, MAGIC, MAGIC_LEN);
@@ -36,14 +38,45 @@ int fl_modelfile_encode(const char *spec, uint64_t model_id, const float *params
   p += spec_len;
   fl_put64(p, model_id);
   fl_put64(p + 8, num_params);
-  p += MID_LEN;
-  for (size_t i = 0; i < num_params; i++, p += 4) {
-    uint32_t bits;
-    memcpy(&bits, &params[i], 4);
-    fl_put32(p, bits);
+  const uint8_t *body = (const uint8_t *)params;
+  if (!little) {
+    uint8_t *q = buf + head;
+    for (size_t i = 0; i < num_params; i++, q += 4) {
+      uint32_t bits;
+      memcpy(&bits, &params[i], 4);
+      fl_put32(q, bits);
+    }
+    body = buf + head;
   }
-  fl_put32(p, (uint32_t)crc32_z(0, buf, size - TAIL_LEN));
+  uLong c = crc32_z(0, buf, head);
+  if (num_params) c = crc32_z(c, body, 4 * num_params); /* crc32_z(c, NULL, 0) resets */
+  fl_put32(crc, (uint32_t)c);
+  pieces[0] = (fl_piece){buf, head};
+  pieces[1] = (fl_piece){body, 4 * num_params};
+  pieces[2] = (fl_piece){crc, TAIL_LEN};
+  *owned = buf;
+  return 0;
+}
 
+int fl_modelfile_encode(const char *spec, uint64_t model_id, const float *params,
+                        size_t num_params, uint8_t **out, size_t *out_len) {
+  fl_piece pc[3];
+  uint8_t crc[4];
+  void *owned;
+  int rc = fl_modelfile_pieces(spec, model_id, params, num_params, pc, crc, &owned);
+  if (rc) return rc;
+  size_t size = pc[0].len + pc[1].len + pc[2].len;
+  uint8_t *buf = malloc(size);
+  if (!buf) {
+    free(owned);
+    return FL_ENOMEM;
+  }
+  size_t at = 0;
+  for (int i = 0; i < 3; i++) {
+    memcpy(buf + at, pc[i].data, pc[i].len);
+    at += pc[i].len;
+  }
+  free(owned);
   *out = buf;
   *out_len = size;
   return 0;
@@ -51,14 +84,15 @@ int fl_modelfile_encode(const char *spec, uint64_t model_id, const float *params
 
 int fl_modelfile_save(const char *path, const char *spec, uint64_t model_id,
                       const float *params, size_t num_params, char *err, size_t errlen) {
-  uint8_t *buf;
-  size_t size;
-  int rc = fl_modelfile_encode(spec, model_id, params, num_params, &buf, &size);
+  fl_piece pc[3];
+  uint8_t crc[4];
+  void *owned;
+  int rc = fl_modelfile_pieces(spec, model_id, params, num_params, pc, crc, &owned);
   if (rc)
     return fl_errf(err, errlen, rc, "%s: cannot encode the model (%zu parameters): %s", path,
-                    num_params, fl_strerror(rc));
-  rc = fl_file_write_atomic(path, buf, size, err, errlen);
-  free(buf);
+                   num_params, fl_strerror(rc));
+  rc = fl_file_write_atomic_pieces(path, pc, 3, err, errlen);
+  free(owned);
   return rc;
 }
 

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fileio.h"
+
 #define FL_MODELFILE_VERSION 1u
 
 int fl_modelfile_save(const char *path, const char *spec, uint64_t model_id,
@@ -20,6 +22,11 @@ int fl_modelfile_save(const char *path, const char *spec, uint64_t model_id,
 int fl_modelfile_load(const char *path, char **spec, uint64_t *model_id, float **params,
                       size_t *num_params, char *err, size_t errlen);
 
+/* The file image as three pieces (header, parameters, CRC) for fl_file_write_atomic_pieces,
+ * without a copy of the parameters on little-endian hosts: pieces[1] may point into
+ * params, pieces[2] into crc; *owned (malloc'd) must be freed after the pieces are used. */
+int fl_modelfile_pieces(const char *spec, uint64_t model_id, const float *params,
+                        size_t num_params, fl_piece pieces[3], uint8_t crc[4], void **owned);
 /* The file image in memory: *out (malloc'd, *len bytes) belongs to the caller. */
 int fl_modelfile_encode(const char *spec, uint64_t model_id, const float *params,
                         size_t num_params, uint8_t **out, size_t *len);

@@ -46,7 +46,7 @@ const fl_option server_options[] = {
   O("cert", "tls", FL_OPTT_STR, cert, "certs/out/server.crt", "FILE", "server certificate", 0, 0),
   O("key", "tls", FL_OPTT_STR, key, "certs/out/server.key", "FILE", "server private key", 0, 0),
   O("crl", "tls", FL_OPTT_STR, crl, NULL, "FILE", "certificate revocation list", 0, 0),
-  O("chunk-kib", "net", FL_OPTT_INT, chunk_kib, "256", "KIB", "tensor data per chunk message", 1, 2048),
+  O("chunk-kib", "net", FL_OPTT_INT, chunk_kib, "64", "KIB", "tensor data per chunk message, both ways (memory per connection grows with it)", 1, 1024),
   O("max-frame-mib", "net", FL_OPTT_INT, max_frame_mib, "4", "MIB", "largest frame accepted", 1, 1024),
   O("heartbeat", "net", FL_OPTT_DOUBLE, heartbeat, "15", "SECONDS", "heartbeat interval on idle connections", 0.01, 1e6),
   O("idle-timeout", "net", FL_OPTT_DOUBLE, idle_timeout, "120", "SECONDS", "drop a peer silent this long", 0.05, 1e9),

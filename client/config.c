@@ -16,7 +16,7 @@ const fl_option client_options[] = {
   O("server-name", "client", FL_OPTT_STR, server_name, NULL, "NAME", "name the server certificate must carry (default: the host of --server)", 0, 0),
   O("clients", "client", FL_OPTT_INT, clients, "1", "N", "virtual clients in this process, each with its own connection, identity and data", 1, 1000000),
   O("workers", "client", FL_OPTT_INT, workers, "0", "N", "training threads (0 = one per core)", 0, 1024),
-  O("log-level", "client", FL_OPTT_STR, log_level, "info", "LEVEL", "debug, info, warn or error", 0, 0),
+  O("log-level", "client", FL_OPTT_LOGLEVEL, log_level, "info", "LEVEL", "debug, info, warn or error", 0, 0),
   O("max-retries", "client", FL_OPTT_INT, max_retries, "20", "N", "failed connection attempts in a row before a client gives up", 0, 1000000),
   O("retry-base", "client", FL_OPTT_DOUBLE, retry_base, "0.2", "SECONDS", "first reconnect delay (doubles each attempt, with jitter)", 0.001, 3600),
   O("retry-max", "client", FL_OPTT_DOUBLE, retry_max, "30", "SECONDS", "longest reconnect delay", 0.001, 86400),
@@ -39,10 +39,6 @@ const fl_option client_options[] = {
 };
 
 int client_config_check(const client_config *c, char *err, size_t errlen) {
-  if (fl_log_level_parse(c->log_level) < 0) {
-    snprintf(err, errlen, "--log-level: unknown level '%s' (debug, info, warn, error)", c->log_level);
-    return FL_ECONFIG;
-  }
   char host[256];
   int port;
   if (fl_split_host_port(c->server, host, sizeof host, &port) != 0 || port == 0) {
@@ -71,10 +67,5 @@ int client_config_check(const client_config *c, char *err, size_t errlen) {
              c->partition_index, c->clients, c->partition_index + c->clients, parts);
     return FL_ECONFIG;
   }
-  if (c->heartbeat * 2 > c->idle_timeout) {
-    snprintf(err, errlen, "--idle-timeout (%g s) must be at least twice --heartbeat (%g s)",
-             c->idle_timeout, c->heartbeat);
-    return FL_ECONFIG;
-  }
-  return 0;
+  return fl_options_check_heartbeat(c->heartbeat, c->idle_timeout, err, errlen);
 }

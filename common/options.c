@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "error.h"
+#include "log.h"
 
 #define FIELD(cfg, o, type) ((type *)((char *)(cfg) + (o)->offset))
 
@@ -40,6 +41,12 @@ static int set_value(const fl_option *o, void *cfg, const char *v, char *err, si
   char *end;
   int ranged = o->min != o->max;
   switch (o->type) {
+  case FL_OPTT_LOGLEVEL:
+    if (fl_log_level_parse(v) < 0) {
+      snprintf(err, errlen, "%s: unknown level '%s' (debug, info, warn, error, off)", o->name, v);
+      return FL_ECONFIG;
+    }
+    /* fall through */
   case FL_OPTT_STR: {
     char **p = FIELD(cfg, o, char *);
     char *copy = v ? strdup(v) : NULL;
@@ -93,7 +100,7 @@ static int set_value(const fl_option *o, void *cfg, const char *v, char *err, si
 int fl_options_init(const fl_option *opts, void *cfg) {
   char err[256];
   for (const fl_option *o = opts; o->name; o++) {
-    if (o->type == FL_OPTT_STR) *FIELD(cfg, o, char *) = NULL;
+    if (o->type == FL_OPTT_STR || o->type == FL_OPTT_LOGLEVEL) *FIELD(cfg, o, char *) = NULL;
     if (o->def && set_value(o, cfg, o->def, err, sizeof err) != 0) return FL_EINVAL;
   }
   return 0;
@@ -101,7 +108,7 @@ int fl_options_init(const fl_option *opts, void *cfg) {
 
 void fl_options_free(const fl_option *opts, void *cfg) {
   for (const fl_option *o = opts; o->name; o++)
-    if (o->type == FL_OPTT_STR) {
+    if (o->type == FL_OPTT_STR || o->type == FL_OPTT_LOGLEVEL) {
       free(*FIELD(cfg, o, char *));
       *FIELD(cfg, o, char *) = NULL;
     }
@@ -263,4 +270,11 @@ int fl_split_host_port(const char *s, char *host, size_t hostlen, int *port) {
   if (!colon[1] || *end || p < 0 || p > 65535) return FL_ECONFIG;
   *port = (int)p;
   return 0;
+}
+
+int fl_options_check_heartbeat(double heartbeat, double idle_timeout, char *err, size_t errlen) {
+  if (heartbeat * 2 <= idle_timeout) return 0;
+  return fl_errf(err, errlen, FL_ECONFIG,
+                 "--idle-timeout (%g s) must be at least twice --heartbeat (%g s)", idle_timeout,
+                 heartbeat);
 }

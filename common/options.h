@@ -18,6 +18,7 @@ typedef enum {
   FL_OPTT_DOUBLE, /* double, range-checked, finite */
   FL_OPTT_BOOL,   /* int 0/1: a flag without value sets 1; "true/false/yes/no/on/off/1/0" */
   FL_OPTT_FLAG,   /* like BOOL but never takes a value on the command line */
+  FL_OPTT_LOGLEVEL, /* char *, one of debug, info, warn, error, off */
 } fl_opt_type;
 
 typedef struct fl_option {
@@ -48,6 +49,9 @@ int fl_options_parse_ini(const fl_option *opts, void *cfg, const char *path, cha
 int fl_options_set(const fl_option *opts, void *cfg, const char *name, const char *value,
                    char *err, size_t errlen);
 void fl_options_help(const fl_option *opts, FILE *f);
+
+/* Heartbeats must come at least twice per idle timeout, or idle peers get dropped. */
+int fl_options_check_heartbeat(double heartbeat, double idle_timeout, char *err, size_t errlen);
 
 /* Splits "HOST:PORT" or "[V6ADDR]:PORT" (port 0-65535); 0 or FL_ECONFIG. */
 int fl_split_host_port(const char *s, char *host, size_t hostlen, int *port);

@@ -13,7 +13,7 @@
 
 const fl_option server_options[] = {
   O("listen", "server", FL_OPTT_STR, listen, "0.0.0.0:7700", "HOST:PORT", "address to listen on", 0, 0),
-  O("log-level", "server", FL_OPTT_STR, log_level, "info", "LEVEL", "debug, info, warn or error", 0, 0),
+  O("log-level", "server", FL_OPTT_LOGLEVEL, log_level, "info", "LEVEL", "debug, info, warn or error", 0, 0),
   O("out", "server", FL_OPTT_STR, out, "fl-model.bin", "FILE", "final global model file", 0, 0),
   O("metrics", "server", FL_OPTT_STR, metrics, NULL, "FILE", "append one JSON line per round", 0, 0),
   O("checkpoint", "server", FL_OPTT_STR, checkpoint, NULL, "FILE", "checkpoint written after every round (default: OUT.ckpt)", 0, 0),
@@ -55,10 +55,6 @@ const fl_option server_options[] = {
 };
 
 int server_config_check(const server_config *c, char *err, size_t errlen) {
-  if (fl_log_level_parse(c->log_level) < 0) {
-    snprintf(err, errlen, "--log-level: unknown level '%s' (debug, info, warn, error)", c->log_level);
-    return FL_ECONFIG;
-  }
   char host[256];
   int port;
   if (fl_split_host_port(c->listen, host, sizeof host, &port) != 0) {
@@ -79,10 +75,5 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
              c->clients_per_round);
     return FL_ECONFIG;
   }
-  if (c->heartbeat * 2 > c->idle_timeout) {
-    snprintf(err, errlen, "--idle-timeout (%g s) must be at least twice --heartbeat (%g s)",
-             c->idle_timeout, c->heartbeat);
-    return FL_ECONFIG;
-  }
-  return 0;
+  return fl_options_check_heartbeat(c->heartbeat, c->idle_timeout, err, errlen);
 }

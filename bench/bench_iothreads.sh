@@ -1,11 +1,11 @@
 #!/bin/sh
-# Round time of the real fl-server sending a large model to many clients, with 1 and
-# with 2 I/O threads (--io-threads), measured in the same run; prints both and the ratio.
-#
-# Each client trains on a couple of samples for one epoch, so a round is mostly the
-# global model going out over TLS and the updates coming back.  The clients run in one
-# fl-client process on the same machine: on a small machine they compete with the
-# server for the cores, which caps the gain.  Rounds after the first are averaged (the
+# fl-server sending a large model to many clients with 1 and with 2 I/O threads
+# (--io-threads), measured in the same run: round time, and where the server's CPU
+# went — its total, and its busiest thread's.  TLS is the server's heaviest work; with
+# two I/O threads the busiest thread should carry about half of it, which is what lets
+# a server with free cores go faster.  The clients run in one fl-client process on the
+# same machine, so on a 2-core machine they take the other core and round time cannot
+# show the gain; the busiest-thread share can.  Rounds after the first are averaged (the
 # first also waits for the clients to connect).
 #
 # usage: bench/bench_iothreads.sh [CLIENTS [ROUNDS [MODEL]]]   (defaults 50 4 cnn)
@@ -27,33 +27,44 @@ if [ ! -f "$certs/client-$(printf %04d "$clients").crt" ]; then
   certs/gen.sh --out "$certs" --clients "$clients" --quiet
 fi
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 # Mean "seconds" of rounds 2..N in a metrics file.
 mean_seconds() {
-  python3 - "$1" <<'EOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-secs = [r["seconds"] for r in rows if r["round"] > 1]
-print("%.3f" % (sum(secs) / len(secs)) if secs else "nan")
-EOF
+  awk 'match($0, /"round":[0-9]+/) { r = substr($0, RSTART + 8, RLENGTH - 8) + 0
+         if (r > 1 && match($0, /"seconds":[0-9.e+-]+/)) { s += substr($0, RSTART + 10, RLENGTH - 10); n++ } }
+       END { if (n) printf "%.3f", s / n; else print "nan" }' "$1"
 }
 
-echo "fl-server round time, model $model, $clients clients, $rounds rounds (mean of rounds 2..$rounds)"
+# CPU ticks of every thread of a process, one "tid ticks" line each (utime + stime).
+thread_ticks() {
+  for st in /proc/"$1"/task/*/stat; do
+    sed 's/^[0-9]* (.*) //' "$st" 2>/dev/null | awk -v f="$st" '{ split(f, p, "/"); print p[5], $12 + $13 }'
+  done
+}
+
+echo "fl-server, model $model, $clients clients, $rounds rounds (round time: mean of rounds 2..$rounds)"
+printf '  %-14s %12s %14s %16s %10s\n' "" "s per round" "server CPU s" "busiest thread s" "busiest %"
 for t in $threads; do
-  port=$(free_port)
-  "$bin/fl-server" --listen "127.0.0.1:$port" --model "$model" --rounds "$rounds" \
+  "$bin/fl-server" --listen 127.0.0.1:0 --model "$model" --rounds "$rounds" \
     --clients-per-round "$clients" --min-clients "$clients" --epochs 1 --batch-size 2 \
     --metrics "$work/metrics-$t.jsonl" --out "$work/model-$t.bin" --io-threads "$t" \
     --ca "$certs/ca.crt" --cert "$certs/server.crt" --key "$certs/server.key" \
-    --log-level warn 2>"$work/server-$t.log" &
+    2>"$work/server-$t.log" &
   spid=$!
+  port=
+  while [ -z "$port" ] && kill -0 $spid 2>/dev/null; do
+    port=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\);.*/\1/p' "$work/server-$t.log" | head -1)
+    [ -n "$port" ] || sleep 0.05
+  done
   "$bin/fl-client" --server "127.0.0.1:$port" --server-name localhost --clients "$clients" \
     --data fashion-mnist:train --max-samples $((clients * 2)) --partition iid \
     --certs-dir "$certs" --ca "$certs/ca.crt" --log-level warn 2>"$work/client-$t.log" &
   cpid=$!
+  # The last per-thread snapshot before the server exits.
+  while kill -0 $spid 2>/dev/null; do
+    thread_ticks $spid > "$work/ticks.new" 2>/dev/null && [ -s "$work/ticks.new" ] &&
+      mv "$work/ticks.new" "$work/ticks-$t"
+    sleep 0.1
+  done
   if ! wait $spid; then
     echo "fl-server failed with --io-threads $t:" >&2
     tail -20 "$work/server-$t.log" >&2
@@ -61,10 +72,9 @@ for t in $threads; do
   fi
   wait $cpid || true
   spid= cpid=
-  s=$(mean_seconds "$work/metrics-$t.jsonl")
-  eval "secs_$t=$s"
-  printf '  --io-threads %-3s %8s s per round\n' "$t" "$s"
+  hz=$(getconf CLK_TCK)
+  awk -v t="$t" -v hz="$hz" -v secs="$(mean_seconds "$work/metrics-$t.jsonl")" '
+    { total += $2; if ($2 > max) max = $2 }
+    END { printf "  --io-threads %-2s %12s %14.2f %16.2f %9.0f%%\n", t, secs, total / hz, max / hz,
+          total ? 100 * max / total : 0 }' "$work/ticks-$t"
 done
-if [ -n "${secs_1:-}" ] && [ -n "${secs_2:-}" ]; then
-  python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('  ratio 1 thread / 2 threads: %.2fx' % (a/b))" "$secs_1" "$secs_2"
-fi

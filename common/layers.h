@@ -53,6 +53,14 @@ void fl__dense_forward(float *y, const float *x, const float *w, const float *b,
 /* dx [B][in] or NULL  dw [out][in]  db [out]  dy [B][out]  x [B][in]  w [out][in] */
 void fl__dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                         const float *w, int B, int in, int out);
+/* Backward fused with a plain SGD step (no momentum, clipping or proximal term): the
+ * weight-gradient product goes straight into the weights, w = (1 - lr wd) w - lr dy^T x,
+ * so the weight gradient is never stored and no optimizer pass streams it.  The bias
+ * gradient is accumulated in db [out] (zero on entry), applied, and db zeroed again.
+ * dx as above, from the weights before the update.  The same update as
+ * fl_optimizer_step, up to rounding. */
+void fl__dense_backward_sgd(float *dx, float *w, float *b, float *db, const float *dy,
+                            const float *x, int B, int in, int out, float lr, float wd);
 
 /* conv.c.  Input [B][C][H][W], weights w[K][C*F*F], bias b[K], output [B][K][H][W]
  * (stride 1, same padding: (F-1)/2 before, F/2 after).  col is scratch of

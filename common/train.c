@@ -137,9 +137,14 @@ static double forward(fl_trainer *t, const float *params, const float *x, const 
   return sum;
 }
 
-/* Adds the gradient of the batch's mean loss to grad; forward must have run (training). */
+/* Adds the gradient of the batch's mean loss to grad; forward must have run (training).
+ * With sgd (= params, writable) it instead takes a plain SGD step (learning rate lr, L2
+ * decay wd) layer by layer, each layer's parameters updated once its input gradient no
+ * longer needs them, and leaves grad zeroed as fl__optimizer_step_zero does: dense
+ * weights are updated inside the gradient product itself (fl__dense_backward_sgd), so
+ * their gradient is never stored. */
 static void backward(fl_trainer *t, const float *params, float *grad, const float *y,
-                     int B) {
+                     int B, float *sgd, float lr, float wd) {
   const fl_model *m = t->m;
   int p = 0;
   float *dout = t->dact[p];
@@ -155,13 +160,22 @@ static void backward(fl_trainer *t, const float *params, float *grad, const floa
     size_t n = (size_t)B * l->out_size;
     switch (l->kind) {
     case FL__DENSE:
-      fl__dense_backward(din, grad + l->w_off, grad + l->b_off, dout, in, params + l->w_off,
-                         B, (int)l->in_size, (int)l->out_size);
+      if (sgd)
+        fl__dense_backward_sgd(din, sgd + l->w_off, sgd + l->b_off, grad + l->b_off, dout,
+                               in, B, (int)l->in_size, (int)l->out_size, lr, wd);
+      else
+        fl__dense_backward(din, grad + l->w_off, grad + l->b_off, dout, in,
+                           params + l->w_off, B, (int)l->in_size, (int)l->out_size);
       break;
     case FL__CONV:
       fl__conv_backward(din, grad + l->w_off, grad + l->b_off, t->col, dout, in,
                         params + l->w_off, B, (int)l->c, (int)l->h, (int)l->w,
                         (int)l->filters, (int)l->ksize);
+      if (sgd) /* weights then bias, contiguous: fl_optimizer_step's plain SGD update */
+        for (size_t k = l->w_off; k < l->b_off + l->b_len; k++) {
+          sgd[k] -= lr * (grad[k] + wd * sgd[k]);
+          grad[k] = 0.0f;
+        }
       break;
     case FL__POOL:
       if (din) fl__pool_backward(din, dout, t->aux[i], B, (int)l->c, (int)l->h, (int)l->w);
@@ -211,7 +225,7 @@ int fl_trainer_grad(fl_trainer *t, const float *params, const float *x, const fl
   double sum = forward(t, params, x, y, (int)n, training);
   *loss = sum / n;
   if (!isfinite(sum)) return FL_ENONFINITE;
-  if (grad) backward(t, params, grad, y, (int)n);
+  if (grad) backward(t, params, grad, y, (int)n, NULL, 0.0f, 0.0f);
   return 0;
 }
 
@@ -287,6 +301,13 @@ int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train
   memset(t->m2, 0, sizeof(float) * P);
   fl_rng_seed2(&t->drop_rng, cfg->seed, UINT64_MAX);
   uint64_t step = 0;
+  /* Plain SGD (momentum 0 takes fl_optimizer_step's plain branch, Nesterov or not; no
+   * clipping or proximal term, which need the whole gradient first) is applied inside
+   * backward: a separate optimizer pass would stream the weights and the full gradient
+   * (written by the products, then read, then zeroed) once more, which at small batches
+   * costs a large share of the step.  Same update, up to rounding. */
+  const int sgd_fused = cfg->optimizer == FL_OPT_SGD && cfg->momentum == 0.0f &&
+                        !(cfg->prox_mu > 0.0f) && !(cfg->clip_norm > 0.0f);
   for (uint32_t e = 0; e < cfg->epochs; e++) {
     for (size_t i = 0; i < n; i++) perm[i] = data->idx ? data->idx[i] : (uint32_t)i;
     fl_rng r;
@@ -301,9 +322,14 @@ int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train
       if (!isfinite(s)) { rc = FL_ENONFINITE; goto out; }
       sum += s;
       correct += count_correct(t, t->yb, B);
-      backward(t, params, t->grad, t->yb, B);
-      rc = fl__optimizer_step_zero(cfg, params, t->grad, t->m1, t->m2, P, ++step);
-      if (rc < 0) goto out;
+      ++step;
+      if (sgd_fused) {
+        backward(t, params, t->grad, t->yb, B, params, cfg->lr, cfg->weight_decay);
+      } else {
+        backward(t, params, t->grad, t->yb, B, NULL, 0.0f, 0.0f);
+        rc = fl__optimizer_step_zero(cfg, params, t->grad, t->m1, t->m2, P, step);
+        if (rc < 0) goto out;
+      }
     }
     fl_eval ev = {sum / n, m->head == FL__MSE ? 0.0 : (double)correct / n, 0.0, n};
     if (last) *last = ev;

@@ -157,6 +157,36 @@ Test(train, bad_data_refused) {
   fl_dataset_free(&d);
 }
 
+/* fl_train applies plain SGD inside the backward pass (no separate optimizer step);
+ * clip_norm far above any gradient norm forces the separate fl_optimizer_step path with
+ * the same update, so the two must agree up to rounding. */
+Test(train, fused_sgd_matches_optimizer_step, .init = one_blas_thread) {
+  fl_dataset d = synthetic(200, 144, 4, 3);
+  d.channels = 1, d.height = 12, d.width = 12;
+  fl_subset s = {&d, NULL, d.n};
+  fl_model *m = create(IMG_SPEC);
+  size_t P = fl_model_num_params(m);
+  for (int wd = 0; wd < 2; wd++) {
+    job a = {m, &s, fl_train_config_default(), malloc(P * 4), 0}, b = a;
+    b.params = malloc(P * 4);
+    a.cfg.lr = b.cfg.lr = 0.05f;
+    a.cfg.batch_size = b.cfg.batch_size = 7; /* a short last batch */
+    a.cfg.epochs = b.cfg.epochs = 2;
+    a.cfg.weight_decay = b.cfg.weight_decay = wd ? 1e-2f : 0.0f;
+    b.cfg.clip_norm = 1e30f;
+    run_job(&a);
+    run_job(&b);
+    cr_assert_eq(a.rc, 0);
+    cr_assert_eq(b.rc, 0);
+    float maxdiff = 0.0f;
+    for (size_t i = 0; i < P; i++) maxdiff = fmaxf(maxdiff, fabsf(a.params[i] - b.params[i]));
+    cr_assert(maxdiff < 1e-4f, "wd %d: fused and separate SGD differ by %g", wd, maxdiff);
+    free(a.params); free(b.params);
+  }
+  fl_model_free(m);
+  fl_dataset_free(&d);
+}
+
 Test(train, auc_with_ties) {
   float s1[4] = {0.1f, 0.4f, 0.35f, 0.8f}, l1[4] = {0, 0, 1, 1};
   cr_assert_float_eq(fl_auc(s1, l1, 4), 0.75, 1e-12);

@@ -155,11 +155,13 @@ struct server {
   int waiting_for_more;
   uint64_t first_round;          /* 1, or the round after the checkpoint's */
   int stopping, exit_code;
+  int lingered;                  /* the goodbye is over (see close_all) */
 };
 
 static void advance(server *s);
 static void start_fold(server *s);
 static void stop_run(server *s);
+static void end_linger(server *s);
 
 static uint64_t now_ms(server *s) { return uv_now(&s->loop); }
 
@@ -678,6 +680,7 @@ static void on_close(fl_peer *peer, int err, const char *reason) {
   if (c->next) c->next->prev = c->prev;
   s->n_clients--;
   free(c);
+  if (s->ph == PH_DONE && !s->clients) end_linger(s);
   advance(s);
 }
 
@@ -944,21 +947,38 @@ static void begin_round_number(server *s, uint64_t number) {
   s->ph = PH_WAITING;
 }
 
-/* Says goodbye to every client (reconnect_ms > 0: come back later), stops listening and
- * closes the server's own handles, so the loop ends once the connections are closed. */
+/* How long clients get to read Done and hang up before the server closes on them. */
+#define LINGER_MS 5000
+
+/* The end of the goodbye: every connection still open is closed, and the timer with it,
+ * so the loop ends once the connections are gone. */
+static void end_linger(server *s) {
+  if (s->lingered) return;
+  s->lingered = 1;
+  for (client *c = s->clients; c; c = c->next) fl_peer_close(c->peer, "server closing");
+  uv_close((uv_handle_t *)&s->timer, NULL);
+}
+
+static void on_linger(uv_timer_t *t) { end_linger(t->data); }
+
+/* Says goodbye to every client (reconnect_ms > 0: come back later) and stops listening.
+ * Clients hang up when they read Done; the server does not close first, because closing
+ * a socket with unread data (a late update still arriving) resets the connection, and a
+ * reset can destroy the Done frame before the client reads it. */
 static void close_all(server *s, const char *why, uint32_t reconnect_ms) {
   s->ph = PH_DONE;
   uv_timer_stop(&s->timer);
   for (client *c = s->clients; c; c = c->next) {
     if (c->closing) continue;
+    c->closing = 1; /* from now on its frames are read and dropped */
     if (c->ready) send_done(c, why, reconnect_ms);
-    c->closing = 1;
-    fl_peer_close(c->peer, why);
+    else fl_peer_close(c->peer, why);
   }
   fl_io_stop_listening(s->io);
-  uv_close((uv_handle_t *)&s->timer, NULL);
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
+  if (s->clients) uv_timer_start(&s->timer, on_linger, LINGER_MS, 0);
+  else end_linger(s);
 }
 
 static void finish_run(server *s, const char *why) {

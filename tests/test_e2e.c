@@ -190,8 +190,9 @@ Test(e2e, server_and_three_client_processes, .timeout = 300) {
   run r;
   run_init(&r);
   char *sargv[] = {r.server, "--listen", r.listen, "--model", "logreg", "--rounds", "3",
-                   "--clients-per-round", "3", "--min-clients", "3", "--metrics", r.metrics,
-                   "--out", r.out, "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
+                   "--clients-per-round", "3", "--min-clients", "3", "--fed-eval-every", "2",
+                   "--metrics", r.metrics, "--out", r.out, "--ca", r.ca, "--cert", r.cert,
+                   "--key", r.key, NULL};
   pid_t s = fl_test_spawn(r.log, sargv);
   pid_t c[3];
   char logs[3][600];
@@ -214,6 +215,49 @@ Test(e2e, server_and_three_client_processes, .timeout = 300) {
     cr_assert(fl_test_sanitizer_clean(logs[i]));
   }
   cr_assert_eq(fl_test_count(r.metrics, "\"updates_accepted\":3"), 3);
+  /* Federated evaluation in rounds 2 and 3 (every 2nd, and the last), by all three. */
+  cr_assert_eq(fl_test_count(r.metrics, "\"fed_eval_clients\":3"), 2, "%s", r.metrics);
+  cr_assert_eq(fl_test_count(r.metrics, "\"fed_eval_accuracy\":null"), 1, "%s", r.metrics);
   cr_assert(fl_test_sanitizer_clean(r.log));
+  run_free(&r);
+}
+
+/* --init-model starts from a pretrained model file (here one fl-train made), and a file
+ * for another model is refused with a message naming both. */
+Test(e2e, init_model_from_fl_train, .timeout = 300) {
+  run r;
+  run_init(&r);
+  char pre[600], tlog[600], cmd[2048];
+  snprintf(pre, sizeof pre, "%s/pretrained.bin", r.dir);
+  snprintf(tlog, sizeof tlog, "%s/train.log", r.dir);
+  snprintf(cmd, sizeof cmd, "%s/fl-train --model logreg --epochs 2 --batch 64 --lr 0.1 --out %s >%s 2>&1",
+           fl_test_bin_dir(), pre, tlog);
+  cr_assert_eq(fl_test_system(cmd), 0, "fl-train failed (%s)", tlog);
+
+  char *bad[] = {r.server, "--listen", r.listen, "--model", "2nn", "--init-model", pre,
+                 "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
+  cr_assert_eq(fl_test_wait(fl_test_spawn(r.log, bad), 30), 1);
+  cr_assert_eq(fl_test_count(r.log, "pretrained.bin holds model 'in:784 dense:10 softmax'"), 1, "%s", r.log);
+
+  /* One round with a tiny step: the model is still the pretrained one's quality. */
+  char *sargv[] = {r.server, "--listen", r.listen, "--model", "logreg", "--init-model", pre,
+                   "--rounds", "1", "--clients-per-round", "1", "--lr", "0.0001",
+                   "--test-data", "fashion-mnist:test", "--metrics", r.metrics, "--out", r.out,
+                   "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
+  char clog[600];
+  snprintf(clog, sizeof clog, "%s/client.log", r.dir);
+  char *cargv[] = {r.client, "--server", r.server_addr, "--server-name", "localhost", "--clients",
+                   "1", "--data", "fashion-mnist:train", "--max-samples", "100", "--certs-dir",
+                   (char *)fl_test_certs_dir(), "--ca", r.ca, NULL};
+  pid_t s = fl_test_spawn(r.log, sargv);
+  pid_t c = fl_test_spawn(clog, cargv);
+  cr_assert_eq(fl_test_wait(s, 120), 0, "server failed (%s)", r.log);
+  cr_assert_eq(fl_test_wait(c, 30), 0, "client failed (%s)", clog);
+  char *m = fl_test_read_file(r.metrics, NULL);
+  cr_assert_not_null(m);
+  double acc = json_num(m, "test_accuracy");
+  free(m);
+  cr_assert_gt(acc, 0.75, "a pretrained start should test well above chance: %.3f", acc);
+  cr_assert_eq(fl_test_count(r.log, "initial model from"), 1);
   run_free(&r);
 }

@@ -38,6 +38,7 @@ int fl_test_free_port(void) {
 }
 
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -52,6 +53,8 @@ char *fl_test_tmpdir(void) {
 pid_t fl_test_spawn(const char *log, char *const argv[]) {
   pid_t pid = fork();
   if (pid != 0) return pid;
+  /* A test that fails an assertion exits at once: its servers and clients go with it. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
   int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
   if (fd >= 0) {
     dup2(fd, 1);

@@ -21,7 +21,8 @@ int fl_test_free_port(void);
 
 /* A fresh temporary directory (malloc'd path; the caller frees it). */
 char *fl_test_tmpdir(void);
-/* Starts argv[0] (a path) with stdout and stderr appended to log; returns the pid. */
+/* Starts argv[0] (a path) with stdout and stderr appended to log; returns the pid.  The
+ * child is killed when the test process exits. */
 pid_t fl_test_spawn(const char *log, char *const argv[]);
 /* Waits up to timeout_s for pid: its exit status, 128+signal if killed by one, or -1 on
  * timeout (the process is then killed with SIGKILL and reaped). */

@@ -620,6 +620,7 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
     v->a = a;
     v->index = i;
     v->partition = cfg->partition ? cfg->partition_index + i : -1;
+    v->chunk_bytes = FL_CHUNK_DEFAULT; /* until the server's Welcome names its size */
     fl_rng_seed2(&v->rng, (uint64_t)time(NULL) ^ (uint64_t)uv_os_getpid(), (uint64_t)i);
     char cert[1024], key[1024];
     if (cfg->cert) {

@@ -2,14 +2,12 @@
  * clients (simulation).  Flags or an INI file (--config) configure it. */
 #include <signal.h>
 #include <stdio.h>
-#include <string.h>
 
 #include "client.h"
 #include "config.h"
 #include "conn.h"
 #include "error.h"
 #include "log.h"
-#include "version.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -24,31 +22,18 @@ static void usage(FILE *f) {
           "  --config FILE                INI file with any of the options below\n"
           "  --help                       this text\n"
           "  --version                    print the version\n");
-  fl_options_help(client_options, f);
+}
+
+static int check(const void *cfg, char *err, size_t errlen) {
+  return client_config_check(cfg, err, errlen);
 }
 
 int main(int argc, char **argv) {
   client_config cfg;
   char err[1024] = "";
   signal(SIGPIPE, SIG_IGN);
-  for (int i = 1; i < argc; i++)
-    if (strcmp(argv[i], "--version") == 0) {
-      printf("fl-client %s\n", FL_VERSION);
-      return 0;
-    }
-  fl_options_init(client_options, &cfg);
-  int rc = fl_options_parse_args(client_options, &cfg, argc, argv, 1, err, sizeof err);
-  if (rc == 1) {
-    usage(stdout);
-    fl_options_free(client_options, &cfg);
-    return 0;
-  }
-  if (rc == 0) rc = client_config_check(&cfg, err, sizeof err);
-  if (rc) {
-    fprintf(stderr, "fl-client: %s\n", err);
-    fl_options_free(client_options, &cfg);
-    return 2;
-  }
+  int rc = fl_options_cli("fl-client", client_options, &cfg, argc, argv, usage, check);
+  if (rc >= 0) return rc;
   fl_log_set_level(fl_log_level_parse(cfg.log_level));
   long fds = fl_conn_raise_fd_limit();
   if (fds >= 0 && fds < (long)cfg.clients + 64)

@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "version.h"
 
 #define FIELD(cfg, o, type) ((type *)((char *)(cfg) + (o)->offset))
 
@@ -277,4 +278,28 @@ int fl_options_check_heartbeat(double heartbeat, double idle_timeout, char *err,
   return fl_errf(err, errlen, FL_ECONFIG,
                  "--idle-timeout (%g s) must be at least twice --heartbeat (%g s)", idle_timeout,
                  heartbeat);
+}
+
+int fl_options_cli(const char *prog, const fl_option *opts, void *cfg, int argc, char **argv,
+                   void (*usage)(FILE *f),
+                   int (*check)(const void *cfg, char *err, size_t errlen)) {
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--version") == 0) {
+      printf("%s %s\n", prog, FL_VERSION);
+      return 0;
+    }
+  char err[1024] = "";
+  fl_options_init(opts, cfg);
+  int rc = fl_options_parse_args(opts, cfg, argc, argv, 1, err, sizeof err);
+  if (rc == 1) {
+    usage(stdout);
+    fl_options_help(opts, stdout);
+    fl_options_free(opts, cfg);
+    return 0;
+  }
+  if (rc == 0) rc = check(cfg, err, sizeof err);
+  if (rc == 0) return -1;
+  fprintf(stderr, "%s: %s\n", prog, err);
+  fl_options_free(opts, cfg);
+  return 2;
 }

@@ -50,6 +50,15 @@ int fl_options_set(const fl_option *opts, void *cfg, const char *name, const cha
                    char *err, size_t errlen);
 void fl_options_help(const fl_option *opts, FILE *f);
 
+/* The start of every fl binary's main: --version, --config and flags, --help (usage,
+ * then the option table), then the binary's own cross-field check.  Returns -1 when the
+ * program should go on (cfg then holds the options; the caller frees it), else the exit
+ * code: 0 after --help or --version, 2 after a refused option (message on stderr, cfg
+ * already freed). */
+int fl_options_cli(const char *prog, const fl_option *opts, void *cfg, int argc, char **argv,
+                   void (*usage)(FILE *f),
+                   int (*check)(const void *cfg, char *err, size_t errlen));
+
 /* Heartbeats must come at least twice per idle timeout, or idle peers get dropped. */
 int fl_options_check_heartbeat(double heartbeat, double idle_timeout, char *err, size_t errlen);
 

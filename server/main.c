@@ -2,14 +2,12 @@
  * it logs to stderr with levels and exits 0 once the configured rounds are done. */
 #include <signal.h>
 #include <stdio.h>
-#include <string.h>
 
 #include "config.h"
 #include "conn.h"
 #include "error.h"
 #include "log.h"
 #include "server.h"
-#include "version.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -28,31 +26,18 @@ static void usage(FILE *f) {
           "  --config FILE                INI file with any of the options below\n"
           "  --help                       this text\n"
           "  --version                    print the version\n");
-  fl_options_help(server_options, f);
+}
+
+static int check(const void *cfg, char *err, size_t errlen) {
+  return server_config_check(cfg, err, errlen);
 }
 
 int main(int argc, char **argv) {
   server_config cfg;
   char err[1024] = "";
   signal(SIGPIPE, SIG_IGN);
-  for (int i = 1; i < argc; i++)
-    if (strcmp(argv[i], "--version") == 0) {
-      printf("fl-server %s\n", FL_VERSION);
-      return 0;
-    }
-  fl_options_init(server_options, &cfg);
-  int rc = fl_options_parse_args(server_options, &cfg, argc, argv, 1, err, sizeof err);
-  if (rc == 1) {
-    usage(stdout);
-    fl_options_free(server_options, &cfg);
-    return 0;
-  }
-  if (rc == 0) rc = server_config_check(&cfg, err, sizeof err);
-  if (rc) {
-    fprintf(stderr, "fl-server: %s\n", err);
-    fl_options_free(server_options, &cfg);
-    return 2;
-  }
+  int rc = fl_options_cli("fl-server", server_options, &cfg, argc, argv, usage, check);
+  if (rc >= 0) return rc;
   fl_log_set_level(fl_log_level_parse(cfg.log_level));
   fl_debug("server", "open-file limit %ld", fl_conn_raise_fd_limit());
   server *s;

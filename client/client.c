@@ -2,8 +2,9 @@
  * data, on one libuv loop.
  *
  * A client says hello, then does what the server asks: a TrainTask (followed by the
- * global model in chunks) is trained on a worker thread and answered with an Update and
- * the delta in chunks; an EvalTask is answered with an EvalResult.  A dropped connection
+ * global model in chunks) is trained on a worker thread and answered with an Update; the
+ * delta follows in chunks once the server says Proceed (or is dropped if it refuses the
+ * update); an EvalTask is answered with an EvalResult.  A dropped connection
  * is retried with exponential backoff and jitter; Done ends the client.  The process
  * exits when every virtual client is done (0) or has given up (1). */
 #include "client.h"
@@ -47,6 +48,7 @@ typedef struct job {
   float *local;        /* [n] trained weights, then the delta (train only) */
   fl_tensor_rx rx;
   fl_tensor_tx tx;
+  int go;              /* the server said Proceed: the delta may be sent */
   int rc;
   fl_eval result;
   double seconds;
@@ -69,7 +71,7 @@ struct vclient {
   int partition;       /* -1 when training on all of --data */
   uint32_t chunk_bytes; /* tensor data per chunk, as the server's Welcome asks */
   job *rx;             /* task whose model is arriving */
-  job *tx;             /* update being sent */
+  job *tx;             /* update waiting for Proceed, or being sent */
 };
 
 struct app {
@@ -127,7 +129,7 @@ static void job_free(job *j) {
 }
 
 static void pump_tx(vclient *v) {
-  while (v->tx && fl_conn_queued(v->conn) < v->a->copt.high_water) {
+  while (v->tx && v->tx->go && fl_conn_queued(v->conn) < v->a->copt.high_water) {
     uint8_t *buf;
     size_t len;
     int rc = fl_tensor_tx_next(&v->tx->tx, &buf, &len);
@@ -276,9 +278,19 @@ static void job_done(pool_job *pj) {
     job_free(j);
     return;
   }
-  job_free(v->tx); /* an older update still streaming is superseded */
+  job_free(v->tx); /* an older update still waiting or streaming is superseded */
   v->tx = j;
   fl_tensor_tx_init(&j->tx, j->local, j->n, v->chunk_bytes);
+}
+
+/* The server takes the update for this round now. */
+static void on_proceed(vclient *v, const Fl__Proceed *p) {
+  if (!v->tx || v->tx->go || v->tx->round != p->round) {
+    fl_warn(v->name, "server says proceed for round %llu, but no update of that round waits",
+            (unsigned long long)p->round);
+    return;
+  }
+  v->tx->go = 1;
   pump_tx(v);
 }
 
@@ -441,9 +453,14 @@ static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_EVAL_TASK: on_eval_task(v, env->eval_task); break;
   case FL__ENVELOPE__BODY_CHUNK: on_chunk(v, env->chunk); break;
   case FL__ENVELOPE__BODY_HEARTBEAT: break;
+  case FL__ENVELOPE__BODY_PROCEED: on_proceed(v, env->proceed); break;
   case FL__ENVELOPE__BODY_ERROR:
     fl_warn(v->name, "server says: %s", env->error->reason);
     if (env->error->code == FL__ERROR_CODE__ERROR_VERSION) finish_vc(v, VC_FAILED);
+    if (env->error->code == FL__ERROR_CODE__ERROR_REFUSED && v->tx) {
+      job_free(v->tx); /* the refused update: nothing more of it is sent */
+      v->tx = NULL;
+    }
     break;
   case FL__ENVELOPE__BODY_DONE:
     if (env->done->reconnect_after_ms) {

@@ -139,6 +139,7 @@ const char *fl_msg_name(const Fl__Envelope *env) {
   case FL__ENVELOPE__BODY_HEARTBEAT: return "heartbeat";
   case FL__ENVELOPE__BODY_ERROR: return "error";
   case FL__ENVELOPE__BODY_DONE: return "done";
+  case FL__ENVELOPE__BODY_PROCEED: return "proceed";
   default: return "unknown";
   }
 }

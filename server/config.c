@@ -29,6 +29,7 @@ const fl_option server_options[] = {
   O("server-lr", "round", FL_OPTT_DOUBLE, server_lr, "1", "RATE", "server learning rate applied to the averaged delta", 0, 1e6),
   O("strategy", "round", FL_OPTT_STR, strategy, "fedavg", "NAME", "aggregation strategy (fedavg)", 0, 0),
   O("over-select", "round", FL_OPTT_DOUBLE, over_select, "0", "FRACTION", "select this fraction more clients and close the round once enough updates arrived", 0, 10),
+  O("update-buffers", "round", FL_OPTT_INT, update_buffers, "2", "N", "updates received and folded at once (one model size of memory each)", 1, 64),
   O("max-attempts", "round", FL_OPTT_INT, max_attempts, "3", "N", "failed attempts at a round before waiting for new clients", 1, 1000000),
   O("epochs", "train", FL_OPTT_INT, epochs, "1", "N", "local epochs per round", 1, 1e6),
   O("batch-size", "train", FL_OPTT_INT, batch_size, "10", "N", "local mini-batch size", 1, 1e6),

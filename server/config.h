@@ -26,6 +26,7 @@ typedef struct server_config {
   char *strategy;
   double over_select;       /* select this fraction more clients than needed */
   int max_attempts;         /* failed attempts of a round before waiting for new clients */
+  int update_buffers;       /* updates received and folded at once */
   /* [train]: sent to clients each round */
   int epochs;
   int batch_size;

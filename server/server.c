@@ -9,12 +9,13 @@
  * a round on calls advance(), the one place that decides what happens next.
  *
  * Memory does not grow with the clients per round: the global model (one model size),
- * the strategy's double-precision sum (two) and UPDATE_BUFFERS update buffer (one) are
- * all the model-sized memory there is.  A client
- * whose update arrives while every buffer is busy is paused (its socket is not read)
- * until a fold returns one.  Likewise at most MAX_STREAMS clients are sent the model at
- * once (each holds up to a chunk of it, encrypted, in its queue); the others wait their
- * turn. */
+ * the strategy's double-precision sum (two) and --update-buffers update buffers (one
+ * each, two by default) are all the model-sized memory there is.  A client's Update is
+ * answered with Proceed once a buffer is free; until then the client waits and sends
+ * nothing, so clients that finish together cost no memory while they queue.  Updates
+ * that complete while a fold runs are folded together in the next pass.  Likewise at
+ * most MAX_STREAMS clients are sent the model at once (each holds up to a chunk of it,
+ * encrypted, in its queue); the others wait their turn. */
 #include "server.h"
 
 #include <cblas.h>
@@ -40,7 +41,6 @@
 #include "train.h"
 #include "version.h"
 
-#define UPDATE_BUFFERS 1
 #define MAX_STREAMS 16
 #define MAX_REFUSALS 64
 
@@ -54,7 +54,7 @@ struct client {
   server *srv;
   fl_peer *peer;
   client *prev, *next;       /* srv->clients */
-  client *wait_next;         /* srv->waiting: paused until an update buffer frees */
+  client *wait_next;         /* srv->waiting: its Update waits for an update buffer */
   char id[128];
   uint64_t num_samples;
   int ready;                 /* said hello, was welcomed */
@@ -78,11 +78,13 @@ struct client {
   double upd_loss, upd_acc, upd_seconds;
 };
 
+/* One pass of the strategy's fold over every update that was waiting for it. */
 typedef struct fold_job {
   uv_work_t work;
   server *srv;
-  float *buf;
-  double weight;
+  size_t k;
+  const float **bufs;  /* [k] */
+  double *weights;     /* [k] */
   int rc;
 } fold_job;
 
@@ -104,6 +106,7 @@ typedef struct round_stats {
   refusal refusals[MAX_REFUSALS];
   size_t n_refusals;
   int timed_out;
+  size_t fold_passes;                /* each folds one or more updates */
 } round_stats;
 
 struct server {
@@ -132,11 +135,16 @@ struct server {
   fl_eval eval_result;
   int eval_rc;
 
-  float *bufs[UPDATE_BUFFERS];   /* free update buffers */
+  int n_bufs;                    /* update buffers in all (--update-buffers) */
+  float *buf_mem;                /* [n_bufs * n] their memory */
+  float **bufs;                  /* [n_bufs] the free ones first */
   int n_free;
-  client *waiting, *waiting_tail;
-  fold_job *folds[UPDATE_BUFFERS];
-  int n_folds, fold_busy;
+  client *waiting, *waiting_tail; /* Updates waiting for a buffer, first come first */
+  float **ready;                 /* [n_bufs] complete updates waiting for a fold */
+  double *ready_w;               /* their weights */
+  int n_ready_bufs;
+  fold_job fold;                 /* the one fold under way, if fold_busy */
+  int fold_busy;
 
   client *clients;
   size_t n_clients, n_ready;
@@ -330,16 +338,30 @@ static void send_done(client *c, const char *reason, uint32_t reconnect_ms) {
 
 /* ---- update buffers and folding ---- */
 
+static void send_proceed(client *c) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Proceed p = FL__PROCEED__INIT;
+  p.round = c->task_round;
+  env.body_case = FL__ENVELOPE__BODY_PROCEED;
+  env.proceed = &p;
+  send_env(c, &env);
+}
+
+/* The client's update may come: it gets buffer buf and a Proceed. */
+static void take_update(client *c, float *buf) {
+  c->buf = buf;
+  c->rx = RX_UPDATE;
+  fl_tensor_rx_init(&c->rxt, buf, c->srv->n, 1);
+  send_proceed(c);
+}
+
 static void release_buf(server *s, float *buf) {
   client *c = s->waiting;
-  if (c) { /* hand it straight to the first paused client */
+  if (c) { /* straight to the update that has waited longest */
     s->waiting = c->wait_next;
     if (!s->waiting) s->waiting_tail = NULL;
     c->wait_next = NULL;
-    c->buf = buf;
-    c->rx = RX_UPDATE;
-    fl_tensor_rx_init(&c->rxt, buf, s->n, 1);
-    fl_peer_resume(c->peer);
+    take_update(c, buf);
     return;
   }
   s->bufs[s->n_free++] = buf;
@@ -359,27 +381,34 @@ static void unwait(server *s, client *c) {
 
 static void fold_work(uv_work_t *w) {
   fold_job *j = w->data;
-  j->rc = j->srv->strategy->ops->fold(j->srv->strategy, j->buf, j->weight);
+  fl_strategy *st = j->srv->strategy;
+  j->rc = st->ops->fold(st, j->bufs, j->weights, j->k);
 }
 
 static void fold_after(uv_work_t *w, int status) {
   fold_job *j = w->data;
   server *s = j->srv;
   (void)status;
-  if (j->rc) fl_error("server", "folding an update failed: %s", fl_strerror(j->rc));
-  release_buf(s, j->buf);
-  free(j);
+  if (j->rc) fl_error("server", "folding %zu updates failed: %s", j->k, fl_strerror(j->rc));
+  for (size_t i = 0; i < j->k; i++) release_buf(s, (float *)j->bufs[i]);
   s->fold_busy = 0;
   start_fold(s);
   advance(s);
 }
 
+/* Folds every complete update that is waiting, in one pass. */
 static void start_fold(server *s) {
-  if (s->fold_busy || s->n_folds == 0) return;
-  fold_job *j = s->folds[0];
-  memmove(s->folds, s->folds + 1, (size_t)(s->n_folds - 1) * sizeof *s->folds);
-  s->n_folds--;
+  if (s->fold_busy || s->n_ready_bufs == 0) return;
+  fold_job *j = &s->fold;
+  j->k = (size_t)s->n_ready_bufs;
+  for (int i = 0; i < s->n_ready_bufs; i++) {
+    j->bufs[i] = s->ready[i];
+    j->weights[i] = s->ready_w[i];
+  }
+  s->n_ready_bufs = 0;
   s->fold_busy = 1;
+  s->r.fold_passes++;
+  j->srv = s;
   j->work.data = j;
   uv_queue_work(&s->loop, &j->work, fold_work, fold_after);
 }
@@ -418,9 +447,10 @@ static void refuse(client *c, const char *fmt, ...) {
   send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason);
 }
 
+/* An Update header.  Refused, it leaves the client's state alone (an update it is still
+ * sending goes on); accepted, the client is given a buffer and Proceed, or waits. */
 static void on_update(client *c, const Fl__Update *u) {
   server *s = c->srv;
-  c->rx = RX_DISCARD; /* until accepted below, its chunks are skipped */
   if (u->round < s->r.number || (u->round == s->r.number && s->ph != PH_TRAINING)) {
     refuse(c, "stale update for round %llu, which is closed (the current round is %llu)",
            (unsigned long long)u->round, (unsigned long long)s->r.number);
@@ -458,12 +488,9 @@ static void on_update(client *c, const Fl__Update *u) {
   c->upd_acc = u->metrics ? u->metrics->accuracy : NAN;
   c->upd_seconds = u->metrics ? u->metrics->seconds : 0;
   if (s->n_free > 0) {
-    c->buf = s->bufs[--s->n_free];
-    c->rx = RX_UPDATE;
-    fl_tensor_rx_init(&c->rxt, c->buf, s->n, 1);
+    take_update(c, s->bufs[--s->n_free]);
   } else {
     c->rx = RX_WAIT_BUF;
-    fl_peer_pause(c->peer);
     if (s->waiting_tail) s->waiting_tail->wait_next = c;
     else s->waiting = c;
     s->waiting_tail = c;
@@ -476,10 +503,7 @@ static void abort_rx(client *c) {
     c->buf = NULL;
     release_buf(c->srv, b);
   }
-  if (c->rx == RX_WAIT_BUF) {
-    unwait(c->srv, c);
-    fl_peer_resume(c->peer);
-  }
+  if (c->rx == RX_WAIT_BUF) unwait(c->srv, c);
   c->rx = RX_DISCARD;
 }
 
@@ -491,9 +515,12 @@ static void on_chunk(client *c, const Fl__TensorChunk *ch) {
     return;
   }
   if (c->rx != RX_UPDATE) {
-    fl_warn("server", "%s (%s): tensor chunk without an update", c->id, fl_peer_addr(c->peer));
-    send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "tensor chunk without an update");
-    fl_peer_close(c->peer, "protocol violation: tensor chunk without an update");
+    const char *why = c->rx == RX_WAIT_BUF ? "tensor chunk before Proceed"
+                                           : "tensor chunk without an update";
+    fl_warn("server", "%s (%s): %s", c->id, fl_peer_addr(c->peer), why);
+    send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, why);
+    abort_rx(c);
+    fl_peer_close(c->peer, "protocol violation");
     c->closing = 1;
     return;
   }
@@ -509,19 +536,10 @@ static void on_chunk(client *c, const Fl__TensorChunk *ch) {
   }
   if (rc == 0) return;
   /* Complete and finite: fold it. */
-  fold_job *j = calloc(1, sizeof *j);
-  if (!j) {
-    abort_rx(c);
-    count_answer(c);
-    refuse(c, "server out of memory");
-    return;
-  }
-  j->srv = s;
-  j->buf = c->buf;
-  j->weight = (double)c->upd_examples;
+  s->ready[s->n_ready_bufs] = c->buf;
+  s->ready_w[s->n_ready_bufs++] = (double)c->upd_examples;
   c->buf = NULL;
   c->rx = RX_IDLE;
-  s->folds[s->n_folds++] = j;
   count_answer(c);
   s->r.accepted++;
   s->r.examples += c->upd_examples;
@@ -751,6 +769,7 @@ static void start_round(server *s) {
   s->r.slowest = 0;
   s->r.n_refusals = 0;
   s->r.timed_out = 0;
+  s->r.fold_passes = 0;
   s->strategy->ops->begin(s->strategy);
   s->ph = PH_TRAINING;
   fl_info("server", "round %llu/%d: %zu of %zu ready clients selected%s%s",
@@ -779,13 +798,18 @@ static void arm_timer(server *s, double seconds) {
   uv_timer_start(&s->timer, on_timer, (uint64_t)(seconds * 1000.0 + 0.5), 0);
 }
 
-/* Ends the collection of updates: updates still arriving are dropped (their clients'
- * later chunks are skipped).  Models still being sent finish before the global model
- * changes: aggregation waits for sends_pending. */
+/* Ends the collection of updates: updates still arriving or waiting for a buffer are
+ * refused (chunks already on their way are skipped).  Models still being sent finish
+ * before the global model changes: aggregation waits for sends_pending. */
 static void close_collection(server *s) {
   uv_timer_stop(&s->timer);
-  for (client *c = s->clients; c; c = c->next)
-    if (c->rx == RX_UPDATE || c->rx == RX_WAIT_BUF) abort_rx(c);
+  for (client *c = s->clients; c; c = c->next) {
+    if (c->rx != RX_UPDATE && c->rx != RX_WAIT_BUF) continue;
+    int arriving = c->rx == RX_UPDATE;
+    abort_rx(c);
+    refuse(c, "round %llu closed %s", (unsigned long long)s->r.number,
+           arriving ? "while the update was arriving" : "before the update was taken");
+  }
 }
 
 static void eval_work(uv_work_t *w) {
@@ -882,6 +906,7 @@ static void write_metrics(server *s, double seconds) {
   fprintf(f, ",\"bytes_received\":%llu,\"bytes_sent\":%llu",
           (unsigned long long)(s->bytes_in - r->bytes_in0),
           (unsigned long long)(s->bytes_out - r->bytes_out0));
+  fprintf(f, ",\"fold_passes\":%zu", r->fold_passes);
   json_num(f, "seconds", seconds, 1);
   json_num(f, "slowest_client_seconds", r->slowest, r->accepted > 0);
   fprintf(f, ",\"peak_rss_kib\":%ld", peak_rss_kib());
@@ -1003,7 +1028,7 @@ static void stop_run(server *s) {
   close_all(s, "server restarting", 2000);
 }
 
-static int folds_idle(const server *s) { return !s->fold_busy && s->n_folds == 0; }
+static int folds_idle(const server *s) { return !s->fold_busy && s->n_ready_bufs == 0; }
 
 /* Decides what happens next; called after every event that can move a round on. */
 static void advance(server *s) {
@@ -1124,12 +1149,20 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   if (rc) goto fail;
   s->n = fl_model_num_params(s->model);
   s->global = malloc(s->n * sizeof *s->global);
-  for (int i = 0; i < UPDATE_BUFFERS; i++) s->bufs[s->n_free++] = malloc(s->n * sizeof(float));
+  s->n_bufs = cfg->update_buffers;
+  s->buf_mem = malloc((size_t)s->n_bufs * s->n * sizeof(float));
+  s->bufs = calloc((size_t)s->n_bufs, sizeof *s->bufs);
+  s->ready = calloc((size_t)s->n_bufs, sizeof *s->ready);
+  s->ready_w = calloc((size_t)s->n_bufs, sizeof *s->ready_w);
+  s->fold.bufs = calloc((size_t)s->n_bufs, sizeof *s->fold.bufs);
+  s->fold.weights = calloc((size_t)s->n_bufs, sizeof *s->fold.weights);
   rc = FL_ENOMEM;
-  if (!s->global || !s->bufs[0] || !s->bufs[UPDATE_BUFFERS - 1]) {
+  if (!s->global || !s->buf_mem || !s->bufs || !s->ready || !s->ready_w || !s->fold.bufs ||
+      !s->fold.weights) {
     snprintf(err, errlen, "out of memory for a model of %zu parameters", s->n);
     goto fail;
   }
+  for (int i = 0; i < s->n_bufs; i++) s->bufs[s->n_free++] = s->buf_mem + (size_t)i * s->n;
   if (cfg->init_model) {
     char *spec = NULL;
     float *params = NULL;
@@ -1266,7 +1299,12 @@ void server_free(server *s) {
   if (s->strategy) s->strategy->ops->free(s->strategy);
   fl_trainer_free(s->eval_trainer);
   if (s->have_test) fl_dataset_free(&s->test);
-  for (int i = 0; i < s->n_free; i++) free(s->bufs[i]);
+  free(s->buf_mem);
+  free(s->bufs);
+  free(s->ready);
+  free(s->ready_w);
+  free(s->fold.bufs);
+  free(s->fold.weights);
   free(s->global);
   free(s->heartbeat);
   free(s->checkpoint);

@@ -1,8 +1,8 @@
 /* Aggregation strategies.
  *
  * A strategy turns the round's client deltas into a new global model.  The server calls
- * begin once per round attempt, fold once per accepted update (on a worker thread, never
- * two folds at once), then finish on the loop thread.  FedAvg folds each delta into a
+ * begin once per round attempt, fold for the accepted updates (on a worker thread, never
+ * two folds at once; one call may carry several updates), then finish on the loop thread.  FedAvg folds each delta into a
  * running weighted sum, so its memory does not grow with the clients per round;
  * strategies that need every update at once (median, trimmed mean, Krum) keep what fold
  * gives them and do their work in finish.  State that must survive a restart belongs in
@@ -18,9 +18,10 @@ typedef struct fl_strategy_ops {
   const char *name;
   /* A new round (or a retried one): forget anything folded so far. */
   void (*begin)(fl_strategy *s);
-  /* One accepted delta[0..n) with its weight (the client's example count).  The delta
-   * buffer is only borrowed for the call. */
-  int (*fold)(fl_strategy *s, const float *delta, double weight);
+  /* k accepted deltas, each [0..n) with its weight (the client's example count), folded
+   * in one pass: the server hands over every update that completed while the previous
+   * fold ran.  The delta buffers are only borrowed for the call. */
+  int (*fold)(fl_strategy *s, const float *const *deltas, const double *weights, size_t k);
   /* Applies the aggregate to global[0..n) with the server learning rate.  FL_ESTATE when
    * nothing was folded. */
   int (*finish)(fl_strategy *s, float *global, double server_lr);

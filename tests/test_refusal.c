@@ -5,8 +5,11 @@
  * the four are selected.  client-0001 misbehaves according to how many tasks it has had:
  * an update holding NaN, one for another round (then a good one), one for another model,
  * a good one followed by a second, one with the wrong parameter count.  Whichever client
- * is not selected sends an update anyway.  The test counts what it sent and checks that
- * the server's metrics and log agree, round by round. */
+ * is not selected sends an update anyway; in the last round it also sends the delta
+ * without waiting for Proceed, a protocol violation that must close its connection
+ * alone.  Like fl-client, the other scripted clients send a delta only when the server
+ * answers their Update with Proceed.  The test counts what it
+ * sent and checks that the server's metrics and log agree, round by round. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -37,6 +40,11 @@ typedef struct sclient {
   uint64_t task_round;      /* last round it was given a task for */
   uv_timer_t answer;
   int done;
+  int pending;              /* an update the server should say Proceed to */
+  uint64_t pending_round, pending_n;
+  int pending_nan_at;
+  int violated;             /* sent a delta nobody asked for */
+  int protocol_error;       /* the server said it broke the protocol */
 } sclient;
 
 struct script {
@@ -57,8 +65,10 @@ static void send_env(sclient *c, const Fl__Envelope *env) {
   free(buf);
 }
 
-/* Sends an Update header and n values of delta (value v, NaN at index nan_at if >= 0). */
-static void send_update(sclient *c, uint64_t round, uint64_t model_id, uint64_t n, int nan_at) {
+/* Sends an Update header.  One the server should take (take = 1) is remembered: its n
+ * values of delta (NaN at index nan_at if >= 0) go out when the Proceed comes. */
+static void send_update(sclient *c, uint64_t round, uint64_t model_id, uint64_t n, int nan_at,
+                        int take) {
   Fl__Envelope env = FL__ENVELOPE__INIT;
   Fl__Update u = FL__UPDATE__INIT;
   Fl__Metrics m = FL__METRICS__INIT;
@@ -72,9 +82,20 @@ static void send_update(sclient *c, uint64_t round, uint64_t model_id, uint64_t 
   env.body_case = FL__ENVELOPE__BODY_UPDATE;
   env.update = &u;
   send_env(c, &env);
+  if (!take) return;
+  cr_assert(!c->pending, "one update at a time waits for Proceed");
+  c->pending = 1;
+  c->pending_round = round;
+  c->pending_n = n;
+  c->pending_nan_at = nan_at;
+}
+
+static void send_delta(sclient *c) {
+  uint64_t n = c->pending_n;
   float *delta = malloc(n * sizeof *delta);
   for (uint64_t i = 0; i < n; i++) delta[i] = 0.001f * (float)(c->index + 1);
-  if (nan_at >= 0) delta[nan_at] = NAN;
+  if (c->pending_nan_at >= 0) delta[c->pending_nan_at] = NAN;
+  c->pending = 0;
   fl_tensor_tx tx;
   fl_tensor_tx_init(&tx, delta, n, 4096);
   uint8_t *buf;
@@ -92,37 +113,37 @@ static void answer(uv_timer_t *t) {
   uint64_t r = c->task_round;
   if (!c->conn) return;
   if (c->index != 0) {
-    send_update(c, r, c->model_id, c->num_params, -1);
+    send_update(c, r, c->model_id, c->num_params, -1, 1);
     sc->accepted[r]++;
     return;
   }
   switch (c->tasks) {
   case 1: /* NaN inside the delta */
-    send_update(c, r, c->model_id, c->num_params, (int)(c->num_params / 2));
+    send_update(c, r, c->model_id, c->num_params, (int)(c->num_params / 2), 1);
     sc->refused[r]++;
     break;
   case 2: /* for another round, then the real one */
-    send_update(c, r + 5, c->model_id, c->num_params, -1);
-    send_update(c, r, c->model_id, c->num_params, -1);
+    send_update(c, r + 5, c->model_id, c->num_params, -1, 0);
+    send_update(c, r, c->model_id, c->num_params, -1, 1);
     sc->refused[r]++;
     sc->accepted[r]++;
     break;
   case 3: /* for another model */
-    send_update(c, r, c->model_id ^ 0x1234, c->num_params, -1);
+    send_update(c, r, c->model_id ^ 0x1234, c->num_params, -1, 0);
     sc->refused[r]++;
     break;
   case 4: /* a good one, then a second */
-    send_update(c, r, c->model_id, c->num_params, -1);
-    send_update(c, r, c->model_id, c->num_params, -1);
+    send_update(c, r, c->model_id, c->num_params, -1, 1);
+    send_update(c, r, c->model_id, c->num_params, -1, 0);
     sc->accepted[r]++;
     sc->refused[r]++;
     break;
   case 5: /* the wrong parameter count */
-    send_update(c, r, c->model_id, c->num_params - 1, -1);
+    send_update(c, r, c->model_id, c->num_params - 1, -1, 0);
     sc->refused[r]++;
     break;
   default:
-    send_update(c, r, c->model_id, c->num_params, -1);
+    send_update(c, r, c->model_id, c->num_params, -1, 1);
     sc->accepted[r]++;
   }
 }
@@ -133,8 +154,14 @@ static void unselected_speaks(uv_timer_t *t) {
   for (int i = 0; i < NCLIENTS; i++) {
     sclient *c = &sc->c[i];
     if (c->conn && c->task_round != sc->current) {
-      send_update(c, sc->current, c->model_id, c->num_params ? c->num_params : 16, -1);
+      send_update(c, sc->current, c->model_id, c->num_params ? c->num_params : 16, -1, 0);
       sc->refused[sc->current]++;
+      if (sc->current == ROUNDS) { /* and its delta, though the server said no */
+        c->pending_n = c->num_params ? c->num_params : 16;
+        c->pending_nan_at = -1;
+        send_delta(c);
+        c->violated = 1;
+      }
     }
   }
 }
@@ -174,6 +201,15 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     }
     break;
   }
+  case FL__ENVELOPE__BODY_PROCEED:
+    cr_assert(c->pending && env->proceed->round == c->pending_round,
+              "client %d: proceed for round %llu, but no update of that round waits", c->index,
+              (unsigned long long)env->proceed->round);
+    send_delta(c);
+    break;
+  case FL__ENVELOPE__BODY_ERROR:
+    if (env->error->code == FL__ERROR_CODE__ERROR_PROTOCOL) c->protocol_error = 1;
+    break;
   case FL__ENVELOPE__BODY_DONE:
     c->done = 1;
     fl_conn_close(conn, "done");
@@ -277,7 +313,18 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
 
   int rc = fl_test_wait(pid, 60);
   cr_assert_eq(rc, 0, "fl-server exited with %d (log %s)", rc, log);
-  for (int i = 0; i < NCLIENTS; i++) cr_assert(sc->c[i].done, "client %d got no Done", i);
+  int violators = 0;
+  for (int i = 0; i < NCLIENTS; i++) {
+    if (sc->c[i].violated) {
+      violators++;
+      cr_assert(!sc->c[i].done && sc->c[i].protocol_error && !sc->c[i].conn,
+                "client %d sent a delta without Proceed and was not cut off", i);
+    } else {
+      cr_assert(sc->c[i].done, "client %d got no Done", i);
+    }
+  }
+  cr_assert_eq(violators, 1);
+  cr_assert_eq(fl_test_count(log, "tensor chunk without an update"), 1);
   cr_assert_geq(sc->c[0].tasks, 5, "client-0001 was selected only %d times", sc->c[0].tasks);
 
   /* The metrics agree with what was sent, round by round. */

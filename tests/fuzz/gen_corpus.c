@@ -157,6 +157,12 @@ int main(int argc, char **argv) {
   e.body_case = FL__ENVELOPE__BODY_DONE;
   e.done = &done;
   emit("done", &e);
+
+  Fl__Proceed proceed = FL__PROCEED__INIT;
+  proceed.round = 5;
+  e.body_case = FL__ENVELOPE__BODY_PROCEED;
+  e.proceed = &proceed;
+  emit("proceed", &e);
   write_file("stream_all", stream, stream_len);
 
   uint8_t odd[2 * FL_FRAME_HEADER];

@@ -65,6 +65,9 @@ struct fl_conn {
   size_t pt_off, pt_len;
   uint8_t *out;        /* records waiting for flush() */
   size_t out_len, out_cap;
+  size_t out_sent;     /* fl_conn_send payload bytes in out */
+  uint64_t written;    /* fl_conn_send payload bytes written to the socket */
+  int drain_at_empty;  /* such bytes were written since the last on_drain */
   size_t wq_bytes;     /* handed to uv_write, not yet completed */
   unsigned writes;     /* uv_write requests in flight */
   uint64_t started, last_rx, last_tx, stall_since, close_deadline;
@@ -88,6 +91,7 @@ typedef struct write_req {
   fl_conn *c;
   uint8_t *buf;
   size_t len;
+  size_t sent;         /* fl_conn_send payload bytes among them */
 } write_req;
 
 static void timer_cb(uv_timer_t *t);
@@ -209,7 +213,8 @@ static void rearm(fl_conn *c) {
     uv_timer_start(&c->timer, timer_cb, next > now ? next - now : 0, 0);
 }
 
-static int send_frame(fl_conn *c, const uint8_t *payload, size_t len, int framed);
+enum { SEND_FRAMED = 1, SEND_COUNTED = 2 }; /* a frame; bytes fl_conn_written counts */
+static int send_frame(fl_conn *c, const uint8_t *payload, size_t len, int how);
 
 static void timer_cb(uv_timer_t *t) {
   fl_conn *c = t->data;
@@ -242,7 +247,7 @@ static void timer_cb(uv_timer_t *t) {
     }
     if (c->opt.heartbeat_interval_ms && c->opt.heartbeat &&
         now - c->last_tx >= c->opt.heartbeat_interval_ms) {
-      if (send_frame(c, c->opt.heartbeat, c->opt.heartbeat_len, 1) < 0) return;
+      if (send_frame(c, c->opt.heartbeat, c->opt.heartbeat_len, SEND_FRAMED) < 0) return;
       c->last_tx = now; /* even if the queue was full and nothing went out yet */
     }
   }
@@ -285,7 +290,11 @@ static void write_cb(uv_write_t *req, int status) {
   fl_conn *c = w->c;
   c->wq_bytes -= w->len;
   c->writes--;
-  if (status == 0) c->bytes_out += w->len;
+  if (status == 0) {
+    c->bytes_out += w->len;
+    c->written += w->sent;
+    if (w->sent) c->drain_at_empty = 1;
+  }
   free(w->buf);
   free(w);
   if (c->state == ST_CLOSING) {
@@ -298,8 +307,9 @@ static void write_cb(uv_write_t *req, int status) {
   }
   size_t q = fl_conn_queued(c);
   if (q <= c->opt.high_water) c->stall_since = 0;
-  if (c->above_high && (q < c->opt.high_water / 2 || q == 0)) {
+  if ((c->above_high && q < c->opt.high_water / 2) || (q == 0 && (c->above_high || c->drain_at_empty))) {
     c->above_high = 0;
+    c->drain_at_empty = 0;
     if (c->cb.on_drain) c->cb.on_drain(c);
   }
 }
@@ -312,6 +322,8 @@ static int flush(fl_conn *c) {
   w->c = c;
   w->buf = c->out;
   w->len = c->out_len;
+  w->sent = c->out_sent;
+  c->out_sent = 0;
   w->req.data = w;
   c->out = NULL;
   c->out_len = c->out_cap = 0;
@@ -453,6 +465,13 @@ static void process(fl_conn *c) {
     c->pt = NULL;
     c->pt_off = c->pt_len = 0;
   }
+  /* Nor the ciphertext buffer, once mbedTLS took all of it (a resumed connection gets
+   * here from its timer, not from read_cb, and may read nothing more for long). */
+  if (c->in && c->in_off == c->in_len) {
+    free(c->in);
+    c->in = NULL;
+    c->in_off = c->in_len = 0;
+  }
   /* Nor a frame buffer: one 256 KiB tensor chunk would otherwise stay with the
    * connection for good, and a server holds thousands of mostly idle ones. */
   if (c->state == ST_OPEN && c->pt_off == c->pt_len && c->dec.buf &&
@@ -497,24 +516,34 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)c->in + c->in_len, (unsigned)(IN_CAP - c->in_len));
 }
 
+/* Idle connections hold no read buffers, nor do closing ones, which read no more: a
+ * server saying goodbye to thousands at once would otherwise hold one each. */
+static void release_read_buffers(fl_conn *c) {
+  if (c->in && (c->in_off == c->in_len || c->state == ST_CLOSING)) {
+    free(c->in);
+    c->in = NULL;
+    c->in_off = c->in_len = 0;
+  }
+  if (c->pt && c->state == ST_CLOSING) {
+    free(c->pt);
+    c->pt = NULL;
+    c->pt_off = c->pt_len = 0;
+  }
+}
+
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   (void)buf;
   fl_conn *c = s->data;
-  if (c->state == ST_CLOSING) return;
+  if (c->state == ST_CLOSING) {
+    release_read_buffers(c);
+    return;
+  }
   if (nread > 0) {
     c->in_len += (size_t)nread;
     c->bytes_in += (uint64_t)nread;
     c->last_rx = uv_now(c->loop);
     drive(c);
-    if (c->state != ST_CLOSING && c->in && c->in_off == c->in_len) {
-      free(c->in); /* idle connections hold no read buffer */
-      c->in = NULL;
-      c->in_off = c->in_len = 0;
-    }
-    return;
-  }
-  if (nread == 0) return;
-  if (nread == UV_EOF) {
+  } else if (nread == UV_EOF) {
     if (c->state == ST_HANDSHAKE)
       fail(c, FL_ECLOSED, "peer closed the connection during the handshake");
     else if (fl_frame_decoder_partial(&c->dec))
@@ -523,10 +552,11 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       fail(c, FL_ECLOSED, "peer closed the connection without close_notify");
   } else if (nread == UV_ENOBUFS) {
     fail(c, FL_ENOMEM, "no memory for the read buffer");
-  } else {
+  } else if (nread < 0) {
     fail(c, FL_ENET, "read failed: %s", nread == UV_ECONNRESET ? "connection reset by peer"
                                                                : uv_strerror((int)nread));
   }
+  release_read_buffers(c); /* nread 0 (EAGAIN) included */
 }
 
 /* ---- creating connections ---- */
@@ -834,7 +864,8 @@ static int ssl_write_all(fl_conn *c, const uint8_t *p, size_t len) {
 
 /* framed: header + payload; otherwise the bytes as they are.  One record never carries
  * the 4-byte header alone: it travels with the start of the payload. */
-static int send_frame(fl_conn *c, const uint8_t *payload, size_t len, int framed) {
+static int send_frame(fl_conn *c, const uint8_t *payload, size_t len, int how) {
+  int framed = how & SEND_FRAMED;
   if (c->state == ST_CLOSING) return FL_ECLOSED;
   if (c->state != ST_OPEN) return FL_ESTATE;
   if (framed && len > c->opt.max_frame) return FL_ETOOBIG;
@@ -853,16 +884,19 @@ static int send_frame(fl_conn *c, const uint8_t *payload, size_t len, int framed
     len -= head;
   }
   if (ssl_write_all(c, payload, len) < 0) return FL_ECLOSED;
+  if (how & SEND_COUNTED) c->out_sent += total - (framed ? FL_FRAME_HEADER : 0);
   return flush(c) < 0 ? FL_ECLOSED : 0;
 }
 
 int fl_conn_send(fl_conn *c, const uint8_t *payload, size_t len) {
-  return send_frame(c, payload, len, 1);
+  return send_frame(c, payload, len, SEND_FRAMED | SEND_COUNTED);
 }
 
 int fl_conn_send_raw(fl_conn *c, const uint8_t *bytes, size_t len) {
   return send_frame(c, bytes, len, 0);
 }
+
+uint64_t fl_conn_written(const fl_conn *c) { return c->written; }
 
 size_t fl_conn_queued(const fl_conn *c) { return c->wq_bytes + c->out_len; }
 

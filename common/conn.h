@@ -33,7 +33,8 @@ typedef struct fl_conn_callbacks {
   void (*on_open)(fl_conn *c);
   /* One frame payload, valid during the call only. */
   void (*on_frame)(fl_conn *c, const uint8_t *payload, size_t len);
-  /* The write queue fell below high_water / 2 (after having been above it). */
+  /* The write queue fell below high_water / 2 after having been above it, or became
+   * empty after frames of fl_conn_send were written (fl_conn_written moved on). */
   void (*on_drain)(fl_conn *c);
   /* Called once, whatever ended the connection (err 0: closed by us or cleanly by the
    * peer).  The connection is freed after it returns.  A server also gets it for an
@@ -91,6 +92,8 @@ int fl_conn_send(fl_conn *c, const uint8_t *payload, size_t len);
  * tools: lets a peer misbehave on purpose).  Returns as fl_conn_send. */
 int fl_conn_send_raw(fl_conn *c, const uint8_t *bytes, size_t len);
 size_t fl_conn_queued(const fl_conn *c);
+/* Payload bytes of fl_conn_send frames written to the socket so far. */
+uint64_t fl_conn_written(const fl_conn *c);
 /* Stops / resumes delivering frames and reading from the socket (receive backpressure).
  * The idle timeout does not run while paused.  After a resume, frames already decrypted
  * are delivered first, from the loop (never from inside fl_conn_resume). */

@@ -58,7 +58,7 @@ enum msg_kind {
   /* I/O -> control */
   EV_OPEN,
   EV_FRAME,           /* allocated with its payload */
-  EV_SENT,            /* bytes handed to the connection (in sent_pending) */
+  EV_SENT,            /* bytes written to the socket (in sent_pending) */
   EV_CLOSE,
 };
 
@@ -115,6 +115,7 @@ struct fl_peer {
   /* I/O thread only */
   fl_conn *conn;       /* NULL once the connection ended */
   msg_queue out;       /* CMD_SEND not yet handed to conn */
+  uint64_t written;    /* fl_conn_written when last reported */
   int conn_paused;
   fl_peer *io_prev, *io_next;
   char end_reason[256];
@@ -124,7 +125,7 @@ struct fl_peer {
   int throttled;       /* rx above the high mark: the socket is not read */
   int app_paused;      /* the control side wants no frames */
   int flow_queued;
-  size_t sent_pending; /* bytes handed to conn, not yet told to control */
+  size_t sent_pending; /* bytes written to the socket, not yet told to control */
   int sent_queued;
   /* control thread only */
   void *data;
@@ -215,7 +216,7 @@ static void post_ev(fl_io *io, msg *m) {
 
 static io_thread *thread_of(const fl_conn *c) { return fl_conn_loop(c)->data; }
 
-/* Tells control about bytes handed to the connection (coalesced into one EV_SENT). */
+/* Tells control about bytes written to the socket (coalesced into one EV_SENT). */
 static void report_sent(fl_peer *p, size_t n) {
   io_thread *th = p->th;
   pthread_mutex_lock(&th->mu);
@@ -229,14 +230,12 @@ static void report_sent(fl_peer *p, size_t n) {
 /* Hands queued frames to the connection while its own queue has room (all of them when
  * closing); conn's on_drain calls again. */
 static void feed(fl_peer *p, int all) {
-  size_t handed = 0, high = p->th->io->opt.high_water;
+  size_t high = p->th->io->opt.high_water;
   while (p->conn && p->out.head && (all || fl_conn_queued(p->conn) <= high)) {
     msg *m = q_pop(&p->out);
     fl_conn_send(p->conn, m->data, m->len); /* on failure conn ends: on_close follows */
-    handed += m->len;
     free(m);
   }
-  if (handed) report_sent(p, handed);
 }
 
 /* The socket is read unless control paused the peer or too much waits for it. */
@@ -302,7 +301,14 @@ static void io_frame(fl_conn *c, const uint8_t *payload, size_t len) {
   apply_flow(p);
 }
 
-static void io_drain(fl_conn *c) { feed(fl_conn_data(c), 0); }
+/* The connection wrote some of its queue: tell control, and hand it more. */
+static void io_drain(fl_conn *c) {
+  fl_peer *p = fl_conn_data(c);
+  uint64_t w = fl_conn_written(c);
+  if (w != p->written) report_sent(p, (size_t)(w - p->written));
+  p->written = w;
+  feed(p, 0);
+}
 
 static void io_close(fl_conn *c, int err, const char *reason) {
   io_thread *th = thread_of(c);
@@ -487,8 +493,8 @@ static void dispatch(fl_io *io, msg *m) {
     p->sent_queued = 0;
     pthread_mutex_unlock(&p->th->mu);
     p->queued = n < p->queued ? p->queued - n : 0;
-    if (p->above_high && !p->closing && !p->ended &&
-        (p->queued < io->opt.high_water / 2 || p->queued == 0)) {
+    if (!p->closing && !p->ended &&
+        ((p->above_high && p->queued < io->opt.high_water / 2) || p->queued == 0)) {
       p->above_high = 0;
       if (io->cb.on_drain) io->cb.on_drain(p);
     }

@@ -12,11 +12,11 @@
  * through mutex-protected queues woken by uv_async_t; a frame crosses as one copy.
  *
  * Backpressure out: fl_peer_send copies the payload and returns at once; fl_peer_queued
- * counts the bytes sent from the control side that the I/O thread has not yet handed to
- * the connection (the connection itself then holds at most about high_water more: the
- * I/O thread feeds it only while its own queue is below high_water).  Stream while
+ * counts the bytes sent from the control side that have not yet been written to the
+ * socket, wherever they wait (the I/O thread's queue, the connection's).  Stream while
  * fl_peer_queued() < high_water and continue from on_drain, which fires once the count
- * falls below high_water / 2 after having reached high_water.
+ * falls below high_water / 2 after having reached high_water, and whenever it falls to
+ * 0: all a peer was sent is then out, and its memory free.
  * Backpressure in: while more than a few frames (or about 2 MiB) of a peer wait for the
  * control loop, its socket is not read; a slow control loop does not make memory grow.
  *
@@ -46,7 +46,8 @@ typedef struct fl_peer_callbacks {
   void (*on_open)(fl_peer *p);
   /* One frame payload, valid during the call only. */
   void (*on_frame)(fl_peer *p, const uint8_t *payload, size_t len);
-  /* fl_peer_queued() fell below high_water / 2 after having reached high_water. */
+  /* fl_peer_queued() fell below high_water / 2 after having reached high_water, or
+   * to 0. */
   void (*on_drain)(fl_peer *p);
   /* Once, whatever ended the connection (err 0: closed by us or cleanly by the peer),
    * after every frame that arrived before the end.  p is freed after it returns. */

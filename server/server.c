@@ -241,7 +241,8 @@ static void tx_done(client *c) {
   start_streams(s);
 }
 
-/* Streams model chunks while the connection's queue has room; on_drain continues. */
+/* Streams model chunks while less than high_water of them waits to be written;
+ * on_drain continues. */
 static void pump_tx(client *c) {
   while (c->tx_active && !c->tx_queued && fl_peer_queued(c->peer) < c->srv->copt.high_water) {
     uint8_t *buf;
@@ -254,6 +255,9 @@ static void pump_tx(client *c) {
       return;
     }
     if (rc == 0) {
+      /* All queued; the stream keeps its slot until all is written (on_drain at 0), so
+       * a client that reads slowly holds the server's memory for one stream, not more. */
+      if (fl_peer_queued(c->peer) > 0) return;
       tx_done(c);
       advance(c->srv);
       return;

@@ -242,6 +242,7 @@ typedef struct speer {
   int order_ok, paused, close_called, frame_after_close, frame_while_paused, frame_in_resume;
   uint64_t sent;
   size_t max_queued;
+  int all_written;           /* on_drain saw everything sent written out */
   uv_timer_t timer;
   int timer_on;
 } speer;
@@ -336,7 +337,9 @@ static void s_frame(fl_peer *p, const uint8_t *d, size_t len) {
 
 static void s_drain(fl_peer *p) {
   speer *sp = fl_peer_data(p);
-  if (sp->t->mode == S_STREAM) stream_more(sp);
+  if (sp->t->mode != S_STREAM) return;
+  stream_more(sp);
+  if (sp->sent == sp->t->total && fl_peer_queued(p) == 0) sp->all_written = 1;
 }
 
 static void s_close(fl_peer *p, int err, const char *reason) {
@@ -480,7 +483,8 @@ Test(iothreads, close_from_control_with_frames_in_flight, .timeout = 30) {
   fl_tls_config_free(ctls);
 }
 
-/* 64 MiB from the control loop to a client: fl_peer_queued stays bounded. */
+/* 64 MiB from the control loop to a client: fl_peer_queued stays bounded, and falls to
+ * 0 (with an on_drain) once all is written. */
 Test(iothreads, stream_to_client_with_backpressure, .timeout = 60) {
   srv t;
   srv_init(&t, 2, S_STREAM);
@@ -497,6 +501,7 @@ Test(iothreads, stream_to_client_with_backpressure, .timeout = 60) {
     cr_assert(s->c[i].order_ok, "client %d: stream corrupted", i);
     /* The sender stops at high_water (1 MiB): at most that plus one frame. */
     cr_assert_leq(t.peers[i].max_queued, (1u << 20) + CHUNK, "queued %zu", t.peers[i].max_queued);
+    cr_assert(t.peers[i].all_written, "peer %d: no on_drain with nothing left to write", i);
     cr_assert_eq(t.peers[i].err, 0, "%s", t.peers[i].reason);
   }
   clients_free(s);

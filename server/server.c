@@ -14,8 +14,9 @@
  * answered with Proceed once a buffer is free; until then the client waits and sends
  * nothing, so clients that finish together cost no memory while they queue.  Updates
  * that complete while a fold runs are folded together in the next pass.  Likewise at
- * most MAX_STREAMS clients are sent the model at once (each holds up to a chunk of it,
- * encrypted, in its queue); the others wait their turn. */
+ * most STREAMS_PER_THREAD clients per I/O thread are sent the model at once (each holds
+ * up to a chunk of it, encrypted, until the client has read it); the others wait their
+ * turn. */
 #include "server.h"
 
 #include <cblas.h>
@@ -41,7 +42,7 @@
 #include "train.h"
 #include "version.h"
 
-#define MAX_STREAMS 16
+#define STREAMS_PER_THREAD 4 /* enough to keep an I/O thread encrypting */
 #define MAX_REFUSALS 64
 
 typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD } rx_state;
@@ -67,7 +68,7 @@ struct client {
   int eval_pending;          /* owes an EvalResult */
 
   int tx_active;             /* streaming the global model, or waiting to */
-  int tx_queued;             /* waiting in srv->tx_queue for one of the MAX_STREAMS */
+  int tx_queued;             /* waiting in srv->tx_queue for a stream slot */
   client *tx_next;
   fl_tensor_tx tx;
 
@@ -149,7 +150,8 @@ struct server {
   client *clients;
   size_t n_clients, n_ready;
   size_t sends_pending;          /* model streams not finished, queued ones too */
-  size_t streams;                /* model streams under way (at most MAX_STREAMS) */
+  size_t streams;                /* model streams under way (at most max_streams) */
+  size_t max_streams;            /* STREAMS_PER_THREAD per I/O thread */
   client *tx_queue, *tx_queue_tail;
   int starting_streams;
 
@@ -208,7 +210,7 @@ static void pump_tx(client *c);
 static void start_streams(server *s) {
   if (s->starting_streams) return;
   s->starting_streams = 1;
-  while (s->tx_queue && s->streams < MAX_STREAMS) {
+  while (s->tx_queue && s->streams < s->max_streams) {
     client *c = s->tx_queue;
     s->tx_queue = c->tx_next;
     if (!s->tx_queue) s->tx_queue_tail = NULL;
@@ -1264,6 +1266,7 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     snprintf(err, errlen, "cannot listen on %s: %s", cfg->listen, fl_strerror(rc));
     goto fail;
   }
+  s->max_streams = STREAMS_PER_THREAD * (size_t)fl_io_threads(s->io);
   uv_timer_init(&s->loop, &s->timer);
   s->timer.data = s;
   uv_signal_init(&s->loop, &s->sigint);

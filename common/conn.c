@@ -256,9 +256,13 @@ static void timer_cb(uv_timer_t *t) {
 
 /* ---- bytes to and from mbedTLS ---- */
 
+/* Room for `more` bytes of records.  A new buffer is sized to what is asked (send_frame
+ * asks for a whole frame's records at once): a server that sends a small message to a
+ * thousand clients at once holds a thousand small buffers until the writes complete,
+ * not a thousand 16 KiB ones. */
 static int out_reserve(fl_conn *c, size_t more) {
   if (c->out_cap - c->out_len >= more) return 0;
-  size_t cap = c->out_cap ? c->out_cap : 16u * 1024;
+  size_t cap = c->out_cap ? c->out_cap : (more + 255) & ~(size_t)255;
   while (cap - c->out_len < more) cap *= 2;
   uint8_t *p = realloc(c->out, cap);
   if (!p) return FL_ENOMEM;

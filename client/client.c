@@ -468,7 +468,10 @@ static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
               env->done->reconnect_after_ms);
       v->attempts = 0;
       fl_conn_close(conn, "server asked to reconnect later");
-      schedule_reconnect(v, env->done->reconnect_after_ms / 1000.0);
+      /* Spread over [after, 1.5 after]: a restarted server is not met by every client
+       * of the federation in the same instant. */
+      schedule_reconnect(v, env->done->reconnect_after_ms / 1000.0 *
+                                (1.0 + 0.5 * fl_rng_uniform(&v->rng)));
     } else {
       fl_info(v->name, "server says training is done after %llu rounds (%s)",
               (unsigned long long)env->done->rounds, env->done->reason);

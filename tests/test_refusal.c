@@ -44,7 +44,6 @@ typedef struct sclient {
   uint64_t pending_round, pending_n;
   int pending_nan_at;
   int violated;             /* sent a delta nobody asked for */
-  int protocol_error;       /* the server said it broke the protocol */
 } sclient;
 
 struct script {
@@ -207,9 +206,6 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
               (unsigned long long)env->proceed->round);
     send_delta(c);
     break;
-  case FL__ENVELOPE__BODY_ERROR:
-    if (env->error->code == FL__ERROR_CODE__ERROR_PROTOCOL) c->protocol_error = 1;
-    break;
   case FL__ENVELOPE__BODY_DONE:
     c->done = 1;
     fl_conn_close(conn, "done");
@@ -317,7 +313,9 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   for (int i = 0; i < NCLIENTS; i++) {
     if (sc->c[i].violated) {
       violators++;
-      cr_assert(!sc->c[i].done && sc->c[i].protocol_error && !sc->c[i].conn,
+      /* (Whether it reads the server's Error first is up to TCP: the server closes with
+       * the rest of the delta unread, so a reset may overtake the Error.) */
+      cr_assert(!sc->c[i].done && !sc->c[i].conn,
                 "client %d sent a delta without Proceed and was not cut off", i);
     } else {
       cr_assert(sc->c[i].done, "client %d got no Done", i);

@@ -47,6 +47,8 @@ Test(cli, bad_flags_and_values_are_named) {
   cr_assert(out_has(dir, "rounds: expected a whole number, got 'ten'"));
   cr_assert_eq(run(dir, "fl-server", "--rounds 0"), 2);
   cr_assert(out_has(dir, "out of range"));
+  cr_assert_eq(run(dir, "fl-server", "--update-buffers 0"), 2);
+  cr_assert(out_has(dir, "update-buffers") && out_has(dir, "out of range"));
   cr_assert_eq(run(dir, "fl-server", "--clients-per-round 2.5"), 2);
   cr_assert(out_has(dir, "clients-per-round"));
   cr_assert_eq(run(dir, "fl-server", "--log-level loud"), 2);

@@ -6,7 +6,7 @@
 # a server with free cores go faster.  The clients run in one fl-client process on the
 # same machine, so on a 2-core machine they take the other core and round time cannot
 # show the gain; the busiest-thread share can.  Rounds after the first are averaged (the
-# first also waits for the clients to connect).
+# first runs while the simulation is still loading its data and connecting).
 #
 # usage: bench/bench_iothreads.sh [CLIENTS [ROUNDS [MODEL]]]   (defaults 50 4 cnn)
 # Environment: FL_BIN_DIR (default build), BENCH_THREADS (default "1 2").

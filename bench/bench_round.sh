@@ -12,8 +12,8 @@
 #        The server sends the model to 4 clients per I/O thread at once (8 here) and takes
 #        2 updates at once, so from about 10 clients per round on nothing it holds grows.
 #
-# Round times come from the metrics lines of rounds 2 and later (round 1's seconds also
-# count the wait for clients).  Every figure is measured in this run; the targets are
+# Round times come from the metrics lines of rounds 2 and later (round 1 runs while the
+# simulation is still busy with its connections and data).  Every figure is measured in this run; the targets are
 # ratios (to the model size, to each other), never absolute times.  Needs 1000 client
 # certificates in FL_SCALE_CERTS (make bench makes them).  usage: bench/bench_round.sh
 set -euo pipefail

@@ -103,7 +103,8 @@ typedef struct round_stats {
   uint64_t fed_n;
   size_t fed_asked, fed_answered;
   uint64_t bytes_in0, bytes_out0;
-  uint64_t t0;
+  uint64_t t0;                       /* the round's first selection */
+  int timing;                        /* t0 is set */
   refusal refusals[MAX_REFUSALS];
   size_t n_refusals;
   int timed_out;
@@ -766,6 +767,10 @@ static void start_round(server *s) {
     ready[i] = ready[j];
     ready[j] = t;
   }
+  if (!s->r.timing) {
+    s->r.t0 = now_ms(s);
+    s->r.timing = 1;
+  }
   s->r.attempt++;
   s->r.selected = k;
   s->r.target = target;
@@ -974,7 +979,7 @@ static void begin_round_number(server *s, uint64_t number) {
   s->r.tested = 0;
   s->r.bytes_in0 = s->bytes_in;
   s->r.bytes_out0 = s->bytes_out;
-  s->r.t0 = now_ms(s);
+  s->r.timing = 0; /* the wait for enough clients is not the round's time */
   s->ph = PH_WAITING;
 }
 

@@ -136,7 +136,7 @@ $(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
 $(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)
 	$(call say,LINK,$@)
-	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+	$(Q)$(CC) -o $@ $(filter-out $(LIB),$^) $(LIB) $(LDLIBS) $(LIBS)
 # The aggregation benchmark times the server's strategy itself.
 $(B)/bench-aggregate: $(B)/obj/server/fedavg.o
 $(B)/obj/bench/bench_aggregate.o $(B)/obj/tests/test_strategy.o: CFLAGS_ALL += -Iserver

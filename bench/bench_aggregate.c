@@ -11,10 +11,12 @@
  * throughput matters -- a pass carries 2 updates: 24 bytes per parameter for 2 deltas.
  * Shown: passes of 1, 2 and 4 distinct updates, each against saxpys of the same updates;
  * the target is read at 2, the server's default.  cblas_daxpy (24 bytes per parameter)
- * is the reference with a double accumulator.  Figures are GB/s of update data folded
- * (4 bytes per parameter), per CPU second of the thread (other processes on a shared
- * machine do not count), best of several trials, the kinds interleaved.  Sizes: 2nn, cnn
- * and a large 16M-parameter model. */
+ * is the reference with a double accumulator.  Every array, the fold's and the
+ * baselines', comes from fl_alloc_big as the server's do (huge pages from 2 MiB on), so
+ * all run on the same kind of memory.  Figures are GB/s of update data folded (4 bytes
+ * per parameter), per CPU second of the thread (other processes on a shared machine do
+ * not count), best of several trials, the kinds interleaved.  Sizes: 2nn, cnn and a
+ * large 16M-parameter model. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bigalloc.h"
 #include "strategy.h"
 
 #define TRIALS 7
@@ -100,12 +103,12 @@ int main(void) {
   int below = 0;
   for (size_t m = 0; m < sizeof all / sizeof *all; m++) {
     size_t n = all[m].n;
-    float *delta[MAX_K], *sum = calloc(n, sizeof *sum);
+    float *delta[MAX_K], *sum = fl_alloc_big(n * sizeof *sum);
     float *ref = malloc(n * sizeof *ref), *global = malloc(n * sizeof *global);
-    double *dx = malloc(n * sizeof *dx), *dy = calloc(n, sizeof *dy);
+    double *dx = fl_alloc_big(n * sizeof *dx), *dy = fl_alloc_big(n * sizeof *dy);
     fl_strategy *s = fl_fedavg_create(n);
     int ok = sum && ref && global && dx && dy && s;
-    for (size_t j = 0; j < MAX_K; j++) ok &= (delta[j] = malloc(n * sizeof(float))) != NULL;
+    for (size_t j = 0; j < MAX_K; j++) ok &= (delta[j] = fl_alloc_big(n * sizeof(float))) != NULL;
     if (!ok) {
       fprintf(stderr, "bench-aggregate: out of memory for %zu parameters\n", n);
       return 1;
@@ -113,7 +116,11 @@ int main(void) {
     for (size_t j = 0; j < MAX_K; j++)
       for (size_t i = 0; i < n; i++)
         delta[j][i] = (float)(((i + 7919 * j) * 2654435761u) % 2001) * 1e-3f - 1.0f;
-    for (size_t i = 0; i < n; i++) dx[i] = delta[0][i];
+    for (size_t i = 0; i < n; i++) {
+      dx[i] = delta[0][i];
+      sum[i] = 0;
+      dy[i] = 0;
+    }
     for (size_t q = 0; q < sizeof ks / sizeof *ks; q++) {
       size_t k = ks[q];
       int reps = (int)(BYTES_PER_TRIAL / ((double)n * 4 * (double)k));

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bigalloc.h"
 #include "error.h"
 #include "strategy.h"
 
@@ -93,7 +94,7 @@ static const fl_strategy_ops fedavg_ops = {
 fl_strategy *fl_fedavg_create(size_t n) {
   fedavg *f = calloc(1, sizeof *f);
   if (!f) return NULL;
-  f->sum = calloc(n ? n : 1, sizeof *f->sum);
+  f->sum = fl_alloc_big((n ? n : 1) * sizeof *f->sum); /* zeroed by begin */
   if (!f->sum) {
     free(f);
     return NULL;

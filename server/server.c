@@ -29,6 +29,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "bigalloc.h"
 #include "checkpoint.h"
 #include "dataset.h"
 #include "error.h"
@@ -1161,7 +1162,7 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   s->n = fl_model_num_params(s->model);
   s->global = malloc(s->n * sizeof *s->global);
   s->n_bufs = cfg->update_buffers;
-  s->buf_mem = malloc((size_t)s->n_bufs * s->n * sizeof(float));
+  s->buf_mem = fl_alloc_big((size_t)s->n_bufs * s->n * sizeof(float));
   s->bufs = calloc((size_t)s->n_bufs, sizeof *s->bufs);
   s->ready = calloc((size_t)s->n_bufs, sizeof *s->ready);
   s->ready_w = calloc((size_t)s->n_bufs, sizeof *s->ready_w);

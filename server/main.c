@@ -1,6 +1,5 @@
 /* fl-server: the aggregation daemon.  Flags and an INI file (--config) configure it;
  * it logs to stderr with levels and exits 0 once the configured rounds are done. */
-#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 
@@ -37,11 +36,6 @@ int main(int argc, char **argv) {
   server_config cfg;
   char err[1024] = "";
   signal(SIGPIPE, SIG_IGN);
-  /* One malloc arena for all threads: buffers move between the control loop and the I/O
-   * threads, and with an arena per thread each kept its own high-water of freed memory
-   * (peak RSS grew 10 % from 10 to 100 clients per round where the live heap grew 2 %;
-   * with one arena 3 %).  bench/bench_iothreads.sh showed no CPU cost. */
-  mallopt(M_ARENA_MAX, 1);
   int rc = fl_options_cli("fl-server", server_options, &cfg, argc, argv, usage, check);
   if (rc >= 0) return rc;
   fl_log_set_level(fl_log_level_parse(cfg.log_level));

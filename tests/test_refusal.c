@@ -8,8 +8,13 @@
  * is not selected sends an update anyway; in the last round it also sends the delta
  * without waiting for Proceed, a protocol violation that must close its connection
  * alone.  Like fl-client, the other scripted clients send a delta only when the server
- * answers their Update with Proceed.  The test counts what it
- * sent and checks that the server's metrics and log agree, round by round. */
+ * answers their Update with Proceed.  The test counts what it sent and checks that the
+ * server's metrics and log agree, round by round.
+ *
+ * A second test queues updates: with one update buffer and three clients selected for a
+ * target of two, the first holds the buffer, the second waits for its Proceed until the
+ * first delta is in, and the third, still waiting when the second completes the round,
+ * is refused as the round closes. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -44,10 +49,18 @@ typedef struct sclient {
   uint64_t pending_round, pending_n;
   int pending_nan_at;
   int violated;             /* sent a delta nobody asked for */
+  uint64_t proceed_seq;     /* queue test: when the last Proceed came (script.seq) */
+  uint64_t delta_seq;       /* and when its last delta went out */
+  int refused_msgs;         /* Errors refusing an update */
+  int proceeds;
 } sclient;
 
 struct script {
   uv_loop_t loop;
+  int queue;                 /* the queue test, else the refusal test */
+  int n;                     /* clients in use */
+  int rounds;
+  uint64_t seq;              /* events so far, to order them */
   sclient c[NCLIENTS];
   uv_timer_t unselected;
   uint64_t current;          /* newest round any client got a task for */
@@ -95,6 +108,7 @@ static void send_delta(sclient *c) {
   for (uint64_t i = 0; i < n; i++) delta[i] = 0.001f * (float)(c->index + 1);
   if (c->pending_nan_at >= 0) delta[c->pending_nan_at] = NAN;
   c->pending = 0;
+  c->delta_seq = ++c->sc->seq;
   fl_tensor_tx tx;
   fl_tensor_tx_init(&tx, delta, n, 4096);
   uint8_t *buf;
@@ -106,11 +120,20 @@ static void send_delta(sclient *c) {
   free(delta);
 }
 
+static void delayed_delta(uv_timer_t *t) {
+  sclient *c = t->data;
+  if (c->conn && c->pending) send_delta(c);
+}
+
 static void answer(uv_timer_t *t) {
   sclient *c = t->data;
   script *sc = c->sc;
   uint64_t r = c->task_round;
   if (!c->conn) return;
+  if (sc->queue) { /* every client sends a good update; the server decides who waits */
+    send_update(c, r, c->model_id, c->num_params, -1, 1);
+    return;
+  }
   if (c->index != 0) {
     send_update(c, r, c->model_id, c->num_params, -1, 1);
     sc->accepted[r]++;
@@ -191,6 +214,10 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
       c->receiving = 0;
       c->tasks++;
       c->task_round = c->round;
+      if (sc->queue) { /* Updates 150 ms apart, client 0 first */
+        uv_timer_start(&c->answer, answer, 100 + 150 * (uint64_t)c->index, 0);
+        break;
+      }
       if (c->round != sc->current) {
         sc->current = c->round;
         uv_timer_start(&sc->unselected, unselected_speaks, 100, 0);
@@ -204,7 +231,19 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     cr_assert(c->pending && env->proceed->round == c->pending_round,
               "client %d: proceed for round %llu, but no update of that round waits", c->index,
               (unsigned long long)env->proceed->round);
-    send_delta(c);
+    c->proceed_seq = ++sc->seq;
+    c->proceeds++;
+    if (sc->queue && c->index == 0) /* holds the only buffer a while */
+      uv_timer_start(&c->answer, delayed_delta, 500, 0);
+    else
+      send_delta(c);
+    break;
+  case FL__ENVELOPE__BODY_ERROR:
+    if (env->error->code == FL__ERROR_CODE__ERROR_REFUSED && sc->queue) {
+      c->refused_msgs++;
+      c->pending = 0; /* as fl-client does: a refused update is dropped */
+      sc->refused[c->task_round]++;
+    }
     break;
   case FL__ENVELOPE__BODY_DONE:
     c->done = 1;
@@ -236,7 +275,7 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
   (void)reason;
   c->conn = NULL;
   uv_close((uv_handle_t *)&c->answer, NULL);
-  if (++c->sc->finished == NCLIENTS) {
+  if (++c->sc->finished == c->sc->n) {
     uv_close((uv_handle_t *)&c->sc->unselected, NULL);
     uv_close((uv_handle_t *)&c->sc->deadline, NULL);
   }
@@ -246,7 +285,7 @@ static const fl_conn_callbacks cbs = {on_open, on_frame, on_drain, on_close};
 
 static void on_deadline(uv_timer_t *t) {
   script *sc = t->data;
-  for (int i = 0; i < NCLIENTS; i++)
+  for (int i = 0; i < sc->n; i++)
     if (sc->c[i].conn) fl_conn_close(sc->c[i].conn, "test deadline");
 }
 
@@ -258,31 +297,36 @@ static long json_int(const char *line, const char *key) {
   return p ? strtol(p + strlen(pat), NULL, 10) : -1;
 }
 
-Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
-  fl_log_set_level(FL_LOG_ERROR);
+/* A run: fl-server with the common flags plus extra[] (NULL-terminated), and sc->n
+ * scripted clients on sc's loop until every one has finished.  Paths in `files`. */
+typedef struct files { char dir[256], log[512], metrics[512]; } files;
+
+static void run_script(script *sc, files *f, const char *const *extra) {
   char *dir = fl_test_tmpdir();
-  char log[512], metrics[512], out[512], listen[64], port_s[16], ca[512], cert[512], key[512];
+  snprintf(f->dir, sizeof f->dir, "%s", dir);
+  free(dir);
+  char out[512], listen[64], ca[512], cert[512], key[512], rounds[16];
   int port = fl_test_free_port();
-  snprintf(log, sizeof log, "%s/server.log", dir);
-  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
-  snprintf(out, sizeof out, "%s/model.bin", dir);
+  snprintf(f->log, sizeof f->log, "%s/server.log", f->dir);
+  snprintf(f->metrics, sizeof f->metrics, "%s/metrics.jsonl", f->dir);
+  snprintf(out, sizeof out, "%s/model.bin", f->dir);
   snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
-  snprintf(port_s, sizeof port_s, "%d", port);
+  snprintf(rounds, sizeof rounds, "%d", sc->rounds);
   const char *certs = fl_test_certs_dir();
   snprintf(ca, sizeof ca, "%s/ca.crt", certs);
   snprintf(cert, sizeof cert, "%s/server.crt", certs);
   snprintf(key, sizeof key, "%s/server.key", certs);
   char *server = fl_test_bin("fl-server");
-  char rounds[8];
-  snprintf(rounds, sizeof rounds, "%d", ROUNDS);
-  char *argv[] = {server, "--listen", listen, "--model", "logreg", "--rounds", rounds,
-                  "--clients-per-round", "3", "--min-clients", "4", "--min-updates", "1",
-                  "--round-timeout", "30", "--metrics", metrics, "--out", out, "--ca", ca,
-                  "--cert", cert, "--key", key, "--seed", "7", NULL};
-  pid_t pid = fl_test_spawn(log, argv);
-  cr_assert(fl_test_wait_for(log, "listening on", 30), "server did not start");
+  char *argv[64] = {server, "--listen", listen, "--model", "logreg", "--rounds", rounds,
+                    "--round-timeout", "30", "--metrics", f->metrics, "--out", out, "--ca", ca,
+                    "--cert", cert, "--key", key, "--seed", "7"};
+  int argc = 0;
+  while (argv[argc]) argc++;
+  for (int i = 0; extra[i]; i++) argv[argc++] = (char *)extra[i];
+  argv[argc] = NULL;
+  pid_t pid = fl_test_spawn(f->log, argv);
+  cr_assert(fl_test_wait_for(f->log, "listening on", 30), "server did not start");
 
-  script *sc = calloc(1, sizeof *sc);
   uv_loop_init(&sc->loop);
   uv_timer_init(&sc->loop, &sc->unselected);
   sc->unselected.data = sc;
@@ -291,7 +335,7 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   uv_timer_start(&sc->deadline, on_deadline, 200000, 0);
   fl_conn_options opt;
   fl_conn_options_default(&opt);
-  for (int i = 0; i < NCLIENTS; i++) {
+  for (int i = 0; i < sc->n; i++) {
     sclient *c = &sc->c[i];
     char ccert[512], ckey[512], err[512];
     snprintf(ccert, sizeof ccert, "%s/client-%04d.crt", certs, i + 1);
@@ -306,9 +350,45 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
     cr_assert_eq(fl_connect(&sc->loop, c->tls, "127.0.0.1", port, &opt, &cbs, c, &c->conn), 0);
   }
   uv_run(&sc->loop, UV_RUN_DEFAULT);
-
   int rc = fl_test_wait(pid, 60);
-  cr_assert_eq(rc, 0, "fl-server exited with %d (log %s)", rc, log);
+  cr_assert_eq(rc, 0, "fl-server exited with %d (log %s)", rc, f->log);
+  cr_assert(fl_test_sanitizer_clean(f->log), "sanitizer report in %s", f->log);
+  for (int i = 0; i < sc->n; i++) {
+    fl_tls_config_free(sc->c[i].tls);
+    free(sc->c[i].model);
+  }
+  uv_loop_close(&sc->loop);
+  free(server);
+}
+
+/* The metrics agree with what the script counted, round by round; returns the refusals. */
+static int check_metrics(const script *sc, const files *f) {
+  char *m = fl_test_read_file(f->metrics, NULL);
+  cr_assert_not_null(m);
+  int lines = 0, total_refused = 0;
+  for (char *line = strtok(m, "\n"); line; line = strtok(NULL, "\n")) {
+    long r = json_int(line, "round");
+    cr_assert(r >= 1 && r <= sc->rounds, "bad line %s", line);
+    cr_assert_eq(json_int(line, "updates_accepted"), sc->accepted[r], "round %ld: %s", r, line);
+    cr_assert_eq(json_int(line, "updates_refused"), sc->refused[r], "round %ld: %s", r, line);
+    total_refused += sc->refused[r];
+    lines++;
+  }
+  cr_assert_eq(lines, sc->rounds);
+  free(m);
+  return total_refused;
+}
+
+Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
+  fl_log_set_level(FL_LOG_ERROR);
+  script *sc = calloc(1, sizeof *sc);
+  sc->n = NCLIENTS;
+  sc->rounds = ROUNDS;
+  files f;
+  static const char *const extra[] = {"--clients-per-round", "3", "--min-clients", "4",
+                                      "--min-updates", "1", NULL};
+  run_script(sc, &f, extra);
+
   int violators = 0;
   for (int i = 0; i < NCLIENTS; i++) {
     if (sc->c[i].violated) {
@@ -322,40 +402,46 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
     }
   }
   cr_assert_eq(violators, 1);
-  cr_assert_eq(fl_test_count(log, "tensor chunk without an update"), 1);
+  cr_assert_eq(fl_test_count(f.log, "tensor chunk without an update"), 1);
   cr_assert_geq(sc->c[0].tasks, 5, "client-0001 was selected only %d times", sc->c[0].tasks);
-
-  /* The metrics agree with what was sent, round by round. */
-  char *m = fl_test_read_file(metrics, NULL);
-  cr_assert_not_null(m);
-  int lines = 0, total_refused = 0;
-  for (char *line = strtok(m, "\n"); line; line = strtok(NULL, "\n")) {
-    long r = json_int(line, "round");
-    cr_assert(r >= 1 && r <= ROUNDS, "bad line %s", line);
-    cr_assert_eq(json_int(line, "updates_accepted"), sc->accepted[r], "round %ld: %s", r, line);
-    cr_assert_eq(json_int(line, "updates_refused"), sc->refused[r], "round %ld: %s", r, line);
-    total_refused += sc->refused[r];
-    lines++;
-  }
-  cr_assert_eq(lines, ROUNDS);
-  cr_assert_eq(total_refused, ROUNDS + 5);
-  free(m);
+  cr_assert_eq(check_metrics(sc, &f), ROUNDS + 5);
 
   /* Each refusal names its reason in the log. */
-  cr_assert_geq(fl_test_count(log, "refused update from client-0001"), 5);
-  cr_assert_geq(fl_test_count(log, "not selected"), ROUNDS);
-  cr_assert_geq(fl_test_count(log, "but the current round is"), 1);
-  cr_assert_geq(fl_test_count(log, "second update"), 1);
-  cr_assert_geq(fl_test_count(log, "update is for model"), 2);
-  cr_assert(fl_test_count(log, "NaN") + fl_test_count(log, "finite") >= 1, "no NaN refusal in log");
-  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
-
-  for (int i = 0; i < NCLIENTS; i++) {
-    fl_tls_config_free(sc->c[i].tls);
-    free(sc->c[i].model);
-  }
-  uv_loop_close(&sc->loop);
+  cr_assert_geq(fl_test_count(f.log, "refused update from client-0001"), 5);
+  cr_assert_geq(fl_test_count(f.log, "not selected"), ROUNDS);
+  cr_assert_geq(fl_test_count(f.log, "but the current round is"), 1);
+  cr_assert_geq(fl_test_count(f.log, "second update"), 1);
+  cr_assert_geq(fl_test_count(f.log, "update is for model"), 2);
+  cr_assert(fl_test_count(f.log, "NaN") + fl_test_count(f.log, "finite") >= 1, "no NaN refusal in log");
   free(sc);
-  free(server);
-  free(dir);
+}
+
+/* One update buffer, three clients selected for two updates: client 0 holds the buffer
+ * (it sends its delta 500 ms after its Proceed), client 1's Proceed comes only once that
+ * delta is in, and client 2, still waiting when client 1 completes the round, is refused
+ * as the round closes.  The others are never refused; nobody is cut off. */
+Test(refusal, updates_queue_for_a_buffer_and_the_last_is_refused_at_close, .timeout = 240) {
+  fl_log_set_level(FL_LOG_ERROR);
+  script *sc = calloc(1, sizeof *sc);
+  sc->queue = 1;
+  sc->n = 3;
+  sc->rounds = 3;
+  files f;
+  static const char *const extra[] = {"--clients-per-round", "2", "--over-select", "0.5",
+                                      "--min-clients", "3", "--update-buffers", "1", NULL};
+  for (int r = 1; r <= 3; r++) sc->accepted[r] = 2; /* refusals are counted as they come */
+  run_script(sc, &f, extra);
+
+  for (int i = 0; i < sc->n; i++) cr_assert(sc->c[i].done, "client %d got no Done", i);
+  cr_assert_eq(sc->c[0].proceeds, 3);
+  cr_assert_eq(sc->c[1].proceeds, 3);
+  cr_assert_eq(sc->c[2].proceeds, 0, "client 2 was let in");
+  cr_assert_eq(sc->c[0].refused_msgs + sc->c[1].refused_msgs, 0);
+  cr_assert_eq(sc->c[2].refused_msgs, 3);
+  /* In the last round too: client 1 was let in only after client 0's delta went out. */
+  cr_assert_gt(sc->c[1].proceed_seq, sc->c[0].delta_seq);
+  cr_assert_eq(check_metrics(sc, &f), 3);
+  cr_assert_eq(fl_test_count(f.log, "before the update was taken"), 3);
+  cr_assert_eq(fl_test_count(f.metrics, "\"fold_passes\":2"), 3);
+  free(sc);
 }

@@ -2,10 +2,19 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *env_or(const char *name, const char *fallback) {
@@ -17,32 +26,79 @@ const char *fl_test_src_dir(void) { return env_or("FL_SRC_DIR", "."); }
 const char *fl_test_bin_dir(void) { return env_or("FL_BIN_DIR", "build"); }
 const char *fl_test_certs_dir(void) { return env_or("FL_CERTS", "build/test-certs"); }
 
+char *fl_test_bin(const char *name) {
+  char *p = malloc(4096);
+  if (p) snprintf(p, 4096, "%s/%s", fl_test_bin_dir(), name);
+  return p;
+}
+
 int fl_test_system(const char *cmd) {
   int st = system(cmd);
   if (st == -1 || !WIFEXITED(st)) return -1;
   return WEXITSTATUS(st);
 }
 
-int fl_test_free_port(void) {
+double fl_test_time_scale(void) {
+  const char *v = getenv("FL_TEST_TIME_SCALE");
+  double s = v ? strtod(v, NULL) : 1.0;
+  return s >= 1.0 ? s : 1.0;
+}
+
+/* ---- ports ---- */
+
+static int bind_free(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  if (fd < 0) return 0;
+  int on = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
+  int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+  close(fd);
+  return ok;
+}
+
+/* The ports no one else is handed: [lo, hi) outside the kernel's ephemeral range. */
+static void test_port_range(int *lo, int *hi) {
+  int e_lo = 32768, e_hi = 60999;
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+  if (f) {
+    if (fscanf(f, "%d %d", &e_lo, &e_hi) != 2) e_lo = 32768, e_hi = 60999;
+    fclose(f);
+  }
+  if (e_lo - 10000 >= 2000) {
+    *lo = 10000;
+    *hi = e_lo;
+  } else {
+    *lo = e_hi + 1;
+    *hi = 65536;
+  }
+}
+
+int fl_test_free_port(void) {
+  int lo, hi;
+  test_port_range(&lo, &hi);
+  int fd = open("/tmp/fl-test-ports", O_RDWR | O_CREAT, 0666);
+  if (fd < 0) return -1;
+  flock(fd, LOCK_EX);
+  unsigned next = 0;
+  if (pread(fd, &next, sizeof next, 0) != (ssize_t)sizeof next) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    next = (unsigned)(t.tv_nsec ^ getpid()); /* a fresh file: start anywhere */
+  }
   int port = -1;
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
+  for (int tries = 0; tries < hi - lo && port < 0; tries++) {
+    int p = lo + (int)(next++ % (unsigned)(hi - lo));
+    if (bind_free(p)) port = p;
+  }
+  if (pwrite(fd, &next, sizeof next, 0) != (ssize_t)sizeof next) port = -1;
+  flock(fd, LOCK_UN);
   close(fd);
   return port;
 }
 
-#include <fcntl.h>
-#include <sys/prctl.h>
-#include <signal.h>
-#include <stdio.h>
-#include <string.h>
-#include <time.h>
+/* ---- processes and logs ---- */
 
 char *fl_test_tmpdir(void) {
   char tmpl[] = "/tmp/fl-test-XXXXXX";
@@ -75,7 +131,7 @@ static double mono(void) {
 }
 
 int fl_test_wait(pid_t pid, double timeout_s) {
-  double end = mono() + timeout_s;
+  double end = mono() + timeout_s * fl_test_time_scale();
   int st;
   for (;;) {
     pid_t r = waitpid(pid, &st, WNOHANG);
@@ -93,6 +149,11 @@ int fl_test_wait(pid_t pid, double timeout_s) {
   return -1;
 }
 
+int fl_test_running(pid_t pid) {
+  int st;
+  return waitpid(pid, &st, WNOHANG) == 0;
+}
+
 char *fl_test_read_file(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
@@ -103,8 +164,12 @@ char *fl_test_read_file(const char *path, size_t *len) {
     n += got;
     if (cap - n - 1 == 0) {
       char *nb = realloc(buf, cap *= 2);
-      if (!nb) { free(buf); buf = NULL; }
-      else buf = nb;
+      if (!nb) {
+        free(buf);
+        buf = NULL;
+      } else {
+        buf = nb;
+      }
     }
   }
   fclose(f);
@@ -129,22 +194,147 @@ int fl_test_sanitizer_clean(const char *log) {
          fl_test_count(log, "runtime error:") == 0;
 }
 
-int fl_test_wait_for(const char *path, const char *needle, double timeout_s) {
-  double end = mono() + timeout_s;
+int fl_test_wait_count(const char *path, const char *needle, int n, double timeout_s) {
+  double end = mono() + timeout_s * fl_test_time_scale();
   do {
-    if (fl_test_count(path, needle) > 0) return 1;
+    if (fl_test_count(path, needle) >= n) return 1;
     usleep(20000);
   } while (mono() < end);
-  return 0;
+  return fl_test_count(path, needle) >= n;
 }
 
-char *fl_test_bin(const char *name) {
-  char *p = malloc(4096);
-  if (p) snprintf(p, 4096, "%s/%s", fl_test_bin_dir(), name);
-  return p;
+int fl_test_wait_for(const char *path, const char *needle, double timeout_s) {
+  return fl_test_wait_count(path, needle, 1, timeout_s);
 }
 
-int fl_test_running(pid_t pid) {
-  int st;
-  return waitpid(pid, &st, WNOHANG) == 0;
+int fl_test_wait_for_while(const char *path, const char *needle, pid_t pid, double timeout_s) {
+  double end = mono() + timeout_s * fl_test_time_scale();
+  do {
+    if (fl_test_count(path, needle) > 0) return 1;
+    siginfo_t si = {0};
+    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid == pid)
+      break; /* exited (left unreaped for fl_test_wait) */
+    usleep(20000);
+  } while (mono() < end);
+  return fl_test_count(path, needle) > 0;
+}
+
+/* ---- federations ---- */
+
+void fl_test_fed_init(fl_test_fed *f) {
+  memset(f, 0, sizeof *f);
+  f->dir = fl_test_tmpdir();
+  const char *certs = fl_test_certs_dir();
+  snprintf(f->ca, sizeof f->ca, "%s/ca.crt", certs);
+  snprintf(f->cert, sizeof f->cert, "%s/server.crt", certs);
+  snprintf(f->key, sizeof f->key, "%s/server.key", certs);
+  f->port = fl_test_free_port();
+  snprintf(f->listen, sizeof f->listen, "127.0.0.1:%d", f->port);
+  snprintf(f->model, sizeof f->model, "%s/model.bin", f->dir);
+  snprintf(f->metrics, sizeof f->metrics, "%s/metrics.jsonl", f->dir);
+  f->server = fl_test_bin("fl-server");
+  f->client = fl_test_bin("fl-client");
+}
+
+void fl_test_fed_free(fl_test_fed *f) {
+  free(f->server);
+  free(f->client);
+  free(f->dir);
+  memset(f, 0, sizeof *f);
+}
+
+void fl_test_fed_path(const fl_test_fed *f, const char *name, char *out, size_t len) {
+  snprintf(out, len, "%s/%s", f->dir, name);
+}
+
+#define MAX_ARGS 128
+
+/* argv = fixed[] then the NULL-terminated extra arguments of ap. */
+static pid_t spawn_with(const fl_test_fed *f, const char *log, char **fixed, int nfixed,
+                        va_list ap) {
+  char *argv[MAX_ARGS];
+  int n = 0;
+  for (int i = 0; i < nfixed; i++) argv[n++] = fixed[i];
+  const char *a;
+  while ((a = va_arg(ap, const char *)) && n < MAX_ARGS - 1) argv[n++] = (char *)a;
+  argv[n] = NULL;
+  char path[700];
+  fl_test_fed_path(f, log, path, sizeof path);
+  return fl_test_spawn(path, argv);
+}
+
+static pid_t server_v(fl_test_fed *f, const char *log, va_list ap) {
+  char *fixed[] = {f->server, "--listen", f->listen, "--ca", f->ca, "--cert", f->cert,
+                   "--key", f->key, "--out", f->model, "--metrics", f->metrics};
+  return spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), ap);
+}
+
+pid_t fl_test_fed_server(fl_test_fed *f, const char *log, ...) {
+  va_list ap;
+  va_start(ap, log);
+  pid_t pid = server_v(f, log, ap);
+  va_end(ap);
+  return pid;
+}
+
+pid_t fl_test_fed_server_ready(fl_test_fed *f, const char *log, ...) {
+  va_list ap;
+  va_start(ap, log);
+  pid_t pid = server_v(f, log, ap);
+  va_end(ap);
+  char path[700];
+  fl_test_fed_path(f, log, path, sizeof path);
+  if (!fl_test_wait_for_while(path, "[server] listening on", pid, 30)) return -1;
+  return pid;
+}
+
+pid_t fl_test_fed_clients(fl_test_fed *f, const char *log, ...) {
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", f->port);
+  char *fixed[] = {f->client, "--server", addr, "--server-name", "localhost", "--ca", f->ca,
+                   "--certs-dir", (char *)fl_test_certs_dir()};
+  va_list ap;
+  va_start(ap, log);
+  pid_t pid = spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), ap);
+  va_end(ap);
+  return pid;
+}
+
+/* ---- metrics ---- */
+
+double fl_test_json_num(const char *line, const char *key) {
+  char pat[128];
+  snprintf(pat, sizeof pat, "\"%s\":", key);
+  const char *p = strstr(line, pat);
+  if (!p || strncmp(p + strlen(pat), "null", 4) == 0) return NAN;
+  return strtod(p + strlen(pat), NULL);
+}
+
+int fl_test_metrics_rounds(const char *path) {
+  char *m = fl_test_read_file(path, NULL);
+  if (!m) return 0;
+  int expect = 1;
+  char *save = NULL;
+  for (char *line = strtok_r(m, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    if (fl_test_json_num(line, "round") != expect) {
+      free(m);
+      return -1;
+    }
+    expect++;
+  }
+  free(m);
+  return expect - 1;
+}
+
+char *fl_test_metrics_line(const char *path, int round) {
+  char *m = fl_test_read_file(path, NULL);
+  if (!m) return NULL;
+  char *save = NULL, *found = NULL;
+  for (char *line = strtok_r(m, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+    if (fl_test_json_num(line, "round") == round) {
+      free(found);
+      found = strdup(line);
+    }
+  free(m);
+  return found;
 }

@@ -1,7 +1,16 @@
-/* Helpers shared by the tests: where the source tree and the built binaries are, free
- * ports, and running commands. */
+/* Helpers shared by the tests: where the source tree and the built binaries are, ports
+ * that nothing else takes, spawning the real binaries, waiting on what they log, and
+ * reading their metrics.
+ *
+ * Waiting: every wait here is for an event (a process exits, a line appears in a log)
+ * with a deadline that only catches hangs.  Deadlines are multiplied by FL_TEST_TIME_SCALE
+ * (default 1) for machines far slower than the ones the suite was written on; nothing
+ * in the suite depends on how fast the machine is. */
 #ifndef FL_TESTUTIL_H
 #define FL_TESTUTIL_H
+
+#include <stddef.h>
+#include <sys/types.h>
 
 /* The source tree (FL_SRC_DIR, set by make test; "." otherwise). */
 const char *fl_test_src_dir(void);
@@ -9,23 +18,29 @@ const char *fl_test_src_dir(void);
 const char *fl_test_bin_dir(void);
 /* The test certificates made by certs/gen.sh (FL_CERTS; "build/test-certs" otherwise). */
 const char *fl_test_certs_dir(void);
+/* A path in the build directory, e.g. fl_test_bin("fl-server") (malloc'd). */
+char *fl_test_bin(const char *name);
 /* Runs a shell command; returns its exit status (or -1 if it could not run). */
 int fl_test_system(const char *cmd);
-/* A TCP port on 127.0.0.1 that the kernel says is free right now (bind to port 0). */
+
+/* A TCP port on 127.0.0.1 for a listener of this test alone: taken from a range the
+ * kernel never hands out as an ephemeral port (below ip_local_port_range), through a
+ * counter shared by every test process on the machine (a locked file in /tmp), and
+ * checked free by binding it.  So neither another test nor an outgoing connection can
+ * take it between this call and the listener's bind, nor while a server restarts on it.
+ * -1 if none could be found. */
 int fl_test_free_port(void);
 
-#endif
-
-#include <stddef.h>
-#include <sys/types.h>
+/* FL_TEST_TIME_SCALE (default 1): deadlines in the suite are multiplied by it. */
+double fl_test_time_scale(void);
 
 /* A fresh temporary directory (malloc'd path; the caller frees it). */
 char *fl_test_tmpdir(void);
 /* Starts argv[0] (a path) with stdout and stderr appended to log; returns the pid.  The
  * child is killed when the test process exits. */
 pid_t fl_test_spawn(const char *log, char *const argv[]);
-/* Waits up to timeout_s for pid: its exit status, 128+signal if killed by one, or -1 on
- * timeout (the process is then killed with SIGKILL and reaped). */
+/* Waits up to timeout_s (scaled) for pid: its exit status, 128+signal if killed by one,
+ * or -1 on timeout (the process is then killed with SIGKILL and reaped). */
 int fl_test_wait(pid_t pid, double timeout_s);
 /* 1 while pid is running (not yet exited). */
 int fl_test_running(pid_t pid);
@@ -35,8 +50,58 @@ char *fl_test_read_file(const char *path, size_t *len);
 int fl_test_count(const char *path, const char *needle);
 /* 1 when the log holds no AddressSanitizer, LeakSanitizer or UBSan report. */
 int fl_test_sanitizer_clean(const char *log);
-/* Waits up to timeout_s until the file contains needle; 1 if it did. */
+/* Waits up to timeout_s (scaled) until the file contains needle; 1 if it did. */
 int fl_test_wait_for(const char *path, const char *needle, double timeout_s);
-/* A path in the build directory: fl_test_bin("fl-server") (static buffer per call site
- * is not safe; the result is malloc'd). */
-char *fl_test_bin(const char *name);
+/* Waits up to timeout_s (scaled) until the file contains needle at least n times. */
+int fl_test_wait_count(const char *path, const char *needle, int n, double timeout_s);
+/* Like fl_test_wait_for, but gives up early (0) when pid exits first. */
+int fl_test_wait_for_while(const char *path, const char *needle, pid_t pid, double timeout_s);
+
+/* ---- federations of the real binaries ----
+ *
+ * One server on a port of the test's own (fl_test_free_port), the test certificates, and
+ * a fresh directory for logs, models and metrics:
+ *
+ *   fl_test_fed f;
+ *   fl_test_fed_init(&f);
+ *   pid_t s = fl_test_fed_server(&f, "server.log", "--model", "2nn", "--rounds", "3", NULL);
+ *   pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "4", ..., NULL);
+ *   cr_assert_eq(fl_test_wait(s, 240), 0);
+ *   ...
+ *   fl_test_fed_free(&f);
+ *
+ * The server gets --listen, --ca, --cert, --key, --out DIR/model.bin and --metrics
+ * DIR/metrics.jsonl before the extra arguments (later flags win, so a test may repeat
+ * --out or --metrics); clients get --server, --server-name localhost, --ca and
+ * --certs-dir.  Log names are relative to the directory. */
+typedef struct fl_test_fed {
+  char *dir;                        /* the run's directory (malloc'd) */
+  char ca[512], cert[512], key[512];
+  int port;
+  char listen[64];                  /* 127.0.0.1:PORT */
+  char model[600], metrics[600];    /* DIR/model.bin, DIR/metrics.jsonl */
+  char *server, *client;            /* paths of the binaries */
+} fl_test_fed;
+
+void fl_test_fed_init(fl_test_fed *f);
+void fl_test_fed_free(fl_test_fed *f);
+/* DIR/name in out. */
+void fl_test_fed_path(const fl_test_fed *f, const char *name, char *out, size_t len);
+/* Starts fl-server with the extra arguments (NULL-terminated); does not wait. */
+pid_t fl_test_fed_server(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
+/* Starts fl-server and waits until it listens (30 s); -1 if it never did. */
+pid_t fl_test_fed_server_ready(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
+/* Starts one fl-client process with the extra arguments (NULL-terminated). */
+pid_t fl_test_fed_clients(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
+
+/* ---- the metrics file: one JSON object per line ---- */
+
+/* "key":X of a JSON line; NAN when absent or null. */
+double fl_test_json_num(const char *line, const char *key);
+/* The rounds of a metrics file if they are 1, 2, ... in order; -1 if a line is not the
+ * next round; 0 for no file. */
+int fl_test_metrics_rounds(const char *path);
+/* The line of round r (malloc'd), or NULL. */
+char *fl_test_metrics_line(const char *path, int round);
+
+#endif

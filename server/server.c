@@ -483,12 +483,14 @@ static void on_update(client *c, const Fl__Update *u) {
     refuse(c, "update is for model %016llx with %llu parameters, expected %016llx with %zu",
            (unsigned long long)u->model_id, (unsigned long long)u->num_params,
            (unsigned long long)fl_model_id(s->model), s->n);
+    advance(s); /* it may have been the round's last answer */
     return;
   }
   if (u->num_examples == 0 || u->encoding != FL__ENCODING__ENCODING_FLOAT32) {
     count_answer(c);
     refuse(c, u->num_examples == 0 ? "update has no examples" : "unsupported update encoding %d",
            (int)u->encoding);
+    advance(s);
     return;
   }
   c->upd_examples = u->num_examples;
@@ -498,6 +500,8 @@ static void on_update(client *c, const Fl__Update *u) {
   if (s->n_free > 0) {
     take_update(c, s->bufs[--s->n_free]);
   } else {
+    fl_debug("server", "round %llu: %s waits for an update buffer", (unsigned long long)s->r.number,
+             c->id);
     c->rx = RX_WAIT_BUF;
     if (s->waiting_tail) s->waiting_tail->wait_next = c;
     else s->waiting = c;
@@ -540,6 +544,7 @@ static void on_chunk(client *c, const Fl__TensorChunk *ch) {
     count_answer(c);
     refuse(c, "%s", err);
     if (last) c->rx = RX_IDLE;
+    advance(s); /* it may have been the round's last answer */
     return;
   }
   if (rc == 0) return;

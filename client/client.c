@@ -10,6 +10,7 @@
 #include "client.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -359,6 +360,11 @@ static job *begin_receive(vclient *v, int train, uint64_t round, uint64_t model_
 
 static void on_train_task(vclient *v, const Fl__TrainTask *t) {
   char err[512];
+  if (v->a->cfg->sim_crash_round > 0 && t->round == (uint64_t)v->a->cfg->sim_crash_round) {
+    fl_warn(v->name, "round %llu: --sim-crash-round: the process kills itself now",
+            (unsigned long long)t->round);
+    raise(SIGKILL);
+  }
   fl_train_config tcfg = fl_train_config_default();
   int rc = use_model(v, t->model_spec, t->model_id, t->num_params, err, sizeof err);
   const Fl__TrainConfig *c = t->config;

@@ -35,6 +35,7 @@ const fl_option client_options[] = {
   O("num-partitions", "data", FL_OPTT_INT, num_partitions, "0", "N", "partitions of --data (default: --clients)", 0, 10000000),
   O("partition-index", "data", FL_OPTT_INT, partition_index, "0", "I", "partition of the first virtual client (client k trains on I+k)", 0, 10000000),
   O("seed", "data", FL_OPTT_U64, seed, "1", "N", "partitioning seed (the same on every client of a simulation)", 0, 0),
+  O("sim-crash-round", "simulation", FL_OPTT_INT, sim_crash_round, "0", "R", "SIMULATION ONLY (tests of churn): the whole process kills itself with SIGKILL when one of its clients is given round R's task (0 = never)", 0, 1000000000),
   {0},
 };
 

@@ -31,6 +31,8 @@ typedef struct client_config {
   int num_partitions;
   int partition_index;
   unsigned long long seed;
+  /* [simulation] */
+  int sim_crash_round;   /* the process kills itself when given this round's task */
 } client_config;
 
 extern const fl_option client_options[];

@@ -71,6 +71,7 @@ Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
                    "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca, "--workers", "2",
                    NULL};
   pid_t s = fl_test_spawn(r.log, sargv);
+  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
   pid_t c = fl_test_spawn(clog, cargv);
   int rc = fl_test_wait(s, 540);
   cr_assert_eq(rc, 0, "fl-server exited with %d (see %s)", rc, r.log);
@@ -124,6 +125,7 @@ Test(e2e, global_model_is_weighted_average, .timeout = 300) {
                    "--seed", "5", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca,
                    NULL};
   pid_t s = fl_test_spawn(r.log, sargv);
+  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
   pid_t c = fl_test_spawn(clog, cargv);
   cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", r.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "fl-client failed (see %s)", clog);
@@ -194,6 +196,7 @@ Test(e2e, server_and_three_client_processes, .timeout = 300) {
                    "--metrics", r.metrics, "--out", r.out, "--ca", r.ca, "--cert", r.cert,
                    "--key", r.key, NULL};
   pid_t s = fl_test_spawn(r.log, sargv);
+  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
   pid_t c[3];
   char logs[3][600];
   for (int i = 0; i < 3; i++) {
@@ -250,6 +253,7 @@ Test(e2e, init_model_from_fl_train, .timeout = 300) {
                    "1", "--data", "fashion-mnist:train", "--max-samples", "100", "--certs-dir",
                    (char *)fl_test_certs_dir(), "--ca", r.ca, NULL};
   pid_t s = fl_test_spawn(r.log, sargv);
+  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
   pid_t c = fl_test_spawn(clog, cargv);
   cr_assert_eq(fl_test_wait(s, 120), 0, "server failed (%s)", r.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "client failed (%s)", clog);

@@ -11,10 +11,16 @@
  * answers their Update with Proceed.  The test counts what it sent and checks that the
  * server's metrics and log agree, round by round.
  *
+ * Nothing here is ordered by time: each round, once the three selected clients hold the
+ * model, client-0001 and the unselected client speak first, and the others answer only
+ * when the server has replied to every Update those two sent (each Update header gets a
+ * Proceed or an Error), so the round is still open for all of theirs.
+ *
  * A second test queues updates: with one update buffer and three clients selected for a
  * target of two, the first holds the buffer, the second waits for its Proceed until the
  * first delta is in, and the third, still waiting when the second completes the round,
- * is refused as the round closes. */
+ * is refused as the round closes.  Each step waits for the server to say (in its debug
+ * log) that the previous one is queued. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -42,9 +48,10 @@ typedef struct sclient {
   float *model;
   fl_tensor_rx rx;
   int receiving;
-  uint64_t task_round;      /* last round it was given a task for */
-  uv_timer_t answer;
+  uint64_t task_round;      /* last round whose model it holds */
   int done;
+  int expect;               /* replies (Proceed or Error) still due to its Updates */
+  int holding;              /* queue test: got Proceed, keeps the buffer */
   int pending;              /* an update the server should say Proceed to */
   uint64_t pending_round, pending_n;
   int pending_nan_at;
@@ -62,11 +69,13 @@ struct script {
   int rounds;
   uint64_t seq;              /* events so far, to order them */
   sclient c[NCLIENTS];
-  uv_timer_t unselected;
-  uint64_t current;          /* newest round any client got a task for */
+  int per_round;             /* clients selected each round */
+  uint64_t current;          /* the round being played */
+  int step;                  /* how far this round has got (see next_step) */
   int accepted[MAXR], refused[MAXR];
   int finished;
-  uv_timer_t deadline;
+  uv_timer_t deadline, poll;
+  const char *log;           /* the server's log (queue test) */
 };
 
 static void send_env(sclient *c, const Fl__Envelope *env) {
@@ -94,6 +103,7 @@ static void send_update(sclient *c, uint64_t round, uint64_t model_id, uint64_t 
   env.body_case = FL__ENVELOPE__BODY_UPDATE;
   env.update = &u;
   send_env(c, &env);
+  c->expect++;
   if (!take) return;
   cr_assert(!c->pending, "one update at a time waits for Proceed");
   c->pending = 1;
@@ -120,28 +130,20 @@ static void send_delta(sclient *c) {
   free(delta);
 }
 
-static void delayed_delta(uv_timer_t *t) {
-  sclient *c = t->data;
-  if (c->conn && c->pending) send_delta(c);
+/* A selected client's good update. */
+static void answer_good(sclient *c) {
+  send_update(c, c->task_round, c->model_id, c->num_params, -1, 1);
+  c->sc->accepted[c->task_round]++;
 }
 
-static void answer(uv_timer_t *t) {
-  sclient *c = t->data;
+/* client-0001's update for its nth task. */
+static void answer_scripted(sclient *c) {
   script *sc = c->sc;
   uint64_t r = c->task_round;
-  if (!c->conn) return;
-  if (sc->queue) { /* every client sends a good update; the server decides who waits */
-    send_update(c, r, c->model_id, c->num_params, -1, 1);
-    return;
-  }
-  if (c->index != 0) {
-    send_update(c, r, c->model_id, c->num_params, -1, 1);
-    sc->accepted[r]++;
-    return;
-  }
   switch (c->tasks) {
-  case 1: /* NaN inside the delta */
+  case 1: /* NaN inside the delta: Proceed, then the Error refusing it */
     send_update(c, r, c->model_id, c->num_params, (int)(c->num_params / 2), 1);
+    c->expect++;
     sc->refused[r]++;
     break;
   case 2: /* for another round, then the real one */
@@ -165,28 +167,96 @@ static void answer(uv_timer_t *t) {
     sc->refused[r]++;
     break;
   default:
-    send_update(c, r, c->model_id, c->num_params, -1, 1);
-    sc->accepted[r]++;
+    answer_good(c);
   }
 }
 
-/* 100 ms after a round's first task, a client that got none sends an update anyway. */
-static void unselected_speaks(uv_timer_t *t) {
-  script *sc = t->data;
-  for (int i = 0; i < NCLIENTS; i++) {
-    sclient *c = &sc->c[i];
-    if (c->conn && c->task_round != sc->current) {
-      send_update(c, sc->current, c->model_id, c->num_params ? c->num_params : 16, -1, 0);
-      sc->refused[sc->current]++;
-      if (sc->current == ROUNDS) { /* and its delta, though the server said no */
-        c->pending_n = c->num_params ? c->num_params : 16;
-        c->pending_nan_at = -1;
-        send_delta(c);
-        c->violated = 1;
-      }
-    }
+/* The client that was not selected sends an update anyway (and in the last round its
+ * delta too, though the server said no). */
+static void unselected_speaks(sclient *c) {
+  script *sc = c->sc;
+  send_update(c, sc->current, c->model_id, c->num_params ? c->num_params : 16, -1, 0);
+  sc->refused[sc->current]++;
+  if (sc->current == ROUNDS) {
+    c->pending_n = c->num_params ? c->num_params : 16;
+    c->pending_nan_at = -1;
+    send_delta(c);
+    c->violated = 1;
   }
 }
+
+static int selected(const sclient *c) { return c->conn && c->task_round == c->sc->current; }
+
+static int holders(const script *sc) {
+  int k = 0;
+  for (int i = 0; i < sc->n; i++) k += selected(&sc->c[i]);
+  return k;
+}
+
+static int waits_in_log(const script *sc, int index) {
+  char what[96];
+  snprintf(what, sizeof what, "round %llu: client-%04d waits for an update buffer",
+           (unsigned long long)sc->current, index + 1);
+  return fl_test_count(sc->log, what) > 0;
+}
+
+/* Moves the round on when what it waits for has happened; called after every event. */
+static void next_step(script *sc) {
+  if (sc->current == 0) return; /* no round yet */
+  if (sc->queue) {
+    /* 1: all three hold the model -> client 0 asks (and holds the buffer it gets);
+     * 2: client 0 got Proceed -> client 1 asks; 3: the server queued client 1 -> client
+     * 2 asks; 4: the server queued client 2 -> client 0 sends its delta, which frees
+     * the buffer for client 1, whose delta completes the round. */
+    switch (sc->step) {
+    case 0:
+      if (holders(sc) < sc->per_round) return;
+      sc->step = 1;
+      send_update(&sc->c[0], sc->current, sc->c[0].model_id, sc->c[0].num_params, -1, 1);
+      return;
+    case 1:
+      if (!sc->c[0].holding) return;
+      sc->step = 2;
+      send_update(&sc->c[1], sc->current, sc->c[1].model_id, sc->c[1].num_params, -1, 1);
+      return;
+    case 2:
+      if (!waits_in_log(sc, 1)) return;
+      sc->step = 3;
+      send_update(&sc->c[2], sc->current, sc->c[2].model_id, sc->c[2].num_params, -1, 1);
+      return;
+    case 3:
+      if (!waits_in_log(sc, 2)) return;
+      sc->step = 4;
+      sc->c[0].holding = 0;
+      send_delta(&sc->c[0]);
+      return;
+    default:
+      return;
+    }
+  }
+  /* 1: the selected clients hold the model -> client-0001 (if selected) and the
+   * unselected client speak; 2: the server replied to all they sent -> the others
+   * answer. */
+  if (sc->step == 0) {
+    if (holders(sc) < sc->per_round) return;
+    sc->step = 1;
+    for (int i = 0; i < sc->n; i++) {
+      sclient *c = &sc->c[i];
+      if (!c->conn) continue;
+      if (!selected(c)) unselected_speaks(c);
+      else if (c->index == 0) answer_scripted(c);
+    }
+  }
+  if (sc->step == 1) {
+    for (int i = 0; i < sc->n; i++)
+      if (sc->c[i].conn && sc->c[i].expect > 0) return;
+    sc->step = 2;
+    for (int i = 1; i < sc->n; i++)
+      if (selected(&sc->c[i])) answer_good(&sc->c[i]);
+  }
+}
+
+static void on_poll(uv_timer_t *t) { next_step(t->data); }
 
 static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
   sclient *c = fl_conn_data(conn);
@@ -214,16 +284,11 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
       c->receiving = 0;
       c->tasks++;
       c->task_round = c->round;
-      if (sc->queue) { /* Updates 150 ms apart, client 0 first */
-        uv_timer_start(&c->answer, answer, 100 + 150 * (uint64_t)c->index, 0);
-        break;
-      }
-      if (c->round != sc->current) {
+      if (c->round != sc->current) { /* the first model of a new round */
         sc->current = c->round;
-        uv_timer_start(&sc->unselected, unselected_speaks, 100, 0);
+        sc->step = 0;
       }
-      /* client-0001 answers first, so its second update still finds the round open. */
-      uv_timer_start(&c->answer, answer, c->index == 0 ? 300 : 600, 0);
+      next_step(sc);
     }
     break;
   }
@@ -233,17 +298,23 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
               (unsigned long long)env->proceed->round);
     c->proceed_seq = ++sc->seq;
     c->proceeds++;
-    if (sc->queue && c->index == 0) /* holds the only buffer a while */
-      uv_timer_start(&c->answer, delayed_delta, 500, 0);
+    c->expect--;
+    if (sc->queue && c->index == 0) /* holds the only buffer until the queue is full */
+      c->holding = 1;
     else
       send_delta(c);
+    next_step(sc);
     break;
   case FL__ENVELOPE__BODY_ERROR:
-    if (env->error->code == FL__ERROR_CODE__ERROR_REFUSED && sc->queue) {
-      c->refused_msgs++;
-      c->pending = 0; /* as fl-client does: a refused update is dropped */
-      sc->refused[c->task_round]++;
+    if (env->error->code == FL__ERROR_CODE__ERROR_REFUSED) {
+      c->expect--;
+      if (sc->queue) {
+        c->refused_msgs++;
+        c->pending = 0; /* as fl-client does: a refused update is dropped */
+        sc->refused[c->task_round]++;
+      }
     }
+    next_step(sc);
     break;
   case FL__ENVELOPE__BODY_DONE:
     c->done = 1;
@@ -274,10 +345,12 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
   (void)err;
   (void)reason;
   c->conn = NULL;
-  uv_close((uv_handle_t *)&c->answer, NULL);
+  c->expect = 0; /* cut off: nothing more comes */
   if (++c->sc->finished == c->sc->n) {
-    uv_close((uv_handle_t *)&c->sc->unselected, NULL);
+    uv_close((uv_handle_t *)&c->sc->poll, NULL);
     uv_close((uv_handle_t *)&c->sc->deadline, NULL);
+  } else {
+    next_step(c->sc);
   }
 }
 
@@ -327,12 +400,14 @@ static void run_script(script *sc, files *f, const char *const *extra) {
   pid_t pid = fl_test_spawn(f->log, argv);
   cr_assert(fl_test_wait_for(f->log, "listening on", 30), "server did not start");
 
+  sc->log = f->log;
   uv_loop_init(&sc->loop);
-  uv_timer_init(&sc->loop, &sc->unselected);
-  sc->unselected.data = sc;
+  uv_timer_init(&sc->loop, &sc->poll);
+  sc->poll.data = sc;
+  uv_timer_start(&sc->poll, on_poll, 20, 20); /* the queue test reads the server's log */
   uv_timer_init(&sc->loop, &sc->deadline);
   sc->deadline.data = sc;
-  uv_timer_start(&sc->deadline, on_deadline, 200000, 0);
+  uv_timer_start(&sc->deadline, on_deadline, (uint64_t)(200000 * fl_test_time_scale()), 0);
   fl_conn_options opt;
   fl_conn_options_default(&opt);
   for (int i = 0; i < sc->n; i++) {
@@ -345,8 +420,6 @@ static void run_script(script *sc, files *f, const char *const *extra) {
     cr_assert_eq(fl_tls_config_create(&t, &c->tls, err, sizeof err), 0, "%s", err);
     c->sc = sc;
     c->index = i;
-    uv_timer_init(&sc->loop, &c->answer);
-    c->answer.data = c;
     cr_assert_eq(fl_connect(&sc->loop, c->tls, "127.0.0.1", port, &opt, &cbs, c, &c->conn), 0);
   }
   uv_run(&sc->loop, UV_RUN_DEFAULT);
@@ -385,6 +458,7 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   sc->n = NCLIENTS;
   sc->rounds = ROUNDS;
   files f;
+  sc->per_round = 3;
   static const char *const extra[] = {"--clients-per-round", "3", "--min-clients", "4",
                                       "--min-updates", "1", NULL};
   run_script(sc, &f, extra);
@@ -417,9 +491,9 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
 }
 
 /* One update buffer, three clients selected for two updates: client 0 holds the buffer
- * (it sends its delta 500 ms after its Proceed), client 1's Proceed comes only once that
- * delta is in, and client 2, still waiting when client 1 completes the round, is refused
- * as the round closes.  The others are never refused; nobody is cut off. */
+ * (it sends its delta only once the other two are queued), client 1's Proceed comes only
+ * once that delta is in, and client 2, still waiting when client 1 completes the round,
+ * is refused as the round closes.  The others are never refused; nobody is cut off. */
 Test(refusal, updates_queue_for_a_buffer_and_the_last_is_refused_at_close, .timeout = 240) {
   fl_log_set_level(FL_LOG_ERROR);
   script *sc = calloc(1, sizeof *sc);
@@ -427,8 +501,10 @@ Test(refusal, updates_queue_for_a_buffer_and_the_last_is_refused_at_close, .time
   sc->n = 3;
   sc->rounds = 3;
   files f;
+  sc->per_round = 3;
   static const char *const extra[] = {"--clients-per-round", "2", "--over-select", "0.5",
-                                      "--min-clients", "3", "--update-buffers", "1", NULL};
+                                      "--min-clients", "3", "--update-buffers", "1",
+                                      "--log-level", "debug", NULL};
   for (int r = 1; r <= 3; r++) sc->accepted[r] = 2; /* refusals are counted as they come */
   run_script(sc, &f, extra);
 

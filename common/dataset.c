@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "bigalloc.h"
 #include "dataset_internal.h"
 #include "error.h"
 #include "rng.h"
@@ -61,7 +62,7 @@ int fl__read_file(const char *path, uint8_t **buf, size_t *len, char *err, size_
         }
         cap *= 2;
       }
-      uint8_t *nb = realloc(b, cap);
+      uint8_t *nb = b ? realloc(b, cap) : fl_alloc_big(cap); /* see idx.c */
       if (!nb) {
         rc = fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory reading %zu bytes",
                              path, cap);

@@ -24,6 +24,7 @@
 #include <uv.h>
 
 #include "conn.h"
+#include "error.h"
 #include "log.h"
 #include "tls.h"
 
@@ -137,6 +138,7 @@ typedef struct client {
   enum phase phase;
   fl_conn *c;
   int closed, open;
+  char why[256];       /* how the last connection ended */
   uint64_t sent;
   uint8_t *chunk;
   double t0, t1;
@@ -193,16 +195,33 @@ static void c_drain(fl_conn *c) {
 }
 static void c_close(fl_conn *c, int err, const char *reason) {
   client *k = fl_conn_data(c);
-  if (err) fprintf(stderr, "bench: connection failed: %s\n", reason);
+  snprintf(k->why, sizeof k->why, "%s%s", reason ? reason : "closed",
+           err ? "" : " (closed cleanly)");
   k->closed = 1;
 }
 static const fl_conn_callbacks cli_cb = {c_open, c_frame, c_drain, c_close};
 
+static const char *phase_name(enum phase p) {
+  return p == P_BULK ? "bulk transfer" : p == P_PING ? "round trips" : "handshakes";
+}
+
+/* One connection of the current phase; on failure says what went wrong on stderr. */
 static int run_one(client *k) {
   k->closed = k->open = 0;
-  if (fl_connect(&k->loop, k->tls, "127.0.0.1", k->port, NULL, &cli_cb, k, &k->c) < 0) return -1;
+  k->why[0] = 0;
+  int rc = fl_connect(&k->loop, k->tls, "127.0.0.1", k->port, NULL, &cli_cb, k, &k->c);
+  if (rc < 0) {
+    fprintf(stderr, "bench-tls: %s: cannot start a connection: %s\n", phase_name(k->phase),
+            fl_strerror(rc));
+    return -1;
+  }
   while (!k->closed) uv_run(&k->loop, UV_RUN_ONCE);
-  return k->open ? 0 : -1;
+  if (!k->open) {
+    fprintf(stderr, "bench-tls: %s: the connection failed before its handshake completed: %s\n",
+            phase_name(k->phase), k->why);
+    return -1;
+  }
+  return 0;
 }
 
 /* ---- plain TCP reference: blocking sockets on two threads ---- */
@@ -290,7 +309,11 @@ int main(void) {
   s.loop.data = NULL;
   uv_async_init(&s.loop, &s.stop, stop_cb);
   s.stop.data = &s;
-  if (fl_listen(&s.loop, s.tls, "127.0.0.1", 0, NULL, &srv_cb, NULL, &s.l) < 0) return 1;
+  int rc = fl_listen(&s.loop, s.tls, "127.0.0.1", 0, NULL, &srv_cb, NULL, &s.l);
+  if (rc < 0) {
+    fprintf(stderr, "bench-tls: cannot listen on 127.0.0.1: %s\n", fl_strerror(rc));
+    return 1;
+  }
   s.port = fl_listener_port(s.l);
   pthread_create(&s.th, NULL, server_main, &s);
 
@@ -310,7 +333,13 @@ int main(void) {
     k.sent = 0;
     k.t1 = 0;
     double cpu0 = cpu_s();
-    if (run_one(&k) < 0 || k.t1 == 0) return 1;
+    if (run_one(&k) < 0) return 1;
+    if (k.t1 == 0) {
+      fprintf(stderr, "bench-tls: bulk transfer: the connection ended before the server "
+              "acknowledged the 100 MiB (%llu MiB sent): %s\n",
+              (unsigned long long)(k.sent >> 20), k.why);
+      return 1;
+    }
     double mbs = TOTAL / (k.t1 - k.t0) / 1e6;
     if (mbs > tls_mbs) {
       tls_mbs = mbs;
@@ -319,7 +348,13 @@ int main(void) {
   }
 
   k.phase = P_PING;
+  k.trips = 0;
   if (run_one(&k) < 0) return 1;
+  if (k.trips < ROUND_TRIPS + WARMUP) {
+    fprintf(stderr, "bench-tls: round trips: the connection ended after %d of %d: %s\n",
+            k.trips, ROUND_TRIPS + WARMUP, k.why);
+    return 1;
+  }
   qsort(k.rtt + WARMUP, ROUND_TRIPS, sizeof(double), cmp_double);
   double median = k.rtt[WARMUP + ROUND_TRIPS / 2] * 1e6;
   double p99 = k.rtt[WARMUP + ROUND_TRIPS * 99 / 100] * 1e6;

@@ -371,9 +371,10 @@ static void srv_init(srv *t, int threads, enum smode mode) {
   cr_assert_eq(fl_io_threads(t->io), threads);
 }
 
+/* Runs the loop until cond holds or ms (times FL_TEST_TIME_SCALE) of loop time pass. */
 #define RUN_UNTIL(t, cond, ms)                                                     \
   do {                                                                             \
-    uint64_t until_ = uv_now(&(t)->loop) + (ms);                                   \
+    uint64_t until_ = uv_now(&(t)->loop) + (uint64_t)((ms) * fl_test_time_scale()); \
     while (!(cond) && uv_now(&(t)->loop) < until_) uv_run(&(t)->loop, UV_RUN_ONCE); \
   } while (0)
 
@@ -585,12 +586,13 @@ Test(iothreads, stop_listening_keeps_open_peers, .timeout = 30) {
   RUN_UNTIL(&t, t.npeers == 4, 10000);
   cr_assert_eq(t.npeers, 4);
   fl_io_stop_listening(t.io);
-  RUN_UNTIL(&t, 0, 100);
+  /* A late client is never presented to the control side (whether its handshake gets
+   * anywhere depends on when the I/O threads close their sockets) and gets no echo. */
   clients *late = clients_start(1, C_ECHO, fl_io_port(t.io), ctls);
+  late->nframes = 1;
   clients_run(late);
-  clients_join(late, 0);
-  cr_assert_not(late->c[0].opened);
-  cr_assert_neq(late->c[0].err, 0);
+  clients_join(late, 0); /* it ends by itself: the server closes it */
+  cr_assert_eq(late->c[0].echoed, 0);
   clients_free(late);
   for (int i = 0; i < 4; i++) fl_peer_send(t.peers[i].p, (const uint8_t *)"go", 2);
   RUN_UNTIL(&t, t.nclosed == 4, 10000);

@@ -659,7 +659,8 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
       snprintf(v->name, sizeof v->name, "%s-%04d", cfg->cert_prefix, cfg->cert_index + i);
     }
     fl_tls_options topt = {.is_server = 0, .ca_file = cfg->ca, .cert_file = cert, .key_file = key,
-                           .server_name = cfg->server_name ? cfg->server_name : a->host};
+                           .server_name = cfg->server_name ? cfg->server_name : a->host,
+                           .resume_sessions = 1};
     rc = fl_tls_config_create(&topt, &v->tls, err, errlen);
     if (rc) goto fail;
     if (v->partition >= 0) {

@@ -47,6 +47,10 @@ struct fl_conn {
   uv_getaddrinfo_t gai;
   uv_connect_t connect_req;
   mbedtls_ssl_context ssl;
+  const fl_tls_config *tls;
+  char *resume_key;    /* client: "host:port", under which the session is kept */
+  int verified;        /* the peer's certificate chain was verified in this handshake */
+  int resumed;         /* the handshake resumed a session instead */
   fl_frame_decoder dec;
   fl_conn_options opt; /* opt.heartbeat points at our own copy */
   fl_conn_callbacks cb;
@@ -125,6 +129,7 @@ static void finish(fl_conn *c) {
   if (c->cb.on_close) c->cb.on_close(c, c->err, c->reason);
   mbedtls_ssl_free(&c->ssl);
   fl_frame_decoder_free(&c->dec);
+  free(c->resume_key);
   free(c->in);
   free(c->pt);
   free(c->out);
@@ -374,6 +379,16 @@ static void cert_cn(const mbedtls_x509_crt *crt, char *out, size_t n) {
   }
 }
 
+/* mbedTLS calls this for each certificate of the peer's chain it verifies: only in a
+ * full handshake.  It changes nothing of the verification. */
+static int verify_seen(void *ctx, mbedtls_x509_crt *crt, int depth, uint32_t *flags) {
+  (void)crt;
+  (void)depth;
+  (void)flags;
+  ((fl_conn *)ctx)->verified = 1;
+  return 0;
+}
+
 static void handshake_failed(fl_conn *c, int r) {
   char why[200], cert[300] = "";
   tls_reason(r, why, sizeof why);
@@ -399,6 +414,8 @@ static void handshake_failed(fl_conn *c, int r) {
   }
   if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED || r == MBEDTLS_ERR_SSL_NO_CLIENT_CERTIFICATE)
     err = FL_ECERT;
+  /* The next attempt is a full handshake, whatever went wrong with this one. */
+  if (c->resume_key) fl__tls_session_forget(c->tls, c->resume_key);
   fail(c, err, "handshake failed: %s%s", why, cert);
 }
 
@@ -408,9 +425,14 @@ static void handshake_done(fl_conn *c) {
     cert_cn(peer, c->peer_id, sizeof c->peer_id);
   else
     c->peer_id[0] = '\0';
+  /* A full handshake verified the peer's certificate just now; a resumed one took the
+   * certificate from the session (server: from the ticket, checked as it was opened). */
+  c->resumed = peer && !c->verified;
+  if (c->resume_key) fl__tls_session_keep(c->tls, c->resume_key, &c->ssl);
   c->state = ST_OPEN;
   c->last_rx = c->last_tx = uv_now(c->loop);
-  fl_debug("conn", "%s %s: open, %s", c->addr, who(c), mbedtls_ssl_get_ciphersuite(&c->ssl));
+  fl_debug("conn", "%s %s: open, %s%s", c->addr, who(c), mbedtls_ssl_get_ciphersuite(&c->ssl),
+           c->resumed ? ", session resumed" : "");
   if (c->cb.on_open) c->cb.on_open(c);
   if (c->state == ST_OPEN) rearm(c);
 }
@@ -601,6 +623,7 @@ static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_con
   if (cb) c->cb = *cb;
   c->data = data;
   c->is_server = fl__tls_is_server(tls);
+  c->tls = tls;
   /* The loop's cached time is stale when the caller worked long before connecting
    * (fl-client loading 10,000 identities): the handshake deadline would have passed. */
   uv_update_time(loop);
@@ -610,6 +633,7 @@ static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_con
   mbedtls_ssl_init(&c->ssl);
   if (mbedtls_ssl_setup(&c->ssl, fl__tls_ssl_config(tls)) != 0) goto fail_ssl;
   mbedtls_ssl_set_bio(&c->ssl, c, bio_send, bio_recv, NULL);
+  mbedtls_ssl_set_verify(&c->ssl, verify_seen, c);
   uv_tcp_init(loop, &c->tcp);
   uv_timer_init(loop, &c->timer);
   c->tcp.data = c;
@@ -827,6 +851,12 @@ int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int 
     uv_close((uv_handle_t *)&c->timer, handle_closed);
     return FL_ENOMEM;
   }
+  if (fl__tls_keeps_sessions(tls)) {
+    char key[300];
+    snprintf(key, sizeof key, "%s:%d", host, port);
+    c->resume_key = strdup(key); /* without memory for it, the session is just not kept */
+    if (c->resume_key) fl__tls_session_offer(tls, key, &c->ssl);
+  }
   c->port = port;
   c->state = ST_RESOLVING;
   snprintf(c->addr, sizeof c->addr, "%s:%d", host, port);
@@ -933,6 +963,7 @@ void *fl_conn_data(const fl_conn *c) { return c->data; }
 void fl_conn_set_data(fl_conn *c, void *data) { c->data = data; }
 const char *fl_conn_peer_id(const fl_conn *c) { return c->peer_id; }
 const char *fl_conn_peer_addr(const fl_conn *c) { return c->addr; }
+int fl_conn_resumed(const fl_conn *c) { return c->resumed; }
 uint64_t fl_conn_bytes_in(const fl_conn *c) { return c->bytes_in; }
 uint64_t fl_conn_bytes_out(const fl_conn *c) { return c->bytes_out; }
 uv_loop_t *fl_conn_loop(const fl_conn *c) { return c->loop; }

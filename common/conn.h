@@ -108,6 +108,9 @@ void fl_conn_set_data(fl_conn *c, void *data);
 const char *fl_conn_peer_id(const fl_conn *c);
 /* "1.2.3.4:5678" or "[::1]:5678". */
 const char *fl_conn_peer_addr(const fl_conn *c);
+/* 1 when the handshake resumed an earlier session (tls.h) instead of a full handshake:
+ * the peer's identity then comes from that session. */
+int fl_conn_resumed(const fl_conn *c);
 uint64_t fl_conn_bytes_in(const fl_conn *c);  /* TLS bytes received */
 uint64_t fl_conn_bytes_out(const fl_conn *c); /* TLS bytes sent */
 uv_loop_t *fl_conn_loop(const fl_conn *c);

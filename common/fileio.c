@@ -36,14 +36,30 @@ static int sync_dir(const char *path) {
   return rc;
 }
 
+static int write_pieces(const char *path, const fl_piece *pieces, size_t n, mode_t mode,
+                        char *err, size_t errlen);
+
 int fl_file_write_atomic(const char *path, const void *buf, size_t len, char *err,
                          size_t errlen) {
   fl_piece one = {buf, len};
-  return fl_file_write_atomic_pieces(path, &one, 1, err, errlen);
+  return write_pieces(path, &one, 1, 0644, err, errlen);
+}
+
+int fl_file_write_private(const char *path, const void *buf, size_t len, char *err,
+                          size_t errlen) {
+  fl_piece one = {buf, len};
+  return write_pieces(path, &one, 1, 0600, err, errlen);
 }
 
 int fl_file_write_atomic_pieces(const char *path, const fl_piece *pieces, size_t n, char *err,
                                 size_t errlen) {
+  return write_pieces(path, pieces, n, 0644, err, errlen);
+}
+
+/* mkostemp makes the temporary file 0600: a private file is never readable by others,
+ * not even for a moment. */
+static int write_pieces(const char *path, const fl_piece *pieces, size_t n, mode_t mode,
+                        char *err, size_t errlen) {
   int rc = 0, fd = -1;
   char *tmp = malloc(strlen(path) + 16);
   if (!tmp) return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", path);
@@ -54,7 +70,7 @@ int fl_file_write_atomic_pieces(const char *path, const fl_piece *pieces, size_t
               "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
     goto done;
   }
-  int bad = fchmod(fd, 0644) != 0;
+  int bad = fchmod(fd, mode) != 0;
   for (size_t i = 0; i < n && !bad; i++) bad = write_all(fd, pieces[i].data, pieces[i].len) != 0;
   if (bad || fsync(fd) != 0) {
     rc = fl_errf(err, errlen, FL_EIO, "%s: cannot write %s: %s", path, tmp, strerror(errno));

@@ -12,6 +12,10 @@
 int fl_file_write_atomic(const char *path, const void *buf, size_t len, char *err,
                          size_t errlen);
 
+/* The same, readable by the owner alone (mode 0600): keys and other secrets. */
+int fl_file_write_private(const char *path, const void *buf, size_t len, char *err,
+                          size_t errlen);
+
 /* A piece of a file written from several buffers, so large parts (model parameters) are
  * written from where they are instead of copied into one image. */
 typedef struct fl_piece {

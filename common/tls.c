@@ -9,7 +9,13 @@
  *
  * Every configuration has its own DRBG, but they all seed from one entropy source for
  * the process: mbedTLS's entropy context is ~37 KB here (Debian builds in the HAVEGE
- * state), and fl-client --clients 10000 holds one configuration per virtual client. */
+ * state), and fl-client --clients 10000 holds one configuration per virtual client.
+ *
+ * Resumption: the server's ticket callbacks seal and open its session state with
+ * ticket.h, bound to a digest of the CA certificates and re-checked against the
+ * certificate's validity and the CRL when opened.  A client keeps a few sessions, one per
+ * server, serialized (mbedtls_ssl_session_save: about 1.5 KB with the ticket and the
+ * server certificate), since a simulation keeps one per virtual client. */
 #include "tls.h"
 #include "tls_internal.h"
 
@@ -17,17 +23,37 @@
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/pk.h>
+#include <mbedtls/platform_util.h>
+#include <mbedtls/sha256.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crl.h>
 #include <mbedtls/x509_crt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <pthread.h>
 
 #include "error.h"
 #include "log.h"
+#include "ticket.h"
+
+#define CACHE_SLOTS 4 /* servers whose sessions a client keeps */
+#define ANCHORS_LEN 32
+
+typedef struct cached_session {
+  char *server;        /* "host:port" */
+  uint8_t *blob;       /* mbedtls_ssl_session_save() */
+  size_t len;
+  uint64_t used;       /* the cache's tick when last kept: the oldest goes first */
+} cached_session;
+
+typedef struct session_cache {
+  pthread_mutex_t mu;
+  uint64_t tick;
+  cached_session slot[CACHE_SLOTS];
+} session_cache;
 
 struct fl_tls_config {
   int is_server;
@@ -43,6 +69,12 @@ struct fl_tls_config {
   int have_cert, have_crl;
   mbedtls_pk_context key;
   mbedtls_ssl_config conf;
+  int verify_optional;
+  /* server: session tickets */
+  fl_ticket_keys *tickets;
+  uint8_t anchors[ANCHORS_LEN]; /* SHA-256 over the CA certificates */
+  /* client: kept sessions (NULL unless resume_sessions) */
+  session_cache *cache;
 };
 
 /* ChaCha20-Poly1305 first: with mbedTLS 2.28 on x86-64 it is faster than AES-GCM
@@ -127,6 +159,180 @@ static int check_own(fl_tls_config *cfg, char *err, size_t errlen) {
   return 0;
 }
 
+/* ---- server: session tickets ---- */
+
+static void digest_anchors(fl_tls_config *cfg) {
+  mbedtls_sha256_context h;
+  mbedtls_sha256_init(&h);
+  mbedtls_sha256_starts_ret(&h, 0);
+  for (const mbedtls_x509_crt *c = &cfg->ca; c && c->raw.len; c = c->next)
+    mbedtls_sha256_update_ret(&h, c->raw.p, c->raw.len);
+  mbedtls_sha256_finish_ret(&h, cfg->anchors);
+  mbedtls_sha256_free(&h);
+}
+
+/* Ticket state: the CA digest, then the session as mbedtls_ssl_session_save writes it
+ * (master secret, suite, peer certificate). */
+static int ticket_write(void *p, const mbedtls_ssl_session *session, unsigned char *start,
+                        const unsigned char *end, size_t *tlen, uint32_t *lifetime) {
+  fl_tls_config *cfg = p;
+  *tlen = 0;
+  *lifetime = fl_ticket_lifetime(cfg->tickets);
+  size_t need = 0;
+  mbedtls_ssl_session_save(session, NULL, 0, &need);
+  uint8_t *state = malloc(ANCHORS_LEN + need);
+  if (!state) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+  memcpy(state, cfg->anchors, ANCHORS_LEN);
+  int r = mbedtls_ssl_session_save(session, state + ANCHORS_LEN, need, &need);
+  /* The session's start on the keys' clock (the same as mbedTLS's but in tests): its
+   * full handshake, however many resumptions ago, bounds the ticket's life. */
+  time_t t = time(NULL);
+  uint64_t age = t > session->start ? (uint64_t)(t - session->start) : 0;
+  uint64_t began = fl_ticket_now(cfg->tickets) - age;
+  if (r == 0 && fl_ticket_seal(cfg->tickets, began, state, ANCHORS_LEN + need, start,
+                               (size_t)(end - start), tlen) != 0)
+    r = MBEDTLS_ERR_SSL_BUFFER_TOO_SMALL;
+  mbedtls_platform_zeroize(state, ANCHORS_LEN + need);
+  free(state);
+  return r;
+}
+
+static int revoked(const fl_tls_config *cfg, const mbedtls_x509_crt *crt) {
+  if (!cfg->have_crl) return 0;
+  for (const mbedtls_x509_crl *crl = &cfg->crl; crl && crl->version; crl = crl->next)
+    if (crl->issuer_raw.len == crt->issuer_raw.len &&
+        memcmp(crl->issuer_raw.p, crt->issuer_raw.p, crt->issuer_raw.len) == 0 &&
+        mbedtls_x509_crt_is_revoked(crt, crl))
+      return 1;
+  return 0;
+}
+
+/* Bytes from the network: a ticket we cannot open, or whose client may no longer connect,
+ * is refused, and the handshake goes on as a full one (which checks everything anew). */
+static int ticket_parse(void *p, mbedtls_ssl_session *session, unsigned char *buf, size_t len) {
+  fl_tls_config *cfg = p;
+  uint64_t began;
+  uint8_t *state;
+  size_t state_len;
+  int rc = fl_ticket_open(cfg->tickets, buf, len, &began, &state, &state_len);
+  if (rc == FL_ETIMEDOUT) {
+    fl_debug("tls", "session ticket expired: full handshake");
+    return MBEDTLS_ERR_SSL_SESSION_TICKET_EXPIRED;
+  }
+  if (rc) return MBEDTLS_ERR_SSL_INVALID_MAC;
+  if (state_len < ANCHORS_LEN || memcmp(state, cfg->anchors, ANCHORS_LEN) != 0) {
+    fl_debug("tls", "session ticket from before a change of CA certificates: full handshake");
+    return MBEDTLS_ERR_SSL_SESSION_TICKET_EXPIRED;
+  }
+  int r = mbedtls_ssl_session_load(session, state + ANCHORS_LEN, state_len - ANCHORS_LEN);
+  mbedtls_platform_zeroize(state, state_len);
+  if (r != 0) return MBEDTLS_ERR_SSL_INVALID_MAC;
+  const mbedtls_x509_crt *crt = session->peer_cert;
+  if (!crt) return cfg->verify_optional ? 0 : MBEDTLS_ERR_SSL_INVALID_MAC;
+  const char *why = NULL;
+  if (mbedtls_x509_time_is_past(&crt->valid_to)) why = "expired";
+  else if (mbedtls_x509_time_is_future(&crt->valid_from)) why = "not yet valid";
+  else if (revoked(cfg, crt)) why = "revoked";
+  if (why) {
+    fl_info("tls", "session ticket of a client whose certificate is %s: refused", why);
+    return MBEDTLS_ERR_SSL_SESSION_TICKET_EXPIRED;
+  }
+  return 0;
+}
+
+/* ---- client: kept sessions ---- */
+
+static cached_session *find_slot(session_cache *sc, const char *server) {
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (sc->slot[i].server && strcmp(sc->slot[i].server, server) == 0) return &sc->slot[i];
+  return NULL;
+}
+
+static void clear_slot(cached_session *s) {
+  free(s->server);
+  if (s->blob) mbedtls_platform_zeroize(s->blob, s->len);
+  free(s->blob);
+  memset(s, 0, sizeof *s);
+}
+
+int fl__tls_session_offer(const fl_tls_config *cfg, const char *server, mbedtls_ssl_context *ssl) {
+  session_cache *sc = cfg->cache;
+  if (!sc) return 0;
+  mbedtls_ssl_session s;
+  mbedtls_ssl_session_init(&s);
+  int offered = 0;
+  pthread_mutex_lock(&sc->mu);
+  cached_session *slot = find_slot(sc, server);
+  if (slot && mbedtls_ssl_session_load(&s, slot->blob, slot->len) == 0) {
+    /* The server said how long its ticket lasts: one past it is not worth sending. */
+    time_t t = time(NULL);
+    if (s.ticket_lifetime && (t < s.start || (uint64_t)(t - s.start) > s.ticket_lifetime))
+      clear_slot(slot);
+    else
+      offered = mbedtls_ssl_set_session(ssl, &s) == 0;
+  }
+  pthread_mutex_unlock(&sc->mu);
+  mbedtls_ssl_session_free(&s);
+  return offered;
+}
+
+void fl__tls_session_keep(const fl_tls_config *cfg, const char *server,
+                          const mbedtls_ssl_context *ssl) {
+  session_cache *sc = cfg->cache;
+  if (!sc) return;
+  mbedtls_ssl_session s;
+  mbedtls_ssl_session_init(&s);
+  uint8_t *blob = NULL;
+  size_t len = 0;
+  if (mbedtls_ssl_get_session(ssl, &s) == 0 && s.ticket_len > 0) {
+    mbedtls_ssl_session_save(&s, NULL, 0, &len);
+    blob = malloc(len ? len : 1);
+    if (blob && mbedtls_ssl_session_save(&s, blob, len, &len) != 0) {
+      free(blob);
+      blob = NULL;
+    }
+  }
+  mbedtls_ssl_session_free(&s);
+  pthread_mutex_lock(&sc->mu);
+  cached_session *slot = find_slot(sc, server);
+  if (!blob) { /* no ticket this time: nothing to resume */
+    if (slot) clear_slot(slot);
+  } else {
+    char *name = slot ? NULL : strdup(server);
+    if (!slot && name) {
+      slot = &sc->slot[0];
+      for (int i = 1; i < CACHE_SLOTS; i++)
+        if (sc->slot[i].used < slot->used) slot = &sc->slot[i];
+      clear_slot(slot);
+      slot->server = name;
+    }
+    if (slot) {
+      if (slot->blob) mbedtls_platform_zeroize(slot->blob, slot->len);
+      free(slot->blob);
+      slot->blob = blob;
+      slot->len = len;
+      slot->used = ++sc->tick;
+      blob = NULL;
+    }
+  }
+  pthread_mutex_unlock(&sc->mu);
+  if (blob) {
+    mbedtls_platform_zeroize(blob, len);
+    free(blob);
+  }
+}
+
+void fl__tls_session_forget(const fl_tls_config *cfg, const char *server) {
+  session_cache *sc = cfg->cache;
+  if (!sc) return;
+  pthread_mutex_lock(&sc->mu);
+  cached_session *slot = find_slot(sc, server);
+  if (slot) clear_slot(slot);
+  pthread_mutex_unlock(&sc->mu);
+}
+
+/* ---- the configuration ---- */
+
 int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *err,
                          size_t errlen) {
   if (err && errlen) err[0] = '\0';
@@ -138,9 +344,16 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
                opt && opt->is_server ? "" : " (or neither, on a client)");
     return FL_EINVAL;
   }
+  if (opt->is_server && opt->ticket_lifetime > FL_TICKET_MAX_LIFETIME) {
+    if (err && errlen)
+      snprintf(err, errlen, "session-ticket lifetime %u s: at most %u (7 days)",
+               opt->ticket_lifetime, FL_TICKET_MAX_LIFETIME);
+    return FL_EINVAL;
+  }
   fl_tls_config *cfg = calloc(1, sizeof *cfg);
   if (!cfg) return FL_ENOMEM;
   cfg->is_server = opt->is_server;
+  cfg->verify_optional = opt->is_server && opt->verify_optional;
   entropy_ref();
   cfg->have_entropy = 1;
   mbedtls_ctr_drbg_init(&cfg->drbg);
@@ -214,6 +427,24 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
     goto fail;
   }
   if ((rc = check_own(cfg, err, errlen)) < 0) goto fail;
+  if (opt->is_server && opt->ticket_lifetime) {
+    digest_anchors(cfg);
+    rc = fl_ticket_keys_create(opt->ticket_key_file, opt->ticket_lifetime, rng, cfg,
+                               opt->ticket_clock, opt->ticket_clock_ctx, &cfg->tickets, err, errlen);
+    if (rc) goto fail;
+    mbedtls_ssl_conf_session_tickets_cb(c, ticket_write, ticket_parse, cfg);
+  }
+  if (!opt->is_server) {
+    mbedtls_ssl_conf_session_tickets(c, opt->resume_sessions ? MBEDTLS_SSL_SESSION_TICKETS_ENABLED
+                                                             : MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
+    if (opt->resume_sessions) {
+      if (!(cfg->cache = calloc(1, sizeof *cfg->cache))) {
+        rc = FL_ENOMEM;
+        goto fail;
+      }
+      pthread_mutex_init(&cfg->cache->mu, NULL);
+    }
+  }
   fl_debug("tls", "%s configuration ready (CA %s%s%s)", opt->is_server ? "server" : "client",
            opt->ca_file, cfg->have_crl ? ", CRL " : "", cfg->have_crl ? opt->crl_file : "");
   *out = cfg;
@@ -226,6 +457,12 @@ fail:
 
 void fl_tls_config_free(fl_tls_config *cfg) {
   if (!cfg) return;
+  fl_ticket_keys_free(cfg->tickets);
+  if (cfg->cache) {
+    for (int i = 0; i < CACHE_SLOTS; i++) clear_slot(&cfg->cache->slot[i]);
+    pthread_mutex_destroy(&cfg->cache->mu);
+    free(cfg->cache);
+  }
   mbedtls_ssl_config_free(&cfg->conf);
   mbedtls_pk_free(&cfg->key);
   mbedtls_x509_crl_free(&cfg->crl);
@@ -243,3 +480,4 @@ void fl_tls_config_free(fl_tls_config *cfg) {
 const mbedtls_ssl_config *fl__tls_ssl_config(const fl_tls_config *cfg) { return &cfg->conf; }
 int fl__tls_is_server(const fl_tls_config *cfg) { return cfg->is_server; }
 const char *fl__tls_server_name(const fl_tls_config *cfg) { return cfg->server_name; }
+int fl__tls_keeps_sessions(const fl_tls_config *cfg) { return cfg->cache != NULL; }

@@ -3,12 +3,22 @@
  * TLS 1.2 only, ECDHE with AEAD suites only (AES-GCM, ChaCha20-Poly1305, the faster
  * first).  Mutual authentication: a server requires a client certificate signed by its
  * CA (optionally checked against a CRL); a client verifies the server certificate and
- * its host name.  An fl_tls_config is read-only once created and may be shared by
- * connections on several loops and threads. */
+ * its host name.  An fl_tls_config may be shared by connections on several loops and
+ * threads: it is read-only once created, but for the client's session cache and the
+ * server's ticket keys, which have their own locks.
+ *
+ * Session resumption (RFC 5077 session tickets): a server with a ticket lifetime hands
+ * each client a ticket (ticket.h) holding its session, peer certificate included; a
+ * client that keeps sessions offers it when it reconnects, and both skip the public-key
+ * work.  A ticket opens only within the lifetime of the full handshake it came from,
+ * under the same CA certificates, and only while the client's certificate is still
+ * within its validity and not in the CRL: a resumed connection has the same identity,
+ * and no more rights, than a full handshake would give it at that moment. */
 #ifndef FL_TLS_H
 #define FL_TLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct fl_tls_options {
   int is_server;
@@ -19,6 +29,15 @@ typedef struct fl_tls_options {
   const char *server_name; /* client: host name the server certificate must carry
                             * (NULL: the host given to fl_connect) */
   int verify_optional;     /* server: accept clients without a certificate (tests only) */
+  /* Server: session tickets.  ticket_lifetime in seconds (0: none; at most
+   * FL_TICKET_MAX_LIFETIME); the keys rotate every lifetime.  ticket_key_file keeps them
+   * (mode 0600) so clients resume after a restart; NULL: in memory. */
+  unsigned ticket_lifetime;
+  const char *ticket_key_file;
+  uint64_t (*ticket_clock)(void *ctx); /* tests: the keys' clock (NULL: the system's) */
+  void *ticket_clock_ctx;
+  /* Client: keep the session of each server ("host:port") and offer it on reconnect. */
+  int resume_sessions;
 } fl_tls_options;
 
 typedef struct fl_tls_config fl_tls_config;

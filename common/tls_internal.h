@@ -13,4 +13,14 @@ int fl__tls_is_server(const fl_tls_config *cfg);
 /* Client: the name the server certificate must carry, or NULL (use the connect host). */
 const char *fl__tls_server_name(const fl_tls_config *cfg);
 
+/* Client with resume_sessions (otherwise these do nothing).  server is "host:port".
+ * Before the handshake: offers the session kept for server, if any (1 if offered).
+ * After it: keeps the session ssl now has (a resumed one keeps its ticket).  After a
+ * failed handshake: forgets it, so the next attempt is a full handshake. */
+int fl__tls_keeps_sessions(const fl_tls_config *cfg);
+int fl__tls_session_offer(const fl_tls_config *cfg, const char *server, mbedtls_ssl_context *ssl);
+void fl__tls_session_keep(const fl_tls_config *cfg, const char *server,
+                          const mbedtls_ssl_context *ssl);
+void fl__tls_session_forget(const fl_tls_config *cfg, const char *server);
+
 #endif

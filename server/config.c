@@ -47,6 +47,8 @@ const fl_option server_options[] = {
   O("cert", "tls", FL_OPTT_STR, cert, "certs/out/server.crt", "FILE", "server certificate", 0, 0),
   O("key", "tls", FL_OPTT_STR, key, "certs/out/server.key", "FILE", "server private key", 0, 0),
   O("crl", "tls", FL_OPTT_STR, crl, NULL, "FILE", "certificate revocation list", 0, 0),
+  O("ticket-lifetime", "tls", FL_OPTT_INT, ticket_lifetime, "86400", "SECONDS", "clients resume their TLS session for this long after a full handshake, skipping its public-key work (session tickets; the ticket key rotates as often; 0 = never)", 0, 604800),
+  O("ticket-keys", "tls", FL_OPTT_STR, ticket_keys, NULL, "FILE", "session-ticket keys, kept (mode 0600) so clients resume after a restart (default: the checkpoint's path + .tickets; 'none': in memory only)", 0, 0),
   O("chunk-kib", "net", FL_OPTT_INT, chunk_kib, "64", "KIB", "tensor data per chunk message, both ways (memory per connection grows with it)", 1, 1024),
   O("max-frame-mib", "net", FL_OPTT_INT, max_frame_mib, "4", "MIB", "largest frame accepted", 1, 1024),
   O("heartbeat", "net", FL_OPTT_DOUBLE, heartbeat, "15", "SECONDS", "heartbeat interval on idle connections", 0.01, 1e6),

@@ -46,6 +46,8 @@ typedef struct server_config {
   char *cert;
   char *key;
   char *crl;
+  int ticket_lifetime;      /* seconds; 0: no session resumption */
+  char *ticket_keys;        /* key file (default: CHECKPOINT.tickets; "none": in memory) */
   /* [net] */
   int chunk_kib;
   int max_frame_mib;

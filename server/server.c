@@ -584,7 +584,8 @@ static void on_open(fl_peer *peer) {
     old->closing = 1;
     fl_peer_close(old->peer, "replaced by a newer connection of the same client");
   }
-  fl_info("server", "%s connected from %s", c->id, fl_peer_addr(peer));
+  fl_info("server", "%s connected from %s%s", c->id, fl_peer_addr(peer),
+          fl_peer_resumed(peer) ? " (TLS session resumed)" : "");
 }
 
 static void on_hello(client *c, const Fl__Hello *h) {
@@ -1245,9 +1246,23 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     }
   }
 
+  /* Ticket keys live next to the checkpoint: a restart with --resume finds both. */
+  char *keys = NULL;
+  if (cfg->ticket_lifetime > 0 && !(cfg->ticket_keys && strcmp(cfg->ticket_keys, "none") == 0)) {
+    if (cfg->ticket_keys) keys = strdup(cfg->ticket_keys);
+    else if (asprintf(&keys, "%s.tickets", s->checkpoint) < 0) keys = NULL;
+    if (!keys) {
+      rc = FL_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+  }
   fl_tls_options topt = {.is_server = 1, .ca_file = cfg->ca, .cert_file = cfg->cert,
-                         .key_file = cfg->key, .crl_file = cfg->crl};
+                         .key_file = cfg->key, .crl_file = cfg->crl,
+                         .ticket_lifetime = (unsigned)cfg->ticket_lifetime,
+                         .ticket_key_file = keys};
   rc = fl_tls_config_create(&topt, &s->tls, err, errlen);
+  free(keys);
   if (rc) goto fail;
 
   fl_conn_options_default(&s->copt);

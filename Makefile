@@ -141,9 +141,11 @@ $(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)
 # The aggregation benchmark times the server's strategy itself.
 $(B)/bench-aggregate: $(B)/obj/server/fedavg.o
 $(B)/obj/bench/bench_aggregate.o $(B)/obj/tests/test_strategy.o: CFLAGS_ALL += -Iserver
+$(B)/obj/tests/test_launch.o: CFLAGS_ALL += -Iclient
 
 # All tests link into one Criterion binary: one summary line closes the run.
-$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/server/fedavg.o $(LIB)
+$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/server/fedavg.o $(B)/obj/client/launch.o \
+             $(B)/obj/client/config.o $(LIB)
 	$(call say,LINK,$@)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)

@@ -27,13 +27,13 @@ const fl_option client_options[] = {
   O("key", "tls", FL_OPTT_STR, key, NULL, "FILE", "client private key (one client)", 0, 0),
   O("certs-dir", "tls", FL_OPTT_STR, certs_dir, "certs/out", "DIR", "where PREFIX-NNNN.crt/.key are, when --cert is not given", 0, 0),
   O("cert-prefix", "tls", FL_OPTT_STR, cert_prefix, "client", "PREFIX", "certificate file prefix in --certs-dir", 0, 0),
-  O("cert-index", "tls", FL_OPTT_INT, cert_index, "1", "N", "number NNNN of the first virtual client's certificate", 0, 9999999),
+  O("cert-index", "tls", FL_OPTT_INT_AUTO, cert_index, "1", "N|auto", "number NNNN of the first virtual client's certificate (auto: rank x clients + 1, the rank from mpirun, srun or a Kubernetes Indexed Job)", 0, 9999999),
   O("data", "data", FL_OPTT_STR, data, NULL, "DATA", "training data: a CSV (FILE or FILE:LABEL_COLUMN), IMAGES,LABELS (IDX), or fashion-mnist:train", 0, 0),
   O("test", "data", FL_OPTT_STR, test, NULL, "DATA", "local test data for federated evaluation (default: the training data)", 0, 0),
   O("max-samples", "data", FL_OPTT_U64, max_samples, "0", "N", "use only the first N samples of --data and --test (0 = all)", 0, 1e15),
   O("partition", "data", FL_OPTT_STR, partition, NULL, "SCHEME", "simulate: train on one partition of --data (iid, shards:S, dirichlet:A, quantity:A)", 0, 0),
-  O("num-partitions", "data", FL_OPTT_INT, num_partitions, "0", "N", "partitions of --data (default: --clients)", 0, 10000000),
-  O("partition-index", "data", FL_OPTT_INT, partition_index, "0", "I", "partition of the first virtual client (client k trains on I+k)", 0, 10000000),
+  O("num-partitions", "data", FL_OPTT_INT_AUTO, num_partitions, "0", "N|auto", "partitions of --data (default: --clients; auto: processes of the launch x clients)", 0, 10000000),
+  O("partition-index", "data", FL_OPTT_INT_AUTO, partition_index, "0", "I|auto", "partition of the first virtual client (client k trains on I+k; auto: rank x clients, the rank from OMPI_COMM_WORLD_RANK, PMI_RANK, SLURM_PROCID or JOB_COMPLETION_INDEX)", 0, 10000000),
   O("seed", "data", FL_OPTT_U64, seed, "1", "N", "partitioning seed (the same on every client of a simulation)", 0, 0),
   O("sim-crash-round", "simulation", FL_OPTT_INT, sim_crash_round, "0", "R", "SIMULATION ONLY (tests of churn): the whole process kills itself with SIGKILL when one of its clients is given round R's task (0 = never)", 0, 1000000000),
   {0},
@@ -63,7 +63,9 @@ int client_config_check(const client_config *c, char *err, size_t errlen) {
     snprintf(err, errlen, "--num-partitions and --partition-index need --partition");
     return FL_ECONFIG;
   }
-  if (c->partition && c->partition_index + c->clients > parts) {
+  /* "auto" values are checked once the launch resolved them (launch.h). */
+  int autos = c->num_partitions == FL_OPT_AUTO || c->partition_index == FL_OPT_AUTO;
+  if (c->partition && !autos && c->partition_index + c->clients > parts) {
     snprintf(err, errlen, "--partition-index %d with %d clients needs %d partitions, but --num-partitions is %d",
              c->partition_index, c->clients, c->partition_index + c->clients, parts);
     return FL_ECONFIG;

@@ -2,11 +2,13 @@
  * clients (simulation).  Flags or an INI file (--config) configure it. */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "client.h"
 #include "config.h"
 #include "conn.h"
 #include "error.h"
+#include "launch.h"
 #include "log.h"
 
 static void usage(FILE *f) {
@@ -28,6 +30,11 @@ static int check(const void *cfg, char *err, size_t errlen) {
   return client_config_check(cfg, err, errlen);
 }
 
+static const char *env(const char *name, void *ctx) {
+  (void)ctx;
+  return getenv(name);
+}
+
 int main(int argc, char **argv) {
   client_config cfg;
   char err[1024] = "";
@@ -35,6 +42,12 @@ int main(int argc, char **argv) {
   int rc = fl_options_cli("fl-client", client_options, &cfg, argc, argv, usage, check);
   if (rc >= 0) return rc;
   fl_log_set_level(fl_log_level_parse(cfg.log_level));
+  if (launch_resolve(&cfg, env, NULL, err, sizeof err) != 0 ||
+      client_config_check(&cfg, err, sizeof err) != 0) {
+    fl_error("client", "%s", err);
+    fl_options_free(client_options, &cfg);
+    return 2;
+  }
   long fds = fl_conn_raise_fd_limit();
   if (fds >= 0 && fds < (long)cfg.clients + 64)
     fl_warn("client", "open-file limit %ld is too low for %d clients (raise it with ulimit -n)",

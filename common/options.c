@@ -63,20 +63,27 @@ static int set_value(const fl_option *o, void *cfg, const char *v, char *err, si
       return FL_ECONFIG;
     }
     return 0;
+  case FL_OPTT_INT_AUTO:
+    if (strcasecmp(v, "auto") == 0) {
+      *FIELD(cfg, o, int) = FL_OPT_AUTO;
+      return 0;
+    }
+    /* fall through */
   case FL_OPTT_INT:
   case FL_OPTT_U64: {
     errno = 0;
     long long x = strtoll(v, &end, 10);
     if (errno || end == v || *end || (o->type == FL_OPTT_U64 && x < 0) ||
-        (o->type == FL_OPTT_INT && (x < -2147483647LL || x > 2147483647LL))) {
-      snprintf(err, errlen, "%s: expected a whole number, got '%s'", o->name, v);
+        (o->type != FL_OPTT_U64 && (x < -2147483647LL || x > 2147483647LL))) {
+      snprintf(err, errlen, "%s: expected a whole number%s, got '%s'", o->name,
+               o->type == FL_OPTT_INT_AUTO ? " or auto" : "", v);
       return FL_ECONFIG;
     }
     if (ranged && (x < o->min || x > o->max)) {
       snprintf(err, errlen, "%s: %lld is out of range [%.0f, %.0f]", o->name, x, o->min, o->max);
       return FL_ECONFIG;
     }
-    if (o->type == FL_OPTT_INT) *FIELD(cfg, o, int) = (int)x;
+    if (o->type != FL_OPTT_U64) *FIELD(cfg, o, int) = (int)x;
     else *FIELD(cfg, o, unsigned long long) = (unsigned long long)x;
     return 0;
   }

@@ -19,7 +19,10 @@ typedef enum {
   FL_OPTT_BOOL,   /* int 0/1: a flag without value sets 1; "true/false/yes/no/on/off/1/0" */
   FL_OPTT_FLAG,   /* like BOOL but never takes a value on the command line */
   FL_OPTT_LOGLEVEL, /* char *, one of debug, info, warn, error, off */
+  FL_OPTT_INT_AUTO, /* int like FL_OPTT_INT, or the word "auto": FL_OPT_AUTO */
 } fl_opt_type;
+
+#define FL_OPT_AUTO (-1) /* an FL_OPTT_INT_AUTO option set to "auto" */
 
 typedef struct fl_option {
   const char *name;    /* "round-timeout" */

@@ -81,17 +81,22 @@ BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 .SECONDARY:
 all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
 
-# make deps: cheap and silent when everything is there.
+# make deps: cheap and silent when everything is there.  TEST_DEB_PKGS are what only the
+# tests use (launchers: Open MPI's mpirun, a one-node Slurm with munge), installed without
+# their recommendations.  kubectl is not among them: see KUBECTL below.
+TEST_DEB_PKGS := openmpi-bin slurmctld slurmd slurm-client munge
 deps:
-	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(DEB_PKGS) 2>/dev/null \
+	@install_missing() { \
+	  missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $$2 2>/dev/null \
 	    | awk '$$1=="ii"{print $$2}' | sed 's/:.*//' | sort > build.deps.tmp; \
-	  for p in $(DEB_PKGS); do grep -qx "$$p" build.deps.tmp || echo $$p; done; rm -f build.deps.tmp); \
-	if [ -n "$$missing" ]; then \
+	  for p in $$2; do grep -qx "$$p" build.deps.tmp || echo $$p; done; rm -f build.deps.tmp); \
+	  [ -z "$$missing" ] && return 0; \
 	  echo "deps: installing missing Debian packages:" $$missing; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	  elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	  else echo "deps: run as root: apt-get install -y $$missing" >&2; exit 1; fi; \
-	fi
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$1 $$missing; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$1 $$missing; \
+	  else echo "deps: run as root: apt-get install -y $$1 $$missing" >&2; return 1; fi; \
+	}; \
+	install_missing "" "$(DEB_PKGS)" && install_missing --no-install-recommends "$(TEST_DEB_PKGS)"
 
 # Any change of flags rebuilds the objects of that build directory.
 $(B)/flags: FORCE | deps

@@ -365,6 +365,12 @@ static void on_train_task(vclient *v, const Fl__TrainTask *t) {
             (unsigned long long)t->round);
     raise(SIGKILL);
   }
+  if (v->a->cfg->sim_stop_round > 0 && t->round == (uint64_t)v->a->cfg->sim_stop_round) {
+    fl_warn(v->name, "round %llu: --sim-stop-round: the process stops itself until SIGCONT",
+            (unsigned long long)t->round);
+    raise(SIGSTOP);
+    fl_warn(v->name, "round %llu: continued", (unsigned long long)t->round);
+  }
   fl_train_config tcfg = fl_train_config_default();
   int rc = use_model(v, t->model_spec, t->model_id, t->num_params, err, sizeof err);
   const Fl__TrainConfig *c = t->config;

@@ -33,6 +33,7 @@ typedef struct client_config {
   unsigned long long seed;
   /* [simulation] */
   int sim_crash_round;   /* the process kills itself when given this round's task */
+  int sim_stop_round;    /* the process stops itself (SIGSTOP) when given this round's task */
 } client_config;
 
 extern const fl_option client_options[];

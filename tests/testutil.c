@@ -154,6 +154,27 @@ int fl_test_running(pid_t pid) {
   return waitpid(pid, &st, WNOHANG) == 0;
 }
 
+static char proc_state(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  const char *p = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
+  return p && p[1] == ' ' ? p[2] : 0;
+}
+
+int fl_test_wait_stopped(pid_t pid, double timeout_s) {
+  double end = mono() + timeout_s * fl_test_time_scale();
+  do {
+    if (proc_state(pid) == 'T') return 1;
+    usleep(20000);
+  } while (mono() < end);
+  return proc_state(pid) == 'T';
+}
+
 char *fl_test_read_file(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;

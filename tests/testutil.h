@@ -44,6 +44,8 @@ pid_t fl_test_spawn(const char *log, char *const argv[]);
 int fl_test_wait(pid_t pid, double timeout_s);
 /* 1 while pid is running (not yet exited). */
 int fl_test_running(pid_t pid);
+/* Waits up to timeout_s (scaled) until pid is stopped (SIGSTOP); 1 if it is. */
+int fl_test_wait_stopped(pid_t pid, double timeout_s);
 /* The whole file as a NUL-terminated string (malloc'd), or NULL. */
 char *fl_test_read_file(const char *path, size_t *len);
 /* Counts the occurrences of needle in the file (0 if it cannot be read). */

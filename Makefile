@@ -155,6 +155,8 @@ $(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/server/fedavg.o $(B)/obj/client/l
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
 
+KUBECTL := build/tools/usr/bin/kubectl
+
 # Integration tests find the binaries and test certificates through the environment.
 # tests/test_scale.c connects 1000 clients (certificates in scale-certs), under the
 # sanitizers too (the whole suite then took 93 s on 2 cores); SCALE_TEST_CLIENTS=N runs
@@ -162,13 +164,24 @@ $(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/server/fedavg.o $(B)/obj/client/l
 SCALE_CLIENTS := 1000
 SCALE_TEST_CLIENTS ?=
 TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B)/test-certs \
-           FL_SCALE_CERTS=$(CURDIR)/$(B)/scale-certs \
+           FL_SCALE_CERTS=$(CURDIR)/$(B)/scale-certs FL_KUBECTL=$(CURDIR)/$(KUBECTL) \
            $(if $(SCALE_TEST_CLIENTS),FL_TEST_SCALE_CLIENTS=$(SCALE_TEST_CLIENTS)) \
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
-test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt
+test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL)
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
+
+# kubectl for the manifest tests (tests/test_kubernetes.c): Debian's kubernetes-client,
+# unpacked into build/tools (apt-get download, dpkg-deb -x) rather than installed, since
+# its /usr/bin/kubectl collides with other kubectl packages that may own that path (this
+# machine's google-cloud-cli has one).
+$(KUBECTL): | deps
+	$(call say,UNPACK,$@)
+	$(Q)rm -rf build/tools.tmp && mkdir -p build/tools.tmp && cd build/tools.tmp && \
+	  { apt-get download kubernetes-client >/dev/null 2>&1 || \
+	    { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get download kubernetes-client; }; } && \
+	  dpkg-deb -x kubernetes-client_*.deb ../tools && cd .. && rm -rf tools.tmp && touch $(CURDIR)/$@
 
 $(TEST_CERTS): certs/gen.sh | deps
 	$(call say,CERTS,$(B)/test-certs)
@@ -183,7 +196,7 @@ $(B)/scale-certs/ca.crt: certs/gen.sh | deps
 # The whole suite, again and again, on a machine made busy or small on purpose (idle, a
 # CPU hog per core, pinned to one core): tests/stress.sh.  Not part of CI's path.
 RUNS ?= 3
-test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt
+test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL)
 	$(Q)tests/stress.sh $(RUNS)
 
 certs: | deps

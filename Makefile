@@ -12,7 +12,10 @@
 #   make deps       install the Debian packages the project needs (when missing)
 #   make install    PREFIX=/usr/local DESTDIR=
 #
-# Switches: V=1 (full commands), SANITIZER=address,undefined, EXTRA_CFLAGS=-Werror.
+#   make docker     the container images fl:latest and fl:demo (needs a Docker engine)
+#
+# Switches: V=1 (full commands), SANITIZER=address,undefined, EXTRA_CFLAGS=-Werror,
+# NO_DEPS=1 (install no Debian packages: the Dockerfile's build stage has its own).
 
 CC        ?= cc
 PREFIX    ?= /usr/local
@@ -76,7 +79,7 @@ BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) 
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: all deps test test-stress bench bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: docker all deps test test-stress bench bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
@@ -86,7 +89,8 @@ all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
 # their recommendations.  kubectl is not among them: see KUBECTL below.
 TEST_DEB_PKGS := openmpi-bin slurmctld slurmd slurm-client munge
 deps:
-	@install_missing() { \
+	@[ "$(NO_DEPS)" != 1 ] || exit 0; \
+	install_missing() { \
 	  missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $$2 2>/dev/null \
 	    | awk '$$1=="ii"{print $$2}' | sed 's/:.*//' | sort > build.deps.tmp; \
 	  for p in $$2; do grep -qx "$$p" build.deps.tmp || echo $$p; done; rm -f build.deps.tmp); \
@@ -255,6 +259,14 @@ $(B)/gen_corpus: $(B)/obj/tests/fuzz/gen_corpus.o $(LIB)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
 fuzz-corpus: $(B)/gen_corpus
 	$(Q)mkdir -p tests/fuzz/corpus/frame && $(B)/gen_corpus tests/fuzz/corpus/frame
+
+# Container images (Dockerfile): where a Docker engine answers; it says so otherwise.
+DOCKER ?= docker
+docker:
+	@command -v $(DOCKER) >/dev/null || { echo "make docker: no '$(DOCKER)' command: install Docker (Debian: docker.io) to build the images" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make docker: '$(DOCKER)' is there but no Docker engine answers ('$(DOCKER) info' failed): start dockerd, or build where one runs" >&2; exit 1; }
+	$(DOCKER) build --target runtime -t fl:latest .
+	$(DOCKER) build --target demo -t fl:demo .
 
 demo: $(BINS)
 	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh

@@ -10,6 +10,10 @@
  * be written; senders stream while it is below high_water and continue from on_drain; a
  * peer that leaves more than high_water unread for stall_timeout_ms is dropped.
  *
+ * Resumption: with a client configuration that keeps sessions (tls.h), fl_connect offers
+ * the session kept for its host:port, and keeps the new one once the handshake is done;
+ * fl_conn_resumed() says which kind of handshake took place.
+ *
  * Ownership: the caller owns nothing of a connection; the layer frees it after on_close
  * returns (never inside another of its callbacks).  Every failure is logged with the
  * peer's address and identity and ends that connection alone.  No global mutable state:

@@ -77,12 +77,16 @@ Test(netns, clients_on_four_hosts_one_link_down_and_back, .timeout = 600,
   snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
   snprintf(slog, sizeof slog, "%s/server.log", dir);
   char *server = fl_test_bin("fl-server"), *client = fl_test_bin("fl-client");
+  /* How long silence takes to count as a dead link: short, for the test's sake, but
+   * many heartbeats long (slower machines: FL_TEST_TIME_SCALE). */
+  char idle[32];
+  snprintf(idle, sizeof idle, "%g", 3 * fl_test_time_scale());
   char srv_ns[80];
   snprintf(srv_ns, sizeof srv_ns, "%s-srv", ns);
   /* The server's port is its host's own: nothing else listens in that namespace. */
   char *sargv[] = {IP, "netns", "exec", srv_ns, server, "--listen", SERVER_ADDR ":7700",
                    "--model", "logreg", "--rounds", "4", "--clients-per-round", "4",
-                   "--min-clients", "4", "--heartbeat", "0.5", "--idle-timeout", "3",
+                   "--min-clients", "4", "--heartbeat", "0.5", "--idle-timeout", idle,
                    "--round-timeout", "600", "--log-level", "debug", "--ca", ca, "--cert", crt,
                    "--key", key, "--out", out, "--metrics", metrics, NULL};
   pid_t s = fl_test_spawn(slog, sargv);
@@ -101,7 +105,7 @@ Test(netns, clients_on_four_hosts_one_link_down_and_back, .timeout = 600,
                        "--server-name", "fl-server.test", "--ca", ca, "--cert", ccrt, "--key",
                        ckey, "--data", "fashion-mnist:train", "--max-samples", "800",
                        "--partition", "iid", "--num-partitions", "4", "--partition-index", idx,
-                       "--heartbeat", "0.5", "--idle-timeout", "3", "--retry-base", "0.2",
+                       "--heartbeat", "0.5", "--idle-timeout", idle, "--retry-base", "0.2",
                        "--retry-max", "1", "--max-retries", "100000", "--workers", "1", NULL};
     if (k == 3) {
       int n = 0;
@@ -121,7 +125,7 @@ Test(netns, clients_on_four_hosts_one_link_down_and_back, .timeout = 600,
   for (int k = 1; k <= 4; k++) {
     char want[64];
     snprintf(want, sizeof want, "client-%04d connected from 10.213.0.1%d:", k, k);
-    cr_assert_eq(fl_test_count(slog, want), 1, "no '%s' in %s", want, slog);
+    cr_assert_geq(fl_test_count(slog, want), 1, "no '%s' in %s", want, slog);
   }
 
   snprintf(args, sizeof args, "link %s c3 down", ns);
@@ -131,7 +135,7 @@ Test(netns, clients_on_four_hosts_one_link_down_and_back, .timeout = 600,
   /* The server hears nothing more from client 3: dropped, round 2 ends with three. */
   cr_assert(fl_test_wait_for_while(slog, "round 2: client-0003 dropped out", s, 120),
             "the server did not drop client 3 (%s)", slog);
-  cr_assert_eq(lines_with(slog, "client-0003 (10.213.0.13:", "disconnected: idle"), 1,
+  cr_assert_eq(lines_with(slog, "client-0003 (10.213.0.13:", "disconnected: idle: nothing received"), 1,
                "no idle drop of client 3 in %s", slog);
   cr_assert(fl_test_wait_for_while(slog, "round 2/4 done: 3/4 updates (0 refused, 1 dropped)", s, 60),
             "see %s", slog);

@@ -9,12 +9,11 @@
  * a round on calls srv_advance(), the one place that decides what happens next.  This
  * file also starts the rounds (selection), runs the round timer, takes the signals and
  * says goodbye at the end. */
-#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "log.h"
+#include "select.h"
 #include "server_internal.h"
 
 /* How long clients get to read Done and hang up before the server closes on them. */
@@ -22,39 +21,25 @@
 
 static uint64_t now_ms(server *s) { return uv_now(&s->loop); }
 
-static int by_id(const void *a, const void *b) {
-  return strcmp((*(client *const *)a)->id, (*(client *const *)b)->id);
-}
-
-static size_t round_size(const server *s) {
-  double k = s->cfg->clients_per_round;
-  size_t want = k < 1 ? (size_t)ceil(k * (double)s->n_ready) : (size_t)k;
-  if (want < 1) want = 1;
-  return want < s->n_ready ? want : s->n_ready;
-}
-
-/* Picks the round's clients at random from those ready, in id order so that the same
- * seed picks the same clients whatever order they connected in. */
+/* Picks the round's clients at random from those ready (select.h: in id order, so that
+ * the same seed picks the same clients whatever order they connected in). */
 static void start_round(server *s) {
   client **ready = malloc(s->n_ready * sizeof *ready);
-  if (!ready) {
+  const char **ids = malloc(s->n_ready * sizeof *ids);
+  size_t *chosen = malloc(s->n_ready * sizeof *chosen);
+  if (!ready || !ids || !chosen) {
     fl_error("server", "out of memory selecting clients");
-    return;
+    goto done;
   }
   size_t m = 0;
   for (client *c = s->clients; c; c = c->next)
-    if (c->ready && !c->closing) ready[m++] = c;
-  qsort(ready, m, sizeof *ready, by_id);
-  size_t target = round_size(s);
-  size_t k = (size_t)ceil((double)target * (1.0 + s->cfg->over_select));
-  if (k > m) k = m;
+    if (c->ready && !c->closing) {
+      ids[m] = c->id;
+      ready[m++] = c;
+    }
+  size_t target = fl_select_target(s->cfg->clients_per_round, s->n_ready);
+  size_t k = fl_select_clients(ids, m, target, s->cfg->over_select, &s->rng, chosen);
   if (target > k) target = k;
-  for (size_t i = 0; i < k; i++) { /* partial Fisher-Yates */
-    size_t j = i + (size_t)fl_rng_below(&s->rng, m - i);
-    client *t = ready[i];
-    ready[i] = ready[j];
-    ready[j] = t;
-  }
   if (!s->r.timing) {
     s->r.t0 = now_ms(s);
     s->r.timing = 1;
@@ -75,15 +60,18 @@ static void start_round(server *s) {
           (unsigned long long)s->r.number, s->cfg->rounds, k, m,
           k > target ? " (over-selected)" : "", s->r.attempt > 1 ? " (retry)" : "");
   for (size_t i = 0; i < k; i++) {
-    client *c = ready[i];
+    client *c = ready[chosen[i]];
     c->task_round = s->r.number;
     c->task_attempt = s->r.attempt;
     c->answered = 0;
     c->counted = 0;
     srv_send_train_task(c);
   }
-  free(ready);
   srv_arm_timer(s, s->cfg->round_timeout);
+done:
+  free(ready);
+  free(ids);
+  free(chosen);
 }
 
 static void on_timer(uv_timer_t *t) {

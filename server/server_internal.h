@@ -134,7 +134,6 @@ struct server {
   uint64_t model_version;
   fl_strategy *strategy;
   fl_rng rng;
-  fl_train_config train_cfg;
 
   fl_dataset test;
   int have_test;

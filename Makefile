@@ -120,7 +120,8 @@ $(B)/obj/%.o: %.c $(B)/flags | $(PROTO_H)
 CORE_OBJS := $(call obj,$(wildcard common/dense.c common/conv.c common/activation.c \
                                    common/loss.c common/optim.c common/train.c))
 $(CORE_OBJS): CFLAGS_ALL += -O3
-$(call obj,server/fedavg.c): CFLAGS_ALL += -O3
+# The aggregation's fold is vectorised the same way (common/fedavg.c).
+$(call obj,common/fedavg.c): CFLAGS_ALL += -O3
 
 $(LIB): $(COMMON_OBJS)
 	$(call say,AR,$@)
@@ -138,12 +139,9 @@ $(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
 $(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $(filter-out $(LIB),$^) $(LIB) $(LDLIBS) $(LIBS)
-# The aggregation benchmark times the server's strategy itself.
-$(B)/bench-aggregate: $(B)/obj/server/fedavg.o
-$(B)/obj/bench/bench_aggregate.o $(B)/obj/tests/test_strategy.o: CFLAGS_ALL += -Iserver
 
 # All tests link into one Criterion binary: one summary line closes the run.
-$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/server/fedavg.o $(LIB)
+$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(LIB)
 	$(call say,LINK,$@)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)

@@ -1,4 +1,4 @@
-/* Aggregation throughput: how fast the FedAvg strategy (server/fedavg.c) folds updates,
+/* Aggregation throughput: how fast the FedAvg strategy (common/fedavg.c) folds updates,
  * against a bare cblas_saxpy over the same bytes in the same run.
  *
  * A fold is sum += weight * delta over the model's parameters, a saxpy but for the sum

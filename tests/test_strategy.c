@@ -1,4 +1,4 @@
-/* FedAvg (server/fedavg.c): a pass over several updates gives what one pass per update
+/* FedAvg (common/fedavg.c): a pass over several updates gives what one pass per update
  * gives, and both give the example-weighted average of the deltas. */
 #include <criterion/criterion.h>
 #include <math.h>

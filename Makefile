@@ -120,8 +120,8 @@ $(B)/obj/%.o: %.c $(B)/flags | $(PROTO_H)
 CORE_OBJS := $(call obj,$(wildcard common/dense.c common/conv.c common/activation.c \
                                    common/loss.c common/optim.c common/train.c))
 $(CORE_OBJS): CFLAGS_ALL += -O3
-# The aggregation's fold is vectorised the same way (common/fedavg.c).
-$(call obj,common/fedavg.c): CFLAGS_ALL += -O3
+# The aggregation's loops are vectorised the same way (common/agg_*.c, server_opt.c).
+$(call obj,$(wildcard common/agg_*.c common/server_opt.c)): CFLAGS_ALL += -O3
 
 $(LIB): $(COMMON_OBJS)
 	$(call say,AR,$@)

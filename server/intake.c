@@ -12,7 +12,10 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "bigalloc.h"
 #include "error.h"
 #include "log.h"
 #include "server_internal.h"
@@ -60,18 +63,69 @@ static void unwait(server *s, client *c) {
 
 static void start_fold(server *s);
 
+/* On the thread pool: each update's norm against the round's bound, then one fold of
+ * those within it. */
 static void fold_work(uv_work_t *w) {
   fold_job *j = w->data;
-  fl_strategy *st = j->srv->strategy;
-  j->rc = st->ops->fold(st, j->bufs, j->weights, j->k);
+  size_t n = j->srv->n, m = 0;
+  for (size_t i = 0; i < j->k; i++) {
+    if (j->bound > 0) {
+      double sq = 0;
+      const float *d = j->items[i].buf;
+      for (size_t p = 0; p < n; p++) sq += (double)d[p] * (double)d[p];
+      j->norm[i] = sqrt(sq);
+      if (!(j->norm[i] <= j->bound)) continue; /* refused after the fold */
+    }
+    j->u[m++] = (fl_update){j->items[i].client, j->items[i].weight, j->items[i].buf,
+                            j->items[i].buf};
+  }
+  j->rc = m ? fl_strategy_fold(j->srv->strategy, j->u, m, j->err, sizeof j->err) : 0;
+  /* What the strategy kept is no longer the job's to give back. */
+  for (size_t i = 0, q = 0; i < j->k && q < m; i++)
+    if (j->u[q].delta == j->items[i].buf) {
+      if (!j->u[q].buf) j->items[i].buf = NULL;
+      q++;
+    }
 }
+
+/* A buffer for the pool in place of one the strategy kept. */
+static float *replacement(server *s) {
+  float *b = fl_alloc_big(s->n * sizeof *b);
+  if (!b) fl_error("server", "out of memory for an update buffer; %d left", s->n_bufs - 1);
+  return b;
+}
+
+static void refuse_gone(server *s, const char *id, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static void fold_after(uv_work_t *w, int status) {
   fold_job *j = w->data;
   server *s = j->srv;
   (void)status;
-  if (j->rc) fl_error("server", "folding %zu updates failed: %s", j->k, fl_strerror(j->rc));
-  for (size_t i = 0; i < j->k; i++) release_buf(s, (float *)j->bufs[i]);
+  if (j->rc) {
+    s->r.fold_failed = 1;
+    s->r.strategy_errors++;
+    fl_error("server", "round %llu: the strategy could not fold %zu updates: %s; this attempt "
+             "cannot be applied", (unsigned long long)s->r.number, j->k, j->err);
+  }
+  for (size_t i = 0; i < j->k; i++) {
+    ready_update *it = &j->items[i];
+    int over = j->bound > 0 && !(j->norm[i] <= j->bound);
+    if (over) {
+      refuse_gone(s, it->client, "update norm %.4g exceeds the bound %.4g (--max-update-norm)",
+                  j->norm[i], j->bound);
+    } else if (!j->rc) {
+      s->r.accepted++;
+      s->r.examples = it->examples > UINT64_MAX - s->r.examples ? UINT64_MAX : s->r.examples + it->examples;
+      s->r.weight_sum += it->weight;
+      if (isfinite(it->loss)) s->r.loss_sum += it->loss * it->weight;
+      if (isfinite(it->acc)) s->r.acc_sum += it->acc * it->weight;
+      if (isfinite(it->seconds) && it->seconds > s->r.slowest) s->r.slowest = it->seconds;
+    }
+    float *b = it->buf ? it->buf : replacement(s);
+    if (b) release_buf(s, b);
+    else s->n_bufs--;
+  }
   s->fold_busy = 0;
   start_fold(s);
   srv_advance(s);
@@ -82,14 +136,13 @@ static void start_fold(server *s) {
   if (s->fold_busy || s->n_ready_bufs == 0) return;
   fold_job *j = &s->fold;
   j->k = (size_t)s->n_ready_bufs;
-  for (int i = 0; i < s->n_ready_bufs; i++) {
-    j->bufs[i] = s->ready[i];
-    j->weights[i] = s->ready_w[i];
-  }
+  for (int i = 0; i < s->n_ready_bufs; i++) j->items[i] = s->ready[i];
   s->n_ready_bufs = 0;
   s->fold_busy = 1;
   s->r.fold_passes++;
   j->srv = s;
+  j->bound = s->r.norm_bound;
+  j->err[0] = 0;
   j->work.data = j;
   uv_queue_work(&s->loop, &j->work, fold_work, fold_after);
 }
@@ -109,23 +162,39 @@ void srv_count_answer(client *c) {
   c->srv->r.answered++;
 }
 
+/* Counts and logs a refusal of the round's; the client is told when it is still there. */
+static void note_refusal(server *s, const char *id, const char *reason) {
+  fl_warn("server", "round %llu: refused update from %s: %s", (unsigned long long)s->r.number,
+          id, reason);
+  s->r.refused++;
+  if (s->r.n_refusals < MAX_REFUSALS) {
+    refusal *f = &s->r.refusals[s->r.n_refusals++];
+    snprintf(f->client, sizeof f->client, "%s", id);
+    snprintf(f->reason, sizeof f->reason, "%s", reason);
+  }
+}
+
 static void refuse(client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void refuse(client *c, const char *fmt, ...) {
-  server *s = c->srv;
   char reason[160];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(reason, sizeof reason, fmt, ap);
   va_end(ap);
-  fl_warn("server", "round %llu: refused update from %s: %s", (unsigned long long)s->r.number,
-          c->id, reason);
-  s->r.refused++;
-  if (s->r.n_refusals < MAX_REFUSALS) {
-    refusal *f = &s->r.refusals[s->r.n_refusals++];
-    snprintf(f->client, sizeof f->client, "%s", c->id);
-    snprintf(f->reason, sizeof f->reason, "%s", reason);
-  }
+  note_refusal(c->srv, c->id, reason);
   srv_send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason);
+}
+
+/* A refusal after the update came in whole (its fold), when the client may have left. */
+static void refuse_gone(server *s, const char *id, const char *fmt, ...) {
+  char reason[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  note_refusal(s, id, reason);
+  for (client *c = s->clients; c; c = c->next)
+    if (!c->closing && strcmp(c->id, id) == 0) srv_send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason);
 }
 
 /* An Update header.  Refused, it leaves the client's state alone (an update it is still
@@ -163,6 +232,13 @@ void srv_on_update(client *c, const Fl__Update *u) {
     srv_count_answer(c);
     refuse(c, u->num_examples == 0 ? "update has no examples" : "unsupported update encoding %d",
            (int)u->encoding);
+    srv_advance(s);
+    return;
+  }
+  if (u->num_examples > c->num_samples) {
+    srv_count_answer(c);
+    refuse(c, "update claims %llu examples, but the client declared %llu when it joined",
+           (unsigned long long)u->num_examples, (unsigned long long)c->num_samples);
     srv_advance(s);
     return;
   }
@@ -221,22 +297,59 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
     return;
   }
   if (rc == 0) return;
-  /* Complete and finite: fold it. */
-  s->ready[s->n_ready_bufs] = c->buf;
-  s->ready_w[s->n_ready_bufs++] = (double)c->upd_examples;
+  /* Complete and finite: fold it, with the weight the policy gives it. */
+  ready_update *it = &s->ready[s->n_ready_bufs++];
+  double weight = s->uniform_weights ? 1.0 : (double)c->upd_examples;
+  if (s->r.weight_cap > 0 && weight > s->r.weight_cap) {
+    fl_info("server", "round %llu: %s's weight %.0f capped to %.0f (--max-weight-share)",
+            (unsigned long long)s->r.number, c->id, weight, s->r.weight_cap);
+    weight = s->r.weight_cap;
+    s->r.weights_capped++;
+  }
+  *it = (ready_update){c->buf, weight, c->upd_examples, c->upd_loss, c->upd_acc,
+                       c->upd_seconds, ""};
+  snprintf(it->client, sizeof it->client, "%s", c->id);
   c->buf = NULL;
   c->rx = RX_IDLE;
   srv_count_answer(c);
-  s->r.accepted++;
-  s->r.examples += c->upd_examples;
-  if (isfinite(c->upd_loss)) s->r.loss_sum += c->upd_loss * (double)c->upd_examples;
-  if (isfinite(c->upd_acc)) s->r.acc_sum += c->upd_acc * (double)c->upd_examples;
-  if (isfinite(c->upd_seconds) && c->upd_seconds > s->r.slowest) s->r.slowest = c->upd_seconds;
+  s->r.received++;
   fl_debug("server", "round %llu: update from %s (%llu examples, loss %.4f)",
            (unsigned long long)s->r.number, c->id, (unsigned long long)c->upd_examples,
            c->upd_loss);
   start_fold(s);
   srv_advance(s);
+}
+
+static int by_value(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The weight cap: no update weighs more than --max-weight-share times a typical round,
+ * the round's target times the median example count its clients declared (a median, so
+ * that a client declaring an absurd count cannot raise the cap for itself).  The norm
+ * bound: --max-update-norm, absolute or a multiple of the global model's norm. */
+void srv_intake_begin(server *s, client *const *selected, size_t k) {
+  s->r.weight_cap = 0;
+  double share = s->cfg->max_weight_share;
+  if (share > 0 && k > 0 && !s->uniform_weights) {
+    uint64_t *v = malloc(k * sizeof *v);
+    if (v) {
+      for (size_t i = 0; i < k; i++) v[i] = selected[i]->num_samples;
+      qsort(v, k, sizeof *v, by_value);
+      double median = k & 1 ? (double)v[k / 2] : ((double)v[k / 2 - 1] + (double)v[k / 2]) / 2;
+      s->r.weight_cap = share * (double)s->r.target * median;
+      if (s->r.weight_cap < 1) s->r.weight_cap = 1;
+      free(v);
+    }
+  }
+  s->r.norm_bound = s->norm_abs;
+  if (s->norm_ratio > 0) {
+    double sq = 0;
+    for (size_t i = 0; i < s->n; i++) sq += (double)s->global[i] * (double)s->global[i];
+    double norm = sqrt(sq);
+    s->r.norm_bound = s->norm_ratio * (norm > 1.0 ? norm : 1.0);
+  }
 }
 
 void srv_close_intake(server *s) {

@@ -3,7 +3,8 @@
  * so --resume cuts it back to the rounds that were checkpointed).  The JSON line holds
  * the round's statistics as round_stats gathered them: selection, updates accepted,
  * refused (with the first MAX_REFUSALS reasons) and dropped, training and evaluation
- * results, bytes, fold passes, time and the process's peak memory.  A value that is
+ * results, bytes, fold passes, the strategy's errors, capped weights, the norm bound and
+ * the applied aggregate's norm, time and the process's peak memory.  A value that is
  * unknown (no update, no evaluation, not finite) is written as null. */
 #include <math.h>
 #include <stdio.h>
@@ -35,8 +36,8 @@ static void json_num(FILE *f, const char *key, double v, int have) {
 
 void srv_write_metrics(server *s, double seconds) {
   round_stats *r = &s->r;
-  double ex = (double)r->examples;
-  double loss = ex > 0 ? r->loss_sum / ex : NAN, acc = ex > 0 ? r->acc_sum / ex : NAN;
+  double w = r->weight_sum; /* losses weigh as their updates did */
+  double loss = w > 0 ? r->loss_sum / w : NAN, acc = w > 0 ? r->acc_sum / w : NAN;
   double fl = r->fed_n ? r->fed_loss / (double)r->fed_n : NAN;
   double fa = r->fed_n ? r->fed_acc / (double)r->fed_n : NAN;
   char test[96] = "", fed[96] = "";
@@ -60,8 +61,8 @@ void srv_write_metrics(server *s, double seconds) {
     fputc('}', f);
   }
   fprintf(f, "],\"examples\":%llu", (unsigned long long)r->examples);
-  json_num(f, "train_loss", loss, ex > 0);
-  json_num(f, "train_accuracy", acc, ex > 0);
+  json_num(f, "train_loss", loss, w > 0);
+  json_num(f, "train_accuracy", acc, w > 0);
   json_num(f, "test_loss", r->test_loss, r->tested);
   json_num(f, "test_accuracy", r->test_acc, r->tested);
   json_num(f, "fed_eval_loss", fl, r->fed_n > 0);
@@ -70,7 +71,10 @@ void srv_write_metrics(server *s, double seconds) {
   fprintf(f, ",\"bytes_received\":%llu,\"bytes_sent\":%llu",
           (unsigned long long)(s->bytes_in - r->bytes_in0),
           (unsigned long long)(s->bytes_out - r->bytes_out0));
-  fprintf(f, ",\"fold_passes\":%zu", r->fold_passes);
+  fprintf(f, ",\"fold_passes\":%zu,\"strategy_errors\":%zu,\"weights_capped\":%zu",
+          r->fold_passes, r->strategy_errors, r->weights_capped);
+  json_num(f, "update_norm_bound", r->norm_bound, r->norm_bound > 0);
+  json_num(f, "aggregate_norm", r->delta_norm, r->accepted > 0);
   json_num(f, "seconds", seconds, 1);
   json_num(f, "slowest_client_seconds", r->slowest, r->accepted > 0);
   fprintf(f, ",\"peak_rss_kib\":%ld", srv_peak_rss_kib());

@@ -1,8 +1,10 @@
 /* What fl-server keeps on disk: the checkpoint after every completed round (global
- * model, round, model version, the selection generator and the metrics file's length),
+ * model, round, model version, the selection generator, the metrics file's length and
+ * the strategy's state, such as a server optimizer's moments),
  * --resume from it, and the final model file (--out).  Files are written atomically and
  * checksummed (checkpoint.h, modelfile.h), so a crash leaves the previous one whole. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -24,7 +26,14 @@ void srv_save_checkpoint(server *s) {
   c.params = s->global;
   c.n = s->n;
   char err[512];
-  int rc = checkpoint_save(s->checkpoint, &c, err, sizeof err);
+  int rc = fl_strategy_save(s->strategy, &c.strategy, &c.strategy_len);
+  if (rc) {
+    fl_error("server", "round %llu: checkpoint failed: the strategy's state: %s",
+             (unsigned long long)s->r.number, fl_strerror(rc));
+    return;
+  }
+  rc = checkpoint_save(s->checkpoint, &c, err, sizeof err);
+  free(c.strategy);
   if (rc) fl_error("server", "round %llu: checkpoint failed: %s", (unsigned long long)s->r.number, err);
   else fl_debug("server", "round %llu: checkpoint written to %s", (unsigned long long)s->r.number, s->checkpoint);
 }
@@ -43,6 +52,15 @@ int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
              s->checkpoint, c.spec, c.n, fl_model_spec(s->model), s->n);
     checkpoint_free(&c);
     return FL_EMISMATCH;
+  }
+  if (c.strategy_len) { /* (checkpoints before strategies had state hold none) */
+    char why[512];
+    rc = fl_strategy_load(s->strategy, c.strategy, c.strategy_len, why, sizeof why);
+    if (rc) {
+      snprintf(err, errlen, "checkpoint %s: %s", s->checkpoint, why);
+      checkpoint_free(&c);
+      return rc;
+    }
   }
   memcpy(s->global, c.params, s->n * sizeof *s->global);
   s->model_version = c.model_version;

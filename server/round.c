@@ -24,10 +24,10 @@ static uint64_t now_ms(server *s) { return uv_now(&s->loop); }
 /* Picks the round's clients at random from those ready (select.h: in id order, so that
  * the same seed picks the same clients whatever order they connected in). */
 static void start_round(server *s) {
-  client **ready = malloc(s->n_ready * sizeof *ready);
+  client **ready = malloc(s->n_ready * sizeof *ready), **sel = malloc(s->n_ready * sizeof *sel);
   const char **ids = malloc(s->n_ready * sizeof *ids);
   size_t *chosen = malloc(s->n_ready * sizeof *chosen);
-  if (!ready || !ids || !chosen) {
+  if (!ready || !sel || !ids || !chosen) {
     fl_error("server", "out of memory selecting clients");
     goto done;
   }
@@ -39,6 +39,12 @@ static void start_round(server *s) {
     }
   size_t target = fl_select_target(s->cfg->clients_per_round, s->n_ready);
   size_t k = fl_select_clients(ids, m, target, s->cfg->over_select, &s->rng, chosen);
+  if (k > s->max_selected) { /* a strategy that holds every update: the memory limit */
+    fl_warn("server", "round %llu: selecting %zu clients, not %zu: strategy '%s' holds every "
+            "update and --strategy-memory allows %zu", (unsigned long long)s->r.number,
+            s->max_selected, k, s->cfg->strategy, s->max_selected);
+    k = s->max_selected;
+  }
   if (target > k) target = k;
   if (!s->r.timing) {
     s->r.t0 = now_ms(s);
@@ -47,14 +53,19 @@ static void start_round(server *s) {
   s->r.attempt++;
   s->r.selected = k;
   s->r.target = target;
-  s->r.answered = s->r.accepted = s->r.refused = s->r.dropped = 0;
+  s->r.answered = s->r.accepted = s->r.refused = s->r.dropped = s->r.received = 0;
   s->r.examples = 0;
-  s->r.loss_sum = s->r.acc_sum = 0;
+  s->r.loss_sum = s->r.acc_sum = s->r.weight_sum = 0;
   s->r.slowest = 0;
   s->r.n_refusals = 0;
   s->r.timed_out = 0;
   s->r.fold_passes = 0;
-  s->strategy->ops->begin(s->strategy);
+  s->r.fold_failed = s->r.abandoned = 0;
+  s->r.weights_capped = 0;
+  s->r.delta_norm = 0;
+  fl_strategy_begin(s->strategy);
+  for (size_t i = 0; i < k; i++) sel[i] = ready[chosen[i]];
+  srv_intake_begin(s, sel, k);
   s->ph = PH_TRAINING;
   fl_info("server", "round %llu/%d: %zu of %zu ready clients selected%s%s",
           (unsigned long long)s->r.number, s->cfg->rounds, k, m,
@@ -70,6 +81,7 @@ static void start_round(server *s) {
   srv_arm_timer(s, s->cfg->round_timeout);
 done:
   free(ready);
+  free(sel);
   free(ids);
   free(chosen);
 }
@@ -97,6 +109,7 @@ void srv_begin_round_number(server *s, uint64_t number) {
   s->r.number = number;
   s->r.attempt = 0;
   s->r.tested = 0;
+  s->r.strategy_errors = 0;
   s->r.bytes_in0 = s->bytes_in;
   s->r.bytes_out0 = s->bytes_out;
   s->r.timing = 0; /* the wait for enough clients is not the round's time */
@@ -158,6 +171,61 @@ static void stop_run(server *s) {
   close_all(s, "server restarting", 2000);
 }
 
+/* The attempt cannot be applied (too few updates, timed out, the strategy failed): a new
+ * selection, or after --max-attempts a wait for new clients. */
+static void attempt_failed(server *s, const char *why) {
+  if (s->stopping) {
+    stop_run(s);
+    return;
+  }
+  if (s->r.attempt >= (uint64_t)s->cfg->max_attempts) {
+    fl_warn("server", "round %llu: %llu attempts failed (the last: %s); waiting for new clients",
+            (unsigned long long)s->r.number, (unsigned long long)s->r.attempt, why);
+    s->waiting_for_more = 1;
+    s->ready_seen = s->ready_events;
+    s->r.attempt = 0;
+  } else {
+    fl_warn("server", "round %llu: %s; retrying with a new selection",
+            (unsigned long long)s->r.number, why);
+  }
+  s->ph = PH_WAITING;
+  srv_advance(s);
+}
+
+/* The updates an attempt needs to be applied. */
+static size_t updates_needed(const server *s) {
+  size_t need = (size_t)s->cfg->min_updates, strat = fl_strategy_min_updates(s->strategy);
+  return need > strat ? need : strat;
+}
+
+static void apply_work(uv_work_t *w) {
+  apply_job *j = w->data;
+  server *s = j->srv;
+  j->rc = fl_strategy_finish(s->strategy, s->global, &j->delta_norm, j->err, sizeof j->err);
+}
+
+static void apply_after(uv_work_t *w, int status) {
+  apply_job *j = w->data;
+  server *s = j->srv;
+  (void)status;
+  if (j->rc) {
+    s->r.strategy_errors++;
+    fl_error("server", "round %llu: the strategy could not apply the aggregate: %s; the global "
+             "model is unchanged", (unsigned long long)s->r.number, j->err);
+    attempt_failed(s, "the aggregate was not applied");
+    return;
+  }
+  s->r.delta_norm = j->delta_norm;
+  s->model_version++;
+  if (s->have_test && (s->r.number % (uint64_t)s->cfg->eval_every == 0 ||
+                       s->r.number == (uint64_t)s->cfg->rounds)) {
+    s->ph = PH_EVALUATING;
+    srv_evaluate_test(s); /* on the thread pool; federated evaluation follows */
+    return;
+  }
+  srv_begin_fed_eval(s);
+}
+
 /* Decides what happens next; called after every event that can move a round on. */
 void srv_advance(server *s) {
   switch (s->ph) {
@@ -174,57 +242,46 @@ void srv_advance(server *s) {
     return;
   case PH_TRAINING:
     if (s->r.answered >= s->r.selected ||
-        (s->r.selected > s->r.target && s->r.accepted >= s->r.target)) {
+        (s->r.selected > s->r.target && s->r.received >= s->r.target)) {
       if (s->r.answered < s->r.selected)
         fl_info("server", "round %llu: %zu updates in; closing the round without the %zu slowest clients",
-                (unsigned long long)s->r.number, s->r.accepted, s->r.selected - s->r.answered);
+                (unsigned long long)s->r.number, s->r.received, s->r.selected - s->r.answered);
       close_collection(s);
       s->ph = PH_AGGREGATING;
     } else if (s->r.timed_out || s->stopping) {
       close_collection(s);
-      if (s->r.accepted >= (size_t)s->cfg->min_updates && !s->stopping) {
+      if (s->r.received >= updates_needed(s) && !s->stopping)
         fl_warn("server", "round %llu: timed out with %zu of %zu updates; aggregating those",
-                (unsigned long long)s->r.number, s->r.accepted, s->r.selected);
-      } else {
-        s->r.accepted = 0; /* abandoned: nothing folded this attempt is applied */
-      }
+                (unsigned long long)s->r.number, s->r.received, s->r.selected);
+      else
+        s->r.abandoned = 1; /* nothing folded this attempt is applied */
       s->ph = PH_AGGREGATING;
     } else {
       return;
     }
     /* fall through */
-  case PH_AGGREGATING:
+  case PH_AGGREGATING: {
     if (!srv_folds_idle(s) || s->sends_pending) return;
-    if (s->r.accepted == 0 || s->r.accepted < (size_t)s->cfg->min_updates) {
-      if (s->stopping) {
-        stop_run(s);
-        return;
-      }
-      if (s->r.attempt >= (uint64_t)s->cfg->max_attempts) {
-        fl_warn("server", "round %llu: %llu attempts failed (%zu of %zu clients answered, %d updates needed); waiting for new clients",
-                (unsigned long long)s->r.number, (unsigned long long)s->r.attempt, s->r.accepted,
-                s->r.selected, s->cfg->min_updates);
-        s->waiting_for_more = 1;
-        s->ready_seen = s->ready_events;
-        s->r.attempt = 0;
-      } else {
-        fl_warn("server", "round %llu: only %zu of %zu clients answered (%d needed); retrying with a new selection",
-                (unsigned long long)s->r.number, s->r.accepted, s->r.selected, s->cfg->min_updates);
-      }
-      s->ph = PH_WAITING;
-      srv_advance(s);
+    char why[160];
+    if (s->r.fold_failed) {
+      attempt_failed(s, "the strategy could not fold its updates");
       return;
     }
-    s->strategy->ops->finish(s->strategy, s->global, s->cfg->server_lr);
-    s->model_version++;
-    if (s->have_test && (s->r.number % (uint64_t)s->cfg->eval_every == 0 ||
-                         s->r.number == (uint64_t)s->cfg->rounds)) {
-      s->ph = PH_EVALUATING;
-      srv_evaluate_test(s); /* on the thread pool; federated evaluation follows */
+    if (s->r.abandoned || s->r.accepted < updates_needed(s)) {
+      snprintf(why, sizeof why, "%zu of %zu selected clients sent an update that was accepted (%zu needed)",
+               s->r.accepted, s->r.selected, updates_needed(s));
+      attempt_failed(s, why);
       return;
     }
-    srv_begin_fed_eval(s);
+    /* The aggregate is applied off the loop: median and Krum take a while. */
+    s->ph = PH_APPLYING;
+    s->apply.srv = s;
+    s->apply.work.data = &s->apply;
+    s->apply.err[0] = 0;
+    uv_queue_work(&s->loop, &s->apply.work, apply_work, apply_after);
     return;
+  }
+  case PH_APPLYING:
   case PH_EVALUATING:
     return;
   case PH_FED_EVAL:

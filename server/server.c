@@ -10,6 +10,7 @@
  * and --update-buffers update buffers (one each, two by default). */
 #include <cblas.h>
 #include <signal.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,35 @@
 #include "log.h"
 #include "modelfile.h"
 #include "server_internal.h"
+
+/* A strategy that holds every update needs a model size per client of the round: a count
+ * of clients per round that does not fit --strategy-memory is refused here; with a
+ * fraction, rounds select at most what fits (s->max_selected). */
+static int check_strategy_memory(server *s, char *err, size_t errlen) {
+  const server_config *cfg = s->cfg;
+  s->max_selected = (size_t)-1;
+  if (!fl_strategy_needs_all(s->strategy)) return 0;
+  double model = (double)s->n * sizeof(float), limit = (double)cfg->strategy_memory_mib * 1048576.0;
+  double fixed = fl_strategy_model_sizes(s->strategy, 0) * model;
+  s->max_selected = limit > fixed ? (size_t)((limit - fixed) / model) : 0;
+  if (s->max_selected < fl_strategy_min_updates(s->strategy)) {
+    snprintf(err, errlen, "--strategy %s needs at least %zu updates of %.1f MiB at once, more than "
+             "--strategy-memory %d MiB allows", cfg->strategy, fl_strategy_min_updates(s->strategy),
+             model / 1048576.0, cfg->strategy_memory_mib);
+    return FL_ECONFIG;
+  }
+  if (cfg->clients_per_round >= 1) {
+    size_t k = (size_t)ceil(cfg->clients_per_round * (1.0 + cfg->over_select));
+    if (k > s->max_selected) {
+      snprintf(err, errlen, "--strategy %s holds every update of a round: %zu clients per round "
+               "(with over-selection) x %.1f MiB is %.0f MiB, above --strategy-memory %d MiB; "
+               "select fewer clients or raise the limit", cfg->strategy, k, model / 1048576.0,
+               fl_strategy_model_sizes(s->strategy, k) * model / 1048576.0, cfg->strategy_memory_mib);
+      return FL_ECONFIG;
+    }
+  }
+  return 0;
+}
 
 int server_create(const server_config *cfg, server **out, char *err, size_t errlen) {
   server *s = calloc(1, sizeof *s);
@@ -38,19 +68,25 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   s->n = fl_model_num_params(s->model);
   s->global = malloc(s->n * sizeof *s->global);
   s->n_bufs = cfg->update_buffers;
-  s->buf_mem = fl_alloc_big((size_t)s->n_bufs * s->n * sizeof(float));
   s->bufs = calloc((size_t)s->n_bufs, sizeof *s->bufs);
   s->ready = calloc((size_t)s->n_bufs, sizeof *s->ready);
-  s->ready_w = calloc((size_t)s->n_bufs, sizeof *s->ready_w);
-  s->fold.bufs = calloc((size_t)s->n_bufs, sizeof *s->fold.bufs);
-  s->fold.weights = calloc((size_t)s->n_bufs, sizeof *s->fold.weights);
+  s->fold.items = calloc((size_t)s->n_bufs, sizeof *s->fold.items);
+  s->fold.u = calloc((size_t)s->n_bufs, sizeof *s->fold.u);
+  s->fold.norm = calloc((size_t)s->n_bufs, sizeof *s->fold.norm);
   rc = FL_ENOMEM;
-  if (!s->global || !s->buf_mem || !s->bufs || !s->ready || !s->ready_w || !s->fold.bufs ||
-      !s->fold.weights) {
+  if (!s->global || !s->bufs || !s->ready || !s->fold.items || !s->fold.u || !s->fold.norm) {
     snprintf(err, errlen, "out of memory for a model of %zu parameters", s->n);
     goto fail;
   }
-  for (int i = 0; i < s->n_bufs; i++) s->bufs[s->n_free++] = s->buf_mem + (size_t)i * s->n;
+  /* One allocation each: a strategy that keeps an update takes its buffer with it. */
+  for (int i = 0; i < s->n_bufs; i++) {
+    float *b = fl_alloc_big(s->n * sizeof *b);
+    if (!b) {
+      snprintf(err, errlen, "out of memory for %d update buffers of %zu parameters", s->n_bufs, s->n);
+      goto fail;
+    }
+    s->bufs[s->n_free++] = b;
+  }
   if (cfg->init_model) {
     char *spec = NULL;
     float *params = NULL;
@@ -73,11 +109,15 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   } else {
     fl_model_init(s->model, s->global, cfg->seed);
   }
-  s->strategy = fl_strategy_create(cfg->strategy, s->n, err, errlen);
-  if (!s->strategy) {
-    rc = FL_ECONFIG;
-    goto fail;
-  }
+  rc = fl_strategy_create(cfg->strategy, s->n, cfg->server_lr, &s->strategy, err, errlen);
+  if (rc) goto fail;
+  rc = check_strategy_memory(s, err, errlen);
+  if (rc) goto fail;
+  s->uniform_weights = strcmp(cfg->weights, "uniform") == 0;
+  server_norm_bound(cfg->max_update_norm, &s->norm_ratio, &s->norm_abs);
+  fl_info("server", "strategy %s; update weights: %s, capped at %g typical rounds; update norm "
+          "bound: %s", fl_strategy_spec(s->strategy), cfg->weights, cfg->max_weight_share,
+          cfg->max_update_norm);
   if (cfg->test_data) {
     rc = fl_dataset_load(&s->test, cfg->test_data, err, errlen);
     if (rc) goto fail;
@@ -185,15 +225,15 @@ void server_free(server *s) {
   uv_loop_close(&s->loop);
   fl_tls_config_free(s->tls);
   if (s->metrics) fclose(s->metrics);
-  if (s->strategy) s->strategy->ops->free(s->strategy);
+  fl_strategy_free(s->strategy);
   fl_trainer_free(s->eval_trainer);
   if (s->have_test) fl_dataset_free(&s->test);
-  free(s->buf_mem);
+  for (int i = 0; s->bufs && i < s->n_free; i++) free(s->bufs[i]);
   free(s->bufs);
   free(s->ready);
-  free(s->ready_w);
-  free(s->fold.bufs);
-  free(s->fold.weights);
+  free(s->fold.items);
+  free(s->fold.u);
+  free(s->fold.norm);
   free(s->global);
   free(s->heartbeat);
   free(s->checkpoint);

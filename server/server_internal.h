@@ -18,16 +18,19 @@
  * Threads: everything here runs on the control loop's thread (s->loop; iothreads.h
  * brings every connection event to it), except two jobs on libuv's thread pool: the fold
  * (intake.c; calls the strategy's fold on the update buffers it was handed, which no one
- * else touches until it is over; the strategy's begin and finish run on the loop thread
- * only while no fold is under way) and the test evaluation (evaluate.c; reads s->global and
- * s->test, writes s->eval_result and s->eval_rc, while the round is in PH_EVALUATING and
- * nothing else reads or writes them).  Their after-callbacks run on the loop thread.
+ * else touches until it is over), the strategy's finish (round.c; applies the aggregate to
+ * s->global while the round is in PH_APPLYING: no fold under way, no model stream
+ * reading s->global) and the test evaluation (evaluate.c; reads s->global and s->test,
+ * writes s->eval_result and s->eval_rc, while the round is in PH_EVALUATING and nothing
+ * else reads or writes them).  The strategy's begin runs on the loop thread while none
+ * of these jobs runs.  Their after-callbacks run on the loop thread.
  *
  * Ownership: the server owns every client record (malloc'd in sessions.c when a peer
  * opens, freed in its on_close); a client's peer belongs to iothreads.h and is valid until
- * on_close returns.  The update buffers are one allocation (s->buf_mem) that s->bufs,
- * s->ready, s->fold and client->buf only point into; at any time each buffer is in
- * exactly one of those places. */
+ * on_close returns.  Each update buffer (fl_alloc_big, one model size) is at any time in
+ * exactly one place: s->bufs (free), client->buf (arriving), s->ready (waiting for a
+ * fold), s->fold (being folded), or the strategy, which may keep it (fl_update.buf; the
+ * server then allocates a new one for its pool). */
 #ifndef FL_SERVER_INTERNAL_H
 #define FL_SERVER_INTERNAL_H
 
@@ -52,8 +55,8 @@
 /* Where a client's update is: none under way, waiting for an update buffer (no Proceed
  * yet), arriving into its buffer, or being skipped to its last chunk. */
 typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD } rx_state;
-typedef enum { PH_WAITING, PH_TRAINING, PH_AGGREGATING, PH_EVALUATING, PH_FED_EVAL,
-               PH_DONE } phase;
+typedef enum { PH_WAITING, PH_TRAINING, PH_AGGREGATING, PH_APPLYING, PH_EVALUATING,
+               PH_FED_EVAL, PH_DONE } phase;
 
 typedef struct client client;
 
@@ -85,15 +88,38 @@ struct client {
   double upd_loss, upd_acc, upd_seconds;
 };
 
-/* One pass of the strategy's fold over every update that was waiting for it. */
+/* A complete update waiting for its fold, with what the round's statistics need once the
+ * strategy took it (the client may be gone by then). */
+typedef struct ready_update {
+  float *buf;
+  double weight;             /* after the weight policy */
+  uint64_t examples;         /* as the client reported them */
+  double loss, acc, seconds;
+  char client[128];
+} ready_update;
+
+/* One pass of the strategy's fold over every update that was waiting for it.  Updates
+ * whose norm exceeds the round's bound are left out of the fold and refused after it. */
 typedef struct fold_job {
   uv_work_t work;
   server *srv;
   size_t k;
-  const float **bufs;  /* [k] */
-  double *weights;     /* [k] */
+  ready_update *items;       /* [k] */
+  fl_update *u;              /* [k] */
+  double *norm;              /* [k] each update's L2 norm (when the round bounds it) */
+  double bound;              /* the round's norm bound, 0: none */
   int rc;
+  char err[256];
 } fold_job;
+
+/* The strategy's finish on the thread pool. */
+typedef struct apply_job {
+  uv_work_t work;
+  server *srv;
+  int rc;
+  double delta_norm;
+  char err[256];
+} apply_job;
 
 typedef struct refusal { char client[128]; char reason[160]; } refusal;
 
@@ -101,7 +127,8 @@ typedef struct round_stats {
   uint64_t number, attempt;
   size_t selected, target, answered, accepted, refused, dropped;
   uint64_t examples;
-  double loss_sum, acc_sum;          /* weighted by examples */
+  double loss_sum, acc_sum;          /* weighted as the updates were */
+  double weight_sum;                 /* of the folded updates */
   double slowest;                    /* longest local training time reported */
   double test_loss, test_acc;
   int tested;
@@ -115,6 +142,14 @@ typedef struct round_stats {
   size_t n_refusals;
   int timed_out;
   size_t fold_passes;                /* each folds one or more updates */
+  size_t received;                   /* complete, finite updates (folded or to be) */
+  int fold_failed;                   /* the strategy refused a fold: the attempt is void */
+  int abandoned;                     /* closed without enough updates: the attempt is void */
+  size_t strategy_errors;            /* failed folds and finishes, all attempts of the round */
+  double weight_cap;                 /* the weight policy's cap this attempt (0: none) */
+  size_t weights_capped;             /* updates whose weight the cap lowered */
+  double norm_bound;                 /* updates with a larger L2 norm are refused (0: none) */
+  double delta_norm;                 /* the applied aggregate's L2 norm */
 } round_stats;
 
 struct server {
@@ -143,15 +178,17 @@ struct server {
   int eval_rc;
 
   int n_bufs;                    /* update buffers in all (--update-buffers) */
-  float *buf_mem;                /* [n_bufs * n] their memory */
   float **bufs;                  /* [n_bufs] the free ones first */
   int n_free;
   client *waiting, *waiting_tail; /* Updates waiting for a buffer, first come first */
-  float **ready;                 /* [n_bufs] complete updates waiting for a fold */
-  double *ready_w;               /* their weights */
+  ready_update *ready;           /* [n_bufs] complete updates waiting for a fold */
   int n_ready_bufs;
   fold_job fold;                 /* the one fold under way, if fold_busy */
   int fold_busy;
+  apply_job apply;               /* the strategy's finish, in PH_APPLYING */
+  int uniform_weights;           /* --weights uniform */
+  size_t max_selected;           /* clients a round may select (--strategy-memory) */
+  double norm_ratio, norm_abs;   /* --max-update-norm: RATIOx of the model's norm, or absolute */
 
   client *clients;
   size_t n_clients, n_ready;
@@ -216,6 +253,9 @@ void srv_abort_rx(client *c);
 void srv_close_intake(server *s);
 /* No fold under way and none waiting. */
 int srv_folds_idle(const server *s);
+/* A new attempt: the weight cap and the norm bound of its updates, from the selected
+ * clients and the global model. */
+void srv_intake_begin(server *s, client *const *selected, size_t k);
 
 /* ---- broadcast.c ---- */
 

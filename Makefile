@@ -6,6 +6,7 @@
 #   make demo       the main job end to end on Fashion-MNIST
 #   make bench      benchmarks, each reported against a baseline measured in the same run
 #   make bench-scale  10,000 idle TLS connections held by one server (a few minutes)
+#   make bench-robust  robust strategies against simulated attackers (10-20 minutes)
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
@@ -76,7 +77,7 @@ BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) 
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: all deps test test-stress bench bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: all deps test test-stress bench bench-robust bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
@@ -189,6 +190,11 @@ bench: $(BENCH_BINS) $(BINS) $(TEST_CERTS) $(B)/scale-certs/ca.crt
 	    else how="exit status $$rc"; fi; \
 	    echo "bench: $$b FAILED: $$how (its messages are above)" >&2; exit 1; fi; \
 	done
+
+# Robust aggregation against simulated attackers, and the server optimizers on non-IID
+# data (bench/robust.sh; 10-20 minutes on 2 cores).
+bench-robust: $(BINS) $(B)/scale-certs/ca.crt
+	$(Q)$(TEST_ENV) bench/robust.sh
 
 SCALE10K_CLIENTS := 10000
 $(B)/scale10k-certs/ca.crt: certs/gen.sh | deps

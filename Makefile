@@ -6,6 +6,7 @@
 #   make demo       the main job end to end on Fashion-MNIST
 #   make bench      benchmarks, each reported against a baseline measured in the same run
 #   make bench-scale  10,000 idle TLS connections held by one server (a few minutes)
+#   make bench-robust  robust strategies against simulated attackers (10-20 minutes)
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
@@ -79,7 +80,7 @@ BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) 
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: docker all deps test test-stress bench bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: docker all deps test test-stress bench bench-robust bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
@@ -129,7 +130,8 @@ $(B)/obj/%.o: %.c $(B)/flags | $(PROTO_H)
 CORE_OBJS := $(call obj,$(wildcard common/dense.c common/conv.c common/activation.c \
                                    common/loss.c common/optim.c common/train.c))
 $(CORE_OBJS): CFLAGS_ALL += -O3
-$(call obj,server/fedavg.c): CFLAGS_ALL += -O3
+# The aggregation's loops are vectorised the same way (common/agg_*.c, server_opt.c).
+$(call obj,$(wildcard common/agg_*.c common/server_opt.c)): CFLAGS_ALL += -O3
 
 $(LIB): $(COMMON_OBJS)
 	$(call say,AR,$@)
@@ -147,14 +149,10 @@ $(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
 $(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $(filter-out $(LIB),$^) $(LIB) $(LDLIBS) $(LIBS)
-# The aggregation benchmark times the server's strategy itself.
-$(B)/bench-aggregate: $(B)/obj/server/fedavg.o
-$(B)/obj/bench/bench_aggregate.o $(B)/obj/tests/test_strategy.o: CFLAGS_ALL += -Iserver
 $(B)/obj/tests/test_launch.o: CFLAGS_ALL += -Iclient
 
 # All tests link into one Criterion binary: one summary line closes the run.
-$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/server/fedavg.o $(B)/obj/client/launch.o \
-             $(B)/obj/client/config.o $(LIB)
+$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/client/launch.o $(B)/obj/client/config.o $(LIB)
 	$(call say,LINK,$@)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
@@ -215,6 +213,11 @@ bench: $(BENCH_BINS) $(BINS) $(TEST_CERTS) $(B)/scale-certs/ca.crt
 	    else how="exit status $$rc"; fi; \
 	    echo "bench: $$b FAILED: $$how (its messages are above)" >&2; exit 1; fi; \
 	done
+
+# Robust aggregation against simulated attackers, and the server optimizers on non-IID
+# data (bench/robust.sh; 10-20 minutes on 2 cores).
+bench-robust: $(BINS) $(B)/scale-certs/ca.crt
+	$(Q)$(TEST_ENV) bench/robust.sh
 
 SCALE10K_CLIENTS := 10000
 $(B)/scale10k-certs/ca.crt: certs/gen.sh | deps

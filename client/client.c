@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "attack.h"
 #include "conn.h"
 #include "error.h"
 #include "log.h"
@@ -70,6 +71,7 @@ struct vclient {
   fl_rng rng;          /* backoff jitter */
   fl_subset train, test;
   int partition;       /* -1 when training on all of --data */
+  int attacker;        /* simulation: sends the --attack's delta */
   uint32_t chunk_bytes; /* tensor data per chunk, as the server's Welcome asks */
   job *rx;             /* task whose model is arriving */
   job *tx;             /* update waiting for Proceed, or being sent */
@@ -82,6 +84,8 @@ struct app {
   pool workers;
   fl_dataset data, test;
   int have_test;
+  fl_attack attack;    /* simulation (--attack) */
+  fl_dataset flipped;  /* --attack labelflip: data with flipped labels (x shared) */
   fl_subset *parts, *test_parts;
   fl_model *model;      /* cached for the spec the server last sent */
   char host[256];
@@ -219,6 +223,11 @@ static void job_run(pool_job *pj) {
     j->rc = fl_train(t, j->local, &v->train, &j->tcfg, NULL, NULL, &j->result);
     if (j->rc == 0) /* the delta: local minus the global weights it started from */
       for (uint64_t i = 0; i < j->n; i++) j->local[i] -= j->global[i];
+    if (j->rc == 0 && v->attacker) {
+      fl_rng r;
+      fl_rng_seed2(&r, j->tcfg.seed, 0xa77ac);
+      fl_attack_delta(&v->a->attack, j->local, j->n, &r);
+    }
   } else {
     const fl_subset *s = v->test.n ? &v->test : &v->train;
     j->rc = fl_evaluate(t, j->global, s, &j->result);
@@ -632,6 +641,14 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   uv_loop_init(&a->loop);
   rc = load_data(a, err, errlen);
   if (rc) goto fail;
+  if (cfg->attack) {
+    rc = fl_attack_parse(cfg->attack, &a->attack, err, errlen);
+    if (rc) goto fail;
+    if (a->attack.mode == FL_ATTACK_LABELFLIP && (rc = fl_attack_flip_labels(&a->data, &a->flipped))) {
+      snprintf(err, errlen, "out of memory for flipped labels");
+      goto fail;
+    }
+  }
 
   fl_conn_options_default(&a->copt);
   a->copt.heartbeat_interval_ms = (uint32_t)(cfg->heartbeat * 1000);
@@ -672,6 +689,16 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
     if (v->partition >= 0) {
       v->train = a->parts[v->partition];
       if (a->have_test) v->test = a->test_parts[v->partition];
+      if (cfg->attack) {
+        size_t parts = (size_t)(cfg->num_partitions ? cfg->num_partitions : cfg->clients);
+        rc = fl_attack_chosen(cfg->attack_clients, (size_t)v->partition, parts, cfg->seed,
+                              &v->attacker, err, errlen);
+        if (rc) goto fail;
+        if (v->attacker) {
+          fl_warn(v->name, "SIMULATION: attacks with %s", cfg->attack);
+          if (a->attack.mode == FL_ATTACK_LABELFLIP) v->train.data = &a->flipped;
+        }
+      }
     } else {
       v->train = (fl_subset){&a->data, NULL, a->data.n};
       if (a->have_test) v->test = (fl_subset){&a->test, NULL, a->test.n};
@@ -733,6 +760,7 @@ void app_free(app *a) {
   if (a->parts) fl_partition_free(a->parts);
   if (a->test_parts) fl_partition_free(a->test_parts);
   fl_dataset_free(&a->data);
+  free(a->flipped.y); /* its x is data's */
   if (a->have_test) fl_dataset_free(&a->test);
   fl_model_free(a->model);
   free(a->heartbeat);

@@ -10,7 +10,7 @@
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
 #   make deps       install the Debian packages the project needs (when missing)
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR= (binaries, and libflclient: header, .so, .a, .pc)
 #
 # Switches: V=1 (full commands), SANITIZER=address,undefined, EXTRA_CFLAGS=-Werror.
 
@@ -40,7 +40,7 @@ GEN := build/gen
 
 DEB_PKGS := pkgconf libuv1-dev libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler \
             libopenblas-dev zlib1g-dev libinih-dev libcriterion-dev openssl \
-            dataset-fashion-mnist clang libclang-rt-14-dev
+            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils
 
 PKGS := libuv libprotobuf-c zlib inih openblas
 CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -fno-strict-aliasing
@@ -48,7 +48,7 @@ ifneq ($(SANITIZER),)
 CFLAGS_BASE += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS_SAN := -fsanitize=$(SANITIZER)
 endif
-CFLAGS_ALL = $(CFLAGS_BASE) $(EXTRA_CFLAGS) -Icommon -I$(GEN) $(PKG_CFLAGS)
+CFLAGS_ALL = $(CFLAGS_BASE) $(EXTRA_CFLAGS) -Icommon -I$(GEN) -Iclient/include $(PKG_CFLAGS)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS := $(LDFLAGS_SAN)
@@ -60,7 +60,8 @@ PROTO_H     := $(PROTO_C:.c=.h)
 
 COMMON_SRCS := $(wildcard common/*.c)
 SERVER_SRCS := $(wildcard server/*.c)
-CLIENT_SRCS := $(filter-out client/train_main.c,$(wildcard client/*.c))
+LIBCLIENT_SRCS := $(wildcard client/lib_*.c)
+CLIENT_SRCS := $(filter-out client/train_main.c $(LIBCLIENT_SRCS),$(wildcard client/*.c))
 TRAIN_SRCS  := $(wildcard client/train_main.c)
 TEST_SRCS   := $(wildcard tests/test_*.c tests/testutil.c tests/main.c)
 BENCH_SRCS  := $(wildcard bench/bench_*.c)
@@ -73,13 +74,34 @@ LIB := $(B)/libfl.a
 
 BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) \
         $(if $(TRAIN_SRCS),$(B)/fl-train)
+
+# libflclient (client/include/fl/client.h): its own files and the part of libfl it
+# stands on (transport, protocol, model identity), compiled position-independent into
+# $(B)/pic for both the shared and the static library.  Only fl_client_* is exported:
+# the version script for the .so, objcopy for the .a (one object, the rest made local),
+# and the committed list client/libflclient.symbols is checked against both.
+LIBCLIENT_COMMON := common/error.c common/rng.c common/model.c common/frame.c common/msg.c \
+                    common/tls.c common/conn.c
+pic = $(patsubst %.c,$(B)/pic/%.o,$(1))
+LIBCLIENT_PIC := $(call pic,$(LIBCLIENT_SRCS) $(LIBCLIENT_COMMON)) $(B)/pic/gen/fl.pb-c.o
+LIBCLIENT_LIBS = $(shell pkg-config --libs libuv libprotobuf-c 2>/dev/null) \
+                 -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm
+LIBCLIENT_HEADER := client/include/fl/client.h
+LIBCLIENT_MAJOR := $(shell sed -n 's/^\#define FL_CLIENT_VERSION_MAJOR //p' $(LIBCLIENT_HEADER))
+LIBCLIENT_VERSION := $(LIBCLIENT_MAJOR).$(shell sed -n 's/^\#define FL_CLIENT_VERSION_MINOR //p' $(LIBCLIENT_HEADER)).$(shell sed -n 's/^\#define FL_CLIENT_VERSION_PATCH //p' $(LIBCLIENT_HEADER))
+LIBCLIENT_SO := $(B)/libflclient.so.$(LIBCLIENT_MAJOR)
+LIBCLIENT_A := $(B)/libflclient.a
+LIBCLIENT := $(LIBCLIENT_SO) $(B)/libflclient.so $(LIBCLIENT_A) $(B)/libflclient.checked \
+             $(B)/flclient.pc
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
 .PHONY: all deps test test-stress bench bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
-all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
+all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
 
 # make deps: cheap and silent when everything is there.
 deps:
@@ -129,9 +151,53 @@ $(LIB): $(COMMON_OBJS)
 $(B)/fl-server: $(call obj,$(SERVER_SRCS)) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
-$(B)/fl-client: $(call obj,$(CLIENT_SRCS)) $(LIB)
+$(B)/fl-client: $(call obj,$(CLIENT_SRCS)) $(LIBCLIENT_A) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+
+# ---- libflclient ----
+$(B)/pic/gen/%.o: $(GEN)/%.c $(B)/flags
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS_ALL) -fPIC -Wno-unused-parameter -MMD -MP -c -o $@ $<
+$(B)/pic/%.o: %.c $(B)/flags | $(PROTO_H)
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS_ALL) -fPIC -MMD -MP -c -o $@ $<
+
+$(LIBCLIENT_SO): $(LIBCLIENT_PIC) client/libflclient.map
+	$(call say,LINK,$@)
+	$(Q)$(CC) -shared -o $@ -Wl,-soname,$(notdir $@) -Wl,--version-script=client/libflclient.map \
+	  -Wl,--no-undefined $(LIBCLIENT_PIC) $(LDLIBS) $(LIBCLIENT_LIBS)
+$(B)/libflclient.so: $(LIBCLIENT_SO)
+	$(Q)ln -sf $(notdir $<) $@
+$(LIBCLIENT_A): $(LIBCLIENT_PIC) client/libflclient.symbols
+	$(call say,AR,$@)
+	$(Q)ld -r -o $(B)/pic/libflclient-all.o $(LIBCLIENT_PIC) && \
+	  objcopy --keep-global-symbols=client/libflclient.symbols $(B)/pic/libflclient-all.o \
+	    $(B)/pic/libflclient.o && rm -f $@ && ar rcs $@ $(B)/pic/libflclient.o
+# An accidental change of the ABI fails the build: what the libraries export must be
+# the committed list (change it, and the soname when a symbol goes away, on purpose).
+# The header must compile as C99, C11 and C++11, pedantic and warning-free.
+$(B)/libflclient.checked: $(LIBCLIENT_SO) $(LIBCLIENT_A) client/libflclient.symbols \
+                          client/check-symbols.sh $(LIBCLIENT_HEADER)
+	$(call say,CHECK,$(LIBCLIENT_SO))
+	$(Q)client/check-symbols.sh client/libflclient.symbols $(LIBCLIENT_SO) $(LIBCLIENT_A)
+	$(Q)for std in c99 c11; do echo '#include <fl/client.h>' | \
+	  $(CC) -std=$$std -pedantic -Wall -Wextra -Werror -Iclient/include -x c -fsyntax-only - || exit 1; done
+	$(Q)echo '#include <fl/client.h>' | \
+	  g++ -std=c++11 -pedantic -Wall -Wextra -Werror -Iclient/include -x c++ -fsyntax-only -
+	$(Q)touch $@
+# The pkg-config file, for the PREFIX of this make (rewritten when it changes).
+$(B)/flclient.pc: FORCE | deps
+	@mkdir -p $(B)
+	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCLUDEDIR)' '' \
+	  'Name: flclient' 'Description: federated learning client library of fl (libflclient)' \
+	  'Version: $(LIBCLIENT_VERSION)' 'Requires.private: libuv libprotobuf-c' \
+	  'Libs: -L$${libdir} -lflclient' \
+	  'Libs.private: -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm' \
+	  'Cflags: -I$${includedir}' > $@.tmp && \
+	  if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
 $(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
@@ -143,7 +209,7 @@ $(B)/bench-aggregate: $(B)/obj/server/fedavg.o
 $(B)/obj/bench/bench_aggregate.o $(B)/obj/tests/test_strategy.o: CFLAGS_ALL += -Iserver
 
 # All tests link into one Criterion binary: one summary line closes the run.
-$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/server/fedavg.o $(LIB)
+$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/server/fedavg.o $(LIBCLIENT_A) $(LIB)
 	$(call say,LINK,$@)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
@@ -239,9 +305,15 @@ fuzz-corpus: $(B)/gen_corpus
 demo: $(BINS)
 	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh
 
-install: $(BINS)
+install: $(BINS) $(LIBCLIENT)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(INCLUDEDIR)/fl $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 0644 $(LIBCLIENT_HEADER) $(DESTDIR)$(INCLUDEDIR)/fl/
+	install -m 0755 $(LIBCLIENT_SO) $(DESTDIR)$(LIBDIR)/
+	ln -sf $(notdir $(LIBCLIENT_SO)) $(DESTDIR)$(LIBDIR)/libflclient.so
+	install -m 0644 $(LIBCLIENT_A) $(DESTDIR)$(LIBDIR)/
+	install -m 0644 $(B)/flclient.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
 	install -d $(DESTDIR)$(PREFIX)/share/fl/examples
 	install -m 0644 examples/*.ini $(DESTDIR)$(PREFIX)/share/fl/examples/
 	install -m 0644 proto/fl.proto $(DESTDIR)$(PREFIX)/share/fl/

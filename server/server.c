@@ -46,7 +46,7 @@
 #define STREAMS_PER_THREAD 4 /* enough to keep an I/O thread encrypting */
 #define MAX_REFUSALS 64
 
-typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD } rx_state;
+typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD, RX_INIT } rx_state;
 typedef enum { PH_WAITING, PH_TRAINING, PH_AGGREGATING, PH_EVALUATING, PH_FED_EVAL,
                PH_DONE } phase;
 
@@ -61,6 +61,8 @@ struct client {
   uint64_t num_samples;
   int ready;                 /* said hello, was welcomed */
   int closing;
+  int can_params;            /* lists the "params" capability (see ask_init) */
+  int no_params;             /* was asked for the initial parameters and did not give them */
 
   uint64_t task_round;       /* round (and attempt) this client was selected for */
   uint64_t task_attempt;
@@ -108,6 +110,9 @@ typedef struct round_stats {
   int timing;                        /* t0 is set */
   refusal refusals[MAX_REFUSALS];
   size_t n_refusals;
+  size_t failed;                     /* selected clients whose training failed (their Error) */
+  refusal failures[MAX_REFUSALS];
+  size_t n_failures;
   int timed_out;
   size_t fold_passes;                /* each folds one or more updates */
 } round_stats;
@@ -166,11 +171,16 @@ struct server {
   uint64_t ready_seen;           /* ready_events when the server began waiting for more */
   int waiting_for_more;
   uint64_t first_round;          /* 1, or the round after the checkpoint's */
+  int need_init;                 /* an external model waits for a client's parameters */
+  client *init_from;             /* the client asked for them */
+  int init_waiting_logged;
   int stopping, exit_code;
   int lingered;                  /* the goodbye is over (see close_all) */
 };
 
 static void advance(server *s);
+static void arm_timer(server *s, double seconds);
+static void on_init_chunk(client *c, const Fl__TensorChunk *ch);
 static void start_fold(server *s);
 static void stop_run(server *s);
 static void end_linger(server *s);
@@ -526,6 +536,10 @@ static void on_chunk(client *c, const Fl__TensorChunk *ch) {
     if (ch->offset + count >= ch->total) c->rx = RX_IDLE;
     return;
   }
+  if (c->rx == RX_INIT) {
+    on_init_chunk(c, ch);
+    return;
+  }
   if (c->rx != RX_UPDATE) {
     const char *why = c->rx == RX_WAIT_BUF ? "tensor chunk before Proceed"
                                            : "tensor chunk without an update";
@@ -587,6 +601,153 @@ static void on_open(fl_peer *peer) {
   fl_info("server", "%s connected from %s", c->id, fl_peer_addr(peer));
 }
 
+/* ---- the model clients declare, and initial parameters from a client ----
+ *
+ * A client may declare the model it trains (libflclient: an external model by name and
+ * size, or a spec); one that declares another model than the server's is refused, and so
+ * is one that declares none when the server trains an external model, which only the
+ * clients' own code can train.  An external model without --init-model or a checkpoint
+ * takes its initial parameters from a client: the server asks one that lists the
+ * "params" capability, and the next one if it fails, refuses or stays silent for
+ * --round-timeout; no round starts before. */
+
+static int model_disagrees(const server *s, const Fl__Hello *h, char *why, size_t len) {
+  int declared = h->model_spec && h->model_spec[0];
+  if (declared && (h->model_id != fl_model_id(s->model) || h->num_params != s->n)) {
+    snprintf(why, len, "the client declares model '%.100s' (%llu parameters), but this "
+             "federation trains '%.100s' (%zu parameters)", h->model_spec,
+             (unsigned long long)h->num_params, fl_model_spec(s->model), s->n);
+    return 1;
+  }
+  if (!declared && fl_model_is_external(s->model)) {
+    snprintf(why, len, "this federation trains the external model '%.100s', and the client "
+             "declares no model (an external model is trained by the clients' own code, "
+             "which declares it through libflclient)", fl_model_spec(s->model));
+    return 1;
+  }
+  return 0;
+}
+
+/* Asks a client for the initial parameters, unless one is on it. */
+static void ask_init(server *s) {
+  if (s->init_from && s->r.timed_out) {
+    fl_warn("server", "%s did not send the initial parameters within --round-timeout; asking another client",
+            s->init_from->id);
+    s->init_from->no_params = 1;
+    s->init_from = NULL;
+  }
+  if (s->init_from) return;
+  client *pick = NULL;
+  for (client *c = s->clients; c; c = c->next)
+    if (c->ready && !c->closing && c->can_params && !c->no_params && c->rx == RX_IDLE &&
+        (!pick || strcmp(c->id, pick->id) < 0))
+      pick = c;
+  if (!pick) {
+    if (!s->init_waiting_logged)
+      fl_info("server", "external model %s: waiting for a client that can give the initial parameters (or use --init-model)",
+              fl_model_spec(s->model));
+    s->init_waiting_logged = 1;
+    return;
+  }
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__ParamsRequest r = FL__PARAMS_REQUEST__INIT;
+  r.model_id = fl_model_id(s->model);
+  r.num_params = s->n;
+  env.body_case = FL__ENVELOPE__BODY_PARAMS_REQUEST;
+  env.params_request = &r;
+  if (send_env(pick, &env) != 0) return;
+  fl_info("server", "asking %s for the initial parameters of %s", pick->id, fl_model_spec(s->model));
+  s->init_from = pick;
+  s->init_waiting_logged = 0;
+  arm_timer(s, s->cfg->round_timeout);
+}
+
+/* The asked client failed to give them: another will be asked. */
+static void init_failed(client *c, const char *why) {
+  server *s = c->srv;
+  fl_warn("server", "initial parameters from %s refused: %s", c->id, why);
+  c->no_params = 1;
+  if (s->init_from == c) {
+    s->init_from = NULL;
+    uv_timer_stop(&s->timer);
+  }
+}
+
+static void on_params(client *c, const Fl__Params *p) {
+  server *s = c->srv;
+  if (c != s->init_from || c->rx != RX_IDLE) {
+    fl_warn("server", "%s (%s): parameters nobody asked for", c->id, fl_peer_addr(c->peer));
+    send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "parameters nobody asked for");
+    c->closing = 1;
+    fl_peer_close(c->peer, "protocol violation");
+    return;
+  }
+  if (p->model_id != fl_model_id(s->model) || p->num_params != s->n ||
+      p->encoding != FL__ENCODING__ENCODING_FLOAT32) {
+    char why[160];
+    snprintf(why, sizeof why, "parameters of model %016llx (%llu values, encoding %d), expected %016llx (%zu, float32)",
+             (unsigned long long)p->model_id, (unsigned long long)p->num_params, (int)p->encoding,
+             (unsigned long long)fl_model_id(s->model), s->n);
+    send_error(c, FL__ERROR_CODE__ERROR_REFUSED, why);
+    init_failed(c, why);
+    c->rx = RX_DISCARD;
+    advance(s);
+    return;
+  }
+  c->rx = RX_INIT;
+  fl_tensor_rx_init(&c->rxt, s->global, s->n, 1);
+}
+
+/* A chunk of the initial parameters. */
+static void on_init_chunk(client *c, const Fl__TensorChunk *ch) {
+  server *s = c->srv;
+  char err[160];
+  int rc = fl_tensor_rx_add(&c->rxt, ch, err, sizeof err);
+  if (rc < 0) {
+    c->rx = ch->offset + ch->data.len / 4 >= ch->total ? RX_IDLE : RX_DISCARD;
+    send_error(c, FL__ERROR_CODE__ERROR_REFUSED, err);
+    init_failed(c, err);
+    advance(s);
+    return;
+  }
+  if (rc == 0) return;
+  c->rx = RX_IDLE;
+  s->need_init = 0;
+  s->init_from = NULL;
+  uv_timer_stop(&s->timer);
+  fl_info("server", "initial model from %s (%zu parameters)", c->id, s->n);
+  advance(s);
+}
+
+/* A client's Error about a task it was given is its answer: the round, the evaluation or
+ * the request for initial parameters goes on without it. */
+static void on_client_error(client *c, const Fl__Error *e) {
+  server *s = c->srv;
+  const char *reason = e->reason ? e->reason : "";
+  fl_warn("server", "%s reports an error: %s", c->id, reason);
+  if (e->task == FL__TASK_KIND__TASK_TRAIN && selected_now(c) && e->round == c->task_round &&
+      !c->answered && !c->counted) {
+    count_answer(c);
+    s->r.failed++;
+    if (s->r.n_failures < MAX_REFUSALS) {
+      refusal *f = &s->r.failures[s->r.n_failures++];
+      snprintf(f->client, sizeof f->client, "%s", c->id);
+      snprintf(f->reason, sizeof f->reason, "%s", reason);
+    }
+    fl_warn("server", "round %llu: %s could not train: %s", (unsigned long long)s->r.number, c->id,
+            reason);
+    advance(s); /* it may have been the round's last answer */
+  } else if (e->task == FL__TASK_KIND__TASK_EVALUATE && c->eval_pending && s->ph == PH_FED_EVAL &&
+             e->round == s->r.number) {
+    c->eval_pending = 0;
+    s->r.fed_answered++;
+    advance(s);
+  } else if (e->task == FL__TASK_KIND__TASK_PARAMS && c == s->init_from) {
+    init_failed(c, reason);
+    advance(s);
+  }
+}
+
 static void on_hello(client *c, const Fl__Hello *h) {
   server *s = c->srv;
   uint32_t chosen;
@@ -605,6 +766,16 @@ static void on_hello(client *c, const Fl__Hello *h) {
     fl_peer_close(c->peer, "incompatible protocol version");
     return;
   }
+  char why[512];
+  if (model_disagrees(s, h, why, sizeof why)) {
+    fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
+    send_error(c, FL__ERROR_CODE__ERROR_MODEL, why);
+    c->closing = 1;
+    fl_peer_close(c->peer, "model disagreement");
+    return;
+  }
+  for (size_t i = 0; i < h->n_capabilities; i++)
+    if (strcmp(h->capabilities[i], "params") == 0) c->can_params = 1;
   c->num_samples = h->num_samples;
   c->ready = 1;
   s->n_ready++;
@@ -617,6 +788,9 @@ static void on_hello(client *c, const Fl__Hello *h) {
   w.heartbeat_interval_ms = s->copt.heartbeat_interval_ms;
   w.max_frame = s->copt.max_frame;
   w.chunk_size = (uint32_t)s->cfg->chunk_kib * 1024u;
+  w.model_spec = (char *)fl_model_spec(s->model);
+  w.model_id = fl_model_id(s->model);
+  w.num_params = s->n;
   env.body_case = FL__ENVELOPE__BODY_WELCOME;
   env.welcome = &w;
   send_env(c, &env);
@@ -673,9 +847,8 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_CHUNK: on_chunk(c, env->chunk); break;
   case FL__ENVELOPE__BODY_EVAL_RESULT: on_eval_result(c, env->eval_result); break;
   case FL__ENVELOPE__BODY_HEARTBEAT: break;
-  case FL__ENVELOPE__BODY_ERROR:
-    fl_warn("server", "%s reports an error: %s", c->id, env->error->reason);
-    break;
+  case FL__ENVELOPE__BODY_ERROR: on_client_error(c, env->error); break;
+  case FL__ENVELOPE__BODY_PARAMS: on_params(c, env->params); break;
   case FL__ENVELOPE__BODY_DONE:
     fl_info("server", "%s says goodbye: %s", c->id, env->done->reason);
     c->closing = 1;
@@ -705,6 +878,10 @@ static void on_close(fl_peer *peer, int err, const char *reason) {
     fl_warn("server", "round %llu: %s dropped out", (unsigned long long)s->r.number, c->id);
   }
   if (c->eval_pending && s->ph == PH_FED_EVAL) s->r.fed_answered++;
+  if (s->init_from == c) {
+    s->init_from = NULL;
+    uv_timer_stop(&s->timer);
+  }
   if (c->ready) s->n_ready--;
   if (c->prev) c->prev->next = c->next;
   else s->clients = c->next;
@@ -749,8 +926,6 @@ static size_t round_size(const server *s) {
   return want < s->n_ready ? want : s->n_ready;
 }
 
-static void arm_timer(server *s, double seconds);
-
 /* Picks the round's clients at random from those ready, in id order so that the same
  * seed picks the same clients whatever order they connected in. */
 static void start_round(server *s) {
@@ -785,6 +960,7 @@ static void start_round(server *s) {
   s->r.loss_sum = s->r.acc_sum = 0;
   s->r.slowest = 0;
   s->r.n_refusals = 0;
+  s->r.failed = s->r.n_failures = 0;
   s->r.timed_out = 0;
   s->r.fold_passes = 0;
   s->strategy->ops->begin(s->strategy);
@@ -895,10 +1071,12 @@ static void write_metrics(server *s, double seconds) {
   char test[96] = "", fed[96] = "";
   if (r->tested) snprintf(test, sizeof test, ", test loss %.4f acc %.4f", r->test_loss, r->test_acc);
   if (r->fed_n) snprintf(fed, sizeof fed, ", federated eval loss %.4f acc %.4f", fl, fa);
-  fl_info("server", "round %llu/%d done: %zu/%zu updates (%zu refused, %zu dropped), %llu examples, "
+  char failed[48] = "";
+  if (r->failed) snprintf(failed, sizeof failed, ", %zu failed", r->failed);
+  fl_info("server", "round %llu/%d done: %zu/%zu updates (%zu refused, %zu dropped%s), %llu examples, "
           "train loss %.4f%s%s, %.2f s",
           (unsigned long long)r->number, s->cfg->rounds, r->accepted, r->selected, r->refused,
-          r->dropped, (unsigned long long)r->examples, loss, test, fed, seconds);
+          r->dropped, failed, (unsigned long long)r->examples, loss, test, fed, seconds);
   if (!s->metrics) return;
   FILE *f = s->metrics;
   fprintf(f, "{\"round\":%llu,\"attempts\":%llu,\"clients_selected\":%zu,\"updates_accepted\":%zu,"
@@ -910,6 +1088,14 @@ static void write_metrics(server *s, double seconds) {
     json_str(f, r->refusals[i].client);
     fputs(",\"reason\":", f);
     json_str(f, r->refusals[i].reason);
+    fputc('}', f);
+  }
+  fprintf(f, "],\"clients_failed\":%zu,\"failures\":[", r->failed);
+  for (size_t i = 0; i < r->n_failures; i++) {
+    fprintf(f, "%s{\"client\":", i ? "," : "");
+    json_str(f, r->failures[i].client);
+    fputs(",\"reason\":", f);
+    json_str(f, r->failures[i].reason);
     fputc('}', f);
   }
   fprintf(f, "],\"examples\":%llu", (unsigned long long)r->examples);
@@ -964,6 +1150,7 @@ static int resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
     return FL_EMISMATCH;
   }
   memcpy(s->global, c.params, s->n * sizeof *s->global);
+  s->need_init = 0;
   s->model_version = c.model_version;
   s->rng = c.rng;
   *next_round = c.rounds + 1;
@@ -1053,6 +1240,10 @@ static void advance(server *s) {
   case PH_WAITING:
     if (s->stopping) {
       stop_run(s);
+      return;
+    }
+    if (s->need_init) {
+      ask_init(s);
       return;
     }
     if (s->waiting_for_more && s->ready_events == s->ready_seen) return;
@@ -1207,6 +1398,13 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     rc = FL_ECONFIG;
     goto fail;
   }
+  if (cfg->test_data && fl_model_is_external(s->model)) {
+    snprintf(err, errlen, "--test-data: the server cannot evaluate the external model '%s' "
+             "(its clients' code does: --fed-eval-every)", fl_model_spec(s->model));
+    rc = FL_ECONFIG;
+    goto fail;
+  }
+  s->need_init = fl_model_is_external(s->model) && !cfg->init_model;
   if (cfg->test_data) {
     rc = fl_dataset_load(&s->test, cfg->test_data, err, errlen);
     if (rc) goto fail;

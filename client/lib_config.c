@@ -222,8 +222,10 @@ int fl_client_on_evaluate(fl_client *c, fl_client_task_cb evaluate) {
 int fl_client_on_params(fl_client *c, fl_client_get_params_cb get_params,
                         fl_client_set_params_cb set_params) {
   CONFIGURABLE(c, "fl_client_on_params");
-  if (!get_params != !set_params)
-    return flc__errf(c, FL_CLIENT_EINVAL, "fl_client_on_params: give both callbacks or neither");
+  if (set_params && !get_params)
+    return flc__errf(c, FL_CLIENT_EINVAL,
+                     "fl_client_on_params: set_params needs get_params (to read the trained "
+                     "weights back)");
   c->get_params = get_params;
   c->set_params = set_params;
   return 0;

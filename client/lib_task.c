@@ -244,6 +244,7 @@ void flc__on_chunk(fl_client *c, const Fl__TensorChunk *ch) {
   }
   if (rc == 0) return;
   c->rx = NULL;
+  if (t->params != t->global) memcpy(t->params, t->global, t->n * sizeof *t->params);
   submit(c, t);
 }
 
@@ -265,7 +266,7 @@ static int normalize(fl_client_task *t, int rc, const char *what) {
 /* After a fit that succeeded, the application's own model gives the trained weights. */
 static int after_app(fl_client_task *t, int rc) {
   fl_client *c = t->c;
-  if (rc == 0 && t->kind == FL_CLIENT_TASK_FIT && c->get_params)
+  if (rc == 0 && t->kind == FL_CLIENT_TASK_FIT && c->set_params)
     rc = normalize(t, c->get_params(c, t->params, t->n), "get_params");
   return rc;
 }

@@ -264,11 +264,13 @@ int fl_client_on_fit(fl_client *c, fl_client_task_cb fit);
 /* Evaluates the global model on local test data (optional: without it the client answers
  * the server's evaluation requests with an error). */
 int fl_client_on_evaluate(fl_client *c, fl_client_task_cb evaluate);
-/* For a model that lives in the application's own structures (optional, give both or
- * neither): set_params loads the global model before each fit and evaluate, on the
- * thread that then calls them; get_params reads the trained parameters back after a
- * fit, and gives the initial parameters when the server asks for them.  Without them,
- * fit and evaluate work on fl_client_task_params() directly. */
+/* The parameters in the application's own structures (optional).  get_params gives the
+ * initial parameters when the server asks for them (an external model without
+ * --init-model).  With set_params too, the model lives in the application's structures:
+ * set_params loads the global model before each fit and evaluate, on the thread that
+ * then calls them, and get_params reads the trained parameters back after a fit.
+ * Without set_params, fit and evaluate work on fl_client_task_params() directly.
+ * set_params without get_params is FL_CLIENT_EINVAL. */
 int fl_client_on_params(fl_client *c, fl_client_get_params_cb get_params,
                         fl_client_set_params_cb set_params);
 

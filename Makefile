@@ -95,6 +95,7 @@ LIBCLIENT := $(LIBCLIENT_SO) $(B)/libflclient.so $(LIBCLIENT_A) $(B)/libflclient
              $(B)/flclient.pc
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
+STAGE := $(B)/stage
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
@@ -222,12 +223,21 @@ SCALE_CLIENTS := 1000
 SCALE_TEST_CLIENTS ?=
 TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B)/test-certs \
            FL_SCALE_CERTS=$(CURDIR)/$(B)/scale-certs \
+           FL_STAGE=$(CURDIR)/$(STAGE) FL_PREFIX=$(PREFIX) FL_LIBDIR=$(LIBDIR) \
+           FL_INCLUDEDIR=$(INCLUDEDIR) FL_SANITIZER=$(SANITIZER) \
            $(if $(SCALE_TEST_CLIENTS),FL_TEST_SCALE_CLIENTS=$(SCALE_TEST_CLIENTS)) \
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
-test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt
+test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(STAGE)/.installed
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
+
+# `make install` into a stage (DESTDIR): the tests build the libflclient examples against
+# it with pkg-config, as a user of the installed library would.
+$(STAGE)/.installed: $(BINS) $(LIBCLIENT) $(LIBCLIENT_HEADER) Makefile
+	$(call say,INSTALL,$(STAGE))
+	$(Q)rm -rf $(STAGE) && $(MAKE) --no-print-directory -s install DESTDIR=$(CURDIR)/$(STAGE) \
+	  >/dev/null && touch $@
 
 $(TEST_CERTS): certs/gen.sh | deps
 	$(call say,CERTS,$(B)/test-certs)
@@ -242,7 +252,7 @@ $(B)/scale-certs/ca.crt: certs/gen.sh | deps
 # The whole suite, again and again, on a machine made busy or small on purpose (idle, a
 # CPU hog per core, pinned to one core): tests/stress.sh.  Not part of CI's path.
 RUNS ?= 3
-test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt
+test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(STAGE)/.installed
 	$(Q)tests/stress.sh $(RUNS)
 
 certs: | deps

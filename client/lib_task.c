@@ -401,8 +401,12 @@ static void stream(fl_client *c, fl_client_task *t, int go) {
 }
 
 static void answer(fl_client *c, fl_client_task *t) {
-  int wanted = !atomic_load(&t->cancelled) && t->gen == c->gen && c->conn &&
-               c->state == FLC_READY;
+  /* A fit overtaken by a newer task that still succeeded is sent all the same: the
+   * server refuses it if its round is over, and counts it (a straggler) either way.
+   * Anything else cancelled, or meant for a connection that is gone, is dropped. */
+  int cancelled = atomic_load(&t->cancelled);
+  int wanted = t->gen == c->gen && c->conn && c->state == FLC_READY &&
+               (!cancelled || (t->kind == FL_CLIENT_TASK_FIT && t->status == 0));
   if (!wanted) {
     flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": the %s result is no longer wanted",
              t->round, task_what(t->kind));

@@ -634,6 +634,7 @@ static void ask_init(server *s) {
     fl_warn("server", "%s did not send the initial parameters within --round-timeout; asking another client",
             s->init_from->id);
     s->init_from->no_params = 1;
+    if (s->init_from->rx == RX_INIT) s->init_from->rx = RX_DISCARD; /* late chunks go nowhere */
     s->init_from = NULL;
   }
   if (s->init_from) return;
@@ -667,6 +668,7 @@ static void init_failed(client *c, const char *why) {
   server *s = c->srv;
   fl_warn("server", "initial parameters from %s refused: %s", c->id, why);
   c->no_params = 1;
+  if (c->rx == RX_INIT) c->rx = RX_DISCARD;
   if (s->init_from == c) {
     s->init_from = NULL;
     uv_timer_stop(&s->timer);
@@ -701,6 +703,10 @@ static void on_params(client *c, const Fl__Params *p) {
 /* A chunk of the initial parameters. */
 static void on_init_chunk(client *c, const Fl__TensorChunk *ch) {
   server *s = c->srv;
+  if (c != s->init_from || !s->need_init) { /* never written over the model once it is in */
+    c->rx = ch->offset + ch->data.len / 4 >= ch->total ? RX_IDLE : RX_DISCARD;
+    return;
+  }
   char err[160];
   int rc = fl_tensor_rx_add(&c->rxt, ch, err, sizeof err);
   if (rc < 0) {

@@ -326,9 +326,10 @@ float *fl_client_task_params(fl_client_task *t);
 const float *fl_client_task_global(const fl_client_task *t);
 /* Where the result goes. */
 fl_client_metrics *fl_client_task_metrics(fl_client_task *t);
-/* 1 once the result is no longer wanted (the server moved on, the connection dropped,
- * the client is stopping): a long fit may return early (any status; it is dropped).
- * Any thread. */
+/* 1 once the result is no longer wanted (a newer task came, the connection dropped,
+ * the client is stopping): a long fit may return early with any error code, and the
+ * task is dropped quietly.  A fit that returns 0 after a newer task came is still sent
+ * (the server refuses it if its round is over).  Any thread. */
 int fl_client_task_cancelled(const fl_client_task *t);
 /* Records why the task failed (sent to the server, and logged) and returns code, for
  * `return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "...", ...);`. */

@@ -6,6 +6,7 @@
 #   make demo       the main job end to end on Fashion-MNIST
 #   make bench      benchmarks, each reported against a baseline measured in the same run
 #   make bench-scale  10,000 idle TLS connections held by one server (a few minutes)
+#   make bench-robust  robust strategies against simulated attackers (10-20 minutes)
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
@@ -99,7 +100,7 @@ STAGE := $(B)/stage
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: all deps test test-stress bench bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: all deps test test-stress bench bench-robust bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
@@ -143,7 +144,8 @@ $(B)/obj/%.o: %.c $(B)/flags | $(PROTO_H)
 CORE_OBJS := $(call obj,$(wildcard common/dense.c common/conv.c common/activation.c \
                                    common/loss.c common/optim.c common/train.c))
 $(CORE_OBJS): CFLAGS_ALL += -O3
-$(call obj,server/fedavg.c): CFLAGS_ALL += -O3
+# The aggregation's loops are vectorised the same way (common/agg_*.c, server_opt.c).
+$(call obj,$(wildcard common/agg_*.c common/server_opt.c)): CFLAGS_ALL += -O3
 
 $(LIB): $(COMMON_OBJS)
 	$(call say,AR,$@)
@@ -205,12 +207,9 @@ $(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
 $(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $(filter-out $(LIB),$^) $(LIB) $(LDLIBS) $(LIBS)
-# The aggregation benchmark times the server's strategy itself.
-$(B)/bench-aggregate: $(B)/obj/server/fedavg.o
-$(B)/obj/bench/bench_aggregate.o $(B)/obj/tests/test_strategy.o: CFLAGS_ALL += -Iserver
 
 # All tests link into one Criterion binary: one summary line closes the run.
-$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/server/fedavg.o $(LIBCLIENT_A) $(LIB)
+$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(LIBCLIENT_A) $(LIB)
 	$(call say,LINK,$@)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
@@ -267,6 +266,11 @@ bench: $(BENCH_BINS) $(BINS) $(TEST_CERTS) $(B)/scale-certs/ca.crt
 	    else how="exit status $$rc"; fi; \
 	    echo "bench: $$b FAILED: $$how (its messages are above)" >&2; exit 1; fi; \
 	done
+
+# Robust aggregation against simulated attackers, and the server optimizers on non-IID
+# data (bench/robust.sh; 10-20 minutes on 2 cores).
+bench-robust: $(BINS) $(B)/scale-certs/ca.crt
+	$(Q)$(TEST_ENV) bench/robust.sh
 
 SCALE10K_CLIENTS := 10000
 $(B)/scale10k-certs/ca.crt: certs/gen.sh | deps

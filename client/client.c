@@ -19,6 +19,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "attack.h"
 #include "error.h"
 #include "fl/client.h"
 #include "log.h"
@@ -37,6 +38,7 @@ typedef struct vclient {
   fl_client *fc;
   fl_subset train, test;
   int partition;             /* -1 when training on all of --data */
+  int attacker;              /* simulation: sends the --attack's delta */
 } vclient;
 
 /* A task on its way through the pool; freed by the worker that completes it. */
@@ -57,6 +59,8 @@ struct app {
   fl_client_throttle *throttle;
   fl_dataset data, test;
   int have_test;
+  fl_attack attack;          /* simulation (--attack) */
+  fl_dataset flipped;        /* --attack labelflip: data with flipped labels (x shared) */
   fl_subset *parts, *test_parts;
   fl_model *model;           /* built from the spec the server last sent */
   atomic_int running;        /* jobs handed to the pool and not completed */
@@ -71,6 +75,16 @@ static double seconds_since(const struct timespec *t0) {
   struct timespec t1;
   clock_gettime(CLOCK_MONOTONIC, &t1);
   return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) * 1e-9;
+}
+
+/* Simulation (--attack): the trained weights become global + the attack's delta, which
+ * the library then sends as the delta. */
+static void attack(vclient *v, const job *j, float *params, const float *global, uint64_t n) {
+  fl_rng r;
+  fl_rng_seed2(&r, j->tcfg.seed, 0xa77ac);
+  for (uint64_t i = 0; i < n; i++) params[i] -= global[i];
+  fl_attack_delta(&v->a->attack, params, n, &r);
+  for (uint64_t i = 0; i < n; i++) params[i] += global[i];
 }
 
 static void job_run(pool_job *pj) {
@@ -93,6 +107,7 @@ static void job_run(pool_job *pj) {
     j->tcfg.prox_ref = j->tcfg.prox_mu > 0 ? fl_client_task_global(t) : NULL;
     rc = fl_train(tr, params, &v->train, &j->tcfg, NULL, NULL, &ev);
     ev.n = v->train.n; /* the update's weight: every local example */
+    if (rc == 0 && v->attacker) attack(v, j, params, fl_client_task_global(t), fl_client_task_num_params(t));
   } else {
     rc = fl_evaluate(tr, params, v->test.n ? &v->test : &v->train, &ev);
   }
@@ -269,6 +284,16 @@ static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
   if (v->partition >= 0) {
     v->train = a->parts[v->partition];
     if (a->have_test) v->test = a->test_parts[v->partition];
+    if (cfg->attack) {
+      size_t parts = (size_t)(cfg->num_partitions ? cfg->num_partitions : cfg->clients);
+      int rc = fl_attack_chosen(cfg->attack_clients, (size_t)v->partition, parts, cfg->seed,
+                                &v->attacker, err, errlen);
+      if (rc) return rc;
+      if (v->attacker) {
+        fl_warn(v->name, "SIMULATION: attacks with %s", cfg->attack);
+        if (a->attack.mode == FL_ATTACK_LABELFLIP) v->train.data = &a->flipped;
+      }
+    }
   } else {
     v->train = (fl_subset){&a->data, NULL, a->data.n};
     if (a->have_test) v->test = (fl_subset){&a->test, NULL, a->test.n};
@@ -307,6 +332,14 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   }
   rc = load_data(a, err, errlen);
   if (rc) goto fail;
+  if (cfg->attack) {
+    rc = fl_attack_parse(cfg->attack, &a->attack, err, errlen);
+    if (rc) goto fail;
+    if (a->attack.mode == FL_ATTACK_LABELFLIP && (rc = fl_attack_flip_labels(&a->data, &a->flipped))) {
+      snprintf(err, errlen, "out of memory for flipped labels");
+      goto fail;
+    }
+  }
   a->n = cfg->clients;
   a->vcs = calloc((size_t)a->n, sizeof *a->vcs);
   a->throttle = fl_client_throttle_new(MAX_HANDSHAKES);
@@ -370,6 +403,7 @@ void app_free(app *a) {
   if (a->parts) fl_partition_free(a->parts);
   if (a->test_parts) fl_partition_free(a->test_parts);
   fl_dataset_free(&a->data);
+  free(a->flipped.y); /* its x is data's */
   if (a->have_test) fl_dataset_free(&a->test);
   fl_model_free(a->model);
   free(a);

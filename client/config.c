@@ -36,6 +36,8 @@ const fl_option client_options[] = {
   O("partition-index", "data", FL_OPTT_INT, partition_index, "0", "I", "partition of the first virtual client (client k trains on I+k)", 0, 10000000),
   O("seed", "data", FL_OPTT_U64, seed, "1", "N", "partitioning seed (the same on every client of a simulation)", 0, 0),
   O("sim-crash-round", "simulation", FL_OPTT_INT, sim_crash_round, "0", "R", "SIMULATION ONLY (tests of churn): the whole process kills itself with SIGKILL when one of its clients is given round R's task (0 = never)", 0, 1000000000),
+  O("attack", "simulation", FL_OPTT_STR, attack, NULL, "MODE[:X]", "SIMULATION ONLY (robustness tests): the clients chosen by --attack-clients attack: signflip[:K], scale[:K], noise[:S], constant[:C] or labelflip", 0, 0),
+  O("attack-clients", "simulation", FL_OPTT_STR, attack_clients, NULL, "FRACTION|LIST", "SIMULATION ONLY: which partitions attack, a fraction drawn with --seed (0.2) or a list (0,5,9)", 0, 0),
   {0},
 };
 
@@ -66,6 +68,14 @@ int client_config_check(const client_config *c, char *err, size_t errlen) {
   if (c->partition && c->partition_index + c->clients > parts) {
     snprintf(err, errlen, "--partition-index %d with %d clients needs %d partitions, but --num-partitions is %d",
              c->partition_index, c->clients, c->partition_index + c->clients, parts);
+    return FL_ECONFIG;
+  }
+  if ((c->attack == NULL) != (c->attack_clients == NULL)) {
+    snprintf(err, errlen, "--attack and --attack-clients go together");
+    return FL_ECONFIG;
+  }
+  if (c->attack && !c->partition) {
+    snprintf(err, errlen, "--attack simulates attackers among partitions: it needs --partition");
     return FL_ECONFIG;
   }
   return fl_options_check_heartbeat(c->heartbeat, c->idle_timeout, err, errlen);

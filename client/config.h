@@ -33,6 +33,8 @@ typedef struct client_config {
   unsigned long long seed;
   /* [simulation] */
   int sim_crash_round;   /* the process kills itself when given this round's task */
+  char *attack;          /* attack.h's MODE[:PARAM] */
+  char *attack_clients;  /* a fraction of the partitions, or a list */
 } client_config;
 
 extern const fl_option client_options[];

@@ -1,12 +1,15 @@
 /* fl-server's options: names, defaults, ranges and help, in one table. */
 #include "config.h"
 
+#include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "error.h"
 #include "log.h"
+#include "strategy.h"
 
 #define O(name, sec, type, field, def, arg, help, lo, hi) \
   {name, sec, type, offsetof(server_config, field), def, arg, help, lo, hi}
@@ -26,8 +29,12 @@ const fl_option server_options[] = {
   O("min-clients", "round", FL_OPTT_INT, min_clients, "1", "N", "connected clients needed before a round starts", 1, 1e9),
   O("min-updates", "round", FL_OPTT_INT, min_updates, "1", "N", "updates needed for a round to count when it times out", 1, 1e9),
   O("round-timeout", "round", FL_OPTT_DOUBLE, round_timeout, "600", "SECONDS", "time a round waits for its updates", 0.01, 1e9),
-  O("server-lr", "round", FL_OPTT_DOUBLE, server_lr, "1", "RATE", "server learning rate applied to the averaged delta", 0, 1e6),
-  O("strategy", "round", FL_OPTT_STR, strategy, "fedavg", "NAME", "aggregation strategy (fedavg)", 0, 0),
+  O("server-lr", "round", FL_OPTT_DOUBLE, server_lr, "1", "RATE", "learning rate of the default server optimizer (sgd) applied to the aggregate", 0, 1e6),
+  O("strategy", "round", FL_OPTT_STR, strategy, "fedavg", "SPEC", "aggregation strategy: AGGREGATOR[:k=v,...][+OPTIMIZER[:k=v,...]] (listed above)", 0, 0),
+  O("strategy-memory", "round", FL_OPTT_INT, strategy_memory_mib, "2048", "MIB", "memory a strategy that holds every update (median, trimmed, krum) may use; rounds select at most what fits", 1, 1 << 30),
+  O("weights", "round", FL_OPTT_STR, weights, "examples", "examples|uniform", "weight of an update in the mean: its example count (at most what the client declared), or 1", 0, 0),
+  O("max-weight-share", "round", FL_OPTT_DOUBLE, max_weight_share, "0.5", "F", "no update weighs more than F typical rounds (clients per round x the median example count the round's clients declared); 0 = no cap", 0, 1e9),
+  O("max-update-norm", "round", FL_OPTT_STR, max_update_norm, "10x", "BOUND|Rx|0", "refuse an update whose L2 norm exceeds BOUND, or R times the global model's norm (at least R); 0 = no bound", 0, 0),
   O("over-select", "round", FL_OPTT_DOUBLE, over_select, "0", "FRACTION", "select this fraction more clients and close the round once enough updates arrived", 0, 10),
   O("update-buffers", "round", FL_OPTT_INT, update_buffers, "2", "N", "updates received and folded at once (one model size of memory each)", 1, 64),
   O("max-attempts", "round", FL_OPTT_INT, max_attempts, "3", "N", "failed attempts at a round before waiting for new clients", 1, 1000000),
@@ -62,8 +69,27 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
     snprintf(err, errlen, "--listen: expected HOST:PORT, got '%s'", c->listen);
     return FL_ECONFIG;
   }
-  if (strcmp(c->strategy, "fedavg") != 0) {
-    snprintf(err, errlen, "--strategy: unknown strategy '%s' (fedavg)", c->strategy);
+  if (strcmp(c->weights, "examples") != 0 && strcmp(c->weights, "uniform") != 0) {
+    snprintf(err, errlen, "--weights: expected 'examples' or 'uniform', got '%s'", c->weights);
+    return FL_ECONFIG;
+  }
+  double ratio, bound;
+  if (server_norm_bound(c->max_update_norm, &ratio, &bound) != 0) {
+    snprintf(err, errlen, "--max-update-norm: expected a bound (e.g. 50), a multiple of the "
+             "model's norm (e.g. 10x) or 0, got '%s'", c->max_update_norm);
+    return FL_ECONFIG;
+  }
+  char why[512];
+  fl_strategy *st;
+  if (fl_strategy_create(c->strategy, 1, c->server_lr, &st, why, sizeof why) != 0) {
+    snprintf(err, errlen, "--strategy: %s", why);
+    return FL_ECONFIG;
+  }
+  int plain = strstr(fl_strategy_spec(st), "+sgd:") != NULL;
+  fl_strategy_free(st);
+  if (!plain && c->server_lr != 1) {
+    snprintf(err, errlen, "--server-lr is the rate of the default server optimizer (sgd); "
+             "strategy '%s' has its own (set it in the spec, e.g. fedadam:eta=0.01)", c->strategy);
     return FL_ECONFIG;
   }
   if (c->clients_per_round >= 1 && c->clients_per_round != (int)c->clients_per_round) {
@@ -77,4 +103,15 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
     return FL_ECONFIG;
   }
   return fl_options_check_heartbeat(c->heartbeat, c->idle_timeout, err, errlen);
+}
+
+int server_norm_bound(const char *spec, double *ratio, double *bound) {
+  char *end;
+  double v = strtod(spec, &end);
+  *ratio = *bound = 0;
+  if (end == spec || !isfinite(v) || v < 0) return FL_ECONFIG;
+  if (*end == 'x' && end[1] == 0) *ratio = v;
+  else if (*end == 0) *bound = v;
+  else return FL_ECONFIG;
+  return 0;
 }

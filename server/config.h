@@ -23,7 +23,11 @@ typedef struct server_config {
   int min_updates;
   double round_timeout;     /* seconds */
   double server_lr;
-  char *strategy;
+  char *strategy;           /* strategy.h's spec */
+  int strategy_memory_mib;  /* limit on what a strategy holding every update may hold */
+  char *weights;            /* examples | uniform */
+  double max_weight_share;  /* cap on one update's weight, in typical rounds (0: none) */
+  char *max_update_norm;    /* "RATIOx" of the model's norm, an absolute bound, or 0 */
   double over_select;       /* select this fraction more clients than needed */
   int max_attempts;         /* failed attempts of a round before waiting for new clients */
   int update_buffers;       /* updates received and folded at once */
@@ -58,5 +62,8 @@ extern const fl_option server_options[];
 
 /* Cross-field checks after parsing; a message in err. */
 int server_config_check(const server_config *c, char *err, size_t errlen);
+/* --max-update-norm: "Rx" gives *ratio R, a number *bound (0 = none).  FL_ECONFIG if
+ * neither. */
+int server_norm_bound(const char *spec, double *ratio, double *bound);
 
 #endif

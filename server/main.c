@@ -8,6 +8,7 @@
 #include "error.h"
 #include "log.h"
 #include "server.h"
+#include "strategy.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -25,7 +26,10 @@ static void usage(FILE *f) {
           "\n"
           "  --config FILE                INI file with any of the options below\n"
           "  --help                       this text\n"
-          "  --version                    print the version\n");
+          "  --version                    print the version\n"
+          "\n");
+  fl_strategy_help(f);
+  fprintf(f, "\n");
 }
 
 static int check(const void *cfg, char *err, size_t errlen) {

@@ -4,7 +4,10 @@
  * on its own libuv loop, speaking the real protocol over real TLS.  Each round three of
  * the four are selected.  client-0001 misbehaves according to how many tasks it has had:
  * an update holding NaN, one for another round (then a good one), one for another model,
- * a good one followed by a second, one with the wrong parameter count.  Whichever client
+ * a good one followed by a second, one with the wrong parameter count, one claiming more
+ * examples than it declared when it joined, one whose delta (finite, 3e38 everywhere)
+ * exceeds the server's norm bound.  client-0004 declares 2^62 samples and claims them
+ * all in every update: its weight is capped, never refused.  Whichever client
  * is not selected sends an update anyway; in the last round it also sends the delta
  * without waiting for Proceed, a protocol violation that must close its connection
  * alone.  Like fl-client, the other scripted clients send a delta only when the server
@@ -34,7 +37,7 @@
 #include "testutil.h"
 
 #define NCLIENTS 4
-#define ROUNDS 10
+#define ROUNDS 12
 #define MAXR (ROUNDS + 2)
 
 typedef struct script script;
@@ -86,10 +89,15 @@ static void send_env(sclient *c, const Fl__Envelope *env) {
   free(buf);
 }
 
+#define DECLARED 1000           /* the samples a scripted client declares in its Hello */
+#define HUGE_CLAIM (1ULL << 62) /* client-0004's declared and claimed examples */
+#define POISON 3e38f            /* a finite delta value far beyond any norm bound */
+
 /* Sends an Update header.  One the server should take (take = 1) is remembered: its n
- * values of delta (NaN at index nan_at if >= 0) go out when the Proceed comes. */
-static void send_update(sclient *c, uint64_t round, uint64_t model_id, uint64_t n, int nan_at,
-                        int take) {
+ * values of delta (NaN at index nan_at if >= 0; POISON everywhere if nan_at is -2) go out
+ * when the Proceed comes. */
+static void send_update_ex(sclient *c, uint64_t round, uint64_t model_id, uint64_t n,
+                           int nan_at, int take, uint64_t examples) {
   Fl__Envelope env = FL__ENVELOPE__INIT;
   Fl__Update u = FL__UPDATE__INIT;
   Fl__Metrics m = FL__METRICS__INIT;
@@ -98,7 +106,7 @@ static void send_update(sclient *c, uint64_t round, uint64_t model_id, uint64_t 
   u.round = round;
   u.model_id = model_id;
   u.num_params = n;
-  u.num_examples = 100 + (uint64_t)c->index;
+  u.num_examples = examples;
   u.metrics = &m;
   env.body_case = FL__ENVELOPE__BODY_UPDATE;
   env.update = &u;
@@ -112,10 +120,18 @@ static void send_update(sclient *c, uint64_t round, uint64_t model_id, uint64_t 
   c->pending_nan_at = nan_at;
 }
 
+/* An update with the examples the client claims: client-0004 its 2^62, the others
+ * 100 and a bit, below what they declared. */
+static void send_update(sclient *c, uint64_t round, uint64_t model_id, uint64_t n, int nan_at,
+                        int take) {
+  send_update_ex(c, round, model_id, n, nan_at, take,
+                 c->index == 3 ? HUGE_CLAIM : 100 + (uint64_t)c->index);
+}
+
 static void send_delta(sclient *c) {
   uint64_t n = c->pending_n;
   float *delta = malloc(n * sizeof *delta);
-  for (uint64_t i = 0; i < n; i++) delta[i] = 0.001f * (float)(c->index + 1);
+  for (uint64_t i = 0; i < n; i++) delta[i] = c->pending_nan_at == -2 ? POISON : 0.001f * (float)(c->index + 1);
   if (c->pending_nan_at >= 0) delta[c->pending_nan_at] = NAN;
   c->pending = 0;
   c->delta_seq = ++c->sc->seq;
@@ -164,6 +180,15 @@ static void answer_scripted(sclient *c) {
     break;
   case 5: /* the wrong parameter count */
     send_update(c, r, c->model_id, c->num_params - 1, -1, 0);
+    sc->refused[r]++;
+    break;
+  case 6: /* more examples than it declared */
+    send_update_ex(c, r, c->model_id, c->num_params, -1, 0, DECLARED + 1);
+    sc->refused[r]++;
+    break;
+  case 7: /* a finite delta far beyond the norm bound: Proceed, then the refusal */
+    send_update(c, r, c->model_id, c->num_params, -2, 1);
+    c->expect++;
     sc->refused[r]++;
     break;
   default:
@@ -332,7 +357,7 @@ static void on_open(fl_conn *conn) {
   Fl__Hello h = FL__HELLO__INIT;
   h.protocol_version = FL_PROTOCOL_VERSION;
   h.software_version = "test";
-  h.num_samples = 100;
+  h.num_samples = c->index == 3 ? HUGE_CLAIM : DECLARED;
   env.body_case = FL__ENVELOPE__BODY_HELLO;
   env.hello = &h;
   send_env(c, &env);
@@ -477,8 +502,8 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   }
   cr_assert_eq(violators, 1);
   cr_assert_eq(fl_test_count(f.log, "tensor chunk without an update"), 1);
-  cr_assert_geq(sc->c[0].tasks, 5, "client-0001 was selected only %d times", sc->c[0].tasks);
-  cr_assert_eq(check_metrics(sc, &f), ROUNDS + 5);
+  cr_assert_geq(sc->c[0].tasks, 7, "client-0001 was selected only %d times", sc->c[0].tasks);
+  cr_assert_eq(check_metrics(sc, &f), ROUNDS + 7);
 
   /* Each refusal names its reason in the log. */
   cr_assert_geq(fl_test_count(f.log, "refused update from client-0001"), 5);
@@ -486,6 +511,15 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   cr_assert_geq(fl_test_count(f.log, "but the current round is"), 1);
   cr_assert_geq(fl_test_count(f.log, "second update"), 1);
   cr_assert_geq(fl_test_count(f.log, "update is for model"), 2);
+  cr_assert_eq(fl_test_count(f.log, "claims 1001 examples, but the client declared 1000"), 1);
+  cr_assert_eq(fl_test_count(f.log, "exceeds the bound"), 1, "%s", f.log);
+  /* client-0004 is capped, never refused, whenever it is selected. */
+  cr_assert_eq(fl_test_count(f.log, "refused update from client-0004"),
+               fl_test_count(f.log, "refused update from client-0004: client was not selected"),
+               "%s", f.log);
+  int capped = fl_test_count(f.metrics, "\"weights_capped\":1");
+  cr_assert_geq(capped, 1, "client-0004's weight was never capped (%s)", f.metrics);
+  cr_assert_eq(fl_test_count(f.log, "client-0004's weight"), capped);
   cr_assert(fl_test_count(f.log, "NaN") + fl_test_count(f.log, "finite") >= 1, "no NaN refusal in log");
   free(sc);
 }

@@ -320,6 +320,9 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
                    "iid", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca,
                    "--heartbeat", "0.4", "--idle-timeout", "4", NULL};
   pid_t good = fl_test_spawn(clog, cargv);
+  /* The silent peers come once the good clients are in: the round starts the moment
+   * they are ready too, however long the good ones took to load their data. */
+  cr_assert(fl_test_wait_for_while(log, "; 2 clients ready", srv, 120), "good clients never ready (%s)", log);
 
   uv_loop_t loop;
   uv_loop_init(&loop);

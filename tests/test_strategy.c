@@ -1,9 +1,13 @@
-/* FedAvg (server/fedavg.c): a pass over several updates gives what one pass per update
- * gives, and both give the example-weighted average of the deltas. */
+/* Strategies (common/strategy.h): the weighted mean folded in passes of any size, the
+ * robust aggregators on inputs whose answer is known, each server optimizer against
+ * steps computed by hand, spec errors that name what is wrong, the refusal of a
+ * non-finite aggregate, and the optimizer state saved and restored. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "bigalloc.h"
 #include "error.h"
 #include "rng.h"
 #include "strategy.h"
@@ -23,21 +27,48 @@ static void fill(void) {
   }
 }
 
+static fl_strategy *make(const char *spec, size_t n) {
+  fl_strategy *s;
+  char err[256];
+  int rc = fl_strategy_create(spec, n, 1.0, &s, err, sizeof err);
+  cr_assert_eq(rc, 0, "%s: %s", spec, err);
+  return s;
+}
+
+/* Updates whose buffers are the strategy's to keep (as the server's are). */
+static fl_update owned(const float *values, size_t n, double weight) {
+  float *b = fl_alloc_big(n * sizeof *b);
+  cr_assert_not_null(b);
+  memcpy(b, values, n * sizeof *b);
+  return (fl_update){"client", weight, b, b};
+}
+
+static void fold(fl_strategy *s, fl_update *u, size_t k) {
+  char err[256];
+  cr_assert_eq(fl_strategy_fold(s, u, k, err, sizeof err), 0, "%s", err);
+  for (size_t i = 0; i < k; i++) free(u[i].buf); /* what the strategy did not keep */
+}
+
+static void finish(fl_strategy *s, float *global) {
+  char err[256];
+  cr_assert_eq(fl_strategy_finish(s, global, NULL, err, sizeof err), 0, "%s", err);
+}
+
+/* ---- the weighted mean ---- */
+
 /* The model after folding the K deltas in passes of `per` updates. */
 static void aggregate(size_t per, float *global) {
-  fl_strategy *s = fl_fedavg_create(N);
-  cr_assert_not_null(s);
-  s->ops->begin(s);
-  const float *ptrs[K];
-  for (int k = 0; k < K; k++) ptrs[k] = deltas[k];
+  fl_strategy *s = make("fedavg", N);
   for (size_t k = 0; k < K; k += per) {
     size_t m = K - k < per ? K - k : per;
-    cr_assert_eq(s->ops->fold(s, ptrs + k, weights + k, m), 0);
+    fl_update u[K];
+    for (size_t j = 0; j < m; j++) u[j] = (fl_update){"c", weights[k + j], deltas[k + j], NULL};
+    fold(s, u, m);
   }
-  cr_assert_eq(s->folded, K);
+  cr_assert_eq(fl_strategy_folded(s), K);
   for (int i = 0; i < N; i++) global[i] = 0.5f;
-  cr_assert_eq(s->ops->finish(s, global, 1.0), 0);
-  s->ops->free(s);
+  finish(s, global);
+  fl_strategy_free(s);
 }
 
 Test(strategy, fold_in_passes_of_any_size_is_the_weighted_average) {
@@ -59,15 +90,239 @@ Test(strategy, fold_in_passes_of_any_size_is_the_weighted_average) {
 }
 
 Test(strategy, nothing_folded_is_a_state_error) {
-  fl_strategy *s = fl_fedavg_create(N);
-  float g[N] = {0};
-  s->ops->begin(s);
-  cr_assert_eq(s->ops->finish(s, g, 1.0), FL_ESTATE);
-  s->ops->free(s);
+  fl_strategy *s = make("fedavg", N);
+  static float g[N];
+  char err[128];
+  cr_assert_eq(fl_strategy_finish(s, g, NULL, err, sizeof err), FL_ESTATE);
+  fl_strategy_free(s);
 }
 
-Test(strategy, unknown_name_is_named) {
-  char err[128];
-  cr_assert_null(fl_strategy_create("krum", 10, err, sizeof err));
-  cr_assert_str_eq(err, "unknown strategy 'krum' (fedavg)");
+Test(strategy, normbound_clips_each_delta_before_the_mean) {
+  float a[2] = {3, 4}, b[2] = {0.3f, 0.4f}; /* norms 5 and 0.5 */
+  fl_strategy *s = make("normbound:bound=1", 2);
+  fl_update u[2] = {{"a", 1, a, NULL}, {"b", 1, b, NULL}};
+  fold(s, u, 2);
+  float g[2] = {0, 0};
+  finish(s, g);
+  /* a clipped to (0.6, 0.8), b unchanged: the mean is (0.45, 0.6). */
+  cr_assert_float_eq(g[0], 0.45f, 1e-6);
+  cr_assert_float_eq(g[1], 0.6f, 1e-6);
+  fl_strategy_free(s);
+}
+
+/* ---- robust aggregators ---- */
+
+Test(strategy, median_odd_and_even_unweighted) {
+  float v[5][3] = {{1, -5, 0}, {2, 10, 0}, {100, 0, 0}, {3, -1, 0}, {-50, 2, 1}};
+  fl_strategy *s = make("median", 3);
+  cr_assert(fl_strategy_needs_all(s));
+  fl_update u[5];
+  for (int i = 0; i < 5; i++) u[i] = owned(v[i], 3, 1 + 1000.0 * i); /* weights ignored */
+  fold(s, u, 3);
+  fold(s, u + 3, 2);
+  for (int i = 0; i < 5; i++) cr_assert_null(u[i].buf, "median copied instead of keeping");
+  float g[3] = {0, 0, 0};
+  finish(s, g);
+  cr_assert_float_eq(g[0], 2, 1e-6);
+  cr_assert_float_eq(g[1], 0, 1e-6);
+  cr_assert_float_eq(g[2], 0, 1e-6);
+  /* A new round: four updates, the mean of the middle two. */
+  fl_strategy_begin(s);
+  for (int i = 0; i < 4; i++) u[i] = owned(v[i], 3, 1);
+  fold(s, u, 4);
+  float h[3] = {0, 0, 0};
+  finish(s, h);
+  cr_assert_float_eq(h[0], 2.5f, 1e-6);
+  cr_assert_float_eq(h[1], -0.5f, 1e-6);
+  fl_strategy_free(s);
+}
+
+Test(strategy, trimmed_mean_drops_the_extremes) {
+  /* 10 updates, beta 0.2: two dropped at each end of every coordinate. */
+  float v[10][2];
+  for (int i = 0; i < 10; i++) v[i][0] = (float)i, v[i][1] = 7;
+  v[0][0] = -1e6f;
+  v[9][0] = 1e6f;
+  fl_strategy *s = make("trimmed:beta=0.2", 2);
+  fl_update u[10];
+  for (int i = 0; i < 10; i++) u[i] = owned(v[i], 2, 1);
+  fold(s, u, 10);
+  float g[2] = {0, 0};
+  finish(s, g);
+  cr_assert_float_eq(g[0], (2 + 3 + 4 + 5 + 6 + 7) / 6.0f, 1e-5); /* ranks 2..7 */
+  cr_assert_float_eq(g[1], 7, 1e-6);
+  fl_strategy_free(s);
+}
+
+Test(strategy, krum_picks_the_cluster_and_multikrum_averages) {
+  /* Six honest deltas near (1, 1), two attackers far away; f = 2 needs 7 updates. */
+  float v[8][2] = {{1, 1}, {1.1f, 0.9f}, {0.9f, 1.1f}, {1, 1.2f}, {1.2f, 1}, {0.95f, 1},
+                   {-40, 50}, {60, -70}};
+  fl_strategy *s = make("krum:f=2,m=1", 2);
+  cr_assert_eq(fl_strategy_min_updates(s), 7);
+  fl_update u[8];
+  for (int i = 0; i < 8; i++) u[i] = owned(v[i], 2, 1);
+  fold(s, u, 8);
+  float g[2] = {0, 0};
+  finish(s, g);
+  cr_assert(fabsf(g[0] - 1) < 0.25f && fabsf(g[1] - 1) < 0.25f, "krum chose (%g, %g)", g[0], g[1]);
+  fl_strategy_free(s);
+
+  s = make("krum:f=2,m=6", 2);
+  for (int i = 0; i < 8; i++) u[i] = owned(v[i], 2, 1);
+  fold(s, u, 8);
+  g[0] = g[1] = 0;
+  finish(s, g);
+  /* The six honest ones, averaged. */
+  cr_assert_float_eq(g[0], (1 + 1.1f + 0.9f + 1 + 1.2f + 0.95f) / 6, 1e-5);
+  cr_assert_float_eq(g[1], (1 + 0.9f + 1.1f + 1.2f + 1 + 1) / 6, 1e-5);
+  fl_strategy_free(s);
+}
+
+Test(strategy, krum_with_too_few_updates_fails_and_keeps_the_model) {
+  float v[2] = {1, 1};
+  fl_strategy *s = make("krum:f=2", 2);
+  fl_update u[4];
+  for (int i = 0; i < 4; i++) u[i] = owned(v, 2, 1);
+  fold(s, u, 4);
+  float g[2] = {5, 5};
+  char err[256];
+  cr_assert_eq(fl_strategy_finish(s, g, NULL, err, sizeof err), FL_ESTATE);
+  cr_assert(strstr(err, "needs at least 7 updates"), "%s", err);
+  cr_assert(g[0] == 5 && g[1] == 5);
+  fl_strategy_free(s); /* frees the kept buffers */
+}
+
+/* ---- server optimizers, against steps computed by hand ---- */
+
+/* Two rounds on one parameter from x = 1: deltas 0.5, then -0.25.  want[r] = x, m, v
+ * after round r, from the formulas in server_opt.c evaluated in double by hand (python):
+ * eta 0.1, beta1 0.9, beta2 0.99, tau 1e-3, v starting at tau^2. */
+static void two_steps(const char *spec, const double want[2][3], int moments) {
+  fl_strategy *s = make(spec, 1);
+  float x = 1;
+  const float d[2] = {0.5f, -0.25f};
+  for (int r = 0; r < 2; r++) {
+    fl_strategy_begin(s);
+    fl_update u = {"c", 3, &d[r], NULL};
+    fold(s, &u, 1);
+    finish(s, &x);
+    cr_assert_float_eq(x, want[r][0], 1e-6 * fabs(want[r][0]), "%s round %d: x %.9g want %.9g",
+                       spec, r + 1, x, want[r][0]);
+    uint8_t *st;
+    size_t len;
+    cr_assert_eq(fl_strategy_save(s, &st, &len), 0);
+    if (moments > 0) {
+      float m, v;
+      memcpy(&m, st + len - 4 * (size_t)moments, 4); /* little-endian machine */
+      cr_assert_float_eq(m, want[r][1], 1e-6 * fabs(want[r][1]) + 1e-9, "%s m", spec);
+      if (moments > 1) {
+        memcpy(&v, st + len - 4, 4);
+        cr_assert_float_eq(v, want[r][2], 1e-6 * fabs(want[r][2]), "%s v", spec);
+      }
+    }
+    free(st);
+  }
+  fl_strategy_free(s);
+}
+
+Test(strategy, sgd_and_fedavgm_steps) {
+  const double sgd[2][3] = {{1.25, 0, 0}, {1.125, 0, 0}};          /* x += 0.5 d */
+  two_steps("fedavg+sgd:lr=0.5", sgd, 0);
+  /* v1 = 0.5, x1 = 1.5; v2 = 0.9 * 0.5 - 0.25 = 0.2, x2 = 1.7 */
+  const double avgm[2][3] = {{1.5, 0.5, 0}, {1.7, 0.2, 0}};
+  two_steps("fedavgm:lr=1,momentum=0.9", avgm, 1);
+}
+
+Test(strategy, adaptive_steps_by_hand) {
+  const double adagrad[2][3] = {{1.00998001999998, 0.05, 0.250001},
+                                {1.0135513344883091, 0.02, 0.312501}};
+  const double adam[2][3] = {{1.0980201901209485, 0.05, 0.00250099},
+                             {1.1333019936980475, 0.02, 0.0031009801}};
+  const double yogi[2][3] = {{1.0980199980004, 0.05, 0.002501},
+                             {1.1331628095165456, 0.02, 0.003126}};
+  two_steps("fedadagrad:eta=0.1,beta1=0.9,tau=0.001", adagrad, 2);
+  two_steps("fedadam:eta=0.1,beta1=0.9,beta2=0.99,tau=0.001", adam, 2);
+  two_steps("fedyogi:eta=0.1,beta1=0.9,beta2=0.99,tau=0.001", yogi, 2);
+}
+
+/* ---- what must be refused ---- */
+
+Test(strategy, non_finite_aggregate_changes_nothing) {
+  float big[2] = {3e38f, 3e38f};
+  fl_strategy *s = make("fedadam", 2);
+  uint8_t *before, *after;
+  size_t lb, la;
+  cr_assert_eq(fl_strategy_save(s, &before, &lb), 0);
+  fl_update u[2] = {{"a", 1, big, NULL}, {"b", 1, big, NULL}};
+  fold(s, u, 2);
+  float g[2] = {3e38f, 1};
+  char err[256];
+  cr_assert_eq(fl_strategy_finish(s, g, NULL, err, sizeof err), FL_ENONFINITE, "%s", err);
+  cr_assert(g[0] == 3e38f && g[1] == 1, "the model changed");
+  cr_assert_eq(fl_strategy_save(s, &after, &la), 0);
+  cr_assert(lb == la && memcmp(before, after, lb) == 0, "the moments changed");
+  free(before);
+  free(after);
+  fl_strategy_free(s);
+}
+
+static void refused(const char *spec, const char *needle) {
+  fl_strategy *s;
+  char err[512];
+  cr_assert_eq(fl_strategy_create(spec, 10, 1.0, &s, err, sizeof err), FL_ECONFIG, "%s accepted", spec);
+  cr_assert(strstr(err, needle), "%s: '%s' lacks '%s'", spec, err, needle);
+}
+
+Test(strategy, bad_specs_name_the_problem) {
+  refused("fedsgd", "unknown strategy 'fedsgd' (known: fedavg, normbound, median");
+  refused("trimmed:gamma=0.1", "has no parameter 'gamma' (it takes: beta)");
+  refused("trimmed:beta=0.7", "beta=0.7 is out of range (from 0 to 0.499)");
+  refused("krum:f=1.5", "f=1.5 is out of range (a whole number from 0 to");
+  refused("normbound", "needs bound=VALUE");
+  refused("fedadam:eta=abc", "eta=abc is not a number");
+  refused("fedadam:eta=0.1,eta=0.2", "eta given twice");
+  refused("median+adam", "unknown server optimizer 'adam'");
+  refused("median:beta", "expected KEY=VALUE");
+}
+
+Test(strategy, canonical_spec_and_memory) {
+  fl_strategy *s = make("trimmed:beta=0.25+fedadam:eta=0.05", 4);
+  cr_assert_str_eq(fl_strategy_spec(s),
+                   "trimmed:beta=0.25+fedadam:eta=0.05,beta1=0.9,beta2=0.99,tau=0.001");
+  cr_assert_float_eq(fl_strategy_model_sizes(s, 100), 102, 1e-9);
+  fl_strategy_free(s);
+  s = make("fedyogi", 4);
+  cr_assert_float_eq(fl_strategy_model_sizes(s, 100), 4, 1e-9); /* sum 2 + moments 2 */
+  cr_assert_eq(fl_strategy_needs_all(s), 0);
+  fl_strategy_free(s);
+}
+
+Test(strategy, state_round_trip_and_mismatch) {
+  float d[3] = {0.1f, -0.2f, 0.3f}, g[3] = {1, 2, 3}, h[3] = {1, 2, 3};
+  fl_strategy *a = make("fedadam", 3), *b = make("fedadam", 3);
+  fl_update u = {"c", 1, d, NULL};
+  fold(a, &u, 1);
+  finish(a, g);
+  uint8_t *st;
+  size_t len;
+  cr_assert_eq(fl_strategy_save(a, &st, &len), 0);
+  char err[256];
+  cr_assert_eq(fl_strategy_load(b, st, len, err, sizeof err), 0, "%s", err);
+  /* One more round on both: the restored one moves exactly like the original. */
+  memcpy(h, g, sizeof g);
+  fl_strategy_begin(a);
+  fold(a, &u, 1);
+  finish(a, g);
+  fold(b, &u, 1);
+  finish(b, h);
+  cr_assert(memcmp(g, h, sizeof g) == 0);
+  fl_strategy *c = make("fedyogi", 3);
+  cr_assert_eq(fl_strategy_load(c, st, len, err, sizeof err), FL_EMISMATCH);
+  cr_assert(strstr(err, "made with strategy 'fedavg+fedadam"), "%s", err);
+  cr_assert_eq(fl_strategy_load(b, st, len - 1, err, sizeof err), FL_EFORMAT, "%s", err);
+  free(st);
+  fl_strategy_free(a);
+  fl_strategy_free(b);
+  fl_strategy_free(c);
 }

@@ -1,0 +1,141 @@
+/* fl-server's model broadcast: tasks out, and the global model streamed after them.
+ *
+ * A TrainTask or EvalTask is followed by the global model as TensorChunk frames.  At most
+ * STREAMS_PER_THREAD clients per I/O thread are sent the model at once (each holds up to
+ * a chunk of it, encrypted, until the client has read it); the others wait their turn in
+ * the server's tx queue, first come first.  A stream produces chunks while less than the
+ * connection's high water waits to be written and continues on drain; it keeps its turn
+ * until all of it is written, so a client that reads slowly holds one stream's worth of
+ * the server's memory.  The global model does not change while streams are pending:
+ * aggregation waits for sends_pending to reach 0. */
+#include <stdlib.h>
+
+#include "error.h"
+#include "log.h"
+#include "server_internal.h"
+
+/* Gives free stream slots to the clients queued for one.  Not re-entered: a stream that
+ * ends inside srv_pump_tx below leaves its slot to this loop. */
+static void start_streams(server *s) {
+  if (s->starting_streams) return;
+  s->starting_streams = 1;
+  while (s->tx_queue && s->streams < s->max_streams) {
+    client *c = s->tx_queue;
+    s->tx_queue = c->tx_next;
+    if (!s->tx_queue) s->tx_queue_tail = NULL;
+    c->tx_next = NULL;
+    c->tx_queued = 0;
+    s->streams++;
+    srv_pump_tx(c);
+  }
+  s->starting_streams = 0;
+}
+
+void srv_tx_done(client *c) {
+  server *s = c->srv;
+  if (!c->tx_active) return;
+  c->tx_active = 0;
+  s->sends_pending--;
+  if (c->tx_queued) {
+    client **p = &s->tx_queue, *prev = NULL;
+    while (*p != c) {
+      prev = *p;
+      p = &(*p)->tx_next;
+    }
+    *p = c->tx_next;
+    if (s->tx_queue_tail == c) s->tx_queue_tail = prev;
+    c->tx_next = NULL;
+    c->tx_queued = 0;
+    return;
+  }
+  s->streams--;
+  start_streams(s);
+}
+
+/* Streams model chunks while less than high_water of them waits to be written;
+ * on_drain continues. */
+void srv_pump_tx(client *c) {
+  while (c->tx_active && !c->tx_queued && fl_peer_queued(c->peer) < c->srv->copt.high_water) {
+    uint8_t *buf;
+    size_t len;
+    int rc = fl_tensor_tx_next(&c->tx, &buf, &len);
+    if (rc < 0) {
+      fl_error("server", "%s: encoding a model chunk failed: %s", c->id, fl_strerror(rc));
+      srv_tx_done(c);
+      fl_peer_close(c->peer, "internal error");
+      return;
+    }
+    if (rc == 0) {
+      /* All queued; the stream keeps its slot until all is written (on_drain at 0), so
+       * a client that reads slowly holds the server's memory for one stream, not more. */
+      if (fl_peer_queued(c->peer) > 0) return;
+      srv_tx_done(c);
+      srv_advance(c->srv);
+      return;
+    }
+    rc = fl_peer_send(c->peer, buf, len);
+    if (rc == 0) c->srv->bytes_out += len + 4;
+    free(buf);
+    if (rc) {
+      srv_tx_done(c);
+      return;
+    }
+  }
+}
+
+static void start_tx(client *c) {
+  server *s = c->srv;
+  fl_tensor_tx_init(&c->tx, s->global, s->n, (uint32_t)s->cfg->chunk_kib * 1024u);
+  c->tx_active = 1;
+  c->tx_queued = 1;
+  s->sends_pending++;
+  if (s->tx_queue_tail) s->tx_queue_tail->tx_next = c;
+  else s->tx_queue = c;
+  s->tx_queue_tail = c;
+  start_streams(s);
+}
+
+void srv_send_train_task(client *c) {
+  server *s = c->srv;
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__TrainTask t = FL__TRAIN_TASK__INIT;
+  Fl__TrainConfig tc = FL__TRAIN_CONFIG__INIT;
+  const server_config *cfg = s->cfg;
+  tc.epochs = (uint32_t)cfg->epochs;
+  tc.batch_size = (uint32_t)cfg->batch_size;
+  tc.lr = (float)cfg->lr;
+  tc.optimizer = cfg->optimizer;
+  tc.momentum = (float)cfg->momentum;
+  tc.weight_decay = (float)cfg->weight_decay;
+  tc.prox_mu = (float)cfg->prox_mu;
+  tc.clip_norm = (float)cfg->clip_norm;
+  tc.seed = cfg->seed * 1000003ULL + s->r.number;
+  t.round = s->r.number;
+  t.model_version = s->model_version;
+  t.model_id = fl_model_id(s->model);
+  t.model_spec = (char *)fl_model_spec(s->model);
+  t.num_params = s->n;
+  t.config = &tc;
+  t.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  env.body_case = FL__ENVELOPE__BODY_TRAIN_TASK;
+  env.train_task = &t;
+  if (srv_send(c, &env) == 0) start_tx(c);
+}
+
+void srv_send_eval_task(client *c) {
+  server *s = c->srv;
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__EvalTask t = FL__EVAL_TASK__INIT;
+  t.round = s->r.number;
+  t.model_version = s->model_version;
+  t.model_id = fl_model_id(s->model);
+  t.num_params = s->n;
+  t.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  env.body_case = FL__ENVELOPE__BODY_EVAL_TASK;
+  env.eval_task = &t;
+  if (srv_send(c, &env) == 0) {
+    c->eval_pending = 1;
+    s->r.fed_asked++;
+    start_tx(c);
+  }
+}

@@ -1,0 +1,80 @@
+/* fl-server's evaluation of the new global model after a round's aggregation.
+ *
+ * Server-side: with --test-data, every --eval-every rounds and after the last, the model
+ * is evaluated on the test set on libuv's thread pool (PH_EVALUATING).  Federated: every
+ * --fed-eval-every rounds and after the last, each ready client is sent an EvalTask with
+ * the model and answers with an EvalResult on its own data (PH_FED_EVAL); the phase ends
+ * when all asked have answered or gone, or at --fed-eval-timeout (round.c decides).  The
+ * results go into the round's statistics. */
+#include <math.h>
+
+#include "error.h"
+#include "log.h"
+#include "server_internal.h"
+
+static void eval_work(uv_work_t *w) {
+  server *s = w->data;
+  fl_subset all = {&s->test, NULL, s->test.n};
+  s->eval_rc = fl_evaluate(s->eval_trainer, s->global, &all, &s->eval_result);
+}
+
+/* Federated evaluation, when due: every ready client evaluates the new global model. */
+void srv_begin_fed_eval(server *s) {
+  s->ph = PH_FED_EVAL;
+  s->r.fed_asked = s->r.fed_answered = 0;
+  s->r.fed_loss = s->r.fed_acc = 0;
+  s->r.fed_n = 0;
+  int due = s->cfg->fed_eval_every > 0 &&
+            (s->r.number % (uint64_t)s->cfg->fed_eval_every == 0 ||
+             s->r.number == (uint64_t)s->cfg->rounds);
+  if (due) {
+    for (client *c = s->clients; c; c = c->next)
+      if (c->ready && !c->closing) srv_send_eval_task(c);
+    srv_arm_timer(s, s->cfg->fed_eval_timeout);
+  }
+  srv_advance(s);
+}
+
+static void eval_after(uv_work_t *w, int status) {
+  server *s = w->data;
+  (void)status;
+  if (s->eval_rc == 0) {
+    s->r.test_loss = s->eval_result.loss;
+    s->r.test_acc = s->eval_result.accuracy;
+    s->r.tested = 1;
+  } else {
+    fl_error("server", "evaluating the global model failed: %s", fl_strerror(s->eval_rc));
+  }
+  srv_begin_fed_eval(s);
+}
+
+void srv_evaluate_test(server *s) {
+  s->eval_work.data = s;
+  uv_queue_work(&s->loop, &s->eval_work, eval_work, eval_after);
+}
+
+void srv_on_eval_result(client *c, const Fl__EvalResult *e) {
+  server *s = c->srv;
+  if (!c->eval_pending || s->ph != PH_FED_EVAL || e->round != s->r.number) {
+    fl_warn("server", "%s: unexpected evaluation result for round %llu", c->id,
+            (unsigned long long)e->round);
+    return;
+  }
+  c->eval_pending = 0;
+  s->r.fed_answered++;
+  if (e->metrics && e->metrics->num_examples > 0 && isfinite(e->metrics->loss)) {
+    double n = (double)e->metrics->num_examples;
+    s->r.fed_loss += e->metrics->loss * n;
+    s->r.fed_acc += e->metrics->accuracy * n;
+    s->r.fed_n += e->metrics->num_examples;
+  }
+  srv_advance(s);
+}
+
+void srv_on_eval_error(client *c, uint64_t round) {
+  server *s = c->srv;
+  if (!c->eval_pending || s->ph != PH_FED_EVAL || round != s->r.number) return;
+  c->eval_pending = 0;
+  s->r.fed_answered++;
+  srv_advance(s);
+}

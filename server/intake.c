@@ -1,0 +1,382 @@
+/* fl-server's update intake: which updates are taken, where they go, when they are folded.
+ *
+ * An Update header is checked first (round, selection, model, examples, encoding) and
+ * refused with a reason the round's metrics list.  Memory does not grow with the clients
+ * per round: --update-buffers update buffers (one model size each, two by default) are
+ * all there is for incoming updates.  A client's Update is answered with Proceed once a
+ * buffer is free; until then the client waits in line and sends nothing, so clients that
+ * finish together cost no memory while they queue.  A complete update goes to the
+ * strategy's fold on libuv's thread pool; updates that complete while a fold runs are
+ * folded together in the next pass, and each buffer goes back to the first client in
+ * line when its fold is over. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bigalloc.h"
+#include "error.h"
+#include "log.h"
+#include "server_internal.h"
+
+static void send_proceed(client *c) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Proceed p = FL__PROCEED__INIT;
+  p.round = c->task_round;
+  env.body_case = FL__ENVELOPE__BODY_PROCEED;
+  env.proceed = &p;
+  srv_send(c, &env);
+}
+
+/* The client's update may come: it gets buffer buf and a Proceed. */
+static void take_update(client *c, float *buf) {
+  c->buf = buf;
+  c->rx = RX_UPDATE;
+  fl_tensor_rx_init(&c->rxt, buf, c->srv->n, 1);
+  send_proceed(c);
+}
+
+static void release_buf(server *s, float *buf) {
+  client *c = s->waiting;
+  if (c) { /* straight to the update that has waited longest */
+    s->waiting = c->wait_next;
+    if (!s->waiting) s->waiting_tail = NULL;
+    c->wait_next = NULL;
+    take_update(c, buf);
+    return;
+  }
+  s->bufs[s->n_free++] = buf;
+}
+
+static void unwait(server *s, client *c) {
+  client **p = &s->waiting, *prev = NULL;
+  while (*p && *p != c) {
+    prev = *p;
+    p = &(*p)->wait_next;
+  }
+  if (!*p) return;
+  *p = c->wait_next;
+  if (s->waiting_tail == c) s->waiting_tail = prev;
+  c->wait_next = NULL;
+}
+
+static void start_fold(server *s);
+
+/* On the thread pool: each update's norm against the round's bound, then one fold of
+ * those within it. */
+static void fold_work(uv_work_t *w) {
+  fold_job *j = w->data;
+  size_t n = j->srv->n, m = 0;
+  for (size_t i = 0; i < j->k; i++) {
+    if (j->bound > 0) {
+      double sq = 0;
+      const float *d = j->items[i].buf;
+      for (size_t p = 0; p < n; p++) sq += (double)d[p] * (double)d[p];
+      j->norm[i] = sqrt(sq);
+      if (!(j->norm[i] <= j->bound)) continue; /* refused after the fold */
+    }
+    j->u[m++] = (fl_update){j->items[i].client, j->items[i].weight, j->items[i].buf,
+                            j->items[i].buf};
+  }
+  j->rc = m ? fl_strategy_fold(j->srv->strategy, j->u, m, j->err, sizeof j->err) : 0;
+  /* What the strategy kept is no longer the job's to give back. */
+  for (size_t i = 0, q = 0; i < j->k && q < m; i++)
+    if (j->u[q].delta == j->items[i].buf) {
+      if (!j->u[q].buf) j->items[i].buf = NULL;
+      q++;
+    }
+}
+
+/* A buffer for the pool in place of one the strategy kept. */
+static float *replacement(server *s) {
+  float *b = fl_alloc_big(s->n * sizeof *b);
+  if (!b) fl_error("server", "out of memory for an update buffer; %d left", s->n_bufs - 1);
+  return b;
+}
+
+static void refuse_gone(server *s, const char *id, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fold_after(uv_work_t *w, int status) {
+  fold_job *j = w->data;
+  server *s = j->srv;
+  (void)status;
+  if (j->rc) {
+    s->r.fold_failed = 1;
+    s->r.strategy_errors++;
+    fl_error("server", "round %llu: the strategy could not fold %zu updates: %s; this attempt "
+             "cannot be applied", (unsigned long long)s->r.number, j->k, j->err);
+  }
+  for (size_t i = 0; i < j->k; i++) {
+    ready_update *it = &j->items[i];
+    int over = j->bound > 0 && !(j->norm[i] <= j->bound);
+    if (over) {
+      refuse_gone(s, it->client, "update norm %.4g exceeds the bound %.4g (--max-update-norm)",
+                  j->norm[i], j->bound);
+    } else if (!j->rc) {
+      s->r.accepted++;
+      s->r.examples = it->examples > UINT64_MAX - s->r.examples ? UINT64_MAX : s->r.examples + it->examples;
+      s->r.weight_sum += it->weight;
+      if (isfinite(it->loss)) s->r.loss_sum += it->loss * it->weight;
+      if (isfinite(it->acc)) s->r.acc_sum += it->acc * it->weight;
+      if (isfinite(it->seconds) && it->seconds > s->r.slowest) s->r.slowest = it->seconds;
+    }
+    float *b = it->buf ? it->buf : replacement(s);
+    if (b) release_buf(s, b);
+    else s->n_bufs--;
+  }
+  s->fold_busy = 0;
+  start_fold(s);
+  srv_advance(s);
+}
+
+/* Folds every complete update that is waiting, in one pass. */
+static void start_fold(server *s) {
+  if (s->fold_busy || s->n_ready_bufs == 0) return;
+  fold_job *j = &s->fold;
+  j->k = (size_t)s->n_ready_bufs;
+  for (int i = 0; i < s->n_ready_bufs; i++) j->items[i] = s->ready[i];
+  s->n_ready_bufs = 0;
+  s->fold_busy = 1;
+  s->r.fold_passes++;
+  j->srv = s;
+  j->bound = s->r.norm_bound;
+  j->err[0] = 0;
+  j->work.data = j;
+  uv_queue_work(&s->loop, &j->work, fold_work, fold_after);
+}
+
+int srv_folds_idle(const server *s) { return !s->fold_busy && s->n_ready_bufs == 0; }
+
+int srv_selected_now(const client *c) {
+  const server *s = c->srv;
+  return s->ph == PH_TRAINING && c->task_round == s->r.number && c->task_attempt == s->r.attempt;
+}
+
+/* The round waits for every selected client's answer: a complete update, a refused one,
+ * or the client gone. */
+void srv_count_answer(client *c) {
+  if (c->counted || !srv_selected_now(c)) return;
+  c->counted = 1;
+  c->srv->r.answered++;
+}
+
+/* Counts and logs a refusal of the round's; the client is told when it is still there. */
+static void note_refusal(server *s, const char *id, const char *reason) {
+  fl_warn("server", "round %llu: refused update from %s: %s", (unsigned long long)s->r.number,
+          id, reason);
+  s->r.refused++;
+  if (s->r.n_refusals < MAX_REFUSALS) {
+    refusal *f = &s->r.refusals[s->r.n_refusals++];
+    snprintf(f->client, sizeof f->client, "%s", id);
+    snprintf(f->reason, sizeof f->reason, "%s", reason);
+  }
+}
+
+static void refuse(client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void refuse(client *c, const char *fmt, ...) {
+  char reason[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  note_refusal(c->srv, c->id, reason);
+  srv_send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason);
+}
+
+/* A refusal after the update came in whole (its fold), when the client may have left. */
+static void refuse_gone(server *s, const char *id, const char *fmt, ...) {
+  char reason[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  note_refusal(s, id, reason);
+  for (client *c = s->clients; c; c = c->next)
+    if (!c->closing && strcmp(c->id, id) == 0) srv_send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason);
+}
+
+/* An Update header.  Refused, it leaves the client's state alone (an update it is still
+ * sending goes on); accepted, the client is given a buffer and Proceed, or waits. */
+void srv_on_update(client *c, const Fl__Update *u) {
+  server *s = c->srv;
+  if (u->round < s->r.number || (u->round == s->r.number && s->ph != PH_TRAINING)) {
+    refuse(c, "stale update for round %llu, which is closed (the current round is %llu)",
+           (unsigned long long)u->round, (unsigned long long)s->r.number);
+    return;
+  }
+  if (u->round != s->r.number) {
+    refuse(c, "update for round %llu, but the current round is %llu",
+           (unsigned long long)u->round, (unsigned long long)s->r.number);
+    return;
+  }
+  if (!srv_selected_now(c)) {
+    refuse(c, "client was not selected for round %llu", (unsigned long long)s->r.number);
+    return;
+  }
+  if (c->answered) {
+    refuse(c, "second update for round %llu", (unsigned long long)s->r.number);
+    return;
+  }
+  c->answered = 1;
+  if (u->model_id != fl_model_id(s->model) || u->num_params != s->n) {
+    srv_count_answer(c);
+    refuse(c, "update is for model %016llx with %llu parameters, expected %016llx with %zu",
+           (unsigned long long)u->model_id, (unsigned long long)u->num_params,
+           (unsigned long long)fl_model_id(s->model), s->n);
+    srv_advance(s); /* it may have been the round's last answer */
+    return;
+  }
+  if (u->num_examples == 0 || u->encoding != FL__ENCODING__ENCODING_FLOAT32) {
+    srv_count_answer(c);
+    refuse(c, u->num_examples == 0 ? "update has no examples" : "unsupported update encoding %d",
+           (int)u->encoding);
+    srv_advance(s);
+    return;
+  }
+  if (u->num_examples > c->num_samples) {
+    srv_count_answer(c);
+    refuse(c, "update claims %llu examples, but the client declared %llu when it joined",
+           (unsigned long long)u->num_examples, (unsigned long long)c->num_samples);
+    srv_advance(s);
+    return;
+  }
+  c->upd_examples = u->num_examples;
+  c->upd_loss = u->metrics ? u->metrics->loss : NAN;
+  c->upd_acc = u->metrics ? u->metrics->accuracy : NAN;
+  c->upd_seconds = u->metrics ? u->metrics->seconds : 0;
+  if (s->n_free > 0) {
+    take_update(c, s->bufs[--s->n_free]);
+  } else {
+    fl_debug("server", "round %llu: %s waits for an update buffer", (unsigned long long)s->r.number,
+             c->id);
+    c->rx = RX_WAIT_BUF;
+    if (s->waiting_tail) s->waiting_tail->wait_next = c;
+    else s->waiting = c;
+    s->waiting_tail = c;
+  }
+}
+
+void srv_abort_rx(client *c) {
+  if (c->rx == RX_UPDATE && c->buf) {
+    float *b = c->buf;
+    c->buf = NULL;
+    release_buf(c->srv, b);
+  }
+  if (c->rx == RX_WAIT_BUF) unwait(c->srv, c);
+  c->rx = RX_DISCARD;
+}
+
+void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
+  server *s = c->srv;
+  if (c->rx == RX_DISCARD) {
+    uint64_t count = ch->data.len / 4;
+    if (ch->offset + count >= ch->total) c->rx = RX_IDLE;
+    return;
+  }
+  if (c->rx == RX_INIT) {
+    srv_on_init_chunk(c, ch);
+    return;
+  }
+  if (c->rx != RX_UPDATE) {
+    const char *why = c->rx == RX_WAIT_BUF ? "tensor chunk before Proceed"
+                                           : "tensor chunk without an update";
+    fl_warn("server", "%s (%s): %s", c->id, fl_peer_addr(c->peer), why);
+    srv_send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, why);
+    srv_abort_rx(c);
+    fl_peer_close(c->peer, "protocol violation");
+    c->closing = 1;
+    return;
+  }
+  char err[160];
+  int rc = fl_tensor_rx_add(&c->rxt, ch, err, sizeof err);
+  if (rc < 0) {
+    int last = ch->offset + ch->data.len / 4 >= ch->total;
+    srv_abort_rx(c);
+    srv_count_answer(c);
+    refuse(c, "%s", err);
+    if (last) c->rx = RX_IDLE;
+    srv_advance(s); /* it may have been the round's last answer */
+    return;
+  }
+  if (rc == 0) return;
+  /* Complete and finite: fold it, with the weight the policy gives it. */
+  ready_update *it = &s->ready[s->n_ready_bufs++];
+  double weight = s->uniform_weights ? 1.0 : (double)c->upd_examples;
+  if (s->r.weight_cap > 0 && weight > s->r.weight_cap) {
+    fl_info("server", "round %llu: %s's weight %.0f capped to %.0f (--max-weight-share)",
+            (unsigned long long)s->r.number, c->id, weight, s->r.weight_cap);
+    weight = s->r.weight_cap;
+    s->r.weights_capped++;
+  }
+  *it = (ready_update){c->buf, weight, c->upd_examples, c->upd_loss, c->upd_acc,
+                       c->upd_seconds, ""};
+  snprintf(it->client, sizeof it->client, "%s", c->id);
+  c->buf = NULL;
+  c->rx = RX_IDLE;
+  srv_count_answer(c);
+  s->r.received++;
+  fl_debug("server", "round %llu: update from %s (%llu examples, loss %.4f)",
+           (unsigned long long)s->r.number, c->id, (unsigned long long)c->upd_examples,
+           c->upd_loss);
+  start_fold(s);
+  srv_advance(s);
+}
+
+static int by_value(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The weight cap: no update weighs more than --max-weight-share times a typical round,
+ * the round's target times the median example count its clients declared (a median, so
+ * that a client declaring an absurd count cannot raise the cap for itself).  The norm
+ * bound: --max-update-norm, absolute or a multiple of the global model's norm. */
+void srv_intake_begin(server *s, client *const *selected, size_t k) {
+  s->r.weight_cap = 0;
+  double share = s->cfg->max_weight_share;
+  if (share > 0 && k > 0 && !s->uniform_weights) {
+    uint64_t *v = malloc(k * sizeof *v);
+    if (v) {
+      for (size_t i = 0; i < k; i++) v[i] = selected[i]->num_samples;
+      qsort(v, k, sizeof *v, by_value);
+      double median = k & 1 ? (double)v[k / 2] : ((double)v[k / 2 - 1] + (double)v[k / 2]) / 2;
+      s->r.weight_cap = share * (double)s->r.target * median;
+      if (s->r.weight_cap < 1) s->r.weight_cap = 1;
+      free(v);
+    }
+  }
+  s->r.norm_bound = s->norm_abs;
+  if (s->norm_ratio > 0) {
+    double sq = 0;
+    for (size_t i = 0; i < s->n; i++) sq += (double)s->global[i] * (double)s->global[i];
+    double norm = sqrt(sq);
+    s->r.norm_bound = s->norm_ratio * (norm > 1.0 ? norm : 1.0);
+  }
+}
+
+void srv_close_intake(server *s) {
+  for (client *c = s->clients; c; c = c->next) {
+    if (c->rx != RX_UPDATE && c->rx != RX_WAIT_BUF) continue;
+    int arriving = c->rx == RX_UPDATE;
+    srv_abort_rx(c);
+    refuse(c, "round %llu closed %s", (unsigned long long)s->r.number,
+           arriving ? "while the update was arriving" : "before the update was taken");
+  }
+}
+
+void srv_on_train_error(client *c, uint64_t round, const char *reason) {
+  server *s = c->srv;
+  if (!srv_selected_now(c) || round != c->task_round || c->answered || c->counted) return;
+  srv_count_answer(c);
+  s->r.failed++;
+  if (s->r.n_failures < MAX_REFUSALS) {
+    refusal *f = &s->r.failures[s->r.n_failures++];
+    snprintf(f->client, sizeof f->client, "%s", c->id);
+    snprintf(f->reason, sizeof f->reason, "%s", reason);
+  }
+  fl_warn("server", "round %llu: %s could not train: %s", (unsigned long long)s->r.number, c->id,
+          reason);
+  srv_advance(s); /* it may have been the round's last answer */
+}

@@ -1,0 +1,94 @@
+/* fl-server's report of each round: one human-readable log line, and one JSON line in
+ * the --metrics file (appended and flushed per round; the checkpoint records its length,
+ * so --resume cuts it back to the rounds that were checkpointed).  The JSON line holds
+ * the round's statistics as round_stats gathered them: selection, updates accepted,
+ * refused (with the first MAX_REFUSALS reasons) and dropped, clients that could not
+ * train (and their reasons), training and evaluation
+ * results, bytes, fold passes, the strategy's errors, capped weights, the norm bound and
+ * the applied aggregate's norm, time and the process's peak memory.  A value that is
+ * unknown (no update, no evaluation, not finite) is written as null. */
+#include <math.h>
+#include <stdio.h>
+#include <sys/resource.h>
+
+#include "log.h"
+#include "server_internal.h"
+
+long srv_peak_rss_kib(void) {
+  struct rusage ru;
+  return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+}
+
+static void json_str(FILE *f, const char *v) {
+  fputc('"', f);
+  for (; *v; v++) {
+    if (*v == '"' || *v == '\\') fprintf(f, "\\%c", *v);
+    else if ((unsigned char)*v < 0x20) fprintf(f, "\\u%04x", *v);
+    else fputc(*v, f);
+  }
+  fputc('"', f);
+}
+
+static void json_num(FILE *f, const char *key, double v, int have) {
+  fprintf(f, ",\"%s\":", key);
+  if (have && isfinite(v)) fprintf(f, "%.6g", v);
+  else fputs("null", f);
+}
+
+void srv_write_metrics(server *s, double seconds) {
+  round_stats *r = &s->r;
+  double w = r->weight_sum; /* losses weigh as their updates did */
+  double loss = w > 0 ? r->loss_sum / w : NAN, acc = w > 0 ? r->acc_sum / w : NAN;
+  double fl = r->fed_n ? r->fed_loss / (double)r->fed_n : NAN;
+  double fa = r->fed_n ? r->fed_acc / (double)r->fed_n : NAN;
+  char test[96] = "", fed[96] = "";
+  if (r->tested) snprintf(test, sizeof test, ", test loss %.4f acc %.4f", r->test_loss, r->test_acc);
+  if (r->fed_n) snprintf(fed, sizeof fed, ", federated eval loss %.4f acc %.4f", fl, fa);
+  char failed[48] = "";
+  if (r->failed) snprintf(failed, sizeof failed, ", %zu failed", r->failed);
+  fl_info("server", "round %llu/%d done: %zu/%zu updates (%zu refused, %zu dropped%s), %llu examples, "
+          "train loss %.4f%s%s, %.2f s",
+          (unsigned long long)r->number, s->cfg->rounds, r->accepted, r->selected, r->refused,
+          r->dropped, failed, (unsigned long long)r->examples, loss, test, fed, seconds);
+  if (!s->metrics) return;
+  FILE *f = s->metrics;
+  fprintf(f, "{\"round\":%llu,\"attempts\":%llu,\"clients_selected\":%zu,\"updates_accepted\":%zu,"
+          "\"updates_refused\":%zu,\"clients_dropped\":%zu,\"refusals\":[",
+          (unsigned long long)r->number, (unsigned long long)r->attempt, r->selected, r->accepted,
+          r->refused, r->dropped);
+  for (size_t i = 0; i < r->n_refusals; i++) {
+    fprintf(f, "%s{\"client\":", i ? "," : "");
+    json_str(f, r->refusals[i].client);
+    fputs(",\"reason\":", f);
+    json_str(f, r->refusals[i].reason);
+    fputc('}', f);
+  }
+  fprintf(f, "],\"clients_failed\":%zu,\"failures\":[", r->failed);
+  for (size_t i = 0; i < r->n_failures; i++) {
+    fprintf(f, "%s{\"client\":", i ? "," : "");
+    json_str(f, r->failures[i].client);
+    fputs(",\"reason\":", f);
+    json_str(f, r->failures[i].reason);
+    fputc('}', f);
+  }
+  fprintf(f, "],\"examples\":%llu", (unsigned long long)r->examples);
+  json_num(f, "train_loss", loss, w > 0);
+  json_num(f, "train_accuracy", acc, w > 0);
+  json_num(f, "test_loss", r->test_loss, r->tested);
+  json_num(f, "test_accuracy", r->test_acc, r->tested);
+  json_num(f, "fed_eval_loss", fl, r->fed_n > 0);
+  json_num(f, "fed_eval_accuracy", fa, r->fed_n > 0);
+  fprintf(f, ",\"fed_eval_clients\":%zu", r->fed_answered);
+  fprintf(f, ",\"bytes_received\":%llu,\"bytes_sent\":%llu",
+          (unsigned long long)(s->bytes_in - r->bytes_in0),
+          (unsigned long long)(s->bytes_out - r->bytes_out0));
+  fprintf(f, ",\"fold_passes\":%zu,\"strategy_errors\":%zu,\"weights_capped\":%zu",
+          r->fold_passes, r->strategy_errors, r->weights_capped);
+  json_num(f, "update_norm_bound", r->norm_bound, r->norm_bound > 0);
+  json_num(f, "aggregate_norm", r->delta_norm, r->accepted > 0);
+  json_num(f, "seconds", seconds, 1);
+  json_num(f, "slowest_client_seconds", r->slowest, r->accepted > 0);
+  fprintf(f, ",\"peak_rss_kib\":%ld", srv_peak_rss_kib());
+  fputs("}\n", f);
+  fflush(f);
+}

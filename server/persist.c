@@ -1,0 +1,93 @@
+/* What fl-server keeps on disk: the checkpoint after every completed round (global
+ * model, round, model version, the selection generator, the metrics file's length and
+ * the strategy's state, such as a server optimizer's moments),
+ * --resume from it, and the final model file (--out).  Files are written atomically and
+ * checksummed (checkpoint.h, modelfile.h), so a crash leaves the previous one whole. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "error.h"
+#include "log.h"
+#include "modelfile.h"
+#include "server_internal.h"
+
+/* After every completed round: all a restart needs to continue from the next one. */
+void srv_save_checkpoint(server *s) {
+  checkpoint c = {0};
+  c.rounds = s->r.number;
+  c.model_version = s->model_version;
+  c.rng = s->rng;
+  c.metrics_len = s->metrics ? (uint64_t)ftello(s->metrics) : 0;
+  c.spec = (char *)fl_model_spec(s->model);
+  c.model_id = fl_model_id(s->model);
+  c.params = s->global;
+  c.n = s->n;
+  char err[512];
+  int rc = fl_strategy_save(s->strategy, &c.strategy, &c.strategy_len);
+  if (rc) {
+    fl_error("server", "round %llu: checkpoint failed: the strategy's state: %s",
+             (unsigned long long)s->r.number, fl_strerror(rc));
+    return;
+  }
+  rc = checkpoint_save(s->checkpoint, &c, err, sizeof err);
+  free(c.strategy);
+  if (rc) fl_error("server", "round %llu: checkpoint failed: %s", (unsigned long long)s->r.number, err);
+  else fl_debug("server", "round %llu: checkpoint written to %s", (unsigned long long)s->r.number, s->checkpoint);
+}
+
+/* --resume: the global model, round, generator and metrics as the checkpoint left them. */
+int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
+  checkpoint c;
+  int rc = checkpoint_load(s->checkpoint, &c, err, errlen);
+  if (rc == FL_ENOENT) {
+    fl_info("server", "--resume: no checkpoint at %s yet; starting from round 1", s->checkpoint);
+    return 0;
+  }
+  if (rc) return rc;
+  if (c.model_id != fl_model_id(s->model) || c.n != s->n) {
+    snprintf(err, errlen, "checkpoint %s holds model '%s' (%zu parameters), but --model is '%s' (%zu parameters)",
+             s->checkpoint, c.spec, c.n, fl_model_spec(s->model), s->n);
+    checkpoint_free(&c);
+    return FL_EMISMATCH;
+  }
+  if (c.strategy_len) { /* (checkpoints before strategies had state hold none) */
+    char why[512];
+    rc = fl_strategy_load(s->strategy, c.strategy, c.strategy_len, why, sizeof why);
+    if (rc) {
+      snprintf(err, errlen, "checkpoint %s: %s", s->checkpoint, why);
+      checkpoint_free(&c);
+      return rc;
+    }
+  }
+  memcpy(s->global, c.params, s->n * sizeof *s->global);
+  s->need_init = 0;
+  s->model_version = c.model_version;
+  s->rng = c.rng;
+  *next_round = c.rounds + 1;
+  if (s->cfg->metrics && truncate(s->cfg->metrics, (off_t)c.metrics_len) != 0) {
+    snprintf(err, errlen, "--metrics %s: cannot cut it back to the %llu bytes of the checkpointed rounds",
+             s->cfg->metrics, (unsigned long long)c.metrics_len);
+    checkpoint_free(&c);
+    return FL_EIO;
+  }
+  fl_info("server", "resuming from %s: %llu rounds completed", s->checkpoint,
+          (unsigned long long)c.rounds);
+  checkpoint_free(&c);
+  return 0;
+}
+
+void srv_save_final_model(server *s) {
+  char err[512];
+  int rc = fl_modelfile_save(s->cfg->out, fl_model_spec(s->model), fl_model_id(s->model),
+                             s->global, s->n, err, sizeof err);
+  if (rc) {
+    fl_error("server", "writing the final model failed: %s", err);
+    s->exit_code = 1;
+  } else {
+    fl_info("server", "final model (%llu rounds) written to %s; peak memory %ld KiB",
+            (unsigned long long)s->model_version, s->cfg->out, srv_peak_rss_kib());
+  }
+}

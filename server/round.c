@@ -1,0 +1,320 @@
+/* The round state machine of fl-server.
+ *
+ * One libuv loop runs the rounds; I/O threads serve the connections (iothreads.h) and
+ * bring every event to it.  A round goes WAITING (enough clients?) ->
+ * TRAINING (tasks out, updates in, each update folded on the thread pool as soon as it
+ * is complete) -> AGGREGATING (folds and sends drain, then the strategy applies the
+ * aggregate) -> EVALUATING (server-side test data, on the thread pool) -> FED_EVAL
+ * (clients evaluate) -> the metrics line, and the next round.  Every event that can move
+ * a round on calls srv_advance(), the one place that decides what happens next.  This
+ * file also starts the rounds (selection), runs the round timer, takes the signals and
+ * says goodbye at the end. */
+#include <signal.h>
+#include <stdlib.h>
+
+#include "log.h"
+#include "select.h"
+#include "server_internal.h"
+
+/* How long clients get to read Done and hang up before the server closes on them. */
+#define LINGER_MS 5000
+
+static uint64_t now_ms(server *s) { return uv_now(&s->loop); }
+
+/* Picks the round's clients at random from those ready (select.h: in id order, so that
+ * the same seed picks the same clients whatever order they connected in). */
+static void start_round(server *s) {
+  client **ready = malloc(s->n_ready * sizeof *ready), **sel = malloc(s->n_ready * sizeof *sel);
+  const char **ids = malloc(s->n_ready * sizeof *ids);
+  size_t *chosen = malloc(s->n_ready * sizeof *chosen);
+  if (!ready || !sel || !ids || !chosen) {
+    fl_error("server", "out of memory selecting clients");
+    goto done;
+  }
+  size_t m = 0;
+  for (client *c = s->clients; c; c = c->next)
+    if (c->ready && !c->closing) {
+      ids[m] = c->id;
+      ready[m++] = c;
+    }
+  size_t target = fl_select_target(s->cfg->clients_per_round, s->n_ready);
+  size_t k = fl_select_clients(ids, m, target, s->cfg->over_select, &s->rng, chosen);
+  if (k > s->max_selected) { /* a strategy that holds every update: the memory limit */
+    fl_warn("server", "round %llu: selecting %zu clients, not %zu: strategy '%s' holds every "
+            "update and --strategy-memory allows %zu", (unsigned long long)s->r.number,
+            s->max_selected, k, s->cfg->strategy, s->max_selected);
+    k = s->max_selected;
+  }
+  if (target > k) target = k;
+  if (!s->r.timing) {
+    s->r.t0 = now_ms(s);
+    s->r.timing = 1;
+  }
+  s->r.attempt++;
+  s->r.selected = k;
+  s->r.target = target;
+  s->r.answered = s->r.accepted = s->r.refused = s->r.dropped = s->r.received = 0;
+  s->r.examples = 0;
+  s->r.loss_sum = s->r.acc_sum = s->r.weight_sum = 0;
+  s->r.slowest = 0;
+  s->r.n_refusals = 0;
+  s->r.failed = s->r.n_failures = 0;
+  s->r.timed_out = 0;
+  s->r.fold_passes = 0;
+  s->r.fold_failed = s->r.abandoned = 0;
+  s->r.weights_capped = 0;
+  s->r.delta_norm = 0;
+  fl_strategy_begin(s->strategy);
+  for (size_t i = 0; i < k; i++) sel[i] = ready[chosen[i]];
+  srv_intake_begin(s, sel, k);
+  s->ph = PH_TRAINING;
+  fl_info("server", "round %llu/%d: %zu of %zu ready clients selected%s%s",
+          (unsigned long long)s->r.number, s->cfg->rounds, k, m,
+          k > target ? " (over-selected)" : "", s->r.attempt > 1 ? " (retry)" : "");
+  for (size_t i = 0; i < k; i++) {
+    client *c = ready[chosen[i]];
+    c->task_round = s->r.number;
+    c->task_attempt = s->r.attempt;
+    c->answered = 0;
+    c->counted = 0;
+    srv_send_train_task(c);
+  }
+  srv_arm_timer(s, s->cfg->round_timeout);
+done:
+  free(ready);
+  free(sel);
+  free(ids);
+  free(chosen);
+}
+
+static void on_timer(uv_timer_t *t) {
+  server *s = t->data;
+  s->r.timed_out = 1;
+  srv_advance(s);
+}
+
+void srv_arm_timer(server *s, double seconds) {
+  s->r.timed_out = 0;
+  uv_timer_start(&s->timer, on_timer, (uint64_t)(seconds * 1000.0 + 0.5), 0);
+}
+
+/* Ends the collection of updates: updates still arriving or waiting for a buffer are
+ * refused (chunks already on their way are skipped).  Models still being sent finish
+ * before the global model changes: aggregation waits for sends_pending. */
+static void close_collection(server *s) {
+  uv_timer_stop(&s->timer);
+  srv_close_intake(s);
+}
+
+void srv_begin_round_number(server *s, uint64_t number) {
+  s->r.number = number;
+  s->r.attempt = 0;
+  s->r.tested = 0;
+  s->r.strategy_errors = 0;
+  s->r.bytes_in0 = s->bytes_in;
+  s->r.bytes_out0 = s->bytes_out;
+  s->r.timing = 0; /* the wait for enough clients is not the round's time */
+  s->ph = PH_WAITING;
+}
+
+/* The end of the goodbye: every connection still open is closed, and the timer with it,
+ * so the loop ends once the connections are gone. */
+void srv_end_linger(server *s) {
+  if (s->lingered) return;
+  s->lingered = 1;
+  for (client *c = s->clients; c; c = c->next) fl_peer_close(c->peer, "server closing");
+  uv_close((uv_handle_t *)&s->timer, NULL);
+}
+
+static void on_linger(uv_timer_t *t) { srv_end_linger(t->data); }
+
+static void send_done(client *c, const char *reason, uint32_t reconnect_ms) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Done d = FL__DONE__INIT;
+  d.reason = (char *)reason;
+  d.reconnect_after_ms = reconnect_ms;
+  d.rounds = c->srv->model_version;
+  env.body_case = FL__ENVELOPE__BODY_DONE;
+  env.done = &d;
+  srv_send(c, &env);
+}
+
+/* Says goodbye to every client (reconnect_ms > 0: come back later) and stops listening.
+ * Clients hang up when they read Done; the server does not close first, because closing
+ * a socket with unread data (a late update still arriving) resets the connection, and a
+ * reset can destroy the Done frame before the client reads it. */
+static void close_all(server *s, const char *why, uint32_t reconnect_ms) {
+  s->ph = PH_DONE;
+  uv_timer_stop(&s->timer);
+  for (client *c = s->clients; c; c = c->next) {
+    if (c->closing) continue;
+    c->closing = 1; /* from now on its frames are read and dropped */
+    if (c->ready) send_done(c, why, reconnect_ms);
+    else fl_peer_close(c->peer, why);
+  }
+  fl_io_stop_listening(s->io);
+  uv_close((uv_handle_t *)&s->sigint, NULL);
+  uv_close((uv_handle_t *)&s->sigterm, NULL);
+  if (s->clients) uv_timer_start(&s->timer, on_linger, LINGER_MS, 0);
+  else srv_end_linger(s);
+}
+
+void srv_finish_run(server *s, const char *why) {
+  srv_save_final_model(s);
+  close_all(s, why, 0);
+}
+
+/* A signal: the round in flight is abandoned; the checkpoint of the last completed round
+ * is what a restart with --resume continues from; clients are told to come back. */
+static void stop_run(server *s) {
+  fl_info("server", "stopped after %llu completed rounds; checkpoint %s (restart with --resume)",
+          (unsigned long long)s->model_version, s->checkpoint);
+  close_all(s, "server restarting", 2000);
+}
+
+/* The attempt cannot be applied (too few updates, timed out, the strategy failed): a new
+ * selection, or after --max-attempts a wait for new clients. */
+static void attempt_failed(server *s, const char *why) {
+  if (s->stopping) {
+    stop_run(s);
+    return;
+  }
+  if (s->r.attempt >= (uint64_t)s->cfg->max_attempts) {
+    fl_warn("server", "round %llu: %llu attempts failed (the last: %s); waiting for new clients",
+            (unsigned long long)s->r.number, (unsigned long long)s->r.attempt, why);
+    s->waiting_for_more = 1;
+    s->ready_seen = s->ready_events;
+    s->r.attempt = 0;
+  } else {
+    fl_warn("server", "round %llu: %s; retrying with a new selection",
+            (unsigned long long)s->r.number, why);
+  }
+  s->ph = PH_WAITING;
+  srv_advance(s);
+}
+
+/* The updates an attempt needs to be applied. */
+static size_t updates_needed(const server *s) {
+  size_t need = (size_t)s->cfg->min_updates, strat = fl_strategy_min_updates(s->strategy);
+  return need > strat ? need : strat;
+}
+
+static void apply_work(uv_work_t *w) {
+  apply_job *j = w->data;
+  server *s = j->srv;
+  j->rc = fl_strategy_finish(s->strategy, s->global, &j->delta_norm, j->err, sizeof j->err);
+}
+
+static void apply_after(uv_work_t *w, int status) {
+  apply_job *j = w->data;
+  server *s = j->srv;
+  (void)status;
+  if (j->rc) {
+    s->r.strategy_errors++;
+    fl_error("server", "round %llu: the strategy could not apply the aggregate: %s; the global "
+             "model is unchanged", (unsigned long long)s->r.number, j->err);
+    attempt_failed(s, "the aggregate was not applied");
+    return;
+  }
+  s->r.delta_norm = j->delta_norm;
+  s->model_version++;
+  if (s->have_test && (s->r.number % (uint64_t)s->cfg->eval_every == 0 ||
+                       s->r.number == (uint64_t)s->cfg->rounds)) {
+    s->ph = PH_EVALUATING;
+    srv_evaluate_test(s); /* on the thread pool; federated evaluation follows */
+    return;
+  }
+  srv_begin_fed_eval(s);
+}
+
+/* Decides what happens next; called after every event that can move a round on. */
+void srv_advance(server *s) {
+  switch (s->ph) {
+  case PH_WAITING:
+    if (s->stopping) {
+      stop_run(s);
+      return;
+    }
+    if (s->need_init) { /* an external model's initial parameters, from a client */
+      srv_ask_init(s);
+      return;
+    }
+    if (s->waiting_for_more && s->ready_events == s->ready_seen) return;
+    if (s->n_ready >= (size_t)s->cfg->min_clients) {
+      s->waiting_for_more = 0;
+      start_round(s);
+    }
+    return;
+  case PH_TRAINING:
+    if (s->r.answered >= s->r.selected ||
+        (s->r.selected > s->r.target && s->r.received >= s->r.target)) {
+      if (s->r.answered < s->r.selected)
+        fl_info("server", "round %llu: %zu updates in; closing the round without the %zu slowest clients",
+                (unsigned long long)s->r.number, s->r.received, s->r.selected - s->r.answered);
+      close_collection(s);
+      s->ph = PH_AGGREGATING;
+    } else if (s->r.timed_out || s->stopping) {
+      close_collection(s);
+      if (s->r.received >= updates_needed(s) && !s->stopping)
+        fl_warn("server", "round %llu: timed out with %zu of %zu updates; aggregating those",
+                (unsigned long long)s->r.number, s->r.received, s->r.selected);
+      else
+        s->r.abandoned = 1; /* nothing folded this attempt is applied */
+      s->ph = PH_AGGREGATING;
+    } else {
+      return;
+    }
+    /* fall through */
+  case PH_AGGREGATING: {
+    if (!srv_folds_idle(s) || s->sends_pending) return;
+    char why[160];
+    if (s->r.fold_failed) {
+      attempt_failed(s, "the strategy could not fold its updates");
+      return;
+    }
+    if (s->r.abandoned || s->r.accepted < updates_needed(s)) {
+      snprintf(why, sizeof why, "%zu of %zu selected clients sent an update that was accepted (%zu needed)",
+               s->r.accepted, s->r.selected, updates_needed(s));
+      attempt_failed(s, why);
+      return;
+    }
+    /* The aggregate is applied off the loop: median and Krum take a while. */
+    s->ph = PH_APPLYING;
+    s->apply.srv = s;
+    s->apply.work.data = &s->apply;
+    s->apply.err[0] = 0;
+    uv_queue_work(&s->loop, &s->apply.work, apply_work, apply_after);
+    return;
+  }
+  case PH_APPLYING:
+  case PH_EVALUATING:
+    return;
+  case PH_FED_EVAL:
+    if (s->r.fed_answered < s->r.fed_asked && !s->r.timed_out && !s->stopping) return;
+    uv_timer_stop(&s->timer);
+    for (client *c = s->clients; c; c = c->next) c->eval_pending = 0;
+    srv_write_metrics(s, (double)(now_ms(s) - s->r.t0) / 1000.0);
+    srv_save_checkpoint(s);
+    if (s->r.number >= (uint64_t)s->cfg->rounds) {
+      srv_finish_run(s, "training complete");
+      return;
+    }
+    if (s->stopping) {
+      stop_run(s);
+      return;
+    }
+    srv_begin_round_number(s, s->r.number + 1);
+    srv_advance(s);
+    return;
+  case PH_DONE:
+    return;
+  }
+}
+
+void srv_on_signal(uv_signal_t *h, int signum) {
+  server *s = h->data;
+  if (s->stopping) return;
+  fl_warn("server", "%s: stopping after the current step", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  s->stopping = 1;
+  srv_advance(s);
+}

@@ -1,0 +1,328 @@
+/* fl-server's insides: the state the server's files share and what they call on each
+ * other.  Nothing outside server/ includes this header (main.c uses server.h).
+ *
+ * The files, one idea each:
+ *   server.c     set-up and tear-down (server_create, server_run, server_free)
+ *   round.c      the round state machine: srv_advance() decides what happens next;
+ *                round starts and retries, the timer, signals, the goodbye
+ *   sessions.c   connection events: open, hello, frame dispatch, close; the client list
+ *   intake.c     update intake and admission: Update headers, update buffers, the queue
+ *                of clients waiting for Proceed, refusals, folds on the thread pool
+ *   broadcast.c  model broadcast: TrainTask and EvalTask, model streams and their turns
+ *   evaluate.c   server-side test evaluation and federated evaluation
+ *   metrics.c    the round's log line and its metrics JSON line
+ *   persist.c    the checkpoint, --resume and the final model file
+ *   external.c   the model clients declare; an external model's initial parameters
+ * Client selection is common/select.h, a pure function; the aggregation strategy is
+ * common/strategy.h.
+ *
+ * Threads: everything here runs on the control loop's thread (s->loop; iothreads.h
+ * brings every connection event to it), except two jobs on libuv's thread pool: the fold
+ * (intake.c; calls the strategy's fold on the update buffers it was handed, which no one
+ * else touches until it is over), the strategy's finish (round.c; applies the aggregate to
+ * s->global while the round is in PH_APPLYING: no fold under way, no model stream
+ * reading s->global) and the test evaluation (evaluate.c; reads s->global and s->test,
+ * writes s->eval_result and s->eval_rc, while the round is in PH_EVALUATING and nothing
+ * else reads or writes them).  The strategy's begin runs on the loop thread while none
+ * of these jobs runs.  Their after-callbacks run on the loop thread.
+ *
+ * Ownership: the server owns every client record (malloc'd in sessions.c when a peer
+ * opens, freed in its on_close); a client's peer belongs to iothreads.h and is valid until
+ * on_close returns.  Each update buffer (fl_alloc_big, one model size) is at any time in
+ * exactly one place: s->bufs (free), client->buf (arriving), s->ready (waiting for a
+ * fold), s->fold (being folded), or the strategy, which may keep it (fl_update.buf; the
+ * server then allocates a new one for its pool). */
+#ifndef FL_SERVER_INTERNAL_H
+#define FL_SERVER_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <uv.h>
+
+#include "config.h"
+#include "dataset.h"
+#include "iothreads.h"
+#include "model.h"
+#include "msg.h"
+#include "rng.h"
+#include "server.h"
+#include "strategy.h"
+#include "train.h"
+
+#define STREAMS_PER_THREAD 4 /* model streams at once per I/O thread: enough to keep it encrypting */
+#define MAX_REFUSALS 64      /* refusals a round's metrics line lists (it counts them all) */
+
+/* Where a client's update is: none under way, waiting for an update buffer (no Proceed
+ * yet), arriving into its buffer, or being skipped to its last chunk; or the initial
+ * parameters it was asked for arriving into the global model (external.c). */
+typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD, RX_INIT } rx_state;
+typedef enum { PH_WAITING, PH_TRAINING, PH_AGGREGATING, PH_APPLYING, PH_EVALUATING,
+               PH_FED_EVAL, PH_DONE } phase;
+
+typedef struct client client;
+
+struct client {
+  server *srv;
+  fl_peer *peer;
+  client *prev, *next;       /* srv->clients */
+  client *wait_next;         /* srv->waiting: its Update waits for an update buffer */
+  char id[128];
+  uint64_t num_samples;
+  int ready;                 /* said hello, was welcomed */
+  int closing;
+  int can_params;            /* lists the "params" capability (external.c) */
+  int no_params;             /* was asked for the initial parameters and did not give them */
+
+  uint64_t task_round;       /* round (and attempt) this client was selected for */
+  uint64_t task_attempt;
+  int answered;              /* its update for the round has begun (a second is refused) */
+  int counted;               /* its answer is in: update complete or refused, or dropped */
+  int eval_pending;          /* owes an EvalResult */
+
+  int tx_active;             /* streaming the global model, or waiting to */
+  int tx_queued;             /* waiting in srv->tx_queue for a stream slot */
+  client *tx_next;
+  fl_tensor_tx tx;
+
+  rx_state rx;
+  fl_tensor_rx rxt;
+  float *buf;                /* update buffer while RX_UPDATE */
+  uint64_t upd_examples;
+  double upd_loss, upd_acc, upd_seconds;
+};
+
+/* A complete update waiting for its fold, with what the round's statistics need once the
+ * strategy took it (the client may be gone by then). */
+typedef struct ready_update {
+  float *buf;
+  double weight;             /* after the weight policy */
+  uint64_t examples;         /* as the client reported them */
+  double loss, acc, seconds;
+  char client[128];
+} ready_update;
+
+/* One pass of the strategy's fold over every update that was waiting for it.  Updates
+ * whose norm exceeds the round's bound are left out of the fold and refused after it. */
+typedef struct fold_job {
+  uv_work_t work;
+  server *srv;
+  size_t k;
+  ready_update *items;       /* [k] */
+  fl_update *u;              /* [k] */
+  double *norm;              /* [k] each update's L2 norm (when the round bounds it) */
+  double bound;              /* the round's norm bound, 0: none */
+  int rc;
+  char err[256];
+} fold_job;
+
+/* The strategy's finish on the thread pool. */
+typedef struct apply_job {
+  uv_work_t work;
+  server *srv;
+  int rc;
+  double delta_norm;
+  char err[256];
+} apply_job;
+
+typedef struct refusal { char client[128]; char reason[160]; } refusal;
+
+typedef struct round_stats {
+  uint64_t number, attempt;
+  size_t selected, target, answered, accepted, refused, dropped;
+  uint64_t examples;
+  double loss_sum, acc_sum;          /* weighted as the updates were */
+  double weight_sum;                 /* of the folded updates */
+  double slowest;                    /* longest local training time reported */
+  double test_loss, test_acc;
+  int tested;
+  double fed_loss, fed_acc;
+  uint64_t fed_n;
+  size_t fed_asked, fed_answered;
+  uint64_t bytes_in0, bytes_out0;
+  uint64_t t0;                       /* the round's first selection */
+  int timing;                        /* t0 is set */
+  refusal refusals[MAX_REFUSALS];
+  size_t n_refusals;
+  size_t failed;                     /* selected clients that reported they cannot train */
+  refusal failures[MAX_REFUSALS];    /* who, and their reasons */
+  size_t n_failures;
+  int timed_out;
+  size_t fold_passes;                /* each folds one or more updates */
+  size_t received;                   /* complete, finite updates (folded or to be) */
+  int fold_failed;                   /* the strategy refused a fold: the attempt is void */
+  int abandoned;                     /* closed without enough updates: the attempt is void */
+  size_t strategy_errors;            /* failed folds and finishes, all attempts of the round */
+  double weight_cap;                 /* the weight policy's cap this attempt (0: none) */
+  size_t weights_capped;             /* updates whose weight the cap lowered */
+  double norm_bound;                 /* updates with a larger L2 norm are refused (0: none) */
+  double delta_norm;                 /* the applied aggregate's L2 norm */
+} round_stats;
+
+struct server {
+  const server_config *cfg;
+  uv_loop_t loop;
+  uv_timer_t timer;             /* round and federated-evaluation timeouts */
+  uv_signal_t sigint, sigterm;
+  fl_tls_config *tls;
+  fl_io *io;                     /* the I/O threads serving the clients */
+  fl_conn_options copt;
+  uint8_t *heartbeat;
+  size_t heartbeat_len;
+
+  fl_model *model;
+  size_t n;                      /* parameters */
+  float *global;
+  uint64_t model_version;
+  fl_strategy *strategy;
+  fl_rng rng;
+
+  fl_dataset test;
+  int have_test;
+  fl_trainer *eval_trainer;
+  uv_work_t eval_work;
+  fl_eval eval_result;
+  int eval_rc;
+
+  int n_bufs;                    /* update buffers in all (--update-buffers) */
+  float **bufs;                  /* [n_bufs] the free ones first */
+  int n_free;
+  client *waiting, *waiting_tail; /* Updates waiting for a buffer, first come first */
+  ready_update *ready;           /* [n_bufs] complete updates waiting for a fold */
+  int n_ready_bufs;
+  fold_job fold;                 /* the one fold under way, if fold_busy */
+  int fold_busy;
+  apply_job apply;               /* the strategy's finish, in PH_APPLYING */
+  int uniform_weights;           /* --weights uniform */
+  size_t max_selected;           /* clients a round may select (--strategy-memory) */
+  double norm_ratio, norm_abs;   /* --max-update-norm: RATIOx of the model's norm, or absolute */
+
+  client *clients;
+  size_t n_clients, n_ready;
+  size_t sends_pending;          /* model streams not finished, queued ones too */
+  size_t streams;                /* model streams under way (at most max_streams) */
+  size_t max_streams;            /* STREAMS_PER_THREAD per I/O thread */
+  client *tx_queue, *tx_queue_tail;
+  int starting_streams;
+
+  phase ph;
+  round_stats r;
+  uint64_t bytes_in, bytes_out;
+  FILE *metrics;
+  char *checkpoint;              /* path */
+  uint64_t ready_events;         /* hellos so far: "new clients" for a stalled round */
+  uint64_t ready_seen;           /* ready_events when the server began waiting for more */
+  int waiting_for_more;
+  uint64_t first_round;          /* 1, or the round after the checkpoint's */
+  int need_init;                 /* an external model waits for a client's parameters */
+  client *init_from;             /* the client asked for them (external.c) */
+  int init_waiting_logged;
+  int stopping, exit_code;
+  int lingered;                  /* the goodbye is over (see close_all in round.c) */
+};
+
+/* ---- round.c ---- */
+
+/* Decides what happens next; called after every event that can move a round on. */
+void srv_advance(server *s);
+/* Round `number` begins: the server waits for enough clients. */
+void srv_begin_round_number(server *s, uint64_t number);
+/* Arms the round's timer (round or federated-evaluation timeout); it sets r.timed_out. */
+void srv_arm_timer(server *s, double seconds);
+/* Writes the final model and says goodbye to every client. */
+void srv_finish_run(server *s, const char *why);
+/* The goodbye is over: what is still open is closed. */
+void srv_end_linger(server *s);
+/* SIGINT and SIGTERM (h->data is the server). */
+void srv_on_signal(uv_signal_t *h, int signum);
+
+/* ---- sessions.c ---- */
+
+/* The callbacks of every peer (fl_io_listen's data is the server). */
+extern const fl_peer_callbacks srv_peer_callbacks;
+/* Sends env to the client and counts its bytes.  0 or FL_E* (fl_peer_send's). */
+int srv_send(client *c, const Fl__Envelope *env);
+/* Sends an Error; with ERROR_VERSION it lists the versions this server speaks. */
+void srv_send_error(client *c, Fl__ErrorCode code, const char *reason);
+
+/* ---- intake.c ---- */
+
+/* An Update header: refused, or the client gets an update buffer and Proceed, or waits
+ * for one. */
+void srv_on_update(client *c, const Fl__Update *u);
+/* A TensorChunk of the client's update. */
+void srv_on_chunk(client *c, const Fl__TensorChunk *ch);
+/* 1 while c is selected for the attempt in training. */
+int srv_selected_now(const client *c);
+/* The client's answer for the round is in (update complete or refused, or it is gone). */
+void srv_count_answer(client *c);
+/* Gives back the client's update buffer, or its place in the queue for one; the rest of
+ * its update is skipped. */
+void srv_abort_rx(client *c);
+/* The round stops taking updates: those arriving or waiting for a buffer are refused. */
+void srv_close_intake(server *s);
+/* No fold under way and none waiting. */
+int srv_folds_idle(const server *s);
+/* A new attempt: the weight cap and the norm bound of its updates, from the selected
+ * clients and the global model. */
+void srv_intake_begin(server *s, client *const *selected, size_t k);
+
+/* A selected client reports it cannot train this round (its Error about the task): that
+ * is its answer. */
+void srv_on_train_error(client *c, uint64_t round, const char *reason);
+
+/* ---- external.c ---- */
+
+/* 1, with the reason in why, when the model the client's Hello declares is not the
+ * server's, or when it declares none and the server trains an external model. */
+int srv_model_disagrees(const server *s, const Fl__Hello *h, char *why, size_t len);
+/* While s->need_init: asks a client for the initial parameters, unless one is on it. */
+void srv_ask_init(server *s);
+/* Params from a client, and the chunks that follow it (rx RX_INIT). */
+void srv_on_params(client *c, const Fl__Params *p);
+void srv_on_init_chunk(client *c, const Fl__TensorChunk *ch);
+/* The client asked refuses or fails: another will be asked. */
+void srv_init_failed(client *c, const char *why);
+/* The client leaves: if it was the one asked, another will be. */
+void srv_init_client_gone(client *c);
+
+/* ---- broadcast.c ---- */
+
+/* TrainTask, then the global model (when the client's turn to stream comes). */
+void srv_send_train_task(client *c);
+/* EvalTask, then the global model; the client owes an EvalResult. */
+void srv_send_eval_task(client *c);
+/* Streams more of the model to c, up to the connection's high water (on_drain). */
+void srv_pump_tx(client *c);
+/* c's model stream is over or abandoned: its turn goes to the next in line. */
+void srv_tx_done(client *c);
+
+/* ---- evaluate.c ---- */
+
+/* Evaluates the global model on the test data on the thread pool; federated
+ * evaluation follows. */
+void srv_evaluate_test(server *s);
+/* The federated-evaluation phase: when due, ready clients evaluate the global model. */
+void srv_begin_fed_eval(server *s);
+void srv_on_eval_result(client *c, const Fl__EvalResult *e);
+/* The client reports it cannot evaluate this round: its answer. */
+void srv_on_eval_error(client *c, uint64_t round);
+
+/* ---- metrics.c ---- */
+
+/* The round's log line, and its line in the metrics file (--metrics). */
+void srv_write_metrics(server *s, double seconds);
+/* The process's peak resident memory; -1 if unknown. */
+long srv_peak_rss_kib(void);
+
+/* ---- persist.c ---- */
+
+/* Writes the checkpoint of the round just completed; a failure is logged. */
+void srv_save_checkpoint(server *s);
+/* --resume: the state the checkpoint holds (*next_round the round after it); no
+ * checkpoint yet is not an error.  0 or FL_E* with a message in err. */
+int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen);
+/* Writes the final model (--out); a failure is logged and sets the exit code. */
+void srv_save_final_model(server *s);
+
+#endif

@@ -68,10 +68,12 @@
  *     returns FL_CLIENT_PENDING; fl_client_task_done completes it later, from any thread.
  *   - log and finish run on the loop thread, always.
  * get_params after a fit that returned FL_CLIENT_PENDING runs inside fl_client_task_done,
- * on the thread that calls it.  The library keeps no global state: clients are
- * independent (on one loop or many).  It installs no signal handler; the one
- * process-wide effect is that connecting sets SIGPIPE to ignored when it is at its
- * default, so a server that resets a connection ends that connection, not the process.
+ * on the thread that calls it.  The library keeps no global state of its own: clients
+ * are independent, on one loop or many (the TLS random generators of all of them seed
+ * from one entropy source, behind a lock).  It writes nothing to stderr and installs no
+ * signal handler; the one process-wide effect is that connecting sets SIGPIPE to
+ * ignored when it is at its default, so a server that resets a connection ends that
+ * connection, not the process.
  *
  * Memory.  The caller owns the client (fl_client_new / fl_client_free).  Strings given to
  * setters are copied.  A task and its buffers belong to the library: the application

@@ -347,6 +347,9 @@ int fl_client_start(fl_client *c, uv_loop_t *loop) {
   if (!c->tls)
     return flc__errf(c, FL_CLIENT_ECONFIG, "no TLS identity: call fl_client_set_tls");
   if (!c->fit) return flc__errf(c, FL_CLIENT_ECONFIG, "no fit callback: call fl_client_on_fit");
+  if (!c->num_examples)
+    return flc__errf(c, FL_CLIENT_ECONFIG, "no local examples announced: call "
+                     "fl_client_set_num_examples (the server refuses updates that claim more)");
   c->errmsg[0] = '\0';
   fl_conn_options_default(&c->copt);
   c->copt.heartbeat_interval_ms = (uint32_t)(c->heartbeat * 1000);

@@ -453,8 +453,13 @@ static void answer(fl_client *c, fl_client_task *t) {
     stream(c, t, 1);
     return;
   }
-  if (t->metrics.num_examples == 0) {
-    fail_task(c, t, "fit reported no examples (set fl_client_metrics.num_examples)");
+  if (t->metrics.num_examples == 0 || t->metrics.num_examples > c->num_examples) {
+    if (t->metrics.num_examples == 0)
+      fail_task(c, t, "fit reported no examples (set fl_client_metrics.num_examples)");
+    else
+      fail_task(c, t, "fit reported %" PRIu64 " examples, more than the %" PRIu64 " announced "
+                "when joining (fl_client_set_num_examples)", t->metrics.num_examples,
+                c->num_examples);
     flc__task_free(t);
     return;
   }

@@ -10,7 +10,8 @@
  *   the initial one plus each round's example-weighted average of the deltas the fits
  *   made; one client completes its fits from another thread (FL_CLIENT_PENDING);
  * - a fit that fails is reported to the server (clients_failed, its reason) and the round
- *   closes without it, at once, not at its timeout; the client trains the next round;
+ *   closes without it, at once, not at its timeout; the client trains the next round; a
+ *   fit that claims more examples than its client announced is not sent but reported;
  * - a fit on a worker thread that lasts longer than the server's idle timeout keeps the
  *   connection: the loop goes on sending heartbeats;
  * - fl_client_stop from another thread cancels the fit in hand and ends the run;
@@ -44,6 +45,7 @@ typedef struct tclient {
   int status, finished;
   uint64_t examples;         /* its fits' weight */
   int fail_round;            /* its fit fails in this round (0: never) */
+  int overclaim_round;       /* its fit claims more examples than announced in this round */
   int pending;               /* its fits complete from another thread */
   double sleep_s;            /* its fit lasts this long */
   int until_cancelled;       /* its fit runs until it is cancelled */
@@ -116,6 +118,7 @@ static fl_client *h_client(harness *h, int index) {
   cr_assert_eq(fl_client_set_tls(c, h->f.ca, cert, key, "localhost"), 0, "%s", fl_client_errmsg(c));
   cr_assert_eq(fl_client_set_name(c, name), 0);
   cr_assert_eq(fl_client_set_reconnect(c, 50, 0.05, 0.5), 0);
+  cr_assert_eq(fl_client_set_num_examples(c, t->examples), 0);
   cr_assert_eq(fl_client_on_log(c, h_log, FL_CLIENT_LOG_DEBUG), 0);
   cr_assert_eq(fl_client_on_finish(c, h_finish), 0);
   return c;
@@ -186,7 +189,7 @@ static int do_fit(tclient *t, fl_client_task *task) {
     p[i] += fit_step(t->index, cfg->round);
   }
   fl_client_metrics *m = fl_client_task_metrics(task);
-  m->num_examples = t->examples;
+  m->num_examples = cfg->round == (uint64_t)t->overclaim_round ? 1000 : t->examples;
   m->loss = 1.0 / (double)cfg->round;
   m->accuracy = 0.5;
   return 0;
@@ -299,6 +302,9 @@ Test(libclient, setters_check_their_arguments) {
   cr_assert_eq(fl_client_set_tls(c, ca, cert, key, "localhost"), 0, "%s", fl_client_errmsg(c));
   cr_assert_eq(fl_client_run(c), FL_CLIENT_ECONFIG);
   cr_assert(strstr(fl_client_errmsg(c), "fl_client_on_fit"), "%s", fl_client_errmsg(c));
+  cr_assert_eq(fl_client_on_fit(c, t_fit), 0);
+  cr_assert_eq(fl_client_run(c), FL_CLIENT_ECONFIG);
+  cr_assert(strstr(fl_client_errmsg(c), "fl_client_set_num_examples"), "%s", fl_client_errmsg(c));
 
   fl_client_throttle *th = fl_client_throttle_new(2);
   cr_assert_eq(fl_client_set_throttle(c, th), 0);
@@ -358,7 +364,6 @@ Test(libclient, external_model_federation_on_one_loop, .timeout = 240) {
     cr_assert_eq(fl_client_on_fit(c, t_fit), 0);
     cr_assert_eq(fl_client_on_evaluate(c, t_evaluate), 0);
     cr_assert_eq(fl_client_on_params(c, get_init, NULL), 0);
-    cr_assert_eq(fl_client_set_num_examples(c, h.t[k].examples), 0);
   }
   h.t[1].pending = 1;
   h_run(&h, 180);
@@ -434,6 +439,7 @@ Test(libclient, failing_fit_is_reported_and_the_round_goes_on, .timeout = 240) {
     cr_assert_eq(fl_client_on_fit(c, t_fit), 0); /* WORKER threading, the default */
   }
   h.t[1].fail_round = 2;
+  h.t[2].overclaim_round = 3; /* the library itself refuses to send that */
   h_run(&h, 180);
   cr_assert_eq(fl_test_wait(s, 60), 0, "fl-server failed (%s)", slog);
   for (int k = 0; k < 3; k++) {
@@ -447,8 +453,11 @@ Test(libclient, failing_fit_is_reported_and_the_round_goes_on, .timeout = 240) {
   cr_assert_eq(fl_test_json_num(r2, "clients_failed"), 1, "%s", r2);
   cr_assert(strstr(r2, "\"failures\":[{\"client\":\"client-0002\",\"reason\":\"no data today (round 2)\"}]"),
             "%s", r2);
-  cr_assert_eq(fl_test_json_num(r3, "updates_accepted"), 3, "%s", r3);
-  cr_assert_eq(fl_test_json_num(r3, "clients_failed"), 0, "%s", r3);
+  cr_assert_eq(fl_test_json_num(r3, "updates_accepted"), 2, "%s", r3);
+  cr_assert_eq(fl_test_json_num(r3, "clients_failed"), 1, "%s", r3);
+  cr_assert(strstr(r3, "\"client\":\"client-0003\",\"reason\":\"fit reported 1000 examples, "
+                       "more than the 30 announced when joining (fl_client_set_num_examples)\""),
+            "%s", r3);
   cr_assert_eq(fl_test_count(slog, "timed out with"), 0, "the round waited for its timeout (%s)", slog);
   cr_assert_eq(fl_test_count(slog, "client-0002 could not train: no data today (round 2)"), 1, "%s", slog);
   cr_assert_eq(fl_test_count(h.log_path, "round 2: training failed: no data today (round 2)"), 1,

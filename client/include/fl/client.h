@@ -23,6 +23,7 @@
  *     fl_client_set_server(c, "coordinator.example.org:7700");
  *     fl_client_set_tls(c, "ca.crt", "client-0001.crt", "client-0001.key", NULL);
  *     fl_client_set_model(c, "my-logreg", 21);        // name and parameter count
+ *     fl_client_set_num_examples(c, my_count);        // local training examples
  *     fl_client_on_fit(c, fit);
  *     int rc = fl_client_run(c);                      // until the server says done
  *     if (rc) fprintf(stderr, "%s\n", fl_client_errmsg(c));
@@ -187,8 +188,10 @@ int fl_client_set_model_spec(fl_client *c, const char *spec);
  * and its parameter count (0 when none was declared).  Owned by the client. */
 const char *fl_client_model(const fl_client *c);
 uint64_t fl_client_num_params(const fl_client *c);
-/* Local examples, announced when joining (the server logs it; each update carries its
- * own count).  Default 0. */
+/* The local training examples, announced when joining (required, 1 or more).  Each
+ * update carries its own count (fl_client_metrics.num_examples), its weight in the
+ * average; the server refuses one that claims more than announced here, and caps any
+ * client's weight by what the round's clients announced. */
 int fl_client_set_num_examples(fl_client *c, uint64_t n);
 /* Reconnection: after a failed attempt or a lost connection the client waits
  * base_s * 2^attempt seconds (at most max_s), each delay drawn between half and all of
@@ -236,7 +239,8 @@ typedef struct fl_client_fit_config {
 
 /* What a fit or evaluation reports.  The library sets num_examples to 0 and the others
  * to NaN (reported as "none") before calling; a fit must set num_examples (the weight of
- * its update; 0 is an error).  Fields are only ever added at the end. */
+ * its update: 0, or more than fl_client_set_num_examples announced, is an error).
+ * Fields are only ever added at the end. */
 typedef struct fl_client_metrics {
   uint64_t num_examples; /* examples trained on (fit) or evaluated */
   double loss;           /* mean loss */
@@ -292,7 +296,7 @@ int fl_client_on_finish(fl_client *c, fl_client_finish_cb finish);
 
 /* Runs the client on a loop of its own until it finishes; returns its status (as the
  * finish callback gets it).  Returns at once with FL_CLIENT_ECONFIG when the server, the
- * TLS files or the fit callback are missing. */
+ * TLS files, the example count or the fit callback are missing. */
 int fl_client_run(fl_client *c);
 /* Starts the client on the caller's libuv loop (a uv_loop_t *) and returns: the caller
  * runs the loop; the finish callback says when the client is done.  0, or

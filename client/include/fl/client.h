@@ -68,8 +68,8 @@
  *     simulation) use this: fit hands the task to the application's own threads and
  *     returns FL_CLIENT_PENDING; fl_client_task_done completes it later, from any thread.
  *   - log and finish run on the loop thread, always.
- * get_params after a fit that returned FL_CLIENT_PENDING runs inside fl_client_task_done,
- * on the thread that calls it.  The library keeps no global state of its own: clients
+ * When set_params is given, get_params after a fit that returned FL_CLIENT_PENDING runs
+ * inside fl_client_task_done, on the thread that calls it.  The library keeps no global state of its own: clients
  * are independent, on one loop or many (the TLS random generators of all of them seed
  * from one entropy source, behind a lock).  It writes nothing to stderr and installs no
  * signal handler; the one process-wide effect is that connecting sets SIGPIPE to

@@ -1,0 +1,115 @@
+/* Tensor encodings: how a stream of float32 values (a model, a delta) travels in chunks,
+ * independent of the protocol that carries the chunks (msg.h maps them to TensorChunk).
+ *
+ *   float32          4 bytes a value, exact
+ *   float16          2 bytes a value, IEEE half rounded to nearest even (relative error
+ *                    at most 2^-11 for values in the normal half range)
+ *   int8[:stochastic] 1 byte a value, affine per chunk: x = zero + scale * q, q in 0..255,
+ *                    scale = (max - min) / 255, zero = min of the chunk; rounding to the
+ *                    nearest step (error at most scale / 2), or stochastic (unbiased:
+ *                    E[x'] = x, error below one step)
+ *   topk:F           the F fraction of values largest in magnitude, as (uint32 index,
+ *                    float32 value) pairs in increasing index order; the rest are 0
+ *
+ * Every encoding's chunks tile the tensor: chunk i covers [offset, offset + count) and
+ * the next starts where it ends, so a receiver completes when the last covers the end.
+ * A dense chunk carries one value per position; a topk chunk carries the pairs whose
+ * indices lie in its range.  A chunk holds at most chunk_bytes of payload.
+ *
+ * The encoder works on the caller's array (borrowed until the last chunk) and writes each
+ * chunk's payload into a caller's buffer; the decoder checks every chunk from an
+ * untrusted peer (position, length, index order, finite values) before anything reads
+ * it, and never allocates.  fl_chunk_decode writes a checked chunk's values into the
+ * full tensor; fl_chunk_axpy adds them, times a weight, into a double sum (the server's
+ * fold reads a compressed update without ever expanding it). */
+#ifndef FL_CODEC_H
+#define FL_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rng.h"
+
+/* The numbers are the protocol's (fl.proto's Encoding). */
+typedef enum { FL_ENC_FLOAT32 = 0, FL_ENC_FLOAT16 = 1, FL_ENC_INT8 = 2, FL_ENC_TOPK = 3 } fl_enc;
+#define FL_ENC_COUNT 4
+
+/* A configured encoding. */
+typedef struct fl_codec {
+  fl_enc enc;
+  int stochastic;      /* int8: stochastic rounding */
+  double fraction;     /* topk: share of the values sent, (0, 1] */
+} fl_codec;
+
+/* "float32", "float16", "int8", "int8:stochastic", "topk:0.01".  0 or FL_ECONFIG with a
+ * message naming what is allowed. */
+int fl_codec_parse(const char *spec, fl_codec *c, char *err, size_t errlen);
+/* "float32", "float16", "int8", "topk"; "unknown" for anything else. */
+const char *fl_enc_name(int enc);
+/* The spec in canonical form ("topk:0.01"). */
+void fl_codec_format(const fl_codec *c, char *out, size_t len);
+/* Values a topk stream of n values carries: ceil(fraction * n), at least 1 (0 when n is 0). */
+uint64_t fl_codec_topk_count(const fl_codec *c, uint64_t n);
+/* An upper bound on the payload bytes of a whole tensor of n values in this encoding
+ * (what a receiver must be ready to hold). */
+uint64_t fl_codec_max_bytes(const fl_codec *c, uint64_t n);
+
+/* One chunk: its place, its int8 parameters, its payload (borrowed). */
+typedef struct fl_chunk {
+  fl_enc enc;
+  uint64_t offset, count;   /* positions [offset, offset + count) of the tensor */
+  uint64_t total;           /* the tensor's length */
+  float scale, zero;        /* int8 */
+  const uint8_t *data;      /* payload: count values, or len / 8 topk pairs */
+  size_t len;
+} fl_chunk;
+
+typedef struct fl_encoder {
+  fl_codec c;
+  const float *x;
+  uint64_t n, next;
+  uint32_t chunk_bytes;
+  fl_rng rng;               /* stochastic rounding */
+  float threshold;          /* topk: values of larger magnitude are sent ... */
+  uint64_t at_threshold;    /* ... and this many more of exactly this magnitude */
+  uint64_t sent;            /* chunks produced */
+} fl_encoder;
+
+/* Prepares x[0..n) for sending; for topk it finds the magnitude threshold (a pass over a
+ * temporary copy of the magnitudes: FL_ENOMEM if that cannot be allocated).  seed drives
+ * stochastic rounding.  chunk_bytes >= 16. */
+int fl_encoder_init(fl_encoder *e, const fl_codec *c, const float *x, uint64_t n,
+                    uint32_t chunk_bytes, uint64_t seed);
+/* The next chunk, its payload written to buf (at least chunk_bytes).  1 when a chunk was
+ * produced, 0 when the tensor is complete (an empty tensor is one empty chunk first),
+ * FL_ERANGE when a value cannot be encoded (beyond float16's range, not finite). */
+int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf);
+
+/* The receiving side of one tensor. */
+typedef struct fl_decoder {
+  fl_enc enc;
+  uint64_t total, next;     /* positions covered so far */
+  uint64_t pairs, max_pairs; /* topk: pairs received, and the most accepted */
+  uint64_t chunks;
+} fl_decoder;
+
+/* Expects a tensor of total values in encoding enc; a topk stream may carry at most
+ * max_pairs pairs (0: total). */
+void fl_decoder_init(fl_decoder *d, fl_enc enc, uint64_t total, uint64_t max_pairs);
+/* Checks the next chunk: 1 when it completes the tensor, 0 when more are expected, or
+ * FL_EPROTO (out of place, wrong length, pairs out of order or beyond the range, more
+ * pairs than allowed, another encoding) or FL_ENONFINITE (a value that is not finite, or
+ * int8 parameters that make one), with the reason in err.  Only a checked chunk may be
+ * decoded. */
+int fl_decoder_check(fl_decoder *d, const fl_chunk *ch, char *err, size_t errlen);
+
+/* dst[offset .. offset + count) = the chunk's values (topk: 0 where no pair is). */
+void fl_chunk_decode(const fl_chunk *ch, float *dst);
+/* sum[i] += w * value for every value the chunk carries. */
+void fl_chunk_axpy(const fl_chunk *ch, double w, double *sum);
+
+/* IEEE half conversions (round to nearest even), for tests and tools. */
+uint16_t fl_f32_to_f16(float f);
+float fl_f16_to_f32(uint16_t h);
+
+#endif

@@ -11,7 +11,7 @@
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
 #   make deps       install the Debian packages the project needs (when missing)
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR= (binaries, and libflclient: header, .so, .a, .pc)
 #
 #   make docker     the container images fl:latest and fl:demo (needs a Docker engine)
 #
@@ -44,7 +44,7 @@ GEN := build/gen
 
 DEB_PKGS := pkgconf libuv1-dev libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler \
             libopenblas-dev zlib1g-dev libinih-dev libcriterion-dev openssl \
-            dataset-fashion-mnist clang libclang-rt-14-dev
+            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils
 
 PKGS := libuv libprotobuf-c zlib inih openblas
 CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -fno-strict-aliasing
@@ -52,7 +52,7 @@ ifneq ($(SANITIZER),)
 CFLAGS_BASE += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS_SAN := -fsanitize=$(SANITIZER)
 endif
-CFLAGS_ALL = $(CFLAGS_BASE) $(EXTRA_CFLAGS) -Icommon -I$(GEN) $(PKG_CFLAGS)
+CFLAGS_ALL = $(CFLAGS_BASE) $(EXTRA_CFLAGS) -Icommon -I$(GEN) -Iclient/include $(PKG_CFLAGS)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS := $(LDFLAGS_SAN)
@@ -64,7 +64,8 @@ PROTO_H     := $(PROTO_C:.c=.h)
 
 COMMON_SRCS := $(wildcard common/*.c)
 SERVER_SRCS := $(wildcard server/*.c)
-CLIENT_SRCS := $(filter-out client/train_main.c,$(wildcard client/*.c))
+LIBCLIENT_SRCS := $(wildcard client/lib_*.c)
+CLIENT_SRCS := $(filter-out client/train_main.c $(LIBCLIENT_SRCS),$(wildcard client/*.c))
 TRAIN_SRCS  := $(wildcard client/train_main.c)
 TEST_SRCS   := $(wildcard tests/test_*.c tests/testutil.c tests/main.c)
 BENCH_SRCS  := $(wildcard bench/bench_*.c)
@@ -77,13 +78,35 @@ LIB := $(B)/libfl.a
 
 BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) \
         $(if $(TRAIN_SRCS),$(B)/fl-train)
+
+# libflclient (client/include/fl/client.h): its own files and the part of libfl it
+# stands on (transport, protocol, model identity), compiled position-independent into
+# $(B)/pic for both the shared and the static library.  Only fl_client_* is exported:
+# the version script for the .so, objcopy for the .a (one object, the rest made local),
+# and the committed list client/libflclient.symbols is checked against both.
+LIBCLIENT_COMMON := common/error.c common/rng.c common/model.c common/frame.c common/msg.c \
+                    common/tls.c common/conn.c common/ticket.c common/fileio.c
+pic = $(patsubst %.c,$(B)/pic/%.o,$(1))
+LIBCLIENT_PIC := $(call pic,$(LIBCLIENT_SRCS) $(LIBCLIENT_COMMON)) $(B)/pic/gen/fl.pb-c.o
+LIBCLIENT_LIBS = $(shell pkg-config --libs libuv libprotobuf-c zlib 2>/dev/null) \
+                 -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm
+LIBCLIENT_HEADER := client/include/fl/client.h
+LIBCLIENT_MAJOR := $(shell sed -n 's/^\#define FL_CLIENT_VERSION_MAJOR //p' $(LIBCLIENT_HEADER))
+LIBCLIENT_VERSION := $(LIBCLIENT_MAJOR).$(shell sed -n 's/^\#define FL_CLIENT_VERSION_MINOR //p' $(LIBCLIENT_HEADER)).$(shell sed -n 's/^\#define FL_CLIENT_VERSION_PATCH //p' $(LIBCLIENT_HEADER))
+LIBCLIENT_SO := $(B)/libflclient.so.$(LIBCLIENT_MAJOR)
+LIBCLIENT_A := $(B)/libflclient.a
+LIBCLIENT := $(LIBCLIENT_SO) $(B)/libflclient.so $(LIBCLIENT_A) $(B)/libflclient.checked \
+             $(B)/flclient.pc
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+STAGE := $(B)/stage
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: docker all deps test test-stress bench bench-robust bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: FORCE docker all deps test test-stress bench bench-robust bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
-all: $(BINS) $(TEST_BIN) $(BENCH_BINS)
+all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
 
 # make deps: cheap and silent when everything is there.  TEST_DEB_PKGS are what only the
 # tests use (launchers: Open MPI's mpirun, a one-node Slurm with munge), installed without
@@ -140,9 +163,53 @@ $(LIB): $(COMMON_OBJS)
 $(B)/fl-server: $(call obj,$(SERVER_SRCS)) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
-$(B)/fl-client: $(call obj,$(CLIENT_SRCS)) $(LIB)
+$(B)/fl-client: $(call obj,$(CLIENT_SRCS)) $(LIBCLIENT_A) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+
+# ---- libflclient ----
+$(B)/pic/gen/%.o: $(GEN)/%.c $(B)/flags
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS_ALL) -fPIC -Wno-unused-parameter -MMD -MP -c -o $@ $<
+$(B)/pic/%.o: %.c $(B)/flags | $(PROTO_H)
+	$(call say,CC,$<)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS_ALL) -fPIC -MMD -MP -c -o $@ $<
+
+$(LIBCLIENT_SO): $(LIBCLIENT_PIC) client/libflclient.map
+	$(call say,LINK,$@)
+	$(Q)$(CC) -shared -o $@ -Wl,-soname,$(notdir $@) -Wl,--version-script=client/libflclient.map \
+	  -Wl,--no-undefined $(LIBCLIENT_PIC) $(LDLIBS) $(LIBCLIENT_LIBS)
+$(B)/libflclient.so: $(LIBCLIENT_SO)
+	$(Q)ln -sf $(notdir $<) $@
+$(LIBCLIENT_A): $(LIBCLIENT_PIC) client/libflclient.symbols
+	$(call say,AR,$@)
+	$(Q)ld -r -o $(B)/pic/libflclient-all.o $(LIBCLIENT_PIC) && \
+	  objcopy --keep-global-symbols=client/libflclient.symbols $(B)/pic/libflclient-all.o \
+	    $(B)/pic/libflclient.o && rm -f $@ && ar rcs $@ $(B)/pic/libflclient.o
+# An accidental change of the ABI fails the build: what the libraries export must be
+# the committed list (change it, and the soname when a symbol goes away, on purpose).
+# The header must compile as C99, C11 and C++11, pedantic and warning-free.
+$(B)/libflclient.checked: $(LIBCLIENT_SO) $(LIBCLIENT_A) client/libflclient.symbols \
+                          client/check-symbols.sh $(LIBCLIENT_HEADER)
+	$(call say,CHECK,$(LIBCLIENT_SO))
+	$(Q)client/check-symbols.sh client/libflclient.symbols $(LIBCLIENT_SO) $(LIBCLIENT_A)
+	$(Q)for std in c99 c11; do echo '#include <fl/client.h>' | \
+	  $(CC) -std=$$std -pedantic -Wall -Wextra -Werror -Iclient/include -x c -fsyntax-only - || exit 1; done
+	$(Q)echo '#include <fl/client.h>' | \
+	  g++ -std=c++11 -pedantic -Wall -Wextra -Werror -Iclient/include -x c++ -fsyntax-only -
+	$(Q)touch $@
+# The pkg-config file, for the PREFIX of this make (rewritten when it changes).
+$(B)/flclient.pc: FORCE | deps
+	@mkdir -p $(B)
+	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCLUDEDIR)' '' \
+	  'Name: flclient' 'Description: federated learning client library of fl (libflclient)' \
+	  'Version: $(LIBCLIENT_VERSION)' 'Requires.private: libuv libprotobuf-c zlib' \
+	  'Libs: -L$${libdir} -lflclient' \
+	  'Libs.private: -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm' \
+	  'Cflags: -I$${includedir}' > $@.tmp && \
+	  if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
 $(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
@@ -152,7 +219,8 @@ $(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)
 $(B)/obj/tests/test_launch.o: CFLAGS_ALL += -Iclient
 
 # All tests link into one Criterion binary: one summary line closes the run.
-$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/client/launch.o $(B)/obj/client/config.o $(LIB)
+$(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/client/launch.o $(B)/obj/client/config.o \
+             $(LIBCLIENT_A) $(LIB)
 	$(call say,LINK,$@)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
@@ -167,11 +235,13 @@ SCALE_CLIENTS := 1000
 SCALE_TEST_CLIENTS ?=
 TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B)/test-certs \
            FL_SCALE_CERTS=$(CURDIR)/$(B)/scale-certs FL_KUBECTL=$(CURDIR)/$(KUBECTL) \
+           FL_STAGE=$(CURDIR)/$(STAGE) FL_PREFIX=$(PREFIX) FL_LIBDIR=$(LIBDIR) \
+           FL_INCLUDEDIR=$(INCLUDEDIR) FL_SANITIZER=$(SANITIZER) \
            $(if $(SCALE_TEST_CLIENTS),FL_TEST_SCALE_CLIENTS=$(SCALE_TEST_CLIENTS)) \
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
-test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL)
+test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
 
 # kubectl for the manifest tests (tests/test_kubernetes.c): Debian's kubernetes-client,
@@ -184,6 +254,13 @@ $(KUBECTL): | deps
 	  { apt-get download kubernetes-client >/dev/null 2>&1 || \
 	    { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get download kubernetes-client; }; } && \
 	  dpkg-deb -x kubernetes-client_*.deb ../tools && cd .. && rm -rf tools.tmp && touch $(CURDIR)/$@
+
+# `make install` into a stage (DESTDIR): the tests build the libflclient examples against
+# it with pkg-config, as a user of the installed library would.
+$(STAGE)/.installed: $(BINS) $(LIBCLIENT) $(LIBCLIENT_HEADER) Makefile
+	$(call say,INSTALL,$(STAGE))
+	$(Q)rm -rf $(STAGE) && $(MAKE) --no-print-directory -s install DESTDIR=$(CURDIR)/$(STAGE) \
+	  >/dev/null && touch $@
 
 $(TEST_CERTS): certs/gen.sh | deps
 	$(call say,CERTS,$(B)/test-certs)
@@ -198,7 +275,7 @@ $(B)/scale-certs/ca.crt: certs/gen.sh | deps
 # The whole suite, again and again, on a machine made busy or small on purpose (idle, a
 # CPU hog per core, pinned to one core): tests/stress.sh.  Not part of CI's path.
 RUNS ?= 3
-test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL)
+test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
 	$(Q)tests/stress.sh $(RUNS)
 
 certs: | deps
@@ -274,9 +351,15 @@ docker:
 demo: $(BINS)
 	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh
 
-install: $(BINS)
+install: $(BINS) $(LIBCLIENT)
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(INCLUDEDIR)/fl $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 0644 $(LIBCLIENT_HEADER) $(DESTDIR)$(INCLUDEDIR)/fl/
+	install -m 0755 $(LIBCLIENT_SO) $(DESTDIR)$(LIBDIR)/
+	ln -sf $(notdir $(LIBCLIENT_SO)) $(DESTDIR)$(LIBDIR)/libflclient.so
+	install -m 0644 $(LIBCLIENT_A) $(DESTDIR)$(LIBDIR)/
+	install -m 0644 $(B)/flclient.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
 	install -d $(DESTDIR)$(PREFIX)/share/fl/examples
 	install -m 0644 examples/*.ini $(DESTDIR)$(PREFIX)/share/fl/examples/
 	install -m 0644 proto/fl.proto $(DESTDIR)$(PREFIX)/share/fl/

@@ -1,204 +1,75 @@
-/* fl-client: one or many virtual clients, each with its own TLS identity, connection and
- * data, on one libuv loop.
+/* fl-client: one or many virtual clients, each a libflclient client (fl/client.h) with
+ * its own TLS identity, connection and data, all on one libuv loop.
  *
- * A client says hello, then does what the server asks: a TrainTask (followed by the
- * global model in chunks) is trained on a worker thread and answered with an Update; the
- * delta follows in chunks once the server says Proceed (or is dropped if it refuses the
- * update); an EvalTask is answered with an EvalResult.  A dropped connection
- * is retried with exponential backoff and jitter; Done ends the client.  The process
- * exits when every virtual client is done (0) or has given up (1). */
+ * The library carries the protocol, TLS, reconnection, heartbeats and chunking; this
+ * file plugs the training core into it through the public API only, as any application
+ * would.  The clients run with LOOP threading: their fit and evaluate callbacks (on the
+ * loop) hand the task to fl-client's pool of training threads and return
+ * FL_CLIENT_PENDING; the worker that trains completes the task with fl_client_task_done.
+ * One throttle keeps the handshakes in flight few, however many clients there are.  The
+ * process exits when every virtual client has finished: 0 when the server said training
+ * is done to all of them, 1 when some gave up or were stopped (SIGINT, SIGTERM). */
 #include "client.h"
 
-#include <math.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <uv.h>
 
 #include "attack.h"
-#include "conn.h"
 #include "error.h"
+#include "fl/client.h"
 #include "log.h"
 #include "model.h"
-#include "msg.h"
 #include "pool.h"
 #include "rng.h"
 #include "train.h"
-#include "version.h"
 
-typedef enum { VC_CONNECTING, VC_READY, VC_BACKOFF, VC_DONE, VC_FAILED } vc_state;
-
-/* Handshakes in flight at once.  A TLS handshake costs both sides ~10 ms of CPU; a
- * thousand started together all finish late, past the handshake timeout, and retry.  A
- * few dozen keep both sides busy and each one quick. */
+/* Handshakes in flight at once (see fl_client_set_throttle). */
 #define MAX_HANDSHAKES 32
 
-typedef struct vclient vclient;
-
-/* One task from the server: the model it came with, the work, and the answer.  A job
- * owns its buffers, so a client whose connection dropped while a worker trains can
- * take the next task at once; the stale job is freed when it finishes. */
-typedef struct job {
-  pool_job base;       /* first: the pool hands back this pointer */
-  vclient *vc;
-  uint64_t gen;        /* the connection generation that asked for it */
-  int train;           /* 1 train, 0 evaluate */
-  uint64_t round, model_id, n;
-  fl_train_config tcfg;
-  float *global;       /* [n] the model as received */
-  float *local;        /* [n] trained weights, then the delta (train only) */
-  fl_tensor_rx rx;
-  fl_tensor_tx tx;
-  int go;              /* the server said Proceed: the delta may be sent */
-  int rc;
-  fl_eval result;
-  double seconds;
-} job;
-
-struct vclient {
+typedef struct vclient {
   app *a;
   int index;
   char name[64];
-  fl_tls_config *tls;
-  fl_conn *conn;
-  uint64_t gen;        /* bumps on every new connection */
-  vc_state state;
-  int attempts;
-  fl_conn *handshaking; /* the connection holding one of the MAX_HANDSHAKES slots */
-  vclient *queue_next;  /* app.queue: waiting for a slot */
-  uv_timer_t retry;
-  fl_rng rng;          /* backoff jitter */
+  fl_client *fc;
   fl_subset train, test;
-  int partition;       /* -1 when training on all of --data */
-  int attacker;        /* simulation: sends the --attack's delta */
-  uint32_t chunk_bytes; /* tensor data per chunk, as the server's Welcome asks */
-  job *rx;             /* task whose model is arriving */
-  job *tx;             /* update waiting for Proceed, or being sent */
-};
+  int partition;             /* -1 when training on all of --data */
+  int attacker;              /* simulation: sends the --attack's delta */
+} vclient;
+
+/* A task on its way through the pool; freed by the worker that completes it. */
+typedef struct job {
+  pool_job base;             /* first: the pool hands back this pointer */
+  vclient *v;
+  fl_client_task *task;
+  const fl_model *model;
+  int train;
+  fl_train_config tcfg;
+} job;
 
 struct app {
   const client_config *cfg;
   uv_loop_t loop;
   uv_signal_t sigint, sigterm;
   pool workers;
+  fl_client_throttle *throttle;
   fl_dataset data, test;
   int have_test;
-  fl_attack attack;    /* simulation (--attack) */
-  fl_dataset flipped;  /* --attack labelflip: data with flipped labels (x shared) */
+  fl_attack attack;          /* simulation (--attack) */
+  fl_dataset flipped;        /* --attack labelflip: data with flipped labels (x shared) */
   fl_subset *parts, *test_parts;
-  fl_model *model;      /* cached for the spec the server last sent */
+  fl_model *model;           /* built from the spec the server last sent */
+  atomic_int running;        /* jobs handed to the pool and not completed */
   char host[256];
-  int port;
-  fl_conn_options copt;
-  uint8_t *heartbeat;
-  size_t heartbeat_len;
   vclient *vcs;
-  int n, finished, failed, stopping;
-  int open_conns, running, shut_down;
-  int handshakes;       /* slots in use */
-  vclient *queue, *queue_tail;
-  uint32_t chunk_bytes;
+  int n, started, finished, failed, shut_down;
 };
 
-static void connect_vc(vclient *v);
-static void start_connect(vclient *v);
-
-/* ---- sending ---- */
-
-static int send_env(vclient *v, const Fl__Envelope *env) {
-  uint8_t *buf;
-  size_t len;
-  int rc = fl_msg_encode(env, &buf, &len);
-  if (rc) return rc;
-  rc = fl_conn_send(v->conn, buf, len);
-  free(buf);
-  return rc;
-}
-
-static void send_error(vclient *v, Fl__ErrorCode code, const char *reason) {
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Error e = FL__ERROR__INIT;
-  e.code = code;
-  e.reason = (char *)reason;
-  env.body_case = FL__ENVELOPE__BODY_ERROR;
-  env.error = &e;
-  send_env(v, &env);
-}
-
-static void job_free(job *j) {
-  if (!j) return;
-  free(j->global);
-  free(j->local);
-  free(j);
-}
-
-static void pump_tx(vclient *v) {
-  while (v->tx && v->tx->go && fl_conn_queued(v->conn) < v->a->copt.high_water) {
-    uint8_t *buf;
-    size_t len;
-    int rc = fl_tensor_tx_next(&v->tx->tx, &buf, &len);
-    if (rc > 0) {
-      rc = fl_conn_send(v->conn, buf, len);
-      free(buf);
-      if (rc == 0) continue;
-    } else if (rc < 0) {
-      fl_error(v->name, "encoding the update failed: %s", fl_strerror(rc));
-    }
-    job_free(v->tx); /* sent, or the connection is gone */
-    v->tx = NULL;
-  }
-}
-
-/* ---- the virtual client's life ---- */
-
-/* Shuts the loop down once every client has finished and every connection is closed. */
-static void check_all_finished(app *a) {
-  if (a->finished < a->n || a->open_conns > 0 || a->running > 0 || a->shut_down) return;
-  a->shut_down = 1;
-  fl_info("client", "all %d clients finished (%d gave up)", a->n, a->failed);
-  pool_stop(&a->workers);
-  uv_close((uv_handle_t *)&a->sigint, NULL);
-  uv_close((uv_handle_t *)&a->sigterm, NULL);
-  for (int i = 0; i < a->n; i++) uv_close((uv_handle_t *)&a->vcs[i].retry, NULL);
-}
-
-static void finish_vc(vclient *v, vc_state st) {
-  if (v->state == VC_DONE || v->state == VC_FAILED) return;
-  v->state = st;
-  v->a->finished++;
-  if (st == VC_FAILED) v->a->failed++;
-  uv_timer_stop(&v->retry);
-  if (v->conn) fl_conn_close(v->conn, st == VC_DONE ? "done" : "giving up");
-  check_all_finished(v->a);
-}
-
-static void on_retry(uv_timer_t *t) { connect_vc(t->data); }
-
-static void schedule_reconnect(vclient *v, double delay_s) {
-  const client_config *cfg = v->a->cfg;
-  if (v->a->stopping) {
-    finish_vc(v, VC_FAILED);
-    return;
-  }
-  if (v->attempts >= cfg->max_retries) {
-    fl_error(v->name, "giving up after %d failed connection attempts", v->attempts);
-    finish_vc(v, VC_FAILED);
-    return;
-  }
-  if (delay_s < 0) {
-    double d = cfg->retry_base * pow(2.0, v->attempts);
-    if (d > cfg->retry_max) d = cfg->retry_max;
-    delay_s = d * (0.5 + 0.5 * fl_rng_uniform(&v->rng)); /* jitter: 50-100% */
-  }
-  v->attempts++;
-  v->state = VC_BACKOFF;
-  fl_info(v->name, "reconnecting in %.2f s (attempt %d of %d)", delay_s, v->attempts,
-          cfg->max_retries);
-  uv_timer_start(&v->retry, on_retry, (uint64_t)(delay_s * 1000.0), 0);
-}
-
-/* ---- training and evaluation on the workers ---- */
+/* ---- training and evaluation, on the pool's threads ---- */
 
 static double seconds_since(const struct timespec *t0) {
   struct timespec t1;
@@ -206,397 +77,169 @@ static double seconds_since(const struct timespec *t0) {
   return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) * 1e-9;
 }
 
+/* Simulation (--attack): the trained weights become global + the attack's delta, which
+ * the library then sends as the delta. */
+static void attack(vclient *v, const job *j, float *params, const float *global, uint64_t n) {
+  fl_rng r;
+  fl_rng_seed2(&r, j->tcfg.seed, 0xa77ac);
+  for (uint64_t i = 0; i < n; i++) params[i] -= global[i];
+  fl_attack_delta(&v->a->attack, params, n, &r);
+  for (uint64_t i = 0; i < n; i++) params[i] += global[i];
+}
+
 static void job_run(pool_job *pj) {
   job *j = (job *)pj;
-  vclient *v = j->vc;
+  vclient *v = j->v;
+  fl_client_task *t = j->task;
+  int rc = 0;
+  if (fl_client_task_cancelled(t)) { /* the server moved on while it waited */
+    fl_client_task_done(t, FL_CLIENT_ECANCELED);
+    goto out;
+  }
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  uint32_t batch = j->train ? j->tcfg.batch_size : 256;
-  fl_trainer *t = fl_trainer_create(v->a->model, batch);
-  if (!t) {
-    j->rc = FL_ENOMEM;
-    return;
-  }
-  if (j->train) {
-    memcpy(j->local, j->global, j->n * sizeof(float));
-    j->tcfg.prox_ref = j->tcfg.prox_mu > 0 ? j->global : NULL;
-    j->rc = fl_train(t, j->local, &v->train, &j->tcfg, NULL, NULL, &j->result);
-    if (j->rc == 0) /* the delta: local minus the global weights it started from */
-      for (uint64_t i = 0; i < j->n; i++) j->local[i] -= j->global[i];
-    if (j->rc == 0 && v->attacker) {
-      fl_rng r;
-      fl_rng_seed2(&r, j->tcfg.seed, 0xa77ac);
-      fl_attack_delta(&v->a->attack, j->local, j->n, &r);
-    }
+  fl_trainer *tr = fl_trainer_create(j->model, j->train ? j->tcfg.batch_size : 256);
+  fl_eval ev = {0};
+  float *params = fl_client_task_params(t);
+  if (!tr) {
+    rc = FL_ENOMEM;
+  } else if (j->train) {
+    j->tcfg.prox_ref = j->tcfg.prox_mu > 0 ? fl_client_task_global(t) : NULL;
+    rc = fl_train(tr, params, &v->train, &j->tcfg, NULL, NULL, &ev);
+    ev.n = v->train.n; /* the update's weight: every local example */
+    if (rc == 0 && v->attacker) attack(v, j, params, fl_client_task_global(t), fl_client_task_num_params(t));
   } else {
-    const fl_subset *s = v->test.n ? &v->test : &v->train;
-    j->rc = fl_evaluate(t, j->global, s, &j->result);
+    rc = fl_evaluate(tr, params, v->test.n ? &v->test : &v->train, &ev);
   }
-  fl_trainer_free(t);
-  j->seconds = seconds_since(&t0);
+  fl_trainer_free(tr);
+  fl_client_metrics *m = fl_client_task_metrics(t);
+  m->num_examples = ev.n;
+  m->loss = ev.loss;
+  m->accuracy = ev.accuracy;
+  m->auc = ev.auc;
+  m->seconds = seconds_since(&t0); /* the training alone, not the wait for a worker */
+  fl_client_task_done(t, rc ? fl_client_task_error(t, FL_CLIENT_ECALLBACK, "local %s failed: %s",
+                                                   j->train ? "training" : "evaluation",
+                                                   fl_strerror(rc))
+                            : 0);
+out:
+  atomic_fetch_sub(&v->a->running, 1);
+  free(j);
 }
 
-static void job_done(pool_job *pj) {
-  job *j = (job *)pj;
-  vclient *v = j->vc;
-  v->a->running--;
-  if (v->state == VC_DONE || v->state == VC_FAILED || j->gen != v->gen || !v->conn) {
-    job_free(j); /* the connection it was for is gone */
-    check_all_finished(v->a);
-    return;
-  }
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Metrics m = FL__METRICS__INIT;
-  m.loss = j->result.loss;
-  m.accuracy = j->result.accuracy;
-  m.auc = j->result.auc;
-  m.num_examples = j->result.n;
-  m.seconds = j->seconds;
-  if (j->rc) {
-    char reason[160];
-    snprintf(reason, sizeof reason, "local %s failed: %s", j->train ? "training" : "evaluation",
-             fl_strerror(j->rc));
-    fl_error(v->name, "round %llu: %s", (unsigned long long)j->round, reason);
-    send_error(v, FL__ERROR_CODE__ERROR_INTERNAL, reason);
-    job_free(j);
-    return;
-  }
-  if (!j->train) {
-    Fl__EvalResult r = FL__EVAL_RESULT__INIT;
-    r.round = j->round;
-    r.metrics = &m;
-    env.body_case = FL__ENVELOPE__BODY_EVAL_RESULT;
-    env.eval_result = &r;
-    fl_debug(v->name, "round %llu: evaluated %zu examples, accuracy %.4f",
-             (unsigned long long)j->round, j->result.n, m.accuracy);
-    send_env(v, &env);
-    job_free(j);
-    return;
-  }
-  Fl__Update u = FL__UPDATE__INIT;
-  u.round = j->round;
-  u.model_id = j->model_id;
-  u.num_params = j->n;
-  u.num_examples = v->train.n;
-  u.metrics = &m;
-  u.encoding = FL__ENCODING__ENCODING_FLOAT32;
-  env.body_case = FL__ENVELOPE__BODY_UPDATE;
-  env.update = &u;
-  fl_info(v->name, "round %llu: trained on %zu examples in %.2f s, loss %.4f, accuracy %.4f",
-          (unsigned long long)j->round, v->train.n, j->seconds, m.loss, m.accuracy);
-  if (send_env(v, &env) != 0) {
-    job_free(j);
-    return;
-  }
-  job_free(v->tx); /* an older update still waiting or streaming is superseded */
-  v->tx = j;
-  fl_tensor_tx_init(&j->tx, j->local, j->n, v->chunk_bytes);
-}
+/* ---- the library's callbacks, on the loop thread ---- */
 
-/* The server takes the update for this round now. */
-static void on_proceed(vclient *v, const Fl__Proceed *p) {
-  if (!v->tx || v->tx->go || v->tx->round != p->round) {
-    fl_warn(v->name, "server says proceed for round %llu, but no update of that round waits",
-            (unsigned long long)p->round);
-    return;
-  }
-  v->tx->go = 1;
-  pump_tx(v);
-}
-
-/* ---- messages from the server ---- */
-
-/* Makes sure the cached model is the one the server names. */
-static int use_model(vclient *v, const char *spec, uint64_t id, uint64_t n, char *err,
-                     size_t errlen) {
-  app *a = v->a;
-  if (spec && spec[0] && (!a->model || strcmp(fl_model_spec(a->model), spec) != 0)) {
-    if (a->running > 0 && a->model) {
-      snprintf(err, errlen, "model changed while other clients still train");
-      return FL_ESTATE;
-    }
+/* Makes sure the cached model is the one the task names. */
+static int use_model(app *a, const char *spec, uint64_t n, char *err, size_t errlen) {
+  if (!spec || !spec[0]) return fl_errf(err, errlen, FL_EPROTO, "the server named no model");
+  if (!a->model || strcmp(fl_model_spec(a->model), spec) != 0) {
+    if (atomic_load(&a->running) > 0 && a->model)
+      return fl_errf(err, errlen, FL_ESTATE, "model changed while other clients still train");
     fl_model *m;
     int rc = fl_model_create(spec, &m, err, errlen);
     if (rc) return rc;
     fl_model_free(a->model);
     a->model = m;
   }
-  if (!a->model) {
-    snprintf(err, errlen, "task names no model");
-    return FL_EPROTO;
-  }
-  if (fl_model_id(a->model) != id || fl_model_num_params(a->model) != n) {
-    snprintf(err, errlen, "task is for model %016llx with %llu parameters, but spec '%s' gives %016llx with %zu",
-             (unsigned long long)id, (unsigned long long)n, fl_model_spec(a->model),
-             (unsigned long long)fl_model_id(a->model), fl_model_num_params(a->model));
-    return FL_EMISMATCH;
-  }
-  if (fl_model_input_dim(a->model) != a->data.dim) {
-    snprintf(err, errlen, "model '%s' takes %zu features, but the local data has %zu",
-             fl_model_spec(a->model), fl_model_input_dim(a->model), a->data.dim);
-    return FL_EMISMATCH;
-  }
+  if (fl_model_is_external(a->model))
+    return fl_errf(err, errlen, FL_EMISMATCH,
+                   "'%s' is an external model: fl-client trains models of the training core "
+                   "only (an application built on libflclient trains it)", spec);
+  if (fl_model_num_params(a->model) != n)
+    return fl_errf(err, errlen, FL_EMISMATCH,
+                   "the task has %llu parameters, but spec '%s' gives %zu", (unsigned long long)n,
+                   spec, fl_model_num_params(a->model));
+  if (fl_model_input_dim(a->model) != a->data.dim)
+    return fl_errf(err, errlen, FL_EMISMATCH, "model '%s' takes %zu features, but the local data has %zu",
+                   spec, fl_model_input_dim(a->model), a->data.dim);
   return 0;
 }
 
-/* A new job whose model is about to arrive; an unfinished earlier one is dropped. */
-static job *begin_receive(vclient *v, int train, uint64_t round, uint64_t model_id, uint64_t n) {
-  if (v->rx) {
-    fl_warn(v->name, "new task for round %llu before the last one's model arrived; dropping that one",
-            (unsigned long long)round);
-    job_free(v->rx);
-    v->rx = NULL;
-  }
+static int submit(vclient *v, fl_client_task *t, int train, const fl_train_config *tcfg) {
+  app *a = v->a;
+  char err[512];
+  int rc = use_model(a, fl_client_task_model(t), fl_client_task_num_params(t), err, sizeof err);
+  if (rc) return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "%s", err);
   job *j = calloc(1, sizeof *j);
-  if (!j) return NULL;
-  j->global = malloc((n ? n : 1) * sizeof(float));
-  j->local = train ? malloc((n ? n : 1) * sizeof(float)) : NULL;
-  if (!j->global || (train && !j->local)) {
-    job_free(j);
-    return NULL;
-  }
+  if (!j) return fl_client_task_error(t, FL_CLIENT_ENOMEM, "out of memory");
   j->base.run = job_run;
-  j->base.done = job_done;
-  j->vc = v;
+  j->v = v;
+  j->task = t;
+  j->model = a->model;
   j->train = train;
-  j->round = round;
-  j->model_id = model_id;
-  j->n = n;
-  fl_tensor_rx_init(&j->rx, j->global, n, 1);
-  v->rx = j;
-  return j;
+  if (tcfg) j->tcfg = *tcfg;
+  atomic_fetch_add(&a->running, 1);
+  pool_submit(&a->workers, &j->base);
+  return FL_CLIENT_PENDING;
 }
 
-static void on_train_task(vclient *v, const Fl__TrainTask *t) {
-  char err[512];
-  if (v->a->cfg->sim_crash_round > 0 && t->round == (uint64_t)v->a->cfg->sim_crash_round) {
+static int on_fit(fl_client *fc, fl_client_task *t) {
+  vclient *v = fl_client_get_data(fc);
+  const client_config *cfg = v->a->cfg;
+  const fl_client_fit_config *k = fl_client_task_config(t);
+  if (cfg->sim_crash_round > 0 && k->round == (uint64_t)cfg->sim_crash_round) {
     fl_warn(v->name, "round %llu: --sim-crash-round: the process kills itself now",
-            (unsigned long long)t->round);
+            (unsigned long long)k->round);
     raise(SIGKILL);
   }
-  if (v->a->cfg->sim_stop_round > 0 && t->round == (uint64_t)v->a->cfg->sim_stop_round) {
+  if (cfg->sim_stop_round > 0 && k->round == (uint64_t)cfg->sim_stop_round) {
     fl_warn(v->name, "round %llu: --sim-stop-round: the process stops itself until SIGCONT",
-            (unsigned long long)t->round);
+            (unsigned long long)k->round);
     raise(SIGSTOP);
-    fl_warn(v->name, "round %llu: continued", (unsigned long long)t->round);
+    fl_warn(v->name, "round %llu: continued", (unsigned long long)k->round);
   }
+  /* The server's settings over the training core's defaults (0: not set). */
   fl_train_config tcfg = fl_train_config_default();
-  int rc = use_model(v, t->model_spec, t->model_id, t->num_params, err, sizeof err);
-  const Fl__TrainConfig *c = t->config;
-  if (rc == 0 && c) {
-    if (c->optimizer && c->optimizer[0] && fl_optimizer_parse(c->optimizer, &tcfg) != 0) {
-      snprintf(err, sizeof err, "unknown optimizer '%s'", c->optimizer);
-      rc = FL_EINVAL;
-    }
-    if (c->epochs) tcfg.epochs = c->epochs;
-    if (c->batch_size) tcfg.batch_size = c->batch_size;
-    if (c->lr > 0) tcfg.lr = c->lr;
-    if (c->momentum > 0) tcfg.momentum = c->momentum;
-    tcfg.weight_decay = c->weight_decay;
-    tcfg.prox_mu = c->prox_mu;
-    tcfg.clip_norm = c->clip_norm;
-    /* Every client of a round trains with its own seed, derived from the round's. */
-    tcfg.seed = fl_seed_mix(c->seed, (uint64_t)(v->partition >= 0 ? v->partition : v->index));
-  }
-  job *j = NULL;
-  if (rc == 0) {
-    j = begin_receive(v, 1, t->round, t->model_id, t->num_params);
-    if (!j) {
-      rc = FL_ENOMEM;
-      snprintf(err, sizeof err, "out of memory for a model of %llu parameters",
-               (unsigned long long)t->num_params);
-    }
-  }
-  if (rc) {
-    fl_error(v->name, "round %llu: cannot take the task: %s", (unsigned long long)t->round, err);
-    send_error(v, FL__ERROR_CODE__ERROR_REFUSED, err);
-    return;
-  }
-  j->tcfg = tcfg;
-  fl_debug(v->name, "round %llu: task received", (unsigned long long)t->round);
+  if (k->optimizer[0] && fl_optimizer_parse(k->optimizer, &tcfg) != 0)
+    return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "unknown optimizer '%s'", k->optimizer);
+  if (k->epochs) tcfg.epochs = k->epochs;
+  if (k->batch_size) tcfg.batch_size = k->batch_size;
+  if (k->lr > 0) tcfg.lr = k->lr;
+  if (k->momentum > 0) tcfg.momentum = k->momentum;
+  tcfg.weight_decay = k->weight_decay;
+  tcfg.prox_mu = k->prox_mu;
+  tcfg.clip_norm = k->clip_norm;
+  /* Every client of a round trains with its own seed, derived from the round's. */
+  tcfg.seed = fl_seed_mix(k->seed, (uint64_t)(v->partition >= 0 ? v->partition : v->index));
+  fl_debug(v->name, "round %llu: training", (unsigned long long)k->round);
+  return submit(v, t, 1, &tcfg);
 }
 
-static void on_eval_task(vclient *v, const Fl__EvalTask *t) {
-  char err[512];
-  int rc = use_model(v, NULL, t->model_id, t->num_params, err, sizeof err);
-  if (rc == 0 && !begin_receive(v, 0, t->round, t->model_id, t->num_params)) {
-    rc = FL_ENOMEM;
-    snprintf(err, sizeof err, "out of memory");
-  }
-  if (rc) {
-    fl_error(v->name, "round %llu: cannot evaluate: %s", (unsigned long long)t->round, err);
-    send_error(v, FL__ERROR_CODE__ERROR_REFUSED, err);
-  }
+static int on_evaluate(fl_client *fc, fl_client_task *t) {
+  return submit(fl_client_get_data(fc), t, 0, NULL);
 }
 
-static void on_chunk(vclient *v, const Fl__TensorChunk *ch) {
-  job *j = v->rx;
-  if (!j) {
-    fl_warn(v->name, "tensor chunk without a task; ignored");
-    return;
-  }
-  char err[160];
-  int rc = fl_tensor_rx_add(&j->rx, ch, err, sizeof err);
-  if (rc < 0) {
-    fl_error(v->name, "round %llu: bad model from the server: %s", (unsigned long long)j->round, err);
-    send_error(v, FL__ERROR_CODE__ERROR_PROTOCOL, err);
-    job_free(j);
-    v->rx = NULL;
-    return;
-  }
-  if (rc == 0) return;
-  v->rx = NULL;
-  j->gen = v->gen;
-  v->a->running++;
-  pool_submit(&v->a->workers, &j->base);
+static void on_log(fl_client *fc, int level, const char *msg) {
+  vclient *v = fl_client_get_data(fc);
+  FL_LOG(level, v->name, "%s", msg); /* the library's levels are fl's */
 }
 
-static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
-  vclient *v = fl_conn_data(conn);
-  Fl__Envelope *env;
-  int rc = fl_msg_decode(payload, len, &env);
-  if (rc) {
-    fl_error(v->name, "undecodable message from the server (%zu bytes): %s", len, fl_strerror(rc));
-    fl_conn_close(conn, "undecodable message");
-    return;
-  }
-  switch (env->body_case) {
-  case FL__ENVELOPE__BODY_WELCOME:
-    v->state = VC_READY;
-    v->attempts = 0;
-    v->chunk_bytes = env->welcome->chunk_size && env->welcome->chunk_size < v->a->chunk_bytes
-                         ? env->welcome->chunk_size
-                         : v->a->chunk_bytes;
-    fl_info(v->name, "joined the federation as %s (protocol %u)", env->welcome->client_id,
-            env->welcome->protocol_version);
-    break;
-  case FL__ENVELOPE__BODY_TRAIN_TASK: on_train_task(v, env->train_task); break;
-  case FL__ENVELOPE__BODY_EVAL_TASK: on_eval_task(v, env->eval_task); break;
-  case FL__ENVELOPE__BODY_CHUNK: on_chunk(v, env->chunk); break;
-  case FL__ENVELOPE__BODY_HEARTBEAT: break;
-  case FL__ENVELOPE__BODY_PROCEED: on_proceed(v, env->proceed); break;
-  case FL__ENVELOPE__BODY_ERROR:
-    fl_warn(v->name, "server says: %s", env->error->reason);
-    if (env->error->code == FL__ERROR_CODE__ERROR_VERSION) finish_vc(v, VC_FAILED);
-    if (env->error->code == FL__ERROR_CODE__ERROR_REFUSED && v->tx) {
-      job_free(v->tx); /* the refused update: nothing more of it is sent */
-      v->tx = NULL;
-    }
-    break;
-  case FL__ENVELOPE__BODY_DONE:
-    if (env->done->reconnect_after_ms) {
-      fl_info(v->name, "server going away (%s); reconnecting in %u ms", env->done->reason,
-              env->done->reconnect_after_ms);
-      v->attempts = 0;
-      fl_conn_close(conn, "server asked to reconnect later");
-      /* Spread over [after, 1.5 after]: a restarted server is not met by every client
-       * of the federation in the same instant. */
-      schedule_reconnect(v, env->done->reconnect_after_ms / 1000.0 *
-                                (1.0 + 0.5 * fl_rng_uniform(&v->rng)));
-    } else {
-      fl_info(v->name, "server says training is done after %llu rounds (%s)",
-              (unsigned long long)env->done->rounds, env->done->reason);
-      finish_vc(v, VC_DONE);
-    }
-    break;
-  default:
-    fl_warn(v->name, "unexpected %s message from the server", fl_msg_name(env));
-    break;
-  }
-  fl_msg_free(env);
+/* Shuts the loop down once every client has finished. */
+static void check_all_finished(app *a) {
+  if (a->finished < a->started || a->shut_down) return;
+  a->shut_down = 1;
+  fl_info("client", "all %d clients finished (%d gave up)", a->n, a->failed);
+  pool_stop(&a->workers); /* every task was completed: the library waited for them */
+  uv_close((uv_handle_t *)&a->sigint, NULL);
+  uv_close((uv_handle_t *)&a->sigterm, NULL);
 }
 
-/* Gives the slot of conn's finished handshake to the next client in the queue. */
-static void handshake_over(vclient *v, fl_conn *conn) {
+static void on_finish(fl_client *fc, int status) {
+  vclient *v = fl_client_get_data(fc);
   app *a = v->a;
-  if (v->handshaking != conn) return;
-  v->handshaking = NULL;
-  a->handshakes--;
-  while (a->queue && a->handshakes < MAX_HANDSHAKES) {
-    vclient *next = a->queue;
-    a->queue = next->queue_next;
-    if (!a->queue) a->queue_tail = NULL;
-    next->queue_next = NULL;
-    if (next->state == VC_CONNECTING) start_connect(next);
+  a->finished++;
+  if (status) {
+    a->failed++;
+    if (status != FL_CLIENT_ESTOPPED && status != FL_CLIENT_EGAVEUP)
+      fl_error(v->name, "%s", fl_client_errmsg(fc));
   }
-}
-
-static void on_open(fl_conn *conn) {
-  vclient *v = fl_conn_data(conn);
-  app *a = v->a;
-  handshake_over(v, conn);
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello h = FL__HELLO__INIT;
-  uint32_t versions[1] = {FL_PROTOCOL_VERSION};
-  char *caps[] = {"train", "evaluate", "encoding:float32"};
-  h.protocol_version = FL_PROTOCOL_VERSION;
-  h.n_supported_versions = 1;
-  h.supported_versions = versions;
-  h.software_version = FL_VERSION;
-  h.num_samples = v->train.n;
-  h.n_capabilities = 3;
-  h.capabilities = caps;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &h;
-  fl_debug(v->name, "connected to %s:%d", a->host, a->port);
-  send_env(v, &env);
-}
-
-static void on_drain(fl_conn *conn) { pump_tx(fl_conn_data(conn)); }
-
-static void on_close(fl_conn *conn, int err, const char *reason) {
-  vclient *v = fl_conn_data(conn);
-  v->a->open_conns--;
-  handshake_over(v, conn);
-  if (v->conn == conn) v->conn = NULL;
-  job_free(v->rx);
-  job_free(v->tx);
-  v->rx = v->tx = NULL;
-  if (v->state == VC_DONE || v->state == VC_FAILED) {
-    check_all_finished(v->a);
-    return;
-  }
-  if (v->state == VC_BACKOFF) return; /* already scheduled (Done with reconnect) */
-  fl_warn(v->name, "connection to %s:%d lost: %s%s%s", v->a->host, v->a->port,
-          reason ? reason : "closed", err ? ": " : "", err ? fl_strerror(err) : "");
-  schedule_reconnect(v, -1);
-}
-
-static const fl_conn_callbacks callbacks = {on_open, on_frame, on_drain, on_close};
-
-static void connect_vc(vclient *v) {
-  app *a = v->a;
-  v->state = VC_CONNECTING;
-  if (a->handshakes >= MAX_HANDSHAKES) {
-    if (a->queue_tail) a->queue_tail->queue_next = v;
-    else a->queue = v;
-    a->queue_tail = v;
-    return;
-  }
-  start_connect(v);
-}
-
-static void start_connect(vclient *v) {
-  app *a = v->a;
-  v->gen++;
-  int rc = fl_connect(&a->loop, v->tls, a->host, a->port, &a->copt, &callbacks, v, &v->conn);
-  if (rc == 0) {
-    a->open_conns++;
-    a->handshakes++;
-    v->handshaking = v->conn;
-  }
-  if (rc) {
-    v->conn = NULL;
-    fl_warn(v->name, "cannot connect to %s:%d: %s", a->host, a->port, fl_strerror(rc));
-    schedule_reconnect(v, -1);
-  }
+  check_all_finished(a);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
   app *a = h->data;
   fl_warn("client", "%s: leaving", signum == SIGINT ? "SIGINT" : "SIGTERM");
-  a->stopping = 1;
-  for (int i = 0; i < a->n; i++) finish_vc(&a->vcs[i], VC_FAILED);
+  for (int i = 0; i < a->n; i++) fl_client_stop(a->vcs[i].fc);
 }
 
 /* ---- set-up ---- */
@@ -628,17 +271,71 @@ static int load_data(app *a, char *err, size_t errlen) {
   return 0;
 }
 
+/* One virtual client: its data, identity and settings, as a libflclient client. */
+static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
+  const client_config *cfg = a->cfg;
+  v->a = a;
+  v->index = i;
+  v->partition = cfg->partition ? cfg->partition_index + i : -1;
+  char cert[1024], key[1024];
+  if (cfg->cert) {
+    snprintf(cert, sizeof cert, "%s", cfg->cert);
+    snprintf(key, sizeof key, "%s", cfg->key);
+    snprintf(v->name, sizeof v->name, "client");
+  } else {
+    snprintf(cert, sizeof cert, "%s/%s-%04d.crt", cfg->certs_dir, cfg->cert_prefix, cfg->cert_index + i);
+    snprintf(key, sizeof key, "%s/%s-%04d.key", cfg->certs_dir, cfg->cert_prefix, cfg->cert_index + i);
+    snprintf(v->name, sizeof v->name, "%s-%04d", cfg->cert_prefix, cfg->cert_index + i);
+  }
+  if (v->partition >= 0) {
+    v->train = a->parts[v->partition];
+    if (a->have_test) v->test = a->test_parts[v->partition];
+    if (cfg->attack) {
+      size_t parts = (size_t)(cfg->num_partitions ? cfg->num_partitions : cfg->clients);
+      int rc = fl_attack_chosen(cfg->attack_clients, (size_t)v->partition, parts, cfg->seed,
+                                &v->attacker, err, errlen);
+      if (rc) return rc;
+      if (v->attacker) {
+        fl_warn(v->name, "SIMULATION: attacks with %s", cfg->attack);
+        if (a->attack.mode == FL_ATTACK_LABELFLIP) v->train.data = &a->flipped;
+      }
+    }
+  } else {
+    v->train = (fl_subset){&a->data, NULL, a->data.n};
+    if (a->have_test) v->test = (fl_subset){&a->test, NULL, a->test.n};
+  }
+  if (v->train.n == 0)
+    return fl_errf(err, errlen, FL_EINVAL, "%s: partition %d of --data is empty", v->name, v->partition);
+  int rc = fl_client_new(&v->fc);
+  if (rc) return fl_errf(err, errlen, FL_ENOMEM, "%s", fl_client_strerror(rc));
+  fl_client *fc = v->fc;
+  fl_client_set_data(fc, v);
+  if ((rc = fl_client_set_server(fc, cfg->server)) != 0 ||
+      (rc = fl_client_set_tls(fc, cfg->ca, cert, key, cfg->server_name)) != 0 ||
+      (rc = fl_client_set_name(fc, v->name)) != 0 ||
+      (rc = fl_client_set_num_examples(fc, v->train.n)) != 0 ||
+      (rc = fl_client_set_reconnect(fc, (unsigned)cfg->max_retries, cfg->retry_base,
+                                    cfg->retry_max)) != 0 ||
+      (rc = fl_client_set_heartbeat(fc, cfg->heartbeat, cfg->idle_timeout)) != 0 ||
+      (rc = fl_client_set_threading(fc, FL_CLIENT_THREAD_LOOP)) != 0 ||
+      (rc = fl_client_set_throttle(fc, a->throttle)) != 0 ||
+      (rc = fl_client_on_fit(fc, on_fit)) != 0 ||
+      (rc = fl_client_on_evaluate(fc, on_evaluate)) != 0 ||
+      (rc = fl_client_on_log(fc, on_log, fl__log_level)) != 0 ||
+      (rc = fl_client_on_finish(fc, on_finish)) != 0)
+    return fl_errf(err, errlen, FL_ECONFIG, "%s: %s", v->name, fl_client_errmsg(fc));
+  return 0;
+}
+
 int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   app *a = calloc(1, sizeof *a);
   if (!a) return FL_ENOMEM;
   a->cfg = cfg;
-  int rc = FL_ECONFIG;
-  if (fl_split_host_port(cfg->server, a->host, sizeof a->host, &a->port) != 0 || a->port == 0) {
-    snprintf(err, errlen, "--server: expected HOST:PORT, got '%s'", cfg->server);
+  int rc = FL_EIO;
+  if (uv_loop_init(&a->loop) != 0) {
     free(a);
-    return rc;
+    return fl_errf(err, errlen, rc, "libuv: cannot create a loop");
   }
-  uv_loop_init(&a->loop);
   rc = load_data(a, err, errlen);
   if (rc) goto fail;
   if (cfg->attack) {
@@ -649,71 +346,16 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
       goto fail;
     }
   }
-
-  fl_conn_options_default(&a->copt);
-  a->copt.heartbeat_interval_ms = (uint32_t)(cfg->heartbeat * 1000);
-  a->copt.idle_timeout_ms = (uint32_t)(cfg->idle_timeout * 1000);
-  a->chunk_bytes = FL_CHUNK_DEFAULT;
-  a->copt.high_water = FL_CHUNK_DEFAULT;
-  rc = fl_msg_heartbeat(0, 0, &a->heartbeat, &a->heartbeat_len);
-  if (rc) goto fail;
-  a->copt.heartbeat = a->heartbeat;
-  a->copt.heartbeat_len = a->heartbeat_len;
-
   a->n = cfg->clients;
   a->vcs = calloc((size_t)a->n, sizeof *a->vcs);
+  a->throttle = fl_client_throttle_new(MAX_HANDSHAKES);
   rc = FL_ENOMEM;
-  if (!a->vcs) goto fail;
-  for (int i = 0; i < a->n; i++) {
-    vclient *v = &a->vcs[i];
-    v->a = a;
-    v->index = i;
-    v->partition = cfg->partition ? cfg->partition_index + i : -1;
-    v->chunk_bytes = FL_CHUNK_DEFAULT; /* until the server's Welcome names its size */
-    fl_rng_seed2(&v->rng, (uint64_t)time(NULL) ^ (uint64_t)uv_os_getpid(), (uint64_t)i);
-    char cert[1024], key[1024];
-    if (cfg->cert) {
-      snprintf(cert, sizeof cert, "%s", cfg->cert);
-      snprintf(key, sizeof key, "%s", cfg->key);
-      snprintf(v->name, sizeof v->name, "client");
-    } else {
-      snprintf(cert, sizeof cert, "%s/%s-%04d.crt", cfg->certs_dir, cfg->cert_prefix, cfg->cert_index + i);
-      snprintf(key, sizeof key, "%s/%s-%04d.key", cfg->certs_dir, cfg->cert_prefix, cfg->cert_index + i);
-      snprintf(v->name, sizeof v->name, "%s-%04d", cfg->cert_prefix, cfg->cert_index + i);
-    }
-    fl_tls_options topt = {.is_server = 0, .ca_file = cfg->ca, .cert_file = cert, .key_file = key,
-                           .server_name = cfg->server_name ? cfg->server_name : a->host,
-                           .resume_sessions = 1};
-    rc = fl_tls_config_create(&topt, &v->tls, err, errlen);
-    if (rc) goto fail;
-    if (v->partition >= 0) {
-      v->train = a->parts[v->partition];
-      if (a->have_test) v->test = a->test_parts[v->partition];
-      if (cfg->attack) {
-        size_t parts = (size_t)(cfg->num_partitions ? cfg->num_partitions : cfg->clients);
-        rc = fl_attack_chosen(cfg->attack_clients, (size_t)v->partition, parts, cfg->seed,
-                              &v->attacker, err, errlen);
-        if (rc) goto fail;
-        if (v->attacker) {
-          fl_warn(v->name, "SIMULATION: attacks with %s", cfg->attack);
-          if (a->attack.mode == FL_ATTACK_LABELFLIP) v->train.data = &a->flipped;
-        }
-      }
-    } else {
-      v->train = (fl_subset){&a->data, NULL, a->data.n};
-      if (a->have_test) v->test = (fl_subset){&a->test, NULL, a->test.n};
-    }
-    if (v->train.n == 0) {
-      snprintf(err, errlen, "%s: partition %d of --data is empty", v->name, v->partition);
-      rc = FL_EINVAL;
-      goto fail;
-    }
-    uv_timer_init(&a->loop, &v->retry);
-    v->retry.data = v;
-  }
+  if (!a->vcs || !a->throttle) goto fail;
+  for (int i = 0; i < a->n; i++)
+    if ((rc = setup_vc(a, &a->vcs[i], i, err, errlen)) != 0) goto fail;
   int workers = cfg->workers ? cfg->workers : (int)uv_available_parallelism();
   if (workers > a->n) workers = a->n;
-  rc = pool_start(&a->workers, &a->loop, workers);
+  rc = pool_start(&a->workers, workers);
   if (rc) {
     snprintf(err, errlen, "cannot start %d worker threads", workers);
     goto fail;
@@ -723,9 +365,9 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   a->sigint.data = a->sigterm.data = a;
   uv_signal_start(&a->sigint, on_signal, SIGINT);
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);
-  fl_info("client", "%d client%s, %zu training samples%s, %d worker threads, server %s:%d", a->n,
+  fl_info("client", "%d client%s, %zu training samples%s, %d worker threads, server %s", a->n,
           a->n == 1 ? "" : "s", a->data.n, cfg->partition ? " (partitioned)" : "", workers,
-          a->host, a->port);
+          cfg->server);
   *out = a;
   return 0;
 fail:
@@ -734,7 +376,17 @@ fail:
 }
 
 int app_run(app *a) {
-  for (int i = 0; i < a->n; i++) connect_vc(&a->vcs[i]);
+  for (int i = 0; i < a->n; i++) {
+    int rc = fl_client_start(a->vcs[i].fc, &a->loop);
+    if (rc) {
+      fl_error(a->vcs[i].name, "cannot start: %s", fl_client_errmsg(a->vcs[i].fc));
+      for (int k = 0; k < i; k++) fl_client_stop(a->vcs[k].fc);
+      a->failed++;
+      break;
+    }
+    a->started++;
+  }
+  if (a->started == 0) check_all_finished(a);
   uv_run(&a->loop, UV_RUN_DEFAULT);
   return a->failed ? FL_ECLOSED : 0;
 }
@@ -751,18 +403,14 @@ void app_free(app *a) {
     uv_run(&a->loop, UV_RUN_DEFAULT);
   }
   uv_loop_close(&a->loop);
-  for (int i = 0; a->vcs && i < a->n; i++) {
-    fl_tls_config_free(a->vcs[i].tls);
-    job_free(a->vcs[i].rx);
-    job_free(a->vcs[i].tx);
-  }
+  for (int i = 0; a->vcs && i < a->n; i++) fl_client_free(a->vcs[i].fc);
   free(a->vcs);
+  fl_client_throttle_free(a->throttle);
   if (a->parts) fl_partition_free(a->parts);
   if (a->test_parts) fl_partition_free(a->test_parts);
   fl_dataset_free(&a->data);
   free(a->flipped.y); /* its x is data's */
   if (a->have_test) fl_dataset_free(&a->test);
   fl_model_free(a->model);
-  free(a->heartbeat);
   free(a);
 }

@@ -3,13 +3,25 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include "client.h"
 #include "config.h"
-#include "conn.h"
 #include "error.h"
 #include "launch.h"
 #include "log.h"
+
+/* A simulation holds a descriptor per virtual client, and the usual soft limit is 1024:
+ * raises it to the hard limit.  The limit now in force, or -1. */
+static long raise_fd_limit(void) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0) return -1;
+  if (r.rlim_cur < r.rlim_max) {
+    r.rlim_cur = r.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &r) != 0 && getrlimit(RLIMIT_NOFILE, &r) != 0) return -1;
+  }
+  return r.rlim_cur == RLIM_INFINITY ? (long)1 << 30 : (long)r.rlim_cur;
+}
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -48,7 +60,7 @@ int main(int argc, char **argv) {
     fl_options_free(client_options, &cfg);
     return 2;
   }
-  long fds = fl_conn_raise_fd_limit();
+  long fds = raise_fd_limit();
   if (fds >= 0 && fds < (long)cfg.clients + 64)
     fl_warn("client", "open-file limit %ld is too low for %d clients (raise it with ulimit -n)",
             fds, cfg.clients);

@@ -1,4 +1,4 @@
-/* Worker threads for local training; completions return to the loop via uv_async. */
+/* Worker threads for local training (see pool.h). */
 #include "pool.h"
 
 #include <cblas.h>
@@ -19,47 +19,16 @@ static void *worker(void *arg) {
     p->todo = j->next;
     if (!p->todo) p->todo_tail = NULL;
     pthread_mutex_unlock(&p->mu);
-
     j->run(j);
-
-    pthread_mutex_lock(&p->mu);
-    j->next = p->finished;
-    p->finished = j;
-    pthread_mutex_unlock(&p->mu);
-    uv_async_send(&p->async);
   }
 }
 
-/* Runs the done callbacks in the order the jobs finished. */
-static void on_async(uv_async_t *a) {
-  pool *p = a->data;
-  pthread_mutex_lock(&p->mu);
-  pool_job *list = p->finished;
-  p->finished = NULL;
-  pthread_mutex_unlock(&p->mu);
-  pool_job *rev = NULL;
-  while (list) {
-    pool_job *next = list->next;
-    list->next = rev;
-    rev = list;
-    list = next;
-  }
-  while (rev) {
-    pool_job *next = rev->next;
-    rev->done(rev);
-    rev = next;
-  }
-}
-
-int pool_start(pool *p, uv_loop_t *loop, int n) {
+int pool_start(pool *p, int n) {
   *p = (pool){0};
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv, NULL);
-  if (uv_async_init(loop, &p->async, on_async) != 0) return FL_EIO;
-  p->async.data = p;
   p->threads = calloc((size_t)n, sizeof *p->threads);
   if (!p->threads) return FL_ENOMEM;
-  /* Each worker trains with one BLAS thread: N workers use N cores, deterministically. */
   openblas_set_num_threads(1);
   for (int i = 0; i < n; i++) {
     if (pthread_create(&p->threads[i], NULL, worker, p) != 0) break;
@@ -86,7 +55,7 @@ void pool_stop(pool *p) {
   for (int i = 0; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
   free(p->threads);
   p->threads = NULL;
-  uv_close((uv_handle_t *)&p->async, NULL);
+  p->n_threads = 0;
   pthread_mutex_destroy(&p->mu);
   pthread_cond_destroy(&p->cv);
 }

@@ -296,11 +296,39 @@ static uint64_t model_hash(const fl_model *m) {
   return h;
 }
 
+/* "external:NAME:N": a model the training core does not know, by name and size (see
+ * model.h).  No layers; its identity is the hash of the canonical spec. */
+static int create_external(const char *spec, fl_model **out, char *err, size_t errlen) {
+  const char *name = spec + 9, *colon = strrchr(name, ':');
+  size_t len = colon ? (size_t)(colon - name) : 0;
+  const char *ok = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
+  unsigned long long n = 0;
+  int digits = colon && colon[1] && strspn(colon + 1, "0123456789") == strlen(colon + 1) &&
+               strlen(colon + 1) <= 10;
+  if (digits) n = strtoull(colon + 1, NULL, 10);
+  if (len == 0 || len > 64 || strspn(name, ok) < len || !digits || n == 0 || n > MAX_PARAMS)
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec '%s': an external model is external:NAME:N, NAME 1 to 64 of "
+                   "A-Z a-z 0-9 . _ - and N parameters from 1 to %zu", spec, MAX_PARAMS);
+  fl_model *m = calloc(1, sizeof *m);
+  if (!m || asprintf(&m->spec, "external:%.*s:%llu", (int)len, name, n) < 0) {
+    free(m);
+    return FL_ENOMEM;
+  }
+  m->num_params = (size_t)n;
+  m->id = model_hash(m);
+  *out = m;
+  return 0;
+}
+
+int fl_model_is_external(const fl_model *m) { return m->nlayers == 0; }
+
 int fl_model_create(const char *spec, fl_model **out, char *err, size_t errlen) {
   char expanded[96];
   int rc;
   *out = NULL;
   if (!spec) return fl_errf(err, errlen, FL_EINVAL, "model spec: missing");
+  if (strncmp(spec, "external:", 9) == 0) return create_external(spec, out, err, errlen);
   const char *s = expand_preset(spec, expanded, sizeof expanded, err, errlen, &rc);
   if (!s) return rc;
 
@@ -368,6 +396,10 @@ size_t fl_model_output_dim(const fl_model *m) { return m->out_dim; }
 uint64_t fl_model_id(const fl_model *m) { return m->id; }
 
 void fl_model_init(const fl_model *m, float *params, uint64_t seed) {
+  if (fl_model_is_external(m)) {
+    memset(params, 0, m->num_params * sizeof *params);
+    return;
+  }
   fl_rng r;
   fl_rng_seed(&r, seed);
   for (int i = 0; i < m->nlayers; i++) {

@@ -8,6 +8,11 @@
  *   softmax | sigmoid_bce | mse   the head (last token; fused loss)
  * Presets expand to specs: logreg, 2nn, cnn, mlp64 (see fl_model_preset in model.c).
  *
+ * "external:NAME:N" is a model the training core does not know: N parameters a client's
+ * own code trains (libflclient), NAME 1 to 64 of A-Z a-z 0-9 . _ -.  It has a spec, an
+ * id and a parameter count like any model, and no layers: it cannot be trained or
+ * evaluated here, and fl_model_init zeroes it.
+ *
  * An fl_model is immutable once created and may be shared by any number of threads.
  * Parameters live outside it, in one flat float buffer of fl_model_num_params() floats;
  * the order of tensors in that buffer (layer by layer, weights then bias) is part of the
@@ -25,6 +30,9 @@ typedef struct fl_model fl_model;
 int fl_model_create(const char *spec, fl_model **out, char *err, size_t errlen);
 void fl_model_free(fl_model *m);
 
+/* 1 for an "external:NAME:N" model (no layers). */
+int fl_model_is_external(const fl_model *m);
+
 /* The canonical spec (presets expanded, one space between tokens); owned by the model. */
 const char *fl_model_spec(const fl_model *m);
 size_t fl_model_num_params(const fl_model *m);
@@ -39,7 +47,7 @@ uint64_t fl_model_id(const fl_model *m);
 const char *fl_model_preset(const char *name);
 
 /* He (ReLU layers) / Xavier (others) initialisation into params, biases zero; the same
- * seed gives bit-identical weights. */
+ * seed gives bit-identical weights.  An external model's parameters become zero. */
 void fl_model_init(const fl_model *m, float *params, uint64_t seed);
 
 #endif

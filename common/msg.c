@@ -140,6 +140,8 @@ const char *fl_msg_name(const Fl__Envelope *env) {
   case FL__ENVELOPE__BODY_ERROR: return "error";
   case FL__ENVELOPE__BODY_DONE: return "done";
   case FL__ENVELOPE__BODY_PROCEED: return "proceed";
+  case FL__ENVELOPE__BODY_PARAMS_REQUEST: return "params_request";
+  case FL__ENVELOPE__BODY_PARAMS: return "params";
   default: return "unknown";
   }
 }

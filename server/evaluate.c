@@ -70,3 +70,11 @@ void srv_on_eval_result(client *c, const Fl__EvalResult *e) {
   }
   srv_advance(s);
 }
+
+void srv_on_eval_error(client *c, uint64_t round) {
+  server *s = c->srv;
+  if (!c->eval_pending || s->ph != PH_FED_EVAL || round != s->r.number) return;
+  c->eval_pending = 0;
+  s->r.fed_answered++;
+  srv_advance(s);
+}

@@ -275,6 +275,10 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
     if (ch->offset + count >= ch->total) c->rx = RX_IDLE;
     return;
   }
+  if (c->rx == RX_INIT) {
+    srv_on_init_chunk(c, ch);
+    return;
+  }
   if (c->rx != RX_UPDATE) {
     const char *why = c->rx == RX_WAIT_BUF ? "tensor chunk before Proceed"
                                            : "tensor chunk without an update";
@@ -360,4 +364,19 @@ void srv_close_intake(server *s) {
     refuse(c, "round %llu closed %s", (unsigned long long)s->r.number,
            arriving ? "while the update was arriving" : "before the update was taken");
   }
+}
+
+void srv_on_train_error(client *c, uint64_t round, const char *reason) {
+  server *s = c->srv;
+  if (!srv_selected_now(c) || round != c->task_round || c->answered || c->counted) return;
+  srv_count_answer(c);
+  s->r.failed++;
+  if (s->r.n_failures < MAX_REFUSALS) {
+    refusal *f = &s->r.failures[s->r.n_failures++];
+    snprintf(f->client, sizeof f->client, "%s", c->id);
+    snprintf(f->reason, sizeof f->reason, "%s", reason);
+  }
+  fl_warn("server", "round %llu: %s could not train: %s", (unsigned long long)s->r.number, c->id,
+          reason);
+  srv_advance(s); /* it may have been the round's last answer */
 }

@@ -2,7 +2,8 @@
  * the --metrics file (appended and flushed per round; the checkpoint records its length,
  * so --resume cuts it back to the rounds that were checkpointed).  The JSON line holds
  * the round's statistics as round_stats gathered them: selection, updates accepted,
- * refused (with the first MAX_REFUSALS reasons) and dropped, training and evaluation
+ * refused (with the first MAX_REFUSALS reasons) and dropped, clients that could not
+ * train (and their reasons), training and evaluation
  * results, bytes, fold passes, the strategy's errors, capped weights, the norm bound and
  * the applied aggregate's norm, time and the process's peak memory.  A value that is
  * unknown (no update, no evaluation, not finite) is written as null. */
@@ -43,10 +44,12 @@ void srv_write_metrics(server *s, double seconds) {
   char test[96] = "", fed[96] = "";
   if (r->tested) snprintf(test, sizeof test, ", test loss %.4f acc %.4f", r->test_loss, r->test_acc);
   if (r->fed_n) snprintf(fed, sizeof fed, ", federated eval loss %.4f acc %.4f", fl, fa);
-  fl_info("server", "round %llu/%d done: %zu/%zu updates (%zu refused, %zu dropped), %llu examples, "
+  char failed[48] = "";
+  if (r->failed) snprintf(failed, sizeof failed, ", %zu failed", r->failed);
+  fl_info("server", "round %llu/%d done: %zu/%zu updates (%zu refused, %zu dropped%s), %llu examples, "
           "train loss %.4f%s%s, %.2f s",
           (unsigned long long)r->number, s->cfg->rounds, r->accepted, r->selected, r->refused,
-          r->dropped, (unsigned long long)r->examples, loss, test, fed, seconds);
+          r->dropped, failed, (unsigned long long)r->examples, loss, test, fed, seconds);
   if (!s->metrics) return;
   FILE *f = s->metrics;
   fprintf(f, "{\"round\":%llu,\"attempts\":%llu,\"clients_selected\":%zu,\"updates_accepted\":%zu,"
@@ -58,6 +61,14 @@ void srv_write_metrics(server *s, double seconds) {
     json_str(f, r->refusals[i].client);
     fputs(",\"reason\":", f);
     json_str(f, r->refusals[i].reason);
+    fputc('}', f);
+  }
+  fprintf(f, "],\"clients_failed\":%zu,\"failures\":[", r->failed);
+  for (size_t i = 0; i < r->n_failures; i++) {
+    fprintf(f, "%s{\"client\":", i ? "," : "");
+    json_str(f, r->failures[i].client);
+    fputs(",\"reason\":", f);
+    json_str(f, r->failures[i].reason);
     fputc('}', f);
   }
   fprintf(f, "],\"examples\":%llu", (unsigned long long)r->examples);

@@ -63,6 +63,7 @@ int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
     }
   }
   memcpy(s->global, c.params, s->n * sizeof *s->global);
+  s->need_init = 0;
   s->model_version = c.model_version;
   s->rng = c.rng;
   *next_round = c.rounds + 1;

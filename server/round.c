@@ -58,6 +58,7 @@ static void start_round(server *s) {
   s->r.loss_sum = s->r.acc_sum = s->r.weight_sum = 0;
   s->r.slowest = 0;
   s->r.n_refusals = 0;
+  s->r.failed = s->r.n_failures = 0;
   s->r.timed_out = 0;
   s->r.fold_passes = 0;
   s->r.fold_failed = s->r.abandoned = 0;
@@ -232,6 +233,10 @@ void srv_advance(server *s) {
   case PH_WAITING:
     if (s->stopping) {
       stop_run(s);
+      return;
+    }
+    if (s->need_init) { /* an external model's initial parameters, from a client */
+      srv_ask_init(s);
       return;
     }
     if (s->waiting_for_more && s->ready_events == s->ready_seen) return;

@@ -118,6 +118,15 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   fl_info("server", "strategy %s; update weights: %s, capped at %g typical rounds; update norm "
           "bound: %s", fl_strategy_spec(s->strategy), cfg->weights, cfg->max_weight_share,
           cfg->max_update_norm);
+  if (cfg->test_data && fl_model_is_external(s->model)) {
+    snprintf(err, errlen, "--test-data: the server cannot evaluate the external model '%s' "
+             "(its clients' code does: --fed-eval-every)", fl_model_spec(s->model));
+    rc = FL_ECONFIG;
+    goto fail;
+  }
+  /* An external model without --init-model takes its initial parameters from a client
+   * (external.c), unless --resume finds a checkpoint. */
+  s->need_init = fl_model_is_external(s->model) && !cfg->init_model;
   if (cfg->test_data) {
     rc = fl_dataset_load(&s->test, cfg->test_data, err, errlen);
     if (rc) goto fail;

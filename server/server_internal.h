@@ -12,6 +12,7 @@
  *   evaluate.c   server-side test evaluation and federated evaluation
  *   metrics.c    the round's log line and its metrics JSON line
  *   persist.c    the checkpoint, --resume and the final model file
+ *   external.c   the model clients declare; an external model's initial parameters
  * Client selection is common/select.h, a pure function; the aggregation strategy is
  * common/strategy.h.
  *
@@ -53,8 +54,9 @@
 #define MAX_REFUSALS 64      /* refusals a round's metrics line lists (it counts them all) */
 
 /* Where a client's update is: none under way, waiting for an update buffer (no Proceed
- * yet), arriving into its buffer, or being skipped to its last chunk. */
-typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD } rx_state;
+ * yet), arriving into its buffer, or being skipped to its last chunk; or the initial
+ * parameters it was asked for arriving into the global model (external.c). */
+typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD, RX_INIT } rx_state;
 typedef enum { PH_WAITING, PH_TRAINING, PH_AGGREGATING, PH_APPLYING, PH_EVALUATING,
                PH_FED_EVAL, PH_DONE } phase;
 
@@ -69,6 +71,8 @@ struct client {
   uint64_t num_samples;
   int ready;                 /* said hello, was welcomed */
   int closing;
+  int can_params;            /* lists the "params" capability (external.c) */
+  int no_params;             /* was asked for the initial parameters and did not give them */
 
   uint64_t task_round;       /* round (and attempt) this client was selected for */
   uint64_t task_attempt;
@@ -140,6 +144,9 @@ typedef struct round_stats {
   int timing;                        /* t0 is set */
   refusal refusals[MAX_REFUSALS];
   size_t n_refusals;
+  size_t failed;                     /* selected clients that reported they cannot train */
+  refusal failures[MAX_REFUSALS];    /* who, and their reasons */
+  size_t n_failures;
   int timed_out;
   size_t fold_passes;                /* each folds one or more updates */
   size_t received;                   /* complete, finite updates (folded or to be) */
@@ -207,6 +214,9 @@ struct server {
   uint64_t ready_seen;           /* ready_events when the server began waiting for more */
   int waiting_for_more;
   uint64_t first_round;          /* 1, or the round after the checkpoint's */
+  int need_init;                 /* an external model waits for a client's parameters */
+  client *init_from;             /* the client asked for them (external.c) */
+  int init_waiting_logged;
   int stopping, exit_code;
   int lingered;                  /* the goodbye is over (see close_all in round.c) */
 };
@@ -257,6 +267,25 @@ int srv_folds_idle(const server *s);
  * clients and the global model. */
 void srv_intake_begin(server *s, client *const *selected, size_t k);
 
+/* A selected client reports it cannot train this round (its Error about the task): that
+ * is its answer. */
+void srv_on_train_error(client *c, uint64_t round, const char *reason);
+
+/* ---- external.c ---- */
+
+/* 1, with the reason in why, when the model the client's Hello declares is not the
+ * server's, or when it declares none and the server trains an external model. */
+int srv_model_disagrees(const server *s, const Fl__Hello *h, char *why, size_t len);
+/* While s->need_init: asks a client for the initial parameters, unless one is on it. */
+void srv_ask_init(server *s);
+/* Params from a client, and the chunks that follow it (rx RX_INIT). */
+void srv_on_params(client *c, const Fl__Params *p);
+void srv_on_init_chunk(client *c, const Fl__TensorChunk *ch);
+/* The client asked refuses or fails: another will be asked. */
+void srv_init_failed(client *c, const char *why);
+/* The client leaves: if it was the one asked, another will be. */
+void srv_init_client_gone(client *c);
+
 /* ---- broadcast.c ---- */
 
 /* TrainTask, then the global model (when the client's turn to stream comes). */
@@ -276,6 +305,8 @@ void srv_evaluate_test(server *s);
 /* The federated-evaluation phase: when due, ready clients evaluate the global model. */
 void srv_begin_fed_eval(server *s);
 void srv_on_eval_result(client *c, const Fl__EvalResult *e);
+/* The client reports it cannot evaluate this round: its answer. */
+void srv_on_eval_error(client *c, uint64_t round);
 
 /* ---- metrics.c ---- */
 

@@ -2,8 +2,9 @@
  *
  * A peer that opened (its TLS handshake done) gets a client record in the server's list;
  * a second connection with the same certificate name replaces the first.  Hello is
- * answered with Welcome (protocol version, heartbeat interval, frame and chunk sizes)
- * and makes the client ready for rounds; every other frame is decoded here and
+ * answered with Welcome (protocol version, heartbeat interval, frame and chunk sizes,
+ * the model) and makes the client ready for rounds, unless it declares another model
+ * (external.c); every other frame is decoded here and
  * dispatched to the file its message belongs to.  A client that breaks the protocol is
  * told why and closed; heartbeats only keep the connection alive (conn.h drops peers
  * that fall silent).  When a peer closes, its part in the round is settled (stream
@@ -82,6 +83,16 @@ static void on_hello(client *c, const Fl__Hello *h) {
     fl_peer_close(c->peer, "incompatible protocol version");
     return;
   }
+  char why[512];
+  if (srv_model_disagrees(s, h, why, sizeof why)) {
+    fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
+    srv_send_error(c, FL__ERROR_CODE__ERROR_MODEL, why);
+    c->closing = 1;
+    fl_peer_close(c->peer, "model disagreement");
+    return;
+  }
+  for (size_t i = 0; i < h->n_capabilities; i++)
+    if (strcmp(h->capabilities[i], "params") == 0) c->can_params = 1;
   c->num_samples = h->num_samples;
   c->ready = 1;
   s->n_ready++;
@@ -94,12 +105,33 @@ static void on_hello(client *c, const Fl__Hello *h) {
   w.heartbeat_interval_ms = s->copt.heartbeat_interval_ms;
   w.max_frame = s->copt.max_frame;
   w.chunk_size = (uint32_t)s->cfg->chunk_kib * 1024u;
+  w.model_spec = (char *)fl_model_spec(s->model);
+  w.model_id = fl_model_id(s->model);
+  w.num_params = s->n;
   env.body_case = FL__ENVELOPE__BODY_WELCOME;
   env.welcome = &w;
   srv_send(c, &env);
   fl_info("server", "%s ready (%llu samples, client %s); %zu clients ready", c->id,
           (unsigned long long)h->num_samples, h->software_version, s->n_ready);
   srv_advance(s);
+}
+
+/* A client's Error about a task it was given is its answer to it: the round, the
+ * evaluation or the request for initial parameters goes on without it. */
+static void on_client_error(client *c, const Fl__Error *e) {
+  const char *reason = e->reason ? e->reason : "";
+  fl_warn("server", "%s reports an error: %s", c->id, reason);
+  switch (e->task) {
+  case FL__TASK_KIND__TASK_TRAIN: srv_on_train_error(c, e->round, reason); break;
+  case FL__TASK_KIND__TASK_EVALUATE: srv_on_eval_error(c, e->round); break;
+  case FL__TASK_KIND__TASK_PARAMS:
+    if (c == c->srv->init_from) {
+      srv_init_failed(c, reason);
+      srv_advance(c->srv);
+    }
+    break;
+  default: break;
+  }
 }
 
 static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
@@ -132,9 +164,8 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_CHUNK: srv_on_chunk(c, env->chunk); break;
   case FL__ENVELOPE__BODY_EVAL_RESULT: srv_on_eval_result(c, env->eval_result); break;
   case FL__ENVELOPE__BODY_HEARTBEAT: break;
-  case FL__ENVELOPE__BODY_ERROR:
-    fl_warn("server", "%s reports an error: %s", c->id, env->error->reason);
-    break;
+  case FL__ENVELOPE__BODY_ERROR: on_client_error(c, env->error); break;
+  case FL__ENVELOPE__BODY_PARAMS: srv_on_params(c, env->params); break;
   case FL__ENVELOPE__BODY_DONE:
     fl_info("server", "%s says goodbye: %s", c->id, env->done->reason);
     c->closing = 1;
@@ -164,6 +195,7 @@ static void on_close(fl_peer *peer, int err, const char *reason) {
     fl_warn("server", "round %llu: %s dropped out", (unsigned long long)s->r.number, c->id);
   }
   if (c->eval_pending && s->ph == PH_FED_EVAL) s->r.fed_answered++;
+  srv_init_client_gone(c);
   if (c->ready) s->n_ready--;
   if (c->prev) c->prev->next = c->next;
   else s->clients = c->next;

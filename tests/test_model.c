@@ -1,5 +1,5 @@
 /* Model specs: presets and their parameter counts, canonical specs, ids, parse errors
- * naming the bad token, and seeded initialisation. */
+ * naming the bad token, seeded initialisation, and external models. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -107,4 +107,39 @@ Test(model, init_seeded_he_and_xavier) {
   free(a);
   free(b);
   fl_model_free(m);
+}
+
+/* external:NAME:N: a model only its clients' own code trains (libflclient), known to the
+ * server by its name and size. */
+Test(model, external_models) {
+  fl_model *m = create("external:my-model_1.0:21");
+  cr_assert(fl_model_is_external(m));
+  cr_assert_str_eq(fl_model_spec(m), "external:my-model_1.0:21");
+  cr_assert_eq(fl_model_num_params(m), 21);
+  fl_model *same = create("external:my-model_1.0:21"), *bigger = create("external:my-model_1.0:22"),
+           *other = create("external:my-model_1.1:21"), *core = create("logreg");
+  cr_assert_eq(fl_model_id(m), fl_model_id(same));
+  cr_assert_neq(fl_model_id(m), fl_model_id(bigger));
+  cr_assert_neq(fl_model_id(m), fl_model_id(other));
+  cr_assert(!fl_model_is_external(core));
+  float p[21];
+  memset(p, 0x7f, sizeof p);
+  fl_model_init(m, p, 3);
+  for (int i = 0; i < 21; i++) cr_assert_eq(p[i], 0.0f);
+  const char *bad[] = {"external:", "external:toy", "external:toy:", "external:toy:0",
+                       "external::5", "external:t y:5", "external:toy:12x",
+                       "external:toy:1073741825", "external:toy:99999999999",
+                       "external:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx:4"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    fl_model *b = NULL;
+    char err[256] = "";
+    cr_expect_eq(fl_model_create(bad[i], &b, err, sizeof err), FL_EINVAL, "'%s' accepted", bad[i]);
+    cr_expect_null(b);
+    cr_expect(strstr(err, "external:NAME:N"), "'%s': %s", bad[i], err);
+  }
+  fl_model_free(m);
+  fl_model_free(same);
+  fl_model_free(bigger);
+  fl_model_free(other);
+  fl_model_free(core);
 }

@@ -232,6 +232,70 @@ Test(msg, chunk_heartbeat_error_done) {
   fl_msg_free(o);
 }
 
+/* What libflclient added: model declarations in Hello and Welcome, the initial
+ * parameters' request and answer, and an Error that names the task it gives up. */
+Test(msg, model_declarations_params_and_task_errors) {
+  Fl__Hello h = FL__HELLO__INIT;
+  h.protocol_version = FL_PROTOCOL_VERSION;
+  h.model_spec = "external:toy:8";
+  h.model_id = 0xfeedULL;
+  h.num_params = 8;
+  Fl__Envelope e = FL__ENVELOPE__INIT;
+  e.body_case = FL__ENVELOPE__BODY_HELLO;
+  e.hello = &h;
+  Fl__Envelope *o = roundtrip(&e);
+  cr_assert_str_eq(o->hello->model_spec, "external:toy:8");
+  cr_assert_eq(o->hello->model_id, 0xfeedULL);
+  cr_assert_eq(o->hello->num_params, 8);
+  fl_msg_free(o);
+
+  Fl__Welcome w = FL__WELCOME__INIT;
+  w.model_spec = "in:784 dense:10 softmax";
+  w.model_id = 7;
+  w.num_params = 7850;
+  e.body_case = FL__ENVELOPE__BODY_WELCOME;
+  e.welcome = &w;
+  o = roundtrip(&e);
+  cr_assert_str_eq(o->welcome->model_spec, "in:784 dense:10 softmax");
+  cr_assert_eq(o->welcome->num_params, 7850);
+  fl_msg_free(o);
+
+  Fl__ParamsRequest r = FL__PARAMS_REQUEST__INIT;
+  r.model_id = 9;
+  r.num_params = 21;
+  e.body_case = FL__ENVELOPE__BODY_PARAMS_REQUEST;
+  e.params_request = &r;
+  o = roundtrip(&e);
+  cr_assert_str_eq(fl_msg_name(o), "params_request");
+  cr_assert_eq(o->params_request->model_id, 9);
+  cr_assert_eq(o->params_request->num_params, 21);
+  fl_msg_free(o);
+
+  Fl__Params p = FL__PARAMS__INIT;
+  p.model_id = 9;
+  p.num_params = 21;
+  e.body_case = FL__ENVELOPE__BODY_PARAMS;
+  e.params = &p;
+  o = roundtrip(&e);
+  cr_assert_str_eq(fl_msg_name(o), "params");
+  cr_assert_eq(o->params->num_params, 21);
+  cr_assert_eq(o->params->encoding, FL__ENCODING__ENCODING_FLOAT32);
+  fl_msg_free(o);
+
+  Fl__Error err = FL__ERROR__INIT;
+  err.code = FL__ERROR_CODE__ERROR_CANNOT_TRAIN;
+  err.reason = "no data today";
+  err.round = 4;
+  err.task = FL__TASK_KIND__TASK_TRAIN;
+  e.body_case = FL__ENVELOPE__BODY_ERROR;
+  e.error = &err;
+  o = roundtrip(&e);
+  cr_assert_eq(o->error->code, FL__ERROR_CODE__ERROR_CANNOT_TRAIN);
+  cr_assert_eq(o->error->round, 4);
+  cr_assert_eq(o->error->task, FL__TASK_KIND__TASK_TRAIN);
+  fl_msg_free(o);
+}
+
 Test(msg, garbage_and_empty_are_eproto) {
   Fl__Envelope *o = (Fl__Envelope *)1;
   cr_assert_eq(fl_msg_decode(NULL, 0, &o), FL_EPROTO, "an empty payload has no body");

@@ -57,15 +57,18 @@ int main(int argc, char **argv) {
   Fl__Envelope e = FL__ENVELOPE__INIT;
 
   uint32_t versions[] = {1, 2};
-  char *caps[] = {"train", "evaluate", "encoding:float32"};
+  char *caps[] = {"train", "evaluate", "encoding:float32", "params"};
   Fl__Hello hello = FL__HELLO__INIT;
   hello.protocol_version = 2;
   hello.n_supported_versions = 2;
   hello.supported_versions = versions;
   hello.software_version = "fl 0.1.0";
   hello.num_samples = 6000;
-  hello.n_capabilities = 3;
+  hello.n_capabilities = 4;
   hello.capabilities = caps;
+  hello.model_spec = "external:toy:10";
+  hello.model_id = 0x1234abcd;
+  hello.num_params = 10;
   e.body_case = FL__ENVELOPE__BODY_HELLO;
   e.hello = &hello;
   emit("hello", &e);
@@ -77,6 +80,9 @@ int main(int argc, char **argv) {
   welcome.heartbeat_interval_ms = 5000;
   welcome.max_frame = FL_FRAME_DEFAULT_MAX;
   welcome.chunk_size = 16;
+  welcome.model_spec = "external:toy:10";
+  welcome.model_id = 0x1234abcd;
+  welcome.num_params = 10;
   e.body_case = FL__ENVELOPE__BODY_WELCOME;
   e.welcome = &welcome;
   emit("welcome", &e);
@@ -163,6 +169,29 @@ int main(int argc, char **argv) {
   e.body_case = FL__ENVELOPE__BODY_PROCEED;
   e.proceed = &proceed;
   emit("proceed", &e);
+
+  Fl__ParamsRequest preq = FL__PARAMS_REQUEST__INIT;
+  preq.model_id = 0x1234abcd;
+  preq.num_params = 10;
+  e.body_case = FL__ENVELOPE__BODY_PARAMS_REQUEST;
+  e.params_request = &preq;
+  emit("params_request", &e);
+
+  Fl__Params params = FL__PARAMS__INIT;
+  params.model_id = 0x1234abcd;
+  params.num_params = 10;
+  e.body_case = FL__ENVELOPE__BODY_PARAMS;
+  e.params = &params;
+  emit("params", &e);
+
+  Fl__Error task_error = FL__ERROR__INIT;
+  task_error.code = FL__ERROR_CODE__ERROR_CANNOT_TRAIN;
+  task_error.reason = "fit failed: no data";
+  task_error.round = 5;
+  task_error.task = FL__TASK_KIND__TASK_TRAIN;
+  e.body_case = FL__ENVELOPE__BODY_ERROR;
+  e.error = &task_error;
+  emit("error_task", &e);
   write_file("stream_all", stream, stream_len);
 
   uint8_t odd[2 * FL_FRAME_HEADER];

@@ -1,0 +1,171 @@
+/* libflclient's insides, shared by its files (never installed).
+ *
+ *   lib_error.c     error names and sentences, the version, errmsg and logging
+ *   lib_config.c    a client's life outside a run: new, free, the setters
+ *   lib_session.c   a run: connecting, backoff, the messages from the server, finishing
+ *   lib_task.c      tasks: receiving the model, calling the application, the answer
+ *   lib_throttle.c  handshakes in flight, shared by the clients of one loop
+ *   lib_nolog.c     libfl's logging, silenced inside the library
+ *
+ * Internal functions carry the prefix flc__; the version script exports fl_client_*
+ * only, and the committed list libflclient.symbols is checked against the build.
+ *
+ * Threads: everything here runs on the loop thread, except what says otherwise: the
+ * application's callbacks on a task's own thread (WORKER threading), and the completion
+ * of a task (flc__complete), which hands it to the loop through the client's mutex and
+ * its uv_async. */
+#ifndef FL_CLIENT_LIB_INTERNAL_H
+#define FL_CLIENT_LIB_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "conn.h"
+#include "fl/client.h"
+#include "msg.h"
+#include "rng.h"
+#include "tls.h"
+
+/* Not an application task: the server asked for the initial parameters. */
+#define FLC__TASK_PARAMS 3
+/* The largest model a client that declared none accepts from a server (4 GiB). */
+#define FLC__MAX_PARAMS ((uint64_t)1 << 30)
+
+typedef enum {
+  FLC_IDLE,       /* not running */
+  FLC_CONNECTING, /* connecting, handshaking or waiting for a handshake slot */
+  FLC_JOINING,    /* said hello, waits for Welcome */
+  FLC_READY,      /* welcomed: takes tasks */
+  FLC_BACKOFF,    /* waits to reconnect */
+  FLC_FINISHING   /* closing down; the finish callback follows */
+} flc_state;
+
+typedef struct flc_extra { char *key; double value; } flc_extra;
+
+struct fl_client_task {
+  fl_client *c;
+  int kind;                  /* FL_CLIENT_TASK_FIT, _EVALUATE, FLC__TASK_PARAMS */
+  uint64_t gen;              /* the connection it came on */
+  uint64_t round, model_id, n;
+  char *model;               /* the model's spec, as fl_client_task_model gives it */
+  fl_client_fit_config cfg;
+  char optimizer[32];
+  flc_extra *extra;          /* [n_extra] the strategy's settings */
+  size_t n_extra;
+  float *global;             /* [n] the model as received (fit, evaluate); NULL after */
+  float *params;             /* [n] fit: trained weights, then the delta; evaluate: global */
+  fl_tensor_rx rx;
+  fl_tensor_tx tx;
+  int go;                    /* the answer's tensor may be sent (Proceed came) */
+  fl_client_metrics metrics;
+  atomic_int cancelled;
+  int status;
+  char reason[256];          /* fl_client_task_error's */
+  uint64_t t0;               /* uv_hrtime at dispatch */
+  double seconds;
+  pthread_t thread;
+  int threaded;
+  fl_client_task *next;      /* the client's list of completed tasks */
+};
+
+struct fl_client_throttle {
+  int max, used;
+  int holders;               /* clients configured with it */
+  fl_client *head, *tail;    /* waiting for a slot */
+};
+
+struct fl_client {
+  /* Configuration (the owning thread, while not running). */
+  void *data;
+  char name[64];
+  char *host;
+  int port;
+  fl_tls_config *tls;
+  char *model_spec;          /* declared, canonical; NULL when none */
+  uint64_t model_id, num_params;
+  uint64_t num_examples;
+  unsigned max_retries;
+  double retry_base, retry_max;
+  double heartbeat, idle_timeout;
+  int threading;
+  fl_client_throttle *throttle;
+  fl_client_task_cb fit, evaluate;
+  fl_client_get_params_cb get_params;
+  fl_client_set_params_cb set_params;
+  fl_client_log_cb log;
+  int log_level;
+  fl_client_finish_cb finish;
+  char errmsg[512];
+
+  /* A run (the loop thread). */
+  uv_loop_t *loop;
+  int running;
+  flc_state state;
+  int status;                /* how the run ends */
+  int *status_out;           /* fl_client_run's copy */
+  fl_conn_options copt;
+  uint8_t *heartbeat_msg;
+  size_t heartbeat_len;
+  fl_conn *conn;
+  uint64_t gen;              /* bumps with every connection */
+  unsigned attempts;
+  uv_timer_t retry;
+  uv_async_t async;
+  int handles_open;
+  int handles_closing;
+  fl_rng rng;                /* backoff jitter */
+  uint32_t chunk_bytes;      /* tensor data per chunk, as the Welcome asks */
+  char *server_spec;         /* the server's model, from its Welcome or last TrainTask */
+  uint64_t server_model_id, server_num_params;
+  fl_client_task *rx;        /* its model is arriving */
+  fl_client_task *active;    /* handed to the application, not completed yet */
+  fl_client_task *queued;    /* arrived while active ran */
+  fl_client_task *tx;        /* an answer waiting for Proceed or being sent */
+  uint64_t discard_total;    /* chunks of a refused task are skipped until this offset */
+  int discarding;
+  fl_conn *handshaking;      /* the connection holding a throttle slot */
+  int throttle_queued;
+  fl_client *throttle_next;
+
+  /* Shared with other threads, under mu. */
+  pthread_mutex_t mu;
+  int accepting;             /* the async handle is open */
+  int stop_requested;
+  fl_client_task *done;      /* completed tasks, newest first */
+};
+
+/* lib_error.c */
+int flc__errf(fl_client *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void flc__log(fl_client *c, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The public code for an FL_E* code of libfl. */
+int flc__code(int fl_err);
+
+/* lib_session.c */
+int flc__send(fl_client *c, const Fl__Envelope *env);
+void flc__send_error(fl_client *c, Fl__ErrorCode code, const char *reason, uint64_t round,
+                     Fl__TaskKind task);
+void flc__start_connect(fl_client *c);
+void flc__maybe_finished(fl_client *c);
+
+/* lib_task.c */
+void flc__on_train_task(fl_client *c, const Fl__TrainTask *t);
+void flc__on_eval_task(fl_client *c, const Fl__EvalTask *t);
+void flc__on_params_request(fl_client *c, const Fl__ParamsRequest *r);
+void flc__on_chunk(fl_client *c, const Fl__TensorChunk *ch);
+void flc__on_proceed(fl_client *c, const Fl__Proceed *p);
+void flc__pump(fl_client *c);
+/* Takes the completed tasks the async brought, newest first (loop thread). */
+void flc__on_completed(fl_client *c, fl_client_task *list);
+/* Drops what the connection was doing: the active task is cancelled, the others freed. */
+void flc__drop_tasks(fl_client *c);
+void flc__task_free(fl_client_task *t);
+
+/* lib_throttle.c: 1 when c may handshake now, else c waits and starts when a slot
+ * frees; release gives c's slot back; leave takes c out of the queue. */
+int flc__throttle_acquire(fl_client *c);
+void flc__throttle_release(fl_client *c);
+void flc__throttle_leave(fl_client *c);
+
+#endif

@@ -1,0 +1,575 @@
+/* libflclient: tasks, from the server's request to the client's answer.
+ *
+ * A TrainTask or EvalTask announces a model that follows in chunks; once it is complete
+ * the task goes to the application (dispatch): on a thread of its own (WORKER threading)
+ * or on the loop (LOOP).  One task at a time: a task that completes its model while
+ * another is in the application's hands waits (queued), and the one in hand is told it
+ * is no longer wanted, since the server has moved on.  The application's answer comes
+ * back through flc__complete, from whatever thread, to the loop (the client's async),
+ * where it becomes an Update (whose delta waits for Proceed), an EvalResult, Params, or
+ * an Error telling the server why there is no answer.
+ *
+ * A task owns its buffers: the global model as received and the parameters being
+ * trained (the delta once training is over; the global model is freed then), so a
+ * connection that drops while the application trains does not pull memory from under
+ * it, and an answer waiting for Proceed holds one model size. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "lib_internal.h"
+
+static const char *task_what(int kind) {
+  return kind == FL_CLIENT_TASK_FIT ? "training"
+         : kind == FL_CLIENT_TASK_EVALUATE ? "evaluation" : "initial parameters";
+}
+
+static Fl__TaskKind wire_kind(int kind) {
+  return kind == FL_CLIENT_TASK_FIT ? FL__TASK_KIND__TASK_TRAIN
+         : kind == FL_CLIENT_TASK_EVALUATE ? FL__TASK_KIND__TASK_EVALUATE
+                                           : FL__TASK_KIND__TASK_PARAMS;
+}
+
+void flc__task_free(fl_client_task *t) {
+  if (!t) return;
+  if (t->params != t->global) free(t->params);
+  free(t->global);
+  for (size_t i = 0; i < t->n_extra; i++) free(t->extra[i].key);
+  free(t->extra);
+  free(t->model);
+  free(t);
+}
+
+static fl_client_task *task_new(fl_client *c, int kind, uint64_t round, uint64_t model_id,
+                                uint64_t n, const char *model) {
+  fl_client_task *t = calloc(1, sizeof *t);
+  if (!t) return NULL;
+  size_t bytes = (size_t)(n ? n : 1) * sizeof(float);
+  if (kind != FLC__TASK_PARAMS) t->global = malloc(bytes);
+  t->params = kind == FL_CLIENT_TASK_EVALUATE ? t->global : malloc(bytes);
+  t->model = strdup(model ? model : "");
+  if ((kind != FLC__TASK_PARAMS && !t->global) || !t->params || !t->model) {
+    flc__task_free(t);
+    return NULL;
+  }
+  t->c = c;
+  t->kind = kind;
+  t->round = round;
+  t->model_id = model_id;
+  t->n = n;
+  t->cfg.round = round;
+  t->cfg.optimizer = t->optimizer;
+  t->metrics.loss = t->metrics.accuracy = t->metrics.auc = t->metrics.seconds = NAN;
+  atomic_init(&t->cancelled, 0);
+  return t;
+}
+
+/* The chunks of a tensor this client does not take are skipped up to its end. */
+static void discard_from(fl_client *c, uint64_t offset, uint64_t total) {
+  c->discarding = offset < total;
+  c->discard_total = total;
+}
+
+__attribute__((format(printf, 5, 6)))
+static void refuse_task(fl_client *c, int kind, uint64_t round, uint64_t total,
+                        const char *fmt, ...) {
+  char reason[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  flc__log(c, FL_CLIENT_LOG_ERROR, "round %" PRIu64 ": cannot take the %s task: %s", round,
+           task_what(kind), reason);
+  flc__send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason, round, wire_kind(kind));
+  discard_from(c, 0, total);
+}
+
+/* A task must be for the model this client declared, or, without a declaration, for
+ * the server's.  0, or a reason in why. */
+static int check_model(fl_client *c, uint64_t model_id, uint64_t n, char *why, size_t len) {
+  if (c->model_spec && (model_id != c->model_id || n != c->num_params)) {
+    snprintf(why, len, "the task is for model %016" PRIx64 " with %" PRIu64 " parameters, but "
+             "this client declares '%s' (%016" PRIx64 ", %" PRIu64 " parameters)", model_id, n,
+             c->model_spec, c->model_id, c->num_params);
+    return -1;
+  }
+  if (!c->model_spec && (n == 0 || n > FLC__MAX_PARAMS)) {
+    snprintf(why, len, "a model of %" PRIu64 " parameters (this client takes 1 to %" PRIu64 ")",
+             n, FLC__MAX_PARAMS);
+    return -1;
+  }
+  return 0;
+}
+
+/* A new task's model is about to arrive; an unfinished earlier one is dropped. */
+static void begin_receive(fl_client *c, fl_client_task *t) {
+  if (c->rx) {
+    flc__log(c, FL_CLIENT_LOG_WARN,
+             "new task for round %" PRIu64 " before the last one's model arrived; dropping that one",
+             t->round);
+    flc__task_free(c->rx);
+  }
+  fl_tensor_rx_init(&t->rx, t->global, t->n, 1);
+  c->rx = t;
+}
+
+void flc__on_train_task(fl_client *c, const Fl__TrainTask *m) {
+  char why[400];
+  c->discarding = 0;
+  if (check_model(c, m->model_id, m->num_params, why, sizeof why) != 0) {
+    refuse_task(c, FL_CLIENT_TASK_FIT, m->round, m->num_params, "%s", why);
+    return;
+  }
+  if (m->model_spec && m->model_spec[0] &&
+      (!c->server_spec || strcmp(c->server_spec, m->model_spec) != 0)) {
+    char *spec = strdup(m->model_spec);
+    if (spec) {
+      free(c->server_spec);
+      c->server_spec = spec;
+      c->server_model_id = m->model_id;
+      c->server_num_params = m->num_params;
+    }
+  }
+  fl_client_task *t = task_new(c, FL_CLIENT_TASK_FIT, m->round, m->model_id, m->num_params,
+                               c->model_spec ? c->model_spec : c->server_spec);
+  if (t && m->config) {
+    const Fl__TrainConfig *k = m->config;
+    t->cfg.epochs = k->epochs;
+    t->cfg.batch_size = k->batch_size;
+    t->cfg.lr = k->lr;
+    snprintf(t->optimizer, sizeof t->optimizer, "%s", k->optimizer ? k->optimizer : "");
+    t->cfg.momentum = k->momentum;
+    t->cfg.weight_decay = k->weight_decay;
+    t->cfg.prox_mu = k->prox_mu;
+    t->cfg.clip_norm = k->clip_norm;
+    t->cfg.seed = k->seed;
+    if (k->n_extra) {
+      t->extra = calloc(k->n_extra, sizeof *t->extra);
+      for (size_t i = 0; t->extra && i < k->n_extra; i++) {
+        if (!(t->extra[i].key = strdup(k->extra[i]->key ? k->extra[i]->key : ""))) break;
+        t->extra[i].value = k->extra[i]->value;
+        t->n_extra++;
+      }
+      if (t->n_extra < k->n_extra) {
+        flc__task_free(t);
+        t = NULL;
+      }
+    }
+  }
+  if (!t) {
+    refuse_task(c, FL_CLIENT_TASK_FIT, m->round, m->num_params,
+                "out of memory for a model of %" PRIu64 " parameters", m->num_params);
+    return;
+  }
+  begin_receive(c, t);
+  flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": training task received", m->round);
+}
+
+void flc__on_eval_task(fl_client *c, const Fl__EvalTask *m) {
+  char why[400];
+  c->discarding = 0;
+  if (!c->evaluate) {
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params,
+                "this client does not evaluate (no evaluate callback)");
+    return;
+  }
+  if (check_model(c, m->model_id, m->num_params, why, sizeof why) != 0) {
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params, "%s", why);
+    return;
+  }
+  if (!c->model_spec && c->server_spec &&
+      (m->model_id != c->server_model_id || m->num_params != c->server_num_params)) {
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params,
+                "evaluation of model %016" PRIx64 " (%" PRIu64 " parameters), but the server's "
+                "model is '%s' (%016" PRIx64 ")", m->model_id, m->num_params, c->server_spec,
+                c->server_model_id);
+    return;
+  }
+  fl_client_task *t = task_new(c, FL_CLIENT_TASK_EVALUATE, m->round, m->model_id,
+                               m->num_params, c->model_spec ? c->model_spec : c->server_spec);
+  if (!t) {
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params, "out of memory");
+    return;
+  }
+  begin_receive(c, t);
+}
+
+static void submit(fl_client *c, fl_client_task *t);
+
+void flc__on_params_request(fl_client *c, const Fl__ParamsRequest *m) {
+  const char *why = !c->model_spec ? "this client declares no model"
+                    : !c->get_params ? "this client has no get_params callback"
+                    : m->model_id != c->model_id || m->num_params != c->num_params
+                        ? "the request is for another model than this client declares"
+                        : NULL;
+  if (why) {
+    flc__log(c, FL_CLIENT_LOG_WARN, "cannot give the initial parameters: %s", why);
+    flc__send_error(c, FL__ERROR_CODE__ERROR_REFUSED, why, 0, FL__TASK_KIND__TASK_PARAMS);
+    return;
+  }
+  fl_client_task *t = task_new(c, FLC__TASK_PARAMS, 0, c->model_id, c->num_params, c->model_spec);
+  if (!t) {
+    flc__send_error(c, FL__ERROR_CODE__ERROR_CANNOT_TRAIN, "out of memory", 0,
+                    FL__TASK_KIND__TASK_PARAMS);
+    return;
+  }
+  flc__log(c, FL_CLIENT_LOG_INFO, "the server asks for the initial parameters");
+  submit(c, t);
+}
+
+void flc__on_chunk(fl_client *c, const Fl__TensorChunk *ch) {
+  if (c->discarding) {
+    if (ch->offset + ch->data.len / 4 >= c->discard_total) c->discarding = 0;
+    return;
+  }
+  fl_client_task *t = c->rx;
+  if (!t) {
+    flc__log(c, FL_CLIENT_LOG_WARN, "tensor chunk without a task; ignored");
+    return;
+  }
+  char err[200];
+  int rc = fl_tensor_rx_add(&t->rx, ch, err, sizeof err);
+  if (rc < 0) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "round %" PRIu64 ": bad model from the server: %s",
+             t->round, err);
+    flc__send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, err, t->round, wire_kind(t->kind));
+    c->rx = NULL;
+    discard_from(c, ch->offset + ch->data.len / 4, t->n);
+    flc__task_free(t);
+    return;
+  }
+  if (rc == 0) return;
+  c->rx = NULL;
+  if (t->params != t->global) memcpy(t->params, t->global, t->n * sizeof *t->params);
+  submit(c, t);
+}
+
+/* ---- the application ---- */
+
+/* A callback's result as a status: 0, or a negative code with a reason. */
+static int normalize(fl_client_task *t, int rc, const char *what) {
+  if (rc == 0) return 0;
+  if (rc > 0) {
+    snprintf(t->reason, sizeof t->reason,
+             "%s returned %d, which is neither 0, FL_CLIENT_PENDING nor an error code", what, rc);
+    return FL_CLIENT_ECALLBACK;
+  }
+  if (!t->reason[0])
+    snprintf(t->reason, sizeof t->reason, "%s failed: %s (%d)", what, fl_client_strerror(rc), rc);
+  return rc;
+}
+
+/* After a fit that succeeded, the application's own model gives the trained weights. */
+static int after_app(fl_client_task *t, int rc) {
+  fl_client *c = t->c;
+  if (rc == 0 && t->kind == FL_CLIENT_TASK_FIT && c->set_params)
+    rc = normalize(t, c->get_params(c, t->params, t->n), "get_params");
+  return rc;
+}
+
+/* Any thread: the task's result goes to the loop.  t is the loop's from here on. */
+static void complete(fl_client_task *t, int status) {
+  fl_client *c = t->c;
+  t->seconds = (double)(uv_hrtime() - t->t0) * 1e-9;
+  t->status = status;
+  pthread_mutex_lock(&c->mu);
+  t->next = c->done;
+  c->done = t;
+  uv_async_send(&c->async); /* open: the client does not finish while it holds a task */
+  pthread_mutex_unlock(&c->mu);
+}
+
+static int call_app(fl_client_task *t) {
+  fl_client *c = t->c;
+  if (t->kind == FLC__TASK_PARAMS) return normalize(t, c->get_params(c, t->params, t->n), "get_params");
+  int rc;
+  if (c->set_params && (rc = normalize(t, c->set_params(c, t->global, t->n), "set_params")) != 0)
+    return rc;
+  int fit = t->kind == FL_CLIENT_TASK_FIT;
+  rc = fit ? c->fit(c, t) : c->evaluate(c, t);
+  if (rc == FL_CLIENT_PENDING) return rc;
+  return after_app(t, normalize(t, rc, fit ? "fit" : "evaluate"));
+}
+
+static void *task_thread(void *arg) {
+  fl_client_task *t = arg;
+  int rc = call_app(t);
+  if (rc != FL_CLIENT_PENDING) complete(t, rc);
+  return NULL;
+}
+
+static void dispatch(fl_client *c, fl_client_task *t) {
+  c->active = t;
+  t->t0 = uv_hrtime();
+  if (c->threading == FL_CLIENT_THREAD_WORKER) {
+    if (pthread_create(&t->thread, NULL, task_thread, t) == 0) {
+      t->threaded = 1;
+      return;
+    }
+    complete(t, fl_client_task_error(t, FL_CLIENT_ENOMEM, "cannot start a thread for the task"));
+    return;
+  }
+  int rc = call_app(t);
+  if (rc != FL_CLIENT_PENDING) complete(t, rc);
+}
+
+/* One task in the application's hands at a time. */
+static void submit(fl_client *c, fl_client_task *t) {
+  t->gen = c->gen;
+  if (!c->active) {
+    dispatch(c, t);
+    return;
+  }
+  atomic_store(&c->active->cancelled, 1);
+  if (c->queued) {
+    flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": %s task superseded before it started",
+             c->queued->round, task_what(c->queued->kind));
+    flc__task_free(c->queued);
+  }
+  c->queued = t;
+  flc__log(c, FL_CLIENT_LOG_DEBUG,
+           "round %" PRIu64 ": %s task waits for the round %" PRIu64 " task to return", t->round,
+           task_what(t->kind), c->active->round);
+}
+
+void fl_client_task_done(fl_client_task *t, int status) {
+  if (!t) return;
+  if (status == FL_CLIENT_PENDING) status = FL_CLIENT_EINVAL; /* not a result */
+  complete(t, after_app(t, normalize(t, status, t->kind == FL_CLIENT_TASK_FIT ? "fit" : "evaluate")));
+}
+
+/* ---- the answer ---- */
+
+/* Sends the Error that tells the server this task has no answer. */
+__attribute__((format(printf, 3, 4)))
+static void fail_task(fl_client *c, fl_client_task *t, const char *fmt, ...) {
+  char reason[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  flc__log(c, FL_CLIENT_LOG_ERROR, "round %" PRIu64 ": %s failed: %s", t->round,
+           task_what(t->kind), reason);
+  flc__send_error(c, FL__ERROR_CODE__ERROR_CANNOT_TRAIN, reason, t->round, wire_kind(t->kind));
+}
+
+static Fl__Metrics metrics_of(const fl_client_task *t) {
+  Fl__Metrics m = FL__METRICS__INIT;
+  m.loss = t->metrics.loss;
+  m.accuracy = t->metrics.accuracy;
+  m.auc = t->metrics.auc;
+  m.num_examples = t->metrics.num_examples;
+  m.seconds = isfinite(t->metrics.seconds) ? t->metrics.seconds : t->seconds;
+  return m;
+}
+
+/* The trained weights become the delta; 0, or the index of a value that is not finite. */
+static int make_delta(fl_client_task *t, uint64_t *bad) {
+  for (uint64_t i = 0; i < t->n; i++) {
+    float d = t->params[i] - t->global[i];
+    if (!isfinite(t->params[i]) || !isfinite(d)) {
+      *bad = i;
+      return -1;
+    }
+    t->params[i] = d;
+  }
+  free(t->global);
+  t->global = NULL;
+  return 0;
+}
+
+static int all_finite(const float *v, uint64_t n, uint64_t *bad) {
+  for (uint64_t i = 0; i < n; i++)
+    if (!isfinite(v[i])) {
+      *bad = i;
+      return 0;
+    }
+  return 1;
+}
+
+/* Streams t's tensor (an Update's delta, or Params) once the server takes it. */
+static void stream(fl_client *c, fl_client_task *t, int go) {
+  flc__task_free(c->tx); /* an older answer still waiting or streaming is superseded */
+  c->tx = t;
+  t->go = go;
+  fl_tensor_tx_init(&t->tx, t->params, t->n, c->chunk_bytes);
+  flc__pump(c);
+}
+
+static void answer(fl_client *c, fl_client_task *t) {
+  /* A fit overtaken by a newer task that still succeeded is sent all the same: the
+   * server refuses it if its round is over, and counts it (a straggler) either way.
+   * Anything else cancelled, or meant for a connection that is gone, is dropped. */
+  int cancelled = atomic_load(&t->cancelled);
+  int wanted = t->gen == c->gen && c->conn && c->state == FLC_READY &&
+               (!cancelled || (t->kind == FL_CLIENT_TASK_FIT && t->status == 0));
+  if (!wanted) {
+    flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": the %s result is no longer wanted",
+             t->round, task_what(t->kind));
+    flc__task_free(t);
+    return;
+  }
+  if (t->status != 0) {
+    fail_task(c, t, "%s", t->reason[0] ? t->reason : fl_client_strerror(t->status));
+    flc__task_free(t);
+    return;
+  }
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Metrics m = metrics_of(t);
+  uint64_t bad;
+  if (t->kind == FL_CLIENT_TASK_EVALUATE) {
+    Fl__EvalResult r = FL__EVAL_RESULT__INIT;
+    r.round = t->round;
+    r.metrics = &m;
+    env.body_case = FL__ENVELOPE__BODY_EVAL_RESULT;
+    env.eval_result = &r;
+    flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": evaluated %" PRIu64 " examples, accuracy %.4f",
+             t->round, t->metrics.num_examples, t->metrics.accuracy);
+    flc__send(c, &env);
+    flc__task_free(t);
+    return;
+  }
+  if (t->kind == FLC__TASK_PARAMS) {
+    if (!all_finite(t->params, t->n, &bad)) {
+      fail_task(c, t, "get_params gave a value that is NaN or infinite (index %" PRIu64 ")", bad);
+      flc__task_free(t);
+      return;
+    }
+    Fl__Params p = FL__PARAMS__INIT;
+    p.model_id = t->model_id;
+    p.num_params = t->n;
+    p.encoding = FL__ENCODING__ENCODING_FLOAT32;
+    env.body_case = FL__ENVELOPE__BODY_PARAMS;
+    env.params = &p;
+    if (flc__send(c, &env) != 0) {
+      flc__task_free(t);
+      return;
+    }
+    flc__log(c, FL_CLIENT_LOG_INFO, "sending the initial parameters (%" PRIu64 " values)", t->n);
+    stream(c, t, 1);
+    return;
+  }
+  if (t->metrics.num_examples == 0 || t->metrics.num_examples > c->num_examples) {
+    if (t->metrics.num_examples == 0)
+      fail_task(c, t, "fit reported no examples (set fl_client_metrics.num_examples)");
+    else
+      fail_task(c, t, "fit reported %" PRIu64 " examples, more than the %" PRIu64 " announced "
+                "when joining (fl_client_set_num_examples)", t->metrics.num_examples,
+                c->num_examples);
+    flc__task_free(t);
+    return;
+  }
+  if (make_delta(t, &bad) != 0) {
+    fail_task(c, t, "trained parameter %" PRIu64 " is NaN or infinite", bad);
+    flc__task_free(t);
+    return;
+  }
+  Fl__Update u = FL__UPDATE__INIT;
+  u.round = t->round;
+  u.model_id = t->model_id;
+  u.num_params = t->n;
+  u.num_examples = t->metrics.num_examples;
+  u.metrics = &m;
+  u.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  env.body_case = FL__ENVELOPE__BODY_UPDATE;
+  env.update = &u;
+  flc__log(c, FL_CLIENT_LOG_INFO,
+           "round %" PRIu64 ": trained on %" PRIu64 " examples in %.2f s, loss %.4f, accuracy %.4f",
+           t->round, t->metrics.num_examples, m.seconds, t->metrics.loss, t->metrics.accuracy);
+  if (flc__send(c, &env) != 0) {
+    flc__task_free(t);
+    return;
+  }
+  stream(c, t, 0);
+}
+
+void flc__on_completed(fl_client *c, fl_client_task *list) {
+  fl_client_task *rev = NULL;
+  while (list) { /* oldest first */
+    fl_client_task *next = list->next;
+    list->next = rev;
+    rev = list;
+    list = next;
+  }
+  while (rev) {
+    fl_client_task *t = rev;
+    rev = rev->next;
+    if (t->threaded) pthread_join(t->thread, NULL);
+    if (c->active == t) c->active = NULL;
+    answer(c, t);
+  }
+  if (!c->active && c->queued) {
+    fl_client_task *t = c->queued;
+    c->queued = NULL;
+    dispatch(c, t);
+  }
+}
+
+void flc__drop_tasks(fl_client *c) {
+  if (c->active) atomic_store(&c->active->cancelled, 1);
+  flc__task_free(c->rx);
+  flc__task_free(c->queued);
+  flc__task_free(c->tx);
+  c->rx = c->queued = c->tx = NULL;
+  c->discarding = 0;
+}
+
+void flc__pump(fl_client *c) {
+  while (c->tx && c->tx->go && c->conn && fl_conn_queued(c->conn) < c->copt.high_water) {
+    uint8_t *buf;
+    size_t len;
+    int rc = fl_tensor_tx_next(&c->tx->tx, &buf, &len);
+    if (rc > 0) {
+      rc = fl_conn_send(c->conn, buf, len);
+      free(buf);
+      if (rc == 0) continue;
+    } else if (rc < 0) {
+      flc__log(c, FL_CLIENT_LOG_ERROR, "encoding the %s failed: %s", task_what(c->tx->kind),
+               fl_strerror(rc));
+    }
+    flc__task_free(c->tx); /* sent, or the connection is gone */
+    c->tx = NULL;
+  }
+}
+
+void flc__on_proceed(fl_client *c, const Fl__Proceed *p) {
+  if (!c->tx || c->tx->go || c->tx->kind != FL_CLIENT_TASK_FIT || c->tx->round != p->round) {
+    flc__log(c, FL_CLIENT_LOG_WARN,
+             "server says proceed for round %" PRIu64 ", but no update of that round waits", p->round);
+    return;
+  }
+  c->tx->go = 1;
+  flc__pump(c);
+}
+
+/* ---- accessors ---- */
+
+int fl_client_task_kind(const fl_client_task *t) { return t->kind; }
+fl_client *fl_client_task_client(const fl_client_task *t) { return t->c; }
+const fl_client_fit_config *fl_client_task_config(const fl_client_task *t) { return &t->cfg; }
+uint64_t fl_client_task_num_params(const fl_client_task *t) { return t->n; }
+const char *fl_client_task_model(const fl_client_task *t) { return t->model; }
+float *fl_client_task_params(fl_client_task *t) { return t->params; }
+const float *fl_client_task_global(const fl_client_task *t) { return t->global; }
+fl_client_metrics *fl_client_task_metrics(fl_client_task *t) { return &t->metrics; }
+int fl_client_task_cancelled(const fl_client_task *t) {
+  return atomic_load(&((fl_client_task *)t)->cancelled);
+}
+
+double fl_client_task_extra(const fl_client_task *t, const char *key, double dflt) {
+  for (size_t i = 0; key && i < t->n_extra; i++)
+    if (strcmp(t->extra[i].key, key) == 0) return t->extra[i].value;
+  return dflt;
+}
+
+int fl_client_task_error(fl_client_task *t, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(t->reason, sizeof t->reason, fmt, ap);
+  va_end(ap);
+  return code;
+}

@@ -113,7 +113,7 @@ static void begin_receive(fl_client *c, fl_client_task *t) {
              t->round);
     flc__task_free(c->rx);
   }
-  fl_tensor_rx_init(&t->rx, t->global, t->n, 1);
+  fl_tensor_rx_init(&t->rx, t->global, t->n);
   c->rx = t;
 }
 

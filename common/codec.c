@@ -229,7 +229,7 @@ int fl_encoder_init(fl_encoder *e, const fl_codec *c, const float *x, uint64_t n
   e->c = *c;
   e->x = x;
   e->n = n;
-  e->chunk_bytes = chunk_bytes < 16 ? 16 : chunk_bytes;
+  e->chunk_bytes = chunk_bytes ? chunk_bytes : 1;
   fl_rng_seed2(&e->rng, seed, 0xc0dec);
   if (c->enc != FL_ENC_TOPK || n == 0) return 0;
   uint64_t k = fl_codec_topk_count(c, n);
@@ -281,7 +281,7 @@ int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
   if (e->next >= e->n && (e->n > 0 || e->sent > 0)) return 0;
   e->sent++;
   if (e->c.enc == FL_ENC_TOPK) {
-    uint64_t budget = e->chunk_bytes / 8, pairs = 0, i = e->next;
+    uint64_t budget = e->chunk_bytes / 8 ? e->chunk_bytes / 8 : 1, pairs = 0, i = e->next;
     for (; i < e->n && pairs < budget; i++) {
       float a = fabsf(e->x[i]);
       int take = a > e->threshold || (a == e->threshold && e->at_threshold > 0);
@@ -297,15 +297,12 @@ int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
     return 1;
   }
   size_t vb = value_bytes(e->c.enc);
-  uint64_t cnt = e->chunk_bytes / vb;
+  uint64_t cnt = e->chunk_bytes / vb ? e->chunk_bytes / vb : 1; /* at least one value */
   if (cnt > e->n - e->next) cnt = e->n - e->next;
   const float *x = e->x + e->next;
   switch (e->c.enc) {
-  case FL_ENC_FLOAT32:
-    for (uint64_t i = 0; i < cnt; i++) {
-      if (!isfinite(x[i])) return FL_ERANGE;
-      putf(buf + 4 * i, x[i]);
-    }
+  case FL_ENC_FLOAT32: /* any value, as it is: the receiver judges it */
+    for (uint64_t i = 0; i < cnt; i++) putf(buf + 4 * i, x[i]);
     break;
   case FL_ENC_FLOAT16:
     f16_encode(x, buf, cnt);

@@ -77,12 +77,14 @@ typedef struct fl_encoder {
 
 /* Prepares x[0..n) for sending; for topk it finds the magnitude threshold (a pass over a
  * temporary copy of the magnitudes: FL_ENOMEM if that cannot be allocated).  seed drives
- * stochastic rounding.  chunk_bytes >= 16. */
+ * stochastic rounding.  A chunk holds at most chunk_bytes of payload, and at least one value
+ * (or topk pair) whatever chunk_bytes is. */
 int fl_encoder_init(fl_encoder *e, const fl_codec *c, const float *x, uint64_t n,
                     uint32_t chunk_bytes, uint64_t seed);
-/* The next chunk, its payload written to buf (at least chunk_bytes).  1 when a chunk was
+/* The next chunk, its payload written to buf (at least chunk_bytes, and at least 8).  1 when a chunk was
  * produced, 0 when the tensor is complete (an empty tensor is one empty chunk first),
- * FL_ERANGE when a value cannot be encoded (beyond float16's range, not finite). */
+ * FL_ERANGE when a value cannot be encoded (not finite, or beyond float16's range; float32
+ * carries any value as it is). */
 int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf);
 
 /* The receiving side of one tensor. */

@@ -186,67 +186,55 @@ int fl_version_negotiate(const Fl__Hello *hello, uint32_t *chosen) {
 
 /* ---- tensors ---- */
 
-static void put_f32le(uint8_t *p, float v) {
-  uint32_t u;
-  memcpy(&u, &v, 4);
-  p[0] = (uint8_t)u;
-  p[1] = (uint8_t)(u >> 8);
-  p[2] = (uint8_t)(u >> 16);
-  p[3] = (uint8_t)(u >> 24);
-}
-
-static float get_f32le(const uint8_t *p) {
-  uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-               (uint32_t)p[3] << 24;
-  float v;
-  memcpy(&v, &u, 4);
-  return v;
-}
-
 void fl_tensor_tx_init(fl_tensor_tx *tx, const float *values, uint64_t n, uint32_t chunk_bytes) {
-  memset(tx, 0, sizeof *tx);
-  tx->values = values;
-  tx->n = n;
-  tx->chunk_values = chunk_bytes / 4 ? chunk_bytes / 4 : 1;
+  const fl_codec f32 = {FL_ENC_FLOAT32, 0, 0};
+  fl_tensor_tx_init_codec(tx, &f32, values, n, chunk_bytes, 0); /* float32 cannot fail here */
+}
+
+int fl_tensor_tx_init_codec(fl_tensor_tx *tx, const fl_codec *c, const float *values, uint64_t n,
+                            uint32_t chunk_bytes, uint64_t seed) {
+  tx->payload = 0;
+  return fl_encoder_init(&tx->enc, c, values, n, chunk_bytes, seed);
 }
 
 int fl_tensor_tx_next(fl_tensor_tx *tx, uint8_t **out, size_t *len) {
   *out = NULL;
   *len = 0;
-  /* An empty tensor is one empty chunk, so a receiver always sees a chunk complete it. */
-  if (tx->next == tx->n && (tx->n > 0 || tx->sent)) return 0;
-  uint64_t k = tx->n - tx->next < tx->chunk_values ? tx->n - tx->next : tx->chunk_values;
-
-  Fl__TensorChunk c = FL__TENSOR_CHUNK__INIT;
-  c.offset = tx->next;
-  c.total = tx->n;
-  c.encoding = FL__ENCODING__ENCODING_FLOAT32;
-  c.data.len = (size_t)k * 4;
-  uint8_t *tmp = NULL;
-  if (FL_HOST_LE) {
-    c.data.data = k ? (uint8_t *)(tx->values + tx->next) : NULL;
-  } else if (k) {
-    tmp = malloc(c.data.len);
-    if (!tmp) return FL_ENOMEM;
-    for (uint64_t i = 0; i < k; i++) put_f32le(tmp + 4 * i, tx->values[tx->next + i]);
-    c.data.data = tmp;
+  uint8_t *buf = malloc(tx->enc.chunk_bytes < 8 ? 8 : tx->enc.chunk_bytes);
+  if (!buf) return FL_ENOMEM;
+  fl_chunk ch;
+  int rc = fl_encoder_next(&tx->enc, &ch, buf);
+  if (rc == 1) {
+    Fl__TensorChunk c = FL__TENSOR_CHUNK__INIT;
+    c.offset = ch.offset;
+    c.total = ch.total;
+    c.count = ch.count;
+    c.encoding = (Fl__Encoding)ch.enc;
+    c.scale = ch.scale;
+    c.zero_point = ch.zero;
+    c.data.data = ch.len ? buf : NULL;
+    c.data.len = ch.len;
+    Fl__Envelope env = FL__ENVELOPE__INIT;
+    env.body_case = FL__ENVELOPE__BODY_CHUNK;
+    env.chunk = &c;
+    int erc = fl_msg_encode(&env, out, len);
+    if (erc) rc = erc;
+    else tx->payload += ch.len;
   }
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  env.body_case = FL__ENVELOPE__BODY_CHUNK;
-  env.chunk = &c;
-  int rc = fl_msg_encode(&env, out, len);
-  free(tmp);
-  if (rc) return rc;
-  tx->next += k;
-  tx->sent++;
-  return 1;
+  free(buf);
+  return rc;
 }
 
-void fl_tensor_rx_init(fl_tensor_rx *rx, float *dst, uint64_t total, int check_finite) {
+void fl_tensor_rx_init(fl_tensor_rx *rx, float *dst, uint64_t total) {
+  fl_tensor_rx_init_enc(rx, dst, total, FL_ENC_FLOAT32, 0);
+}
+
+void fl_tensor_rx_init_enc(fl_tensor_rx *rx, float *dst, uint64_t total, fl_enc enc,
+                           uint64_t max_pairs) {
   memset(rx, 0, sizeof *rx);
+  fl_decoder_init(&rx->dec, enc, total, max_pairs);
   rx->dst = dst;
   rx->total = total;
-  rx->check_finite = check_finite;
 }
 
 static const char *encoding_name(int e) {
@@ -254,46 +242,35 @@ static const char *encoding_name(int e) {
   return v ? v->name : "unknown";
 }
 
-#define REJECT(code, ...) \
-  do { if (err && errlen) snprintf(err, errlen, __VA_ARGS__); return (code); } while (0)
+int fl_tensor_rx_check(fl_tensor_rx *rx, const Fl__TensorChunk *chunk, fl_chunk *view, char *err,
+                       size_t errlen) {
+  if (err && errlen) err[0] = '\0';
+  if ((int)chunk->encoding != (int)rx->dec.enc)
+    return fl_errf(err, errlen, FL_EFORMAT, "chunk in encoding %s (%d), expected %s",
+                   encoding_name((int)chunk->encoding), (int)chunk->encoding,
+                   encoding_name((int)rx->dec.enc));
+  *view = (fl_chunk){(fl_enc)chunk->encoding, chunk->offset, chunk->count, chunk->total,
+                     chunk->scale, chunk->zero_point, chunk->data.data, chunk->data.len};
+  /* A dense chunk's count is its number of values: a count of 0 means "as the data says". */
+  size_t vb = view->enc == FL_ENC_FLOAT32 ? 4 : view->enc == FL_ENC_FLOAT16 ? 2 :
+              view->enc == FL_ENC_INT8 ? 1 : 0;
+  if (vb && view->count == 0) {
+    if (view->len % vb)
+      return fl_errf(err, errlen, FL_EPROTO, "chunk data of %zu bytes is not whole %s values",
+                     view->len, fl_enc_name(view->enc));
+    view->count = view->len / vb;
+  }
+  int rc = fl_decoder_check(&rx->dec, view, err, errlen);
+  if (rc < 0) return rc;
+  rx->have = rx->dec.next;
+  rx->chunks++;
+  rx->payload += view->len;
+  return rc;
+}
 
 int fl_tensor_rx_add(fl_tensor_rx *rx, const Fl__TensorChunk *chunk, char *err, size_t errlen) {
-  if (err && errlen) err[0] = '\0';
-  if (rx->chunks > 0 && rx->have == rx->total)
-    REJECT(FL_EPROTO, "chunk after the tensor of %" PRIu64 " values was complete", rx->total);
-  if (chunk->total != rx->total)
-    REJECT(FL_EPROTO, "chunk says the tensor has %" PRIu64 " values, expected %" PRIu64,
-           chunk->total, rx->total);
-  if (chunk->offset != rx->have)
-    REJECT(FL_EPROTO, "chunk at offset %" PRIu64 ", expected %" PRIu64, chunk->offset, rx->have);
-  if (chunk->encoding != FL__ENCODING__ENCODING_FLOAT32)
-    REJECT(FL_EFORMAT, "encoding %s (%d) not supported", encoding_name((int)chunk->encoding),
-           (int)chunk->encoding);
-  size_t bytes = chunk->data.len;
-  if (bytes % 4)
-    REJECT(FL_EPROTO, "chunk data of %zu bytes is not whole float32 values", bytes);
-  uint64_t k = bytes / 4;
-  if (k > rx->total - rx->have)
-    REJECT(FL_EPROTO, "chunk of %" PRIu64 " values at %" PRIu64 " overruns the tensor of %" PRIu64,
-           k, rx->have, rx->total);
-  if (k == 0 && rx->total > 0)
-    REJECT(FL_EPROTO, "empty chunk at offset %" PRIu64, rx->have);
-
-  const uint8_t *src = chunk->data.data;
-  float *dst = rx->dst + rx->have;
-  if (rx->check_finite) {
-    for (uint64_t i = 0; i < k; i++) {
-      float v = get_f32le(src + 4 * i);
-      if (!isfinite(v))
-        REJECT(FL_ENONFINITE, "value %" PRIu64 " is %s", rx->have + i, isnan(v) ? "NaN" : "infinite");
-      dst[i] = v;
-    }
-  } else if (FL_HOST_LE) {
-    if (k) memcpy(dst, src, bytes);
-  } else {
-    for (uint64_t i = 0; i < k; i++) dst[i] = get_f32le(src + 4 * i);
-  }
-  rx->have += k;
-  rx->chunks++;
-  return rx->have == rx->total;
+  fl_chunk view;
+  int rc = fl_tensor_rx_check(rx, chunk, &view, err, errlen);
+  if (rc >= 0 && rx->dst) fl_chunk_decode(&view, rx->dst);
+  return rc;
 }

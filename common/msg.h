@@ -13,9 +13,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "codec.h"
 #include "fl.pb-c.h"
 
-#define FL_PROTOCOL_VERSION 1u
+/* 2: encodings other than float32 (TensorChunk count, scale, zero point; Welcome's update
+ * encoding). */
+#define FL_PROTOCOL_VERSION 2u
 #define FL_CHUNK_DEFAULT (1u << 20) /* bytes of tensor data per chunk */
 
 /* Packs env; *out is malloc'd (caller frees), *len its size.  0 or FL_ENOMEM
@@ -48,35 +51,50 @@ int fl_msg_error(Fl__ErrorCode code, const char *reason, uint8_t **out, size_t *
  * answers fl_msg_error(FL__ERROR_CODE__ERROR_VERSION, ...) and closes. */
 int fl_version_negotiate(const Fl__Hello *hello, uint32_t *chosen);
 
-/* Streams values[0..n) as TensorChunk frames of at most chunk_bytes of data (at least
- * one value per chunk).  An empty tensor (n = 0) is sent as one empty chunk, so the
+/* Streams values[0..n) as TensorChunk frames of at most chunk_bytes of data, in an
+ * encoding (codec.h).  An empty tensor (n = 0) is sent as one empty chunk, so the
  * receiver always completes on a chunk.  values is borrowed: keep it alive and unchanged
- * until the last chunk has been produced. */
+ * until the last chunk has been produced.  A tx holds no memory of its own. */
 typedef struct fl_tensor_tx {
-  const float *values;
-  uint64_t n, next;
-  uint32_t chunk_values;
-  uint64_t sent;     /* chunks produced so far */
+  fl_encoder enc;
+  uint64_t payload;  /* tensor data bytes produced so far */
 } fl_tensor_tx;
+/* float32. */
 void fl_tensor_tx_init(fl_tensor_tx *tx, const float *values, uint64_t n, uint32_t chunk_bytes);
+/* Any encoding; seed drives int8's stochastic rounding.  0, or FL_ENOMEM (topk's
+ * threshold needs a pass over a copy of the magnitudes) or FL_ERANGE (a value topk
+ * cannot carry). */
+int fl_tensor_tx_init_codec(fl_tensor_tx *tx, const fl_codec *c, const float *values, uint64_t n,
+                            uint32_t chunk_bytes, uint64_t seed);
 /* Encodes the next chunk envelope (a payload, without frame header) into *out
  * (malloc'd, caller frees).  Returns 1 when a chunk was produced, 0 when the tensor is
- * complete, or FL_E*. */
+ * complete, or FL_E* (FL_ERANGE: a value the encoding cannot carry). */
 int fl_tensor_tx_next(fl_tensor_tx *tx, uint8_t **out, size_t *len);
 
+/* The receiving side: checks each chunk from the peer (codec.h's decoder: place, length,
+ * encoding, finite values) and decodes it into a caller-provided float array. */
 typedef struct fl_tensor_rx {
-  float *dst;        /* [total] destination, caller-owned */
-  uint64_t total, have;
-  int check_finite;  /* refuse NaN or infinity with FL_ENONFINITE */
+  fl_decoder dec;
+  float *dst;        /* [total] destination, caller-owned; NULL: check only */
+  uint64_t have, total;
   uint64_t chunks;   /* chunks accepted so far */
+  uint64_t payload;  /* tensor data bytes accepted so far */
 } fl_tensor_rx;
-void fl_tensor_rx_init(fl_tensor_rx *rx, float *dst, uint64_t total, int check_finite);
-/* Takes one chunk (borrowed; nothing of it is kept).  Returns 1 when the tensor is
- * complete, 0 when more chunks are expected, or FL_E* (FL_EPROTO out of order / wrong
- * total / data not whole float32 values / past the end / empty chunk / chunk after
- * completion, FL_EFORMAT unsupported encoding, FL_ENONFINITE naming the value's index)
- * with the reason in err (may be NULL).  A tensor of total 0 completes on one empty
- * chunk.  After an error the transfer is broken: dst may hold part of the bad chunk. */
+/* float32 into dst. */
+void fl_tensor_rx_init(fl_tensor_rx *rx, float *dst, uint64_t total);
+/* In encoding enc, at most max_pairs topk pairs (0: total); dst may be NULL when the
+ * caller keeps the chunks encoded (fl_tensor_rx_check). */
+void fl_tensor_rx_init_enc(fl_tensor_rx *rx, float *dst, uint64_t total, fl_enc enc,
+                           uint64_t max_pairs);
+/* Takes one chunk (borrowed; nothing of it is kept) into dst.  Returns 1 when the tensor
+ * is complete, 0 when more chunks are expected, or FL_E* with the reason in err (may be
+ * NULL): FL_EPROTO (out of place, past the end, the wrong total or length, an empty
+ * chunk, a chunk after completion), FL_EFORMAT (another encoding than expected),
+ * FL_ENONFINITE (naming the value).  After an error the transfer is broken. */
 int fl_tensor_rx_add(fl_tensor_rx *rx, const Fl__TensorChunk *chunk, char *err, size_t errlen);
+/* The same checks without decoding: *view is the chunk as codec.h sees it (its data
+ * borrowed from chunk), for a caller that keeps updates encoded. */
+int fl_tensor_rx_check(fl_tensor_rx *rx, const Fl__TensorChunk *chunk, fl_chunk *view, char *err,
+                       size_t errlen);
 
 #endif

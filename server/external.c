@@ -110,7 +110,7 @@ void srv_on_params(client *c, const Fl__Params *p) {
     return;
   }
   c->rx = RX_INIT;
-  fl_tensor_rx_init(&c->rxt, s->global, s->n, 1);
+  fl_tensor_rx_init(&c->rxt, s->global, s->n);
 }
 
 void srv_on_init_chunk(client *c, const Fl__TensorChunk *ch) {

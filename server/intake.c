@@ -33,7 +33,7 @@ static void send_proceed(client *c) {
 static void take_update(client *c, float *buf) {
   c->buf = buf;
   c->rx = RX_UPDATE;
-  fl_tensor_rx_init(&c->rxt, buf, c->srv->n, 1);
+  fl_tensor_rx_init(&c->rxt, buf, c->srv->n);
   send_proceed(c);
 }
 

@@ -297,7 +297,7 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     c->num_params = t->num_params;
     free(c->model);
     c->model = malloc(t->num_params * sizeof(float));
-    fl_tensor_rx_init(&c->rx, c->model, t->num_params, 1);
+    fl_tensor_rx_init(&c->rx, c->model, t->num_params);
     c->receiving = 1;
     break;
   }

@@ -27,8 +27,10 @@ typedef struct stream {
 
 static void take_chunk(stream *s, const Fl__TensorChunk *c) {
   if (!s->active) {
-    fl_tensor_rx_init(&s->rx, s->dst, c->total <= MAX_VALUES ? c->total : MAX_VALUES,
-                      (int)(c->total & 1));
+    /* The expected encoding from the total's low bits: every decoder, and chunks in
+     * another encoding than expected. */
+    fl_tensor_rx_init_enc(&s->rx, s->dst, c->total <= MAX_VALUES ? c->total : MAX_VALUES,
+                          (fl_enc)(c->total & 3), 0);
     s->active = 1;
   }
   char err[128];

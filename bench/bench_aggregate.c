@@ -57,7 +57,7 @@ static fl_strategy *make(const char *spec, size_t n, double lr) {
 static double time_fold(fl_strategy *s, float *const *delta, size_t k, size_t n, int reps) {
   fl_update u[MAX_K];
   char err[256];
-  for (size_t j = 0; j < k; j++) u[j] = (fl_update){"bench", 1.0 + (double)j, delta[j], NULL};
+  for (size_t j = 0; j < k; j++) u[j] = (fl_update){.client = "bench", .weight = 1.0 + (double)j, .delta = delta[j], .buf = NULL};
   fl_strategy_begin(s);
   double t0 = thread_cpu_s();
   for (int r = 0; r < reps; r++) fl_strategy_fold(s, u, k, err, sizeof err);
@@ -90,7 +90,7 @@ static double check(float *const *delta, size_t k, size_t n, float *ref, float *
   memset(ref, 0, n * sizeof *ref);
   memset(global, 0, n * sizeof *global);
   for (size_t j = 0; j < k; j++) {
-    u[j] = (fl_update){"bench", 1.0 + (double)j, delta[j], NULL};
+    u[j] = (fl_update){.client = "bench", .weight = 1.0 + (double)j, .delta = delta[j], .buf = NULL};
     total += u[j].weight;
     cblas_saxpy((int)n, (float)u[j].weight, delta[j], 1, ref, 1);
   }
@@ -127,7 +127,7 @@ static double time_round(const char *spec, float *const *pool, size_t n) {
       exit(1);
     }
     memcpy(b, pool[j % 8], n * sizeof *b); /* the server's buffer, as it arrived */
-    fl_update u = {"bench", 1.0 + (double)(j % 5), b, b};
+    fl_update u = {.client = "bench", .weight = 1.0 + (double)(j % 5), .delta = b, .buf = b};
     if (fl_strategy_fold(s, &u, 1, err, sizeof err) != 0) {
       fprintf(stderr, "bench-aggregate: %s: %s\n", spec, err);
       exit(1);

@@ -43,7 +43,9 @@ static int krum_fold(fl__agg *a, fl_update *u, size_t n, char *err, size_t errle
     k->cap = cap;
   }
   for (size_t i = 0; i < n; i++) {
-    k->kept[a->folded++] = fl__agg_keep(&u[i]);
+    float *kept = fl__agg_keep(&u[i], a->n);
+    if (!kept) return fl_errf(err, errlen, FL_ENOMEM, "out of memory keeping an update");
+    k->kept[a->folded++] = kept;
     a->weight += u[i].weight;
   }
   return 0;

@@ -84,21 +84,35 @@ static void fold_scaled(fl__agg *a, const fl_update *u, const double *factor, si
   }
 }
 
+/* Folds k updates, update j's delta times factor[j]: float32 ones in passes, encoded ones
+ * straight from their chunks into the sum (never expanded). */
+static void fold_factors(fl__agg *a, const fl_update *u, const double *factor, size_t k) {
+  mean *m = a->impl;
+  size_t i = 0;
+  while (i < k) {
+    if (u[i].enc != FL_ENC_FLOAT32) {
+      fl_records_axpy(u[i].data, u[i].len, u[i].enc, a->n, factor[i], m->sum);
+      a->weight += u[i].weight;
+      a->folded++;
+      i++;
+      continue;
+    }
+    size_t run = 1; /* consecutive float32 updates, folded together */
+    while (i + run < k && u[i + run].enc == FL_ENC_FLOAT32) run++;
+    fold_scaled(a, u + i, factor + i, run);
+    i += run;
+  }
+}
+
 static int mean_fold(fl__agg *a, fl_update *u, size_t k, char *err, size_t errlen) {
   (void)err, (void)errlen;
   double w[64];
   for (size_t i = 0; i < k; i += 64) {
     size_t p = k - i < 64 ? k - i : 64;
     for (size_t j = 0; j < p; j++) w[j] = u[i + j].weight;
-    fold_scaled(a, u + i, w, p);
+    fold_factors(a, u + i, w, p);
   }
   return 0;
-}
-
-static double l2(const float *d, size_t n) {
-  double s = 0;
-  for (size_t i = 0; i < n; i++) s += (double)d[i] * (double)d[i];
-  return sqrt(s);
 }
 
 /* Norm bounding: delta * min(1, bound / |delta|), then weighted as usual. */
@@ -108,10 +122,10 @@ static int bound_fold(fl__agg *a, fl_update *u, size_t k, char *err, size_t errl
   for (size_t i = 0; i < k; i += 64) {
     size_t p = k - i < 64 ? k - i : 64;
     for (size_t j = 0; j < p; j++) {
-      double norm = l2(u[i + j].delta, a->n);
+      double norm = fl_update_norm(&u[i + j], a->n);
       w[j] = u[i + j].weight * (norm > bound ? bound / norm : 1.0);
     }
-    fold_scaled(a, u + i, w, p);
+    fold_factors(a, u + i, w, p);
   }
   return 0;
 }

@@ -45,7 +45,9 @@ static int order_fold(fl__agg *a, fl_update *u, size_t k, char *err, size_t errl
     o->cap = cap;
   }
   for (size_t i = 0; i < k; i++) {
-    o->kept[a->folded++] = fl__agg_keep(&u[i]);
+    float *kept = fl__agg_keep(&u[i], a->n);
+    if (!kept) return fl_errf(err, errlen, FL_ENOMEM, "out of memory keeping an update");
+    o->kept[a->folded++] = kept;
     a->weight += u[i].weight;
   }
   return 0;

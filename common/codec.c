@@ -447,3 +447,74 @@ void fl_chunk_axpy(const fl_chunk *ch, double w, double *sum) {
     break;
   }
 }
+
+/* ---- records ---- */
+
+static void put64(uint8_t *p, uint64_t v) {
+  put32(p, (uint32_t)v);
+  put32(p + 4, (uint32_t)(v >> 32));
+}
+static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
+
+size_t fl_chunk_record_size(const fl_chunk *ch) { return FL_CHUNK_RECORD_HEAD + ch->len; }
+
+void fl_chunk_record_put(const fl_chunk *ch, uint8_t *dst) {
+  put64(dst, ch->offset);
+  put64(dst + 8, ch->count);
+  putf(dst + 16, ch->scale);
+  putf(dst + 20, ch->zero);
+  put32(dst + 24, (uint32_t)ch->len);
+  if (ch->len) memcpy(dst + FL_CHUNK_RECORD_HEAD, ch->data, ch->len);
+}
+
+int fl_chunk_record_next(const uint8_t *recs, size_t len, size_t *pos, fl_enc enc, uint64_t total,
+                         fl_chunk *ch) {
+  if (*pos + FL_CHUNK_RECORD_HEAD > len) return 0;
+  const uint8_t *p = recs + *pos;
+  *ch = (fl_chunk){enc, get64(p), get64(p + 8), total, getf(p + 16), getf(p + 20),
+                   p + FL_CHUNK_RECORD_HEAD, get32(p + 24)};
+  *pos += FL_CHUNK_RECORD_HEAD + ch->len;
+  return 1;
+}
+
+void fl_records_decode(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total, float *dst) {
+  size_t pos = 0;
+  fl_chunk ch;
+  while (fl_chunk_record_next(recs, len, &pos, enc, total, &ch)) fl_chunk_decode(&ch, dst);
+}
+
+void fl_records_axpy(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total, double w,
+                     double *sum) {
+  size_t pos = 0;
+  fl_chunk ch;
+  while (fl_chunk_record_next(recs, len, &pos, enc, total, &ch)) fl_chunk_axpy(&ch, w, sum);
+}
+
+double fl_records_sumsq(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total) {
+  size_t pos = 0;
+  fl_chunk ch;
+  double s = 0;
+  float tmp[256];
+  while (fl_chunk_record_next(recs, len, &pos, enc, total, &ch)) {
+    if (enc == FL_ENC_TOPK) {
+      for (size_t i = 0; i < ch.len / 8; i++) {
+        double v = getf(ch.data + 8 * i + 4);
+        s += v * v;
+      }
+      continue;
+    }
+    /* Dense: decode a piece at a time into a small buffer (a chunk's own offsets). */
+    for (uint64_t at = 0; at < ch.count; at += 256) {
+      uint64_t k = ch.count - at < 256 ? ch.count - at : 256;
+      size_t vb = value_bytes(enc);
+      fl_chunk piece = ch;
+      piece.offset = 0;
+      piece.count = k;
+      piece.data = ch.data + at * vb;
+      piece.len = k * vb;
+      fl_chunk_decode(&piece, tmp);
+      for (uint64_t i = 0; i < k; i++) s += (double)tmp[i] * tmp[i];
+    }
+  }
+  return s;
+}

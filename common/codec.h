@@ -110,6 +110,28 @@ void fl_chunk_decode(const fl_chunk *ch, float *dst);
 /* sum[i] += w * value for every value the chunk carries. */
 void fl_chunk_axpy(const fl_chunk *ch, double w, double *sum);
 
+/* ---- chunks kept encoded ----
+ *
+ * A receiver that keeps a tensor encoded (the server's update buffers) stores each checked
+ * chunk as a record: u64 offset, u64 count, f32 scale, f32 zero point, u32 payload length,
+ * then the payload, little-endian.  Records are written only after fl_decoder_check
+ * accepted the chunk, and read back only by the process that wrote them. */
+#define FL_CHUNK_RECORD_HEAD 28
+/* Bytes the chunk takes as a record. */
+size_t fl_chunk_record_size(const fl_chunk *ch);
+/* Writes the record of ch at dst (fl_chunk_record_size bytes of room). */
+void fl_chunk_record_put(const fl_chunk *ch, uint8_t *dst);
+/* The record at *pos of recs[0..len) as a chunk of a tensor of total values in encoding
+ * enc (its data points into recs); advances *pos.  1, or 0 at the end. */
+int fl_chunk_record_next(const uint8_t *recs, size_t len, size_t *pos, fl_enc enc, uint64_t total,
+                         fl_chunk *ch);
+/* Over all the records of a tensor: dst = the values (0 where a topk stream sends none);
+ * sum += w * values; the sum of the squared values. */
+void fl_records_decode(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total, float *dst);
+void fl_records_axpy(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total, double w,
+                     double *sum);
+double fl_records_sumsq(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total);
+
 /* IEEE half conversions (round to nearest even), for tests and tools. */
 uint16_t fl_f32_to_f16(float f);
 float fl_f16_to_f32(uint16_t h);

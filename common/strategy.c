@@ -379,8 +379,25 @@ void fl_strategy_help(FILE *f) {
   }
 }
 
-float *fl__agg_keep(fl_update *u) {
-  float *b = u->buf;
-  u->buf = NULL;
+float *fl__agg_keep(fl_update *u, size_t n) {
+  if (u->enc == FL_ENC_FLOAT32) {
+    float *b = u->buf;
+    u->buf = NULL;
+    return b;
+  }
+  float *b = fl_alloc_big((n ? n : 1) * sizeof *b); /* encoded: a float copy of its own */
+  if (b) fl_update_decode(u, b, n);
   return b;
+}
+
+void fl_update_decode(const fl_update *u, float *dst, size_t n) {
+  if (u->enc == FL_ENC_FLOAT32) memcpy(dst, u->delta, n * sizeof *dst);
+  else fl_records_decode(u->data, u->len, u->enc, n, dst);
+}
+
+double fl_update_norm(const fl_update *u, size_t n) {
+  if (u->enc != FL_ENC_FLOAT32) return sqrt(fl_records_sumsq(u->data, u->len, u->enc, n));
+  double s = 0;
+  for (size_t i = 0; i < n; i++) s += (double)u->delta[i] * (double)u->delta[i];
+  return sqrt(s);
 }

@@ -36,19 +36,31 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "codec.h"
+
 typedef struct fl_strategy fl_strategy;
 
-/* One accepted update, as the server hands it to fold.  delta[0..n) is the client's
- * float32 delta (local minus global weights), already checked finite.  buf is the
- * memory behind delta (from fl_alloc_big, freed with free()): a strategy that keeps the
- * update takes it by setting buf to NULL, and frees it itself later; otherwise the
- * buffer goes back to the server after the call. */
+/* One accepted update, as the server hands it to fold.  A float32 update is delta[0..n)
+ * (local minus global weights), already checked finite; buf is the memory behind it
+ * (from fl_alloc_big, freed with free()): a strategy that keeps the update takes it by
+ * setting buf to NULL, and frees it itself later; otherwise the buffer goes back to the
+ * server after the call.  An update in another encoding (codec.h) is the records of its
+ * checked chunks, data[0..len), borrowed for the call: a strategy that needs it later
+ * decodes it into memory of its own. */
 typedef struct fl_update {
   const char *client;  /* the client's identity (borrowed for the call) */
   double weight;       /* > 0: its weight after the server's weight policy */
-  const float *delta;  /* [n] */
-  float *buf;          /* the buffer behind delta, NULL once a strategy kept it */
+  fl_enc enc;
+  const float *delta;  /* FL_ENC_FLOAT32: [n] */
+  float *buf;          /* FL_ENC_FLOAT32: the buffer behind delta, NULL once a strategy kept it */
+  const uint8_t *data; /* other encodings: chunk records */
+  size_t len;
 } fl_update;
+
+/* The update's values into dst[0..n). */
+void fl_update_decode(const fl_update *u, float *dst, size_t n);
+/* Its L2 norm. */
+double fl_update_norm(const fl_update *u, size_t n);
 
 /* Parses spec and creates the strategy for models of n parameters; server_lr is the rate
  * of the sgd optimizer when the spec does not set it (fl-server's --server-lr).  0, or

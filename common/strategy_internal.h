@@ -76,7 +76,9 @@ extern const fl__opt_ops fl__opt_sgd, fl__opt_fedavgm, fl__opt_fedadagrad, fl__o
     fl__opt_fedyogi;
 
 /* Helpers shared by the aggregators. */
-/* Keeps u's buffer: takes it from the update (u->buf = NULL). */
-float *fl__agg_keep(fl_update *u);
+/* Keeps u's values as n floats of the aggregator's own: a float32 update's buffer (taken
+ * from the update, u->buf = NULL), or a decoded copy of an encoded one.  NULL: out of
+ * memory. */
+float *fl__agg_keep(fl_update *u, size_t n);
 
 #endif

@@ -76,8 +76,7 @@ static void fold_work(uv_work_t *w) {
       j->norm[i] = sqrt(sq);
       if (!(j->norm[i] <= j->bound)) continue; /* refused after the fold */
     }
-    j->u[m++] = (fl_update){j->items[i].client, j->items[i].weight, j->items[i].buf,
-                            j->items[i].buf};
+    j->u[m++] = (fl_update){.client = j->items[i].client, .weight = j->items[i].weight, .delta = j->items[i].buf, .buf = j->items[i].buf};
   }
   j->rc = m ? fl_strategy_fold(j->srv->strategy, j->u, m, j->err, sizeof j->err) : 0;
   /* What the strategy kept is no longer the job's to give back. */

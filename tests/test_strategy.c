@@ -40,7 +40,7 @@ static fl_update owned(const float *values, size_t n, double weight) {
   float *b = fl_alloc_big(n * sizeof *b);
   cr_assert_not_null(b);
   memcpy(b, values, n * sizeof *b);
-  return (fl_update){"client", weight, b, b};
+  return (fl_update){.client = "client", .weight = weight, .delta = b, .buf = b};
 }
 
 static void fold(fl_strategy *s, fl_update *u, size_t k) {
@@ -62,7 +62,7 @@ static void aggregate(size_t per, float *global) {
   for (size_t k = 0; k < K; k += per) {
     size_t m = K - k < per ? K - k : per;
     fl_update u[K];
-    for (size_t j = 0; j < m; j++) u[j] = (fl_update){"c", weights[k + j], deltas[k + j], NULL};
+    for (size_t j = 0; j < m; j++) u[j] = (fl_update){.client = "c", .weight = weights[k + j], .delta = deltas[k + j], .buf = NULL};
     fold(s, u, m);
   }
   cr_assert_eq(fl_strategy_folded(s), K);
@@ -100,7 +100,7 @@ Test(strategy, nothing_folded_is_a_state_error) {
 Test(strategy, normbound_clips_each_delta_before_the_mean) {
   float a[2] = {3, 4}, b[2] = {0.3f, 0.4f}; /* norms 5 and 0.5 */
   fl_strategy *s = make("normbound:bound=1", 2);
-  fl_update u[2] = {{"a", 1, a, NULL}, {"b", 1, b, NULL}};
+  fl_update u[2] = {{.client = "a", .weight = 1, .delta = a, .buf = NULL}, {.client = "b", .weight = 1, .delta = b, .buf = NULL}};
   fold(s, u, 2);
   float g[2] = {0, 0};
   finish(s, g);
@@ -204,7 +204,7 @@ static void two_steps(const char *spec, const double want[2][3], int moments) {
   const float d[2] = {0.5f, -0.25f};
   for (int r = 0; r < 2; r++) {
     fl_strategy_begin(s);
-    fl_update u = {"c", 3, &d[r], NULL};
+    fl_update u = {.client = "c", .weight = 3, .delta = &d[r], .buf = NULL};
     fold(s, &u, 1);
     finish(s, &x);
     cr_assert_float_eq(x, want[r][0], 1e-6 * fabs(want[r][0]), "%s round %d: x %.9g want %.9g",
@@ -254,7 +254,7 @@ Test(strategy, non_finite_aggregate_changes_nothing) {
   uint8_t *before, *after;
   size_t lb, la;
   cr_assert_eq(fl_strategy_save(s, &before, &lb), 0);
-  fl_update u[2] = {{"a", 1, big, NULL}, {"b", 1, big, NULL}};
+  fl_update u[2] = {{.client = "a", .weight = 1, .delta = big, .buf = NULL}, {.client = "b", .weight = 1, .delta = big, .buf = NULL}};
   fold(s, u, 2);
   float g[2] = {3e38f, 1};
   char err[256];
@@ -301,7 +301,7 @@ Test(strategy, canonical_spec_and_memory) {
 Test(strategy, state_round_trip_and_mismatch) {
   float d[3] = {0.1f, -0.2f, 0.3f}, g[3] = {1, 2, 3}, h[3] = {1, 2, 3};
   fl_strategy *a = make("fedadam", 3), *b = make("fedadam", 3);
-  fl_update u = {"c", 1, d, NULL};
+  fl_update u = {.client = "c", .weight = 1, .delta = d, .buf = NULL};
   fold(a, &u, 1);
   finish(a, g);
   uint8_t *st;
@@ -325,4 +325,62 @@ Test(strategy, state_round_trip_and_mismatch) {
   fl_strategy_free(a);
   fl_strategy_free(b);
   fl_strategy_free(c);
+}
+
+/* ---- encoded updates (codec.h records) ---- */
+
+/* x[0..n) encoded with spec, as chunk records in a malloc'd buffer. */
+static uint8_t *records(const char *spec, const float *x, size_t n, size_t *len) {
+  fl_codec c;
+  char err[128];
+  cr_assert_eq(fl_codec_parse(spec, &c, err, sizeof err), 0, "%s", err);
+  fl_encoder e;
+  cr_assert_eq(fl_encoder_init(&e, &c, x, n, 256, 1), 0);
+  uint8_t *out = malloc(16 * n + 1024), buf[256];
+  size_t used = 0;
+  fl_chunk ch;
+  while (fl_encoder_next(&e, &ch, buf) == 1) {
+    fl_chunk_record_put(&ch, out + used);
+    used += fl_chunk_record_size(&ch);
+  }
+  *len = used;
+  return out;
+}
+
+Test(strategy, encoded_updates_fold_as_their_decoded_values) {
+  fill();
+  const char *specs[] = {"float16", "int8", "topk:0.2"};
+  const char *strats[] = {"fedavg", "median", "normbound:bound=0.05"};
+  for (size_t e = 0; e < 3; e++) {
+    for (size_t st = 0; st < 3; st++) {
+      /* The strategy on the encoded updates, and on their decoded float32 copies. */
+      fl_strategy *a = make(strats[st], N), *b = make(strats[st], N);
+      static float dec[K][N];
+      uint8_t *rec[K];
+      fl_update ua[K], ub[K];
+      for (int k = 0; k < K; k++) {
+        size_t len;
+        rec[k] = records(specs[e], deltas[k], N, &len);
+        ua[k] = (fl_update){.client = "c", .weight = weights[k], .enc = (fl_enc)0, .data = rec[k], .len = len};
+        fl_codec c;
+        fl_codec_parse(specs[e], &c, NULL, 0);
+        ua[k].enc = c.enc;
+        fl_update_decode(&ua[k], dec[k], N);
+        ub[k] = owned(dec[k], N, weights[k]);
+      }
+      char err[128];
+      cr_assert_eq(fl_strategy_fold(a, ua, K, err, sizeof err), 0, "%s", err);
+      fold(b, ub, K);
+      static float ga[N], gb[N];
+      for (int i = 0; i < N; i++) ga[i] = gb[i] = 0.5f;
+      finish(a, ga);
+      finish(b, gb);
+      for (int i = 0; i < N; i++)
+        cr_assert_float_eq(ga[i], gb[i], 1e-7, "%s on %s at %d: %g vs %g", strats[st], specs[e], i,
+                           (double)ga[i], (double)gb[i]);
+      for (int k = 0; k < K; k++) free(rec[k]);
+      fl_strategy_free(a);
+      fl_strategy_free(b);
+    }
+  }
 }

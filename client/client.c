@@ -59,6 +59,7 @@ struct app {
   fl_client_throttle *throttle;
   fl_dataset data, test;
   int have_test;
+  unsigned encodings;        /* --encodings, FL_CLIENT_ENC_* */
   fl_attack attack;          /* simulation (--attack) */
   fl_dataset flipped;        /* --attack labelflip: data with flipped labels (x shared) */
   fl_subset *parts, *test_parts;
@@ -318,12 +319,36 @@ static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
                                     cfg->retry_max)) != 0 ||
       (rc = fl_client_set_heartbeat(fc, cfg->heartbeat, cfg->idle_timeout)) != 0 ||
       (rc = fl_client_set_threading(fc, FL_CLIENT_THREAD_LOOP)) != 0 ||
+      (rc = fl_client_set_encodings(fc, a->encodings)) != 0 ||
       (rc = fl_client_set_throttle(fc, a->throttle)) != 0 ||
       (rc = fl_client_on_fit(fc, on_fit)) != 0 ||
       (rc = fl_client_on_evaluate(fc, on_evaluate)) != 0 ||
       (rc = fl_client_on_log(fc, on_log, fl__log_level)) != 0 ||
       (rc = fl_client_on_finish(fc, on_finish)) != 0)
     return fl_errf(err, errlen, FL_ECONFIG, "%s: %s", v->name, fl_client_errmsg(fc));
+  return 0;
+}
+
+/* --encodings: "all", or a comma list of encoding names. */
+static int parse_encodings(const char *spec, unsigned *out, char *err, size_t errlen) {
+  static const struct { const char *name; unsigned flag; } known[] = {
+      {"float32", FL_CLIENT_ENC_FLOAT32}, {"float16", FL_CLIENT_ENC_FLOAT16},
+      {"int8", FL_CLIENT_ENC_INT8}, {"topk", FL_CLIENT_ENC_TOPK}};
+  if (strcmp(spec, "all") == 0) {
+    *out = FL_CLIENT_ENC_ALL;
+    return 0;
+  }
+  *out = FL_CLIENT_ENC_FLOAT32;
+  for (const char *p = spec; *p;) {
+    size_t len = strcspn(p, ",");
+    size_t k = 0;
+    while (k < 4 && !(strlen(known[k].name) == len && strncmp(p, known[k].name, len) == 0)) k++;
+    if (k == 4)
+      return fl_errf(err, errlen, FL_ECONFIG, "--encodings: unknown encoding '%.*s' (all, or "
+                     "float32, float16, int8, topk)", (int)len, p);
+    *out |= known[k].flag;
+    p += len + (p[len] == ',');
+  }
   return 0;
 }
 
@@ -336,7 +361,8 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
     free(a);
     return fl_errf(err, errlen, rc, "libuv: cannot create a loop");
   }
-  rc = load_data(a, err, errlen);
+  rc = parse_encodings(cfg->encodings, &a->encodings, err, errlen);
+  if (rc == 0) rc = load_data(a, err, errlen);
   if (rc) goto fail;
   if (cfg->attack) {
     rc = fl_attack_parse(cfg->attack, &a->attack, err, errlen);

@@ -35,6 +35,7 @@ const fl_option client_options[] = {
   O("num-partitions", "data", FL_OPTT_INT_AUTO, num_partitions, "0", "N|auto", "partitions of --data (default: --clients; auto: processes of the launch x clients)", 0, 10000000),
   O("partition-index", "data", FL_OPTT_INT_AUTO, partition_index, "0", "I|auto", "partition of the first virtual client (client k trains on I+k; auto: rank x clients, the rank from OMPI_COMM_WORLD_RANK, PMI_RANK, SLURM_PROCID or JOB_COMPLETION_INDEX)", 0, 10000000),
   O("seed", "data", FL_OPTT_U64, seed, "1", "N", "partitioning seed (the same on every client of a simulation)", 0, 0),
+  O("encodings", "client", FL_OPTT_STR, encodings, "all", "LIST", "tensor encodings offered to the server (all, or a comma list of float32, float16, int8, topk): it picks how updates and models travel", 0, 0),
   O("sim-crash-round", "simulation", FL_OPTT_INT, sim_crash_round, "0", "R", "SIMULATION ONLY (tests of churn): the whole process kills itself with SIGKILL when one of its clients is given round R's task (0 = never)", 0, 1000000000),
   O("sim-stop-round", "simulation", FL_OPTT_INT, sim_stop_round, "0", "R", "SIMULATION ONLY (tests of network failures): the whole process stops itself with SIGSTOP when one of its clients is given round R's task, until SIGCONT (0 = never)", 0, 1000000000),
   O("attack", "simulation", FL_OPTT_STR, attack, NULL, "MODE[:X]", "SIMULATION ONLY (robustness tests): the clients chosen by --attack-clients attack: signflip[:K], scale[:K], noise[:S], constant[:C] or labelflip", 0, 0),

@@ -31,6 +31,7 @@ typedef struct client_config {
   int num_partitions;
   int partition_index;
   unsigned long long seed;
+  char *encodings;       /* offered to the server: a list, or "all" */
   /* [simulation] */
   int sim_crash_round;   /* the process kills itself when given this round's task */
   int sim_stop_round;    /* the process stops itself (SIGSTOP) when given this round's task */

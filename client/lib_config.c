@@ -27,6 +27,7 @@ int fl_client_new(fl_client **out) {
   c->heartbeat = 15;
   c->idle_timeout = 120;
   c->threading = FL_CLIENT_THREAD_WORKER;
+  c->encodings = FL_CLIENT_ENC_ALL;
   c->log_level = FL_CLIENT_LOG_INFO;
   c->state = FLC_IDLE;
   *out = c;
@@ -41,6 +42,7 @@ int fl_client_free(fl_client *c) {
   free(c->host);
   free(c->model_spec);
   free(c->server_spec);
+  free(c->residual);
   pthread_mutex_destroy(&c->mu);
   free(c);
   return 0;
@@ -189,6 +191,15 @@ int fl_client_set_heartbeat(fl_client *c, double interval_s, double idle_timeout
                      idle_timeout_s, interval_s);
   c->heartbeat = interval_s;
   c->idle_timeout = idle_timeout_s;
+  return 0;
+}
+
+int fl_client_set_encodings(fl_client *c, unsigned flags) {
+  CONFIGURABLE(c, "fl_client_set_encodings");
+  if (flags & ~(unsigned)FL_CLIENT_ENC_ALL)
+    return flc__errf(c, FL_CLIENT_EINVAL, "fl_client_set_encodings: unknown flags 0x%x",
+                     flags & ~(unsigned)FL_CLIENT_ENC_ALL);
+  c->encodings = flags | FL_CLIENT_ENC_FLOAT32;
   return 0;
 }
 

@@ -24,6 +24,7 @@
 
 #include "conn.h"
 #include "fl/client.h"
+#include "codec.h"
 #include "msg.h"
 #include "rng.h"
 #include "tls.h"
@@ -117,6 +118,11 @@ struct fl_client {
   int handles_closing;
   fl_rng rng;                /* backoff jitter */
   uint32_t chunk_bytes;      /* tensor data per chunk, as the Welcome asks */
+  unsigned encodings;        /* FL_CLIENT_ENC_* offered in the Hello */
+  fl_codec uplink;           /* the encoding of this connection's updates (the Welcome's) */
+  float *residual;           /* error feedback: what lossy updates left out so far (across
+                              * rounds and connections, for residual_n parameters) */
+  uint64_t residual_n;
   char *server_spec;         /* the server's model, from its Welcome or last TrainTask */
   uint64_t server_model_id, server_num_params;
   fl_client_task *rx;        /* its model is arriving */

@@ -60,10 +60,13 @@ static void on_open(fl_conn *conn) {
   Fl__Envelope env = FL__ENVELOPE__INIT;
   Fl__Hello h = FL__HELLO__INIT;
   uint32_t versions[1] = {FL_PROTOCOL_VERSION};
-  char *caps[4];
+  char *caps[8];
   size_t ncaps = 0;
   caps[ncaps++] = "train";
   caps[ncaps++] = "encoding:float32";
+  if (c->encodings & FL_CLIENT_ENC_FLOAT16) caps[ncaps++] = "encoding:float16";
+  if (c->encodings & FL_CLIENT_ENC_INT8) caps[ncaps++] = "encoding:int8";
+  if (c->encodings & FL_CLIENT_ENC_TOPK) caps[ncaps++] = "encoding:topk";
   if (c->evaluate) caps[ncaps++] = "evaluate";
   if (c->get_params && c->model_spec) caps[ncaps++] = "params";
   char software[64];
@@ -104,13 +107,22 @@ static int on_welcome(fl_client *c, const Fl__Welcome *w) {
                        (unsigned long long)w->num_params, c->model_spec,
                        (unsigned long long)c->num_params);
   }
+  fl_codec up = {(fl_enc)w->update_encoding, w->update_stochastic, w->update_topk_fraction};
+  if ((int)up.enc < 0 || (int)up.enc >= FL_ENC_COUNT || !(c->encodings & (1u << up.enc)) ||
+      (up.enc == FL_ENC_TOPK && !(up.fraction > 0 && up.fraction <= 1)))
+    return flc__errf(c, FL_CLIENT_EPROTO, "the server asks for updates in encoding %d (fraction "
+                     "%g), which this client did not offer", (int)w->update_encoding,
+                     w->update_topk_fraction);
+  c->uplink = up;
   c->state = FLC_READY;
   c->attempts = 0;
   c->chunk_bytes = w->chunk_size && w->chunk_size < FL_CHUNK_DEFAULT ? w->chunk_size
                                                                       : FL_CHUNK_DEFAULT;
-  flc__log(c, FL_CLIENT_LOG_INFO, "joined the federation as %s (protocol %u%s%s)",
+  char enc[48];
+  fl_codec_format(&c->uplink, enc, sizeof enc);
+  flc__log(c, FL_CLIENT_LOG_INFO, "joined the federation as %s (protocol %u%s%s, updates in %s)",
            w->client_id ? w->client_id : "?", w->protocol_version,
-           c->server_spec ? ", model " : "", c->server_spec ? c->server_spec : "");
+           c->server_spec ? ", model " : "", c->server_spec ? c->server_spec : "", enc);
   return 0;
 }
 

@@ -106,14 +106,17 @@ static int check_model(fl_client *c, uint64_t model_id, uint64_t n, char *why, s
 }
 
 /* A new task's model is about to arrive; an unfinished earlier one is dropped. */
-static void begin_receive(fl_client *c, fl_client_task *t) {
+static void begin_receive(fl_client *c, fl_client_task *t, int encoding) {
   if (c->rx) {
     flc__log(c, FL_CLIENT_LOG_WARN,
              "new task for round %" PRIu64 " before the last one's model arrived; dropping that one",
              t->round);
     flc__task_free(c->rx);
   }
-  fl_tensor_rx_init(&t->rx, t->global, t->n);
+  /* The model in the encoding the task names (the server sends compressed models to a
+   * client that offered the encoding); an unknown one fails on the first chunk. */
+  fl_tensor_rx_init_enc(&t->rx, t->global, t->n,
+                        encoding >= 0 && encoding < FL_ENC_COUNT ? (fl_enc)encoding : FL_ENC_FLOAT32, 0);
   c->rx = t;
 }
 
@@ -165,7 +168,7 @@ void flc__on_train_task(fl_client *c, const Fl__TrainTask *m) {
                 "out of memory for a model of %" PRIu64 " parameters", m->num_params);
     return;
   }
-  begin_receive(c, t);
+  begin_receive(c, t, (int)m->encoding);
   flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": training task received", m->round);
 }
 
@@ -195,7 +198,7 @@ void flc__on_eval_task(fl_client *c, const Fl__EvalTask *m) {
     refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params, "out of memory");
     return;
   }
-  begin_receive(c, t);
+  begin_receive(c, t, (int)m->encoding);
 }
 
 static void submit(fl_client *c, fl_client_task *t);
@@ -391,13 +394,47 @@ static int all_finite(const float *v, uint64_t n, uint64_t *bad) {
   return 1;
 }
 
-/* Streams t's tensor (an Update's delta, or Params) once the server takes it. */
+/* Error feedback (Seide et al. 2014; Karimireddy et al. 2019): a lossy update first takes
+ * back what earlier ones left out, and what it leaves out in turn is kept for the next.
+ * The residual is the client's, across rounds and reconnections (a model of another size
+ * starts it over).  Encoding is deterministic for the seed, so the dry run here leaves
+ * out exactly what the stream will. */
+static int feed_back(fl_client *c, fl_client_task *t, uint64_t seed) {
+  if (c->uplink.enc == FL_ENC_FLOAT32 || c->uplink.enc == FL_ENC_FLOAT16) return 0;
+  if (c->residual_n != t->n) {
+    free(c->residual);
+    c->residual = calloc(t->n ? t->n : 1, sizeof *c->residual);
+    c->residual_n = c->residual ? t->n : 0;
+    if (!c->residual) return FL_CLIENT_ENOMEM;
+  }
+  for (uint64_t i = 0; i < t->n; i++) t->params[i] += c->residual[i];
+  fl_encoder e;
+  uint8_t *buf = malloc(c->chunk_bytes < 8 ? 8 : c->chunk_bytes);
+  int rc = buf ? fl_encoder_init(&e, &c->uplink, t->params, t->n, c->chunk_bytes, seed) : FL_ENOMEM;
+  fl_chunk ch;
+  while (rc == 0 && (rc = fl_encoder_next(&e, &ch, buf)) == 1) {
+    fl_chunk_decode(&ch, c->residual); /* what the server will see ... */
+    rc = 0;
+  }
+  free(buf);
+  if (rc < 0) return FL_CLIENT_ENOMEM;
+  for (uint64_t i = 0; i < t->n; i++) c->residual[i] = t->params[i] - c->residual[i]; /* ... and not */
+  return 0;
+}
+
+/* Streams t's tensor (its tx set up) once the server takes it. */
 static void stream(fl_client *c, fl_client_task *t, int go) {
   flc__task_free(c->tx); /* an older answer still waiting or streaming is superseded */
   c->tx = t;
   t->go = go;
-  fl_tensor_tx_init(&t->tx, t->params, t->n, c->chunk_bytes);
   flc__pump(c);
+}
+
+/* The seed of an update's stochastic rounding: its round and the client's name. */
+static uint64_t update_seed(const fl_client *c, const fl_client_task *t) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const char *p = c->name; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+  return fl_seed_mix(h, t->round);
 }
 
 static void answer(fl_client *c, fl_client_task *t) {
@@ -450,6 +487,7 @@ static void answer(fl_client *c, fl_client_task *t) {
       return;
     }
     flc__log(c, FL_CLIENT_LOG_INFO, "sending the initial parameters (%" PRIu64 " values)", t->n);
+    fl_tensor_tx_init(&t->tx, t->params, t->n, c->chunk_bytes);
     stream(c, t, 1);
     return;
   }
@@ -474,7 +512,15 @@ static void answer(fl_client *c, fl_client_task *t) {
   u.num_params = t->n;
   u.num_examples = t->metrics.num_examples;
   u.metrics = &m;
-  u.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  /* The delta in this connection's encoding, with error feedback when it is lossy. */
+  uint64_t seed = update_seed(c, t);
+  if (feed_back(c, t, seed) != 0 ||
+      fl_tensor_tx_init_codec(&t->tx, &c->uplink, t->params, t->n, c->chunk_bytes, seed) != 0) {
+    fail_task(c, t, "out of memory for encoding the update");
+    flc__task_free(t);
+    return;
+  }
+  u.encoding = (Fl__Encoding)c->uplink.enc;
   env.body_case = FL__ENVELOPE__BODY_UPDATE;
   env.update = &u;
   flc__log(c, FL_CLIENT_LOG_INFO,

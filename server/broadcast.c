@@ -7,7 +7,9 @@
  * connection's high water waits to be written and continues on drain; it keeps its turn
  * until all of it is written, so a client that reads slowly holds one stream's worth of
  * the server's memory.  The global model does not change while streams are pending:
- * aggregation waits for sends_pending to reach 0. */
+ * aggregation waits for sends_pending to reach 0.  A client that offered the compressed
+ * --downlink is sent the frames encoded once for everyone (downlink.c); the others the
+ * global model as float32, which downlink.c made equal to what the frames decode to. */
 #include <stdlib.h>
 
 #include "error.h"
@@ -56,9 +58,27 @@ void srv_tx_done(client *c) {
  * on_drain continues. */
 void srv_pump_tx(client *c) {
   while (c->tx_active && !c->tx_queued && fl_peer_queued(c->peer) < c->srv->copt.high_water) {
-    uint8_t *buf;
+    uint8_t *buf = NULL;
     size_t len;
-    int rc = fl_tensor_tx_next(&c->tx, &buf, &len);
+    int rc;
+    if (c->stream_cached) { /* the frames encoded once for every client (downlink.c) */
+      const uint8_t *f = srv_downlink_frame(c->srv, c->frame_next, &len);
+      rc = f != NULL;
+      if (f) {
+        c->frame_next++;
+        c->srv->r.model_payload += len; /* frame bytes, as below */
+        rc = fl_peer_send(c->peer, f, len);
+        if (rc == 0) c->srv->bytes_out += len + 4;
+        if (rc) {
+          srv_tx_done(c);
+          return;
+        }
+        continue;
+      }
+    } else {
+      rc = fl_tensor_tx_next(&c->tx, &buf, &len);
+      if (rc == 1) c->srv->r.model_payload += len;
+    }
     if (rc < 0) {
       fl_error("server", "%s: encoding a model chunk failed: %s", c->id, fl_strerror(rc));
       srv_tx_done(c);
@@ -83,8 +103,22 @@ void srv_pump_tx(client *c) {
   }
 }
 
+/* Whether c is sent the frames of the compressed downlink: it offered the encoding, and
+ * the frames of this model version are there (encoding them may have failed). */
+static int cached_now(const client *c) {
+  const server *s = c->srv;
+  return c->down_cached && s->down_valid && s->down_version == s->model_version;
+}
+
+static Fl__Encoding model_encoding(const client *c) {
+  return cached_now(c) ? (Fl__Encoding)c->srv->downlink.enc : FL__ENCODING__ENCODING_FLOAT32;
+}
+
 static void start_tx(client *c) {
   server *s = c->srv;
+  s->r.model_raw += (uint64_t)s->n * 4;
+  c->stream_cached = cached_now(c);
+  c->frame_next = 0;
   fl_tensor_tx_init(&c->tx, s->global, s->n, (uint32_t)s->cfg->chunk_kib * 1024u);
   c->tx_active = 1;
   c->tx_queued = 1;
@@ -116,7 +150,7 @@ void srv_send_train_task(client *c) {
   t.model_spec = (char *)fl_model_spec(s->model);
   t.num_params = s->n;
   t.config = &tc;
-  t.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  t.encoding = model_encoding(c);
   env.body_case = FL__ENVELOPE__BODY_TRAIN_TASK;
   env.train_task = &t;
   if (srv_send(c, &env) == 0) start_tx(c);
@@ -130,7 +164,7 @@ void srv_send_eval_task(client *c) {
   t.model_version = s->model_version;
   t.model_id = fl_model_id(s->model);
   t.num_params = s->n;
-  t.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  t.encoding = model_encoding(c);
   env.body_case = FL__ENVELOPE__BODY_EVAL_TASK;
   env.eval_task = &t;
   if (srv_send(c, &env) == 0) {

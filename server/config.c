@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "codec.h"
 #include "strategy.h"
 
 #define O(name, sec, type, field, def, arg, help, lo, hi) \
@@ -34,6 +35,8 @@ const fl_option server_options[] = {
   O("strategy-memory", "round", FL_OPTT_INT, strategy_memory_mib, "2048", "MIB", "memory a strategy that holds every update (median, trimmed, krum) may use; rounds select at most what fits", 1, 1 << 30),
   O("weights", "round", FL_OPTT_STR, weights, "examples", "examples|uniform", "weight of an update in the mean: its example count (at most what the client declared), or 1", 0, 0),
   O("max-weight-share", "round", FL_OPTT_DOUBLE, max_weight_share, "0.5", "F", "no update weighs more than F typical rounds (clients per round x the median example count the round's clients declared); 0 = no cap", 0, 1e9),
+  O("uplink", "round", FL_OPTT_STR, uplink, "float32", "ENC", "encoding of the clients' updates: float32, float16, int8[:stochastic] or topk:FRACTION (lossy ones with error feedback on the clients); a client that does not offer it sends float32", 0, 0),
+  O("downlink", "round", FL_OPTT_STR, downlink, "float32", "ENC", "encoding of the models sent to clients: float32, float16 or int8 (encoded once per model; every client trains from the same decoded model)", 0, 0),
   O("max-update-norm", "round", FL_OPTT_STR, max_update_norm, "10x", "BOUND|Rx|0", "refuse an update whose L2 norm exceeds BOUND, or R times the global model's norm (at least R); 0 = no bound", 0, 0),
   O("over-select", "round", FL_OPTT_DOUBLE, over_select, "0", "FRACTION", "select this fraction more clients and close the round once enough updates arrived", 0, 10),
   O("update-buffers", "round", FL_OPTT_INT, update_buffers, "2", "N", "updates received and folded at once (one model size of memory each)", 1, 64),
@@ -81,7 +84,20 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
              "model's norm (e.g. 10x) or 0, got '%s'", c->max_update_norm);
     return FL_ECONFIG;
   }
+  fl_codec up, down;
   char why[512];
+  if (fl_codec_parse(c->uplink, &up, why, sizeof why) != 0) {
+    snprintf(err, errlen, "--uplink: %s", why);
+    return FL_ECONFIG;
+  }
+  if (fl_codec_parse(c->downlink, &down, why, sizeof why) != 0) {
+    snprintf(err, errlen, "--downlink: %s", why);
+    return FL_ECONFIG;
+  }
+  if (down.enc == FL_ENC_TOPK) {
+    snprintf(err, errlen, "--downlink: a model cannot be sent as top-k (float32, float16 or int8)");
+    return FL_ECONFIG;
+  }
   fl_strategy *st;
   if (fl_strategy_create(c->strategy, 1, c->server_lr, &st, why, sizeof why) != 0) {
     snprintf(err, errlen, "--strategy: %s", why);

@@ -28,6 +28,8 @@ typedef struct server_config {
   char *weights;            /* examples | uniform */
   double max_weight_share;  /* cap on one update's weight, in typical rounds (0: none) */
   char *max_update_norm;    /* "RATIOx" of the model's norm, an absolute bound, or 0 */
+  char *uplink;             /* codec.h spec of the updates clients send */
+  char *downlink;           /* codec.h spec of the models sent to clients */
   double over_select;       /* select this fraction more clients than needed */
   int max_attempts;         /* failed attempts of a round before waiting for new clients */
   int update_buffers;       /* updates received and folded at once */

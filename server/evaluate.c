@@ -28,6 +28,7 @@ void srv_begin_fed_eval(server *s) {
             (s->r.number % (uint64_t)s->cfg->fed_eval_every == 0 ||
              s->r.number == (uint64_t)s->cfg->rounds);
   if (due) {
+    srv_downlink_prepare(s); /* the new model, encoded once */
     for (client *c = s->clients; c; c = c->next)
       if (c->ready && !c->closing) srv_send_eval_task(c);
     srv_arm_timer(s, s->cfg->fed_eval_timeout);

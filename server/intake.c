@@ -29,12 +29,41 @@ static void send_proceed(client *c) {
   srv_send(c, &env);
 }
 
-/* The client's update may come: it gets buffer buf and a Proceed. */
+/* The client's update may come: it gets buffer buf and a Proceed.  A float32 update
+ * is decoded into it; an encoded one is kept as its chunks' records (codec.h), which
+ * the fold reads without expanding.  A float32 update of a client that does not speak the
+ * server's compressed --uplink needs more than the pool's buffers (sized for that
+ * encoding) and gets a buffer of its own for as long as its update lives. */
 static void take_update(client *c, float *buf) {
+  server *s = c->srv;
+  size_t need = srv_update_room(s, &c->uplink);
   c->buf = buf;
+  c->data = (uint8_t *)buf;
+  if (need > s->buf_bytes && !(c->data = fl_alloc_big(need))) {
+    fl_error("server", "out of memory for %s's update of %zu bytes", c->id, need);
+    c->data = (uint8_t *)buf;
+    need = s->buf_bytes; /* it will not fit, and be refused as too large */
+  }
+  c->data_cap = need;
+  c->data_len = 0;
   c->rx = RX_UPDATE;
-  fl_tensor_rx_init(&c->rxt, buf, c->srv->n);
+  if (c->uplink.enc == FL_ENC_FLOAT32)
+    fl_tensor_rx_init(&c->rxt, need >= s->n * sizeof(float) ? (float *)(void *)c->data : NULL, s->n);
+  else
+    fl_tensor_rx_init_enc(&c->rxt, NULL, s->n, c->uplink.enc,
+                          c->uplink.enc == FL_ENC_TOPK ? fl_codec_topk_count(&c->uplink, s->n) : 0);
   send_proceed(c);
+}
+
+/* Room for one update in encoding u: float32 values, or the records of the chunks an
+ * honest client sends (the largest payload, a record head per chunk of the server's
+ * size, and one more). */
+size_t srv_update_room(const server *s, const fl_codec *u) {
+  if (u->enc == FL_ENC_FLOAT32) return s->n * sizeof(float);
+  uint64_t payload = fl_codec_max_bytes(u, s->n), chunk = (uint64_t)s->cfg->chunk_kib * 1024u;
+  uint64_t per = u->enc == FL_ENC_TOPK ? chunk / 8 * 8 : chunk; /* payload of a full chunk */
+  uint64_t chunks = payload / per + 2;
+  return (size_t)(payload + FL_CHUNK_RECORD_HEAD * chunks);
 }
 
 static void release_buf(server *s, float *buf) {
@@ -69,20 +98,26 @@ static void fold_work(uv_work_t *w) {
   fold_job *j = w->data;
   size_t n = j->srv->n, m = 0;
   for (size_t i = 0; i < j->k; i++) {
+    ready_update *it = &j->items[i];
+    fl_update u = {.client = it->client, .weight = it->weight, .enc = it->enc};
+    if (it->enc == FL_ENC_FLOAT32) {
+      u.delta = (const float *)(const void *)it->data;
+      u.buf = (float *)(void *)it->data;
+    } else {
+      u.data = it->data;
+      u.len = it->len;
+    }
     if (j->bound > 0) {
-      double sq = 0;
-      const float *d = j->items[i].buf;
-      for (size_t p = 0; p < n; p++) sq += (double)d[p] * (double)d[p];
-      j->norm[i] = sqrt(sq);
+      j->norm[i] = fl_update_norm(&u, n);
       if (!(j->norm[i] <= j->bound)) continue; /* refused after the fold */
     }
-    j->u[m++] = (fl_update){.client = j->items[i].client, .weight = j->items[i].weight, .delta = j->items[i].buf, .buf = j->items[i].buf};
+    j->u[m++] = u;
   }
   j->rc = m ? fl_strategy_fold(j->srv->strategy, j->u, m, j->err, sizeof j->err) : 0;
   /* What the strategy kept is no longer the job's to give back. */
   for (size_t i = 0, q = 0; i < j->k && q < m; i++)
-    if (j->u[q].delta == j->items[i].buf) {
-      if (!j->u[q].buf) j->items[i].buf = NULL;
+    if (j->u[q].client == j->items[i].client) {
+      if (j->u[q].enc == FL_ENC_FLOAT32 && !j->u[q].buf) j->items[i].kept = 1;
       q++;
     }
 }
@@ -121,7 +156,15 @@ static void fold_after(uv_work_t *w, int status) {
       if (isfinite(it->acc)) s->r.acc_sum += it->acc * it->weight;
       if (isfinite(it->seconds) && it->seconds > s->r.slowest) s->r.slowest = it->seconds;
     }
-    float *b = it->buf ? it->buf : replacement(s);
+    /* The pool's buffer goes back, or one in its place if the strategy kept it; a buffer
+     * of the update's own is freed unless the strategy kept it. */
+    float *b = it->buf;
+    int own = it->data != (uint8_t *)it->buf;
+    if (it->kept) {
+      if (!own) b = replacement(s); /* the strategy took the pool's buffer */
+    } else if (own) {
+      free(it->data);
+    }
     if (b) release_buf(s, b);
     else s->n_bufs--;
   }
@@ -227,10 +270,11 @@ void srv_on_update(client *c, const Fl__Update *u) {
     srv_advance(s); /* it may have been the round's last answer */
     return;
   }
-  if (u->num_examples == 0 || u->encoding != FL__ENCODING__ENCODING_FLOAT32) {
+  if (u->num_examples == 0 || (int)u->encoding != (int)c->uplink.enc) {
     srv_count_answer(c);
-    refuse(c, u->num_examples == 0 ? "update has no examples" : "unsupported update encoding %d",
-           (int)u->encoding);
+    if (u->num_examples == 0) refuse(c, "update has no examples");
+    else refuse(c, "update in encoding %s (%d), but this connection's updates are %s",
+                fl_enc_name((int)u->encoding), (int)u->encoding, fl_enc_name(c->uplink.enc));
     srv_advance(s);
     return;
   }
@@ -260,7 +304,9 @@ void srv_on_update(client *c, const Fl__Update *u) {
 void srv_abort_rx(client *c) {
   if (c->rx == RX_UPDATE && c->buf) {
     float *b = c->buf;
+    if (c->data != (uint8_t *)b) free(c->data);
     c->buf = NULL;
+    c->data = NULL;
     release_buf(c->srv, b);
   }
   if (c->rx == RX_WAIT_BUF) unwait(c->srv, c);
@@ -289,9 +335,24 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
     return;
   }
   char err[160];
-  int rc = fl_tensor_rx_add(&c->rxt, ch, err, sizeof err);
+  int rc;
+  if (c->uplink.enc == FL_ENC_FLOAT32) {
+    rc = c->rxt.dst ? fl_tensor_rx_add(&c->rxt, ch, err, sizeof err)
+                    : fl_errf(err, sizeof err, FL_ENOMEM, "no room on the server for the update");
+  } else { /* kept encoded: the checked chunk's record */
+    fl_chunk view;
+    rc = fl_tensor_rx_check(&c->rxt, ch, &view, err, sizeof err);
+    if (rc >= 0 && c->data_len + fl_chunk_record_size(&view) > c->data_cap)
+      rc = fl_errf(err, sizeof err, FL_EPROTO, "update in %s takes more than the %zu bytes its "
+                   "encoding needs (chunks smaller than the server's %d KiB?)",
+                   fl_enc_name(view.enc), c->data_cap, s->cfg->chunk_kib);
+    if (rc >= 0) {
+      fl_chunk_record_put(&view, c->data + c->data_len);
+      c->data_len += fl_chunk_record_size(&view);
+    }
+  }
   if (rc < 0) {
-    int last = ch->offset + ch->data.len / 4 >= ch->total;
+    int last = ch->offset + (ch->count ? ch->count : ch->data.len / 4) >= ch->total;
     srv_abort_rx(c);
     srv_count_answer(c);
     refuse(c, "%s", err);
@@ -309,10 +370,13 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
     weight = s->r.weight_cap;
     s->r.weights_capped++;
   }
-  *it = (ready_update){c->buf, weight, c->upd_examples, c->upd_loss, c->upd_acc,
-                       c->upd_seconds, ""};
+  *it = (ready_update){c->buf, c->data, c->data_len, c->uplink.enc, 0, weight, c->upd_examples,
+                       c->upd_loss, c->upd_acc, c->upd_seconds, ""};
   snprintf(it->client, sizeof it->client, "%s", c->id);
+  s->r.update_payload += c->rxt.payload;
+  s->r.update_raw += (uint64_t)s->n * sizeof(float);
   c->buf = NULL;
+  c->data = NULL;
   c->rx = RX_IDLE;
   srv_count_answer(c);
   s->r.received++;

@@ -82,6 +82,16 @@ void srv_write_metrics(server *s, double seconds) {
   fprintf(f, ",\"bytes_received\":%llu,\"bytes_sent\":%llu",
           (unsigned long long)(s->bytes_in - r->bytes_in0),
           (unsigned long long)(s->bytes_out - r->bytes_out0));
+  /* Tensor bytes each way as they went (frames of the model, chunk data of the updates),
+   * and as float32 would have been: the compression. */
+  fprintf(f, ",\"update_bytes\":%llu,\"update_bytes_raw\":%llu,\"model_bytes\":%llu,"
+          "\"model_bytes_raw\":%llu",
+          (unsigned long long)r->update_payload, (unsigned long long)r->update_raw,
+          (unsigned long long)r->model_payload, (unsigned long long)r->model_raw);
+  json_num(f, "update_compression", (double)r->update_raw / (double)r->update_payload,
+           r->update_payload > 0);
+  json_num(f, "model_compression", (double)r->model_raw / (double)r->model_payload,
+           r->model_payload > 0);
   fprintf(f, ",\"fold_passes\":%zu,\"strategy_errors\":%zu,\"weights_capped\":%zu",
           r->fold_passes, r->strategy_errors, r->weights_capped);
   json_num(f, "update_norm_bound", r->norm_bound, r->norm_bound > 0);

@@ -24,6 +24,7 @@ static uint64_t now_ms(server *s) { return uv_now(&s->loop); }
 /* Picks the round's clients at random from those ready (select.h: in id order, so that
  * the same seed picks the same clients whatever order they connected in). */
 static void start_round(server *s) {
+  srv_downlink_prepare(s); /* a failure is logged; clients then get float32 */
   client **ready = malloc(s->n_ready * sizeof *ready), **sel = malloc(s->n_ready * sizeof *sel);
   const char **ids = malloc(s->n_ready * sizeof *ids);
   size_t *chosen = malloc(s->n_ready * sizeof *chosen);
@@ -111,6 +112,7 @@ void srv_begin_round_number(server *s, uint64_t number) {
   s->r.attempt = 0;
   s->r.tested = 0;
   s->r.strategy_errors = 0;
+  s->r.update_payload = s->r.update_raw = s->r.model_payload = s->r.model_raw = 0;
   s->r.bytes_in0 = s->bytes_in;
   s->r.bytes_out0 = s->bytes_out;
   s->r.timing = 0; /* the wait for enough clients is not the round's time */

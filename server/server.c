@@ -78,9 +78,14 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     snprintf(err, errlen, "out of memory for a model of %zu parameters", s->n);
     goto fail;
   }
+  /* The encodings (validated by server_config_check) and the room one update needs: a
+   * compressed --uplink makes every buffer smaller. */
+  fl_codec_parse(cfg->uplink, &s->uplink, NULL, 0);
+  fl_codec_parse(cfg->downlink, &s->downlink, NULL, 0);
+  s->buf_bytes = srv_update_room(s, &s->uplink);
   /* One allocation each: a strategy that keeps an update takes its buffer with it. */
   for (int i = 0; i < s->n_bufs; i++) {
-    float *b = fl_alloc_big(s->n * sizeof *b);
+    float *b = fl_alloc_big((s->buf_bytes + sizeof(float) - 1) / sizeof(float) * sizeof *b);
     if (!b) {
       snprintf(err, errlen, "out of memory for %d update buffers of %zu parameters", s->n_bufs, s->n);
       goto fail;
@@ -249,6 +254,7 @@ void server_free(server *s) {
   fl_tls_config_free(s->tls);
   if (s->metrics) fclose(s->metrics);
   fl_strategy_free(s->strategy);
+  srv_downlink_free(s);
   fl_trainer_free(s->eval_trainer);
   if (s->have_test) fl_dataset_free(&s->test);
   for (int i = 0; s->bufs && i < s->n_free; i++) free(s->bufs[i]);

@@ -9,6 +9,7 @@
  *   intake.c     update intake and admission: Update headers, update buffers, the queue
  *                of clients waiting for Proceed, refusals, folds on the thread pool
  *   broadcast.c  model broadcast: TrainTask and EvalTask, model streams and their turns
+ *   downlink.c   the global model encoded once per version for a compressed downlink
  *   evaluate.c   server-side test evaluation and federated evaluation
  *   metrics.c    the round's log line and its metrics JSON line
  *   persist.c    the checkpoint, --resume and the final model file
@@ -79,6 +80,10 @@ struct client {
   int answered;              /* its update for the round has begun (a second is refused) */
   int counted;               /* its answer is in: update complete or refused, or dropped */
   int eval_pending;          /* owes an EvalResult */
+  fl_codec uplink;           /* its updates' encoding (the server's, if it offered it) */
+  int down_cached;           /* it takes the server's compressed downlink */
+  int stream_cached;         /* the model stream under way sends those frames */
+  size_t frame_next;         /* the next frame of the cached model it is sent */
 
   int tx_active;             /* streaming the global model, or waiting to */
   int tx_queued;             /* waiting in srv->tx_queue for a stream slot */
@@ -87,7 +92,10 @@ struct client {
 
   rx_state rx;
   fl_tensor_rx rxt;
-  float *buf;                /* update buffer while RX_UPDATE */
+  float *buf;                /* its update buffer (the pool's) while RX_UPDATE */
+  uint8_t *data;             /* where its update goes: buf, or a buffer of its own when an
+                              * update in float32 needs more than the pool's buffers hold */
+  size_t data_len, data_cap; /* bytes written (encoded updates: chunk records), and room */
   uint64_t upd_examples;
   double upd_loss, upd_acc, upd_seconds;
 };
@@ -95,7 +103,11 @@ struct client {
 /* A complete update waiting for its fold, with what the round's statistics need once the
  * strategy took it (the client may be gone by then). */
 typedef struct ready_update {
-  float *buf;
+  float *buf;                /* the pool's buffer this update holds */
+  uint8_t *data;             /* its values: buf, or a buffer of its own (freed after the fold) */
+  size_t len;                /* encoded: bytes of chunk records */
+  fl_enc enc;
+  int kept;                  /* the strategy took data (a float32 update) */
   double weight;             /* after the weight policy */
   uint64_t examples;         /* as the client reported them */
   double loss, acc, seconds;
@@ -149,6 +161,8 @@ typedef struct round_stats {
   size_t n_failures;
   int timed_out;
   size_t fold_passes;                /* each folds one or more updates */
+  uint64_t update_payload, update_raw; /* tensor bytes of the updates received, and as float32 */
+  uint64_t model_payload, model_raw;   /* the same for the models sent */
   size_t received;                   /* complete, finite updates (folded or to be) */
   int fold_failed;                   /* the strategy refused a fold: the attempt is void */
   int abandoned;                     /* closed without enough updates: the attempt is void */
@@ -176,6 +190,14 @@ struct server {
   uint64_t model_version;
   fl_strategy *strategy;
   fl_rng rng;
+  fl_codec uplink, downlink;     /* --uplink, --downlink */
+  size_t buf_bytes;              /* an update buffer: room for one --uplink update */
+  /* The global model encoded for the compressed downlink, once per model version (the
+   * frames every client taking it is sent; downlink.c). */
+  uint8_t **down_frame;
+  size_t *down_len, down_count, down_cap;
+  uint64_t down_version;
+  int down_valid;
 
   fl_dataset test;
   int have_test;
@@ -263,6 +285,8 @@ void srv_abort_rx(client *c);
 void srv_close_intake(server *s);
 /* No fold under way and none waiting. */
 int srv_folds_idle(const server *s);
+/* Bytes of room one update in encoding u needs. */
+size_t srv_update_room(const server *s, const fl_codec *u);
 /* A new attempt: the weight cap and the norm bound of its updates, from the selected
  * clients and the global model. */
 void srv_intake_begin(server *s, client *const *selected, size_t k);
@@ -296,6 +320,17 @@ void srv_send_eval_task(client *c);
 void srv_pump_tx(client *c);
 /* c's model stream is over or abandoned: its turn goes to the next in line. */
 void srv_tx_done(client *c);
+
+/* ---- downlink.c ---- */
+
+/* With a compressed --downlink: encodes the global model once for its version, and makes
+ * s->global the decoded values, so every client (those sent float32 too) trains from
+ * exactly the model the others got.  Call before any model stream of a round or of a
+ * federated evaluation starts.  0, or FL_E* (logged). */
+int srv_downlink_prepare(server *s);
+/* The i-th frame of the encoded model (NULL past the last). */
+const uint8_t *srv_downlink_frame(const server *s, size_t i, size_t *len);
+void srv_downlink_free(server *s);
 
 /* ---- evaluate.c ---- */
 

@@ -91,8 +91,23 @@ static void on_hello(client *c, const Fl__Hello *h) {
     fl_peer_close(c->peer, "model disagreement");
     return;
   }
-  for (size_t i = 0; i < h->n_capabilities; i++)
-    if (strcmp(h->capabilities[i], "params") == 0) c->can_params = 1;
+  int speaks[FL_ENC_COUNT] = {1}; /* float32, whatever it lists */
+  for (size_t i = 0; i < h->n_capabilities; i++) {
+    const char *cap = h->capabilities[i];
+    if (strcmp(cap, "params") == 0) c->can_params = 1;
+    for (int e = 0; e < FL_ENC_COUNT; e++)
+      if (strncmp(cap, "encoding:", 9) == 0 && strcmp(cap + 9, fl_enc_name(e)) == 0) speaks[e] = 1;
+  }
+  /* The configured encodings where the client offered them, float32 otherwise: a client
+   * is never asked for an encoding it did not list. */
+  const fl_codec f32 = {FL_ENC_FLOAT32, 0, 0};
+  c->uplink = speaks[s->uplink.enc] ? s->uplink : f32;
+  c->down_cached = s->downlink.enc != FL_ENC_FLOAT32 && speaks[s->downlink.enc];
+  if (c->uplink.enc != s->uplink.enc || (s->downlink.enc != FL_ENC_FLOAT32 && !c->down_cached))
+    fl_info("server", "%s does not offer %s%s%s: it sends and gets float32 instead", c->id,
+            c->uplink.enc != s->uplink.enc ? fl_enc_name(s->uplink.enc) : "",
+            c->uplink.enc != s->uplink.enc && !c->down_cached && s->downlink.enc != FL_ENC_FLOAT32 ? " and " : "",
+            s->downlink.enc != FL_ENC_FLOAT32 && !c->down_cached ? fl_enc_name(s->downlink.enc) : "");
   c->num_samples = h->num_samples;
   c->ready = 1;
   s->n_ready++;
@@ -108,6 +123,9 @@ static void on_hello(client *c, const Fl__Hello *h) {
   w.model_spec = (char *)fl_model_spec(s->model);
   w.model_id = fl_model_id(s->model);
   w.num_params = s->n;
+  w.update_encoding = (Fl__Encoding)c->uplink.enc;
+  w.update_topk_fraction = c->uplink.fraction;
+  w.update_stochastic = c->uplink.stochastic;
   env.body_case = FL__ENVELOPE__BODY_WELCOME;
   env.welcome = &w;
   srv_send(c, &env);

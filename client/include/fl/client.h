@@ -203,6 +203,21 @@ int fl_client_set_reconnect(fl_client *c, unsigned max_retries, double base_s, d
  * Defaults 15 s and 120 s.  EINVAL unless 0 < 2 * interval_s <= idle_timeout_s. */
 int fl_client_set_heartbeat(fl_client *c, double interval_s, double idle_timeout_s);
 
+/* The tensor encodings this client offers the server, a bitwise or of the flags below
+ * (default all).  The server chooses, per connection, how the client's updates travel
+ * (float32, or compressed: then the library adds error feedback to lossy encodings, the
+ * part of each update left out is kept and sent with the next) and how models come; a
+ * client offering FL_CLIENT_ENC_FLOAT32 alone always sends and gets float32.  float32 is
+ * always offered.  EINVAL for an unknown flag. */
+enum fl_client_encoding {
+  FL_CLIENT_ENC_FLOAT32 = 1,
+  FL_CLIENT_ENC_FLOAT16 = 2,
+  FL_CLIENT_ENC_INT8 = 4,
+  FL_CLIENT_ENC_TOPK = 8,
+  FL_CLIENT_ENC_ALL = 15
+};
+int fl_client_set_encodings(fl_client *c, unsigned flags);
+
 enum fl_client_threading {
   FL_CLIENT_THREAD_WORKER = 0, /* callbacks on a thread of the library's (default) */
   FL_CLIENT_THREAD_LOOP = 1    /* callbacks on the loop thread */

@@ -1,0 +1,92 @@
+/* fl-server's compressed downlink: the global model encoded once per model version.
+ *
+ * With --downlink float16 or int8 the model is encoded when a round (or a federated
+ * evaluation) first needs it, and every client that offered the encoding is sent those
+ * same frames: the encoding costs one pass per model, not one per client.  The server then
+ * replaces its global model by the decoded values, so that a client sent float32 (one that
+ * did not offer the encoding) trains from exactly the model the others decode, and the
+ * deltas of all of them are taken against it.  Memory: the frames, about half (float16) or
+ * a quarter (int8) of a model size. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "log.h"
+#include "server_internal.h"
+
+void srv_downlink_free(server *s) {
+  for (size_t i = 0; i < s->down_count; i++) free(s->down_frame[i]);
+  free(s->down_frame);
+  free(s->down_len);
+  s->down_frame = NULL;
+  s->down_len = NULL;
+  s->down_count = s->down_cap = 0;
+  s->down_valid = 0;
+}
+
+static int keep_frame(server *s, uint8_t *buf, size_t len) {
+  if (s->down_count == s->down_cap) {
+    size_t cap = s->down_cap ? 2 * s->down_cap : 64;
+    uint8_t **f = realloc(s->down_frame, cap * sizeof *f);
+    if (!f) return FL_ENOMEM;
+    s->down_frame = f;
+    size_t *l = realloc(s->down_len, cap * sizeof *l);
+    if (!l) return FL_ENOMEM;
+    s->down_len = l;
+    s->down_cap = cap;
+  }
+  s->down_frame[s->down_count] = buf;
+  s->down_len[s->down_count++] = len;
+  return 0;
+}
+
+int srv_downlink_prepare(server *s) {
+  if (s->downlink.enc == FL_ENC_FLOAT32) return 0;
+  if (s->down_valid && s->down_version == s->model_version) return 0;
+  for (size_t i = 0; i < s->down_count; i++) free(s->down_frame[i]);
+  s->down_count = 0;
+  s->down_valid = 0;
+  uint32_t chunk = (uint32_t)s->cfg->chunk_kib * 1024u;
+  fl_encoder e;
+  int rc = fl_encoder_init(&e, &s->downlink, s->global, s->n, chunk, s->model_version);
+  uint8_t *payload = malloc(chunk < 8 ? 8 : chunk);
+  if (!payload) rc = FL_ENOMEM;
+  fl_chunk ch;
+  while (rc == 0 && (rc = fl_encoder_next(&e, &ch, payload)) == 1) {
+    Fl__TensorChunk c = FL__TENSOR_CHUNK__INIT;
+    c.offset = ch.offset;
+    c.total = ch.total;
+    c.count = ch.count;
+    c.encoding = (Fl__Encoding)ch.enc;
+    c.scale = ch.scale;
+    c.zero_point = ch.zero;
+    c.data.data = ch.len ? payload : NULL;
+    c.data.len = ch.len;
+    Fl__Envelope env = FL__ENVELOPE__INIT;
+    env.body_case = FL__ENVELOPE__BODY_CHUNK;
+    env.chunk = &c;
+    uint8_t *frame;
+    size_t len;
+    rc = fl_msg_encode(&env, &frame, &len);
+    if (rc == 0 && (rc = keep_frame(s, frame, len)) != 0) free(frame);
+    /* The encoder has read this chunk's values: they become what the clients decode. */
+    if (rc == 0) fl_chunk_decode(&ch, s->global);
+  }
+  free(payload);
+  if (rc < 0) {
+    fl_error("server", "encoding the model for the %s downlink failed: %s", fl_enc_name(s->downlink.enc),
+             fl_strerror(rc));
+    return rc;
+  }
+  s->down_version = s->model_version;
+  s->down_valid = 1;
+  fl_debug("server", "model version %llu encoded as %s in %zu frames",
+           (unsigned long long)s->model_version, fl_enc_name(s->downlink.enc), s->down_count);
+  return 0;
+}
+
+const uint8_t *srv_downlink_frame(const server *s, size_t i, size_t *len) {
+  if (!s->down_valid || i >= s->down_count) return NULL;
+  *len = s->down_len[i];
+  return s->down_frame[i];
+}

@@ -556,3 +556,122 @@ Test(libclient, a_client_of_another_model_is_refused, .timeout = 120) {
   fl_test_wait(s, 1);
   h_free(&h);
 }
+
+/* ---- error feedback: top-k updates lose nothing over time, across a reconnection ---- */
+
+#define EF_N 8
+#define EF_ROUNDS 6
+
+typedef struct ef_state {
+  harness *h;
+  atomic_int round4_started, restarted;
+  pid_t server;
+  int restarts;
+  uv_timer_t poll;
+} ef_state;
+
+static ef_state ef;
+
+/* Every fit adds the same step to every parameter: 0.01 (i + 1). */
+static float ef_step(uint64_t i) { return 0.01f * (float)(i + 1); }
+
+/* The first fit of round 4 waits until the server it trains for has been replaced. */
+static int ef_fit(fl_client *c, fl_client_task *task) {
+  (void)c;
+  const fl_client_fit_config *cfg = fl_client_task_config(task);
+  if (cfg->round == 4 && !atomic_load(&ef.restarted)) {
+    atomic_store(&ef.round4_started, 1);
+    while (!atomic_load(&ef.restarted)) usleep(10000);
+  }
+  float *p = fl_client_task_params(task);
+  for (uint64_t i = 0; i < EF_N; i++) p[i] += ef_step(i);
+  fl_client_task_metrics(task)->num_examples = 10;
+  return 0;
+}
+
+static int ef_init(fl_client *c, float *params, uint64_t n) {
+  (void)c;
+  for (uint64_t i = 0; i < n; i++) params[i] = 0;
+  return 0;
+}
+
+static pid_t ef_server(harness *h, const char *log, int resume) {
+  return fl_test_fed_server_ready(&h->f, log, "--model", "external:ef:8", "--rounds", "6",
+                                  "--clients-per-round", "1", "--uplink", "topk:0.25",
+                                  "--max-update-norm", "0", resume ? "--resume" : NULL, NULL);
+}
+
+/* On the loop thread: once round 4's fit waits, the server is stopped (SIGTERM) and a new
+ * one resumes from its checkpoint; then the fit may go on. */
+static void ef_poll(uv_timer_t *tm) {
+  (void)tm;
+  if (ef.restarts || !atomic_load(&ef.round4_started)) return;
+  ef.restarts = 1;
+  kill(ef.server, SIGTERM);
+  cr_assert_eq(fl_test_wait(ef.server, 60), 0, "the first server did not stop cleanly");
+  ef.server = ef_server(ef.h, "server2.log", 1);
+  cr_assert_gt(ef.server, 0, "the second server did not start");
+  atomic_store(&ef.restarted, 1);
+  uv_timer_stop(&ef.poll);
+  uv_close((uv_handle_t *)&ef.poll, NULL);
+}
+
+/* The model the server should end with: what top-2-of-8 with error feedback sends each
+ * round, summed (the largest magnitudes, the first by index among equal ones). */
+static void ef_expected(double *model) {
+  double residual[EF_N] = {0};
+  for (int i = 0; i < EF_N; i++) model[i] = 0;
+  for (int r = 0; r < EF_ROUNDS; r++) {
+    float x[EF_N];
+    for (int i = 0; i < EF_N; i++) x[i] = (float)(residual[i] + ef_step((uint64_t)i));
+    for (int pick = 0; pick < 2; pick++) {
+      int best = -1;
+      for (int i = 0; i < EF_N; i++)
+        if (x[i] != 0 && (best < 0 || fabsf(x[i]) > fabsf(x[best]))) best = i;
+      model[best] += x[best];
+      x[best] = 0;
+    }
+    for (int i = 0; i < EF_N; i++) residual[i] = x[i];
+  }
+}
+
+Test(libclient, topk_error_feedback_survives_a_reconnection, .timeout = 240) {
+  harness h;
+  h_init(&h);
+  memset(&ef, 0, sizeof ef);
+  ef.h = &h;
+  ef.server = ef_server(&h, "server.log", 0);
+  cr_assert_gt(ef.server, 0, "no server (%s)", h.f.dir);
+  fl_client *c = h_client(&h, 0);
+  cr_assert_eq(fl_client_set_model(c, "ef", EF_N), 0);
+  cr_assert_eq(fl_client_on_fit(c, ef_fit), 0);
+  cr_assert_eq(fl_client_on_params(c, ef_init, NULL), 0);
+  uv_timer_init(&h.loop, &ef.poll);
+  uv_timer_start(&ef.poll, ef_poll, 20, 20);
+  h_run(&h, 180);
+  cr_assert_eq(fl_test_wait(ef.server, 60), 0, "the second server failed (%s)", h.f.dir);
+  cr_assert_eq(h.t[0].status, 0, "%s", fl_client_errmsg(c));
+  cr_assert_eq(ef.restarts, 1);
+  char log2[700];
+  fl_test_fed_path(&h.f, "server2.log", log2, sizeof log2);
+  cr_assert_eq(fl_test_count(log2, "resuming from"), 1, "%s", log2);
+
+  double want[EF_N];
+  ef_expected(want);
+  char err[512], *spec;
+  uint64_t id;
+  float *got;
+  size_t n;
+  cr_assert_eq(fl_modelfile_load(h.f.model, &spec, &id, &got, &n, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(n, EF_N);
+  int moved = 0;
+  for (int i = 0; i < EF_N; i++) {
+    cr_assert(fabs(got[i] - want[i]) < 1e-5, "parameter %d: %.6f, expected %.6f", i, got[i], want[i]);
+    moved += got[i] > 0;
+  }
+  /* Without error feedback only the two largest steps would ever be sent. */
+  cr_assert_geq(moved, 5, "only %d parameters moved", moved);
+  free(spec);
+  free(got);
+  h_free(&h);
+}

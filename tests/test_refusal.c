@@ -6,7 +6,7 @@
  * an update holding NaN, one for another round (then a good one), one for another model,
  * a good one followed by a second, one with the wrong parameter count, one claiming more
  * examples than it declared when it joined, one whose delta (finite, 3e38 everywhere)
- * exceeds the server's norm bound.  client-0004 declares 2^62 samples and claims them
+ * exceeds the server's norm bound, one in an encoding its connection was not given.  client-0004 declares 2^62 samples and claims them
  * all in every update: its weight is capped, never refused.  Whichever client
  * is not selected sends an update anyway; in the last round it also sends the delta
  * without waiting for Proceed, a protocol violation that must close its connection
@@ -62,6 +62,7 @@ typedef struct sclient {
   uint64_t proceed_seq;     /* queue test: when the last Proceed came (script.seq) */
   uint64_t delta_seq;       /* and when its last delta went out */
   int refused_msgs;         /* Errors refusing an update */
+  int enc_override;         /* the encoding its next Update claims */
   int proceeds;
 } sclient;
 
@@ -107,6 +108,7 @@ static void send_update_ex(sclient *c, uint64_t round, uint64_t model_id, uint64
   u.model_id = model_id;
   u.num_params = n;
   u.num_examples = examples;
+  u.encoding = (Fl__Encoding)c->enc_override;
   u.metrics = &m;
   env.body_case = FL__ENVELOPE__BODY_UPDATE;
   env.update = &u;
@@ -184,6 +186,12 @@ static void answer_scripted(sclient *c) {
     break;
   case 6: /* more examples than it declared */
     send_update_ex(c, r, c->model_id, c->num_params, -1, 0, DECLARED + 1);
+    sc->refused[r]++;
+    break;
+  case 8: /* in an encoding its connection was not given (float32) */
+    c->enc_override = FL__ENCODING__ENCODING_INT8_AFFINE;
+    send_update(c, r, c->model_id, c->num_params, -1, 0);
+    c->enc_override = 0;
     sc->refused[r]++;
     break;
   case 7: /* a finite delta far beyond the norm bound: Proceed, then the refusal */
@@ -502,8 +510,8 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   }
   cr_assert_eq(violators, 1);
   cr_assert_eq(fl_test_count(f.log, "tensor chunk without an update"), 1);
-  cr_assert_geq(sc->c[0].tasks, 7, "client-0001 was selected only %d times", sc->c[0].tasks);
-  cr_assert_eq(check_metrics(sc, &f), ROUNDS + 7);
+  cr_assert_geq(sc->c[0].tasks, 8, "client-0001 was selected only %d times", sc->c[0].tasks);
+  cr_assert_eq(check_metrics(sc, &f), ROUNDS + 8);
 
   /* Each refusal names its reason in the log. */
   cr_assert_geq(fl_test_count(f.log, "refused update from client-0001"), 5);
@@ -513,6 +521,7 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   cr_assert_geq(fl_test_count(f.log, "update is for model"), 2);
   cr_assert_eq(fl_test_count(f.log, "claims 1001 examples, but the client declared 1000"), 1);
   cr_assert_eq(fl_test_count(f.log, "exceeds the bound"), 1, "%s", f.log);
+  cr_assert_eq(fl_test_count(f.log, "update in encoding int8 (2), but this connection's updates are float32"), 1, "%s", f.log);
   /* client-0004 is capped, never refused, whenever it is selected. */
   cr_assert_eq(fl_test_count(f.log, "refused update from client-0004"),
                fl_test_count(f.log, "refused update from client-0004: client was not selected"),

@@ -7,6 +7,7 @@
 #   make bench      benchmarks, each reported against a baseline measured in the same run
 #   make bench-scale  10,000 idle TLS connections held by one server (a few minutes)
 #   make bench-robust  robust strategies against simulated attackers (10-20 minutes)
+#   make bench-compression  compressed updates and models against accuracy (10-20 minutes)
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
@@ -103,7 +104,7 @@ STAGE := $(B)/stage
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: FORCE docker all deps test test-stress bench bench-robust bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: FORCE docker all deps test test-stress bench bench-robust bench-compression bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
@@ -295,6 +296,10 @@ bench: $(BENCH_BINS) $(BINS) $(TEST_CERTS) $(B)/scale-certs/ca.crt
 # data (bench/robust.sh; 10-20 minutes on 2 cores).
 bench-robust: $(BINS) $(B)/scale-certs/ca.crt
 	$(Q)$(TEST_ENV) bench/robust.sh
+
+# Update and model compression against accuracy (bench/compression.sh; 10-20 minutes).
+bench-compression: $(BINS) $(B)/scale-certs/ca.crt
+	$(Q)$(TEST_ENV) bench/compression.sh
 
 SCALE10K_CLIENTS := 10000
 $(B)/scale10k-certs/ca.crt: certs/gen.sh | deps

@@ -42,10 +42,18 @@ static int random_elem(fl_csprng *rng, uint64_t *out) {
 
 int fl_shamir_split(const uint8_t secret[32], int t, int n, fl_share *shares, fl_csprng *rng) {
   if (t < 1 || n < t) return FL_EINVAL;
+  for (int i = 0; i < n; i++) shares[i].x = (uint64_t)i + 1;
+  return fl_shamir_split_at(secret, t, NULL, n, shares, rng);
+}
+
+int fl_shamir_split_at(const uint8_t secret[32], int t, const uint64_t *xs, int n, fl_share *shares,
+                       fl_csprng *rng) {
+  if (t < 1 || n < t) return FL_EINVAL;
   uint8_t padded[FL_SHAMIR_LIMBS * LIMB_BYTES] = {0};
   memcpy(padded, secret, 32);
   for (int i = 0; i < n; i++) {
-    shares[i].x = (uint64_t)i + 1;
+    if (xs) shares[i].x = xs[i];
+    if (shares[i].x == 0 || shares[i].x >= P) return FL_EINVAL;
     memset(shares[i].y, 0, sizeof shares[i].y);
   }
   for (int l = 0; l < FL_SHAMIR_LIMBS; l++) {

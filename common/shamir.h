@@ -25,6 +25,9 @@ typedef struct fl_share {
 
 /* shares[i] gets x = i + 1, for i < n; 1 <= t <= n < p.  0, FL_EINVAL or FL_EIO. */
 int fl_shamir_split(const uint8_t secret[32], int t, int n, fl_share *shares, fl_csprng *rng);
+/* The same at chosen points: shares[i] gets x = xs[i] (distinct, 1 .. p-1), i < m. */
+int fl_shamir_split_at(const uint8_t secret[32], int t, const uint64_t *xs, int m, fl_share *shares,
+                       fl_csprng *rng);
 /* The secret from k shares (k at least the threshold they were made with; with fewer the
  * result is wrong or refused).  0, or FL_EINVAL (x = 0, duplicate x, y outside the field,
  * k < 1) or FL_EFORMAT (the result does not fit: a wrong share). */

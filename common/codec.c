@@ -141,10 +141,11 @@ static void f16_decode(const uint8_t *in, float *dst, size_t n) {
 
 /* ---- configuration ---- */
 
-static const char *const names[FL_ENC_COUNT] = {"float32", "float16", "int8", "topk"};
+static const char *const names[FL_ENC_ALL] = {"float32", "float16", "int8", "topk", "ring16",
+                                              "ring32"};
 
 const char *fl_enc_name(int enc) {
-  return enc >= 0 && enc < FL_ENC_COUNT ? names[enc] : "unknown";
+  return enc >= 0 && enc < FL_ENC_ALL ? names[enc] : "unknown";
 }
 
 int fl_codec_parse(const char *spec, fl_codec *c, char *err, size_t errlen) {
@@ -189,7 +190,12 @@ uint64_t fl_codec_topk_count(const fl_codec *c, uint64_t n) {
 }
 
 static size_t value_bytes(fl_enc e) {
-  return e == FL_ENC_FLOAT32 ? 4 : e == FL_ENC_FLOAT16 ? 2 : e == FL_ENC_INT8 ? 1 : 8;
+  switch (e) {
+  case FL_ENC_FLOAT32: case FL_ENC_RING32: return 4;
+  case FL_ENC_FLOAT16: case FL_ENC_RING16: return 2;
+  case FL_ENC_INT8: return 1;
+  default: return 8;
+  }
 }
 
 uint64_t fl_codec_max_bytes(const fl_codec *c, uint64_t n) {
@@ -304,6 +310,15 @@ int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
   case FL_ENC_FLOAT32: /* any value, as it is: the receiver judges it */
     for (uint64_t i = 0; i < cnt; i++) putf(buf + 4 * i, x[i]);
     break;
+  case FL_ENC_RING16:
+  case FL_ENC_RING32: { /* x holds uint32 ring elements */
+    const uint32_t *r = (const uint32_t *)(const void *)e->x + e->next;
+    for (uint64_t i = 0; i < cnt; i++) {
+      if (vb == 4) put32(buf + 4 * i, r[i]);
+      else buf[2 * i] = (uint8_t)r[i], buf[2 * i + 1] = (uint8_t)(r[i] >> 8);
+    }
+    break;
+  }
   case FL_ENC_FLOAT16:
     f16_encode(x, buf, cnt);
     for (uint64_t i = 0; i < cnt; i++)
@@ -347,6 +362,8 @@ int fl_decoder_check(fl_decoder *d, const fl_chunk *ch, char *err, size_t errlen
                    (unsigned long long)d->total);
   const uint8_t *p = ch->data;
   switch (ch->enc) {
+  case FL_ENC_RING16:
+  case FL_ENC_RING32:
   case FL_ENC_FLOAT32:
   case FL_ENC_FLOAT16:
   case FL_ENC_INT8: {
@@ -365,8 +382,9 @@ int fl_decoder_check(fl_decoder *d, const fl_chunk *ch, char *err, size_t errlen
         if ((p[2 * i + 1] & 0x7c) == 0x7c)
           return fl_errf(err, errlen, FL_ENONFINITE, "value %llu is not finite",
                          (unsigned long long)(ch->offset + i));
-    } else if (!isfinite(ch->scale) || !isfinite(ch->zero) || ch->scale < 0 ||
-               !isfinite(ch->zero + 255.0f * ch->scale)) {
+    } else if (ch->enc == FL_ENC_INT8 &&
+               (!isfinite(ch->scale) || !isfinite(ch->zero) || ch->scale < 0 ||
+               !isfinite(ch->zero + 255.0f * ch->scale))) {
       return fl_errf(err, errlen, FL_ENONFINITE, "int8 chunk at %llu: scale %g and zero point %g "
                      "do not give finite values", (unsigned long long)ch->offset,
                      (double)ch->scale, (double)ch->zero);
@@ -419,7 +437,19 @@ void fl_chunk_decode(const fl_chunk *ch, float *dst) {
     memset(out, 0, ch->count * sizeof *out);
     for (size_t i = 0; i < ch->len / 8; i++) dst[get32(p + 8 * i)] = getf(p + 8 * i + 4);
     break;
+  case FL_ENC_RING16:
+    for (uint64_t i = 0; i < ch->count; i++) out[i] = (float)(p[2 * i] | p[2 * i + 1] << 8);
+    break;
+  case FL_ENC_RING32:
+    for (uint64_t i = 0; i < ch->count; i++) out[i] = (float)get32(p + 4 * i);
+    break;
   }
+}
+
+void fl_chunk_ring(const fl_chunk *ch, uint32_t *dst) {
+  const uint8_t *p = ch->data;
+  for (uint64_t i = 0; i < ch->count; i++)
+    dst[i] = ch->enc == FL_ENC_RING16 ? (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) : get32(p + 4 * i);
 }
 
 void fl_chunk_axpy(const fl_chunk *ch, double w, double *sum) {
@@ -444,6 +474,8 @@ void fl_chunk_axpy(const fl_chunk *ch, double w, double *sum) {
     break;
   case FL_ENC_TOPK:
     for (size_t i = 0; i < ch->len / 8; i++) sum[get32(p + 8 * i)] += w * (double)getf(p + 8 * i + 4);
+    break;
+  default: /* ring elements are not values */
     break;
   }
 }

@@ -31,8 +31,13 @@
 #include "rng.h"
 
 /* The numbers are the protocol's (fl.proto's Encoding). */
-typedef enum { FL_ENC_FLOAT32 = 0, FL_ENC_FLOAT16 = 1, FL_ENC_INT8 = 2, FL_ENC_TOPK = 3 } fl_enc;
+typedef enum { FL_ENC_FLOAT32 = 0, FL_ENC_FLOAT16 = 1, FL_ENC_INT8 = 2, FL_ENC_TOPK = 3,
+               FL_ENC_RING16 = 4, FL_ENC_RING32 = 5 } fl_enc;
+/* The encodings of values; the ring ones carry secure aggregation's masked inputs (ring
+ * elements, not values: decode gives them as numbers, nothing more) and are never asked
+ * for by fl_codec_parse. */
 #define FL_ENC_COUNT 4
+#define FL_ENC_ALL 6
 
 /* A configured encoding. */
 typedef struct fl_codec {
@@ -75,7 +80,7 @@ typedef struct fl_encoder {
   uint64_t sent;            /* chunks produced */
 } fl_encoder;
 
-/* Prepares x[0..n) for sending; for topk it finds the magnitude threshold (a pass over a
+/* Prepares x[0..n) for sending (for the ring encodings x holds uint32 ring elements, cast); for topk it finds the magnitude threshold (a pass over a
  * temporary copy of the magnitudes: FL_ENOMEM if that cannot be allocated).  seed drives
  * stochastic rounding.  A chunk holds at most chunk_bytes of payload, and at least one value
  * (or topk pair) whatever chunk_bytes is. */
@@ -107,8 +112,10 @@ int fl_decoder_check(fl_decoder *d, const fl_chunk *ch, char *err, size_t errlen
 
 /* dst[offset .. offset + count) = the chunk's values (topk: 0 where no pair is). */
 void fl_chunk_decode(const fl_chunk *ch, float *dst);
-/* sum[i] += w * value for every value the chunk carries. */
+/* sum[i] += w * value for every value the chunk carries (not ring elements). */
 void fl_chunk_axpy(const fl_chunk *ch, double w, double *sum);
+/* A ring chunk's elements, dst[0 .. count) (dst is the chunk's piece, not the tensor). */
+void fl_chunk_ring(const fl_chunk *ch, uint32_t *dst);
 
 /* ---- chunks kept encoded ----
  *

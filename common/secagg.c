@@ -127,6 +127,7 @@ struct fl_secagg_client {
   uint8_t (*seed)[32];            /* [k] pair mask seeds with the neighbours in U2 */
   fl_share *got_b, *got_s;        /* [k] the shares each neighbour sent */
   fl_share own_b;                 /* its own share of b (a survivor reveals it too) */
+  uint8_t *opened;                /* [k] the neighbour's shares opened */
   uint8_t *revealed;              /* [k] 0, 1 (its b), 2 (its s) */
   int stage;                      /* 0 keys sent, 1 shares sent, 2 shares taken, 3 revealed */
   int me_in_u2;
@@ -144,6 +145,7 @@ void fl_secagg_client_free(fl_secagg_client *c) {
   free(c->got_b);
   free(c->got_s);
   free(c->revealed);
+  free(c->opened);
   memset(c, 0, sizeof *c); /* the secrets go with it */
   free(c);
 }
@@ -167,13 +169,14 @@ int fl_secagg_client_new(const fl_secagg_params *p, uint32_t me, fl_secagg_clien
   if (c->nbr) c->k = fl_secagg_neighbors(p, me, c->nbr);
   size_t k = c->k ? c->k : 1;
   c->revealed = calloc(k, 1);
+  c->opened = calloc(k, 1);
   c->has = calloc(k, 1);
   c->pc = calloc(k, sizeof *c->pc);
   c->ps = calloc(k, sizeof *c->ps);
   c->seed = calloc(k, sizeof *c->seed);
   c->got_b = calloc(k, sizeof *c->got_b);
   c->got_s = calloc(k, sizeof *c->got_s);
-  if (!c->nbr || !c->k || !c->in_u2 || !c->revealed || !c->has || !c->pc || !c->ps || !c->seed ||
+  if (!c->nbr || !c->k || !c->in_u2 || !c->revealed || !c->opened || !c->has || !c->pc || !c->ps || !c->seed ||
       !c->got_b || !c->got_s) {
     fl_secagg_client_free(c);
     return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
@@ -252,34 +255,37 @@ done:
   return rc;
 }
 
-/* Opens the shares neighbour i sent c and derives the pair's mask seed. */
+/* Derives the pair's mask seed with neighbour i, then opens the shares it sent c: 0, 1
+ * when they do not open (left out), or an error. */
 static int open_from(fl_secagg_client *c, uint32_t i, const uint8_t *sealed, char *err,
                      size_t errlen) {
   uint32_t u = c->nbr[i];
   uint8_t key[32], ad[64], plain[2 * FL_SECAGG_SHARE_BYTES];
   size_t ad_len;
   if (!c->has[i]) return fl_errf(err, errlen, FL_EPROTO, "client %u is in U2 without keys", u);
+  if (pair_seed(c->s_key.secret, c->ps[i], c->p.round, c->me, u, c->seed[i]))
+    return fl_errf(err, errlen, FL_EFORMAT, "client %u's public key is not a point", u);
   if (seal_key(c->c_key.secret, c->pc[i], c->p.round, u, c->me, key, ad, &ad_len) ||
       fl_open(key, ad, ad_len, sealed, FL_SECAGG_SEALED, plain))
-    return fl_errf(err, errlen, FL_ECHECKSUM, "the shares from client %u do not open", u);
+    return 1;
   get_share(plain, &c->got_b[i]);
   get_share(plain + FL_SECAGG_SHARE_BYTES, &c->got_s[i]);
   memset(plain, 0, sizeof plain);
-  if (c->got_b[i].x != (uint64_t)c->me + 1 || c->got_s[i].x != (uint64_t)c->me + 1)
-    return fl_errf(err, errlen, FL_EPROTO, "client %u's shares are not for this client", u);
-  if (pair_seed(c->s_key.secret, c->ps[i], c->p.round, c->me, u, c->seed[i]))
-    return fl_errf(err, errlen, FL_EFORMAT, "client %u's public key is not a point", u);
+  if (c->got_b[i].x != (uint64_t)c->me + 1 || c->got_s[i].x != (uint64_t)c->me + 1) return 1;
+  c->opened[i] = 1;
   return 0;
 }
 
 int fl_secagg_client_take_shares(fl_secagg_client *c, const uint8_t *in_u2, const uint8_t *sealed,
-                                 char *err, size_t errlen) {
+                                 uint8_t *bad, char *err, size_t errlen) {
   if (c->stage != 1) return fl_errf(err, errlen, FL_ESTATE, "shares taken before being sent");
   if (!in_u2[c->me]) return fl_errf(err, errlen, FL_ESTATE, "this client is not among U2");
+  if (bad) memset(bad, 0, c->p.n);
   for (uint32_t i = 0; i < c->k; i++) {
     if (!in_u2[c->nbr[i]]) continue;
     int rc = open_from(c, i, sealed + (size_t)c->nbr[i] * FL_SECAGG_SEALED, err, errlen);
-    if (rc) return rc;
+    if (rc < 0) return rc;
+    if (rc && bad) bad[c->nbr[i]] = 1;
   }
   memcpy(c->in_u2, in_u2, c->p.n);
   c->me_in_u2 = 1;
@@ -330,7 +336,7 @@ int fl_secagg_client_reveal(fl_secagg_client *c, const uint8_t *in_u3, uint8_t *
   memset(kind, 0, c->p.n);
   for (uint32_t i = 0; i < c->k; i++) {
     uint32_t u = c->nbr[i];
-    if (!c->in_u2[u]) continue;
+    if (!c->in_u2[u] || !c->opened[i]) continue;
     kind[u] = in_u3[u] ? 1 : 2;
     put_share(share + (size_t)u * FL_SECAGG_SHARE_BYTES, in_u3[u] ? &c->got_b[i] : &c->got_s[i]);
     c->revealed[i] = kind[u];

@@ -75,11 +75,13 @@ int fl_secagg_client_shares(fl_secagg_client *c, const uint8_t (*c_pub)[32],
                             const uint8_t (*s_pub)[32], const uint8_t *have, uint8_t *sealed,
                             uint8_t *to, char *err, size_t errlen);
 
-/* Stage 2: the sealed shares addressed to it (from[u] set for each u in U2, the clients
- * whose shares reached the server; sealed + u * FL_SECAGG_SEALED).  FL_ECHECKSUM for one
- * that does not open (altered, or for someone else), FL_ESTATE when it itself is not in U2. */
+/* Stage 2: the sealed shares addressed to it (in_u2[u] set for each u in U2, the clients
+ * whose shares reached the server; sealed + u * FL_SECAGG_SEALED).  A neighbour's shares
+ * that do not open (altered, or sealed for someone else) are left out and named in bad[u]
+ * (may be NULL): its masks still apply, it is only not helped to recover.  FL_ESTATE when
+ * the client itself is not in U2, FL_EPROTO for a U2 member that sent no keys. */
 int fl_secagg_client_take_shares(fl_secagg_client *c, const uint8_t *in_u2, const uint8_t *sealed,
-                                 char *err, size_t errlen);
+                                 uint8_t *bad, char *err, size_t errlen);
 /* Masks x[0..dim) in place (ring elements): + its self mask and the pairwise masks with its
  * neighbours in U2.  Only after take_shares. */
 int fl_secagg_client_mask(fl_secagg_client *c, uint32_t *x, char *err, size_t errlen);

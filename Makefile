@@ -86,7 +86,8 @@ BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) 
 # the version script for the .so, objcopy for the .a (one object, the rest made local),
 # and the committed list client/libflclient.symbols is checked against both.
 LIBCLIENT_COMMON := common/error.c common/rng.c common/model.c common/frame.c common/msg.c \
-                    common/tls.c common/conn.c common/ticket.c common/fileio.c common/codec.c
+                    common/tls.c common/conn.c common/ticket.c common/fileio.c common/codec.c \
+                    common/secagg.c common/shamir.c common/agree.c common/prg.c common/csprng.c
 pic = $(patsubst %.c,$(B)/pic/%.o,$(1))
 LIBCLIENT_PIC := $(call pic,$(LIBCLIENT_SRCS) $(LIBCLIENT_COMMON)) $(B)/pic/gen/fl.pb-c.o
 LIBCLIENT_LIBS = $(shell pkg-config --libs libuv libprotobuf-c zlib 2>/dev/null) \

@@ -43,6 +43,7 @@ int fl_client_free(fl_client *c) {
   free(c->model_spec);
   free(c->server_spec);
   free(c->residual);
+  flc__secagg_reset(c);
   pthread_mutex_destroy(&c->mu);
   free(c);
   return 0;

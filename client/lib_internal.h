@@ -26,6 +26,7 @@
 #include "fl/client.h"
 #include "codec.h"
 #include "msg.h"
+#include "secagg.h"
 #include "rng.h"
 #include "tls.h"
 
@@ -57,6 +58,7 @@ struct fl_client_task {
   size_t n_extra;
   float *global;             /* [n] the model as received (fit, evaluate); NULL after */
   float *params;             /* [n] fit: trained weights, then the delta; evaluate: global */
+  uint32_t *ring;            /* secure aggregation: the masked input (lib_secagg.c) */
   fl_tensor_rx rx;
   fl_tensor_tx tx;
   int go;                    /* the answer's tensor may be sent (Proceed came) */
@@ -123,6 +125,10 @@ struct fl_client {
   float *residual;           /* error feedback: what lossy updates left out so far (across
                               * rounds and connections, for residual_n parameters) */
   uint64_t residual_n;
+  /* Secure aggregation of the round in hand (lib_secagg.c). */
+  struct fl_secagg_client *sa;
+  struct flc_secagg_cfg *sa_cfg;
+  fl_client_task *sa_task;   /* its fit, waiting for the shares */
   char *server_spec;         /* the server's model, from its Welcome or last TrainTask */
   uint64_t server_model_id, server_num_params;
   fl_client_task *rx;        /* its model is arriving */
@@ -166,6 +172,19 @@ void flc__pump(fl_client *c);
 void flc__on_completed(fl_client *c, fl_client_task *list);
 /* Drops what the connection was doing: the active task is cancelled, the others freed. */
 void flc__drop_tasks(fl_client *c);
+/* Sends the Update of fit t, whose tensor (t->tx) is ready, in encoding enc. */
+void flc__send_update(fl_client *c, fl_client_task *t, fl_enc enc);
+
+/* ---- lib_secagg.c: secure aggregation's client side ---- */
+void flc__on_secagg_setup(fl_client *c, const Fl__SecAggSetup *m);
+void flc__on_secagg_peers(fl_client *c, const Fl__SecAggPeers *m);
+void flc__on_secagg_shares(fl_client *c, const Fl__SecAggShares *m);
+void flc__on_secagg_unmask(fl_client *c, const Fl__SecAggUnmask *m);
+/* 1 when the fit t belongs to a securely aggregated round: the secure aggregation owns
+ * it and sends it masked once it can. */
+int flc__secagg_take(fl_client *c, fl_client_task *t);
+/* Forgets the round (the connection is gone, or a new round began). */
+void flc__secagg_reset(fl_client *c);
 void flc__task_free(fl_client_task *t);
 
 /* lib_throttle.c: 1 when c may handshake now, else c waits and starts when a slot

@@ -191,6 +191,10 @@ static void on_frame(fl_conn *conn, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_PARAMS_REQUEST: flc__on_params_request(c, env->params_request); break;
   case FL__ENVELOPE__BODY_CHUNK: flc__on_chunk(c, env->chunk); break;
   case FL__ENVELOPE__BODY_PROCEED: flc__on_proceed(c, env->proceed); break;
+  case FL__ENVELOPE__BODY_SECAGG_SETUP: flc__on_secagg_setup(c, env->secagg_setup); break;
+  case FL__ENVELOPE__BODY_SECAGG_PEERS: flc__on_secagg_peers(c, env->secagg_peers); break;
+  case FL__ENVELOPE__BODY_SECAGG_SHARES: flc__on_secagg_shares(c, env->secagg_shares); break;
+  case FL__ENVELOPE__BODY_SECAGG_UNMASK: flc__on_secagg_unmask(c, env->secagg_unmask); break;
   case FL__ENVELOPE__BODY_HEARTBEAT: break;
   case FL__ENVELOPE__BODY_ERROR: on_server_error(c, env->error); break;
   case FL__ENVELOPE__BODY_DONE: on_done(c, env->done); break;

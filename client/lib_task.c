@@ -35,6 +35,7 @@ static Fl__TaskKind wire_kind(int kind) {
 }
 
 void flc__task_free(fl_client_task *t) {
+  if (t) free(t->ring);
   if (!t) return;
   if (t->params != t->global) free(t->params);
   free(t->global);
@@ -506,12 +507,9 @@ static void answer(fl_client *c, fl_client_task *t) {
     flc__task_free(t);
     return;
   }
-  Fl__Update u = FL__UPDATE__INIT;
-  u.round = t->round;
-  u.model_id = t->model_id;
-  u.num_params = t->n;
-  u.num_examples = t->metrics.num_examples;
-  u.metrics = &m;
+  /* A round aggregated securely: the secure aggregation masks and sends it (when the
+   * shares it needs are in). */
+  if (flc__secagg_take(c, t)) return;
   /* The delta in this connection's encoding, with error feedback when it is lossy. */
   uint64_t seed = update_seed(c, t);
   if (feed_back(c, t, seed) != 0 ||
@@ -520,7 +518,19 @@ static void answer(fl_client *c, fl_client_task *t) {
     flc__task_free(t);
     return;
   }
-  u.encoding = (Fl__Encoding)c->uplink.enc;
+  flc__send_update(c, t, c->uplink.enc);
+}
+
+void flc__send_update(fl_client *c, fl_client_task *t, fl_enc enc) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Metrics m = metrics_of(t);
+  Fl__Update u = FL__UPDATE__INIT;
+  u.round = t->round;
+  u.model_id = t->model_id;
+  u.num_params = t->n;
+  u.num_examples = t->metrics.num_examples;
+  u.metrics = &m;
+  u.encoding = (Fl__Encoding)enc;
   env.body_case = FL__ENVELOPE__BODY_UPDATE;
   env.update = &u;
   flc__log(c, FL_CLIENT_LOG_INFO,
@@ -562,6 +572,7 @@ void flc__drop_tasks(fl_client *c) {
   flc__task_free(c->tx);
   c->rx = c->queued = c->tx = NULL;
   c->discarding = 0;
+  flc__secagg_reset(c); /* a round's secure aggregation does not outlive its connection */
 }
 
 void flc__pump(fl_client *c) {

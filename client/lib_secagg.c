@@ -1,0 +1,270 @@
+/* libflclient: the client's side of secure aggregation (common/secagg.h).
+ *
+ * A round aggregated securely begins with the server's SecAggSetup: the client makes its
+ * keys and sends them at once, while its fit runs.  The peers' keys come back; it sends
+ * its sealed shares; the shares addressed to it and the list of who shared come back.
+ * When both the fit and the shares are in, the update is put in fixed point (clipped,
+ * weighted; with distributed differential privacy, clipped to an L2 norm and noised
+ * first), masked, and sent as ring elements.  Last, the server names the survivors, and
+ * the client reveals one share per neighbour: never both shares of one, whatever it is
+ * asked (secagg.c refuses).  Everything from the server is checked before use: a
+ * message of another round, of the wrong size, or out of order is ignored and logged. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "csprng.h"
+#include "error.h"
+#include "lib_internal.h"
+
+/* What SecAggSetup said, for the encoding. */
+struct flc_secagg_cfg {
+  fl_secagg_params p;
+  uint64_t task_round;
+  uint32_t index;
+  double clip, weight_cap, dp_clip, dp_noise;
+  int frac, stochastic;
+  int shares_in;            /* stage 2 reached */
+  uint8_t *bad;             /* [n] senders whose shares did not open */
+};
+
+void flc__secagg_reset(fl_client *c) {
+  fl_secagg_client_free(c->sa);
+  c->sa = NULL;
+  if (c->sa_cfg) free(c->sa_cfg->bad);
+  free(c->sa_cfg);
+  c->sa_cfg = NULL;
+  if (c->sa_task) flc__task_free(c->sa_task);
+  c->sa_task = NULL;
+}
+
+static int ours(const fl_client *c, uint64_t round, const char *what) {
+  if (c->sa && c->sa_cfg->p.round == round) return 1;
+  flc__log((fl_client *)c, FL_CLIENT_LOG_WARN, "secure aggregation: %s for protocol round %" PRIu64
+           " that this client is not in; ignored", what, round);
+  return 0;
+}
+
+void flc__on_secagg_setup(fl_client *c, const Fl__SecAggSetup *m) {
+  flc__secagg_reset(c);
+  struct flc_secagg_cfg *g = calloc(1, sizeof *g);
+  if (!g) return;
+  g->p = (fl_secagg_params){.round = m->round, .n = m->n, .threshold = m->threshold,
+                            .neighbors = m->neighbors, .bits = m->bits, .dim = m->dim};
+  if (m->graph_seed.len == sizeof g->p.graph_seed)
+    memcpy(g->p.graph_seed, m->graph_seed.data, sizeof g->p.graph_seed);
+  g->task_round = m->task_round;
+  g->index = m->index;
+  g->clip = m->clip;
+  g->frac = m->frac;
+  g->weight_cap = m->weight_cap >= 1 ? m->weight_cap : 1;
+  g->stochastic = m->stochastic;
+  g->dp_clip = m->dp_clip;
+  g->dp_noise = m->dp_noise;
+  g->bad = calloc(m->n ? m->n : 1, 1);
+  uint8_t cpub[32], spub[32];
+  char err[256];
+  int rc = !g->bad || !(m->clip > 0) || m->frac < 1 || m->frac > 30 ||
+                   (m->dp_clip < 0 || m->dp_noise < 0 || !isfinite(m->dp_noise))
+               ? FL_EINVAL
+               : fl_secagg_client_new(&g->p, m->index, &c->sa, cpub, spub, err, sizeof err);
+  if (rc) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: the server's setup is unusable: %s",
+             rc == FL_EINVAL && !c->sa ? "bad clip, fixed point or noise" : err);
+    free(g->bad);
+    free(g);
+    return;
+  }
+  c->sa_cfg = g;
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__SecAggKeys k = FL__SEC_AGG_KEYS__INIT;
+  k.round = m->round;
+  k.c_pub = (ProtobufCBinaryData){32, cpub};
+  k.s_pub = (ProtobufCBinaryData){32, spub};
+  env.body_case = FL__ENVELOPE__BODY_SECAGG_KEYS;
+  env.secagg_keys = &k;
+  flc__send(c, &env);
+  flc__log(c, FL_CLIENT_LOG_DEBUG, "secure aggregation: round %" PRIu64 ", client %u of %u, keys sent",
+           g->task_round, m->index, m->n);
+}
+
+void flc__on_secagg_peers(fl_client *c, const Fl__SecAggPeers *m) {
+  if (!ours(c, m->round, "peers' keys")) return;
+  uint32_t n = c->sa_cfg->p.n;
+  uint8_t (*cp)[32] = calloc(n, 32), (*sp)[32] = calloc(n, 32), *have = calloc(n, 1);
+  uint8_t *sealed = malloc((size_t)n * FL_SECAGG_SEALED), *to = calloc(n, 1);
+  uint32_t *peer = malloc(n * sizeof *peer);
+  ProtobufCBinaryData *blobs = malloc(n * sizeof *blobs);
+  char err[256] = "";
+  int ok = cp && sp && have && sealed && to && peer && blobs && m->n_index == m->n_c_pub &&
+           m->n_index == m->n_s_pub && m->n_index <= n;
+  for (size_t i = 0; ok && i < m->n_index; i++) {
+    uint32_t v = m->index[i];
+    ok = v < n && !have[v] && m->c_pub[i].len == 32 && m->s_pub[i].len == 32;
+    if (!ok) break;
+    memcpy(cp[v], m->c_pub[i].data, 32);
+    memcpy(sp[v], m->s_pub[i].data, 32);
+    have[v] = 1;
+  }
+  if (!ok) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: malformed peer keys from the server");
+  } else if (fl_secagg_client_shares(c->sa, (const uint8_t(*)[32])cp, (const uint8_t(*)[32])sp,
+                                     have, sealed, to, err, sizeof err) != 0) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: cannot share: %s", err);
+  } else {
+    size_t k = 0;
+    for (uint32_t v = 0; v < n; v++)
+      if (to[v]) {
+        peer[k] = v;
+        blobs[k++] = (ProtobufCBinaryData){FL_SECAGG_SEALED, sealed + (size_t)v * FL_SECAGG_SEALED};
+      }
+    Fl__Envelope env = FL__ENVELOPE__INIT;
+    Fl__SecAggShares sh = FL__SEC_AGG_SHARES__INIT;
+    sh.round = m->round;
+    sh.n_peer = k;
+    sh.peer = peer;
+    sh.n_sealed = k;
+    sh.sealed = blobs;
+    env.body_case = FL__ENVELOPE__BODY_SECAGG_SHARES;
+    env.secagg_shares = &sh;
+    flc__send(c, &env);
+  }
+  free(cp), free(sp), free(have), free(sealed), free(to), free(peer), free(blobs);
+}
+
+static void try_send(fl_client *c);
+
+void flc__on_secagg_shares(fl_client *c, const Fl__SecAggShares *m) {
+  if (!ours(c, m->round, "shares")) return;
+  struct flc_secagg_cfg *g = c->sa_cfg;
+  uint32_t n = g->p.n;
+  uint8_t *u2 = calloc(n, 1), *sealed = calloc(n, FL_SECAGG_SEALED);
+  char err[256] = "";
+  int ok = u2 && sealed && m->n_peer == m->n_sealed && m->n_u2 <= n;
+  for (size_t i = 0; ok && i < m->n_u2; i++) ok = m->u2[i] < n && !u2[m->u2[i]] && (u2[m->u2[i]] = 1);
+  for (size_t i = 0; ok && i < m->n_peer; i++) {
+    ok = m->peer[i] < n && m->sealed[i].len == FL_SECAGG_SEALED;
+    if (ok) memcpy(sealed + (size_t)m->peer[i] * FL_SECAGG_SEALED, m->sealed[i].data, FL_SECAGG_SEALED);
+  }
+  if (!ok) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: malformed shares from the server");
+  } else if (fl_secagg_client_take_shares(c->sa, u2, sealed, g->bad, err, sizeof err) != 0) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: %s", err);
+  } else {
+    for (uint32_t u = 0; u < n; u++)
+      if (g->bad[u])
+        flc__log(c, FL_CLIENT_LOG_WARN, "secure aggregation: the shares client %u sent do not open", u);
+    g->shares_in = 1;
+    try_send(c);
+  }
+  free(u2);
+  free(sealed);
+}
+
+int flc__secagg_take(fl_client *c, fl_client_task *t) {
+  if (!c->sa || c->sa_cfg->task_round != t->round) return 0;
+  if (c->sa_task) flc__task_free(c->sa_task);
+  c->sa_task = t;
+  try_send(c);
+  return 1;
+}
+
+/* The update as ring elements: the delta (clipped to dp_clip in L2 and noised, with
+ * differential privacy), times the weight, each value clipped to [-clip, clip] and put in
+ * fixed point; then the weight itself.  Masked, it goes out as the round's Update. */
+static void try_send(fl_client *c) {
+  struct flc_secagg_cfg *g = c->sa_cfg;
+  fl_client_task *t = c->sa_task;
+  if (!t || !g->shares_in) return;
+  c->sa_task = NULL;
+  uint64_t n = t->n, dim = g->p.dim;
+  char err[256];
+  if (dim != n + 1) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: inputs of %" PRIu64 " elements for a "
+             "model of %" PRIu64 "; nothing sent", dim, n);
+    flc__task_free(t);
+    return;
+  }
+  t->ring = malloc(dim * sizeof *t->ring);
+  fl_csprng rng;
+  if (!t->ring || fl_csprng_init(&rng, "fl secagg noise")) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: out of memory");
+    flc__task_free(t);
+    return;
+  }
+  uint8_t seed[8];
+  fl_csprng_bytes(&rng, seed, sizeof seed);
+  fl_csprng_free(&rng);
+  fl_rng r;
+  uint64_t s = 0;
+  for (int i = 0; i < 8; i++) s |= (uint64_t)seed[i] << (8 * i);
+  fl_rng_seed(&r, s);
+  double scale = 1;
+  if (g->dp_clip > 0) {
+    double sq = 0;
+    for (uint64_t i = 0; i < n; i++) sq += (double)t->params[i] * t->params[i];
+    if (sqrt(sq) > g->dp_clip) scale = g->dp_clip / sqrt(sq);
+  }
+  double w = (double)(t->metrics.num_examples < g->weight_cap ? t->metrics.num_examples : g->weight_cap) /
+             g->weight_cap;
+  double one = ldexp(1.0, g->frac);
+  uint32_t keep = g->p.bits == 32 ? 0xffffffffu : 0xffffu;
+  for (uint64_t i = 0; i <= n; i++) {
+    double v = i < n ? w * scale * t->params[i] : w;
+    if (i < n && g->dp_noise > 0) v += g->dp_noise * fl_rng_normal(&r);
+    if (v > g->clip) v = g->clip;
+    if (v < -g->clip) v = -g->clip;
+    double q = v * one;
+    q = g->stochastic ? floor(q + fl_rng_uniform(&r)) : nearbyint(q);
+    t->ring[i] = (uint32_t)(int64_t)q & keep;
+  }
+  if (fl_secagg_client_mask(c->sa, t->ring, err, sizeof err) != 0) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: %s", err);
+    flc__task_free(t);
+    return;
+  }
+  fl_codec ring = {g->p.bits == 32 ? FL_ENC_RING32 : FL_ENC_RING16, 0, 0};
+  fl_tensor_tx_init_codec(&t->tx, &ring, (const float *)(const void *)t->ring, dim, c->chunk_bytes, 0);
+  flc__send_update(c, t, ring.enc);
+}
+
+void flc__on_secagg_unmask(fl_client *c, const Fl__SecAggUnmask *m) {
+  if (!ours(c, m->round, "unmasking")) return;
+  struct flc_secagg_cfg *g = c->sa_cfg;
+  uint32_t n = g->p.n;
+  uint8_t *u3 = calloc(n, 1), *kind = calloc(n, 1), *share = calloc(n, FL_SECAGG_SHARE_BYTES);
+  uint32_t *peer = malloc(n * sizeof *peer), *kinds = malloc(n * sizeof *kinds), *bad = malloc(n * sizeof *bad);
+  ProtobufCBinaryData *blobs = malloc(n * sizeof *blobs);
+  char err[256] = "";
+  int ok = u3 && kind && share && peer && kinds && bad && blobs && m->n_survivors <= n;
+  for (size_t i = 0; ok && i < m->n_survivors; i++) ok = m->survivors[i] < n && (u3[m->survivors[i]] = 1);
+  if (!ok) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: a malformed unmasking request");
+  } else if (fl_secagg_client_reveal(c->sa, u3, kind, share, err, sizeof err) != 0) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: %s", err);
+  } else {
+    size_t k = 0, nb = 0;
+    for (uint32_t u = 0; u < n; u++) {
+      if (kind[u]) {
+        peer[k] = u;
+        kinds[k] = kind[u];
+        blobs[k++] = (ProtobufCBinaryData){FL_SECAGG_SHARE_BYTES, share + (size_t)u * FL_SECAGG_SHARE_BYTES};
+      }
+      if (g->bad[u]) bad[nb++] = u;
+    }
+    Fl__Envelope env = FL__ENVELOPE__INIT;
+    Fl__SecAggReveal rv = FL__SEC_AGG_REVEAL__INIT;
+    rv.round = m->round;
+    rv.n_peer = rv.n_kind = rv.n_share = k;
+    rv.peer = peer;
+    rv.kind = kinds;
+    rv.share = blobs;
+    rv.n_bad_senders = nb;
+    rv.bad_senders = bad;
+    env.body_case = FL__ENVELOPE__BODY_SECAGG_REVEAL;
+    env.secagg_reveal = &rv;
+    flc__send(c, &env);
+  }
+  free(u3), free(kind), free(share), free(peer), free(kinds), free(bad), free(blobs);
+}

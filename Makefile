@@ -115,10 +115,15 @@ $(B)/obj/%.o: %.c $(B)/flags | $(PROTO_H)
 
 # The training core's element-wise loops (bias, activations, optimizers) need the full
 # vectoriser: at -O2 GCC only vectorises loops whose trip count is a known multiple of the
-# vector width.
+# vector width.  -ffp-contract=off (already implied by -std=c11) keeps multiply-adds
+# unfused in every clone of a loop, so vector width never changes a result; the optimizer
+# needs -fno-math-errno for sqrtf to vectorise (it never sets errno: v >= 0).
 CORE_OBJS := $(call obj,$(wildcard common/dense.c common/conv.c common/activation.c \
-                                   common/loss.c common/optim.c common/train.c))
-$(CORE_OBJS): CFLAGS_ALL += -O3
+                                   common/dropout.c common/maxpool.c common/avgpool.c \
+                                   common/batchnorm.c common/loss.c common/optim.c \
+                                   common/train.c))
+$(CORE_OBJS): CFLAGS_ALL += -O3 -ffp-contract=off
+$(call obj,common/optim.c): CFLAGS_ALL += -fno-math-errno
 $(call obj,server/fedavg.c): CFLAGS_ALL += -O3
 
 $(LIB): $(COMMON_OBJS)

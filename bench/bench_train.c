@@ -46,26 +46,28 @@ static void add(gemm *g, int *n, int ta, int tb, int M, int N, int K, float beta
   x->c = filled((size_t)M * N + sc * (reps - 1), r);
 }
 
+extern const fl__layer_ops fl__dense_ops, fl__conv_ops;
+
 /* The products of one step, in the order dense.c and conv.c issue them. */
 static int step_gemms(const fl_model *m, int B, gemm *g, fl_rng *r) {
   int n = 0;
   for (int i = 0; i < m->nlayers; i++) {
     const fl__layer *l = &m->layers[i];
     int in = (int)l->in_size, out = (int)l->out_size;
-    int HW = (int)(l->h * l->w), K = (int)l->filters, CFF = (int)(l->c * l->ksize * l->ksize);
-    if (l->kind == FL__DENSE)
+    int HW = (int)(l->oh * l->ow), K = (int)l->oc, CFF = (int)l->fan_in;
+    if (l->ops == &fl__dense_ops)
       add(g, &n, 0, 1, B, out, in, 0.0f, 1, 0, 0, 0, r);
-    else if (l->kind == FL__CONV)
+    else if (l->ops == &fl__conv_ops)
       add(g, &n, 0, 0, K, HW, CFF, 0.0f, B, 0, 0, (size_t)K * HW, r);
   }
   for (int i = m->nlayers - 1; i >= 0; i--) {
     const fl__layer *l = &m->layers[i];
     int in = (int)l->in_size, out = (int)l->out_size;
-    int HW = (int)(l->h * l->w), K = (int)l->filters, CFF = (int)(l->c * l->ksize * l->ksize);
-    if (l->kind == FL__DENSE) {
+    int HW = (int)(l->oh * l->ow), K = (int)l->oc, CFF = (int)l->fan_in;
+    if (l->ops == &fl__dense_ops) {
       add(g, &n, 1, 0, out, in, B, 1.0f, 1, 0, 0, 0, r);
       if (i) add(g, &n, 0, 0, B, in, out, 0.0f, 1, 0, 0, 0, r);
-    } else if (l->kind == FL__CONV) {
+    } else if (l->ops == &fl__conv_ops) {
       add(g, &n, 0, 1, K, CFF, HW, 1.0f, B, (size_t)K * HW, 0, 0, r);
       if (i) add(g, &n, 1, 0, CFF, HW, K, 0.0f, B, 0, (size_t)K * HW, 0, r);
     }

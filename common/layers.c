@@ -5,7 +5,7 @@
 #include <string.h>
 
 #define LAYERS(X) \
-  X(dense) X(conv) X(maxpool) X(relu) X(sigmoid) X(tanh) X(dropout)
+  X(dense) X(conv) X(maxpool) X(avgpool) X(batchnorm) X(relu) X(sigmoid) X(tanh) X(dropout)
 
 #define DECLARE(name) extern const fl__layer_ops fl__##name##_ops;
 LAYERS(DECLARE)

@@ -46,6 +46,9 @@ typedef struct job {
   fl_train_config tcfg;
   float *global;       /* [n] the model as received */
   float *local;        /* [n] trained weights, then the delta (train only) */
+  float *bn;           /* FedBN: the client's own batchnorm tensors going in, the trained
+                        * ones coming out */
+  int bn_own;          /* bn holds the client's own (none before its first round) */
   fl_tensor_rx rx;
   fl_tensor_tx tx;
   int go;              /* the server said Proceed: the delta may be sent */
@@ -72,6 +75,8 @@ struct vclient {
   uint32_t chunk_bytes; /* tensor data per chunk, as the server's Welcome asks */
   job *rx;             /* task whose model is arriving */
   job *tx;             /* update waiting for Proceed, or being sent */
+  float *bn;           /* FedBN: this client's batchnorm tensors (fl_model_local_get) */
+  uint64_t bn_model;   /* the model id they are for */
 };
 
 struct app {
@@ -92,6 +97,7 @@ struct app {
   int n, finished, failed, stopping;
   int open_conns, running, shut_down;
   int handshakes;       /* slots in use */
+  int train_threads;    /* threads of each training job */
   vclient *queue, *queue_tail;
   uint32_t chunk_bytes;
 };
@@ -125,6 +131,7 @@ static void job_free(job *j) {
   if (!j) return;
   free(j->global);
   free(j->local);
+  free(j->bn);
   free(j);
 }
 
@@ -206,20 +213,31 @@ static void job_run(pool_job *pj) {
   vclient *v = j->vc;
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
+  const fl_model *model = v->a->model;
+  int fedbn = v->a->cfg->fedbn && fl_model_local_size(model) > 0;
   uint32_t batch = j->train ? j->tcfg.batch_size : 256;
-  fl_trainer *t = fl_trainer_create(v->a->model, batch);
-  if (!t) {
+  fl_trainer *t = fl_trainer_create_threads(model, batch, v->a->train_threads);
+  if (!t || (fedbn && !j->bn && !(j->bn = malloc(fl_model_local_size(model) * sizeof(float))))) {
+    fl_trainer_free(t);
     j->rc = FL_ENOMEM;
     return;
   }
   if (j->train) {
     memcpy(j->local, j->global, j->n * sizeof(float));
+    /* FedBN: train with this client's own batchnorm layers (the server's in its first
+     * round), keep what training made of them, and send no change for them */
+    if (fedbn && j->bn_own) fl_model_local_put(model, j->local, j->bn);
     j->tcfg.prox_ref = j->tcfg.prox_mu > 0 ? j->global : NULL;
     j->rc = fl_train(t, j->local, &v->train, &j->tcfg, NULL, NULL, &j->result);
+    if (j->rc == 0 && fedbn) {
+      fl_model_local_get(model, j->local, j->bn);
+      fl_model_local_copy(model, j->local, j->global);
+    }
     if (j->rc == 0) /* the delta: local minus the global weights it started from */
       for (uint64_t i = 0; i < j->n; i++) j->local[i] -= j->global[i];
   } else {
     const fl_subset *s = v->test.n ? &v->test : &v->train;
+    if (fedbn && j->bn_own) fl_model_local_put(model, j->global, j->bn);
     j->rc = fl_evaluate(t, j->global, s, &j->result);
   }
   fl_trainer_free(t);
@@ -230,6 +248,12 @@ static void job_done(pool_job *pj) {
   job *j = (job *)pj;
   vclient *v = j->vc;
   v->a->running--;
+  if (j->train && j->rc == 0 && j->bn) { /* FedBN: the client's batchnorm layers now */
+    free(v->bn);
+    v->bn = j->bn;
+    v->bn_model = j->model_id;
+    j->bn = NULL;
+  }
   if (v->state == VC_DONE || v->state == VC_FAILED || j->gen != v->gen || !v->conn) {
     job_free(j); /* the connection it was for is gone */
     check_all_finished(v->a);
@@ -352,6 +376,15 @@ static job *begin_receive(vclient *v, int train, uint64_t round, uint64_t model_
   j->round = round;
   j->model_id = model_id;
   j->n = n;
+  if (v->a->cfg->fedbn && v->bn && v->bn_model == model_id) {
+    size_t nb = fl_model_local_size(v->a->model) * sizeof(float);
+    if (!(j->bn = malloc(nb))) {
+      job_free(j);
+      return NULL;
+    }
+    memcpy(j->bn, v->bn, nb);
+    j->bn_own = 1;
+  }
   fl_tensor_rx_init(&j->rx, j->global, n, 1);
   v->rx = j;
   return j;
@@ -671,8 +704,12 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
     uv_timer_init(&a->loop, &v->retry);
     v->retry.data = v;
   }
-  int workers = cfg->workers ? cfg->workers : (int)uv_available_parallelism();
+  int cores = (int)uv_available_parallelism();
+  int workers = cfg->workers ? cfg->workers : cores;
   if (workers > a->n) workers = a->n;
+  /* one client: all the cores for its job; a simulation: a core for each worker's job */
+  a->train_threads = cfg->train_threads ? cfg->train_threads
+                                        : (cores / workers > 1 ? cores / workers : 1);
   rc = pool_start(&a->workers, &a->loop, workers);
   if (rc) {
     snprintf(err, errlen, "cannot start %d worker threads", workers);
@@ -683,8 +720,10 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   a->sigint.data = a->sigterm.data = a;
   uv_signal_start(&a->sigint, on_signal, SIGINT);
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);
-  fl_info("client", "%d client%s, %zu training samples%s, %d worker threads, server %s:%d", a->n,
-          a->n == 1 ? "" : "s", a->data.n, cfg->partition ? " (partitioned)" : "", workers,
+  fl_info("client", "%d client%s, %zu training samples%s, %d worker%s of %d training thread%s%s, "
+          "server %s:%d", a->n, a->n == 1 ? "" : "s", a->data.n,
+          cfg->partition ? " (partitioned)" : "", workers, workers == 1 ? "" : "s",
+          a->train_threads, a->train_threads == 1 ? "" : "s", cfg->fedbn ? ", FedBN" : "",
           a->host, a->port);
   *out = a;
   return 0;
@@ -713,6 +752,7 @@ void app_free(app *a) {
   uv_loop_close(&a->loop);
   for (int i = 0; a->vcs && i < a->n; i++) {
     fl_tls_config_free(a->vcs[i].tls);
+    free(a->vcs[i].bn);
     job_free(a->vcs[i].rx);
     job_free(a->vcs[i].tx);
   }

@@ -318,3 +318,12 @@ void fl_model_local_get(const fl_model *m, const float *params, float *local) {
 void fl_model_local_put(const fl_model *m, float *params, const float *local) {
   local_copy(m, params, NULL, NULL, local);
 }
+
+void fl_model_local_copy(const fl_model *m, float *dst, const float *src) {
+  for (int i = 0; i < m->nlayers; i++) {
+    const fl__layer *l = &m->layers[i];
+    if (!l->ops->local) continue;
+    memcpy(dst + l->w_off, src + l->w_off, sizeof(float) * (l->w_len + l->b_len));
+    memcpy(dst + l->s_off, src + l->s_off, sizeof(float) * l->s_len);
+  }
+}

@@ -65,5 +65,7 @@ void fl_model_init(const fl_model *m, float *params, uint64_t seed);
 size_t fl_model_local_size(const fl_model *m);
 void fl_model_local_get(const fl_model *m, const float *params, float *local);
 void fl_model_local_put(const fl_model *m, float *params, const float *local);
+/* Copies the local tensors from src to dst, both [num_params]. */
+void fl_model_local_copy(const fl_model *m, float *dst, const float *src);
 
 #endif

@@ -41,9 +41,10 @@ struct fl_trainer {
   fl__team *team;         /* NULL with one thread */
   float **act;            /* [nlayers]: act[i] = output of layer i, [max_batch][out_size] */
   float **aux;            /* [nlayers]: [max_batch][aux_len] then [batch_len], or NULL */
-  float **dout;           /* [nlayers]: where the gradient w.r.t. act[i] is, [max_batch][out_size] */
-  float *dpp[2];          /* alternating gradient buffers [max_batch][max_width] */
-  float **dedicated;      /* [nlayers]: a param_grad layer's own dout when T > 1 */
+  float **dout;           /* [nlayers]: where the gradient w.r.t. act[i] is (see drows) */
+  float *dpp[2];          /* alternating gradient buffers [T][rows_per_thread][max_width] */
+  size_t rows_per_thread; /* ceil(max_batch / T) */
+  float **dedicated;      /* [nlayers]: a dout read across samples when T > 1, [max_batch][out_size] */
   float *keep;            /* head state [max_batch][out_dim] */
   float *loss;            /* per-sample loss of fl_trainer_grad [max_batch] */
   float **grad;           /* [T] gradient buffers [num_trained]; grad[0] is the complete one */
@@ -112,8 +113,10 @@ fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int
   if (!t->act || !t->aux || !t->dout || !t->dedicated || !t->grad || !t->scratch ||
       !t->counts)
     goto fail;
+  t->rows_per_thread = (max_batch + (uint32_t)threads - 1) / (uint32_t)threads;
   for (int k = 0; k < 2; k++)
-    if (!(t->dpp[k] = alloc_floats(max_batch, m->max_width))) goto fail;
+    if (!(t->dpp[k] = alloc_floats(t->rows_per_thread * (size_t)threads, m->max_width)))
+      goto fail;
   for (size_t i = 0; i < nl; i++) {
     const fl__layer *l = &m->layers[i];
     if (!(t->act[i] = alloc_floats(max_batch, l->out_size))) goto fail;
@@ -124,11 +127,16 @@ fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int
         goto fail;
     }
   }
-  /* Layer i+1's backward reads dout[i+1] and writes dout[i]: alternate two buffers.  With
-   * threads, a param_grad layer reads its whole dout after the others moved on to the
-   * layers below, so it keeps one of its own. */
+  /* Layer i+1's backward reads dout[i+1] and writes dout[i]: alternate two buffers, in
+   * which each thread has a region of its own (a thread may be a layer ahead of another,
+   * writing rows of another width).  With threads, a dout that is read across samples
+   * (by a param_grad layer, or around a channel_split one) is a buffer of its own, whole
+   * batch in order. */
   for (size_t i = nl; i-- > 0;) {
-    if (threads > 1 && m->layers[i].ops->param_grad) {
+    const fl__layer_ops *ops = m->layers[i].ops;
+    int across = ops->param_grad || ops->channel_split ||
+                 (i + 1 < nl && m->layers[i + 1].ops->channel_split);
+    if (threads > 1 && across) {
       if (!(t->dedicated[i] = alloc_floats(max_batch, m->layers[i].out_size))) goto fail;
       t->dout[i] = t->dedicated[i];
     } else {
@@ -192,6 +200,12 @@ static const float *layer_input(const fl_trainer *t, int i) {
 
 static const float *logits(const fl_trainer *t) {
   return layer_input(t, t->m->nlayers);
+}
+
+/* Thread k's rows of dout[i], starting at sample s0. */
+static float *drows(const fl_trainer *t, int i, int k, int s0) {
+  if (t->dedicated[i]) return t->dout[i] + (size_t)s0 * t->m->layers[i].out_size;
+  return t->dout[i] + (size_t)k * t->rows_per_thread * t->m->max_width;
 }
 
 /* The optimizer step to rows [r0, r1) of layer l: weights, then bias. */
@@ -280,7 +294,7 @@ static void step(run *r, int k, size_t off, int B, uint64_t stepno) {
     if (!isfinite(loss[i])) atomic_store(&r->abort, 1);
   if (!r->backward) goto end;
 
-  head->backward(t->dout[L - 1] + (size_t)s0 * C, keep, t->yb + s0, nb, B, C);
+  head->backward(drows(t, L - 1, k, s0), keep, t->yb + s0, nb, B, C);
   for (int i = L - 1; i >= 0; i--) {
     const fl__layer *l = &m->layers[i];
     const fl__layer_ops *ops = l->ops;
@@ -302,8 +316,8 @@ static void step(run *r, int k, size_t off, int B, uint64_t stepno) {
     p.B = nb;
     p.x = layer_input(t, i) + (size_t)s0 * l->in_size;
     p.y = t->act[i] + (size_t)s0 * l->out_size;
-    p.dy = t->dout[i] + (size_t)s0 * l->out_size;
-    p.dx = din ? din + (size_t)s0 * l->in_size : NULL;
+    p.dy = drows(t, i, k, s0);
+    p.dx = i ? drows(t, i - 1, k, s0) : NULL;
     p.aux = t->aux[i] ? t->aux[i] + (size_t)s0 * l->aux_len : NULL;
     p.grad = t->grad[k];
     ops->backward(l, &p);

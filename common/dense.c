@@ -5,8 +5,9 @@
  * over contiguous rows, which the compiler vectorises.  The weight gradient is a product
  * over the whole batch, computed by rows of w (param_grad), so several threads each take
  * their own rows with no sum across threads; with plain SGD that product writes straight
- * into the weights (alpha -lr, beta 1 - lr wd), so the gradient is never stored and no
- * optimizer pass streams the weights again. */
+ * into the weights (alpha -lr, beta 1 - lr wd), and with momentum into the momentum
+ * (beta = momentum), so the gradient is never stored and the optimizer's pass streams
+ * less.  Other optimizers take the gradient rows to fl__step_apply at once. */
 #include <cblas.h>
 #include <stdio.h>
 #include <string.h>
@@ -71,6 +72,17 @@ static int dense_param_grad(const fl__layer *l, const fl__pass *p, uint32_t r0, 
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, -s->lr, p->dy + r0,
                 out, p->x, in, 1.0f - s->lr * s->wd, w, in);
     for (uint32_t j = r0; j < r1; j++) b[j] -= s->lr * (db[j] + s->wd * b[j]);
+    return 1;
+  }
+  if (s && s->kind == FL__MOMENTUM && !s->prox_ref) {
+    /* m = momentum m + dy^T x straight from the product (beta = momentum), so the weight
+     * gradient is never stored; then m += wd w; w -= lr m.  The same operations as
+     * fl__step_apply's momentum, in the same order: the same bits. */
+    float *m = s->m + l->w_off + (size_t)r0 * in, *w = p->params + l->w_off + (size_t)r0 * in;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, 1.0f, p->dy + r0, out,
+                p->x, in, s->mom, m, in);
+    fl__momentum_finish(w, m, s->lr, s->wd, (size_t)rows * in);
+    fl__step_apply(s, p->params, db + r0, l->b_off + r0, r1 - r0);
     return 1;
   }
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, 1.0f, p->dy + r0, out,

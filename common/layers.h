@@ -184,8 +184,11 @@ struct fl_train_config;
  * fl__step_apply (0 when it was added to the gradient before clipping). */
 void fl__step_init(fl__step *s, const struct fl_train_config *cfg, float *m, float *v,
                    uint64_t step, int prox);
-/* Updates w[off, off+n) from g[off, off+n) (and the state at the same offsets). */
+/* Updates w[off, off+n) (and the optimizer state at the same offsets) from their
+ * gradient g [n]. */
 void fl__step_apply(const fl__step *s, float *w, const float *g, size_t off, size_t n);
+/* The rest of a momentum step once m [n] holds momentum m + g: m += wd w; w -= lr m. */
+void fl__momentum_finish(float *w, float *m, float lr, float wd, size_t n);
 /* g[i] += mu (w[i] - ref[i]) over [off, off+n). */
 void fl__prox_add(float *g, const float *w, const float *ref, float mu, size_t off, size_t n);
 /* The factor that brings the norm of g [n] down to clip (1 when below; NaN when the norm

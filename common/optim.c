@@ -127,9 +127,17 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 void fl__step_apply(const fl__step *s, float *w, const float *g, size_t off, size_t n) {
   float *m = s->m ? s->m + off : NULL, *v = s->v ? s->v + off : NULL;
   if (s->prox_ref)
-    apply(s, w + off, g + off, m, v, s->prox_ref + off, n, 1);
+    apply(s, w + off, g, m, v, s->prox_ref + off, n, 1);
   else
-    apply(s, w + off, g + off, m, v, NULL, n, 0);
+    apply(s, w + off, g, m, v, NULL, n, 0);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void fl__momentum_finish(float *restrict w, float *restrict m, float lr, float wd, size_t n) {
+  for (size_t i = 0; i < n; i++) { /* wd w even when wd is 0: the sign of a zero m */
+    m[i] += wd * w[i];
+    w[i] -= lr * m[i];
+  }
 }
 
 void fl__prox_add(float *g, const float *w, const float *ref, float mu, size_t off, size_t n) {

@@ -212,8 +212,8 @@ static float *drows(const fl_trainer *t, int i, int k, int s0) {
 static void apply_rows(const fl__step *s, float *params, const float *g, const fl__layer *l,
                        uint32_t r0, uint32_t r1) {
   size_t row = l->w_len / l->b_len;
-  fl__step_apply(s, params, g, l->w_off + r0 * row, (r1 - r0) * row);
-  fl__step_apply(s, params, g, l->b_off + r0, r1 - r0);
+  fl__step_apply(s, params, g + l->w_off + r0 * row, l->w_off + r0 * row, (r1 - r0) * row);
+  fl__step_apply(s, params, g + l->b_off + r0, l->b_off + r0, r1 - r0);
 }
 
 /* grad[0] += grad[1] + ... + grad[T-1] over rows [r0, r1) of layer l, in thread order. */
@@ -329,6 +329,7 @@ static void step(run *r, int k, size_t off, int B, uint64_t stepno) {
     if (ops->param_grad) {
       fl__pass q = base;
       q.B = B, q.x = layer_input(t, i), q.dy = t->dout[i], q.grad = t->grad[0];
+      q.scratch = t->scratch[k];
       q.step = fused;
       applied = ops->param_grad(l, &q, r0, r1);
     } else if (T > 1) {
@@ -351,7 +352,7 @@ static void step(run *r, int k, size_t off, int B, uint64_t stepno) {
     if (atomic_load(&r->abort)) goto end;
     st.scale = r->clip_scale;
     size_t a = fl__split((uint32_t)P, k, T), b = fl__split((uint32_t)P, k + 1, T);
-    fl__step_apply(&st, r->params, t->grad[0], a, b - a);
+    fl__step_apply(&st, r->params, t->grad[0] + a, a, b - a);
   }
 end:
   barrier(t); /* the batch buffers are free and the update is complete */

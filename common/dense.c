@@ -85,8 +85,10 @@ static int dense_param_grad(const fl__layer *l, const fl__pass *p, uint32_t r0, 
     fl__step_apply(s, p->params, db + r0, l->b_off + r0, r1 - r0);
     return 1;
   }
+  /* beta 1 onto rows the trainer keeps at zero between steps (layers.h): OpenBLAS would
+   * zero-fill them in a pass of its own for beta 0 */
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, 1.0f, p->dy + r0, out,
-              p->x, in, 0.0f, p->grad + l->w_off + (size_t)r0 * in, in);
+              p->x, in, 1.0f, p->grad + l->w_off + (size_t)r0 * in, in);
   return 0;
 }
 

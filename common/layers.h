@@ -27,7 +27,9 @@
  * Kernel conventions (as in llm.c): outputs first, then inputs, then sizes; a shape
  * comment on every pointer.  Backward OVERWRITES dx (one producer each), which is NULL
  * when nobody needs it (the first layer), and OVERWRITES the parameter gradient rows it
- * owns (no zeroing pass between steps). */
+ * owns, except param_grad, which ADDS to the shared gradient: the trainer keeps that
+ * buffer at zero between steps (the optimizer step zeroes what it reads), so a product
+ * can accumulate into it with beta 1 and no zero-filling pass. */
 #ifndef FL_LAYERS_H
 #define FL_LAYERS_H
 
@@ -173,6 +175,7 @@ struct fl__step {
   float lr, wd, mom;
   float b1, b2, eps, l2, decay, step_size, inv_bc2;
   float scale;               /* clipping factor (1 when fused: no clipping) */
+  int zero_grad;             /* leave the gradient read at 0 (the trainer's invariant) */
   float prox_mu;             /* fused proximal term (0: none, or added before clipping) */
   const float *prox_ref;     /* [num_trained] */
   float *m, *v;              /* [num_trained] optimizer state */
@@ -185,8 +188,8 @@ struct fl_train_config;
 void fl__step_init(fl__step *s, const struct fl_train_config *cfg, float *m, float *v,
                    uint64_t step, int prox);
 /* Updates w[off, off+n) (and the optimizer state at the same offsets) from their
- * gradient g [n]. */
-void fl__step_apply(const fl__step *s, float *w, const float *g, size_t off, size_t n);
+ * gradient g [n], which it then zeroes if s->zero_grad. */
+void fl__step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n);
 /* The rest of a momentum step once m [n] holds momentum m + g: m += wd w; w -= lr m. */
 void fl__momentum_finish(float *w, float *m, float lr, float wd, size_t n);
 /* g[i] += mu (w[i] - ref[i]) over [off, off+n). */

@@ -82,24 +82,31 @@ void fl__step_init(fl__step *s, const fl_train_config *cfg, float *m, float *v,
  * arithmetic of each optimizer is written once, in the order the reference formulas of
  * train.h give, so any path through it gives the same bits. */
 static inline __attribute__((always_inline)) void
-apply(const fl__step *s, float *restrict w, const float *restrict g, float *restrict m,
-      float *restrict v, const float *restrict ref, size_t n, const int prox) {
+apply(const fl__step *s, float *restrict w, float *restrict g, float *restrict m,
+      float *restrict v, const float *restrict ref, size_t n, const int prox, const int zero) {
   const float lr = s->lr, wd = s->wd, scale = s->scale, mu = s->prox_mu, mom = s->mom;
+  /* the gradient of w[i], read once; with zero, g[i] is left 0 for the next step */
 #define GRAD(i) (prox ? g[i] + mu * (w[i] - ref[i]) : g[i])
+#define TAKE(gi, i) float gi = GRAD(i); if (zero) g[i] = 0.0f
   switch (s->kind) {
   case FL__SGD:
-    for (size_t i = 0; i < n; i++) w[i] -= lr * (GRAD(i) * scale + wd * w[i]);
+    for (size_t i = 0; i < n; i++) {
+      TAKE(gi, i);
+      w[i] -= lr * (gi * scale + wd * w[i]);
+    }
     break;
   case FL__NESTEROV:
     for (size_t i = 0; i < n; i++) {
-      float gi = GRAD(i) * scale + wd * w[i];
+      TAKE(g0, i);
+      float gi = g0 * scale + wd * w[i];
       m[i] = mom * m[i] + gi;
       w[i] -= lr * (gi + mom * m[i]);
     }
     break;
   case FL__MOMENTUM:
     for (size_t i = 0; i < n; i++) {
-      m[i] = mom * m[i] + GRAD(i) * scale + wd * w[i];
+      TAKE(gi, i);
+      m[i] = mom * m[i] + gi * scale + wd * w[i];
       w[i] -= lr * m[i];
     }
     break;
@@ -107,7 +114,8 @@ apply(const fl__step *s, float *restrict w, const float *restrict g, float *rest
     const float b1 = s->b1, b2 = s->b2, eps = s->eps, l2 = s->l2, decay = s->decay;
     const float step_size = s->step_size, inv_bc2 = s->inv_bc2;
     for (size_t i = 0; i < n; i++) {
-      float gi = GRAD(i) * scale + l2 * w[i];
+      TAKE(g0, i);
+      float gi = g0 * scale + l2 * w[i];
       m[i] = b1 * m[i] + (1.0f - b1) * gi;
       v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
       w[i] = w[i] * decay - step_size * m[i] / (sqrtf(v[i]) * inv_bc2 + eps);
@@ -115,6 +123,7 @@ apply(const fl__step *s, float *restrict w, const float *restrict g, float *rest
     break;
   }
   }
+#undef TAKE
 #undef GRAD
 }
 
@@ -124,12 +133,16 @@ apply(const fl__step *s, float *restrict w, const float *restrict g, float *rest
  * that sqrtf vectorises (Makefile); cloned for AVX2 and AVX-512 with a run-time pick, as
  * Adam's square root and division are its cost once the data are in cache. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void fl__step_apply(const fl__step *s, float *w, const float *g, size_t off, size_t n) {
+void fl__step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n) {
   float *m = s->m ? s->m + off : NULL, *v = s->v ? s->v + off : NULL;
-  if (s->prox_ref)
-    apply(s, w + off, g, m, v, s->prox_ref + off, n, 1);
-  else
-    apply(s, w + off, g, m, v, NULL, n, 0);
+  const float *ref = s->prox_ref ? s->prox_ref + off : NULL;
+  if (s->zero_grad) {
+    if (ref) apply(s, w + off, g, m, v, ref, n, 1, 1);
+    else apply(s, w + off, g, m, v, NULL, n, 0, 1);
+  } else {
+    if (ref) apply(s, w + off, g, m, v, ref, n, 1, 0);
+    else apply(s, w + off, g, m, v, NULL, n, 0, 0);
+  }
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default")))

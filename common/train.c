@@ -47,7 +47,8 @@ struct fl_trainer {
   float **dedicated;      /* [nlayers]: a dout read across samples when T > 1, [max_batch][out_size] */
   float *keep;            /* head state [max_batch][out_dim] */
   float *loss;            /* per-sample loss of fl_trainer_grad [max_batch] */
-  float **grad;           /* [T] gradient buffers [num_trained]; grad[0] is the complete one */
+  float **grad;           /* [T] gradient buffers [num_trained]; grad[0] is the complete one,
+                           * all zero between steps (the step zeroes what it reads) */
   float **scratch;        /* [T] layer scratch [max_scratch] */
   counter *counts;        /* [T] */
   float *m1, *m2;         /* optimizer state [num_trained] */
@@ -209,7 +210,7 @@ static float *drows(const fl_trainer *t, int i, int k, int s0) {
 }
 
 /* The optimizer step to rows [r0, r1) of layer l: weights, then bias. */
-static void apply_rows(const fl__step *s, float *params, const float *g, const fl__layer *l,
+static void apply_rows(const fl__step *s, float *params, float *g, const fl__layer *l,
                        uint32_t r0, uint32_t r1) {
   size_t row = l->w_len / l->b_len;
   fl__step_apply(s, params, g + l->w_off + r0 * row, l->w_off + r0 * row, (r1 - r0) * row);
@@ -243,6 +244,7 @@ static void step(run *r, int k, size_t off, int B, uint64_t stepno) {
   const fl__step *fused = NULL;
   if (r->cfg) {
     fl__step_init(&st, r->cfg, t->m1, t->m2, stepno, !r->clip);
+    st.zero_grad = 1;
     if (!r->clip) fused = &st;
   }
 
@@ -405,6 +407,7 @@ int fl_trainer_grad(fl_trainer *t, const float *params, const float *x, const fl
   run r = {.t = t, .params = (float *)params, .data = &d, .n = n, .batch = n,
            .training = training, .backward = grad != NULL, .loss = t->loss};
   fl_rng_seed(&t->drop_rng, seed);
+  if (grad) memset(t->grad[0], 0, sizeof(float) * m->num_trained);
   run_all(&r);
   double sum = loss_sum(t->loss, n, n);
   *loss = sum / n;
@@ -470,6 +473,7 @@ int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train
     free(loss);
     return FL_ENOMEM;
   }
+  memset(t->grad[0], 0, sizeof(float) * P); /* from here on each step leaves it zeroed */
   memset(t->m1, 0, sizeof(float) * P);
   memset(t->m2, 0, sizeof(float) * P);
   fl_rng_seed2(&t->drop_rng, cfg->seed, UINT64_MAX);

@@ -12,11 +12,17 @@
  *
  * The last columns train the same case with a 2-thread trainer and with a 1-thread one,
  * in wall-clock time (threads pay off only in wall time), best of alternating runs:
- * samples per second with 2 threads and its ratio to 1 thread. */
+ * samples per second with 2 threads and its ratio to 1 thread; and the CPU time of the
+ * process for the 2-thread run over the 1-thread run's (best of the runs each): the
+ * threads' overhead (barriers spin before they sleep, so waiting costs CPU too), which
+ * on a machine whose other load takes cores away is the steadier sign of how well the
+ * work splits: 1.05 means two threads would run 2 / 1.05 = 1.9 times as fast on two
+ * idle cores. */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "layers.h"
@@ -93,14 +99,23 @@ static void run_gemms(const gemm *g, int n) {
   }
 }
 
+static double process_cpu(void) {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
+}
+
+/* Trains once; the time on clock, and the process's CPU time into *cpu if not NULL. */
 static double train_time(fl_trainer *t, float *params, const fl_subset *s,
-                         const fl_train_config *cfg, clockid_t clock) {
-  double t0 = seconds(clock);
+                         const fl_train_config *cfg, clockid_t clock, double *cpu) {
+  double c0 = process_cpu(), t0 = seconds(clock);
   if (fl_train(t, params, s, cfg, NULL, NULL, NULL) < 0) {
     fprintf(stderr, "bench-train: training failed\n");
     exit(1);
   }
-  return seconds(clock) - t0;
+  double t1 = seconds(clock);
+  if (cpu) *cpu = process_cpu() - c0;
+  return t1 - t0;
 }
 
 /* One row of the table; returns 1 if a figure is below its target. */
@@ -136,26 +151,28 @@ static int bench(const char *spec, const char *opt, int B, int steps, int rounds
 
   gemm g[64];
   int ng = step_gemms(m, B, g, &r);
-  double train = 1e30, gemm_cpu = 1e30, wall1 = 1e30, wall2 = 1e30;
+  double train = 1e30, gemm_cpu = 1e30, wall1 = 1e30, wall2 = 1e30, cpu1 = 1e30, cpu2 = 1e30;
   for (int k = 0; k < rounds; k++) {
-    double a = train_time(t1, params, &s, &cfg, CLOCK_THREAD_CPUTIME_ID);
+    double a = train_time(t1, params, &s, &cfg, CLOCK_THREAD_CPUTIME_ID, NULL);
     double t0 = seconds(CLOCK_THREAD_CPUTIME_ID);
     for (int i = 0; i < steps; i++) run_gemms(g, ng);
-    double b = seconds(CLOCK_THREAD_CPUTIME_ID) - t0;
-    double w2 = train_time(t2, params, &s, &cfg, CLOCK_MONOTONIC);
-    double w1 = train_time(t1, params, &s, &cfg, CLOCK_MONOTONIC);
+    double b = seconds(CLOCK_THREAD_CPUTIME_ID) - t0, c1, c2;
+    double w2 = train_time(t2, params, &s, &cfg, CLOCK_MONOTONIC, &c2);
+    double w1 = train_time(t1, params, &s, &cfg, CLOCK_MONOTONIC, &c1);
     if (a < train) train = a;
     if (b < gemm_cpu) gemm_cpu = b;
     if (w1 < wall1) wall1 = w1;
     if (w2 < wall2) wall2 = w2;
+    if (c1 < cpu1) cpu1 = c1;
+    if (c2 < cpu2) cpu2 = c2;
   }
   double ratio = gemm_cpu / train, speedup = wall1 / wall2;
   int below = ratio < target || (thread_target > 0 && speedup < thread_target);
   char tt[16] = "";
   if (thread_target > 0) snprintf(tt, sizeof tt, "%.2f", thread_target);
-  printf("%-5s %-9s %5d %12.0f %12.0f %7.3f %6.2f %12.0f %7.2f %6s   %s\n",
+  printf("%-5s %-9s %5d %12.0f %12.0f %7.3f %6.2f %12.0f %7.2f %6s %6.3f   %s\n",
          strchr(spec, ' ') ? "?" : spec, opt, B, n / train, n / gemm_cpu, ratio, target,
-         n / wall2, speedup, tt, below ? "BELOW" : "ok");
+         n / wall2, speedup, tt, cpu2 / cpu1, below ? "BELOW" : "ok");
   fflush(stdout);
   for (int i = 0; i < ng; i++) free(g[i].a), free(g[i].b), free(g[i].c);
   fl_trainer_free(t1);
@@ -177,10 +194,11 @@ int main(int argc, char **argv) {
   printf("training throughput vs the same step's bare sgemm calls, for every optimizer\n"
          "(synthetic data; 1 thread: samples per CPU-second of the thread, best of several\n"
          "alternating runs, ratio = train / sgemm-only; 2 threads: samples per wall-clock\n"
-         "second of a 2-thread trainer, and its ratio to a 1-thread trainer's)\n\n");
-  printf("%-5s %-9s %5s %12s %12s %7s %6s %12s %7s %6s\n", "model", "optimizer", "batch",
+         "second of a 2-thread trainer, its ratio to a 1-thread trainer's, and the\n"
+         "process CPU time of the 2-thread run over the 1-thread run's)\n\n");
+  printf("%-5s %-9s %5s %12s %12s %7s %6s %12s %7s %6s %6s\n", "model", "optimizer", "batch",
          "train/cpu-s", "sgemm/cpu-s", "ratio", "target", "2 thr samp/s", "x 1 thr",
-         "target");
+         "target", "cpu x");
   static const char *const opts[] = {"sgd", "momentum", "nesterov", "adam", "adamw"};
   int below = 0;
   for (int o = 0; o < 5; o++) {

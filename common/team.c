@@ -6,14 +6,21 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* Spins before sleeping: some tens of microseconds, about the length of one layer's
- * work at the batch sizes where threads pay off. */
-#define SPINS 4000
+/* A member that arrives first waits in three stages.  It spins a few microseconds (the
+ * usual imbalance between threads on idle cores), then yields for some tens of
+ * microseconds (sched_yield returns at once on an idle core, and gives the core away
+ * where other work, maybe the member it waits for, is queued on it), then sleeps on a
+ * futex, whose wake-up costs tens of microseconds, in a VM more.  Spinning alone for as
+ * long made two threads slower than one on a loaded 2-core machine: the spinner held
+ * the core its partner was waiting for. */
+#define SPINS 200
+#define YIELDS 100
 
 struct fl__team {
   int n;
@@ -58,6 +65,10 @@ void fl__team_sync(fl__team *t) {
   for (int i = 0; i < SPINS; i++) {
     if (atomic_load(&t->phase) != ph) return;
     cpu_relax();
+  }
+  for (int i = 0; i < YIELDS; i++) {
+    if (atomic_load(&t->phase) != ph) return;
+    sched_yield();
   }
   /* A sleeper is counted before it checks the phase again, and the opener checks for
    * sleepers after it moved the phase (both sequentially consistent): either the opener

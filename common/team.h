@@ -5,8 +5,8 @@
  * 0 and n - 1 threads of the team the others, and returns when every member has
  * returned.  Inside fn, fl__team_sync is a barrier of all n members: everything a member
  * wrote before it is visible to every member after it.  A barrier spins briefly (the
- * work between two barriers of a step is short: a layer) and then sleeps on a futex,
- * so a member that waits long costs no CPU.
+ * work between two barriers of a step is short: a layer), yields, and then sleeps on a
+ * futex, so a member that waits long costs no CPU (team.c says why in this order).
  *
  * Threads: fl__team_run is called by one thread at a time (the trainer's caller); the
  * team owns its threads, which sleep between runs and are joined by fl__team_free. */

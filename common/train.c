@@ -231,132 +231,167 @@ static void reduce_rows(const fl_trainer *t, const fl__layer *l, uint32_t r0, ui
   }
 }
 
-/* Thread k's part of one step on the B samples perm[off..off+B). */
-static void step(run *r, int k, size_t off, int B, uint64_t stepno) {
-  fl_trainer *t = r->t;
-  const fl_model *m = t->m;
-  const fl__head_ops *head = m->head;
-  const int T = t->T, C = (int)m->out_dim, L = m->nlayers;
-  const int s0 = (int)fl__split((uint32_t)B, k, T), s1 = (int)fl__split((uint32_t)B, k + 1, T);
-  const int nb = s1 - s0;
-  const fl_dataset *d = r->data;
-  fl__step st;
-  const fl__step *fused = NULL;
-  if (r->cfg) {
-    fl__step_init(&st, r->cfg, t->m1, t->m2, stepno, !r->clip);
-    st.zero_grad = 1;
-    if (!r->clip) fused = &st;
-  }
+/* What thread k works on in one step: samples [s0, s0 + nb) of the B of the batch,
+ * which are perm[off + s0 ..] of the data. */
+typedef struct slice {
+  int k, B, s0, nb;
+  size_t off;
+  fl__pass base;          /* what every pass of the step shares */
+  fl__step step;          /* the optimizer step's constants */
+  const fl__step *fused;  /* &step when layers take it as their gradients complete */
+} slice;
 
-  for (int i = s0; i < s1; i++) {
-    size_t row = r->perm ? r->perm[off + (size_t)i] : off + (size_t)i;
+/* The pass of layer i on the slice's own samples, or with whole = 1 on the whole batch
+ * and the thread's range of channels (channel_split layers). */
+static fl__pass layer_pass(const run *r, const slice *sl, int i, int whole) {
+  const fl_trainer *t = r->t;
+  const fl__layer *l = &t->m->layers[i];
+  fl__pass p = sl->base;
+  float *aux = t->aux[i];
+  p.scratch = t->scratch[sl->k];
+  p.batch_aux = aux ? aux + (size_t)t->max_batch * l->aux_len : NULL;
+  if (whole) {
+    p.B = sl->B, p.x = layer_input(t, i), p.y = t->act[i], p.aux = aux;
+    p.dy = t->dout[i], p.dx = i ? t->dout[i - 1] : NULL, p.grad = t->grad[0];
+    p.c0 = fl__split((uint32_t)l->b_len, sl->k, t->T);
+    p.c1 = fl__split((uint32_t)l->b_len, sl->k + 1, t->T);
+  } else {
+    p.B = sl->nb;
+    p.x = layer_input(t, i) + (size_t)sl->s0 * l->in_size;
+    p.y = t->act[i] + (size_t)sl->s0 * l->out_size;
+    p.aux = aux ? aux + (size_t)sl->s0 * l->aux_len : NULL;
+    p.dy = drows(t, i, sl->k, sl->s0);
+    p.dx = i ? drows(t, i - 1, sl->k, sl->s0) : NULL;
+    p.grad = t->grad[sl->k];
+  }
+  return p;
+}
+
+/* The slice's samples into the batch buffers, and the step's dropout masks (thread 0,
+ * for the whole batch, in layer order). */
+static void gather(run *r, slice *sl) {
+  fl_trainer *t = r->t;
+  const fl_dataset *d = r->data;
+  for (int i = sl->s0; i < sl->s0 + sl->nb; i++) {
+    size_t row = r->perm ? r->perm[sl->off + (size_t)i] : sl->off + (size_t)i;
     memcpy(t->xb + (size_t)i * d->dim, d->x + row * d->dim, sizeof(float) * d->dim);
     t->yb[i] = d->y[row];
   }
-  fl__pass base = {.batch = B, .training = r->training, .update_state = r->update_state,
-                   .params = r->params};
-  if (r->training && m->has_prepare) {
-    if (k == 0)
-      for (int i = 0; i < L; i++) {
-        const fl__layer *l = &m->layers[i];
-        fl__pass p = base;
-        p.B = B, p.aux = t->aux[i];
-        if (l->ops->prepare) l->ops->prepare(l, &p, &t->drop_rng);
-      }
-    barrier(t);
-  }
-
-  for (int i = 0; i < L; i++) {
-    const fl__layer *l = &m->layers[i];
-    fl__pass p = base;
-    p.scratch = t->scratch[k];
-    p.batch_aux = t->aux[i] ? t->aux[i] + (size_t)t->max_batch * l->aux_len : NULL;
-    if (r->training && l->ops->channel_split) {
-      barrier(t);
-      p.B = B, p.x = layer_input(t, i), p.y = t->act[i], p.aux = t->aux[i];
-      p.grad = t->grad[0];
-      p.c0 = fl__split((uint32_t)l->b_len, k, T), p.c1 = fl__split((uint32_t)l->b_len, k + 1, T);
-      l->ops->forward(l, &p);
-      barrier(t);
-    } else {
-      p.B = nb;
-      p.x = layer_input(t, i) + (size_t)s0 * l->in_size;
-      p.y = t->act[i] + (size_t)s0 * l->out_size;
-      p.aux = t->aux[i] ? t->aux[i] + (size_t)s0 * l->aux_len : NULL;
-      l->ops->forward(l, &p);
+  if (!r->training || !t->m->has_prepare) return;
+  if (sl->k == 0)
+    for (int i = 0; i < t->m->nlayers; i++) {
+      const fl__layer *l = &t->m->layers[i];
+      fl__pass p = sl->base;
+      p.B = sl->B, p.aux = t->aux[i];
+      if (l->ops->prepare) l->ops->prepare(l, &p, &t->drop_rng);
     }
-  }
+  barrier(t);
+}
 
+/* Every layer, then the head's loss; a non-finite loss marks the run aborted. */
+static void forward(run *r, slice *sl) {
+  fl_trainer *t = r->t;
+  const fl_model *m = t->m;
+  for (int i = 0; i < m->nlayers; i++) {
+    const fl__layer *l = &m->layers[i];
+    int whole = r->training && l->ops->channel_split;
+    if (whole) barrier(t);
+    fl__pass p = layer_pass(r, sl, i, whole);
+    l->ops->forward(l, &p);
+    if (whole) barrier(t);
+  }
+  const int C = (int)m->out_dim, s0 = sl->s0, nb = sl->nb;
   const float *z = logits(t) + (size_t)s0 * C;
-  float *loss = r->loss + off + (size_t)s0, *keep = t->keep + (size_t)s0 * C;
-  head->forward(loss, keep, z, t->yb + s0, nb, C);
-  t->counts[k].correct += head->correct(keep, z, t->yb + s0, nb, C);
-  if (r->scores) memcpy(r->scores + off + (size_t)s0, z, sizeof(float) * (size_t)nb);
+  float *loss = r->loss + sl->off + (size_t)s0, *keep = t->keep + (size_t)s0 * C;
+  m->head->forward(loss, keep, z, t->yb + s0, nb, C);
+  t->counts[sl->k].correct += m->head->correct(keep, z, t->yb + s0, nb, C);
+  if (r->scores) memcpy(r->scores + sl->off + (size_t)s0, z, sizeof(float) * (size_t)nb);
   for (int i = 0; i < nb; i++)
     if (!isfinite(loss[i])) atomic_store(&r->abort, 1);
-  if (!r->backward) goto end;
+}
 
-  head->backward(drows(t, L - 1, k, s0), keep, t->yb + s0, nb, B, C);
+/* The gradient of layer i's rows [r0, r1) over the whole batch, and the fused step on
+ * them (every thread's backward of the layer is done). */
+static void param_rows(run *r, slice *sl, int i, uint32_t r0, uint32_t r1) {
+  fl_trainer *t = r->t;
+  const fl__layer *l = &t->m->layers[i];
+  int applied = 0;
+  if (l->ops->param_grad) {
+    fl__pass q = layer_pass(r, sl, i, 1);
+    q.step = sl->fused;
+    applied = l->ops->param_grad(l, &q, r0, r1);
+  } else if (t->T > 1) {
+    reduce_rows(t, l, r0, r1);
+  }
+  if (!applied && sl->fused) apply_rows(sl->fused, r->params, t->grad[0], l, r0, r1);
+}
+
+/* The head's gradient, then every layer from the last; 0, or -1 when the run aborted. */
+static int backward(run *r, slice *sl) {
+  fl_trainer *t = r->t;
+  const fl_model *m = t->m;
+  const int L = m->nlayers, C = (int)m->out_dim, T = t->T, k = sl->k;
+  m->head->backward(drows(t, L - 1, k, sl->s0), t->keep + (size_t)sl->s0 * C,
+                    t->yb + sl->s0, sl->nb, sl->B, C);
   for (int i = L - 1; i >= 0; i--) {
     const fl__layer *l = &m->layers[i];
-    const fl__layer_ops *ops = l->ops;
-    float *din = i ? t->dout[i - 1] : NULL;
-    fl__pass p = base;
-    p.scratch = t->scratch[k];
-    p.batch_aux = t->aux[i] ? t->aux[i] + (size_t)t->max_batch * l->aux_len : NULL;
-    if (r->training && ops->channel_split) {
+    int whole = r->training && l->ops->channel_split;
+    if (whole) { /* its rows are its channels: the gradient is complete where computed */
       barrier(t);
-      if (atomic_load(&r->abort)) goto end;
-      p.B = B, p.x = layer_input(t, i), p.y = t->act[i], p.dy = t->dout[i], p.dx = din;
-      p.aux = t->aux[i], p.grad = t->grad[0];
-      p.c0 = fl__split((uint32_t)l->b_len, k, T), p.c1 = fl__split((uint32_t)l->b_len, k + 1, T);
-      ops->backward(l, &p);
-      if (l->b_len && fused) apply_rows(fused, r->params, t->grad[0], l, p.c0, p.c1);
+      if (atomic_load(&r->abort)) return -1;
+      fl__pass p = layer_pass(r, sl, i, 1);
+      l->ops->backward(l, &p);
+      if (l->b_len && sl->fused) apply_rows(sl->fused, r->params, t->grad[0], l, p.c0, p.c1);
       barrier(t);
       continue;
     }
-    p.B = nb;
-    p.x = layer_input(t, i) + (size_t)s0 * l->in_size;
-    p.y = t->act[i] + (size_t)s0 * l->out_size;
-    p.dy = drows(t, i, k, s0);
-    p.dx = i ? drows(t, i - 1, k, s0) : NULL;
-    p.aux = t->aux[i] ? t->aux[i] + (size_t)s0 * l->aux_len : NULL;
-    p.grad = t->grad[k];
-    ops->backward(l, &p);
+    fl__pass p = layer_pass(r, sl, i, 0);
+    l->ops->backward(l, &p);
     if (!l->b_len) continue;
     barrier(t); /* every thread's part of this layer is done */
-    if (atomic_load(&r->abort)) goto end;
-    uint32_t r0 = fl__split((uint32_t)l->b_len, k, T), r1 = fl__split((uint32_t)l->b_len, k + 1, T);
-    int applied = 0;
-    if (ops->param_grad) {
-      fl__pass q = base;
-      q.B = B, q.x = layer_input(t, i), q.dy = t->dout[i], q.grad = t->grad[0];
-      q.scratch = t->scratch[k];
-      q.step = fused;
-      applied = ops->param_grad(l, &q, r0, r1);
-    } else if (T > 1) {
-      reduce_rows(t, l, r0, r1);
-    }
-    if (!applied && fused) apply_rows(fused, r->params, t->grad[0], l, r0, r1);
+    if (atomic_load(&r->abort)) return -1;
+    param_rows(r, sl, i, fl__split((uint32_t)l->b_len, k, T),
+               fl__split((uint32_t)l->b_len, k + 1, T));
   }
+  return 0;
+}
 
-  if (r->clip) { /* the separate step: prox, the global norm, then the update */
-    const size_t P = m->num_trained;
-    barrier(t);
-    if (atomic_load(&r->abort)) goto end;
-    if (k == 0) {
-      if (r->cfg->prox_mu > 0.0f && r->cfg->prox_ref)
-        fl__prox_add(t->grad[0], r->params, r->cfg->prox_ref, r->cfg->prox_mu, 0, P);
-      r->clip_scale = fl__clip_scale(t->grad[0], P, r->cfg->clip_norm);
-      if (isnan(r->clip_scale)) atomic_store(&r->abort, 1);
-    }
-    barrier(t);
-    if (atomic_load(&r->abort)) goto end;
-    st.scale = r->clip_scale;
-    size_t a = fl__split((uint32_t)P, k, T), b = fl__split((uint32_t)P, k + 1, T);
-    fl__step_apply(&st, r->params, t->grad[0] + a, a, b - a);
+/* The separate step for clipping: the proximal term and the global norm (thread 0),
+ * then the update, each thread a range of the parameters. */
+static void clipped_step(run *r, slice *sl) {
+  fl_trainer *t = r->t;
+  const size_t P = t->m->num_trained;
+  barrier(t);
+  if (atomic_load(&r->abort)) return;
+  if (sl->k == 0) {
+    if (r->cfg->prox_mu > 0.0f && r->cfg->prox_ref)
+      fl__prox_add(t->grad[0], r->params, r->cfg->prox_ref, r->cfg->prox_mu, 0, P);
+    r->clip_scale = fl__clip_scale(t->grad[0], P, r->cfg->clip_norm);
+    if (isnan(r->clip_scale)) atomic_store(&r->abort, 1);
   }
-end:
+  barrier(t);
+  if (atomic_load(&r->abort)) return;
+  sl->step.scale = r->clip_scale;
+  size_t a = fl__split((uint32_t)P, sl->k, t->T), b = fl__split((uint32_t)P, sl->k + 1, t->T);
+  fl__step_apply(&sl->step, r->params, t->grad[0] + a, a, b - a);
+}
+
+/* Thread k's part of one step on the B samples perm[off..off+B). */
+static void step(run *r, int k, size_t off, int B, uint64_t stepno) {
+  fl_trainer *t = r->t;
+  slice sl = {.k = k, .B = B, .off = off};
+  sl.s0 = (int)fl__split((uint32_t)B, k, t->T);
+  sl.nb = (int)fl__split((uint32_t)B, k + 1, t->T) - sl.s0;
+  sl.base = (fl__pass){.batch = B, .training = r->training, .update_state = r->update_state,
+                       .params = r->params};
+  if (r->cfg) {
+    fl__step_init(&sl.step, r->cfg, t->m1, t->m2, stepno, !r->clip);
+    sl.step.zero_grad = 1;
+    if (!r->clip) sl.fused = &sl.step;
+  }
+  gather(r, &sl);
+  forward(r, &sl);
+  if (r->backward && backward(r, &sl) == 0 && r->clip) clipped_step(r, &sl);
   barrier(t); /* the batch buffers are free and the update is complete */
 }
 

@@ -133,7 +133,7 @@ apply(const fl__step *s, float *restrict w, float *restrict g, float *restrict m
  * that sqrtf vectorises (Makefile); cloned for AVX2 and AVX-512 with a run-time pick, as
  * Adam's square root and division are its cost once the data are in cache. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void fl__step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n) {
+static void step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n) {
   float *m = s->m ? s->m + off : NULL, *v = s->v ? s->v + off : NULL;
   const float *ref = s->prox_ref ? s->prox_ref + off : NULL;
   if (s->zero_grad) {
@@ -146,11 +146,21 @@ void fl__step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n)
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void fl__momentum_finish(float *restrict w, float *restrict m, float lr, float wd, size_t n) {
+static void momentum_finish(float *restrict w, float *restrict m, float lr, float wd,
+                            size_t n) {
   for (size_t i = 0; i < n; i++) { /* wd w even when wd is 0: the sign of a zero m */
     m[i] += wd * w[i];
     w[i] -= lr * m[i];
   }
+}
+
+/* The clones are static functions: clang (the fuzz builds) resolves only those. */
+void fl__step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n) {
+  step_apply(s, w, g, off, n);
+}
+
+void fl__momentum_finish(float *w, float *m, float lr, float wd, size_t n) {
+  momentum_finish(w, m, lr, wd, n);
 }
 
 void fl__prox_add(float *g, const float *w, const float *ref, float mu, size_t off, size_t n) {

@@ -86,7 +86,8 @@ typedef struct fl__layer_ops {
    * p->step allows it, the step itself straight into the weights (returns 1; the
    * trainer then applies no step to these rows).  NULL: backward accumulates it. */
   int (*param_grad)(const fl__layer *l, const fl__pass *p, uint32_t r0, uint32_t r1);
-  int channel_split;  /* in training, runs over the whole batch by channel ranges */
+  int channel_split;  /* in training, runs over the whole batch by ranges of channels,
+                       * which are its rows (b_len) */
   int relu;           /* a layer before this one is initialised for a ReLU (He) */
   int local;          /* FedBN: the layer's tensors stay on each client */
 } fl__layer_ops;

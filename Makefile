@@ -81,16 +81,20 @@ BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) 
         $(if $(TRAIN_SRCS),$(B)/fl-train)
 
 # libflclient (client/include/fl/client.h): its own files and the part of libfl it
-# stands on (transport, protocol, model identity), compiled position-independent into
+# stands on (transport, protocol, model identity: the spec parser is the training core's
+# table of layers, so the core and OpenBLAS come along), compiled position-independent into
 # $(B)/pic for both the shared and the static library.  Only fl_client_* is exported:
 # the version script for the .so, objcopy for the .a (one object, the rest made local),
 # and the committed list client/libflclient.symbols is checked against both.
 LIBCLIENT_COMMON := common/error.c common/rng.c common/model.c common/frame.c common/msg.c \
                     common/tls.c common/conn.c common/ticket.c common/fileio.c common/codec.c \
-                    common/secagg.c common/shamir.c common/agree.c common/prg.c common/csprng.c
+                    common/secagg.c common/shamir.c common/agree.c common/prg.c common/csprng.c \
+                    common/layers.c common/dense.c common/conv.c common/maxpool.c \
+                    common/avgpool.c common/batchnorm.c common/activation.c common/dropout.c \
+                    common/loss.c common/optim.c
 pic = $(patsubst %.c,$(B)/pic/%.o,$(1))
 LIBCLIENT_PIC := $(call pic,$(LIBCLIENT_SRCS) $(LIBCLIENT_COMMON)) $(B)/pic/gen/fl.pb-c.o
-LIBCLIENT_LIBS = $(shell pkg-config --libs libuv libprotobuf-c zlib 2>/dev/null) \
+LIBCLIENT_LIBS = $(shell pkg-config --libs libuv libprotobuf-c zlib openblas 2>/dev/null) \
                  -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm
 LIBCLIENT_HEADER := client/include/fl/client.h
 LIBCLIENT_MAJOR := $(shell sed -n 's/^\#define FL_CLIENT_VERSION_MAJOR //p' $(LIBCLIENT_HEADER))
@@ -151,10 +155,15 @@ $(B)/obj/%.o: %.c $(B)/flags | $(PROTO_H)
 
 # The training core's element-wise loops (bias, activations, optimizers) need the full
 # vectoriser: at -O2 GCC only vectorises loops whose trip count is a known multiple of the
-# vector width.
+# vector width.  -ffp-contract=off (already implied by -std=c11) keeps multiply-adds
+# unfused in every clone of a loop, so vector width never changes a result; the optimizer
+# needs -fno-math-errno for sqrtf to vectorise (it never sets errno: v >= 0).
 CORE_OBJS := $(call obj,$(wildcard common/dense.c common/conv.c common/activation.c \
-                                   common/loss.c common/optim.c common/train.c))
-$(CORE_OBJS): CFLAGS_ALL += -O3
+                                   common/dropout.c common/maxpool.c common/avgpool.c \
+                                   common/batchnorm.c common/loss.c common/optim.c \
+                                   common/train.c))
+$(CORE_OBJS): CFLAGS_ALL += -O3 -ffp-contract=off
+$(call obj,common/optim.c): CFLAGS_ALL += -fno-math-errno
 # The aggregation's loops are vectorised the same way (common/agg_*.c, server_opt.c).
 $(call obj,$(wildcard common/agg_*.c common/server_opt.c)): CFLAGS_ALL += -O3
 
@@ -207,7 +216,7 @@ $(B)/flclient.pc: FORCE | deps
 	@mkdir -p $(B)
 	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCLUDEDIR)' '' \
 	  'Name: flclient' 'Description: federated learning client library of fl (libflclient)' \
-	  'Version: $(LIBCLIENT_VERSION)' 'Requires.private: libuv libprotobuf-c zlib' \
+	  'Version: $(LIBCLIENT_VERSION)' 'Requires.private: libuv libprotobuf-c zlib openblas' \
 	  'Libs: -L$${libdir} -lflclient' \
 	  'Libs.private: -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm' \
 	  'Cflags: -I$${includedir}' > $@.tmp && \

@@ -39,6 +39,11 @@ typedef struct vclient {
   fl_subset train, test;
   int partition;             /* -1 when training on all of --data */
   int attacker;              /* simulation: sends the --attack's delta */
+  /* FedBN (--fedbn): this client's own batchnorm tensors (fl_model_local_get) for the
+   * model bn_model, none before its first fit; bn_lock because jobs run on the pool */
+  uv_mutex_t bn_lock;
+  float *bn;
+  uint64_t bn_model;
 } vclient;
 
 /* A task on its way through the pool; freed by the worker that completes it. */
@@ -65,6 +70,7 @@ struct app {
   fl_subset *parts, *test_parts;
   fl_model *model;           /* built from the spec the server last sent */
   atomic_int running;        /* jobs handed to the pool and not completed */
+  int train_threads;         /* threads of each training job (--train-threads) */
   char host[256];
   vclient *vcs;
   int n, started, finished, failed, shut_down;
@@ -88,6 +94,34 @@ static void attack(vclient *v, const job *j, float *params, const float *global,
   for (uint64_t i = 0; i < n; i++) params[i] += global[i];
 }
 
+/* FedBN: before a fit or an evaluation, this client's own batchnorm tensors replace the
+ * server's in params (from its first fit on; the server's until then). */
+static void fedbn_load(vclient *v, const fl_model *m, float *params) {
+  uv_mutex_lock(&v->bn_lock);
+  if (v->bn && v->bn_model == fl_model_id(m)) fl_model_local_put(m, params, v->bn);
+  uv_mutex_unlock(&v->bn_lock);
+}
+
+/* FedBN: after a fit, keeps what training made of the batchnorm tensors and puts the
+ * global ones back in params, so their delta is zero. */
+static int fedbn_keep(vclient *v, const fl_model *m, float *params, const float *global) {
+  int rc = 0;
+  uv_mutex_lock(&v->bn_lock);
+  if (!v->bn || v->bn_model != fl_model_id(m)) {
+    free(v->bn);
+    v->bn = malloc(fl_model_local_size(m) * sizeof(float));
+    v->bn_model = fl_model_id(m);
+  }
+  if (v->bn) {
+    fl_model_local_get(m, params, v->bn);
+    fl_model_local_copy(m, params, global);
+  } else {
+    rc = FL_ENOMEM;
+  }
+  uv_mutex_unlock(&v->bn_lock);
+  return rc;
+}
+
 static void job_run(pool_job *pj) {
   job *j = (job *)pj;
   vclient *v = j->v;
@@ -99,15 +133,19 @@ static void job_run(pool_job *pj) {
   }
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  fl_trainer *tr = fl_trainer_create(j->model, j->train ? j->tcfg.batch_size : 256);
+  fl_trainer *tr = fl_trainer_create_threads(j->model, j->train ? j->tcfg.batch_size : 256,
+                                             v->a->train_threads);
   fl_eval ev = {0};
   float *params = fl_client_task_params(t);
+  int fedbn = v->a->cfg->fedbn && fl_model_local_size(j->model) > 0;
+  if (fedbn) fedbn_load(v, j->model, params);
   if (!tr) {
     rc = FL_ENOMEM;
   } else if (j->train) {
     j->tcfg.prox_ref = j->tcfg.prox_mu > 0 ? fl_client_task_global(t) : NULL;
     rc = fl_train(tr, params, &v->train, &j->tcfg, NULL, NULL, &ev);
     ev.n = v->train.n; /* the update's weight: every local example */
+    if (rc == 0 && fedbn) rc = fedbn_keep(v, j->model, params, fl_client_task_global(t));
     if (rc == 0 && v->attacker) attack(v, j, params, fl_client_task_global(t), fl_client_task_num_params(t));
   } else {
     rc = fl_evaluate(tr, params, v->test.n ? &v->test : &v->train, &ev);
@@ -275,7 +313,8 @@ static int load_data(app *a, char *err, size_t errlen) {
 /* One virtual client: its data, identity and settings, as a libflclient client. */
 static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
   const client_config *cfg = a->cfg;
-  v->a = a;
+  if (uv_mutex_init(&v->bn_lock) != 0) return fl_errf(err, errlen, FL_ENOMEM, "cannot create a lock");
+  v->a = a; /* from here on app_free destroys the lock */
   v->index = i;
   v->partition = cfg->partition ? cfg->partition_index + i : -1;
   char cert[1024], key[1024];
@@ -379,8 +418,12 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   if (!a->vcs || !a->throttle) goto fail;
   for (int i = 0; i < a->n; i++)
     if ((rc = setup_vc(a, &a->vcs[i], i, err, errlen)) != 0) goto fail;
-  int workers = cfg->workers ? cfg->workers : (int)uv_available_parallelism();
+  int cores = (int)uv_available_parallelism();
+  int workers = cfg->workers ? cfg->workers : cores;
   if (workers > a->n) workers = a->n;
+  /* one client: all the cores for its job; a simulation: a core for each worker's job */
+  a->train_threads = cfg->train_threads ? cfg->train_threads
+                                        : (cores / workers > 1 ? cores / workers : 1);
   rc = pool_start(&a->workers, workers);
   if (rc) {
     snprintf(err, errlen, "cannot start %d worker threads", workers);
@@ -391,8 +434,10 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   a->sigint.data = a->sigterm.data = a;
   uv_signal_start(&a->sigint, on_signal, SIGINT);
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);
-  fl_info("client", "%d client%s, %zu training samples%s, %d worker threads, server %s", a->n,
-          a->n == 1 ? "" : "s", a->data.n, cfg->partition ? " (partitioned)" : "", workers,
+  fl_info("client", "%d client%s, %zu training samples%s, %d worker%s of %d training thread%s%s, "
+          "server %s", a->n, a->n == 1 ? "" : "s", a->data.n,
+          cfg->partition ? " (partitioned)" : "", workers, workers == 1 ? "" : "s",
+          a->train_threads, a->train_threads == 1 ? "" : "s", cfg->fedbn ? ", FedBN" : "",
           cfg->server);
   *out = a;
   return 0;
@@ -429,7 +474,11 @@ void app_free(app *a) {
     uv_run(&a->loop, UV_RUN_DEFAULT);
   }
   uv_loop_close(&a->loop);
-  for (int i = 0; a->vcs && i < a->n; i++) fl_client_free(a->vcs[i].fc);
+  for (int i = 0; a->vcs && i < a->n; i++) {
+    fl_client_free(a->vcs[i].fc);
+    if (a->vcs[i].a) uv_mutex_destroy(&a->vcs[i].bn_lock);
+    free(a->vcs[i].bn);
+  }
   free(a->vcs);
   fl_client_throttle_free(a->throttle);
   if (a->parts) fl_partition_free(a->parts);

@@ -9,7 +9,9 @@ typedef struct client_config {
   char *server;          /* HOST:PORT */
   char *server_name;     /* host name the server certificate must carry */
   int clients;           /* virtual clients in this process */
-  int workers;           /* training threads */
+  int workers;           /* training jobs at once */
+  int train_threads;     /* threads per training job (0: cores / workers) */
+  int fedbn;             /* keep batchnorm layers local */
   char *log_level;
   int max_retries;
   double retry_base;     /* seconds */

@@ -1,60 +1,161 @@
-/* Convolution (stride 1, same padding) and 2x2 max-pooling on [B][C][H][W] tensors.
+/* Convolution `conv:K:F[:sS][:pP]` on [B][C][H][W]: K filters of F x F, stride S
+ * (default 1), zero padding P on every side (default "same": (F-1)/2 before and F/2
+ * after, which keeps H x W at stride 1).  Output [B][K][OH][OW] with
+ * OH = (H + pad_top + pad_bottom - F) / S + 1.  Weights w [K][C*F*F], bias b [K].
  *
  * A convolution is im2col + one sgemm per sample: the input patch under every output
- * pixel becomes a column of col [C*F*F][H*W], and y_b [K][H*W] = w [K][C*F*F] . col.
- * Backward recomputes col rather than keeping one per sample (which would cost
- * B*C*F*F*H*W floats), then reuses the same buffer for the input-gradient columns.
- * Both directions go through a zero-padded copy of the image, so the copy loops have no
- * edge cases. */
-#include "layers.h"
-
+ * pixel becomes a column of col [C*F*F][OH*OW], and y_b [K][OH*OW] = w . col.  Backward
+ * recomputes col rather than keeping one per sample (which would cost B*C*F*F*OH*OW
+ * floats), then reuses the same buffer for the input-gradient columns.  Both directions
+ * go through a zero-padded copy of the image, so the copy loops have no edge cases.  The
+ * weight gradient is summed over the thread's own samples (the trainer adds the threads'
+ * sums). */
 #include <cblas.h>
+#include <stdio.h>
 #include <string.h>
 
-/* xp [C][H+F-1][W+F-1] = x [C][H][W] with (F-1)/2 zero rows/columns before, F/2 after */
-static void pad_image(float *xp, const float *x, int C, int H, int W, int F) {
-  int Hp = H + F - 1, Wp = W + F - 1, p = (F - 1) / 2;
-  memset(xp, 0, sizeof(float) * (size_t)C * Hp * Wp);
-  for (int c = 0; c < C; c++)
-    for (int y = 0; y < H; y++) {
-      const float *src = x + ((size_t)c * H + y) * W;
-      float *dst = xp + ((size_t)c * Hp + y + p) * Wp + p;
-      for (int i = 0; i < W; i++) dst[i] = src[i];
+#include "error.h"
+#include "layers.h"
+
+enum { K_, F_, S_, PT, PB, PADDED }; /* l->arg: filters, kernel, stride, padding, explicit */
+
+static int conv_parse(fl__layer *l, const char *tok, const char *args, int *image,
+                      char *canon, size_t canon_len, char *err, size_t errlen) {
+  uint32_t d[2], S = 1, P = 0;
+  int strided = 0, padded = 0;
+  char buf[72];
+  if (!args || strlen(args) >= sizeof buf)
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec: bad token '%s' (expected conv:K:F[:sS][:pP])", tok);
+  /* K:F, then optional sS and pP */
+  snprintf(buf, sizeof buf, "%s", args);
+  char *opt = strchr(buf, ':');
+  opt = opt ? strchr(opt + 1, ':') : NULL;
+  if (opt) *opt++ = '\0';
+  if (fl__parse_dims(buf, ':', d, 2) != 2)
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec: bad token '%s' (expected conv:K:F[:sS][:pP])", tok);
+  for (char *o = opt; o;) {
+    char *next = strchr(o, ':');
+    size_t len = next ? (size_t)(next - o) : strlen(o);
+    uint32_t v;
+    if (len >= 2 && o[0] == 's' && !strided && fl__parse_dim(o + 1, len - 1, &v) == 0 &&
+        v <= 64) {
+      S = v, strided = 1;
+    } else if (len >= 2 && o[0] == 'p' && !padded && len <= 3) {
+      v = 0;
+      for (size_t i = 1; i < len; i++) {
+        if (o[i] < '0' || o[i] > '9') return fl_errf(err, errlen, FL_EINVAL, "model spec: "
+            "bad token '%s' (padding pP: P a whole number below F)", tok);
+        v = v * 10 + (uint32_t)(o[i] - '0');
+      }
+      P = v, padded = 1;
+    } else {
+      return fl_errf(err, errlen, FL_EINVAL,
+                     "model spec: bad token '%s' (expected conv:K:F[:sS][:pP], stride S in "
+                     "1..64, padding P below F)", tok);
+    }
+    o = next ? next + 1 : NULL;
+  }
+  if (!*image)
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec: '%s' needs an image input (in:CxHxW, before any dense layer)",
+                   tok);
+  if (d[1] > 64)
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s': kernel size %u is too large",
+                   tok, d[1]);
+  if (padded && P >= d[1])
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec: '%s': padding %u must be below the kernel size %u", tok, P,
+                   d[1]);
+  if (padded && d[1] % 2 == 1 && P == d[1] / 2) padded = 0; /* that is the default */
+  uint32_t pt = padded ? P : (d[1] - 1) / 2, pb = padded ? P : d[1] / 2;
+  if (l->h + pt + pb < d[1] || l->w + pt + pb < d[1])
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec: '%s': a %ux%u kernel does not fit the padded %ux%u image",
+                   tok, d[1], d[1], l->h + pt + pb, l->w + pt + pb);
+  uint32_t oh = (l->h + pt + pb - d[1]) / S + 1, ow = (l->w + pt + pb - d[1]) / S + 1;
+  l->arg[K_] = d[0], l->arg[F_] = d[1], l->arg[S_] = S;
+  l->arg[PT] = pt, l->arg[PB] = pb, l->arg[PADDED] = (uint32_t)padded;
+  l->fan_in = (size_t)l->c * d[1] * d[1], l->fan_out = (size_t)d[0] * d[1] * d[1];
+  if ((uint64_t)l->fan_in * oh * ow > ((uint64_t)1 << 26))
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' needs too large an im2col buffer",
+                   tok);
+  l->oc = d[0], l->oh = oh, l->ow = ow;
+  l->w_len = (size_t)d[0] * l->fan_in, l->b_len = d[0];
+  l->scratch = l->fan_in * oh * ow + (size_t)l->c * (l->h + pt + pb) * (l->w + pt + pb);
+  int n = snprintf(canon, canon_len, "conv:%u:%u", d[0], d[1]);
+  if (S != 1 && n > 0 && (size_t)n < canon_len)
+    n += snprintf(canon + n, canon_len - (size_t)n, ":s%u", S);
+  if (padded && n > 0 && (size_t)n < canon_len)
+    snprintf(canon + n, canon_len - (size_t)n, ":p%u", P);
+  return 0;
+}
+
+typedef struct geom {
+  int C, H, W, K, F, S, pt, pb, OH, OW, Hp, Wp;
+} geom;
+
+static geom geometry(const fl__layer *l) {
+  geom g = {(int)l->c, (int)l->h, (int)l->w, (int)l->arg[K_], (int)l->arg[F_],
+            (int)l->arg[S_], (int)l->arg[PT], (int)l->arg[PB], (int)l->oh, (int)l->ow, 0, 0};
+  g.Hp = g.H + g.pt + g.pb, g.Wp = g.W + g.pt + g.pb;
+  return g;
+}
+
+/* xp [C][Hp][Wp] = x [C][H][W] with pt zero rows/columns before and pb after */
+static void pad_image(float *xp, const float *x, const geom *g) {
+  memset(xp, 0, sizeof(float) * (size_t)g->C * g->Hp * g->Wp);
+  for (int c = 0; c < g->C; c++)
+    for (int y = 0; y < g->H; y++) {
+      const float *src = x + ((size_t)c * g->H + y) * g->W;
+      float *dst = xp + ((size_t)c * g->Hp + y + g->pt) * g->Wp + g->pt;
+      for (int i = 0; i < g->W; i++) dst[i] = src[i];
     }
 }
 
-/* col [C*F*F][H*W]  xp [C][H+F-1][W+F-1] (padded): every row of a column block is a
- * straight copy of W floats, with no edge cases. */
-static void im2col(float *col, const float *xp, int C, int H, int W, int F) {
-  int Hp = H + F - 1, Wp = W + F - 1;
-  for (int c = 0; c < C; c++)
+/* col [C*F*F][OH*OW]  xp [C][Hp][Wp] (padded): every row of a column block is a copy of
+ * OW floats (contiguous at stride 1), with no edge cases. */
+static void im2col(float *col, const float *xp, const geom *g) {
+  int F = g->F, S = g->S, OH = g->OH, OW = g->OW, Hp = g->Hp, Wp = g->Wp;
+  for (int c = 0; c < g->C; c++)
     for (int ky = 0; ky < F; ky++)
       for (int kx = 0; kx < F; kx++) {
-        float *row = col + (size_t)((c * F + ky) * F + kx) * H * W;
+        float *row = col + (size_t)((c * F + ky) * F + kx) * OH * OW;
         const float *src = xp + ((size_t)c * Hp + ky) * Wp + kx;
-        for (int oy = 0; oy < H; oy++)
-          for (int ox = 0; ox < W; ox++) row[oy * W + ox] = src[oy * Wp + ox];
+        if (S == 1) {
+          for (int oy = 0; oy < OH; oy++)
+            for (int ox = 0; ox < OW; ox++) row[oy * OW + ox] = src[oy * Wp + ox];
+        } else {
+          for (int oy = 0; oy < OH; oy++)
+            for (int ox = 0; ox < OW; ox++) row[oy * OW + ox] = src[oy * S * Wp + ox * S];
+        }
       }
 }
 
-/* dx [C][H][W] = the columns of dcol [C*F*F][H*W] summed back onto their pixels, through
- * the padded scratch image xp [C][H+F-1][W+F-1] */
-static void col2im(float *dx, float *xp, const float *dcol, int C, int H, int W, int F) {
-  int Hp = H + F - 1, Wp = W + F - 1, p = (F - 1) / 2;
-  memset(xp, 0, sizeof(float) * (size_t)C * Hp * Wp);
-  for (int c = 0; c < C; c++)
+/* dx [C][H][W] = the columns of dcol [C*F*F][OH*OW] summed back onto their pixels,
+ * through the padded scratch image xp [C][Hp][Wp] */
+static void col2im(float *dx, float *xp, const float *dcol, const geom *g) {
+  int F = g->F, S = g->S, OH = g->OH, OW = g->OW, Hp = g->Hp, Wp = g->Wp;
+  memset(xp, 0, sizeof(float) * (size_t)g->C * Hp * Wp);
+  for (int c = 0; c < g->C; c++)
     for (int ky = 0; ky < F; ky++)
       for (int kx = 0; kx < F; kx++) {
-        const float *row = dcol + (size_t)((c * F + ky) * F + kx) * H * W;
+        const float *row = dcol + (size_t)((c * F + ky) * F + kx) * OH * OW;
         float *dst = xp + ((size_t)c * Hp + ky) * Wp + kx;
-        for (int oy = 0; oy < H; oy++)
-          for (int ox = 0; ox < W; ox++) dst[oy * Wp + ox] += row[oy * W + ox];
+        if (S == 1) {
+          for (int oy = 0; oy < OH; oy++)
+            for (int ox = 0; ox < OW; ox++) dst[oy * Wp + ox] += row[oy * OW + ox];
+        } else {
+          for (int oy = 0; oy < OH; oy++)
+            for (int ox = 0; ox < OW; ox++) dst[oy * S * Wp + ox * S] += row[oy * OW + ox];
+        }
       }
-  for (int c = 0; c < C; c++)
-    for (int y = 0; y < H; y++) {
-      const float *src = xp + ((size_t)c * Hp + y + p) * Wp + p;
-      float *d = dx + ((size_t)c * H + y) * W;
-      for (int i = 0; i < W; i++) d[i] = src[i];
+  for (int c = 0; c < g->C; c++)
+    for (int y = 0; y < g->H; y++) {
+      const float *src = xp + ((size_t)c * Hp + y + g->pt) * Wp + g->pt;
+      float *d = dx + ((size_t)c * g->H + y) * g->W;
+      for (int i = 0; i < g->W; i++) d[i] = src[i];
     }
 }
 
@@ -70,84 +171,53 @@ static float row_sum(const float *r, int n) {
   return s;
 }
 
-void fl__conv_forward(float *y, float *col, const float *x, const float *w, const float *b,
-                      int B, int C, int H, int W, int K, int F) {
-  int HW = H * W, CFF = C * F * F;
-  float *xp = col + (size_t)CFF * HW;
-  for (int i = 0; i < B; i++) {
-    float *yb = y + (size_t)i * K * HW;
-    pad_image(xp, x + (size_t)i * C * HW, C, H, W, F);
-    im2col(col, xp, C, H, W, F);
-    /* yb [K][HW] = w [K][CFF] . col [CFF][HW] */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, HW, CFF, 1.0f, w, CFF, col,
-                HW, 0.0f, yb, HW);
+static void conv_forward(const fl__layer *l, const fl__pass *p) {
+  geom g = geometry(l);
+  int OHW = g.OH * g.OW, CFF = g.C * g.F * g.F, K = g.K;
+  float *col = p->scratch, *xp = col + (size_t)CFF * OHW;
+  const float *w = p->params + l->w_off, *b = p->params + l->b_off;
+  for (int i = 0; i < p->B; i++) {
+    float *yb = p->y + (size_t)i * K * OHW;
+    pad_image(xp, p->x + (size_t)i * l->in_size, &g);
+    im2col(col, xp, &g);
+    /* yb [K][OHW] = w [K][CFF] . col [CFF][OHW] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, OHW, CFF, 1.0f, w, CFF, col,
+                OHW, 0.0f, yb, OHW);
     for (int k = 0; k < K; k++) {
-      float *r = yb + (size_t)k * HW, bk = b[k];
-      for (int j = 0; j < HW; j++) r[j] += bk;
+      float *r = yb + (size_t)k * OHW, bk = b[k];
+      for (int j = 0; j < OHW; j++) r[j] += bk;
     }
   }
 }
 
-void fl__conv_backward(float *dx, float *dw, float *db, float *col, const float *dy,
-                       const float *x, const float *w, int B, int C, int H, int W, int K,
-                       int F) {
-  int HW = H * W, CFF = C * F * F;
-  float *xp = col + (size_t)CFF * HW;
-  for (int i = 0; i < B; i++) {
-    const float *dyb = dy + (size_t)i * K * HW;
-    for (int k = 0; k < K; k++) db[k] += row_sum(dyb + (size_t)k * HW, HW);
-    pad_image(xp, x + (size_t)i * C * HW, C, H, W, F);
-    im2col(col, xp, C, H, W, F);
-    /* dw [K][CFF] += dyb [K][HW] . col^T [HW][CFF] */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, CFF, HW, 1.0f, dyb, HW, col, HW,
-                1.0f, dw, CFF);
-    if (!dx) continue;
-    /* dcol [CFF][HW] = w^T [CFF][K] . dyb [K][HW], into the col buffer */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CFF, HW, K, 1.0f, w, CFF, dyb, HW,
-                0.0f, col, HW);
-    col2im(dx + (size_t)i * C * HW, xp, col, C, H, W, F);
+/* dw [K][CFF] and db [K] = the sums over this slice's samples (written, not added to);
+ * dx per sample through col2im. */
+static void conv_backward(const fl__layer *l, const fl__pass *p) {
+  geom g = geometry(l);
+  int OHW = g.OH * g.OW, CFF = g.C * g.F * g.F, K = g.K;
+  float *col = p->scratch, *xp = col + (size_t)CFF * OHW;
+  const float *w = p->params + l->w_off;
+  float *dw = p->grad + l->w_off, *db = p->grad + l->b_off;
+  memset(dw, 0, sizeof(float) * (l->w_len + l->b_len)); /* dw, then db right after it */
+  for (int i = 0; i < p->B; i++) {
+    const float *dyb = p->dy + (size_t)i * K * OHW;
+    for (int k = 0; k < K; k++) db[k] += row_sum(dyb + (size_t)k * OHW, OHW);
+    pad_image(xp, p->x + (size_t)i * l->in_size, &g);
+    im2col(col, xp, &g);
+    /* dw [K][CFF] += dyb [K][OHW] . col^T [OHW][CFF] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, CFF, OHW, 1.0f, dyb, OHW, col,
+                OHW, 1.0f, dw, CFF);
+    if (!p->dx) continue;
+    /* dcol [CFF][OHW] = w^T [CFF][K] . dyb [K][OHW], into the col buffer */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CFF, OHW, K, 1.0f, w, CFF, dyb, OHW,
+                0.0f, col, OHW);
+    col2im(p->dx + (size_t)i * l->in_size, xp, col, &g);
   }
 }
 
-void fl__pool_forward(float *y, int32_t *arg, const float *x, int B, int C, int H, int W) {
-  int OH = H / 2, OW = W / 2;
-  for (int bc = 0; bc < B * C; bc++) {
-    const float *xp = x + (size_t)bc * H * W;
-    float *yp = y + (size_t)bc * OH * OW;
-    int32_t *ap = arg + (size_t)bc * OH * OW;
-    int32_t base = (int32_t)((size_t)bc * H * W);
-    for (int oy = 0; oy < OH; oy++) {
-      const float *r0 = xp + (size_t)2 * oy * W, *r1 = r0 + W;
-      int32_t i0 = base + 2 * oy * W;
-      /* branch-free selects (first maximum wins), which the compiler vectorises */
-      for (int ox = 0; ox < OW; ox++) {
-        float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
-        int32_t ia = i0 + 2 * ox, ic = ia + W;
-        float top = b > a ? b : a, bot = d > c ? d : c;
-        int32_t itop = b > a ? ia + 1 : ia, ibot = d > c ? ic + 1 : ic;
-        yp[oy * OW + ox] = bot > top ? bot : top;
-        ap[oy * OW + ox] = bot > top ? ibot : itop;
-      }
-    }
-  }
-}
-
-void fl__pool_backward(float *dx, const float *dy, const int32_t *arg, int B, int C, int H,
-                       int W) {
-  int OH = H / 2, OW = W / 2;
-  /* Every 2x2 window is written whole (zeros, then the winner), so no separate pass
-   * clears dx; only a trailing odd row or column needs clearing first. */
-  if ((H | W) & 1) memset(dx, 0, sizeof(float) * (size_t)B * C * H * W);
-  for (int bc = 0; bc < B * C; bc++) {
-    float *dp = dx + (size_t)bc * H * W;
-    const float *gp = dy + (size_t)bc * OH * OW;
-    const int32_t *ap = arg + (size_t)bc * OH * OW;
-    for (int oy = 0; oy < OH; oy++) {
-      float *r0 = dp + (size_t)2 * oy * W, *r1 = r0 + W;
-      for (int ox = 0; ox < OW; ox++) {
-        r0[2 * ox] = r0[2 * ox + 1] = r1[2 * ox] = r1[2 * ox + 1] = 0.0f;
-        dx[ap[oy * OW + ox]] = gp[oy * OW + ox];
-      }
-    }
-  }
-}
+const fl__layer_ops fl__conv_ops = {
+    .name = "conv",
+    .parse = conv_parse,
+    .forward = conv_forward,
+    .backward = conv_backward,
+};

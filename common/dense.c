@@ -1,53 +1,101 @@
-/* Fully connected layer: y = x w^T + b, with w stored [out][in] (one row per unit).
+/* Fully connected layer `dense:N`: y = x w^T + b, with w stored [out][in] (one row per
+ * output unit) and b [out].
  *
  * The three matrix products go to OpenBLAS; the bias and its gradient are plain loops
- * over contiguous rows, which the compiler vectorises. */
+ * over contiguous rows, which the compiler vectorises.  The weight gradient is a product
+ * over the whole batch, computed by rows of w (param_grad), so several threads each take
+ * their own rows with no sum across threads; with plain SGD that product writes straight
+ * into the weights (alpha -lr, beta 1 - lr wd), and with momentum into the momentum
+ * (beta = momentum), so the gradient is never stored and the optimizer's pass streams
+ * less.  Other optimizers take the gradient rows to fl__step_apply at once. */
+#include <cblas.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
 #include "layers.h"
 
-#include <cblas.h>
+static int dense_parse(fl__layer *l, const char *tok, const char *args, int *image,
+                       char *canon, size_t canon_len, char *err, size_t errlen) {
+  uint32_t n;
+  if (!args || fl__parse_dims(args, ':', &n, 1) != 1)
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec: bad token '%s' (expected dense:N, N >= 1)", tok);
+  if ((uint64_t)l->in_size * n > ((uint64_t)1 << 30))
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec: '%s' takes the model over %zu parameters", tok,
+                   (size_t)1 << 30);
+  l->oc = 1, l->oh = 1, l->ow = n;
+  l->w_len = l->in_size * n, l->b_len = n;
+  l->fan_in = l->in_size, l->fan_out = n;
+  *image = 0;
+  snprintf(canon, canon_len, "dense:%u", n);
+  return 0;
+}
 
-void fl__dense_forward(float *y, const float *x, const float *w, const float *b,
-                       int B, int in, int out) {
-  /* y [B][out] = x [B][in] . w^T [in][out] */
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, out, in, 1.0f, x, in, w, in,
-              0.0f, y, out);
+/* y [B][out] = x [B][in] . w^T [in][out] + b */
+static void dense_forward(const fl__layer *l, const fl__pass *p) {
+  int B = p->B, in = (int)l->in_size, out = (int)l->out_size;
+  const float *w = p->params + l->w_off, *b = p->params + l->b_off;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, out, in, 1.0f, p->x, in, w, in,
+              0.0f, p->y, out);
   for (int i = 0; i < B; i++) {
-    float *row = y + (size_t)i * out;
+    float *row = p->y + (size_t)i * out;
     for (int j = 0; j < out; j++) row[j] += b[j];
   }
 }
 
-void fl__dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
-                        const float *w, int B, int in, int out) {
-  /* dw [out][in] += dy^T [out][B] . x [B][in] */
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, B, 1.0f, dy, out, x, in,
-              1.0f, dw, in);
-  for (int i = 0; i < B; i++) {
-    const float *row = dy + (size_t)i * out;
-    for (int j = 0; j < out; j++) db[j] += row[j];
-  }
-  /* dx [B][in] = dy [B][out] . w [out][in] */
-  if (dx)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, in, out, 1.0f, dy, out, w, in,
-                0.0f, dx, in);
+/* dx [B][in] = dy [B][out] . w [out][in], from the weights before this step's update */
+static void dense_backward(const fl__layer *l, const fl__pass *p) {
+  int in = (int)l->in_size, out = (int)l->out_size;
+  if (p->dx)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p->B, in, out, 1.0f, p->dy, out,
+                p->params + l->w_off, in, 0.0f, p->dx, in);
 }
 
-void fl__dense_backward_sgd(float *dx, float *w, float *b, float *db, const float *dy,
-                            const float *x, int B, int in, int out, float lr, float wd) {
-  /* dx first: it needs the weights before the update */
-  if (dx)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, in, out, 1.0f, dy, out, w, in,
-                0.0f, dx, in);
-  /* w [out][in] = (1 - lr wd) w - lr dy^T [out][B] . x [B][in]: the step itself (beta 1
-   * when wd is 0, which OpenBLAS applies without a separate scaling pass) */
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, B, -lr, dy, out, x, in,
-              1.0f - lr * wd, w, in);
+/* Rows [r0, r1) of dw [out][in] = dy^T [out][B] . x [B][in] and of db [out] = the column
+ * sums of dy, over the whole batch. */
+static int dense_param_grad(const fl__layer *l, const fl__pass *p, uint32_t r0, uint32_t r1) {
+  int B = p->B, in = (int)l->in_size, out = (int)l->out_size, rows = (int)(r1 - r0);
+  if (rows <= 0) return 1;
+  const fl__step *s = p->step;
+  float *db = p->grad + l->b_off;
+  for (uint32_t j = r0; j < r1; j++) db[j] = 0.0f;
   for (int i = 0; i < B; i++) {
-    const float *row = dy + (size_t)i * out;
-    for (int j = 0; j < out; j++) db[j] += row[j];
+    const float *row = p->dy + (size_t)i * out;
+    for (uint32_t j = r0; j < r1; j++) db[j] += row[j];
   }
-  for (int j = 0; j < out; j++) {
-    b[j] -= lr * (db[j] + wd * b[j]);
-    db[j] = 0.0f;
+  if (s && s->plain_sgd) {
+    /* w = (1 - lr wd) w - lr dy^T x: the step itself (beta 1 when wd is 0, which OpenBLAS
+     * applies without a separate scaling pass); then b -= lr (db + wd b) */
+    float *w = p->params + l->w_off + (size_t)r0 * in, *b = p->params + l->b_off;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, -s->lr, p->dy + r0,
+                out, p->x, in, 1.0f - s->lr * s->wd, w, in);
+    for (uint32_t j = r0; j < r1; j++) b[j] -= s->lr * (db[j] + s->wd * b[j]);
+    return 1;
   }
+  if (s && s->kind == FL__MOMENTUM && !s->prox_ref) {
+    /* m = momentum m + dy^T x straight from the product (beta = momentum), so the weight
+     * gradient is never stored; then m += wd w; w -= lr m.  The same operations as
+     * fl__step_apply's momentum, in the same order: the same bits. */
+    float *m = s->m + l->w_off + (size_t)r0 * in, *w = p->params + l->w_off + (size_t)r0 * in;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, 1.0f, p->dy + r0, out,
+                p->x, in, s->mom, m, in);
+    fl__momentum_finish(w, m, s->lr, s->wd, (size_t)rows * in);
+    fl__step_apply(s, p->params, db + r0, l->b_off + r0, r1 - r0);
+    return 1;
+  }
+  /* beta 1 onto rows the trainer keeps at zero between steps (layers.h): OpenBLAS would
+   * zero-fill them in a pass of its own for beta 0 */
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, 1.0f, p->dy + r0, out,
+              p->x, in, 1.0f, p->grad + l->w_off + (size_t)r0 * in, in);
+  return 0;
 }
+
+const fl__layer_ops fl__dense_ops = {
+    .name = "dense",
+    .parse = dense_parse,
+    .forward = dense_forward,
+    .backward = dense_backward,
+    .param_grad = dense_param_grad,
+};

@@ -1,9 +1,12 @@
-/* Model specs: parsing, presets, the canonical spec, the model id and initialisation.
+/* Model specs: parsing, presets, the canonical spec, the model id, initialisation and
+ * the local (FedBN) tensors.
  *
- * fl_model_create turns a spec into a table of layers (layers.h) with every shape and
- * every tensor's place in the flat parameter buffer worked out once; training only reads
- * that table.  Parameter layout: layer by layer, weights then bias; dense weights are
- * [out][in], conv weights [K][C][F][F]. */
+ * fl_model_create turns a spec into a table of layers (layers.h): each token is parsed by
+ * its layer type's own file, found in the table of layers.c, and here every tensor gets
+ * its place in the flat parameter buffer once; training only reads that table.
+ * Parameter layout: layer by layer, weights then bias (dense weights [out][in], conv
+ * weights [K][C][F][F], batchnorm gamma then beta), then every layer's state (batchnorm:
+ * running mean, running variance), layer by layer. */
 #include "model.h"
 
 #include <math.h>
@@ -18,7 +21,6 @@
 
 #define MAX_TOKENS 256
 #define MAX_TOKEN_LEN 64
-#define MAX_DIM (1u << 24)               /* any single size in a spec */
 #define MAX_PARAMS ((size_t)1 << 30)     /* 4 GiB of float32 */
 #define MAX_WIDTH ((size_t)1 << 26)      /* floats per sample in one activation */
 
@@ -29,41 +31,6 @@ static const struct { const char *name, *spec; } presets[] = {
             "dense:10 softmax"},
     {"mlp64", "in:100 dense:64 relu dense:1 sigmoid_bce"},
 };
-
-/* A decimal integer in [1, MAX_DIM] that fills s[0..len) exactly. */
-static int parse_dim(const char *s, size_t len, uint32_t *out) {
-  uint64_t v = 0;
-  if (len == 0 || len > 9) return -1;
-  for (size_t i = 0; i < len; i++) {
-    if (s[i] < '0' || s[i] > '9') return -1;
-    v = v * 10 + (uint64_t)(s[i] - '0');
-  }
-  if (v == 0 || v > MAX_DIM) return -1;
-  *out = (uint32_t)v;
-  return 0;
-}
-
-/* "A:B:..." after a prefix: up to n dims separated by sep; returns how many were read or
- * -1 on any malformed part. */
-static int parse_dims(const char *s, char sep, uint32_t *out, int n) {
-  int k = 0;
-  for (;;) {
-    const char *e = strchr(s, sep);
-    size_t len = e ? (size_t)(e - s) : strlen(s);
-    if (k == n || parse_dim(s, len, &out[k]) < 0) return -1;
-    k++;
-    if (!e) return k;
-    s = e + 1;
-  }
-}
-
-/* The shortest %g form of p that reads back as the same float. */
-static void format_prob(char *buf, size_t len, float p) {
-  for (int prec = 1; prec <= 9; prec++) {
-    snprintf(buf, len, "%.*g", prec, (double)p);
-    if (strtof(buf, NULL) == p) return;
-  }
-}
 
 typedef struct builder {
   fl_model *m;
@@ -88,42 +55,12 @@ static int canon_add(builder *b, const char *tok) {
   return 0;
 }
 
-static fl__layer *add_layer(builder *b, int kind) {
-  fl__layer *l = &b->m->layers[b->m->nlayers++];
-  memset(l, 0, sizeof *l);
-  l->kind = kind;
-  l->c = b->c, l->h = b->h, l->w = b->w;
-  l->in_size = (size_t)b->c * b->h * b->w;
-  return l;
-}
-
-/* Sets the layer's output shape, moves the builder to it, and places its tensors. */
-static int finish_layer(builder *b, fl__layer *l, uint32_t oc, uint32_t oh, uint32_t ow,
-                        size_t w_len, size_t b_len, const char *tok, char *err,
-                        size_t errlen) {
-  fl_model *m = b->m;
-  l->oc = oc, l->oh = oh, l->ow = ow;
-  l->out_size = (size_t)oc * oh * ow;
-  if (l->out_size > MAX_WIDTH)
-    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' makes an activation of %zu values (limit %zu)",
-                tok, l->out_size, MAX_WIDTH);
-  if (w_len + b_len > MAX_PARAMS - m->num_params)
-    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' takes the model over %zu parameters", tok,
-                MAX_PARAMS);
-  l->w_off = m->num_params, l->w_len = w_len;
-  l->b_off = l->w_off + w_len, l->b_len = b_len;
-  m->num_params += w_len + b_len;
-  if (l->out_size > m->max_width) m->max_width = l->out_size;
-  b->c = oc, b->h = oh, b->w = ow;
-  return 0;
-}
-
 static int parse_input(builder *b, const char *tok, char *err, size_t errlen) {
   uint32_t d[3];
   if (strncmp(tok, "in:", 3) != 0)
     return fl_errf(err, errlen, FL_EINVAL, "model spec: the first token must be in:D or in:CxHxW, not '%s'",
                 tok);
-  int n = parse_dims(tok + 3, 'x', d, 3);
+  int n = fl__parse_dims(tok + 3, 'x', d, 3);
   if (n == 1) {
     b->c = 1, b->h = 1, b->w = d[0], b->image = 0;
   } else if (n == 3) {
@@ -149,102 +86,62 @@ static int parse_input(builder *b, const char *tok, char *err, size_t errlen) {
 static int parse_head(builder *b, const char *tok, char *err, size_t errlen) {
   fl_model *m = b->m;
   size_t width = (size_t)b->c * b->h * b->w;
-  if (strcmp(tok, "softmax") == 0) {
-    m->head = FL__SOFTMAX;
-    if (width < 2)
-      return fl_errf(err, errlen, FL_EINVAL,
-                  "model spec: head 'softmax' needs at least 2 outputs, the last layer gives "
-                  "%zu (use sigmoid_bce for a binary task)", width);
-  } else if (strcmp(tok, "sigmoid_bce") == 0 || strcmp(tok, "mse") == 0) {
-    m->head = tok[0] == 'm' ? FL__MSE : FL__SIGMOID_BCE;
-    if (width != 1)
-      return fl_errf(err, errlen, FL_EINVAL,
-                  "model spec: head '%s' needs 1 output, the last layer gives %zu (add "
-                  "dense:1)", tok, width);
-  } else {
+  const fl__head_ops *h = fl__head_find(tok);
+  if (!h)
     return fl_errf(err, errlen, FL_EINVAL,
                 "model spec: the last token must be a head (softmax, sigmoid_bce or mse), "
                 "not '%s'", tok);
+  if (width < h->min_width || width > h->max_width) {
+    if (h->min_width == h->max_width)
+      return fl_errf(err, errlen, FL_EINVAL,
+                     "model spec: head '%s' needs %zu output%s, the last layer gives %zu (%s)",
+                     tok, h->min_width, h->min_width == 1 ? "" : "s", width, h->width_hint);
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec: head '%s' needs at least %zu outputs, the last layer gives "
+                   "%zu (%s)", tok, h->min_width, width, h->width_hint);
   }
+  m->head = h;
   m->out_dim = width;
   return canon_add(b, tok);
 }
 
+/* A layer token: its type's parse sets the shapes and sizes; here the tensors get their
+ * place in the flat buffer (state offsets are fixed once every layer is known). */
 static int parse_layer(builder *b, const char *tok, char *err, size_t errlen) {
-  uint32_t d[2];
-  char buf[MAX_TOKEN_LEN + 8];
-  fl__layer *l;
-  int rc;
-  if (strncmp(tok, "dense:", 6) == 0) {
-    if (parse_dims(tok + 6, ':', d, 1) != 1)
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: bad token '%s' (expected dense:N, N >= 1)", tok);
-    l = add_layer(b, FL__DENSE);
-    l->fan_in = l->in_size, l->fan_out = d[0];
-    if ((uint64_t)l->in_size * d[0] > MAX_PARAMS)
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' takes the model over %zu parameters", tok,
-                  MAX_PARAMS);
-    rc = finish_layer(b, l, 1, 1, d[0], l->in_size * d[0], d[0], tok, err, errlen);
-    b->image = 0;
-    snprintf(buf, sizeof buf, "dense:%u", d[0]);
-  } else if (strncmp(tok, "conv:", 5) == 0) {
-    if (parse_dims(tok + 5, ':', d, 2) != 2)
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: bad token '%s' (expected conv:K:F)", tok);
-    if (!b->image)
-      return fl_errf(err, errlen, FL_EINVAL,
-                  "model spec: '%s' needs an image input (in:CxHxW, before any dense layer)",
-                  tok);
-    if (d[1] > 64)
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s': kernel size %u is too large", tok, d[1]);
-    l = add_layer(b, FL__CONV);
-    l->filters = d[0], l->ksize = d[1];
-    l->fan_in = (size_t)b->c * d[1] * d[1], l->fan_out = (size_t)d[0] * d[1] * d[1];
-    if ((uint64_t)l->fan_in * b->h * b->w > MAX_WIDTH)
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' needs too large an im2col buffer", tok);
-    size_t scratch = l->fan_in * b->h * b->w +
-                     (size_t)b->c * (b->h + d[1] - 1) * (b->w + d[1] - 1);
-    if (scratch > b->m->max_col) b->m->max_col = scratch;
-    rc = finish_layer(b, l, d[0], b->h, b->w, (size_t)d[0] * l->fan_in, d[0], tok, err,
-                      errlen);
-    snprintf(buf, sizeof buf, "conv:%u:%u", d[0], d[1]);
-  } else if (strncmp(tok, "pool:", 5) == 0) {
-    if (strcmp(tok + 5, "2") != 0)
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: bad token '%s' (only pool:2 is supported)", tok);
-    if (!b->image)
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' needs an image input (in:CxHxW)", tok);
-    if (b->h < 2 || b->w < 2)
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' on a %ux%u image", tok, b->h, b->w);
-    l = add_layer(b, FL__POOL);
-    rc = finish_layer(b, l, b->c, b->h / 2, b->w / 2, 0, 0, tok, err, errlen);
-    snprintf(buf, sizeof buf, "pool:2");
-  } else if (strncmp(tok, "dropout:", 8) == 0) {
-    char *end;
-    float p = strtof(tok + 8, &end);
-    if (end == tok + 8 || *end || !(p >= 0.0f && p < 1.0f))
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: bad token '%s' (expected dropout:P, 0 <= P < 1)",
-                  tok);
-    l = add_layer(b, FL__DROPOUT);
-    l->p = p;
-    rc = finish_layer(b, l, b->c, b->h, b->w, 0, 0, tok, err, errlen);
-    memcpy(buf, "dropout:", 8);
-    format_prob(buf + 8, sizeof buf - 8, p);
-  } else {
-    int kind;
-    if (strcmp(tok, "relu") == 0) kind = FL__RELU;
-    else if (strcmp(tok, "sigmoid") == 0) kind = FL__SIGMOID;
-    else if (strcmp(tok, "tanh") == 0) kind = FL__TANH;
-    else if (strcmp(tok, "softmax") == 0 || strcmp(tok, "sigmoid_bce") == 0 ||
-             strcmp(tok, "mse") == 0)
+  fl_model *m = b->m;
+  const char *args;
+  const fl__layer_ops *ops = fl__layer_find(tok, &args);
+  if (!ops) {
+    if (fl__head_find(tok))
       return fl_errf(err, errlen, FL_EINVAL, "model spec: head '%s' must be the last token", tok);
-    else if (strncmp(tok, "in:", 3) == 0)
+    if (strncmp(tok, "in:", 3) == 0)
       return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s': the input must be the first token only",
                   tok);
-    else
-      return fl_errf(err, errlen, FL_EINVAL, "model spec: unknown token '%s'", tok);
-    l = add_layer(b, kind);
-    rc = finish_layer(b, l, b->c, b->h, b->w, 0, 0, tok, err, errlen);
-    snprintf(buf, sizeof buf, "%s", tok);
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: unknown token '%s'", tok);
   }
-  return rc < 0 ? rc : canon_add(b, buf);
+  fl__layer *l = &m->layers[m->nlayers++];
+  memset(l, 0, sizeof *l);
+  l->ops = ops;
+  l->c = b->c, l->h = b->h, l->w = b->w;
+  l->in_size = (size_t)b->c * b->h * b->w;
+  char canon[MAX_TOKEN_LEN + 16];
+  int rc = ops->parse(l, tok, args, &b->image, canon, sizeof canon, err, errlen);
+  if (rc < 0) return rc;
+  l->out_size = (size_t)l->oc * l->oh * l->ow;
+  if (l->out_size > MAX_WIDTH)
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' makes an activation of %zu values (limit %zu)",
+                tok, l->out_size, MAX_WIDTH);
+  if (l->w_len + l->b_len + l->s_len > MAX_PARAMS - m->num_params)
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' takes the model over %zu parameters", tok,
+                MAX_PARAMS);
+  l->w_off = m->num_trained, l->b_off = l->w_off + l->w_len;
+  m->num_trained += l->w_len + l->b_len;
+  m->num_params += l->w_len + l->b_len + l->s_len;
+  if (l->out_size > m->max_width) m->max_width = l->out_size;
+  if (l->scratch > m->max_scratch) m->max_scratch = l->scratch;
+  if (ops->prepare) m->has_prepare = 1;
+  b->c = l->oc, b->h = l->oh, b->w = l->ow;
+  return canon_add(b, canon);
 }
 
 const char *fl_model_preset(const char *name) {
@@ -261,7 +158,7 @@ static const char *expand_preset(const char *spec, char *buf, size_t len, char *
   if (preset) return preset;
   if (strncmp(spec, "logreg:", 7) != 0) return spec;
   uint32_t d[2];
-  if (parse_dims(spec + 7, ':', d, 2) != 2 || d[1] < 2) {
+  if (fl__parse_dims(spec + 7, ':', d, 2) != 2 || d[1] < 2) {
     *rc = fl_errf(err, errlen, FL_EINVAL, "model spec: bad preset '%s' (expected logreg:D:C, C >= 2)", spec);
     return NULL;
   }
@@ -286,8 +183,9 @@ static uint64_t model_hash(const fl_model *m) {
   for (int i = 0; i < m->nlayers; i++) {
     const fl__layer *l = &m->layers[i];
     if (!l->w_len) continue;
-    uint64_t sizes[2] = {l->w_len, l->b_len};
-    for (int k = 0; k < 2; k++) {
+    /* state sizes only where there is state, so ids of models without any are as before */
+    uint64_t sizes[3] = {l->w_len, l->b_len, l->s_len};
+    for (int k = 0; k < (l->s_len ? 3 : 2); k++) {
       unsigned char le[8];
       for (int j = 0; j < 8; j++) le[j] = (unsigned char)(sizes[k] >> (8 * j));
       h = fnv1a(h, le, 8);
@@ -315,7 +213,7 @@ static int create_external(const char *spec, fl_model **out, char *err, size_t e
     free(m);
     return FL_ENOMEM;
   }
-  m->num_params = (size_t)n;
+  m->num_params = m->num_trained = (size_t)n;
   m->id = model_hash(m);
   *out = m;
   return 0;
@@ -370,8 +268,13 @@ int fl_model_create(const char *spec, fl_model **out, char *err, size_t errlen) 
   if ((rc = parse_head(&b, toks[ntok - 1], err, errlen)) < 0) goto fail;
 
   fl_model *m = b.m;
-  for (int i = 0; i + 1 < m->nlayers; i++)
-    m->layers[i].he_init = m->layers[i + 1].kind == FL__RELU;
+  size_t state = m->num_trained; /* state after every trained parameter */
+  for (int i = 0; i < m->nlayers; i++) {
+    fl__layer *l = &m->layers[i];
+    l->s_off = state;
+    state += l->s_len;
+    l->he_init = i + 1 < m->nlayers && m->layers[i + 1].ops->relu;
+  }
   m->spec = b.canon;
   m->id = model_hash(m);
   *out = m;
@@ -391,6 +294,7 @@ void fl_model_free(fl_model *m) {
 
 const char *fl_model_spec(const fl_model *m) { return m->spec; }
 size_t fl_model_num_params(const fl_model *m) { return m->num_params; }
+size_t fl_model_num_trained(const fl_model *m) { return m->num_trained; }
 size_t fl_model_input_dim(const fl_model *m) { return m->in_dim; }
 size_t fl_model_output_dim(const fl_model *m) { return m->out_dim; }
 uint64_t fl_model_id(const fl_model *m) { return m->id; }
@@ -404,6 +308,10 @@ void fl_model_init(const fl_model *m, float *params, uint64_t seed) {
   fl_rng_seed(&r, seed);
   for (int i = 0; i < m->nlayers; i++) {
     const fl__layer *l = &m->layers[i];
+    if (l->ops->init) {
+      l->ops->init(l, params, &r);
+      continue;
+    }
     if (!l->w_len) continue;
     double var = l->he_init ? 2.0 / (double)l->fan_in
                             : 2.0 / (double)(l->fan_in + l->fan_out);
@@ -411,5 +319,43 @@ void fl_model_init(const fl_model *m, float *params, uint64_t seed) {
     float *w = params + l->w_off;
     for (size_t j = 0; j < l->w_len; j++) w[j] = sd * fl_rng_normal(&r);
     memset(params + l->b_off, 0, sizeof(float) * l->b_len);
+  }
+}
+
+/* The local layers' tensors, in layer order: weights, bias, state. */
+static size_t local_copy(const fl_model *m, float *dst_params, const float *src_params,
+                         float *dst_local, const float *src_local) {
+  size_t k = 0;
+  for (int i = 0; i < m->nlayers; i++) {
+    const fl__layer *l = &m->layers[i];
+    if (!l->ops->local) continue;
+    const size_t off[3] = {l->w_off, l->b_off, l->s_off}, len[3] = {l->w_len, l->b_len, l->s_len};
+    for (int t = 0; t < 3; t++) {
+      if (dst_local) memcpy(dst_local + k, src_params + off[t], sizeof(float) * len[t]);
+      if (dst_params) memcpy(dst_params + off[t], src_local + k, sizeof(float) * len[t]);
+      k += len[t];
+    }
+  }
+  return k;
+}
+
+size_t fl_model_local_size(const fl_model *m) {
+  return local_copy(m, NULL, NULL, NULL, NULL);
+}
+
+void fl_model_local_get(const fl_model *m, const float *params, float *local) {
+  local_copy(m, NULL, params, local, NULL);
+}
+
+void fl_model_local_put(const fl_model *m, float *params, const float *local) {
+  local_copy(m, params, NULL, NULL, local);
+}
+
+void fl_model_local_copy(const fl_model *m, float *dst, const float *src) {
+  for (int i = 0; i < m->nlayers; i++) {
+    const fl__layer *l = &m->layers[i];
+    if (!l->ops->local) continue;
+    memcpy(dst + l->w_off, src + l->w_off, sizeof(float) * (l->w_len + l->b_len));
+    memcpy(dst + l->s_off, src + l->s_off, sizeof(float) * l->s_len);
   }
 }

@@ -3,9 +3,17 @@
  * A spec defines every shape, so a server that holds no data can build the model from
  * the spec alone.  Grammar (tokens separated by spaces or commas):
  *   in:D | in:CxHxW            input shape (first token)
- *   dense:N  conv:K:F (FxF kernel, K filters, stride 1, same padding)  pool:2
+ *   dense:N                    fully connected, N outputs
+ *   conv:K:F[:sS][:pP]         K filters of FxF, stride S (default 1), zero padding P on
+ *                              each side (P < F; default "same": (F-1)/2 before, F/2
+ *                              after); output (H + padding - F) / S + 1 per side
+ *   pool:2                     2x2 max pooling, stride 2
+ *   avgpool:F[:sS] | avgpool:global   FxF average pooling, stride S (default F); or one
+ *                              window over the whole image
+ *   batchnorm                  batch normalisation per channel (image) or feature
  *   relu  sigmoid  tanh  dropout:P
  *   softmax | sigmoid_bce | mse   the head (last token; fused loss)
+ * conv, pool and avgpool need an image (in:CxHxW, before any dense layer).
  * Presets expand to specs: logreg, 2nn, cnn, mlp64 (see fl_model_preset in model.c).
  *
  * "external:NAME:N" is a model the training core does not know: N parameters a client's
@@ -14,9 +22,14 @@
  * evaluated here, and fl_model_init zeroes it.
  *
  * An fl_model is immutable once created and may be shared by any number of threads.
- * Parameters live outside it, in one flat float buffer of fl_model_num_params() floats;
- * the order of tensors in that buffer (layer by layer, weights then bias) is part of the
- * model's identity, fl_model_id(). */
+ * Parameters live outside it, in one flat float buffer of fl_model_num_params() floats:
+ * first the trained parameters, layer by layer, weights then bias (batchnorm: its scale
+ * gamma, then its shift beta), fl_model_num_trained() floats in all; then the state of
+ * the layers that keep one, layer by layer (batchnorm: running mean, running variance).
+ * State is part of the model like any parameter (sent to clients, averaged from their
+ * deltas, saved in model files and checkpoints) but has no gradient: training updates
+ * it from the batches it sees, no optimizer touches it, and evaluation uses it.  The
+ * order and sizes of all tensors are part of the model's identity, fl_model_id(). */
 #ifndef FL_MODEL_H
 #define FL_MODEL_H
 
@@ -36,6 +49,8 @@ int fl_model_is_external(const fl_model *m);
 /* The canonical spec (presets expanded, one space between tokens); owned by the model. */
 const char *fl_model_spec(const fl_model *m);
 size_t fl_model_num_params(const fl_model *m);
+/* The parameters an optimizer trains: the first fl_model_num_trained() of the buffer. */
+size_t fl_model_num_trained(const fl_model *m);
 size_t fl_model_input_dim(const fl_model *m);
 /* Output width: classes for softmax, 1 for sigmoid_bce and mse. */
 size_t fl_model_output_dim(const fl_model *m);
@@ -46,8 +61,19 @@ uint64_t fl_model_id(const fl_model *m);
  * (fl_model_create also accepts "logreg:D:C".)  Static storage. */
 const char *fl_model_preset(const char *name);
 
-/* He (ReLU layers) / Xavier (others) initialisation into params, biases zero; the same
- * seed gives bit-identical weights.  An external model's parameters become zero. */
+/* He (ReLU layers) / Xavier (others) initialisation into params, biases zero, batchnorm
+ * scale 1, shift 0, running mean 0 and variance 1; the same seed gives bit-identical
+ * weights.  An external model's parameters become zero. */
 void fl_model_init(const fl_model *m, float *params, uint64_t seed);
+
+/* FedBN (Li et al. 2021): the tensors of the batchnorm layers (scale, shift, running
+ * statistics) are local to each client.  fl_model_local_size() floats hold them all
+ * (0 for a model without batchnorm); get copies them out of params [num_params] into
+ * local, put copies local into params and leaves every other parameter alone. */
+size_t fl_model_local_size(const fl_model *m);
+void fl_model_local_get(const fl_model *m, const float *params, float *local);
+void fl_model_local_put(const fl_model *m, float *params, const float *local);
+/* Copies the local tensors from src to dst, both [num_params]. */
+void fl_model_local_copy(const fl_model *m, float *dst, const float *src);
 
 #endif

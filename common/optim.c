@@ -1,14 +1,17 @@
 /* Optimizers over one flat parameter buffer: SGD (momentum, Nesterov), Adam and AdamW,
  * with L2 weight decay, a proximal term and global gradient-norm clipping.
  *
- * Every optimizer is one loop over the flat buffers, so the same code updates a dense
- * layer, a convolution or (on the server) a whole aggregated model. */
+ * Every optimizer is one element-wise loop over a range of the flat buffers, so the same
+ * code updates all parameters at once (fl_optimizer_step, the trainer when it clips) or
+ * one layer's rows as soon as their gradient is complete (the trainer's fused steps),
+ * with the same bits either way. */
 #include "train.h"
 
 #include <math.h>
 #include <string.h>
 
 #include "error.h"
+#include "layers.h"
 
 fl_train_config fl_train_config_default(void) {
   fl_train_config c;
@@ -51,76 +54,135 @@ const char *fl_optimizer_name(fl_optimizer_kind k) {
   return "unknown";
 }
 
-/* Adds the proximal gradient mu (w - ref) and returns the factor that brings the global
- * norm down to clip_norm (1 when off or already below). */
-static float prox_and_clip(const fl_train_config *cfg, const float *w, float *g, size_t n) {
-  if (cfg->prox_mu > 0.0f && cfg->prox_ref) {
-    const float mu = cfg->prox_mu, *ref = cfg->prox_ref;
-    for (size_t i = 0; i < n; i++) g[i] += mu * (w[i] - ref[i]);
+void fl__step_init(fl__step *s, const fl_train_config *cfg, float *m, float *v,
+                   uint64_t step, int prox) {
+  memset(s, 0, sizeof *s);
+  s->lr = cfg->lr, s->wd = cfg->weight_decay, s->mom = cfg->momentum;
+  s->scale = 1.0f;
+  s->m = m, s->v = v;
+  if (prox && cfg->prox_mu > 0.0f && cfg->prox_ref)
+    s->prox_mu = cfg->prox_mu, s->prox_ref = cfg->prox_ref;
+  if (cfg->optimizer == FL_OPT_SGD) {
+    s->kind = cfg->momentum == 0.0f ? FL__SGD : cfg->nesterov ? FL__NESTEROV : FL__MOMENTUM;
+    s->plain_sgd = s->kind == FL__SGD && !s->prox_ref;
+    return;
   }
-  if (!(cfg->clip_norm > 0.0f)) return 1.0f;
+  /* Adam; AdamW decays the weights directly instead of adding wd*w to the gradient. */
+  s->kind = FL__ADAM;
+  s->b1 = cfg->beta1, s->b2 = cfg->beta2, s->eps = cfg->eps;
+  s->l2 = cfg->optimizer == FL_OPT_ADAMW ? 0.0f : s->wd;
+  s->decay = cfg->optimizer == FL_OPT_ADAMW ? 1.0f - s->lr * s->wd : 1.0f;
+  const double t = (double)(step ? step : 1);
+  s->step_size = (float)(s->lr / (1.0 - pow(s->b1, t)));
+  s->inv_bc2 = (float)(1.0 / sqrt(1.0 - pow(s->b2, t)));
+}
+
+/* The update of n parameters from their gradient (the proximal term added to it when
+ * prox, a constant in every call so that each loop is compiled without the test).  The
+ * arithmetic of each optimizer is written once, in the order the reference formulas of
+ * train.h give, so any path through it gives the same bits. */
+static inline __attribute__((always_inline)) void
+apply(const fl__step *s, float *restrict w, float *restrict g, float *restrict m,
+      float *restrict v, const float *restrict ref, size_t n, const int prox, const int zero) {
+  const float lr = s->lr, wd = s->wd, scale = s->scale, mu = s->prox_mu, mom = s->mom;
+  /* the gradient of w[i], read once; with zero, g[i] is left 0 for the next step */
+#define GRAD(i) (prox ? g[i] + mu * (w[i] - ref[i]) : g[i])
+#define TAKE(gi, i) float gi = GRAD(i); if (zero) g[i] = 0.0f
+  switch (s->kind) {
+  case FL__SGD:
+    for (size_t i = 0; i < n; i++) {
+      TAKE(gi, i);
+      w[i] -= lr * (gi * scale + wd * w[i]);
+    }
+    break;
+  case FL__NESTEROV:
+    for (size_t i = 0; i < n; i++) {
+      TAKE(g0, i);
+      float gi = g0 * scale + wd * w[i];
+      m[i] = mom * m[i] + gi;
+      w[i] -= lr * (gi + mom * m[i]);
+    }
+    break;
+  case FL__MOMENTUM:
+    for (size_t i = 0; i < n; i++) {
+      TAKE(gi, i);
+      m[i] = mom * m[i] + gi * scale + wd * w[i];
+      w[i] -= lr * m[i];
+    }
+    break;
+  default: {
+    const float b1 = s->b1, b2 = s->b2, eps = s->eps, l2 = s->l2, decay = s->decay;
+    const float step_size = s->step_size, inv_bc2 = s->inv_bc2;
+    for (size_t i = 0; i < n; i++) {
+      TAKE(g0, i);
+      float gi = g0 * scale + l2 * w[i];
+      m[i] = b1 * m[i] + (1.0f - b1) * gi;
+      v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+      w[i] = w[i] * decay - step_size * m[i] / (sqrtf(v[i]) * inv_bc2 + eps);
+    }
+    break;
+  }
+  }
+#undef TAKE
+#undef GRAD
+}
+
+/* Element-wise, so wider vectors change no bit: each lane does the same IEEE operations
+ * (square root and division are correctly rounded at every width, and optim.c is built
+ * with -ffp-contract=off, so no multiply-add is fused).  Built with -fno-math-errno so
+ * that sqrtf vectorises (Makefile); cloned for AVX2 and AVX-512 with a run-time pick, as
+ * Adam's square root and division are its cost once the data are in cache. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static void step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n) {
+  float *m = s->m ? s->m + off : NULL, *v = s->v ? s->v + off : NULL;
+  const float *ref = s->prox_ref ? s->prox_ref + off : NULL;
+  if (s->zero_grad) {
+    if (ref) apply(s, w + off, g, m, v, ref, n, 1, 1);
+    else apply(s, w + off, g, m, v, NULL, n, 0, 1);
+  } else {
+    if (ref) apply(s, w + off, g, m, v, ref, n, 1, 0);
+    else apply(s, w + off, g, m, v, NULL, n, 0, 0);
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static void momentum_finish(float *restrict w, float *restrict m, float lr, float wd,
+                            size_t n) {
+  for (size_t i = 0; i < n; i++) { /* wd w even when wd is 0: the sign of a zero m */
+    m[i] += wd * w[i];
+    w[i] -= lr * m[i];
+  }
+}
+
+/* The clones are static functions: clang (the fuzz builds) resolves only those. */
+void fl__step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n) {
+  step_apply(s, w, g, off, n);
+}
+
+void fl__momentum_finish(float *w, float *m, float lr, float wd, size_t n) {
+  momentum_finish(w, m, lr, wd, n);
+}
+
+void fl__prox_add(float *g, const float *w, const float *ref, float mu, size_t off, size_t n) {
+  for (size_t i = off; i < off + n; i++) g[i] += mu * (w[i] - ref[i]);
+}
+
+float fl__clip_scale(const float *g, size_t n, float clip) {
   double ss = 0.0;
   for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
   double norm = sqrt(ss);
   if (!isfinite(norm)) return NAN;
-  return norm > cfg->clip_norm ? (float)(cfg->clip_norm / norm) : 1.0f;
-}
-
-/* The step; with zero_grad the gradient is left zeroed for the next accumulation, in the
- * same pass that reads it (the trainer's step then never makes a separate memset pass
- * over all parameters). */
-static int step_impl(const fl_train_config *cfg, float *restrict w, float *restrict g,
-                     float *restrict m, float *restrict v, size_t n, uint64_t step,
-                     int zero_grad) {
-  float scale = prox_and_clip(cfg, w, g, n);
-  if (isnan(scale)) return FL_ENONFINITE;
-  const float lr = cfg->lr, wd = cfg->weight_decay;
-  if (cfg->optimizer == FL_OPT_SGD) {
-    const float mom = cfg->momentum;
-    if (mom == 0.0f) {
-      for (size_t i = 0; i < n; i++) {
-        w[i] -= lr * (g[i] * scale + wd * w[i]);
-        if (zero_grad) g[i] = 0.0f;
-      }
-    } else if (cfg->nesterov) {
-      for (size_t i = 0; i < n; i++) {
-        float gi = g[i] * scale + wd * w[i];
-        if (zero_grad) g[i] = 0.0f;
-        m[i] = mom * m[i] + gi;
-        w[i] -= lr * (gi + mom * m[i]);
-      }
-    } else {
-      for (size_t i = 0; i < n; i++) {
-        m[i] = mom * m[i] + g[i] * scale + wd * w[i];
-        if (zero_grad) g[i] = 0.0f;
-        w[i] -= lr * m[i];
-      }
-    }
-    return 0;
-  }
-  /* Adam; AdamW decays the weights directly instead of adding wd*w to the gradient. */
-  const float b1 = cfg->beta1, b2 = cfg->beta2, eps = cfg->eps;
-  const float l2 = cfg->optimizer == FL_OPT_ADAMW ? 0.0f : wd;
-  const float decay = cfg->optimizer == FL_OPT_ADAMW ? 1.0f - lr * wd : 1.0f;
-  const double t = (double)(step ? step : 1);
-  const float step_size = (float)(lr / (1.0 - pow(b1, t)));
-  const float inv_bc2 = (float)(1.0 / sqrt(1.0 - pow(b2, t)));
-  for (size_t i = 0; i < n; i++) {
-    float gi = g[i] * scale + l2 * w[i];
-    if (zero_grad) g[i] = 0.0f;
-    m[i] = b1 * m[i] + (1.0f - b1) * gi;
-    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-    w[i] = w[i] * decay - step_size * m[i] / (sqrtf(v[i]) * inv_bc2 + eps);
-  }
-  return 0;
+  return norm > clip ? (float)(clip / norm) : 1.0f;
 }
 
 int fl_optimizer_step(const fl_train_config *cfg, float *w, float *g, float *m, float *v,
                       size_t n, uint64_t step) {
-  return step_impl(cfg, w, g, m, v, n, step, 0);
-}
-
-int fl__optimizer_step_zero(const fl_train_config *cfg, float *w, float *g, float *m,
-                            float *v, size_t n, uint64_t step) {
-  return step_impl(cfg, w, g, m, v, n, step, 1);
+  if (cfg->prox_mu > 0.0f && cfg->prox_ref) fl__prox_add(g, w, cfg->prox_ref, cfg->prox_mu, 0, n);
+  float scale = cfg->clip_norm > 0.0f ? fl__clip_scale(g, n, cfg->clip_norm) : 1.0f;
+  if (isnan(scale)) return FL_ENONFINITE;
+  fl__step s;
+  fl__step_init(&s, cfg, m, v, step, 0);
+  s.scale = scale;
+  fl__step_apply(&s, w, g, 0, n);
+  return 0;
 }

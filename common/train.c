@@ -1,33 +1,79 @@
-/* The training loop: a trainer's buffers, forward and backward through the layer table,
+/* The training loop: a trainer's buffers and threads, a step through the layer table,
  * mini-batch epochs with seeded shuffling, and evaluation (loss, accuracy, ROC AUC).
  *
- * A trainer owns every buffer one thread needs, so trainers on different threads share
+ * A step.  Each of the trainer's T threads gathers its slice of the batch (thread k takes
+ * samples [B k/T, B (k+1)/T)) and runs it forward and backward through every layer; the
+ * threads meet only where the work crosses samples (layers.h): before each layer's
+ * parameter gradient, which is a sum over the whole batch, and around batchnorm in
+ * training.  At a parameter gradient each thread takes a range of the layer's rows:
+ * dense computes them over the whole batch, other layers' per-thread sums are added up;
+ * then, unless the gradient is to be clipped, the thread applies the optimizer step to
+ * those rows at once, while they are in its cache (the fused step).  Clipping by the
+ * global norm needs every gradient first, so with clip_norm the step is a separate pass
+ * after the backward pass.  With one thread there are no barriers and this is the plain
+ * sequential step.
+ *
+ * A trainer owns every buffer its threads need, so trainers on different threads share
  * nothing but the read-only model and dataset.  Batches are gathered row by row from the
  * subset's indices into one batch buffer; the dataset itself is never copied. */
 #include "train.h"
 
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "layers.h"
+#include "team.h"
+
+#define MAX_THREADS 256
+
+typedef struct counter { size_t correct; char pad[64 - sizeof(size_t)]; } counter;
 
 struct fl_trainer {
   const fl_model *m;
   uint32_t max_batch;
-  const float *x;         /* input of the current pass [B][in_dim] */
+  int T;                  /* threads */
+  fl__team *team;         /* NULL with one thread */
   float **act;            /* [nlayers]: act[i] = output of layer i, [max_batch][out_size] */
-  void **aux;             /* [nlayers]: pool argmax (int32) or dropout mask, else NULL */
-  float *dact[2];         /* ping-pong activation gradients [max_batch][max_width] */
-  float *col;             /* conv im2col scratch [max_col] */
-  float *loss;            /* per-sample loss [max_batch] */
+  float **aux;            /* [nlayers]: [max_batch][aux_len] then [batch_len], or NULL */
+  float **dout;           /* [nlayers]: where the gradient w.r.t. act[i] is (see drows) */
+  float *dpp[2];          /* alternating gradient buffers [T][rows_per_thread][max_width] */
+  size_t rows_per_thread; /* ceil(max_batch / T) */
+  float **dedicated;      /* [nlayers]: a dout read across samples when T > 1, [max_batch][out_size] */
   float *keep;            /* head state [max_batch][out_dim] */
-  float *grad, *m1, *m2;  /* gradient and optimizer state [num_params] */
+  float *loss;            /* per-sample loss of fl_trainer_grad [max_batch] */
+  float **grad;           /* [T] gradient buffers [num_trained]; grad[0] is the complete one,
+                           * all zero between steps (the step zeroes what it reads) */
+  float **scratch;        /* [T] layer scratch [max_scratch] */
+  counter *counts;        /* [T] */
+  float *m1, *m2;         /* optimizer state [num_trained] */
   float *xb, *yb;         /* gathered batch [max_batch][in_dim], [max_batch] */
   fl_rng drop_rng;
 };
+
+/* One pass over some samples (an epoch, an evaluation, one gradient), as all threads
+ * see it. */
+typedef struct run {
+  fl_trainer *t;
+  float *params;
+  const fl_dataset *data;
+  const uint32_t *perm;   /* [n] rows of data, or NULL for rows 0..n-1 */
+  size_t n;
+  uint32_t batch;
+  int training, update_state, backward;
+  const fl_train_config *cfg; /* the optimizer, or NULL: gradients only */
+  int clip;               /* the step is a separate pass (clipping needs the whole gradient) */
+  uint64_t step0;         /* optimizer steps taken before this run */
+  float *loss;            /* [n] per-sample losses, in the order of perm */
+  float *scores;          /* [n] the binary head's logits (ROC AUC), or NULL */
+  float clip_scale;       /* written by thread 0 between two barriers */
+  atomic_int abort;       /* a non-finite loss or gradient norm: no update is applied */
+} run;
 
 static void *alloc_floats(size_t rows, size_t cols) {
   if (cols && rows > SIZE_MAX / sizeof(float) / cols) return NULL;
@@ -35,31 +81,78 @@ static void *alloc_floats(size_t rows, size_t cols) {
   return malloc(sizeof(float) * (n ? n : 1));
 }
 
+static int cores(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    return CPU_COUNT(&set);
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}
+
 fl_trainer *fl_trainer_create(const fl_model *m, uint32_t max_batch) {
-  if (!m || max_batch == 0) return NULL;
+  return fl_trainer_create_threads(m, max_batch, 1);
+}
+
+fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int threads) {
+  if (!m || max_batch == 0 || threads < 0) return NULL;
+  if (threads == 0) threads = cores();
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  if ((uint32_t)threads > max_batch) threads = (int)max_batch; /* a sample each at least */
   fl_trainer *t = calloc(1, sizeof *t);
   if (!t) return NULL;
   t->m = m;
   t->max_batch = max_batch;
-  size_t nl = (size_t)m->nlayers, P = m->num_params;
+  t->T = threads;
+  size_t nl = (size_t)m->nlayers, P = m->num_trained;
   t->act = calloc(nl ? nl : 1, sizeof *t->act);
   t->aux = calloc(nl ? nl : 1, sizeof *t->aux);
-  if (!t->act || !t->aux) goto fail;
+  t->dout = calloc(nl ? nl : 1, sizeof *t->dout);
+  t->dedicated = calloc(nl ? nl : 1, sizeof *t->dedicated);
+  t->grad = calloc((size_t)threads, sizeof *t->grad);
+  t->scratch = calloc((size_t)threads, sizeof *t->scratch);
+  t->counts = calloc((size_t)threads, sizeof *t->counts);
+  if (!t->act || !t->aux || !t->dout || !t->dedicated || !t->grad || !t->scratch ||
+      !t->counts)
+    goto fail;
+  t->rows_per_thread = (max_batch + (uint32_t)threads - 1) / (uint32_t)threads;
+  for (int k = 0; k < 2; k++)
+    if (!(t->dpp[k] = alloc_floats(t->rows_per_thread * (size_t)threads, m->max_width)))
+      goto fail;
   for (size_t i = 0; i < nl; i++) {
     const fl__layer *l = &m->layers[i];
     if (!(t->act[i] = alloc_floats(max_batch, l->out_size))) goto fail;
-    if (l->kind == FL__POOL || l->kind == FL__DROPOUT)
-      if (!(t->aux[i] = alloc_floats(max_batch, l->out_size))) goto fail;
+    if (l->aux_len || l->batch_len) {
+      if (l->aux_len && max_batch > (SIZE_MAX / sizeof(float) - l->batch_len) / l->aux_len)
+        goto fail;
+      if (!(t->aux[i] = alloc_floats(1, (size_t)max_batch * l->aux_len + l->batch_len)))
+        goto fail;
+    }
   }
-  for (int k = 0; k < 2; k++)
-    if (!(t->dact[k] = alloc_floats(max_batch, m->max_width))) goto fail;
-  if (!(t->col = alloc_floats(1, m->max_col)) ||
-      !(t->loss = alloc_floats(1, max_batch)) ||
-      !(t->keep = alloc_floats(max_batch, m->out_dim)) ||
-      !(t->grad = alloc_floats(1, P)) || !(t->m1 = alloc_floats(1, P)) ||
+  /* Layer i+1's backward reads dout[i+1] and writes dout[i]: alternate two buffers, in
+   * which each thread has a region of its own (a thread may be a layer ahead of another,
+   * writing rows of another width).  With threads, a dout that is read across samples
+   * (by a param_grad layer, or around a channel_split one) is a buffer of its own, whole
+   * batch in order. */
+  for (size_t i = nl; i-- > 0;) {
+    const fl__layer_ops *ops = m->layers[i].ops;
+    int across = ops->param_grad || ops->channel_split ||
+                 (i + 1 < nl && m->layers[i + 1].ops->channel_split);
+    if (threads > 1 && across) {
+      if (!(t->dedicated[i] = alloc_floats(max_batch, m->layers[i].out_size))) goto fail;
+      t->dout[i] = t->dedicated[i];
+    } else {
+      t->dout[i] = i + 1 < nl && t->dout[i + 1] == t->dpp[0] ? t->dpp[1] : t->dpp[0];
+    }
+  }
+  for (int k = 0; k < threads; k++)
+    if (!(t->grad[k] = alloc_floats(1, P)) || !(t->scratch[k] = alloc_floats(1, m->max_scratch)))
+      goto fail;
+  if (!(t->keep = alloc_floats(max_batch, m->out_dim)) ||
+      !(t->loss = alloc_floats(1, max_batch)) || !(t->m1 = alloc_floats(1, P)) ||
       !(t->m2 = alloc_floats(1, P)) || !(t->xb = alloc_floats(max_batch, m->in_dim)) ||
       !(t->yb = alloc_floats(1, max_batch)))
     goto fail;
+  if (threads > 1 && !(t->team = fl__team_create(threads))) goto fail;
   return t;
 fail:
   fl_trainer_free(t);
@@ -68,16 +161,27 @@ fail:
 
 void fl_trainer_free(fl_trainer *t) {
   if (!t) return;
-  for (int i = 0; t->act && i < t->m->nlayers; i++) free(t->act[i]);
-  for (int i = 0; t->aux && i < t->m->nlayers; i++) free(t->aux[i]);
+  fl__team_free(t->team);
+  for (int i = 0; i < t->m->nlayers; i++) {
+    if (t->act) free(t->act[i]);
+    if (t->aux) free(t->aux[i]);
+    if (t->dedicated) free(t->dedicated[i]);
+  }
+  for (int k = 0; k < t->T; k++) {
+    if (t->grad) free(t->grad[k]);
+    if (t->scratch) free(t->scratch[k]);
+  }
   free(t->act);
   free(t->aux);
-  free(t->dact[0]);
-  free(t->dact[1]);
-  free(t->col);
-  free(t->loss);
-  free(t->keep);
+  free(t->dout);
+  free(t->dedicated);
   free(t->grad);
+  free(t->scratch);
+  free(t->counts);
+  free(t->dpp[0]);
+  free(t->dpp[1]);
+  free(t->keep);
+  free(t->loss);
   free(t->m1);
   free(t->m2);
   free(t->xb);
@@ -85,147 +189,266 @@ void fl_trainer_free(fl_trainer *t) {
   free(t);
 }
 
+int fl_trainer_threads(const fl_trainer *t) { return t->T; }
+
+static void barrier(const fl_trainer *t) {
+  if (t->team) fl__team_sync(t->team);
+}
+
 static const float *layer_input(const fl_trainer *t, int i) {
-  return i ? t->act[i - 1] : t->x;
+  return i ? t->act[i - 1] : t->xb;
 }
 
 static const float *logits(const fl_trainer *t) {
   return layer_input(t, t->m->nlayers);
 }
 
-/* Runs every layer and the head on B samples; returns the sum of their losses. */
-static double forward(fl_trainer *t, const float *params, const float *x, const float *y,
-                      int B, int training) {
+/* Thread k's rows of dout[i], starting at sample s0. */
+static float *drows(const fl_trainer *t, int i, int k, int s0) {
+  if (t->dedicated[i]) return t->dout[i] + (size_t)s0 * t->m->layers[i].out_size;
+  return t->dout[i] + (size_t)k * t->rows_per_thread * t->m->max_width;
+}
+
+/* The optimizer step to rows [r0, r1) of layer l: weights, then bias. */
+static void apply_rows(const fl__step *s, float *params, float *g, const fl__layer *l,
+                       uint32_t r0, uint32_t r1) {
+  size_t row = l->w_len / l->b_len;
+  fl__step_apply(s, params, g + l->w_off + r0 * row, l->w_off + r0 * row, (r1 - r0) * row);
+  fl__step_apply(s, params, g + l->b_off + r0, l->b_off + r0, r1 - r0);
+}
+
+/* grad[0] += grad[1] + ... + grad[T-1] over rows [r0, r1) of layer l, in thread order. */
+static void reduce_rows(const fl_trainer *t, const fl__layer *l, uint32_t r0, uint32_t r1) {
+  size_t row = l->w_len / l->b_len;
+  const size_t off[2] = {l->w_off + r0 * row, l->b_off + r0};
+  const size_t len[2] = {(r1 - r0) * row, r1 - r0};
+  for (int part = 0; part < 2; part++) {
+    float *restrict g0 = t->grad[0] + off[part];
+    for (int k = 1; k < t->T; k++) {
+      const float *restrict gk = t->grad[k] + off[part];
+      for (size_t i = 0; i < len[part]; i++) g0[i] += gk[i];
+    }
+  }
+}
+
+/* What thread k works on in one step: samples [s0, s0 + nb) of the B of the batch,
+ * which are perm[off + s0 ..] of the data. */
+typedef struct slice {
+  int k, B, s0, nb;
+  size_t off;
+  fl__pass base;          /* what every pass of the step shares */
+  fl__step step;          /* the optimizer step's constants */
+  const fl__step *fused;  /* &step when layers take it as their gradients complete */
+} slice;
+
+/* The pass of layer i on the slice's own samples, or with whole = 1 on the whole batch
+ * and the thread's range of channels (channel_split layers). */
+static fl__pass layer_pass(const run *r, const slice *sl, int i, int whole) {
+  const fl_trainer *t = r->t;
+  const fl__layer *l = &t->m->layers[i];
+  fl__pass p = sl->base;
+  float *aux = t->aux[i];
+  p.scratch = t->scratch[sl->k];
+  p.batch_aux = aux ? aux + (size_t)t->max_batch * l->aux_len : NULL;
+  if (whole) {
+    p.B = sl->B, p.x = layer_input(t, i), p.y = t->act[i], p.aux = aux;
+    p.dy = t->dout[i], p.dx = i ? t->dout[i - 1] : NULL, p.grad = t->grad[0];
+    p.c0 = fl__split((uint32_t)l->b_len, sl->k, t->T);
+    p.c1 = fl__split((uint32_t)l->b_len, sl->k + 1, t->T);
+  } else {
+    p.B = sl->nb;
+    p.x = layer_input(t, i) + (size_t)sl->s0 * l->in_size;
+    p.y = t->act[i] + (size_t)sl->s0 * l->out_size;
+    p.aux = aux ? aux + (size_t)sl->s0 * l->aux_len : NULL;
+    p.dy = drows(t, i, sl->k, sl->s0);
+    p.dx = i ? drows(t, i - 1, sl->k, sl->s0) : NULL;
+    p.grad = t->grad[sl->k];
+  }
+  return p;
+}
+
+/* The slice's samples into the batch buffers, and the step's dropout masks (thread 0,
+ * for the whole batch, in layer order). */
+static void gather(run *r, slice *sl) {
+  fl_trainer *t = r->t;
+  const fl_dataset *d = r->data;
+  for (int i = sl->s0; i < sl->s0 + sl->nb; i++) {
+    size_t row = r->perm ? r->perm[sl->off + (size_t)i] : sl->off + (size_t)i;
+    memcpy(t->xb + (size_t)i * d->dim, d->x + row * d->dim, sizeof(float) * d->dim);
+    t->yb[i] = d->y[row];
+  }
+  if (!r->training || !t->m->has_prepare) return;
+  if (sl->k == 0)
+    for (int i = 0; i < t->m->nlayers; i++) {
+      const fl__layer *l = &t->m->layers[i];
+      fl__pass p = sl->base;
+      p.B = sl->B, p.aux = t->aux[i];
+      if (l->ops->prepare) l->ops->prepare(l, &p, &t->drop_rng);
+    }
+  barrier(t);
+}
+
+/* Every layer, then the head's loss; a non-finite loss marks the run aborted. */
+static void forward(run *r, slice *sl) {
+  fl_trainer *t = r->t;
   const fl_model *m = t->m;
-  t->x = x;
   for (int i = 0; i < m->nlayers; i++) {
     const fl__layer *l = &m->layers[i];
-    const float *in = layer_input(t, i);
-    float *out = t->act[i];
-    size_t n = (size_t)B * l->out_size;
-    switch (l->kind) {
-    case FL__DENSE:
-      fl__dense_forward(out, in, params + l->w_off, params + l->b_off, B, (int)l->in_size,
-                        (int)l->out_size);
-      break;
-    case FL__CONV:
-      fl__conv_forward(out, t->col, in, params + l->w_off, params + l->b_off, B, (int)l->c,
-                       (int)l->h, (int)l->w, (int)l->filters, (int)l->ksize);
-      break;
-    case FL__POOL:
-      fl__pool_forward(out, t->aux[i], in, B, (int)l->c, (int)l->h, (int)l->w);
-      break;
-    case FL__RELU: fl__relu_forward(out, in, n); break;
-    case FL__SIGMOID: fl__sigmoid_forward(out, in, n); break;
-    case FL__TANH: fl__tanh_forward(out, in, n); break;
-    case FL__DROPOUT:
-      if (training && l->p > 0.0f)
-        fl__dropout_forward(out, t->aux[i], in, l->p, &t->drop_rng, n);
-      else
-        memcpy(out, in, sizeof(float) * n);
-      break;
-    }
+    int whole = r->training && l->ops->channel_split;
+    if (whole) barrier(t);
+    fl__pass p = layer_pass(r, sl, i, whole);
+    l->ops->forward(l, &p);
+    if (whole) barrier(t);
   }
-  const float *z = logits(t);
-  switch (m->head) {
-  case FL__SOFTMAX: fl__softmax_forward(t->loss, t->keep, z, y, B, (int)m->out_dim); break;
-  case FL__SIGMOID_BCE: fl__bce_forward(t->loss, t->keep, z, y, B); break;
-  case FL__MSE: fl__mse_forward(t->loss, t->keep, z, y, B); break;
-  }
-  double sum = 0.0;
-  for (int i = 0; i < B; i++) sum += t->loss[i];
-  return sum;
+  const int C = (int)m->out_dim, s0 = sl->s0, nb = sl->nb;
+  const float *z = logits(t) + (size_t)s0 * C;
+  float *loss = r->loss + sl->off + (size_t)s0, *keep = t->keep + (size_t)s0 * C;
+  m->head->forward(loss, keep, z, t->yb + s0, nb, C);
+  t->counts[sl->k].correct += m->head->correct(keep, z, t->yb + s0, nb, C);
+  if (r->scores) memcpy(r->scores + sl->off + (size_t)s0, z, sizeof(float) * (size_t)nb);
+  for (int i = 0; i < nb; i++)
+    if (!isfinite(loss[i])) atomic_store(&r->abort, 1);
 }
 
-/* Adds the gradient of the batch's mean loss to grad; forward must have run (training).
- * With sgd (= params, writable) it instead takes a plain SGD step (learning rate lr, L2
- * decay wd) layer by layer, each layer's parameters updated once its input gradient no
- * longer needs them, and leaves grad zeroed as fl__optimizer_step_zero does: dense
- * weights are updated inside the gradient product itself (fl__dense_backward_sgd), so
- * their gradient is never stored. */
-static void backward(fl_trainer *t, const float *params, float *grad, const float *y,
-                     int B, float *sgd, float lr, float wd) {
-  const fl_model *m = t->m;
-  int p = 0;
-  float *dout = t->dact[p];
-  switch (m->head) {
-  case FL__SOFTMAX: fl__softmax_backward(dout, t->keep, y, B, (int)m->out_dim); break;
-  case FL__SIGMOID_BCE: fl__bce_backward(dout, t->keep, y, B); break;
-  case FL__MSE: fl__mse_backward(dout, t->keep, B); break;
+/* The gradient of layer i's rows [r0, r1) over the whole batch, and the fused step on
+ * them (every thread's backward of the layer is done). */
+static void param_rows(run *r, slice *sl, int i, uint32_t r0, uint32_t r1) {
+  fl_trainer *t = r->t;
+  const fl__layer *l = &t->m->layers[i];
+  int applied = 0;
+  if (l->ops->param_grad) {
+    fl__pass q = layer_pass(r, sl, i, 1);
+    q.step = sl->fused;
+    applied = l->ops->param_grad(l, &q, r0, r1);
+  } else if (t->T > 1) {
+    reduce_rows(t, l, r0, r1);
   }
-  for (int i = m->nlayers - 1; i >= 0; i--) {
+  if (!applied && sl->fused) apply_rows(sl->fused, r->params, t->grad[0], l, r0, r1);
+}
+
+/* The head's gradient, then every layer from the last; 0, or -1 when the run aborted. */
+static int backward(run *r, slice *sl) {
+  fl_trainer *t = r->t;
+  const fl_model *m = t->m;
+  const int L = m->nlayers, C = (int)m->out_dim, T = t->T, k = sl->k;
+  m->head->backward(drows(t, L - 1, k, sl->s0), t->keep + (size_t)sl->s0 * C,
+                    t->yb + sl->s0, sl->nb, sl->B, C);
+  for (int i = L - 1; i >= 0; i--) {
     const fl__layer *l = &m->layers[i];
-    const float *in = layer_input(t, i), *out = t->act[i];
-    float *din = i ? t->dact[p ^ 1] : NULL;
-    size_t n = (size_t)B * l->out_size;
-    switch (l->kind) {
-    case FL__DENSE:
-      if (sgd)
-        fl__dense_backward_sgd(din, sgd + l->w_off, sgd + l->b_off, grad + l->b_off, dout,
-                               in, B, (int)l->in_size, (int)l->out_size, lr, wd);
-      else
-        fl__dense_backward(din, grad + l->w_off, grad + l->b_off, dout, in,
-                           params + l->w_off, B, (int)l->in_size, (int)l->out_size);
-      break;
-    case FL__CONV:
-      fl__conv_backward(din, grad + l->w_off, grad + l->b_off, t->col, dout, in,
-                        params + l->w_off, B, (int)l->c, (int)l->h, (int)l->w,
-                        (int)l->filters, (int)l->ksize);
-      if (sgd) /* weights then bias, contiguous: fl_optimizer_step's plain SGD update */
-        for (size_t k = l->w_off; k < l->b_off + l->b_len; k++) {
-          sgd[k] -= lr * (grad[k] + wd * sgd[k]);
-          grad[k] = 0.0f;
-        }
-      break;
-    case FL__POOL:
-      if (din) fl__pool_backward(din, dout, t->aux[i], B, (int)l->c, (int)l->h, (int)l->w);
-      break;
-    case FL__RELU: if (din) fl__relu_backward(din, dout, out, n); break;
-    case FL__SIGMOID: if (din) fl__sigmoid_backward(din, dout, out, n); break;
-    case FL__TANH: if (din) fl__tanh_backward(din, dout, out, n); break;
-    case FL__DROPOUT:
-      if (din) {
-        if (l->p > 0.0f)
-          fl__dropout_backward(din, dout, t->aux[i], n);
-        else
-          memcpy(din, dout, sizeof(float) * n);
-      }
-      break;
+    int whole = r->training && l->ops->channel_split;
+    if (whole) { /* its rows are its channels: the gradient is complete where computed */
+      barrier(t);
+      if (atomic_load(&r->abort)) return -1;
+      fl__pass p = layer_pass(r, sl, i, 1);
+      l->ops->backward(l, &p);
+      if (l->b_len && sl->fused) apply_rows(sl->fused, r->params, t->grad[0], l, p.c0, p.c1);
+      barrier(t);
+      continue;
     }
-    if (!din) break;
-    p ^= 1;
-    dout = din;
+    fl__pass p = layer_pass(r, sl, i, 0);
+    l->ops->backward(l, &p);
+    if (!l->b_len) continue;
+    barrier(t); /* every thread's part of this layer is done */
+    if (atomic_load(&r->abort)) return -1;
+    param_rows(r, sl, i, fl__split((uint32_t)l->b_len, k, T),
+               fl__split((uint32_t)l->b_len, k + 1, T));
+  }
+  return 0;
+}
+
+/* The separate step for clipping: the proximal term and the global norm (thread 0),
+ * then the update, each thread a range of the parameters. */
+static void clipped_step(run *r, slice *sl) {
+  fl_trainer *t = r->t;
+  const size_t P = t->m->num_trained;
+  barrier(t);
+  if (atomic_load(&r->abort)) return;
+  if (sl->k == 0) {
+    if (r->cfg->prox_mu > 0.0f && r->cfg->prox_ref)
+      fl__prox_add(t->grad[0], r->params, r->cfg->prox_ref, r->cfg->prox_mu, 0, P);
+    r->clip_scale = fl__clip_scale(t->grad[0], P, r->cfg->clip_norm);
+    if (isnan(r->clip_scale)) atomic_store(&r->abort, 1);
+  }
+  barrier(t);
+  if (atomic_load(&r->abort)) return;
+  sl->step.scale = r->clip_scale;
+  size_t a = fl__split((uint32_t)P, sl->k, t->T), b = fl__split((uint32_t)P, sl->k + 1, t->T);
+  fl__step_apply(&sl->step, r->params, t->grad[0] + a, a, b - a);
+}
+
+/* Thread k's part of one step on the B samples perm[off..off+B). */
+static void step(run *r, int k, size_t off, int B, uint64_t stepno) {
+  fl_trainer *t = r->t;
+  slice sl = {.k = k, .B = B, .off = off};
+  sl.s0 = (int)fl__split((uint32_t)B, k, t->T);
+  sl.nb = (int)fl__split((uint32_t)B, k + 1, t->T) - sl.s0;
+  sl.base = (fl__pass){.batch = B, .training = r->training, .update_state = r->update_state,
+                       .params = r->params};
+  if (r->cfg) {
+    fl__step_init(&sl.step, r->cfg, t->m1, t->m2, stepno, !r->clip);
+    sl.step.zero_grad = 1;
+    if (!r->clip) sl.fused = &sl.step;
+  }
+  gather(r, &sl);
+  forward(r, &sl);
+  if (r->backward && backward(r, &sl) == 0 && r->clip) clipped_step(r, &sl);
+  barrier(t); /* the batch buffers are free and the update is complete */
+}
+
+/* Thread k's part of a whole run, batch after batch. */
+static void run_thread(void *arg, int k) {
+  run *r = arg;
+  uint64_t stepno = r->step0;
+  for (size_t off = 0; off < r->n; off += r->batch) {
+    int B = (int)(r->n - off < r->batch ? r->n - off : r->batch);
+    step(r, k, off, B, ++stepno);
+    /* training stops at a non-finite loss (read after the step's last barrier: every
+     * thread agrees); evaluation goes on and reports it */
+    if (r->backward && atomic_load(&r->abort)) break;
   }
 }
 
-/* Correct predictions among the B samples of the last forward pass. */
-static size_t count_correct(const fl_trainer *t, const float *y, int B) {
-  const fl_model *m = t->m;
-  size_t correct = 0;
-  if (m->head == FL__SOFTMAX) {
-    int C = (int)m->out_dim;
-    for (int i = 0; i < B; i++) {
-      const float *pi = t->keep + (size_t)i * C;
-      int best = 0;
-      for (int j = 1; j < C; j++)
-        if (pi[j] > pi[best]) best = j;
-      correct += best == (int)y[i];
-    }
-  } else if (m->head == FL__SIGMOID_BCE) {
-    const float *z = logits(t);
-    for (int i = 0; i < B; i++) correct += (z[i] > 0.0f) == (y[i] > 0.5f);
+static void run_all(run *r) {
+  for (int k = 0; k < r->t->T; k++) r->t->counts[k].correct = 0;
+  if (r->t->team)
+    fl__team_run(r->t->team, run_thread, r);
+  else
+    run_thread(r, 0);
+}
+
+static size_t correct_total(const fl_trainer *t) {
+  size_t c = 0;
+  for (int k = 0; k < t->T; k++) c += t->counts[k].correct;
+  return c;
+}
+
+/* The sum of the losses, batch by batch (each batch's sum in order, in double): the same
+ * value whatever the number of threads. */
+static double loss_sum(const float *loss, size_t n, uint32_t batch) {
+  double sum = 0.0;
+  for (size_t off = 0; off < n; off += batch) {
+    double s = 0.0;
+    for (size_t i = off; i < n && i < off + batch; i++) s += loss[i];
+    sum += s;
   }
-  return correct;
+  return sum;
 }
 
 int fl_trainer_grad(fl_trainer *t, const float *params, const float *x, const float *y,
                     uint32_t n, int training, uint64_t seed, float *grad, double *loss) {
   if (n == 0 || n > t->max_batch) return FL_EINVAL;
+  const fl_model *m = t->m;
+  fl_dataset d = {.n = n, .dim = m->in_dim, .x = (float *)x, .y = (float *)y};
+  run r = {.t = t, .params = (float *)params, .data = &d, .n = n, .batch = n,
+           .training = training, .backward = grad != NULL, .loss = t->loss};
   fl_rng_seed(&t->drop_rng, seed);
-  double sum = forward(t, params, x, y, (int)n, training);
+  if (grad) memset(t->grad[0], 0, sizeof(float) * m->num_trained);
+  run_all(&r);
+  double sum = loss_sum(t->loss, n, n);
   *loss = sum / n;
   if (!isfinite(sum)) return FL_ENONFINITE;
-  if (grad) backward(t, params, grad, y, (int)n, NULL, 0.0f, 0.0f);
+  if (grad)
+    for (size_t i = 0; i < m->num_trained; i++) grad[i] += t->grad[0][i];
   return 0;
 }
 
@@ -244,30 +467,14 @@ int fl_check_data(const fl_model *m, const fl_subset *s, char *err, size_t errle
       return FL_EINVAL;
     }
     float v = d->y[r];
-    int ok = isfinite(v);
-    if (m->head == FL__SOFTMAX)
-      ok = ok && v >= 0.0f && v < (float)m->out_dim && v == floorf(v);
-    else if (m->head == FL__SIGMOID_BCE)
-      ok = v == 0.0f || v == 1.0f;
-    if (!ok) {
+    if (!m->head->label_ok(v, m->out_dim)) {
       if (err && errlen)
         snprintf(err, errlen, "sample %zu has label %g, which the model's %s head cannot "
-                 "take", r, (double)v,
-                 m->head == FL__SOFTMAX ? "softmax"
-                 : m->head == FL__SIGMOID_BCE ? "sigmoid_bce" : "mse");
+                 "take", r, (double)v, m->head->name);
       return FL_EINVAL;
     }
   }
   return 0;
-}
-
-/* Copies samples idx[0..B) of d into the batch buffers. */
-static void gather(fl_trainer *t, const fl_dataset *d, const uint32_t *idx, int B) {
-  size_t dim = d->dim;
-  for (int i = 0; i < B; i++) {
-    memcpy(t->xb + (size_t)i * dim, d->x + (size_t)idx[i] * dim, sizeof(float) * dim);
-    t->yb[i] = d->y[idx[i]];
-  }
 }
 
 static int check_config(const fl_trainer *t, const fl_train_config *c) {
@@ -287,7 +494,7 @@ static int check_config(const fl_trainer *t, const fl_train_config *c) {
 int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train_config *cfg,
              fl_epoch_cb progress, void *arg, fl_eval *last) {
   const fl_model *m = t->m;
-  size_t n = data->n, P = m->num_params;
+  size_t n = data->n, P = m->num_trained;
   int rc = check_config(t, cfg);
   if (rc < 0) return rc;
   if ((rc = fl_check_data(m, data, NULL, 0)) < 0) return rc;
@@ -295,48 +502,37 @@ int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train
   if (n == 0) return 0;
   if (n > UINT32_MAX) return FL_ERANGE;
   uint32_t *perm = malloc(sizeof *perm * n);
-  if (!perm) return FL_ENOMEM;
-  memset(t->grad, 0, sizeof(float) * P); /* from here on each step leaves it zeroed */
+  float *loss = alloc_floats(1, n);
+  if (!perm || !loss) {
+    free(perm);
+    free(loss);
+    return FL_ENOMEM;
+  }
+  memset(t->grad[0], 0, sizeof(float) * P); /* from here on each step leaves it zeroed */
   memset(t->m1, 0, sizeof(float) * P);
   memset(t->m2, 0, sizeof(float) * P);
   fl_rng_seed2(&t->drop_rng, cfg->seed, UINT64_MAX);
-  uint64_t step = 0;
-  /* Plain SGD (momentum 0 takes fl_optimizer_step's plain branch, Nesterov or not; no
-   * clipping or proximal term, which need the whole gradient first) is applied inside
-   * backward: a separate optimizer pass would stream the weights and the full gradient
-   * (written by the products, then read, then zeroed) once more, which at small batches
-   * costs a large share of the step.  Same update, up to rounding. */
-  const int sgd_fused = cfg->optimizer == FL_OPT_SGD && cfg->momentum == 0.0f &&
-                        !(cfg->prox_mu > 0.0f) && !(cfg->clip_norm > 0.0f);
+  run r = {.t = t, .params = params, .data = data->data, .perm = perm, .n = n,
+           .batch = cfg->batch_size, .training = 1, .update_state = 1, .backward = 1,
+           .cfg = cfg, .clip = cfg->clip_norm > 0.0f, .loss = loss};
   for (uint32_t e = 0; e < cfg->epochs; e++) {
     for (size_t i = 0; i < n; i++) perm[i] = data->idx ? data->idx[i] : (uint32_t)i;
-    fl_rng r;
-    fl_rng_seed2(&r, cfg->seed, e);
-    fl_rng_shuffle_u32(&r, perm, n);
-    double sum = 0.0;
-    size_t correct = 0;
-    for (size_t off = 0; off < n; off += cfg->batch_size) {
-      int B = (int)(n - off < cfg->batch_size ? n - off : cfg->batch_size);
-      gather(t, data->data, perm + off, B);
-      double s = forward(t, params, t->xb, t->yb, B, 1);
-      if (!isfinite(s)) { rc = FL_ENONFINITE; goto out; }
-      sum += s;
-      correct += count_correct(t, t->yb, B);
-      ++step;
-      if (sgd_fused) {
-        backward(t, params, t->grad, t->yb, B, params, cfg->lr, cfg->weight_decay);
-      } else {
-        backward(t, params, t->grad, t->yb, B, NULL, 0.0f, 0.0f);
-        rc = fl__optimizer_step_zero(cfg, params, t->grad, t->m1, t->m2, P, step);
-        if (rc < 0) goto out;
-      }
+    fl_rng sh;
+    fl_rng_seed2(&sh, cfg->seed, e);
+    fl_rng_shuffle_u32(&sh, perm, n);
+    run_all(&r);
+    if (atomic_load(&r.abort)) {
+      rc = FL_ENONFINITE;
+      break;
     }
-    fl_eval ev = {sum / n, m->head == FL__MSE ? 0.0 : (double)correct / n, 0.0, n};
+    r.step0 += (n + cfg->batch_size - 1) / cfg->batch_size;
+    double sum = loss_sum(loss, n, cfg->batch_size);
+    fl_eval ev = {sum / n, m->head->regression ? 0.0 : (double)correct_total(t) / n, 0.0, n};
     if (last) *last = ev;
     if (progress) progress(arg, e, &ev);
   }
-out:
   free(perm);
+  free(loss);
   return rc;
 }
 
@@ -381,32 +577,30 @@ int fl_evaluate(fl_trainer *t, const float *params, const fl_subset *data, fl_ev
   if (rc < 0) return rc;
   if (n == 0) return 0;
   if (n > UINT32_MAX) return FL_ERANGE;
+  float *loss = alloc_floats(1, n), *scores = NULL;
   scored *s = NULL;
-  if (m->head == FL__SIGMOID_BCE && !(s = malloc(sizeof *s * n))) return FL_ENOMEM;
-  uint32_t idx[256];
-  double sum = 0.0;
-  size_t correct = 0;
-  for (size_t off = 0; off < n;) {
-    int B = (int)(n - off < t->max_batch ? n - off : t->max_batch);
-    if (B > 256) B = 256;
-    for (int i = 0; i < B; i++)
-      idx[i] = data->idx ? data->idx[off + i] : (uint32_t)(off + i);
-    gather(t, data->data, idx, B);
-    sum += forward(t, params, t->xb, t->yb, B, 0);
-    correct += count_correct(t, t->yb, B);
-    if (s) {
-      const float *z = logits(t);
-      for (int i = 0; i < B; i++) s[off + i] = (scored){z[i], t->yb[i]};
-    }
-    off += (size_t)B;
+  if (!loss || (m->head->binary && (!(scores = alloc_floats(1, n)) ||
+                                    !(s = malloc(sizeof *s * n))))) {
+    free(loss);
+    free(scores);
+    return FL_ENOMEM;
   }
+  uint32_t batch = t->max_batch < 256 ? t->max_batch : 256;
+  run r = {.t = t, .params = (float *)params, .data = data->data, .perm = data->idx, .n = n,
+           .batch = batch, .loss = loss, .scores = scores};
+  run_all(&r);
+  double sum = loss_sum(loss, n, batch);
   out->n = n;
   out->loss = sum / n;
-  out->accuracy = m->head == FL__MSE ? 0.0 : (double)correct / n;
+  out->accuracy = m->head->regression ? 0.0 : (double)correct_total(t) / n;
   if (s) {
+    for (size_t i = 0; i < n; i++)
+      s[i] = (scored){scores[i], data->data->y[data->idx ? data->idx[i] : i]};
     qsort(s, n, sizeof *s, by_score);
     out->auc = auc_sorted(s, n);
     free(s);
   }
+  free(scores);
+  free(loss);
   return isfinite(sum) ? 0 : FL_ENONFINITE;
 }

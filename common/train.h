@@ -1,15 +1,23 @@
 /* Local training and evaluation with the shared core.
  *
- * An fl_trainer holds everything one thread needs to train one model: activations,
+ * An fl_trainer holds everything its threads need to train one model: activations,
  * gradients and optimizer state (flat buffers with the parameters' layout), a batch
- * buffer.  No global mutable state: N trainers on N threads (OpenBLAS single-threaded)
- * give the same results as running them one after another.  Same seed, same data, one
- * BLAS thread: bit-identical weights.
+ * buffer.  No global mutable state: N trainers on N threads give the same results as
+ * running them one after another.
  *
- * The caller chooses OpenBLAS's thread count (openblas_set_num_threads) before training:
- * fl-train uses 1 unless --threads says otherwise, the tests use 1, and a process running
- * one trainer per thread should use 1 (Debian's pthread OpenBLAS then runs each call on
- * the calling thread; tests/test_train.c checks that threads give sequential results). */
+ * Threads.  A trainer made with fl_trainer_create_threads(..., T) splits every batch
+ * over T threads of its own (data parallel within a step; see train.c): a single client
+ * or fl-train uses all its cores, where a simulation of many virtual clients runs one
+ * single-threaded trainer per worker instead.  Determinism: the same seed, data, batch
+ * size and thread count give bit-identical weights.  A different thread count sums some
+ * gradients in another order (a convolution's over the threads' samples), so its
+ * weights differ by rounding; dense and batchnorm gradients and the dropout masks do not
+ * depend on it.  One thread gives the bits the training core gave before it had threads.
+ *
+ * OpenBLAS must run single-threaded (openblas_set_num_threads(1), which fl-train,
+ * fl-client and the tests do): each of a trainer's threads, and each trainer, then runs
+ * its matrix products on its own thread (Debian's pthread OpenBLAS runs a call on the
+ * calling thread; tests/test_train.c checks that threads give sequential results). */
 #ifndef FL_TRAIN_H
 #define FL_TRAIN_H
 
@@ -53,12 +61,20 @@ typedef struct fl_eval {
 typedef struct fl_trainer fl_trainer;
 
 /* A trainer for model m (not owned; must outlive the trainer) whose batches hold up to
- * max_batch samples.  NULL on out-of-memory. */
+ * max_batch samples, on the calling thread only.  NULL on out-of-memory. */
 fl_trainer *fl_trainer_create(const fl_model *m, uint32_t max_batch);
+/* The same with `threads` threads (0: one per core this process may run on; at most
+ * max_batch), threads - 1 of them started here and joined by fl_trainer_free.  NULL on
+ * out-of-memory or if a thread cannot start.  A trainer is used by one thread at a time. */
+fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int threads);
+int fl_trainer_threads(const fl_trainer *t);
 void fl_trainer_free(fl_trainer *t);
 
 /* Trains params in place on the subset for cfg->epochs epochs; optimizer state starts
- * fresh each call.  Each epoch visits the subset in an order shuffled from cfg->seed and
+ * fresh each call.  Each layer's parameters take their optimizer step as soon as the
+ * backward pass has their gradient, except with clip_norm: clipping by the global norm
+ * needs the whole gradient, so the step is then a separate pass over all parameters.
+ * Layers with state (batchnorm) update it in params as they train.  Each epoch visits the subset in an order shuffled from cfg->seed and
  * the epoch number; the last batch of an epoch may be short.  progress (may be NULL) is
  * called after each epoch with that epoch's running mean training loss/accuracy; it may
  * call fl_evaluate with the same trainer and params.  Fills *last with
@@ -68,8 +84,8 @@ typedef void (*fl_epoch_cb)(void *arg, uint32_t epoch, const fl_eval *train);
 int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train_config *cfg,
              fl_epoch_cb progress, void *arg, fl_eval *last);
 
-/* Evaluates params on the subset (no dropout).  auc is 0.5 when the subset holds only
- * one class. */
+/* Evaluates params on the subset (no dropout; batchnorm uses its running statistics).
+ * auc is 0.5 when the subset holds only one class. */
 int fl_evaluate(fl_trainer *t, const float *params, const fl_subset *data, fl_eval *out);
 
 /* Checks that a subset fits the model: feature count equals the input size, labels are
@@ -79,8 +95,10 @@ int fl_check_data(const fl_model *m, const fl_subset *data, char *err, size_t er
 
 /* One forward pass, and a backward pass when grad != NULL, on n <= max_batch samples
  * x [n][input_dim] with labels y [n].  Writes the batch's mean loss to *loss and ADDS the
- * gradient of that mean loss to grad [num_params].  training != 0 applies dropout with
- * masks drawn from seed.  Used for gradient checks and gradient-based aggregation. */
+ * gradient of that mean loss to grad [num_params] (nothing to the state's entries).
+ * training != 0 applies dropout with masks drawn from seed and normalises batchnorm with
+ * the batch's statistics (the running statistics are not updated: params is read
+ * only).  Used for gradient checks and gradient-based aggregation. */
 int fl_trainer_grad(fl_trainer *t, const float *params, const float *x, const float *y,
                     uint32_t n, int training, uint64_t seed, float *grad, double *loss);
 

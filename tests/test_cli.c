@@ -1,7 +1,7 @@
 /* The command lines of fl-train, fl-server and fl-client, run as real binaries:
  * --help documents, bad flags and values are refused with a message naming them, INI
  * files are read (flags override them, bad keys are named with file and line), and
- * fl-train trains a CSV model end to end. */
+ * fl-train trains a CSV model end to end, with one thread or several. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -156,5 +156,45 @@ Test(cli, fl_train_on_csv_writes_a_model, .timeout = 60) {
   snprintf(args, sizeof args, "--model logreg:2:2 --data %s --test none", path);
   cr_assert_neq(run(dir, "fl-train", args), 0);
   cr_assert(out_has(dir, "bad.csv:3"));
+  free(dir);
+}
+
+static float *load_params(const char *path, size_t *n) {
+  char err[512], *spec;
+  uint64_t id;
+  float *p;
+  cr_assert_eq(fl_modelfile_load(path, &spec, &id, &p, n, err, sizeof err), 0, "%s", err);
+  free(spec);
+  return p;
+}
+
+/* --threads 2 splits each batch over two threads: the same bits on every run, and the
+ * same model as one thread up to rounding. */
+Test(cli, fl_train_threads_deterministic, .timeout = 120) {
+  char *dir = fl_test_tmpdir();
+  char train[600], model[3][600], args[4096];
+  snprintf(train, sizeof train, "%s/train.csv", dir);
+  write_blobs(train, 600, 3);
+  const char *threads[3] = {"2", "2", "1"};
+  for (int k = 0; k < 3; k++) {
+    snprintf(model[k], sizeof model[k], "%s/m%d.bin", dir, k);
+    snprintf(args, sizeof args,
+             "--model 'in:10 dense:16 batchnorm relu dropout:0.2 dense:1 sigmoid_bce' "
+             "--data %s --test none --epochs 3 --batch 32 --optimizer momentum --lr 0.02 "
+             "--threads %s --out %s", train, threads[k], model[k]);
+    cr_assert_eq(run(dir, "fl-train", args), 0);
+    cr_assert(out_has(dir, k < 2 ? ", 2 threads" : ", 1 thread"));
+  }
+  size_t n[3];
+  float *p[3];
+  for (int k = 0; k < 3; k++) p[k] = load_params(model[k], &n[k]);
+  cr_assert_eq(n[0], n[1]);
+  cr_assert_eq(memcmp(p[0], p[1], n[0] * sizeof(float)), 0, "two runs with 2 threads differ");
+  double worst = 0;
+  for (size_t i = 0; i < n[0]; i++) worst = fmax(worst, fabs((double)p[0][i] - p[2][i]));
+  cr_assert_lt(worst, 1e-3, "1 and 2 threads differ by %g", worst);
+  for (int k = 0; k < 3; k++) free(p[k]);
+  cr_assert_eq(run(dir, "fl-train", "--threads 257"), 2);
+  cr_assert(out_has(dir, "--threads"));
   free(dir);
 }

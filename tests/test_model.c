@@ -53,6 +53,71 @@ Test(model, canonical_spec_and_id) {
   fl_model_free(f);
 }
 
+/* Model files and checkpoints carry the id: the layer table kept every id as it was
+ * (values from the training core before it, commit 88d879d). */
+Test(model, ids_unchanged_by_the_layer_table) {
+  static const struct { const char *spec; uint64_t id; } cases[] = {
+      {"logreg", 0x6c96ed763b448217ULL},
+      {"2nn", 0x3b4dc9aabad3f938ULL},
+      {"cnn", 0x30e919d0bfb92faaULL},
+      {"mlp64", 0x770f9f5fe11c6707ULL},
+      {"in:3x8x8 conv:4:3 tanh pool:2 sigmoid dense:2 softmax", 0x7e33f6197eb8c9c6ULL},
+      {"in:10 dense:4 dropout:0.5 dense:2 softmax", 0x184cd35bd7d70527ULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    fl_model *m = create(cases[i].spec);
+    cr_expect_eq(fl_model_id(m), cases[i].id, "%s", cases[i].spec);
+    fl_model_free(m);
+  }
+}
+
+Test(model, new_layers_canonical_and_sizes) {
+  static const struct { const char *spec, *canon; size_t trained, params, out; } cases[] = {
+      /* conv with stride and padding: 28 -> (28 + 1 + 2 - 4) / 2 + 1 = 14 */
+      {"in:1x28x28 conv:8:4:s2 dense:2 softmax", "in:1x28x28 conv:8:4:s2 dense:2 softmax",
+       8 * 16 + 8 + 8 * 14 * 14 * 2 + 2, 0, 2},
+      /* p2 on a 5x5 kernel is the default padding: the same model */
+      {"in:1x8x8 conv:2:5:p2:s1 dense:2 softmax", "in:1x8x8 conv:2:5 dense:2 softmax",
+       2 * 25 + 2 + 2 * 64 * 2 + 2, 0, 2},
+      {"in:1x8x8 conv:2:5:p0 dense:2 softmax", "in:1x8x8 conv:2:5:p0 dense:2 softmax",
+       2 * 25 + 2 + 2 * 16 * 2 + 2, 0, 2},
+      {"in:1x8x8 conv:2:3:p0:s3 dense:2 softmax", "in:1x8x8 conv:2:3:s3:p0 dense:2 softmax",
+       2 * 9 + 2 + 2 * 4 * 2 + 2, 0, 2},
+      {"in:2x9x9 avgpool:3 dense:2 softmax", "in:2x9x9 avgpool:3 dense:2 softmax",
+       2 * 9 * 2 + 2, 0, 2},
+      {"in:2x9x9 avgpool:3:s3 dense:2 softmax", "in:2x9x9 avgpool:3 dense:2 softmax",
+       2 * 9 * 2 + 2, 0, 2},
+      {"in:2x9x9 avgpool:3:s2 dense:2 softmax", "in:2x9x9 avgpool:3:s2 dense:2 softmax",
+       2 * 16 * 2 + 2, 0, 2},
+      {"in:4x5x7 avgpool:global dense:3 softmax", "in:4x5x7 avgpool:global dense:3 softmax",
+       4 * 3 + 3, 0, 3},
+      /* batchnorm: gamma and beta trained, running mean and variance after them */
+      {"in:3x4x4 conv:5:3 batchnorm relu dense:2 softmax",
+       "in:3x4x4 conv:5:3 batchnorm relu dense:2 softmax",
+       5 * 27 + 5 + 10 + 80 * 2 + 2, 10, 2},
+      {"in:10 dense:6 batchnorm dense:1 mse", "in:10 dense:6 batchnorm dense:1 mse",
+       66 + 12 + 7, 12, 1},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    fl_model *m = create(cases[i].spec);
+    cr_expect_str_eq(fl_model_spec(m), cases[i].canon);
+    cr_expect_eq(fl_model_num_trained(m), cases[i].trained, "%s: %zu trained", cases[i].spec,
+                 fl_model_num_trained(m));
+    cr_expect_eq(fl_model_num_params(m), cases[i].trained + cases[i].params);
+    cr_expect_eq(fl_model_output_dim(m), cases[i].out);
+    fl_model *again = create(fl_model_spec(m));
+    cr_expect_eq(fl_model_id(again), fl_model_id(m));
+    fl_model_free(again);
+    fl_model_free(m);
+  }
+  /* the state's sizes are part of the id */
+  fl_model *a = create("in:4 dense:4 batchnorm dense:2 softmax");
+  fl_model *b = create("in:4 dense:4 dense:2 softmax");
+  cr_expect_neq(fl_model_id(a), fl_model_id(b));
+  fl_model_free(a);
+  fl_model_free(b);
+}
+
 Test(model, parse_errors_name_the_token) {
   static const struct { const char *spec, *needle; } cases[] = {
       {"", "empty"},
@@ -74,6 +139,19 @@ Test(model, parse_errors_name_the_token) {
       {"in:1x2 dense:2 softmax", "in:1x2"},
       {"logreg:10:1", "logreg:10:1"},
       {"in:65536 dense:65536 softmax", "dense:65536"},
+      {"in:1x8x8 conv:2:3:s0 dense:2 softmax", "conv:2:3:s0"},
+      {"in:1x8x8 conv:2:3:s2:s2 dense:2 softmax", "conv:2:3:s2:s2"},
+      {"in:1x8x8 conv:2:3:p3 dense:2 softmax", "conv:2:3:p3"},
+      {"in:1x8x8 conv:2:3:x1 dense:2 softmax", "conv:2:3:x1"},
+      {"in:1x8x8 conv:2:3:p dense:2 softmax", "conv:2:3:p"},
+      {"in:1x4x4 conv:2:9:p0 dense:2 softmax", "conv:2:9:p0"},
+      {"in:1x8x8 avgpool:9 dense:2 softmax", "avgpool:9"},
+      {"in:1x8x8 avgpool:0 dense:2 softmax", "avgpool:0"},
+      {"in:1x8x8 avgpool:2:2 dense:2 softmax", "avgpool:2:2"},
+      {"in:1x8x8 avgpool dense:2 softmax", "avgpool"},
+      {"in:64 avgpool:2 dense:2 softmax", "avgpool:2"},
+      {"in:64 batchnorm:0.1 dense:2 softmax", "batchnorm:0.1"},
+      {"in:64 relu:2 dense:2 softmax", "relu:2"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     fl_model *m = (fl_model *)1;

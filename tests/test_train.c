@@ -1,5 +1,7 @@
 /* Training: bit-identical results for the same seed, N trainers on N threads equal to
- * sequential runs, divergence and bad data reported, ROC AUC with ties, and a small
+ * sequential runs, a trainer's own threads (same bits on every run, the gradients of one
+ * thread up to rounding), optimizer steps fused into the backward pass equal to the
+ * separate pass, divergence and bad data reported, ROC AUC with ties, and a small
  * Fashion-MNIST run that must learn (it fails if backprop is broken). */
 #include <cblas.h>
 #include <criterion/criterion.h>
@@ -38,9 +40,11 @@ typedef struct job {
   int rc;
 } job;
 
+static int job_threads = 1; /* of each job's trainer */
+
 static void *run_job(void *arg) {
   job *j = arg;
-  fl_trainer *t = fl_trainer_create(j->m, j->cfg.batch_size);
+  fl_trainer *t = fl_trainer_create_threads(j->m, j->cfg.batch_size, job_threads);
   fl_model_init(j->m, j->params, j->cfg.seed);
   j->rc = t ? fl_train(t, j->params, j->data, &j->cfg, NULL, NULL, NULL) : FL_ENOMEM;
   fl_trainer_free(t);
@@ -183,6 +187,159 @@ Test(train, fused_sgd_matches_optimizer_step, .init = one_blas_thread) {
     cr_assert(maxdiff < 1e-4f, "wd %d: fused and separate SGD differ by %g", wd, maxdiff);
     free(a.params); free(b.params);
   }
+  fl_model_free(m);
+  fl_dataset_free(&d);
+}
+
+#define MIXED_SPEC                                                                  \
+  "in:1x12x12 conv:4:3 batchnorm relu pool:2 conv:3:3:s2:p1 tanh avgpool:global "    \
+  "dropout:0.2 dense:8 batchnorm relu dense:4 softmax"
+
+/* With T threads each thread runs a slice of the batch; the gradient is the one thread's
+ * up to the order of float sums (dense products split by rows, conv sums per thread):
+ * within 1e-5 of the largest gradient.  A race between threads (a thread overwriting
+ * rows another still reads) shows as differences of the gradients' own size. */
+Test(train, threads_gradients_match_one_thread, .init = one_blas_thread, .timeout = 120) {
+  static const char *specs[] = {"2nn", IMG_SPEC, MIXED_SPEC, "cnn",
+                                "in:30 batchnorm dense:20 sigmoid dropout:0.3 dense:1 mse"};
+  for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
+    fl_model *m = create(specs[s]);
+    size_t P = fl_model_num_params(m), D = fl_model_input_dim(m);
+    const int B = 13; /* not a multiple of the thread counts */
+    fl_rng r;
+    fl_rng_seed(&r, 4);
+    float *w = malloc(P * 4), *x = malloc((size_t)B * D * 4), y[13];
+    float *g1 = calloc(P, 4);
+    fl_model_init(m, w, 2);
+    for (size_t i = 0; i < (size_t)B * D; i++) x[i] = fl_rng_normal(&r);
+    for (int i = 0; i < B; i++) y[i] = strstr(specs[s], "mse") ? fl_rng_normal(&r) : (float)(i % 4);
+    fl_trainer *t1 = fl_trainer_create(m, B);
+    double l1, lt;
+    cr_assert_eq(fl_trainer_grad(t1, w, x, y, B, 1, 9, g1, &l1), 0);
+    float gmax = 0;
+    for (size_t i = 0; i < P; i++) gmax = fmaxf(gmax, fabsf(g1[i]));
+    for (int T = 2; T <= 4; T++) {
+      fl_trainer *t = fl_trainer_create_threads(m, B, T);
+      cr_assert_eq(fl_trainer_threads(t), T);
+      for (int rep = 0; rep < 3; rep++) {
+        float *g = calloc(P, 4);
+        cr_assert_eq(fl_trainer_grad(t, w, x, y, B, 1, 9, g, &lt), 0);
+        cr_assert(fabs(lt - l1) <= 1e-6 * fabs(l1), "%s, %d threads: loss %.9g, one thread %.9g",
+                  specs[s], T, lt, l1);
+        float worst = 0;
+        size_t at = 0;
+        for (size_t i = 0; i < P; i++)
+          if (fabsf(g[i] - g1[i]) > worst) worst = fabsf(g[i] - g1[i]), at = i;
+        cr_assert(worst <= 1e-5f * gmax, "%s, %d threads: gradient %zu is %g, one thread %g",
+                  specs[s], T, at, g[at], g1[at]);
+        free(g);
+      }
+      fl_trainer_free(t);
+    }
+    fl_trainer_free(t1);
+    free(w), free(x), free(g1);
+    fl_model_free(m);
+  }
+}
+
+/* The same thread count gives the same bits, run after run (batchnorm, dropout, conv
+ * sums, the fused optimizer steps and the clipping pass included). */
+Test(train, threads_same_bits_every_run, .init = one_blas_thread, .timeout = 120) {
+  fl_dataset d = synthetic(145, 144, 4, 6); /* the last batch of 16 has 1 sample: a thread
+                                             * with none */
+  fl_subset s = {&d, NULL, d.n};
+  fl_model *m = create(MIXED_SPEC);
+  size_t P = fl_model_num_params(m);
+  for (int T = 2; T <= 3; T++)
+    for (int clip = 0; clip < 2; clip++) {
+      job a = {m, &s, fl_train_config_default(), malloc(P * 4), 0}, b = a;
+      b.params = malloc(P * 4);
+      fl_optimizer_parse("adamw", &a.cfg);
+      a.cfg.lr = 1e-3f, a.cfg.batch_size = 16, a.cfg.epochs = 2, a.cfg.weight_decay = 0.01f;
+      a.cfg.clip_norm = clip ? 0.5f : 0.0f;
+      b.cfg = a.cfg;
+      job_threads = T;
+      run_job(&a);
+      run_job(&b);
+      job_threads = 1;
+      cr_assert_eq(a.rc, 0);
+      cr_assert_eq(b.rc, 0);
+      cr_assert_eq(memcmp(a.params, b.params, P * 4), 0, "%d threads, clip %d: runs differ", T,
+                   clip);
+      free(a.params), free(b.params);
+    }
+  fl_model_free(m);
+  fl_dataset_free(&d);
+}
+
+/* Every optimizer applies its step to each layer's rows as soon as their gradient is
+ * complete (fused); clipping by the global norm needs the whole gradient first and takes
+ * the separate pass.  clip_norm 1e30 forces the separate pass with a factor of exactly
+ * 1, so the two must agree, and they agree to the bit: the fused step is the same
+ * element-wise arithmetic (optim.c) on the same gradient bits, only earlier, and which
+ * thread updates which rows changes no operation.  (Plain SGD inside the dense
+ * layer's product differs by rounding: the test above this one.) */
+Test(train, fused_steps_equal_separate_pass, .init = one_blas_thread, .timeout = 120) {
+  fl_dataset d = synthetic(120, 144, 4, 8);
+  fl_subset s = {&d, NULL, d.n};
+  fl_model *m = create(MIXED_SPEC);
+  size_t P = fl_model_num_params(m);
+  float *ref = malloc(P * 4);
+  fl_model_init(m, ref, 5);
+  static const struct { const char *opt; float lr, wd, prox; } cases[] = {
+      {"momentum", 0.02f, 0, 0},    {"momentum", 0.02f, 1e-3f, 0}, {"nesterov", 0.02f, 1e-3f, 0},
+      {"adam", 1e-3f, 0, 0},        {"adam", 1e-3f, 1e-2f, 0},     {"adamw", 1e-3f, 1e-2f, 0},
+      {"sgd", 0.05f, 1e-3f, 0.1f},  {"adam", 1e-3f, 0, 0.1f},      {"nesterov", 0.02f, 0, 0.1f},
+  };
+  for (int T = 1; T <= 2; T++)
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+      job a = {m, &s, fl_train_config_default(), malloc(P * 4), 0}, b = a;
+      b.params = malloc(P * 4);
+      fl_optimizer_parse(cases[c].opt, &a.cfg);
+      a.cfg.lr = cases[c].lr, a.cfg.weight_decay = cases[c].wd, a.cfg.prox_mu = cases[c].prox;
+      a.cfg.prox_ref = cases[c].prox > 0 ? ref : NULL;
+      a.cfg.batch_size = 9, a.cfg.epochs = 2; /* a short last batch */
+      b.cfg = a.cfg;
+      b.cfg.clip_norm = 1e30f;
+      job_threads = T;
+      run_job(&a);
+      run_job(&b);
+      job_threads = 1;
+      cr_assert_eq(a.rc, 0);
+      cr_assert_eq(b.rc, 0);
+      size_t differ = 0;
+      for (size_t i = 0; i < P; i++) differ += a.params[i] != b.params[i];
+      cr_assert_eq(differ, 0, "%s wd %g prox %g, %d threads: %zu of %zu weights differ",
+                   cases[c].opt, (double)cases[c].wd, (double)cases[c].prox, T, differ, P);
+      free(a.params), free(b.params);
+    }
+  free(ref);
+  fl_model_free(m);
+  fl_dataset_free(&d);
+}
+
+Test(train, threads_divergence_and_evaluation, .init = one_blas_thread) {
+  fl_dataset d = synthetic(64, 8, 2, 3);
+  fl_subset s = {&d, NULL, d.n};
+  fl_model *m = create("in:8 dense:8 batchnorm dense:1 mse");
+  float w[200], w2[200];
+  fl_model_init(m, w, 1);
+  memcpy(w2, w, sizeof w);
+  fl_trainer *t1 = fl_trainer_create(m, 16), *t = fl_trainer_create_threads(m, 16, 2);
+  fl_train_config c = fl_train_config_default();
+  c.batch_size = 16;
+  fl_eval e1, e2;
+  cr_assert_eq(fl_train(t, w, &s, &c, NULL, NULL, NULL), 0);
+  cr_assert_eq(fl_evaluate(t1, w, &s, &e1), 0);
+  cr_assert_eq(fl_evaluate(t, w, &s, &e2), 0);
+  cr_assert_eq(e1.n, e2.n);
+  cr_assert(fabs(e1.loss - e2.loss) <= 1e-6 * e1.loss, "%g vs %g", e1.loss, e2.loss);
+  for (size_t i = 0; i < d.n; i++) d.y[i] *= 1000.0f;
+  c.lr = 1e3f;
+  c.epochs = 5;
+  cr_assert_eq(fl_train(t, w2, &s, &c, NULL, NULL, NULL), FL_ENONFINITE);
+  fl_trainer_free(t1);
+  fl_trainer_free(t);
   fl_model_free(m);
   fl_dataset_free(&d);
 }

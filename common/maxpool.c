@@ -1,0 +1,79 @@
+/* Max pooling `pool:2`: 2x2 windows, stride 2, [B][C][H][W] -> [B][C][H/2][W/2] (a
+ * trailing odd row or column is dropped).  Forward records each window's winning input
+ * offset in the layer's per-sample buffer; backward routes the gradient there. */
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
+#include "layers.h"
+
+static int maxpool_parse(fl__layer *l, const char *tok, const char *args, int *image,
+                         char *canon, size_t canon_len, char *err, size_t errlen) {
+  if (!args || strcmp(args, "2") != 0)
+    return fl_errf(err, errlen, FL_EINVAL,
+                   "model spec: bad token '%s' (only pool:2 is supported)", tok);
+  if (!*image)
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' needs an image input (in:CxHxW)",
+                   tok);
+  if (l->h < 2 || l->w < 2)
+    return fl_errf(err, errlen, FL_EINVAL, "model spec: '%s' on a %ux%u image", tok, l->h,
+                   l->w);
+  l->oc = l->c, l->oh = l->h / 2, l->ow = l->w / 2;
+  l->aux_len = (size_t)l->oc * l->oh * l->ow;
+  snprintf(canon, canon_len, "pool:2");
+  return 0;
+}
+
+/* y [B][C][H/2][W/2]  arg [B][C][H/2][W/2] (offsets into this slice's x)  x [B][C][H][W] */
+static void maxpool_forward(const fl__layer *l, const fl__pass *p) {
+  int C = (int)l->c, H = (int)l->h, W = (int)l->w, OH = H / 2, OW = W / 2;
+  int32_t *arg = p->aux;
+  for (int bc = 0; bc < p->B * C; bc++) {
+    const float *xp = p->x + (size_t)bc * H * W;
+    float *yp = p->y + (size_t)bc * OH * OW;
+    int32_t *ap = arg + (size_t)bc * OH * OW;
+    int32_t base = (int32_t)((size_t)bc * H * W);
+    for (int oy = 0; oy < OH; oy++) {
+      const float *r0 = xp + (size_t)2 * oy * W, *r1 = r0 + W;
+      int32_t i0 = base + 2 * oy * W;
+      /* branch-free selects (first maximum wins), which the compiler vectorises */
+      for (int ox = 0; ox < OW; ox++) {
+        float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
+        int32_t ia = i0 + 2 * ox, ic = ia + W;
+        float top = b > a ? b : a, bot = d > c ? d : c;
+        int32_t itop = b > a ? ia + 1 : ia, ibot = d > c ? ic + 1 : ic;
+        yp[oy * OW + ox] = bot > top ? bot : top;
+        ap[oy * OW + ox] = bot > top ? ibot : itop;
+      }
+    }
+  }
+}
+
+static void maxpool_backward(const fl__layer *l, const fl__pass *p) {
+  int C = (int)l->c, H = (int)l->h, W = (int)l->w, OH = H / 2, OW = W / 2;
+  const int32_t *arg = p->aux;
+  float *dx = p->dx;
+  if (!dx) return;
+  /* Every 2x2 window is written whole (zeros, then the winner), so no separate pass
+   * clears dx; only a trailing odd row or column needs clearing first. */
+  if ((H | W) & 1) memset(dx, 0, sizeof(float) * (size_t)p->B * C * H * W);
+  for (int bc = 0; bc < p->B * C; bc++) {
+    float *dp = dx + (size_t)bc * H * W;
+    const float *gp = p->dy + (size_t)bc * OH * OW;
+    const int32_t *ap = arg + (size_t)bc * OH * OW;
+    for (int oy = 0; oy < OH; oy++) {
+      float *r0 = dp + (size_t)2 * oy * W, *r1 = r0 + W;
+      for (int ox = 0; ox < OW; ox++) {
+        r0[2 * ox] = r0[2 * ox + 1] = r1[2 * ox] = r1[2 * ox + 1] = 0.0f;
+        dx[ap[oy * OW + ox]] = gp[oy * OW + ox];
+      }
+    }
+  }
+}
+
+const fl__layer_ops fl__maxpool_ops = {
+    .name = "pool",
+    .parse = maxpool_parse,
+    .forward = maxpool_forward,
+    .backward = maxpool_backward,
+};

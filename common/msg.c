@@ -142,6 +142,12 @@ const char *fl_msg_name(const Fl__Envelope *env) {
   case FL__ENVELOPE__BODY_PROCEED: return "proceed";
   case FL__ENVELOPE__BODY_PARAMS_REQUEST: return "params_request";
   case FL__ENVELOPE__BODY_PARAMS: return "params";
+  case FL__ENVELOPE__BODY_SECAGG_SETUP: return "secagg_setup";
+  case FL__ENVELOPE__BODY_SECAGG_KEYS: return "secagg_keys";
+  case FL__ENVELOPE__BODY_SECAGG_PEERS: return "secagg_peers";
+  case FL__ENVELOPE__BODY_SECAGG_SHARES: return "secagg_shares";
+  case FL__ENVELOPE__BODY_SECAGG_UNMASK: return "secagg_unmask";
+  case FL__ENVELOPE__BODY_SECAGG_REVEAL: return "secagg_reveal";
   default: return "unknown";
   }
 }

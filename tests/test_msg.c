@@ -621,3 +621,18 @@ Test(msg, version_negotiation) {
   cr_assert_eq(fl_version_negotiate(&h, &chosen), FL_EVERSION, "no version at all");
   cr_assert_eq(fl_version_negotiate(NULL, &chosen), FL_EVERSION);
 }
+
+/* Every body the schema defines has a name: logs, and the frame fuzzer, rely on it. */
+Test(msg, every_body_has_a_name) {
+  const ProtobufCMessageDescriptor *d = &fl__envelope__descriptor;
+  unsigned bodies = 0;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (!(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)) continue;
+    Fl__Envelope env = FL__ENVELOPE__INIT;
+    env.body_case = (Fl__Envelope__BodyCase)f->id;
+    cr_assert_str_neq(fl_msg_name(&env), "unknown", "body %s (field %u)", f->name, f->id);
+    bodies++;
+  }
+  cr_assert_geq(bodies, 19);
+}

@@ -23,8 +23,8 @@ struct flc_secagg_cfg {
   fl_secagg_params p;
   uint64_t task_round;
   uint32_t index;
-  double clip, weight_cap, dp_clip, dp_noise;
-  int frac, stochastic;
+  double clip, scale, weight_cap, dp_clip, dp_noise, bit_noise;
+  int stochastic, clip_bit;
   int shares_in;            /* stage 2 reached */
   uint8_t *bad;             /* [n] senders whose shares did not open */
 };
@@ -57,7 +57,9 @@ void flc__on_secagg_setup(fl_client *c, const Fl__SecAggSetup *m) {
   g->task_round = m->task_round;
   g->index = m->index;
   g->clip = m->clip;
-  g->frac = m->frac;
+  g->scale = m->scale;
+  g->clip_bit = m->clip_bit;
+  g->bit_noise = m->bit_noise;
   g->weight_cap = m->weight_cap >= 1 ? m->weight_cap : 1;
   g->stochastic = m->stochastic;
   g->dp_clip = m->dp_clip;
@@ -65,13 +67,17 @@ void flc__on_secagg_setup(fl_client *c, const Fl__SecAggSetup *m) {
   g->bad = calloc(m->n ? m->n : 1, 1);
   uint8_t cpub[32], spub[32];
   char err[256];
-  int rc = !g->bad || !(m->clip > 0) || m->frac < 1 || m->frac > 30 ||
-                   (m->dp_clip < 0 || m->dp_noise < 0 || !isfinite(m->dp_noise))
+  /* the largest element a value may become, and the room the ring gives it */
+  double top = (m->clip > 1 ? m->clip : 1) * m->scale, room = ldexp(1.0, (int)m->bits - 1);
+  int rc = !g->bad || !(m->clip > 0) || !isfinite(m->clip) || !(m->scale >= 1) ||
+                   !(top < room) || !(m->dp_clip >= 0) || !isfinite(m->dp_clip) ||
+                   !(m->dp_noise >= 0) || !isfinite(m->dp_noise) || !(m->bit_noise >= 0) ||
+                   !isfinite(m->bit_noise)
                ? FL_EINVAL
                : fl_secagg_client_new(&g->p, m->index, &c->sa, cpub, spub, err, sizeof err);
   if (rc) {
     flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: the server's setup is unusable: %s",
-             rc == FL_EINVAL && !c->sa ? "bad clip, fixed point or noise" : err);
+             rc == FL_EINVAL && !c->sa ? "bad clip, scale or noise" : err);
     free(g->bad);
     free(g);
     return;
@@ -172,7 +178,9 @@ int flc__secagg_take(fl_client *c, fl_client_task *t) {
 
 /* The update as ring elements: the delta (clipped to dp_clip in L2 and noised, with
  * differential privacy), times the weight, each value clipped to [-clip, clip] and put in
- * fixed point; then the weight itself.  Masked, it goes out as the round's Update. */
+ * fixed point; then the weight itself (in [0, 1]); with adaptive clipping, last, whether
+ * the delta's norm was within dp_clip (plus noise).  Masked, it goes out as the round's
+ * Update. */
 static void try_send(fl_client *c) {
   struct flc_secagg_cfg *g = c->sa_cfg;
   fl_client_task *t = c->sa_task;
@@ -180,7 +188,7 @@ static void try_send(fl_client *c) {
   c->sa_task = NULL;
   uint64_t n = t->n, dim = g->p.dim;
   char err[256];
-  if (dim != n + 1) {
+  if (dim != n + 1 + (uint64_t)g->clip_bit) {
     flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: inputs of %" PRIu64 " elements for a "
              "model of %" PRIu64 "; nothing sent", dim, n);
     flc__task_free(t);
@@ -200,22 +208,30 @@ static void try_send(fl_client *c) {
   uint64_t s = 0;
   for (int i = 0; i < 8; i++) s |= (uint64_t)seed[i] << (8 * i);
   fl_rng_seed(&r, s);
-  double scale = 1;
+  double shrink = 1, norm = 0;
   if (g->dp_clip > 0) {
     double sq = 0;
     for (uint64_t i = 0; i < n; i++) sq += (double)t->params[i] * t->params[i];
-    if (sqrt(sq) > g->dp_clip) scale = g->dp_clip / sqrt(sq);
+    norm = sqrt(sq);
+    if (norm > g->dp_clip) shrink = g->dp_clip / norm;
   }
   double w = (double)(t->metrics.num_examples < g->weight_cap ? t->metrics.num_examples : g->weight_cap) /
              g->weight_cap;
-  double one = ldexp(1.0, g->frac);
+  double lim = g->clip > 1 ? g->clip : 1; /* the weight and the bit may need 1 */
   uint32_t keep = g->p.bits == 32 ? 0xffffffffu : 0xffffu;
-  for (uint64_t i = 0; i <= n; i++) {
-    double v = i < n ? w * scale * t->params[i] : w;
-    if (i < n && g->dp_noise > 0) v += g->dp_noise * fl_rng_normal(&r);
-    if (v > g->clip) v = g->clip;
-    if (v < -g->clip) v = -g->clip;
-    double q = v * one;
+  for (uint64_t i = 0; i < dim; i++) {
+    double v;
+    if (i < n) {
+      v = w * shrink * t->params[i];
+      if (g->dp_noise > 0) v += g->dp_noise * fl_rng_normal(&r);
+      v = v > g->clip ? g->clip : v < -g->clip ? -g->clip : v;
+    } else if (i == n) {
+      v = w;
+    } else {
+      v = (norm <= g->dp_clip ? 1.0 : 0.0) + g->bit_noise * fl_rng_normal(&r);
+      v = v > lim ? lim : v < -lim ? -lim : v;
+    }
+    double q = v * g->scale;
     q = g->stochastic ? floor(q + fl_rng_uniform(&r)) : nearbyint(q);
     t->ring[i] = (uint32_t)(int64_t)q & keep;
   }

@@ -69,6 +69,7 @@ static void on_open(fl_conn *conn) {
   if (c->encodings & FL_CLIENT_ENC_TOPK) caps[ncaps++] = "encoding:topk";
   if (c->evaluate) caps[ncaps++] = "evaluate";
   if (c->get_params && c->model_spec) caps[ncaps++] = "params";
+  caps[ncaps++] = "secagg";
   char software[64];
   snprintf(software, sizeof software, "libflclient %s (fl %s)", fl_client_version(), FL_VERSION);
   h.protocol_version = FL_PROTOCOL_VERSION;

@@ -89,6 +89,20 @@ int fl_x25519_derive(const uint8_t secret[FL_X25519_BYTES], const uint8_t peer[F
   return rc;
 }
 
+int fl_x25519_check(const uint8_t pub[FL_X25519_BYTES]) {
+  /* Any clamped scalar will do: a small-order point gives the all-zero secret with every
+   * one of them (they are multiples of the cofactor), a point off the curve fails to load. */
+  static const uint8_t probe[FL_X25519_BYTES] = {0x48, 0x1f, 0x2a, 0x77, 0x05, 0x93, 0xc1, 0x0e,
+                                                 0x6d, 0x52, 0xb8, 0x34, 0xe9, 0x80, 0x1c, 0x47,
+                                                 0x2b, 0x9a, 0x63, 0xd0, 0x15, 0x7e, 0xa4, 0x38,
+                                                 0xcf, 0x61, 0x0b, 0x8e, 0x53, 0x26, 0xf9, 0x5c};
+  uint8_t key[32];
+  static const uint8_t label[] = "fl x25519 check";
+  int rc = fl_x25519_derive(probe, pub, label, sizeof label - 1, key);
+  memset(key, 0, sizeof key);
+  return rc;
+}
+
 int fl_seal(const uint8_t key[32], const uint8_t *ad, size_t ad_len, const uint8_t *in, size_t len,
             uint8_t *out) {
   mbedtls_chachapoly_context c;

@@ -28,6 +28,10 @@ int fl_x25519_public(const uint8_t secret[FL_X25519_BYTES], uint8_t pub[FL_X2551
 int fl_x25519_derive(const uint8_t secret[FL_X25519_BYTES], const uint8_t peer[FL_X25519_BYTES],
                      const uint8_t *label, size_t label_len, uint8_t key[32]);
 
+/* 0 when pub can be agreed with (a point of the curve, not of small order), else
+ * FL_EFORMAT: what a server checks before forwarding a client's key to others. */
+int fl_x25519_check(const uint8_t pub[FL_X25519_BYTES]);
+
 /* out[0 .. len + FL_SEAL_OVERHEAD) = ChaCha20-Poly1305(key, nonce 0, ad, in): each key
  * seals one message only.  0 or FL_EIO. */
 int fl_seal(const uint8_t key[32], const uint8_t *ad, size_t ad_len, const uint8_t *in, size_t len,

@@ -470,13 +470,21 @@ static int rebuild(const fl_secagg_server *s, uint32_t u, int self_mask, uint8_t
   for (uint32_t v = 0; v < n; v++)
     if ((self_mask ? s->b_have : s->s_have)[u * n + v])
       pool[k++] = (self_mask ? s->b_shares : s->s_shares)[u * n + v];
-  int rc = 0;
-  if ((uint32_t)k < s->p.threshold)
+  int rc = 0, t = (int)s->p.threshold;
+  uint8_t other[32];
+  if (k < t)
     rc = fl_errf(err, errlen, FL_ESTATE, "client %u's %s: %d shares, %u needed", u,
                  self_mask ? "self mask" : "key", k, s->p.threshold);
-  else if (fl_shamir_combine(pool, (int)s->p.threshold, secret))
+  else if (fl_shamir_combine(pool, t, secret))
     rc = fl_errf(err, errlen, FL_EFORMAT, "client %u's %s: the shares do not rebuild a secret", u,
                  self_mask ? "self mask" : "key");
+  /* With more than t shares, the last t must give the same secret: shares that do not lie
+   * on one polynomial (a client that dealt bad ones) are caught, not unmasked with. */
+  else if (k > t && (fl_shamir_combine(pool + (k - t), t, other) || memcmp(other, secret, 32) != 0))
+    rc = fl_errf(err, errlen, FL_EFORMAT, "client %u's %s: the shares revealed for it are "
+                 "inconsistent (it dealt bad shares, or a neighbour revealed one)", u,
+                 self_mask ? "self mask" : "key");
+  memset(other, 0, sizeof other);
   free(pool);
   return rc;
 }
@@ -515,15 +523,18 @@ int fl_secagg_server_unmask(fl_secagg_server *s, uint32_t *sum, char *err, size_
   return rc;
 }
 
-int fl_secagg_fixed_point(uint32_t bits, uint32_t n, double clip, int *frac, char *err, size_t errlen) {
-  double room = ldexp(1.0, (int)bits - 1) / (double)n - 0.5; /* per value, as a magnitude */
-  if (!(clip > 0) || room < 1)
-    return fl_errf(err, errlen, FL_EINVAL, "%u values of up to %g do not fit a %u-bit ring", n, clip,
-                   bits);
-  int f = (int)floor(log2(room / clip));
-  if (f < 1)
-    return fl_errf(err, errlen, FL_EINVAL, "%u values of up to %g leave no fraction bits in a "
-                   "%u-bit ring", n, clip, bits);
-  *frac = f > 30 ? 30 : f;
+int fl_secagg_scale(uint32_t bits, uint32_t n, double lim, double most, double *scale, char *err,
+                    size_t errlen) {
+  double room = n ? ldexp(1.0, (int)bits - 1) / (double)n - 2 : 0;
+  if (!(lim > 0) || !isfinite(lim) || room / lim < 1)
+    return fl_errf(err, errlen, FL_EINVAL, "the sum of %u values of up to %g does not fit a "
+                   "%u-bit ring", n, lim, bits);
+  double sc = room / lim;
+  *scale = most > 0 && most < sc ? (most >= 1 ? most : 1) : sc;
   return 0;
+}
+
+double fl_secagg_decode(uint32_t element, uint32_t bits, double scale) {
+  int64_t v = bits == 32 ? (int64_t)(int32_t)element : (int64_t)(int16_t)(uint16_t)element;
+  return (double)v / scale;
 }

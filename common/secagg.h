@@ -23,7 +23,7 @@
  *
  * Ring: Z_(2^bits), bits 16 or 32, vectors of uint32 holding the elements.  The
  * caller encodes its values in the ring (fixed point) so that the sum of n of them cannot
- * wrap: see fl_secagg_fixed_point. */
+ * wrap: see fl_secagg_scale. */
 #ifndef FL_SECAGG_H
 #define FL_SECAGG_H
 
@@ -130,9 +130,18 @@ int fl_secagg_server_unmask(fl_secagg_server *s, uint32_t *sum, char *err, size_
 
 /* ---- fixed point ----
  *
- * Values in [-clip, clip], times weights in [0, 1], are encoded as round(v * 2^frac) mod
- * 2^bits with frac chosen so that the sum of n of them stays inside the signed range: the
- * sum of n encoded values decodes exactly to within n / 2^(frac+1) of the true sum. */
-int fl_secagg_fixed_point(uint32_t bits, uint32_t n, double clip, int *frac, char *err, size_t errlen);
+ * A value v in [-lim, lim] becomes the element round(v * scale) mod 2^bits (to nearest, or
+ * stochastically: floor(v * scale + u), u uniform in [0, 1), which is unbiased).  Each
+ * element is then at most lim * scale + 1 in magnitude, so with
+ *     scale <= (2^(bits-1) / n - 2) / lim
+ * the sum of n of them stays strictly inside the signed range (-2^(bits-1), 2^(bits-1))
+ * and decodes without wrapping: sum / scale is the sum of the values to within n / scale
+ * (n / (2 scale) rounding to nearest).  fl_secagg_scale gives the largest such scale, at
+ * most `most` (0: no limit; the int8 composition asks 127 / lim, so that an element never
+ * needs more than 8 bits), or FL_EINVAL when n values cannot fit even at scale 1. */
+int fl_secagg_scale(uint32_t bits, uint32_t n, double lim, double most, double *scale, char *err,
+                    size_t errlen);
+/* The signed value of a sum element (two's complement in 2^bits) over scale. */
+double fl_secagg_decode(uint32_t element, uint32_t bits, double scale);
 
 #endif

@@ -41,6 +41,17 @@ const fl_option server_options[] = {
   O("over-select", "round", FL_OPTT_DOUBLE, over_select, "0", "FRACTION", "select this fraction more clients and close the round once enough updates arrived", 0, 10),
   O("update-buffers", "round", FL_OPTT_INT, update_buffers, "2", "N", "updates received and folded at once (one model size of memory each)", 1, 64),
   O("max-attempts", "round", FL_OPTT_INT, max_attempts, "3", "N", "failed attempts at a round before waiting for new clients", 1, 1000000),
+  O("secagg", "privacy", FL_OPTT_BOOL, secagg, "false", NULL, "secure aggregation: the server learns the sum of each round's updates and nothing about any one of them (fedavg only)", 0, 0),
+  O("secagg-threshold", "privacy", FL_OPTT_INT, secagg_threshold, "0", "T", "shares that rebuild a client's secrets; T - 1 colluding with the server learn nothing (0 = two thirds of a neighbourhood, plus one)", 0, 10000),
+  O("secagg-neighbors", "privacy", FL_OPTT_INT, secagg_neighbors, "0", "K", "SecAgg+: each client pairs with K others (even) rather than all (0 = all)", 0, 10000),
+  O("secagg-clip", "privacy", FL_OPTT_DOUBLE, secagg_clip, "1", "C", "each weighted update value is clipped to [-C, C] before it is put in fixed point", 1e-6, 1e6),
+  O("secagg-timeout", "privacy", FL_OPTT_DOUBLE, secagg_timeout, "60", "SECONDS", "time each stage of secure aggregation (keys, shares, unmasking) waits for the clients", 0.01, 1e9),
+  O("dp-clip", "privacy", FL_OPTT_DOUBLE, dp_clip, "0", "S", "user-level differential privacy (DP-FedAvg): each update is clipped to L2 norm S (the initial bound with --dp-quantile; 0 = off)", 0, 1e9),
+  O("dp-noise", "privacy", FL_OPTT_DOUBLE, dp_noise, "0", "Z", "noise multiplier: Gaussian noise of deviation Z x S on the sum of the clipped updates", 0, 1e6),
+  O("dp-mode", "privacy", FL_OPTT_STR, dp_mode, "central", "central|distributed", "who adds the noise: the server, or each client its share before secure aggregation (needs --secagg), so no party sees an un-noised sum", 0, 0),
+  O("dp-delta", "privacy", FL_OPTT_DOUBLE, dp_delta, "1e-5", "DELTA", "the delta of the (epsilon, delta) guarantee the accountant reports", 1e-300, 0.5),
+  O("dp-target-epsilon", "privacy", FL_OPTT_DOUBLE, dp_target_epsilon, "0", "EPSILON", "end the run before a round would take epsilon past this (0 = never)", 0, 1e9),
+  O("dp-quantile", "privacy", FL_OPTT_DOUBLE, dp_quantile, "0", "Q", "adaptive clipping (Andrew et al. 2021): move the bound towards the Q quantile of the update norms (0 = a fixed bound)", 0, 1),
   O("epochs", "train", FL_OPTT_INT, epochs, "1", "N", "local epochs per round", 1, 1e6),
   O("batch-size", "train", FL_OPTT_INT, batch_size, "10", "N", "local mini-batch size", 1, 1e6),
   O("lr", "train", FL_OPTT_DOUBLE, lr, "0.05", "RATE", "local learning rate", 0, 1e6),
@@ -114,6 +125,51 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
     snprintf(err, errlen, "--clients-per-round: %g is neither a whole count nor a fraction below 1",
              c->clients_per_round);
     return FL_ECONFIG;
+  }
+  if (strcmp(c->dp_mode, "central") != 0 && strcmp(c->dp_mode, "distributed") != 0) {
+    snprintf(err, errlen, "--dp-mode: expected 'central' or 'distributed', got '%s'", c->dp_mode);
+    return FL_ECONFIG;
+  }
+  int dp = c->dp_clip > 0;
+  if (!dp && (c->dp_noise > 0 || c->dp_target_epsilon > 0 || c->dp_quantile > 0)) {
+    snprintf(err, errlen, "--dp-noise, --dp-target-epsilon and --dp-quantile need --dp-clip "
+             "(the bound on each update's norm)");
+    return FL_ECONFIG;
+  }
+  if (dp && strcmp(c->dp_mode, "distributed") == 0 && !c->secagg) {
+    snprintf(err, errlen, "--dp-mode distributed: the clients' noise only hides an update "
+             "inside a secure sum: add --secagg");
+    return FL_ECONFIG;
+  }
+  if (c->dp_target_epsilon > 0 && !(c->dp_noise > 0)) {
+    snprintf(err, errlen, "--dp-target-epsilon: without noise (--dp-noise) epsilon is infinite");
+    return FL_ECONFIG;
+  }
+  if (c->secagg || dp) {
+    const char *what = c->secagg ? "--secagg" : "--dp-clip";
+    if (strncmp(c->strategy, "fedavg", 6) != 0 || (c->strategy[6] && c->strategy[6] != '+')) {
+      snprintf(err, errlen, "%s: the server gets only a (noised) sum of the updates, so the "
+               "aggregator must be fedavg (a server optimizer may follow, e.g. fedavg+fedadam), "
+               "not '%s'", what, c->strategy);
+      return FL_ECONFIG;
+    }
+  }
+  if (c->secagg) {
+    if (up.enc != FL_ENC_FLOAT32 && up.enc != FL_ENC_INT8) {
+      snprintf(err, errlen, "--secagg: updates travel as ring elements: --uplink float32 (a "
+               "32-bit ring) or int8 (a 16-bit ring, 8 bits a value), not %s", c->uplink);
+      return FL_ECONFIG;
+    }
+    if (c->secagg_neighbors % 2) {
+      snprintf(err, errlen, "--secagg-neighbors: SecAgg+'s graph needs an even count, not %d",
+               c->secagg_neighbors);
+      return FL_ECONFIG;
+    }
+    if (c->secagg_threshold == 1) {
+      snprintf(err, errlen, "--secagg-threshold 1 would let the server rebuild any client's "
+               "secrets from one share (at least 2)");
+      return FL_ECONFIG;
+    }
   }
   if (c->clients_per_round >= 1 && c->min_updates > c->clients_per_round) {
     snprintf(err, errlen, "--min-updates %d exceeds --clients-per-round %g", c->min_updates,

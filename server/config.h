@@ -33,6 +33,18 @@ typedef struct server_config {
   double over_select;       /* select this fraction more clients than needed */
   int max_attempts;         /* failed attempts of a round before waiting for new clients */
   int update_buffers;       /* updates received and folded at once */
+  /* [privacy] */
+  int secagg;               /* secure aggregation (secagg.c) */
+  int secagg_threshold;     /* shares that rebuild a secret (0: 2/3 of a neighbourhood, + 1) */
+  int secagg_neighbors;     /* SecAgg+: neighbours of each client (0: all) */
+  double secagg_clip;       /* each weighted update value is clipped to [-clip, clip] */
+  double secagg_timeout;    /* seconds each key, share and unmasking stage waits */
+  double dp_clip;           /* user-level differential privacy: L2 bound of an update (0: off) */
+  double dp_noise;          /* noise multiplier z: deviation z * clip on the sum */
+  char *dp_mode;            /* central | distributed */
+  double dp_delta;
+  double dp_target_epsilon; /* stop before a round would pass it (0: never) */
+  double dp_quantile;       /* adaptive clipping's target quantile (0: a fixed clip) */
   /* [train]: sent to clients each round */
   int epochs;
   int batch_size;

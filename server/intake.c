@@ -36,7 +36,13 @@ static void send_proceed(client *c) {
  * encoding) and gets a buffer of its own for as long as its update lives. */
 static void take_update(client *c, float *buf) {
   server *s = c->srv;
-  size_t need = srv_update_room(s, &c->uplink);
+  /* A masked input of secure aggregation: ring elements, the model and its extras. */
+  fl_codec ring = {FL_ENC_FLOAT32, 0, 0};
+  uint64_t total = s->n;
+  char why[160];
+  int masked = s->sa && srv_secagg_input_ok(c, &ring.enc, &total, why, sizeof why) == 0;
+  const fl_codec *enc = masked ? &ring : &c->uplink;
+  size_t need = srv_update_room(s, enc, total);
   c->buf = buf;
   c->data = (uint8_t *)buf;
   if (need > s->buf_bytes && !(c->data = fl_alloc_big(need))) {
@@ -47,20 +53,20 @@ static void take_update(client *c, float *buf) {
   c->data_cap = need;
   c->data_len = 0;
   c->rx = RX_UPDATE;
-  if (c->uplink.enc == FL_ENC_FLOAT32)
+  if (enc->enc == FL_ENC_FLOAT32)
     fl_tensor_rx_init(&c->rxt, need >= s->n * sizeof(float) ? (float *)(void *)c->data : NULL, s->n);
   else
-    fl_tensor_rx_init_enc(&c->rxt, NULL, s->n, c->uplink.enc,
-                          c->uplink.enc == FL_ENC_TOPK ? fl_codec_topk_count(&c->uplink, s->n) : 0);
+    fl_tensor_rx_init_enc(&c->rxt, NULL, total, enc->enc,
+                          enc->enc == FL_ENC_TOPK ? fl_codec_topk_count(enc, total) : 0);
   send_proceed(c);
 }
 
-/* Room for one update in encoding u: float32 values, or the records of the chunks an
- * honest client sends (the largest payload, a record head per chunk of the server's
- * size, and one more). */
-size_t srv_update_room(const server *s, const fl_codec *u) {
-  if (u->enc == FL_ENC_FLOAT32) return s->n * sizeof(float);
-  uint64_t payload = fl_codec_max_bytes(u, s->n), chunk = (uint64_t)s->cfg->chunk_kib * 1024u;
+/* Room for one update of total values in encoding u: float32 values, or the records of
+ * the chunks an honest client sends (the largest payload, a record head per chunk of the
+ * server's size, and one more). */
+size_t srv_update_room(const server *s, const fl_codec *u, uint64_t total) {
+  if (u->enc == FL_ENC_FLOAT32) return total * sizeof(float);
+  uint64_t payload = fl_codec_max_bytes(u, total), chunk = (uint64_t)s->cfg->chunk_kib * 1024u;
   uint64_t per = u->enc == FL_ENC_TOPK ? chunk / 8 * 8 : chunk; /* payload of a full chunk */
   uint64_t chunks = payload / per + 2;
   return (size_t)(payload + FL_CHUNK_RECORD_HEAD * chunks);
@@ -96,7 +102,10 @@ static void start_fold(server *s);
  * those within it. */
 static void fold_work(uv_work_t *w) {
   fold_job *j = w->data;
-  size_t n = j->srv->n, m = 0;
+  server *s = j->srv;
+  size_t n = s->n, m = 0;
+  int private = srv_private_round(s);
+  j->rc = 0;
   for (size_t i = 0; i < j->k; i++) {
     ready_update *it = &j->items[i];
     fl_update u = {.client = it->client, .weight = it->weight, .enc = it->enc};
@@ -107,12 +116,17 @@ static void fold_work(uv_work_t *w) {
       u.data = it->data;
       u.len = it->len;
     }
+    if (private) { /* into the round's one sum; the strategy sees only that (private.c) */
+      if (!j->rc) j->rc = srv_private_fold(s, it, &u, j->err, sizeof j->err);
+      continue;
+    }
     if (j->bound > 0) {
       j->norm[i] = fl_update_norm(&u, n);
       if (!(j->norm[i] <= j->bound)) continue; /* refused after the fold */
     }
     j->u[m++] = u;
   }
+  if (private) return;
   j->rc = m ? fl_strategy_fold(j->srv->strategy, j->u, m, j->err, sizeof j->err) : 0;
   /* What the strategy kept is no longer the job's to give back. */
   for (size_t i = 0, q = 0; i < j->k && q < m; i++)
@@ -183,7 +197,8 @@ static void start_fold(server *s) {
   s->fold_busy = 1;
   s->r.fold_passes++;
   j->srv = s;
-  j->bound = s->r.norm_bound;
+  j->bound = srv_private_round(s) ? 0 : s->r.norm_bound; /* (a masked norm means nothing;
+                                                            * DP clips instead) */
   j->err[0] = 0;
   j->work.data = j;
   uv_queue_work(&s->loop, &j->work, fold_work, fold_after);
@@ -270,11 +285,20 @@ void srv_on_update(client *c, const Fl__Update *u) {
     srv_advance(s); /* it may have been the round's last answer */
     return;
   }
-  if (u->num_examples == 0 || (int)u->encoding != (int)c->uplink.enc) {
+  fl_enc want = c->uplink.enc;
+  uint64_t dim;
+  char why[160];
+  if (s->sa && srv_secagg_input_ok(c, &want, &dim, why, sizeof why) != 0) {
+    srv_count_answer(c);
+    refuse(c, "%s", why);
+    srv_advance(s);
+    return;
+  }
+  if (u->num_examples == 0 || (int)u->encoding != (int)want) {
     srv_count_answer(c);
     if (u->num_examples == 0) refuse(c, "update has no examples");
     else refuse(c, "update in encoding %s (%d), but this connection's updates are %s",
-                fl_enc_name((int)u->encoding), (int)u->encoding, fl_enc_name(c->uplink.enc));
+                fl_enc_name((int)u->encoding), (int)u->encoding, fl_enc_name(want));
     srv_advance(s);
     return;
   }
@@ -336,7 +360,7 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
   }
   char err[160];
   int rc;
-  if (c->uplink.enc == FL_ENC_FLOAT32) {
+  if (c->rxt.dec.enc == FL_ENC_FLOAT32) {
     rc = c->rxt.dst ? fl_tensor_rx_add(&c->rxt, ch, err, sizeof err)
                     : fl_errf(err, sizeof err, FL_ENOMEM, "no room on the server for the update");
   } else { /* kept encoded: the checked chunk's record */
@@ -370,11 +394,11 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
     weight = s->r.weight_cap;
     s->r.weights_capped++;
   }
-  *it = (ready_update){c->buf, c->data, c->data_len, c->uplink.enc, 0, weight, c->upd_examples,
-                       c->upd_loss, c->upd_acc, c->upd_seconds, ""};
+  *it = (ready_update){c->buf, c->data, c->data_len, c->rxt.dec.enc, 0, weight, c->upd_examples,
+                       c->upd_loss, c->upd_acc, c->upd_seconds, c->sa_index, ""};
   snprintf(it->client, sizeof it->client, "%s", c->id);
   s->r.update_payload += c->rxt.payload;
-  s->r.update_raw += (uint64_t)s->n * sizeof(float);
+  s->r.update_raw += (uint64_t)c->rxt.total * sizeof(float);
   c->buf = NULL;
   c->data = NULL;
   c->rx = RX_IDLE;
@@ -408,6 +432,16 @@ void srv_intake_begin(server *s, client *const *selected, size_t k) {
       s->r.weight_cap = share * (double)s->r.target * median;
       if (s->r.weight_cap < 1) s->r.weight_cap = 1;
       free(v);
+    }
+  }
+  /* A private round's unit: the cap, or else the most any selected client declared. */
+  s->r.unit_weight = 1;
+  if (!s->uniform_weights) {
+    s->r.unit_weight = s->r.weight_cap;
+    if (!(s->r.unit_weight > 0)) {
+      for (size_t i = 0; i < k; i++)
+        if ((double)selected[i]->num_samples > s->r.unit_weight) s->r.unit_weight = (double)selected[i]->num_samples;
+      if (s->r.unit_weight < 1) s->r.unit_weight = 1;
     }
   }
   s->r.norm_bound = s->norm_abs;

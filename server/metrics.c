@@ -9,6 +9,7 @@
  * unknown (no update, no evaluation, not finite) is written as null. */
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/resource.h>
 
 #include "log.h"
@@ -44,12 +45,15 @@ void srv_write_metrics(server *s, double seconds) {
   char test[96] = "", fed[96] = "";
   if (r->tested) snprintf(test, sizeof test, ", test loss %.4f acc %.4f", r->test_loss, r->test_acc);
   if (r->fed_n) snprintf(fed, sizeof fed, ", federated eval loss %.4f acc %.4f", fl, fa);
-  char failed[48] = "";
+  char failed[48] = "", priv[96] = "";
   if (r->failed) snprintf(failed, sizeof failed, ", %zu failed", r->failed);
+  if (s->dp) snprintf(priv, sizeof priv, ", epsilon %.4g", r->epsilon);
+  if (s->cfg->secagg)
+    snprintf(priv + strlen(priv), sizeof priv - strlen(priv), ", secure sum of %zu", r->sa_inputs);
   fl_info("server", "round %llu/%d done: %zu/%zu updates (%zu refused, %zu dropped%s), %llu examples, "
-          "train loss %.4f%s%s, %.2f s",
+          "train loss %.4f%s%s%s, %.2f s",
           (unsigned long long)r->number, s->cfg->rounds, r->accepted, r->selected, r->refused,
-          r->dropped, failed, (unsigned long long)r->examples, loss, test, fed, seconds);
+          r->dropped, failed, (unsigned long long)r->examples, loss, test, fed, priv, seconds);
   if (!s->metrics) return;
   FILE *f = s->metrics;
   fprintf(f, "{\"round\":%llu,\"attempts\":%llu,\"clients_selected\":%zu,\"updates_accepted\":%zu,"
@@ -94,8 +98,22 @@ void srv_write_metrics(server *s, double seconds) {
            r->model_payload > 0);
   fprintf(f, ",\"fold_passes\":%zu,\"strategy_errors\":%zu,\"weights_capped\":%zu",
           r->fold_passes, r->strategy_errors, r->weights_capped);
-  json_num(f, "update_norm_bound", r->norm_bound, r->norm_bound > 0);
+  json_num(f, "update_norm_bound", r->norm_bound, r->norm_bound > 0 && !s->cfg->secagg && !s->dp);
   json_num(f, "aggregate_norm", r->delta_norm, r->accepted > 0);
+  if (s->cfg->secagg)
+    fprintf(f, ",\"secagg\":{\"clients\":%zu,\"keys\":%zu,\"shares\":%zu,\"inputs\":%zu,"
+            "\"revealed\":%zu,\"unmask_seconds\":%.6g}", r->sa_n, r->sa_keys, r->sa_shared,
+            r->sa_inputs, r->sa_revealed, r->sa_seconds);
+  if (s->dp) {
+    double server_eps;
+    srv_privacy_epsilon(s, &server_eps);
+    json_num(f, "dp_clip", r->dp_clip, 1);
+    json_num(f, "dp_noise", s->cfg->dp_noise, 1);
+    json_num(f, "dp_within_clip", r->dp_within, s->cfg->dp_quantile > 0);
+    json_num(f, "epsilon", r->epsilon, 1);
+    json_num(f, "server_epsilon", server_eps, 1);
+    json_num(f, "dp_delta", s->cfg->dp_delta, 1);
+  }
   json_num(f, "seconds", seconds, 1);
   json_num(f, "slowest_client_seconds", r->slowest, r->accepted > 0);
   fprintf(f, ",\"peak_rss_kib\":%ld", srv_peak_rss_kib());

@@ -9,7 +9,9 @@
  * a round on calls srv_advance(), the one place that decides what happens next.  This
  * file also starts the rounds (selection), runs the round timer, takes the signals and
  * says goodbye at the end. */
+#include <math.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "log.h"
@@ -39,7 +41,10 @@ static void start_round(server *s) {
       ready[m++] = c;
     }
   size_t target = fl_select_target(s->cfg->clients_per_round, s->n_ready);
-  size_t k = fl_select_clients(ids, m, target, s->cfg->over_select, &s->rng, chosen);
+  /* Differential privacy samples each client independently (what its accountant assumes). */
+  size_t k = s->dp ? srv_privacy_select(s, m, chosen)
+                   : fl_select_clients(ids, m, target, s->cfg->over_select, &s->rng, chosen);
+  if (s->dp) target = k;
   if (k > s->max_selected) { /* a strategy that holds every update: the memory limit */
     fl_warn("server", "round %llu: selecting %zu clients, not %zu: strategy '%s' holds every "
             "update and --strategy-memory allows %zu", (unsigned long long)s->r.number,
@@ -68,19 +73,30 @@ static void start_round(server *s) {
   fl_strategy_begin(s->strategy);
   for (size_t i = 0; i < k; i++) sel[i] = ready[chosen[i]];
   srv_intake_begin(s, sel, k);
+  if (s->dp) srv_privacy_begin(s, ready, m, k);
   s->ph = PH_TRAINING;
   fl_info("server", "round %llu/%d: %zu of %zu ready clients selected%s%s",
           (unsigned long long)s->r.number, s->cfg->rounds, k, m,
           k > target ? " (over-selected)" : "", s->r.attempt > 1 ? " (retry)" : "");
   for (size_t i = 0; i < k; i++) {
-    client *c = ready[chosen[i]];
+    client *c = sel[i];
     c->task_round = s->r.number;
     c->task_attempt = s->r.attempt;
     c->answered = 0;
     c->counted = 0;
-    srv_send_train_task(c);
   }
   srv_arm_timer(s, s->cfg->round_timeout);
+  /* Secure aggregation: each client's setup goes before its task (sel is then in id order). */
+  char why[256];
+  if (s->cfg->secagg && srv_secagg_begin(s, sel, k, why, sizeof why) != 0) {
+    srv_secagg_end(s);
+    fl_error("server", "round %llu: %s", (unsigned long long)s->r.number, why);
+    s->r.abandoned = 1;
+    s->ph = PH_AGGREGATING;
+    srv_advance(s); /* the attempt fails */
+    goto done;
+  }
+  for (size_t i = 0; i < k; i++) srv_send_train_task(sel[i]);
 done:
   free(ready);
   free(sel);
@@ -126,6 +142,7 @@ void srv_end_linger(server *s) {
   s->lingered = 1;
   for (client *c = s->clients; c; c = c->next) fl_peer_close(c->peer, "server closing");
   uv_close((uv_handle_t *)&s->timer, NULL);
+  uv_close((uv_handle_t *)&s->sa_timer, NULL);
 }
 
 static void on_linger(uv_timer_t *t) { srv_end_linger(t->data); }
@@ -177,6 +194,7 @@ static void stop_run(server *s) {
 /* The attempt cannot be applied (too few updates, timed out, the strategy failed): a new
  * selection, or after --max-attempts a wait for new clients. */
 static void attempt_failed(server *s, const char *why) {
+  srv_secagg_end(s);
   if (s->stopping) {
     stop_run(s);
     return;
@@ -211,6 +229,7 @@ static void apply_after(uv_work_t *w, int status) {
   apply_job *j = w->data;
   server *s = j->srv;
   (void)status;
+  srv_secagg_end(s);
   if (j->rc) {
     s->r.strategy_errors++;
     fl_error("server", "round %llu: the strategy could not apply the aggregate: %s; the global "
@@ -220,6 +239,15 @@ static void apply_after(uv_work_t *w, int status) {
   }
   s->r.delta_norm = j->delta_norm;
   s->model_version++;
+  if (s->dp) {
+    double server_eps;
+    s->r.epsilon = srv_privacy_epsilon(s, &server_eps);
+    fl_info("server", "round %llu: epsilon %.4g at delta %g%s", (unsigned long long)s->r.number,
+            s->r.epsilon, s->cfg->dp_delta, "");
+    if (isfinite(server_eps))
+      fl_info("server", "round %llu: against the server itself (it knows who was sampled) "
+              "epsilon %.4g", (unsigned long long)s->r.number, server_eps);
+  }
   if (s->have_test && (s->r.number % (uint64_t)s->cfg->eval_every == 0 ||
                        s->r.number == (uint64_t)s->cfg->rounds)) {
     s->ph = PH_EVALUATING;
@@ -227,6 +255,14 @@ static void apply_after(uv_work_t *w, int status) {
     return;
   }
   srv_begin_fed_eval(s);
+}
+
+static void start_apply(server *s) {
+  s->ph = PH_APPLYING;
+  s->apply.srv = s;
+  s->apply.work.data = &s->apply;
+  s->apply.err[0] = 0;
+  uv_queue_work(&s->loop, &s->apply.work, apply_work, apply_after);
 }
 
 /* Decides what happens next; called after every event that can move a round on. */
@@ -244,11 +280,24 @@ void srv_advance(server *s) {
     if (s->waiting_for_more && s->ready_events == s->ready_seen) return;
     if (s->n_ready >= (size_t)s->cfg->min_clients) {
       s->waiting_for_more = 0;
+      if (s->r.attempt == 0 && !srv_privacy_allows_round(s, s->n_ready)) {
+        srv_finish_run(s, "privacy budget reached");
+        return;
+      }
       start_round(s);
     }
     return;
-  case PH_TRAINING:
-    if (s->r.answered >= s->r.selected ||
+  case PH_TRAINING: {
+    char why[300];
+    int st = srv_secagg_step(s, why, sizeof why);
+    if (st < 0) { /* too few clients left for secure aggregation */
+      close_collection(s);
+      fl_warn("server", "round %llu: %s", (unsigned long long)s->r.number, why);
+      s->r.abandoned = 1;
+      s->ph = PH_AGGREGATING;
+    } else if (st > 0 && !s->r.timed_out && !s->stopping) {
+      return;
+    } else if (s->r.answered >= s->r.selected ||
         (s->r.selected > s->r.target && s->r.received >= s->r.target)) {
       if (s->r.answered < s->r.selected)
         fl_info("server", "round %llu: %zu updates in; closing the round without the %zu slowest clients",
@@ -266,6 +315,7 @@ void srv_advance(server *s) {
     } else {
       return;
     }
+  }
     /* fall through */
   case PH_AGGREGATING: {
     if (!srv_folds_idle(s) || s->sends_pending) return;
@@ -280,14 +330,33 @@ void srv_advance(server *s) {
       attempt_failed(s, why);
       return;
     }
+    if (s->sa) { /* the survivors reveal, then the sum is unmasked */
+      if (srv_secagg_unmask_begin(s, why, sizeof why) != 0) {
+        attempt_failed(s, why);
+        return;
+      }
+      s->ph = PH_UNMASKING;
+      srv_advance(s);
+      return;
+    }
+    if (srv_private_round(s)) {
+      srv_private_start(s, start_apply, attempt_failed);
+      return;
+    }
     /* The aggregate is applied off the loop: median and Krum take a while. */
-    s->ph = PH_APPLYING;
-    s->apply.srv = s;
-    s->apply.work.data = &s->apply;
-    s->apply.err[0] = 0;
-    uv_queue_work(&s->loop, &s->apply.work, apply_work, apply_after);
+    start_apply(s);
     return;
   }
+  case PH_UNMASKING:
+    if (srv_secagg_unmask_waiting(s) && !s->stopping) return;
+    if (s->stopping) {
+      attempt_failed(s, "stopping");
+      return;
+    }
+    s->r.sa_revealed = srv_secagg_revealed(s);
+    srv_private_start(s, start_apply, attempt_failed);
+    return;
+  case PH_SUMMING:
   case PH_APPLYING:
   case PH_EVALUATING:
     return;

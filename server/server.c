@@ -82,7 +82,12 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
    * compressed --uplink makes every buffer smaller. */
   fl_codec_parse(cfg->uplink, &s->uplink, NULL, 0);
   fl_codec_parse(cfg->downlink, &s->downlink, NULL, 0);
-  s->buf_bytes = srv_update_room(s, &s->uplink);
+  s->buf_bytes = srv_update_room(s, &s->uplink, s->n);
+  if (cfg->secagg) { /* masked inputs: ring elements, the model and two more */
+    fl_codec ring = {s->uplink.enc == FL_ENC_INT8 ? FL_ENC_RING16 : FL_ENC_RING32, 0, 0};
+    size_t room = srv_update_room(s, &ring, s->n + 2);
+    if (room > s->buf_bytes) s->buf_bytes = room;
+  }
   /* One allocation each: a strategy that keeps an update takes its buffer with it. */
   for (int i = 0; i < s->n_bufs; i++) {
     float *b = fl_alloc_big((s->buf_bytes + sizeof(float) - 1) / sizeof(float) * sizeof *b);
@@ -117,6 +122,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   rc = fl_strategy_create(cfg->strategy, s->n, cfg->server_lr, &s->strategy, err, errlen);
   if (rc) goto fail;
   rc = check_strategy_memory(s, err, errlen);
+  if (rc) goto fail;
+  rc = srv_privacy_create(s, err, errlen);
   if (rc) goto fail;
   s->uniform_weights = strcmp(cfg->weights, "uniform") == 0;
   server_norm_bound(cfg->max_update_norm, &s->norm_ratio, &s->norm_abs);
@@ -219,6 +226,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   s->max_streams = STREAMS_PER_THREAD * (size_t)fl_io_threads(s->io);
   uv_timer_init(&s->loop, &s->timer);
   s->timer.data = s;
+  uv_timer_init(&s->loop, &s->sa_timer);
+  s->sa_timer.data = s;
   uv_signal_init(&s->loop, &s->sigint);
   uv_signal_init(&s->loop, &s->sigterm);
   s->sigint.data = s->sigterm.data = s;
@@ -254,6 +263,8 @@ void server_free(server *s) {
   fl_tls_config_free(s->tls);
   if (s->metrics) fclose(s->metrics);
   fl_strategy_free(s->strategy);
+  srv_secagg_end(s);
+  srv_privacy_free(s);
   srv_downlink_free(s);
   fl_trainer_free(s->eval_trainer);
   if (s->have_test) fl_dataset_free(&s->test);

@@ -14,6 +14,10 @@
  *   metrics.c    the round's log line and its metrics JSON line
  *   persist.c    the checkpoint, --resume and the final model file
  *   external.c   the model clients declare; an external model's initial parameters
+ *   secagg.c     secure aggregation's stages: keys, shares, masked inputs, unmasking
+ *   privacy.c    differential privacy: sampling, clipping, noise, the accountant
+ *   private.c    the aggregate of a round the strategy sees only as one sum (secure
+ *                aggregation, differential privacy), on the thread pool
  * Client selection is common/select.h, a pure function; the aggregation strategy is
  * common/strategy.h.
  *
@@ -58,8 +62,8 @@
  * yet), arriving into its buffer, or being skipped to its last chunk; or the initial
  * parameters it was asked for arriving into the global model (external.c). */
 typedef enum { RX_IDLE, RX_WAIT_BUF, RX_UPDATE, RX_DISCARD, RX_INIT } rx_state;
-typedef enum { PH_WAITING, PH_TRAINING, PH_AGGREGATING, PH_APPLYING, PH_EVALUATING,
-               PH_FED_EVAL, PH_DONE } phase;
+typedef enum { PH_WAITING, PH_TRAINING, PH_AGGREGATING, PH_UNMASKING, PH_SUMMING,
+               PH_APPLYING, PH_EVALUATING, PH_FED_EVAL, PH_DONE } phase;
 
 typedef struct client client;
 
@@ -98,6 +102,7 @@ struct client {
   size_t data_len, data_cap; /* bytes written (encoded updates: chunk records), and room */
   uint64_t upd_examples;
   double upd_loss, upd_acc, upd_seconds;
+  int sa_index;              /* its index in the attempt's secure aggregation, -1: none */
 };
 
 /* A complete update waiting for its fold, with what the round's statistics need once the
@@ -111,6 +116,7 @@ typedef struct ready_update {
   double weight;             /* after the weight policy */
   uint64_t examples;         /* as the client reported them */
   double loss, acc, seconds;
+  int sa_index;              /* a masked input of the secure aggregation, or -1 */
   char client[128];
 } ready_update;
 
@@ -168,9 +174,18 @@ typedef struct round_stats {
   int abandoned;                     /* closed without enough updates: the attempt is void */
   size_t strategy_errors;            /* failed folds and finishes, all attempts of the round */
   double weight_cap;                 /* the weight policy's cap this attempt (0: none) */
+  double unit_weight;                /* a private round's weights are min(weight, unit) /
+                                      * unit, in [0, 1] (the cap, or the most declared) */
   size_t weights_capped;             /* updates whose weight the cap lowered */
   double norm_bound;                 /* updates with a larger L2 norm are refused (0: none) */
   double delta_norm;                 /* the applied aggregate's L2 norm */
+  /* secure aggregation (secagg.c): the clients of each stage this attempt */
+  size_t sa_n, sa_keys, sa_shared, sa_inputs, sa_revealed;
+  double sa_seconds;                 /* unmasking's time on the pool */
+  /* differential privacy (privacy.c) */
+  double dp_clip;                    /* the bound this attempt's updates were clipped to */
+  double dp_within;                  /* the share of updates within it (noised) */
+  double epsilon;                    /* after this round */
 } round_stats;
 
 struct server {
@@ -226,6 +241,11 @@ struct server {
   size_t max_streams;            /* STREAMS_PER_THREAD per I/O thread */
   client *tx_queue, *tx_queue_tail;
   int starting_streams;
+
+  struct srv_secagg *sa;         /* this attempt's secure aggregation (secagg.c), or NULL */
+  uv_timer_t sa_timer;           /* its stages' timeouts */
+  struct srv_privacy *dp;        /* differential privacy (privacy.c), or NULL */
+  uv_work_t sum_work;            /* private.c's job */
 
   phase ph;
   round_stats r;
@@ -285,8 +305,8 @@ void srv_abort_rx(client *c);
 void srv_close_intake(server *s);
 /* No fold under way and none waiting. */
 int srv_folds_idle(const server *s);
-/* Bytes of room one update in encoding u needs. */
-size_t srv_update_room(const server *s, const fl_codec *u);
+/* Bytes of room one update of total values in encoding u needs. */
+size_t srv_update_room(const server *s, const fl_codec *u, uint64_t total);
 /* A new attempt: the weight cap and the norm bound of its updates, from the selected
  * clients and the global model. */
 void srv_intake_begin(server *s, client *const *selected, size_t k);
@@ -309,6 +329,76 @@ void srv_on_init_chunk(client *c, const Fl__TensorChunk *ch);
 void srv_init_failed(client *c, const char *why);
 /* The client leaves: if it was the one asked, another will be. */
 void srv_init_client_gone(client *c);
+
+/* ---- secagg.c ---- */
+
+/* The attempt's secure aggregation among the k selected clients (sel is sorted by id:
+ * the order gives their indices): each is sent its SecAggSetup (before its TrainTask).
+ * 0, or FL_E* with the reason in why (the attempt cannot run). */
+int srv_secagg_begin(server *s, client **sel, size_t k, char *why, size_t len);
+/* Ends it (a new attempt, the run's end). */
+void srv_secagg_end(server *s);
+void srv_secagg_on_keys(client *c, const Fl__SecAggKeys *m);
+void srv_secagg_on_shares(client *c, const Fl__SecAggShares *m);
+void srv_secagg_on_reveal(client *c, const Fl__SecAggReveal *m);
+/* The client is gone (or excluded): it leaves the stages it had not finished. */
+void srv_secagg_client_gone(client *c);
+/* In PH_TRAINING: moves the stages of keys and shares on.  1 while they are not over
+ * (no update can be taken yet), 0 once masked inputs may come, -1 when the attempt
+ * cannot go on (too few clients left; logged, with the reason in why). */
+int srv_secagg_step(server *s, char *why, size_t len);
+/* Whether c may send its masked input now, and its ring encoding and length. */
+int srv_secagg_input_ok(const client *c, fl_enc *enc, uint64_t *dim, char *why, size_t len);
+/* On the thread pool (a fold): adds a complete masked input into the sum. */
+int srv_secagg_fold(server *s, const ready_update *it, char *err, size_t len);
+/* After the inputs: asks the survivors to reveal (PH_UNMASKING).  0, or -1 when too few
+ * survived (logged, with the reason in why). */
+int srv_secagg_unmask_begin(server *s, char *why, size_t len);
+/* In PH_UNMASKING: 1 while reveals are still due and the stage has time. */
+int srv_secagg_unmask_waiting(const server *s);
+/* The survivors that revealed their shares. */
+size_t srv_secagg_revealed(const server *s);
+/* On the thread pool: the unmasked sum, decoded: sum[0..n) of the weighted values, the
+ * weights' sum, and the clip bits' (adaptive clipping).  0 or FL_E* with the reason. */
+int srv_secagg_result(server *s, double *sum, double *weights, double *bits, char *err, size_t len);
+
+/* ---- privacy.c ---- */
+
+int srv_privacy_create(server *s, char *err, size_t len);
+void srv_privacy_free(server *s);
+/* 1 when another round stays within --dp-target-epsilon (else the run ends). */
+int srv_privacy_allows_round(server *s, size_t ready);
+/* Poisson sampling: each of the m candidates with probability q = expected / m, into
+ * chosen (increasing); the count. */
+size_t srv_privacy_select(server *s, size_t m, size_t *chosen);
+/* A new attempt: the denominator of the mean (q times the weights of all ready clients)
+ * and what secure aggregation's clients must do (their noise). */
+void srv_privacy_begin(server *s, client *const *ready, size_t m, size_t selected);
+/* What a client adds before secure aggregation (distributed mode; 0 otherwise): noise on
+ * each value, and on the clip bit; the clip, and whether the bit is wanted. */
+void srv_privacy_client(const server *s, uint32_t threshold, double *clip, double *noise,
+                        double *bit_noise, int *clip_bit);
+/* On the thread pool (a fold, central mode): the update clipped and added, weighted. */
+void srv_privacy_fold(server *s, const fl_update *u, double weight);
+/* On the thread pool: the noised mean delta from the sum of the clipped, weighted updates
+ * (central noise added unless the clients added theirs), into mean[n]; the clip moves
+ * (adaptive) and the accountant counts the round.  0 or FL_E*. */
+int srv_privacy_mean(server *s, double *sum, double weights, double bits, size_t contributors,
+                     float *mean, char *err, size_t len);
+/* The round was applied: epsilon so far (the accountant). */
+double srv_privacy_epsilon(const server *s, double *server_epsilon);
+
+/* ---- private.c ---- */
+
+/* 1 when the round's aggregate comes as one sum (secure aggregation or differential
+ * privacy) rather than from the strategy's folds. */
+int srv_private_round(const server *s);
+/* Folds into the private sum on the thread pool (instead of the strategy's fold). */
+int srv_private_fold(server *s, const ready_update *it, const fl_update *u, char *err, size_t len);
+/* After the folds: the sum becomes the mean delta, folded into the strategy as one
+ * update, on the thread pool (PH_SUMMING); then the strategy applies it (PH_APPLYING).
+ * apply starts the strategy's finish. */
+void srv_private_start(server *s, void (*apply)(server *s), void (*fail)(server *s, const char *why));
 
 /* ---- broadcast.c ---- */
 

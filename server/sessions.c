@@ -92,11 +92,22 @@ static void on_hello(client *c, const Fl__Hello *h) {
     return;
   }
   int speaks[FL_ENC_COUNT] = {1}; /* float32, whatever it lists */
+  int secagg = 0;
   for (size_t i = 0; i < h->n_capabilities; i++) {
     const char *cap = h->capabilities[i];
     if (strcmp(cap, "params") == 0) c->can_params = 1;
+    if (strcmp(cap, "secagg") == 0) secagg = 1;
     for (int e = 0; e < FL_ENC_COUNT; e++)
       if (strncmp(cap, "encoding:", 9) == 0 && strcmp(cap + 9, fl_enc_name(e)) == 0) speaks[e] = 1;
+  }
+  if (s->cfg->secagg && !secagg) {
+    const char *why = "this server aggregates updates securely (--secagg), and the client does "
+                      "not speak secure aggregation (no 'secagg' capability)";
+    fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
+    srv_send_error(c, FL__ERROR_CODE__ERROR_VERSION, why);
+    c->closing = 1;
+    fl_peer_close(c->peer, "no secure aggregation");
+    return;
   }
   /* The configured encodings where the client offered them, float32 otherwise: a client
    * is never asked for an encoding it did not list. */
@@ -184,6 +195,9 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_HEARTBEAT: break;
   case FL__ENVELOPE__BODY_ERROR: on_client_error(c, env->error); break;
   case FL__ENVELOPE__BODY_PARAMS: srv_on_params(c, env->params); break;
+  case FL__ENVELOPE__BODY_SECAGG_KEYS: srv_secagg_on_keys(c, env->secagg_keys); break;
+  case FL__ENVELOPE__BODY_SECAGG_SHARES: srv_secagg_on_shares(c, env->secagg_shares); break;
+  case FL__ENVELOPE__BODY_SECAGG_REVEAL: srv_secagg_on_reveal(c, env->secagg_reveal); break;
   case FL__ENVELOPE__BODY_DONE:
     fl_info("server", "%s says goodbye: %s", c->id, env->done->reason);
     c->closing = 1;
@@ -207,6 +221,7 @@ static void on_close(fl_peer *peer, int err, const char *reason) {
            fl_peer_addr(peer), reason ? reason : "closed");
   srv_tx_done(c);
   srv_abort_rx(c);
+  srv_secagg_client_gone(c);
   if (srv_selected_now(c) && !c->counted) {
     srv_count_answer(c);
     s->r.dropped++;
@@ -235,6 +250,7 @@ static void on_accepted_open(fl_peer *peer) {
   }
   c->srv = s;
   c->peer = peer;
+  c->sa_index = -1;
   c->next = s->clients;
   if (s->clients) s->clients->prev = c;
   s->clients = c;

@@ -195,13 +195,19 @@ Test(secagg, a_client_never_reveals_both_shares) {
 }
 
 Test(secagg, fixed_point_fits) {
-  int frac;
+  double scale;
   char err[256];
-  cr_assert_eq(fl_secagg_fixed_point(32, 100, 1.0, &frac, err, sizeof err), 0);
-  /* 100 values of magnitude up to 1 at 2^frac: their sum stays below 2^31. */
-  cr_assert_lt(100.0 * (ldexp(1.0, frac) + 0.5), ldexp(1.0, 31));
-  cr_assert_geq(100.0 * (ldexp(1.0, frac + 1)), ldexp(1.0, 31) - 100);
-  cr_assert_eq(fl_secagg_fixed_point(16, 10, 1.0, &frac, err, sizeof err), 0);
-  cr_assert_eq(frac, 11);
-  cr_assert_eq(fl_secagg_fixed_point(16, 40000, 1.0, &frac, err, sizeof err), FL_EINVAL);
+  cr_assert_eq(fl_secagg_scale(32, 100, 1.0, 0, &scale, err, sizeof err), 0, "%s", err);
+  /* 100 elements of magnitude up to scale + 1: their sum stays below 2^31, and the scale
+   * leaves at most a few elements of room. */
+  cr_assert_lt(100.0 * (scale + 1), ldexp(1.0, 31));
+  cr_assert_gt(100.0 * (scale + 1) + 300, ldexp(1.0, 31));
+  cr_assert_eq(fl_secagg_scale(16, 10, 1.0, 127, &scale, err, sizeof err), 0);
+  cr_assert_eq(scale, 127); /* the int8 composition: 8 bits an element */
+  cr_assert_eq(fl_secagg_scale(16, 500, 1.0, 127, &scale, err, sizeof err), 0);
+  cr_assert_lt(500.0 * (scale + 1), 32768.0); /* fewer levels when 500 share 16 bits */
+  cr_assert_eq(fl_secagg_scale(16, 40000, 1.0, 0, &scale, err, sizeof err), FL_EINVAL);
+  cr_assert_eq(fl_secagg_decode(0xffffu, 16, 2.0), -0.5);
+  cr_assert_eq(fl_secagg_decode(0x80000000u, 32, 1.0), -2147483648.0);
+  cr_assert_eq(fl_secagg_decode(7, 32, 4.0), 1.75);
 }

@@ -53,6 +53,8 @@ typedef struct fl_conn_options {
   uint32_t idle_timeout_ms;      /* nothing received for this long: drop; default 60 s */
   uint32_t heartbeat_interval_ms;/* default 15 s; 0 = never */
   uint32_t stall_timeout_ms;     /* write queue stuck above high_water: drop; default 60 s */
+  size_t max_queued;             /* iothreads.h: a peer with more than this waiting to be
+                                  * written is closed (0: 4 x high_water + 2 x max_frame) */
   const uint8_t *heartbeat;      /* payload sent as heartbeat (copied); NULL = none */
   size_t heartbeat_len;
 } fl_conn_options;

@@ -538,6 +538,12 @@ int fl_peer_send(fl_peer *p, const uint8_t *payload, size_t len) {
   if (p->closing || p->ended) return FL_ECLOSED;
   fl_io *io = p->th->io;
   if (len > io->opt.max_frame) return FL_ETOOBIG;
+  if (p->queued + len > io->opt.max_queued) { /* it does not read what it is sent */
+    fl_warn("io", "%s (%s): %zu bytes wait to be written, more than %zu: the peer does not "
+            "read; closing", p->id, p->addr, p->queued + len, io->opt.max_queued);
+    fl_peer_close(p, "the peer does not read what it is sent (output queue full)");
+    return FL_ECLOSED;
+  }
   msg *m = msg_new(CMD_SEND, p, payload, len);
   if (!m) return FL_ENOMEM;
   p->queued += len;
@@ -686,6 +692,7 @@ int fl_io_listen(uv_loop_t *control, int threads, const fl_tls_config *tls, cons
     fl_conn_options_default(&io->opt);
   if (!io->opt.high_water) io->opt.high_water = 1u << 20;
   if (!io->opt.max_frame) io->opt.max_frame = FL_FRAME_DEFAULT_MAX;
+  if (!io->opt.max_queued) io->opt.max_queued = 4 * io->opt.high_water + 2 * (size_t)io->opt.max_frame;
   io->opt.heartbeat = NULL;
   if (opt && opt->heartbeat) {
     uint8_t *hb = malloc(opt->heartbeat_len ? opt->heartbeat_len : 1);

@@ -16,7 +16,9 @@
  * socket, wherever they wait (the I/O thread's queue, the connection's).  Stream while
  * fl_peer_queued() < high_water and continue from on_drain, which fires once the count
  * falls below high_water / 2 after having reached high_water, and whenever it falls to
- * 0: all a peer was sent is then out, and its memory free.
+ * 0: all a peer was sent is then out, and its memory free.  The queue is bounded: a send
+ * that would take it past the options' max_queued closes the peer (it does not read what
+ * it is sent) and fails with FL_ECLOSED, so a peer that never reads costs bounded memory.
  * Backpressure in: while more than a few frames (or about 2 MiB) of a peer wait for the
  * control loop, its socket is not read; a slow control loop does not make memory grow.
  *

@@ -39,7 +39,27 @@ void fl__log(int level, const char *tag, const char *fmt, ...) {
   if (m < 0) m = 0;
   size_t len = (size_t)n + ((size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m
                                                                      : sizeof line - (size_t)n - 2);
-  line[len++] = '\n';
-  ssize_t w = write(STDERR_FILENO, line, len);
+  /* One event, one line: control characters in the message (a peer's strings end up
+   * here) are escaped, so that nothing can forge a line of its own or move the cursor. */
+  char out[sizeof line * 4 + 2];
+  size_t o = (size_t)n;
+  memcpy(out, line, (size_t)n);
+  for (size_t i = (size_t)n; i < len; i++) {
+    unsigned char ch = (unsigned char)line[i];
+    if (ch == '\\' && i + 1 < len && line[i + 1] == 'x') {
+      memcpy(out + o, "\\\\", 2); /* a literal \x stays distinguishable from an escape */
+      o += 2;
+    } else if (ch < 0x20 || ch == 0x7f) {
+      static const char hex[] = "0123456789abcdef";
+      out[o++] = '\\';
+      out[o++] = 'x';
+      out[o++] = hex[ch >> 4];
+      out[o++] = hex[ch & 15];
+    } else {
+      out[o++] = (char)ch;
+    }
+  }
+  out[o++] = '\n';
+  ssize_t w = write(STDERR_FILENO, out, o);
   (void)w;
 }

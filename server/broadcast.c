@@ -103,6 +103,28 @@ void srv_pump_tx(client *c) {
   }
 }
 
+/* The deadline of the phase that sent the models has passed: every client still being
+ * sent its model, or waiting for its turn, has not taken it in time.  It is closed (the
+ * global model may change once no stream reads it, and a half-sent model cannot be
+ * taken back); it may connect again. */
+void srv_drop_streams(server *s, const char *why) {
+  for (client *c = s->clients; c; c = c->next) {
+    if (!c->tx_active) continue;
+    fl_warn("server", "round %llu: %s dropped: %s", (unsigned long long)s->r.number, c->id, why);
+    if (c->task_round == s->r.number && c->task_attempt == s->r.attempt && !c->counted) {
+      c->counted = 1;
+      s->r.dropped++;
+    }
+    srv_tx_done(c);
+    srv_abort_rx(c);
+    c->eval_pending = 0;
+    if (!c->closing) {
+      c->closing = 1;
+      fl_peer_close(c->peer, why);
+    }
+  }
+}
+
 /* Whether c is sent the frames of the compressed downlink: it offered the encoding, and
  * the frames of this model version are there (encoding them may have failed). */
 static int cached_now(const client *c) {
@@ -116,6 +138,14 @@ static Fl__Encoding model_encoding(const client *c) {
 
 static void start_tx(client *c) {
   server *s = c->srv;
+  if (c->tx_active) { /* never two streams for one client: the counters and the queue
+                       * would count it twice (the phases end streams before new ones) */
+    fl_error("server", "%s: a model stream is still under way; closing the connection", c->id);
+    srv_tx_done(c);
+    c->closing = 1;
+    fl_peer_close(c->peer, "model stream still under way");
+    return;
+  }
   s->r.model_raw += (uint64_t)s->n * 4;
   c->stream_cached = cached_now(c);
   c->frame_next = 0;

@@ -40,6 +40,8 @@ const fl_option server_options[] = {
   O("max-update-norm", "round", FL_OPTT_STR, max_update_norm, "10x", "BOUND|Rx|0", "refuse an update whose L2 norm exceeds BOUND, or R times the global model's norm (at least R); 0 = no bound", 0, 0),
   O("over-select", "round", FL_OPTT_DOUBLE, over_select, "0", "FRACTION", "select this fraction more clients and close the round once enough updates arrived", 0, 10),
   O("update-buffers", "round", FL_OPTT_INT, update_buffers, "2", "N", "updates received and folded at once (one model size of memory each)", 1, 64),
+  O("upload-grace", "round", FL_OPTT_DOUBLE, upload_grace, "30", "SECONDS", "a client told to send its update has this long to deliver it, plus its size at --min-upload-rate; then its update buffer goes to the next client", 0.01, 1e9),
+  O("min-upload-rate", "round", FL_OPTT_DOUBLE, min_upload_kibps, "64", "KIBPS", "the slowest upload (KiB/s) an update's deadline allows for (see --upload-grace)", 0.001, 1e9),
   O("max-attempts", "round", FL_OPTT_INT, max_attempts, "3", "N", "failed attempts at a round before waiting for new clients", 1, 1000000),
   O("secagg", "privacy", FL_OPTT_BOOL, secagg, "false", NULL, "secure aggregation: the server learns the sum of each round's updates and nothing about any one of them (fedavg only)", 0, 0),
   O("secagg-threshold", "privacy", FL_OPTT_INT, secagg_threshold, "0", "T", "shares that rebuild a client's secrets; T - 1 colluding with the server learn nothing (0 = two thirds of a neighbourhood, plus one)", 0, 10000),

@@ -33,6 +33,8 @@ typedef struct server_config {
   double over_select;       /* select this fraction more clients than needed */
   int max_attempts;         /* failed attempts of a round before waiting for new clients */
   int update_buffers;       /* updates received and folded at once */
+  double upload_grace;      /* seconds a client given Proceed has to deliver its update, */
+  double min_upload_kibps;  /* plus its size at this rate (KiB/s) */
   /* [privacy] */
   int secagg;               /* secure aggregation (secagg.c) */
   int secagg_threshold;     /* shares that rebuild a secret (0: 2/3 of a neighbourhood, + 1) */

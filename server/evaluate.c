@@ -61,13 +61,35 @@ void srv_on_eval_result(client *c, const Fl__EvalResult *e) {
             (unsigned long long)e->round);
     return;
   }
+  if (c->tx_active) { /* it cannot have evaluated a model it has not been sent */
+    fl_warn("server", "%s (%s): evaluation result for round %llu before the model was "
+            "delivered; closing the connection", c->id, fl_peer_addr(c->peer),
+            (unsigned long long)e->round);
+    srv_send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "evaluation result before the model was delivered");
+    srv_tx_done(c);
+    c->closing = 1;
+    fl_peer_close(c->peer, "protocol violation: evaluation result before the model");
+    srv_advance(s); /* on_close counts its answer */
+    return;
+  }
   c->eval_pending = 0;
   s->r.fed_answered++;
-  if (e->metrics && e->metrics->num_examples > 0 && isfinite(e->metrics->loss)) {
-    double n = (double)e->metrics->num_examples;
-    s->r.fed_loss += e->metrics->loss * n;
-    s->r.fed_acc += e->metrics->accuracy * n;
-    s->r.fed_n += e->metrics->num_examples;
+  const Fl__Metrics *m = e->metrics;
+  if (m && m->num_examples > c->num_samples) {
+    fl_warn("server", "round %llu: evaluation result of %s left out: %llu examples, but the "
+            "client declared %llu when it joined", (unsigned long long)s->r.number, c->id,
+            (unsigned long long)m->num_examples, (unsigned long long)c->num_samples);
+  } else if (m && m->num_examples > 0 && isfinite(m->loss) && m->loss >= 0 &&
+             m->accuracy >= 0 && m->accuracy <= 1) {
+    /* Weighted like an update: at most what it declared, and the round's weight cap. */
+    double n = (double)m->num_examples;
+    if (s->r.weight_cap >= 1 && n > s->r.weight_cap) n = floor(s->r.weight_cap);
+    s->r.fed_loss += m->loss * n;
+    s->r.fed_acc += m->accuracy * n;
+    s->r.fed_n += (uint64_t)n;
+  } else if (m && m->num_examples > 0) {
+    fl_warn("server", "round %llu: evaluation result of %s left out: loss %g, accuracy %g",
+            (unsigned long long)s->r.number, c->id, m->loss, m->accuracy);
   }
   srv_advance(s);
 }

@@ -29,6 +29,39 @@ static void send_proceed(client *c) {
   srv_send(c, &env);
 }
 
+static void on_upload_timer(uv_timer_t *t);
+
+/* The upload timer fires at the earliest deadline of an update under way. */
+static void arm_upload_timer(server *s) {
+  if (uv_is_closing((uv_handle_t *)&s->upload_timer)) return;
+  uint64_t next = UINT64_MAX, now = uv_now(&s->loop);
+  for (client *c = s->clients; c; c = c->next)
+    if (c->rx == RX_UPDATE && c->rx_deadline < next) next = c->rx_deadline;
+  if (next == UINT64_MAX) uv_timer_stop(&s->upload_timer);
+  else uv_timer_start(&s->upload_timer, on_upload_timer, next > now ? next - now : 0, 0);
+}
+
+static void refuse(client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A client told to send its update did not deliver it in time: its buffer goes to the
+ * next in line, and the update is refused (what still comes of it is skipped). */
+static void on_upload_timer(uv_timer_t *t) {
+  server *s = t->data;
+  uint64_t now = uv_now(&s->loop);
+  int any = 0;
+  for (client *c = s->clients; c; c = c->next) {
+    if (c->rx != RX_UPDATE || c->rx_deadline > now) continue;
+    size_t got = (size_t)c->rxt.payload;
+    srv_abort_rx(c);
+    srv_count_answer(c);
+    refuse(c, "update not delivered in time after Proceed (%zu of %zu bytes; --upload-grace, "
+           "--min-upload-rate)", got, c->data_cap);
+    any = 1;
+  }
+  arm_upload_timer(s);
+  if (any) srv_advance(s);
+}
+
 /* The client's update may come: it gets buffer buf and a Proceed.  A float32 update
  * is decoded into it; an encoded one is kept as its chunks' records (codec.h), which
  * the fold reads without expanding.  A float32 update of a client that does not speak the
@@ -53,6 +86,10 @@ static void take_update(client *c, float *buf) {
   c->data_cap = need;
   c->data_len = 0;
   c->rx = RX_UPDATE;
+  /* Its deadline: the grace, and the update's size at the slowest rate allowed. */
+  double secs = s->cfg->upload_grace + (double)need / 1024.0 / s->cfg->min_upload_kibps;
+  c->rx_deadline = uv_now(&s->loop) + (uint64_t)(secs * 1000.0);
+  arm_upload_timer(s);
   if (enc->enc == FL_ENC_FLOAT32)
     fl_tensor_rx_init(&c->rxt, need >= s->n * sizeof(float) ? (float *)(void *)c->data : NULL, s->n);
   else
@@ -454,13 +491,19 @@ void srv_intake_begin(server *s, client *const *selected, size_t k) {
 }
 
 void srv_close_intake(server *s) {
+  /* Those waiting first: a buffer given back below must not reach one of them (it would
+   * be told Proceed, then refused). */
   for (client *c = s->clients; c; c = c->next) {
-    if (c->rx != RX_UPDATE && c->rx != RX_WAIT_BUF) continue;
-    int arriving = c->rx == RX_UPDATE;
+    if (c->rx != RX_WAIT_BUF) continue;
     srv_abort_rx(c);
-    refuse(c, "round %llu closed %s", (unsigned long long)s->r.number,
-           arriving ? "while the update was arriving" : "before the update was taken");
+    refuse(c, "round %llu closed before the update was taken", (unsigned long long)s->r.number);
   }
+  for (client *c = s->clients; c; c = c->next) {
+    if (c->rx != RX_UPDATE) continue;
+    srv_abort_rx(c);
+    refuse(c, "round %llu closed while the update was arriving", (unsigned long long)s->r.number);
+  }
+  arm_upload_timer(s);
 }
 
 void srv_on_train_error(client *c, uint64_t round, const char *reason) {

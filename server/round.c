@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "select.h"
@@ -20,6 +21,8 @@
 
 /* How long clients get to read Done and hang up before the server closes on them. */
 #define LINGER_MS 5000
+/* How long a stop (SIGTERM, SIGINT) may take before the process exits regardless. */
+#define STOP_DEADLINE_MS 30000
 
 static uint64_t now_ms(server *s) { return uv_now(&s->loop); }
 
@@ -117,9 +120,11 @@ void srv_arm_timer(server *s, double seconds) {
 
 /* Ends the collection of updates: updates still arriving or waiting for a buffer are
  * refused (chunks already on their way are skipped).  Models still being sent finish
- * before the global model changes: aggregation waits for sends_pending. */
+ * before the global model changes: aggregation waits for sends_pending, until the round's
+ * deadline, when the clients that have not taken their model yet are dropped. */
 static void close_collection(server *s) {
-  uv_timer_stop(&s->timer);
+  if (!s->sends_pending) uv_timer_stop(&s->timer); /* else the round's deadline still holds
+                                                   * for the models being sent */
   srv_close_intake(s);
 }
 
@@ -143,6 +148,7 @@ void srv_end_linger(server *s) {
   for (client *c = s->clients; c; c = c->next) fl_peer_close(c->peer, "server closing");
   uv_close((uv_handle_t *)&s->timer, NULL);
   uv_close((uv_handle_t *)&s->sa_timer, NULL);
+  uv_close((uv_handle_t *)&s->upload_timer, NULL);
 }
 
 static void on_linger(uv_timer_t *t) { srv_end_linger(t->data); }
@@ -318,7 +324,13 @@ void srv_advance(server *s) {
   }
     /* fall through */
   case PH_AGGREGATING: {
-    if (!srv_folds_idle(s) || s->sends_pending) return;
+    if (s->sends_pending) {
+      if (!s->r.timed_out && !s->stopping) return;
+      srv_drop_streams(s, s->stopping ? "the server is stopping"
+                                      : "did not take the model before the round's deadline (--round-timeout)");
+    }
+    if (!srv_folds_idle(s)) return;
+    uv_timer_stop(&s->timer);
     char why[160];
     if (s->r.fold_failed) {
       attempt_failed(s, "the strategy could not fold its updates");
@@ -361,8 +373,14 @@ void srv_advance(server *s) {
   case PH_EVALUATING:
     return;
   case PH_FED_EVAL:
-    if (s->r.fed_answered < s->r.fed_asked && !s->r.timed_out && !s->stopping) return;
+    if ((s->r.fed_answered < s->r.fed_asked || s->sends_pending) && !s->r.timed_out && !s->stopping)
+      return;
     uv_timer_stop(&s->timer);
+    /* No evaluation model stream outlives the phase: the next round's tasks would
+     * start a second stream for the same client. */
+    if (s->sends_pending)
+      srv_drop_streams(s, s->stopping ? "the server is stopping"
+                                      : "did not take the evaluation model in time (--fed-eval-timeout)");
     for (client *c = s->clients; c; c = c->next) c->eval_pending = 0;
     srv_write_metrics(s, (double)(now_ms(s) - s->r.t0) / 1000.0);
     srv_save_checkpoint(s);
@@ -382,10 +400,29 @@ void srv_advance(server *s) {
   }
 }
 
+/* The stop took longer than any step may: the process ends anyway. */
+static void on_stop_deadline(uv_timer_t *t) {
+  server *s = t->data;
+  fl_error("server", "still not stopped %d s after the signal (phase %d); exiting now",
+           STOP_DEADLINE_MS / 1000, (int)s->ph);
+  _exit(1);
+}
+
 void srv_on_signal(uv_signal_t *h, int signum) {
   server *s = h->data;
-  if (s->stopping) return;
+  if (s->stopping) {
+    fl_warn("server", "%s again: exiting now", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    _exit(1);
+  }
   fl_warn("server", "%s: stopping after the current step", signum == SIGINT ? "SIGINT" : "SIGTERM");
   s->stopping = 1;
+  /* The current step (a fold, the strategy's finish, the goodbye) is bounded, but the
+   * process must end whatever a client does: a deadline that does not keep the loop up. */
+  uv_timer_init(&s->loop, &s->stop_timer);
+  s->stop_timer.data = s;
+  uv_timer_start(&s->stop_timer, on_stop_deadline, STOP_DEADLINE_MS, 0);
+  uv_unref((uv_handle_t *)&s->stop_timer);
+  s->stop_timer_on = 1;
+  alarm(STOP_DEADLINE_MS / 1000 + 10); /* and should the loop itself be stuck */
   srv_advance(s);
 }

@@ -228,6 +228,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   s->timer.data = s;
   uv_timer_init(&s->loop, &s->sa_timer);
   s->sa_timer.data = s;
+  uv_timer_init(&s->loop, &s->upload_timer);
+  s->upload_timer.data = s;
   uv_signal_init(&s->loop, &s->sigint);
   uv_signal_init(&s->loop, &s->sigterm);
   s->sigint.data = s->sigterm.data = s;
@@ -257,6 +259,7 @@ int server_run(server *s) {
 
 void server_free(server *s) {
   if (!s) return;
+  if (s->stop_timer_on) uv_close((uv_handle_t *)&s->stop_timer, NULL);
   fl_io_free(s->io); /* joins the I/O threads */
   if (uv_loop_alive(&s->loop)) uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);

@@ -97,6 +97,7 @@ struct client {
   rx_state rx;
   fl_tensor_rx rxt;
   float *buf;                /* its update buffer (the pool's) while RX_UPDATE */
+  uint64_t rx_deadline;      /* RX_UPDATE: loop time (ms) by which its update must be in */
   uint8_t *data;             /* where its update goes: buf, or a buffer of its own when an
                               * update in float32 needs more than the pool's buffers hold */
   size_t data_len, data_cap; /* bytes written (encoded updates: chunk records), and room */
@@ -193,6 +194,8 @@ struct server {
   uv_loop_t loop;
   uv_timer_t timer;             /* round and federated-evaluation timeouts */
   uv_signal_t sigint, sigterm;
+  uv_timer_t stop_timer;         /* after a signal: the process ends by this deadline */
+  int stop_timer_on;
   fl_tls_config *tls;
   fl_io *io;                     /* the I/O threads serving the clients */
   fl_conn_options copt;
@@ -244,6 +247,7 @@ struct server {
 
   struct srv_secagg *sa;         /* this attempt's secure aggregation (secagg.c), or NULL */
   uv_timer_t sa_timer;           /* its stages' timeouts */
+  uv_timer_t upload_timer;       /* the earliest deadline of an update given Proceed */
   struct srv_privacy *dp;        /* differential privacy (privacy.c), or NULL */
   uv_work_t sum_work;            /* private.c's job */
 
@@ -410,6 +414,9 @@ void srv_send_eval_task(client *c);
 void srv_pump_tx(client *c);
 /* c's model stream is over or abandoned: its turn goes to the next in line. */
 void srv_tx_done(client *c);
+/* The phase's deadline passed: clients still waiting for or taking their model are
+ * closed (logged with why), so that no stream holds the round. */
+void srv_drop_streams(server *s, const char *why);
 
 /* ---- downlink.c ---- */
 

@@ -140,7 +140,7 @@ static void on_hello(client *c, const Fl__Hello *h) {
   env.body_case = FL__ENVELOPE__BODY_WELCOME;
   env.welcome = &w;
   srv_send(c, &env);
-  fl_info("server", "%s ready (%llu samples, client %s); %zu clients ready", c->id,
+  fl_info("server", "%s ready (%llu samples, client %.64s); %zu clients ready", c->id,
           (unsigned long long)h->num_samples, h->software_version, s->n_ready);
   srv_advance(s);
 }
@@ -148,7 +148,8 @@ static void on_hello(client *c, const Fl__Hello *h) {
 /* A client's Error about a task it was given is its answer to it: the round, the
  * evaluation or the request for initial parameters goes on without it. */
 static void on_client_error(client *c, const Fl__Error *e) {
-  const char *reason = e->reason ? e->reason : "";
+  char reason[200]; /* the peer's words, bounded (the log escapes what they hold) */
+  snprintf(reason, sizeof reason, "%s", e->reason ? e->reason : "");
   fl_warn("server", "%s reports an error: %s", c->id, reason);
   switch (e->task) {
   case FL__TASK_KIND__TASK_TRAIN: srv_on_train_error(c, e->round, reason); break;
@@ -199,7 +200,7 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_SECAGG_SHARES: srv_secagg_on_shares(c, env->secagg_shares); break;
   case FL__ENVELOPE__BODY_SECAGG_REVEAL: srv_secagg_on_reveal(c, env->secagg_reveal); break;
   case FL__ENVELOPE__BODY_DONE:
-    fl_info("server", "%s says goodbye: %s", c->id, env->done->reason);
+    fl_info("server", "%s says goodbye: %.200s", c->id, env->done->reason ? env->done->reason : "");
     c->closing = 1;
     fl_peer_close(peer, "client left");
     break;

@@ -198,6 +198,7 @@ void srv_send_eval_task(client *c) {
   env.body_case = FL__ENVELOPE__BODY_EVAL_TASK;
   env.eval_task = &t;
   if (srv_send(c, &env) == 0) {
+    fl_debug("server", "round %llu: %s evaluates the model", (unsigned long long)s->r.number, c->id);
     c->eval_pending = 1;
     s->r.fed_asked++;
     start_tx(c);

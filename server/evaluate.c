@@ -74,6 +74,7 @@ void srv_on_eval_result(client *c, const Fl__EvalResult *e) {
   }
   c->eval_pending = 0;
   s->r.fed_answered++;
+  fl_debug("server", "round %llu: evaluation result from %s", (unsigned long long)s->r.number, c->id);
   const Fl__Metrics *m = e->metrics;
   if (m && m->num_examples > c->num_samples) {
     fl_warn("server", "round %llu: evaluation result of %s left out: %llu examples, but the "

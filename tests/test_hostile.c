@@ -1,0 +1,361 @@
+/* No client can stall, poison or mislead fl-server (issue 11).
+ *
+ * Each test runs the real fl-server and real fl-client processes as honest clients, plus
+ * one or two hostile clients: a small scripted client in a child process of the test,
+ * built on the project's own TLS connections and framing (conn.h, msg.h), holding a valid
+ * certificate and speaking the protocol, but lying.  Every test checks that the honest
+ * clients complete every round, that the server logs what it did about the hostile one,
+ * and that the server ends (on its own, or on SIGTERM) with a clean sanitizer log.
+ *
+ * The hostile behaviours:
+ *   eval-noread  answers each EvalTask at once, without reading the model it is sent
+ *                (and claims a perfect score), then stops reading: the stall of item 1
+ *   eval-stall   stops reading when an EvalTask comes and never answers: a client that
+ *                runs into --fed-eval-timeout while the model is still streaming
+ *   train-stall  stops reading when a TrainTask comes: the slowest of readers (item 2)
+ *   flood        never reads, and sends Update headers for a wrong round, each answered
+ *                with an Error (item 3)
+ *   hold         takes the model, sends its Update header, gets Proceed, sends nothing
+ *                (item 7)
+ *   eval-huge    reads the evaluation model, then reports 2^62 examples and a perfect
+ *                score (item 8)
+ * Every hostile client also sends an Error whose reason carries a forged log line
+ * (item 6).  Those that train send an honest-looking zero delta.
+ *
+ * Nothing waits on time: the tests wait for the server's log lines and the processes'
+ * exits. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "conn.h"
+#include "msg.h"
+#include "testutil.h"
+#include "version.h"
+
+typedef enum { H_EVAL_NOREAD, H_EVAL_STALL, H_TRAIN_STALL, H_FLOOD, H_HOLD, H_EVAL_HUGE } hmode;
+
+#define DECLARED 1000
+#define FORGED "FORGED 2026-01-01T00:00:00.000Z INFO  [server] round 999/999 done"
+
+typedef struct hostile {
+  hmode mode;
+  fl_conn *conn;
+  uint64_t model_id, num_params;
+  uint64_t round;         /* of the task whose model is arriving */
+  int kind;               /* 1: train, 2: eval */
+  int receiving;
+  uint64_t got;           /* values of the model received */
+  int failed;
+  int welcomed;           /* this connection got its Welcome */
+  int done;               /* the server said Done: no reconnection */
+  int reconnects;
+  uv_loop_t *loop;
+  fl_tls_config *tls;
+  int port;
+  uv_timer_t again;
+  uv_signal_t usr1;       /* the test says: the server has dropped you, read again */
+} hostile;
+
+static void send_env(hostile *h, const Fl__Envelope *env) {
+  uint8_t *buf;
+  size_t len;
+  if (fl_msg_encode(env, &buf, &len) != 0) {
+    h->failed = 1;
+    return;
+  }
+  fl_conn_send(h->conn, buf, len);
+  free(buf);
+}
+
+static void send_update(hostile *h, uint64_t round) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Update u = FL__UPDATE__INIT;
+  Fl__Metrics m = FL__METRICS__INIT;
+  m.loss = 1.0;
+  m.num_examples = 100;
+  u.round = round;
+  u.model_id = h->model_id;
+  u.num_params = h->num_params;
+  u.num_examples = 100;
+  u.encoding = FL__ENCODING__ENCODING_FLOAT32;
+  u.metrics = &m;
+  env.body_case = FL__ENVELOPE__BODY_UPDATE;
+  env.update = &u;
+  send_env(h, &env);
+}
+
+static void send_zero_delta(hostile *h) {
+  float *delta = calloc(h->num_params, sizeof *delta);
+  fl_tensor_tx tx;
+  fl_tensor_tx_init(&tx, delta, h->num_params, 65536);
+  uint8_t *buf;
+  size_t len;
+  while (fl_tensor_tx_next(&tx, &buf, &len) == 1) {
+    fl_conn_send(h->conn, buf, len);
+    free(buf);
+  }
+  free(delta);
+}
+
+static void send_eval_result(hostile *h, uint64_t round, uint64_t examples) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__EvalResult e = FL__EVAL_RESULT__INIT;
+  Fl__Metrics m = FL__METRICS__INIT;
+  m.loss = 0;
+  m.accuracy = 1;
+  m.num_examples = examples;
+  e.round = round;
+  e.metrics = &m;
+  env.body_case = FL__ENVELOPE__BODY_EVAL_RESULT;
+  env.eval_result = &e;
+  send_env(h, &env);
+}
+
+static void send_forged_error(hostile *h) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Error e = FL__ERROR__INIT;
+  e.code = FL__ERROR_CODE__ERROR_INTERNAL;
+  e.reason = "nothing to see\n" FORGED "\n\x1b[2K";
+  env.body_case = FL__ENVELOPE__BODY_ERROR;
+  env.error = &e;
+  send_env(h, &env);
+}
+
+static void on_open(fl_conn *conn) {
+  hostile *h = fl_conn_data(conn);
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Hello hello = FL__HELLO__INIT;
+  hello.protocol_version = FL_PROTOCOL_VERSION;
+  hello.software_version = "hostile";
+  hello.num_samples = DECLARED;
+  env.body_case = FL__ENVELOPE__BODY_HELLO;
+  env.hello = &hello;
+  send_env(h, &env);
+}
+
+/* The model of a task is in: what the client does with it. */
+static void model_in(hostile *h) {
+  if (h->kind == 1) {
+    send_update(h, h->round); /* the zero delta goes on Proceed (hold: never) */
+  } else if (h->mode == H_EVAL_HUGE) {
+    send_eval_result(h, h->round, 1ULL << 62);
+  } else {
+    send_eval_result(h, h->round, DECLARED);
+  }
+}
+
+static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
+  hostile *h = fl_conn_data(conn);
+  Fl__Envelope *env;
+  if (fl_msg_decode(p, len, &env) != 0) {
+    h->failed = 1;
+    return;
+  }
+  switch (env->body_case) {
+  case FL__ENVELOPE__BODY_WELCOME:
+    h->welcomed = 1;
+    h->model_id = env->welcome->model_id;
+    h->num_params = env->welcome->num_params;
+    send_forged_error(h);
+    if (h->mode == H_FLOOD) {
+      fl_conn_pause(conn); /* reads nothing more, ever */
+      for (int i = 0; i < 40000; i++) send_update(h, 999999);
+    }
+    break;
+  case FL__ENVELOPE__BODY_TRAIN_TASK:
+    h->round = env->train_task->round;
+    h->kind = 1;
+    h->receiving = 1;
+    h->got = 0;
+    if (h->mode == H_TRAIN_STALL) fl_conn_pause(conn);
+    break;
+  case FL__ENVELOPE__BODY_EVAL_TASK:
+    h->round = env->eval_task->round;
+    h->kind = 2;
+    h->receiving = 1;
+    h->got = 0;
+    if (h->mode == H_EVAL_NOREAD) {
+      send_eval_result(h, h->round, DECLARED);
+      fl_conn_pause(conn);
+    } else if (h->mode == H_EVAL_STALL) {
+      fl_conn_pause(conn);
+    }
+    break;
+  case FL__ENVELOPE__BODY_CHUNK: {
+    const Fl__TensorChunk *ch = env->chunk;
+    uint64_t count = ch->count ? ch->count : ch->data.len / 4;
+    if (h->receiving && ch->offset + count >= ch->total) {
+      h->receiving = 0;
+      model_in(h);
+    }
+    break;
+  }
+  case FL__ENVELOPE__BODY_PROCEED:
+    if (h->mode != H_HOLD) send_zero_delta(h);
+    break;
+  case FL__ENVELOPE__BODY_DONE:
+    h->done = 1;
+    fl_conn_close(conn, "done");
+    break;
+  default:
+    break;
+  }
+  fl_msg_free(env);
+}
+
+static void on_drain(fl_conn *conn) { (void)conn; }
+
+static const fl_conn_callbacks cbs;
+
+static void reconnect(uv_timer_t *t) {
+  hostile *h = t->data;
+  fl_conn_options opt;
+  fl_conn_options_default(&opt);
+  opt.idle_timeout_ms = 0; /* a hostile client that pauses does not give up by itself */
+  opt.stall_timeout_ms = 0;
+  h->welcomed = 0;
+  h->receiving = 0;
+  if (fl_connect(h->loop, h->tls, "127.0.0.1", h->port, &opt, &cbs, h, &h->conn) != 0) h->failed = 1;
+}
+
+/* Cut off, it comes back (as a real attacker would), until the server says Done or no
+ * longer answers. */
+static void on_close(fl_conn *conn, int err, const char *reason) {
+  hostile *h = fl_conn_data(conn);
+  (void)err;
+  (void)reason;
+  h->conn = NULL;
+  if (h->done || !h->welcomed || ++h->reconnects > 20) {
+    uv_close((uv_handle_t *)&h->again, NULL);
+    uv_close((uv_handle_t *)&h->usr1, NULL);
+    return;
+  }
+  uv_timer_start(&h->again, reconnect, 0, 0);
+}
+
+static const fl_conn_callbacks cbs = {on_open, on_frame, on_drain, on_close};
+
+/* A paused client does not read, so it does not see the server close: the test tells it
+ * (SIGUSR1) once the server's log says it was dropped. */
+static void on_usr1(uv_signal_t *sig, int signum) {
+  hostile *h = sig->data;
+  (void)signum;
+  if (h->conn) fl_conn_resume(h->conn);
+}
+
+/* Runs a hostile client with certificate client-NNNN (cert) in a child process, until the
+ * server closes its connection. */
+static pid_t spawn_hostile(const fl_test_fed *f, hmode mode, int cert) {
+  pid_t pid = fork();
+  cr_assert_neq(pid, -1);
+  if (pid > 0) return pid;
+  const char *certs = fl_test_certs_dir();
+  char ca[512], ccert[512], ckey[512], err[512];
+  snprintf(ca, sizeof ca, "%s/ca.crt", certs);
+  snprintf(ccert, sizeof ccert, "%s/client-%04d.crt", certs, cert);
+  snprintf(ckey, sizeof ckey, "%s/client-%04d.key", certs, cert);
+  fl_tls_options t = {.ca_file = ca, .cert_file = ccert, .key_file = ckey,
+                      .server_name = "localhost"};
+  fl_tls_config *tls;
+  if (fl_tls_config_create(&t, &tls, err, sizeof err) != 0) _exit(3);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  hostile h = {.mode = mode, .loop = &loop, .tls = tls, .port = f->port};
+  uv_timer_init(&loop, &h.again);
+  h.again.data = &h;
+  uv_signal_init(&loop, &h.usr1);
+  h.usr1.data = &h;
+  uv_signal_start(&h.usr1, on_usr1, SIGUSR1);
+  reconnect(&h.again);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  _exit(h.failed ? 5 : 0);
+}
+
+static void stop_child(pid_t pid) {
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+}
+
+/* The server log has the forged text only escaped, never as a line of its own. */
+static void assert_not_forged(const char *log) {
+  size_t len;
+  char *text = fl_test_read_file(log, &len);
+  cr_assert(text, "%s", log);
+  cr_assert(strstr(text, "\\x0a" FORGED), "the forged reason is logged escaped (%s)", log);
+  cr_assert_null(strstr(text, "\n" FORGED), "a client forged a line of the server's log (%s)", log);
+  cr_assert_null(strstr(text, "\x1b"), "a client wrote a control character into the log (%s)", log);
+  free(text);
+}
+
+static long rss_kib(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *fp = fopen(path, "r");
+  long v = -1;
+  if (!fp) return -1;
+  while (fgets(line, sizeof line, fp))
+    if (strncmp(line, "VmRSS:", 6) == 0) v = strtol(line + 6, NULL, 10);
+  fclose(fp);
+  return v;
+}
+
+static pid_t honest(fl_test_fed *f, const char *log, const char *n) {
+  return fl_test_fed_clients(f, log, "--clients", n, "--cert-index", "1", "--data",
+                             "fashion-mnist:train", "--max-samples", "400", "--partition", "iid",
+                             "--num-partitions", "4", "--seed", "1", NULL);
+}
+
+static void finish(fl_test_fed *f, pid_t s, pid_t c, int rounds) {
+  char log[700];
+  fl_test_fed_path(f, "server.log", log, sizeof log);
+  cr_assert_eq(fl_test_wait(s, 300 * fl_test_time_scale()), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(c, 60 * fl_test_time_scale()), 0, "honest clients failed (%s)", f->dir);
+  cr_assert_eq(fl_test_metrics_rounds(f->metrics), rounds, "%s", f->metrics);
+  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  assert_not_forged(log);
+}
+
+/* Item 1: federated evaluation ends while the model still streams to a client that
+ * answered without reading it, or to one that stopped reading; the next round's tasks
+ * must not start a second stream for them.  A model of about 2 M parameters (8 MB, more
+ * than the socket buffers hold).  The hostile clients come back after each drop, and
+ * every round selects everyone. */
+Test(hostile, fed_eval_stream_does_not_stall, .timeout = 900) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model",
+                                     "in:784 dense:2500 relu dense:10 softmax", "--rounds", "3",
+                                     "--clients-per-round", "4", "--min-clients", "4",
+                                     "--fed-eval-every", "1", "--fed-eval-timeout", "20",
+                                     "--round-timeout", "120", "--io-threads", "1", "--log-level", "debug", NULL);
+  cr_assert_gt(s, 0);
+  pid_t a = spawn_hostile(&f, H_EVAL_NOREAD, 7);
+  pid_t b = spawn_hostile(&f, H_EVAL_STALL, 8);
+  pid_t c = honest(&f, "clients.log", "2");
+  for (int r = 1; r <= 3; r++) {
+    cr_assert(fl_test_wait_count(log, "before the model was delivered; closing", r, 300),
+              "round %d: the early evaluation result was not refused (%s)", r, log);
+    kill(a, SIGUSR1);
+    cr_assert(fl_test_wait_count(log, "dropped: did not take the evaluation model in time", r, 300),
+              "round %d: the stalled evaluation stream was not dropped (%s)", r, log);
+    kill(b, SIGUSR1);
+  }
+  finish(&f, s, c, 3);
+  for (int r = 1; r <= 3; r++) { /* the score is the honest clients' alone */
+    char *line = fl_test_metrics_line(f.metrics, r);
+    double acc = fl_test_json_num(line, "fed_eval_accuracy");
+    cr_assert(acc < 0.99, "round %d: fed eval accuracy %g (%s)", r, acc, line);
+    free(line);
+  }
+  stop_child(a);
+  stop_child(b);
+  fl_test_fed_free(&f);
+}

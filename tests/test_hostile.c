@@ -165,7 +165,7 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     send_forged_error(h);
     if (h->mode == H_FLOOD) {
       fl_conn_pause(conn); /* reads nothing more, ever */
-      for (int i = 0; i < 40000; i++) send_update(h, 999999);
+      for (int i = 0; i < 250000; i++) send_update(h, 999999);
     }
     break;
   case FL__ENVELOPE__BODY_TRAIN_TASK:
@@ -357,5 +357,120 @@ Test(hostile, fed_eval_stream_does_not_stall, .timeout = 900) {
   }
   stop_child(a);
   stop_child(b);
+  fl_test_fed_free(&f);
+}
+
+/* Item 2: a client that stops reading its model holds no round past --round-timeout:
+ * the round aggregates the honest updates at its deadline and drops the slow reader. */
+Test(hostile, slow_reader_dropped_at_round_deadline, .timeout = 900) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model",
+                                     "in:784 dense:2500 relu dense:10 softmax", "--rounds", "2",
+                                     "--clients-per-round", "3", "--min-clients", "3",
+                                     "--round-timeout", "15", "--io-threads", "1", NULL);
+  cr_assert_gt(s, 0);
+  pid_t a = spawn_hostile(&f, H_TRAIN_STALL, 7);
+  pid_t c = honest(&f, "clients.log", "2");
+  for (int r = 1; r <= 2; r++) {
+    cr_assert(fl_test_wait_count(log, "client-0007 dropped: did not take the model before the round's deadline", r, 300),
+              "round %d: the slow reader was not dropped (%s)", r, log);
+    kill(a, SIGUSR1);
+  }
+  finish(&f, s, c, 2);
+  for (int r = 1; r <= 2; r++) {
+    char *line = fl_test_metrics_line(f.metrics, r);
+    cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 2, "%s", line);
+    free(line);
+  }
+  stop_child(a);
+  fl_test_fed_free(&f);
+}
+
+/* Item 1's other half: SIGTERM ends the server while a model stream is stuck. */
+Test(hostile, sigterm_ends_a_stuck_round, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model",
+                                     "in:784 dense:2500 relu dense:10 softmax", "--rounds", "50",
+                                     "--clients-per-round", "3", "--min-clients", "3",
+                                     "--round-timeout", "100000", "--io-threads", "1",
+                                     "--log-level", "debug", NULL);
+  cr_assert_gt(s, 0);
+  pid_t a = spawn_hostile(&f, H_TRAIN_STALL, 7);
+  pid_t c = honest(&f, "clients.log", "2");
+  cr_assert(fl_test_wait_count(log, "round 1: update from client-000", 2, 300),
+            "the honest updates never came (%s)", log);
+  kill(s, SIGTERM);
+  cr_assert_eq(fl_test_wait(s, 60), 0, "SIGTERM did not end the server (%s)", log);
+  cr_assert(fl_test_count(log, "stopped after 0 completed rounds"), "%s", log);
+  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  stop_child(a);
+  kill(c, SIGTERM);
+  fl_test_wait(c, 60);
+  fl_test_fed_free(&f);
+}
+
+/* Item 3: a client that never reads, and sends frames that are each answered with an
+ * Error, is cut off once its output queue is full; the server's memory stays bounded. */
+Test(hostile, nonreader_flood_cut_off, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "3",
+                                     "--clients-per-round", "2", "--min-clients", "2",
+                                     "--max-frame-mib", "1", "--io-threads", "1", NULL);
+  cr_assert_gt(s, 0);
+  long before = rss_kib(s);
+  pid_t a = spawn_hostile(&f, H_FLOOD, 7);
+  cr_assert(fl_test_wait_for_while(log, "the peer does not read; closing", s, 300),
+            "the flooding client was not cut off (%s)", log);
+  long after = rss_kib(s);
+  cr_assert(before > 0 && after > 0 && after - before < 64 * 1024,
+            "the server grew from %ld to %ld KiB (%s)", before, after, log);
+  kill(a, SIGUSR1); /* it comes back, and floods again: the honest rounds go on */
+  pid_t c = honest(&f, "clients.log", "2");
+  finish(&f, s, c, 3);
+  stop_child(a);
+  fl_test_fed_free(&f);
+}
+
+/* Items 7 and 8: two clients take both update buffers and never deliver; one reports an
+ * evaluation of 2^62 examples with a perfect score.  The buffers go to the honest
+ * clients at the upload deadline; the false evaluation is left out. */
+Test(hostile, held_buffers_and_spoofed_eval, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "3",
+                                     "--clients-per-round", "5", "--min-clients", "5",
+                                     "--update-buffers", "2", "--upload-grace", "2",
+                                     "--min-upload-rate", "1000000", "--fed-eval-every", "1",
+                                     "--round-timeout", "300", NULL);
+  cr_assert_gt(s, 0);
+  pid_t a = spawn_hostile(&f, H_HOLD, 7);
+  pid_t b = spawn_hostile(&f, H_HOLD, 8);
+  pid_t e = spawn_hostile(&f, H_EVAL_HUGE, 9);
+  pid_t c = honest(&f, "clients.log", "2");
+  finish(&f, s, c, 3);
+  cr_assert_geq(fl_test_count(log, "update not delivered in time after Proceed"), 6, "%s", log);
+  cr_assert_eq(fl_test_count(log, "closed while the update was arriving"), 0, "%s", log);
+  cr_assert_geq(fl_test_count(log, "evaluation result of client-0009 left out"), 3, "%s", log);
+  for (int r = 1; r <= 3; r++) {
+    char *line = fl_test_metrics_line(f.metrics, r);
+    cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 3, "%s", line); /* 2 honest + 9's zero */
+    double acc = fl_test_json_num(line, "fed_eval_accuracy");
+    cr_assert(acc < 0.99, "round %d: fed eval accuracy %g (%s)", r, acc, line);
+    free(line);
+  }
+  stop_child(a);
+  stop_child(b);
+  stop_child(e);
   fl_test_fed_free(&f);
 }

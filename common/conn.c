@@ -40,6 +40,18 @@
 
 enum conn_state { ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSING };
 
+/* A listener's handshakes in progress, shared with its connections (which may outlive
+ * it): freed with the last reference. */
+typedef struct hs_count {
+  unsigned n, refs;
+  unsigned refused;    /* connections closed for the cap since the last warning */
+  uint64_t warned;     /* when that warning was */
+} hs_count;
+
+static void hs_unref(hs_count *h) {
+  if (h && --h->refs == 0) free(h);
+}
+
 struct fl_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
@@ -75,6 +87,10 @@ struct fl_conn {
   size_t wq_bytes;     /* handed to uv_write, not yet completed */
   unsigned writes;     /* uv_write requests in flight */
   uint64_t started, last_rx, last_tx, stall_since, close_deadline;
+  uint64_t frame_since;  /* a partial frame has waited to be completed since (0: none) */
+  hs_count *hs;          /* server: the listener's count, while this handshake counts in it */
+  uint64_t dec_frames;   /* frames decoded so far */
+  uint64_t frame_mark;   /* dec_frames when frame_since was set */
   uint64_t bytes_in, bytes_out;
   char peer_id[65];
   char addr[64];
@@ -83,6 +99,7 @@ struct fl_conn {
 
 struct fl_listener {
   uv_tcp_t tcp;
+  hs_count *hs;
   const fl_tls_config *tls;
   fl_conn_options opt;
   fl_conn_callbacks cb;
@@ -110,6 +127,8 @@ void fl_conn_options_default(fl_conn_options *o) {
   o->idle_timeout_ms = 60000;
   o->heartbeat_interval_ms = 15000;
   o->stall_timeout_ms = 60000;
+  o->frame_timeout_ms = 60000;
+  o->max_handshakes = 256;
 }
 
 long fl_conn_raise_fd_limit(void) {
@@ -124,8 +143,17 @@ long fl_conn_raise_fd_limit(void) {
 
 /* ---- closing ---- */
 
+/* The handshake no longer counts in its listener's (done, or the connection ended). */
+static void hs_release(fl_conn *c) {
+  if (!c->hs) return;
+  c->hs->n--;
+  hs_unref(c->hs);
+  c->hs = NULL;
+}
+
 static void finish(fl_conn *c) {
   if (c->handles_closed < 2 || c->gai_pending) return;
+  hs_release(c);
   if (c->cb.on_close) c->cb.on_close(c, c->err, c->reason);
   mbedtls_ssl_free(&c->ssl);
   fl_frame_decoder_free(&c->dec);
@@ -211,6 +239,8 @@ static void rearm(fl_conn *c) {
       consider(&next, c->last_tx + c->opt.heartbeat_interval_ms);
     if (c->stall_since && c->opt.stall_timeout_ms)
       consider(&next, c->stall_since + c->opt.stall_timeout_ms);
+    if (c->frame_since && c->opt.frame_timeout_ms && !c->paused)
+      consider(&next, c->frame_since + c->opt.frame_timeout_ms);
   }
   if (next == UINT64_MAX)
     uv_timer_stop(&c->timer);
@@ -242,6 +272,13 @@ static void timer_cb(uv_timer_t *t) {
   } else {
     if (c->opt.idle_timeout_ms && !c->paused && now - c->last_rx >= c->opt.idle_timeout_ms) {
       fail(c, FL_ETIMEDOUT, "idle: nothing received for %u ms", c->opt.idle_timeout_ms);
+      return;
+    }
+    if (c->frame_since && c->opt.frame_timeout_ms && !c->paused &&
+        now - c->frame_since >= c->opt.frame_timeout_ms) {
+      fail(c, FL_ETIMEDOUT, "frame not completed within %u ms (%u of %u payload bytes)",
+           c->opt.frame_timeout_ms, c->dec.hdr_have < FL_FRAME_HEADER ? 0 : c->dec.have,
+           c->dec.hdr_have < FL_FRAME_HEADER ? 0 : c->dec.len);
       return;
     }
     if (c->stall_since && c->opt.stall_timeout_ms &&
@@ -428,6 +465,7 @@ static void handshake_done(fl_conn *c) {
   /* A full handshake verified the peer's certificate just now; a resumed one took the
    * certificate from the session (server: from the ticket, checked as it was opened). */
   c->resumed = peer && !c->verified;
+  hs_release(c);
   if (c->resume_key) fl__tls_session_keep(c->tls, c->resume_key, &c->ssl);
   c->state = ST_OPEN;
   c->last_rx = c->last_tx = uv_now(c->loop);
@@ -454,6 +492,7 @@ static void process(fl_conn *c) {
         return;
       }
       c->pt_off += (size_t)n;
+      if (frame) c->dec_frames++;
       if (frame && c->cb.on_frame) c->cb.on_frame(c, frame, flen);
       continue;
     }
@@ -486,6 +525,18 @@ static void process(fl_conn *c) {
     return;
   }
   if (c->state != ST_CLOSING) flush(c);
+  /* A frame begun and not complete: its deadline runs from the first of its bytes (a
+   * frame completed and the next one begun in the same read restart it). */
+  if (c->state == ST_OPEN) {
+    int partial = fl_frame_decoder_partial(&c->dec);
+    if (!partial) {
+      c->frame_since = 0;
+    } else if (!c->frame_since || c->dec_frames != c->frame_mark) {
+      c->frame_since = uv_now(c->loop);
+      c->frame_mark = c->dec_frames;
+      rearm(c);
+    }
+  }
   if (c->pt && c->pt_off == c->pt_len) {
     free(c->pt);
     c->pt = NULL;
@@ -672,6 +723,26 @@ static void on_connection(uv_stream_t *server, int status) {
     fail(c, FL_ENET, "accept failed: %s", uv_strerror(r));
     return;
   }
+  if (l->opt.max_handshakes && l->hs->n >= l->opt.max_handshakes) {
+    /* Too many handshakes at once: this one is closed at once (no TLS work spent on it);
+     * the warning comes at most once a second, with the count since the last. */
+    uint64_t now = uv_now(server->loop);
+    l->hs->refused++;
+    if (!l->hs->warned || now - l->hs->warned >= 1000) {
+      fl_warn("conn", "port %d: %u handshakes in progress, the most allowed; %u new "
+              "connections closed", l->port, l->hs->n, l->hs->refused);
+      l->hs->refused = 0;
+      l->hs->warned = now;
+    }
+    snprintf(c->reason, sizeof c->reason, "too many handshakes in progress");
+    c->err = FL_EREFUSED;
+    c->state = ST_CLOSING;
+    close_handles(c);
+    return;
+  }
+  c->hs = l->hs;
+  l->hs->n++;
+  l->hs->refs++;
   struct sockaddr_storage ss;
   int len = sizeof ss;
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
@@ -705,6 +776,12 @@ static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
   return FL_EINVAL;
 }
 
+static void listener_closed(uv_handle_t *h) {
+  fl_listener *l = h->data;
+  hs_unref(l->hs);
+  free(l);
+}
+
 static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls,
                                  const fl_conn_options *opt, const fl_conn_callbacks *cb,
                                  void *data) {
@@ -717,6 +794,12 @@ static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls,
     fl_conn_options_default(&l->opt);
   if (cb) l->cb = *cb;
   l->data = data;
+  l->hs = calloc(1, sizeof *l->hs);
+  if (!l->hs) {
+    free(l);
+    return NULL;
+  }
+  l->hs->refs = 1;
   uv_tcp_init(loop, &l->tcp);
   l->tcp.data = l;
   return l;
@@ -752,7 +835,7 @@ int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int p
   if (r == 0) r = listener_start(l);
   if (r < 0) {
     fl_error("conn", "cannot listen on %s port %d: %s", host, port, uv_strerror(r));
-    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+    uv_close((uv_handle_t *)&l->tcp, listener_closed);
     return FL_ENET;
   }
   fl_info("conn", "listening on %s port %d", host, l->port);
@@ -776,7 +859,7 @@ int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
   if (r == 0) r = listener_start(l);
   if (r < 0) {
     fl_error("conn", "cannot listen on socket %d: %s", (int)fd, uv_strerror(r));
-    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+    uv_close((uv_handle_t *)&l->tcp, listener_closed);
     return FL_ENET;
   }
   fl_debug("conn", "listening on port %d (socket %d)", l->port, (int)fd);
@@ -787,7 +870,7 @@ int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
 int fl_listener_port(const fl_listener *l) { return l->port; }
 
 void fl_listener_close(fl_listener *l) {
-  if (l) uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+  if (l) uv_close((uv_handle_t *)&l->tcp, listener_closed);
 }
 
 static void connect_cb(uv_connect_t *req, int status) {
@@ -947,6 +1030,7 @@ void fl_conn_resume(fl_conn *c) {
   if (c->state == ST_CLOSING || !c->paused) return;
   c->paused = 0;
   c->last_rx = uv_now(c->loop); /* the silence while paused was ours */
+  if (c->frame_since) c->frame_since = c->last_rx; /* and so was the wait for the frame */
   if (c->state == ST_HANDSHAKE || c->state == ST_OPEN) {
     int r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
     if (r < 0) {

@@ -10,6 +10,10 @@
  * be written; senders stream while it is below high_water and continue from on_drain; a
  * peer that leaves more than high_water unread for stall_timeout_ms is dropped.
  *
+ * Hostile peers: a frame begun must be complete within frame_timeout_ms (a peer that
+ * drips one byte at a time is dropped), and a listener handshakes at most max_handshakes
+ * connections at once (more are closed as soon as they are accepted).
+ *
  * Resumption: with a client configuration that keeps sessions (tls.h), fl_connect offers
  * the session kept for its host:port, and keeps the new one once the handshake is done;
  * fl_conn_resumed() says which kind of handshake took place.
@@ -55,6 +59,10 @@ typedef struct fl_conn_options {
   uint32_t stall_timeout_ms;     /* write queue stuck above high_water: drop; default 60 s */
   size_t max_queued;             /* iothreads.h: a peer with more than this waiting to be
                                   * written is closed (0: 4 x high_water + 2 x max_frame) */
+  uint32_t frame_timeout_ms;     /* a frame begun must be complete within this; 0 = no
+                                  * limit; default 60 s */
+  uint32_t max_handshakes;       /* server: handshakes in progress at once per listener;
+                                  * more are closed as they are accepted; default 256 */
   const uint8_t *heartbeat;      /* payload sent as heartbeat (copied); NULL = none */
   size_t heartbeat_len;
 } fl_conn_options;

@@ -76,6 +76,8 @@ const fl_option server_options[] = {
   O("max-frame-mib", "net", FL_OPTT_INT, max_frame_mib, "4", "MIB", "largest frame accepted", 1, 1024),
   O("heartbeat", "net", FL_OPTT_DOUBLE, heartbeat, "15", "SECONDS", "heartbeat interval on idle connections", 0.01, 1e6),
   O("idle-timeout", "net", FL_OPTT_DOUBLE, idle_timeout, "120", "SECONDS", "drop a peer silent this long", 0.05, 1e9),
+  O("frame-timeout", "net", FL_OPTT_DOUBLE, frame_timeout, "60", "SECONDS", "drop a peer that begins a frame and does not complete it within this", 0.01, 1e6),
+  O("max-handshakes", "net", FL_OPTT_INT, max_handshakes, "256", "N", "TLS handshakes in progress at once per I/O thread; further connections are closed as they arrive", 1, 1000000),
   O("io-threads", "net", FL_OPTT_INT, io_threads, "0", "N", "threads doing the TLS and socket I/O (0 = one per core)", 0, 256),
   {0},
 };

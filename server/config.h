@@ -73,6 +73,8 @@ typedef struct server_config {
   int max_frame_mib;
   double heartbeat;         /* seconds */
   double idle_timeout;      /* seconds */
+  double frame_timeout;     /* seconds to complete a frame once begun */
+  int max_handshakes;       /* TLS handshakes in progress at once, per I/O thread */
   int io_threads;           /* TLS I/O threads (0: one per core) */
 } server_config;
 

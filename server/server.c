@@ -201,6 +201,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   s->copt.high_water = (size_t)cfg->chunk_kib * 1024u;
   s->copt.heartbeat_interval_ms = (uint32_t)(cfg->heartbeat * 1000);
   s->copt.idle_timeout_ms = (uint32_t)(cfg->idle_timeout * 1000);
+  s->copt.frame_timeout_ms = (uint32_t)(cfg->frame_timeout * 1000);
+  s->copt.max_handshakes = (uint32_t)cfg->max_handshakes;
   if (s->copt.handshake_timeout_ms > s->copt.idle_timeout_ms)
     s->copt.handshake_timeout_ms = s->copt.idle_timeout_ms;
   if (s->copt.stall_timeout_ms > s->copt.idle_timeout_ms)

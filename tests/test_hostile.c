@@ -19,6 +19,8 @@
  *                (item 7)
  *   eval-huge    reads the evaluation model, then reports 2^62 examples and a perfect
  *                score (item 8)
+ *   drip         announces a frame and sends its bytes one at a time, a few a second
+ *                (item 10; with raw TCP connections that never handshake)
  * Every hostile client also sends an Error whose reason carries a forged log line
  * (item 6).  Those that train send an honest-looking zero delta.
  *
@@ -28,6 +30,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,7 +43,8 @@
 #include "testutil.h"
 #include "version.h"
 
-typedef enum { H_EVAL_NOREAD, H_EVAL_STALL, H_TRAIN_STALL, H_FLOOD, H_HOLD, H_EVAL_HUGE } hmode;
+typedef enum { H_EVAL_NOREAD, H_EVAL_STALL, H_TRAIN_STALL, H_FLOOD, H_HOLD, H_EVAL_HUGE,
+               H_DRIP } hmode;
 
 #define DECLARED 1000
 #define FORGED "FORGED 2026-01-01T00:00:00.000Z INFO  [server] round 999/999 done"
@@ -60,6 +66,7 @@ typedef struct hostile {
   int port;
   uv_timer_t again;
   uv_signal_t usr1;       /* the test says: the server has dropped you, read again */
+  uv_timer_t drip;
 } hostile;
 
 static void send_env(hostile *h, const Fl__Envelope *env) {
@@ -139,6 +146,12 @@ static void on_open(fl_conn *conn) {
   send_env(h, &env);
 }
 
+static void drip_byte(uv_timer_t *t) {
+  hostile *h = t->data;
+  static const uint8_t zero = 0;
+  if (h->conn && h->welcomed) fl_conn_send_raw(h->conn, &zero, 1);
+}
+
 /* The model of a task is in: what the client does with it. */
 static void model_in(hostile *h) {
   if (h->kind == 1) {
@@ -163,6 +176,11 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     h->model_id = env->welcome->model_id;
     h->num_params = env->welcome->num_params;
     send_forged_error(h);
+    if (h->mode == H_DRIP) {
+      static const uint8_t header[4] = {0, 0, 4, 0}; /* a frame of 1024 bytes */
+      fl_conn_send_raw(conn, header, sizeof header);
+      uv_timer_start(&h->drip, drip_byte, 100, 100);
+    }
     if (h->mode == H_FLOOD) {
       fl_conn_pause(conn); /* reads nothing more, ever */
       for (int i = 0; i < 250000; i++) send_update(h, 999999);
@@ -231,9 +249,11 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
   (void)err;
   (void)reason;
   h->conn = NULL;
+  uv_timer_stop(&h->drip);
   if (h->done || !h->welcomed || ++h->reconnects > 20) {
     uv_close((uv_handle_t *)&h->again, NULL);
     uv_close((uv_handle_t *)&h->usr1, NULL);
+    uv_close((uv_handle_t *)&h->drip, NULL);
     return;
   }
   uv_timer_start(&h->again, reconnect, 0, 0);
@@ -269,6 +289,8 @@ static pid_t spawn_hostile(const fl_test_fed *f, hmode mode, int cert) {
   hostile h = {.mode = mode, .loop = &loop, .tls = tls, .port = f->port};
   uv_timer_init(&loop, &h.again);
   h.again.data = &h;
+  uv_timer_init(&loop, &h.drip);
+  h.drip.data = &h;
   uv_signal_init(&loop, &h.usr1);
   h.usr1.data = &h;
   uv_signal_start(&h.usr1, on_usr1, SIGUSR1);
@@ -472,5 +494,49 @@ Test(hostile, held_buffers_and_spoofed_eval, .timeout = 600) {
   stop_child(a);
   stop_child(b);
   stop_child(e);
+  fl_test_fed_free(&f);
+}
+
+/* Item 10: a client that drips a frame is dropped at --frame-timeout; raw connections
+ * that never handshake take at most --max-handshakes slots.  Both are tried while round 1
+ * is under way: a client that never answers (train-stall) keeps it open until its
+ * deadline, and the honest clients' updates are in it all the same. */
+Test(hostile, dripped_frames_and_idle_handshakes, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "2",
+                                     "--clients-per-round", "3", "--min-clients", "3",
+                                     "--round-timeout", "20", "--frame-timeout", "2",
+                                     "--max-handshakes", "4", "--io-threads", "1", NULL);
+  cr_assert_gt(s, 0);
+  pid_t st = spawn_hostile(&f, H_TRAIN_STALL, 8);
+  pid_t c = honest(&f, "clients.log", "2");
+  cr_assert(fl_test_wait_for_while(log, "round 1/2: 3 of", s, 300), "no round began (%s)", log);
+  pid_t d = spawn_hostile(&f, H_DRIP, 7);
+  cr_assert(fl_test_wait_for_while(log, "client-0007 ready", s, 300), "%s", log);
+  enum { RAW = 32 };
+  int fds[RAW];
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f.port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (int i = 0; i < RAW; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fds[i], 0);
+    cr_assert_eq(connect(fds[i], (struct sockaddr *)&a, sizeof a), 0);
+  }
+  cr_assert(fl_test_wait_for_while(log, "handshakes in progress, the most allowed", s, 300),
+            "the handshakes were not capped (%s)", log);
+  cr_assert(fl_test_wait_for_while(log, "frame not completed within 2000 ms", s, 300),
+            "the dripping client was not dropped (%s)", log);
+  for (int i = 0; i < RAW; i++) close(fds[i]);
+  cr_assert(fl_test_wait_for_while(log, "round 1/2 done", s, 300), "%s", log);
+  kill(st, SIGUSR1);
+  finish(&f, s, c, 2);
+  char *line = fl_test_metrics_line(f.metrics, 1);
+  cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 2, "%s", line);
+  free(line);
+  stop_child(d);
+  stop_child(st);
   fl_test_fed_free(&f);
 }

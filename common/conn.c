@@ -46,6 +46,7 @@ typedef struct hs_count {
   unsigned n, refs;
   unsigned refused;    /* connections closed for the cap since the last warning */
   uint64_t warned;     /* when that warning was */
+  uint64_t crl_warned; /* when the last "CRL expired" error was */
 } hs_count;
 
 static void hs_unref(hs_count *h) {
@@ -93,6 +94,7 @@ struct fl_conn {
   uint64_t frame_mark;   /* dec_frames when frame_since was set */
   uint64_t bytes_in, bytes_out;
   char peer_id[65];
+  int64_t peer_not_after; /* the peer certificate's end of validity (Unix time; 0: none) */
   char addr[64];
   char reason[256];
 };
@@ -401,6 +403,17 @@ static void tls_reason(int r, char *out, size_t n) {
 }
 
 /* The CN of a certificate's subject, made printable. */
+/* An X.509 time as Unix time (UTC; days from the civil date). */
+static int64_t x509_epoch(const mbedtls_x509_time *t) {
+  int64_t y = t->year, m = t->mon, d = t->day;
+  y -= m <= 2;
+  int64_t era = (y >= 0 ? y : y - 399) / 400, yoe = y - era * 400;
+  int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  int64_t days = era * 146097 + doe - 719468;
+  return days * 86400 + t->hour * 3600 + t->min * 60 + t->sec;
+}
+
 static void cert_cn(const mbedtls_x509_crt *crt, char *out, size_t n) {
   out[0] = '\0';
   for (const mbedtls_x509_name *name = &crt->subject; name; name = name->next) {
@@ -451,6 +464,16 @@ static void handshake_failed(fl_conn *c, int r) {
   }
   if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED || r == MBEDTLS_ERR_SSL_NO_CLIENT_CERTIFICATE)
     err = FL_ECERT;
+  /* Our CRL expired while we run: no client can be verified.  Said as an error, at most
+   * once a minute per listener, naming the cure (a fresh CRL, as at start-up). */
+  if (flags != (uint32_t)-1 && (flags & MBEDTLS_X509_BADCRL_EXPIRED) && c->hs) {
+    uint64_t now = uv_now(c->loop);
+    if (!c->hs->crl_warned || now - c->hs->crl_warned >= 60000) {
+      c->hs->crl_warned = now;
+      fl_error("conn", "the CRL has expired: every client is refused until a fresh CRL is "
+               "installed (--crl) and the server restarted");
+    }
+  }
   /* The next attempt is a full handshake, whatever went wrong with this one. */
   if (c->resume_key) fl__tls_session_forget(c->tls, c->resume_key);
   fail(c, err, "handshake failed: %s%s", why, cert);
@@ -462,6 +485,7 @@ static void handshake_done(fl_conn *c) {
     cert_cn(peer, c->peer_id, sizeof c->peer_id);
   else
     c->peer_id[0] = '\0';
+  c->peer_not_after = peer ? x509_epoch(&peer->valid_to) : 0;
   /* A full handshake verified the peer's certificate just now; a resumed one took the
    * certificate from the session (server: from the ticket, checked as it was opened). */
   c->resumed = peer && !c->verified;
@@ -1046,6 +1070,7 @@ void fl_conn_resume(fl_conn *c) {
 void *fl_conn_data(const fl_conn *c) { return c->data; }
 void fl_conn_set_data(fl_conn *c, void *data) { c->data = data; }
 const char *fl_conn_peer_id(const fl_conn *c) { return c->peer_id; }
+int64_t fl_conn_peer_not_after(const fl_conn *c) { return c->peer_not_after; }
 const char *fl_conn_peer_addr(const fl_conn *c) { return c->addr; }
 int fl_conn_resumed(const fl_conn *c) { return c->resumed; }
 uint64_t fl_conn_bytes_in(const fl_conn *c) { return c->bytes_in; }

@@ -120,6 +120,9 @@ void *fl_conn_data(const fl_conn *c);
 void fl_conn_set_data(fl_conn *c, void *data);
 /* The peer certificate's CN ("" before the handshake). */
 const char *fl_conn_peer_id(const fl_conn *c);
+/* The end of the peer certificate's validity, as Unix time (0 before the handshake or
+ * without a certificate): a connection outlives the check at its handshake. */
+int64_t fl_conn_peer_not_after(const fl_conn *c);
 /* "1.2.3.4:5678" or "[::1]:5678". */
 const char *fl_conn_peer_addr(const fl_conn *c);
 /* 1 when the handshake resumed an earlier session (tls.h) instead of a full handshake:

@@ -111,6 +111,7 @@ struct fl_io {
 struct fl_peer {
   io_thread *th;
   char id[65];
+  int64_t not_after;
   char addr[64];
   int resumed;
   /* I/O thread only */
@@ -267,6 +268,7 @@ static void io_open(fl_conn *c) {
   p->th = th;
   p->conn = c;
   snprintf(p->id, sizeof p->id, "%s", fl_conn_peer_id(c));
+  p->not_after = fl_conn_peer_not_after(c);
   snprintf(p->addr, sizeof p->addr, "%s", fl_conn_peer_addr(c));
   p->resumed = fl_conn_resumed(c);
   embed(&p->m_open, EV_OPEN, p);
@@ -588,6 +590,7 @@ void fl_peer_close(fl_peer *p, const char *reason) {
 void *fl_peer_data(const fl_peer *p) { return p->data; }
 void fl_peer_set_data(fl_peer *p, void *data) { p->data = data; }
 const char *fl_peer_id(const fl_peer *p) { return p->id; }
+int64_t fl_peer_not_after(const fl_peer *p) { return p->not_after; }
 int fl_peer_resumed(const fl_peer *p) { return p->resumed; }
 const char *fl_peer_addr(const fl_peer *p) { return p->addr; }
 int fl_peer_thread(const fl_peer *p) { return p->th->index; }

@@ -96,6 +96,8 @@ void fl_peer_set_data(fl_peer *p, void *data);
  * returned. */
 const char *fl_peer_id(const fl_peer *p);
 const char *fl_peer_addr(const fl_peer *p);
+/* The end of its certificate's validity, Unix time (conn.h's fl_conn_peer_not_after). */
+int64_t fl_peer_not_after(const fl_peer *p);
 /* 1 when its TLS handshake resumed a session (conn.h's fl_conn_resumed). */
 int fl_peer_resumed(const fl_peer *p);
 /* The I/O thread serving this peer (0 .. threads-1). */

@@ -388,6 +388,17 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
       goto fail;
     }
     cfg->have_crl = 1;
+    /* An expired CRL makes every client's verification fail (mbedTLS: "The CRL is
+     * expired"): refused here as it would be at run time, with the date. */
+    for (const mbedtls_x509_crl *crl = &cfg->crl; crl && crl->version; crl = crl->next)
+      if (crl->next_update.year && mbedtls_x509_time_is_past(&crl->next_update)) {
+        const mbedtls_x509_time *t = &crl->next_update;
+        snprintf(err, errlen, "CRL file %s expired on %04d-%02d-%02dT%02d:%02d:%02dZ (its next "
+                 "update): every client would be refused; install a fresh CRL", opt->crl_file,
+                 t->year, t->mon, t->day, t->hour, t->min, t->sec);
+        rc = FL_ECERT;
+        goto fail;
+      }
   }
   if (opt->cert_file) {
     if ((r = mbedtls_x509_crt_parse_file(&cfg->cert, opt->cert_file)) != 0) {

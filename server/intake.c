@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bigalloc.h"
 #include "error.h"
@@ -313,6 +314,7 @@ void srv_on_update(client *c, const Fl__Update *u) {
     refuse(c, "second update for round %llu", (unsigned long long)s->r.number);
     return;
   }
+  if (srv_cert_expired(c, (int64_t)time(NULL))) return; /* on_close counts it as dropped */
   c->answered = 1;
   if (u->model_id != fl_model_id(s->model) || u->num_params != s->n) {
     srv_count_answer(c);

@@ -43,7 +43,7 @@ static void start_round(server *s) {
       ids[m] = c->id;
       ready[m++] = c;
     }
-  size_t target = fl_select_target(s->cfg->clients_per_round, s->n_ready);
+  size_t target = fl_select_target(s->cfg->clients_per_round, m);
   /* Differential privacy samples each client independently (what its accountant assumes). */
   size_t k = s->dp ? srv_privacy_select(s, m, chosen)
                    : fl_select_clients(ids, m, target, s->cfg->over_select, &s->rng, chosen);
@@ -284,7 +284,7 @@ void srv_advance(server *s) {
       return;
     }
     if (s->waiting_for_more && s->ready_events == s->ready_seen) return;
-    if (s->n_ready >= (size_t)s->cfg->min_clients) {
+    if (srv_clients_available(s) >= (size_t)s->cfg->min_clients) {
       s->waiting_for_more = 0;
       if (s->r.attempt == 0 && !srv_privacy_allows_round(s, s->n_ready)) {
         srv_finish_run(s, "privacy budget reached");

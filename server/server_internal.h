@@ -288,6 +288,11 @@ void srv_on_signal(uv_signal_t *h, int signum);
 extern const fl_peer_callbacks srv_peer_callbacks;
 /* Sends env to the client and counts its bytes.  0 or FL_E* (fl_peer_send's). */
 int srv_send(client *c, const Fl__Envelope *env);
+/* 1 when the client's certificate has expired (now: Unix time) since its handshake: it is told, closed
+ * and logged (a connection outlives the check at the handshake). */
+int srv_cert_expired(client *c, int64_t now);
+/* Ready clients, not closing, whose certificate is still valid (those expired are closed). */
+size_t srv_clients_available(server *s);
 /* Sends an Error; with ERROR_VERSION it lists the versions this server speaks. */
 void srv_send_error(client *c, Fl__ErrorCode code, const char *reason);
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "error.h"
 #include "log.h"
@@ -43,6 +44,30 @@ void srv_send_error(client *c, Fl__ErrorCode code, const char *reason) {
   env.body_case = FL__ENVELOPE__BODY_ERROR;
   env.error = &e;
   srv_send(c, &env);
+}
+
+int srv_cert_expired(client *c, int64_t now) {
+  int64_t end = fl_peer_not_after(c->peer);
+  if (c->closing || end <= 0 || now <= end) return 0;
+  char when[32];
+  time_t t = (time_t)end;
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  fl_warn("server", "%s (%s): its certificate expired at %s while it was connected; closing",
+          c->id, fl_peer_addr(c->peer), when);
+  srv_send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "your certificate has expired");
+  c->closing = 1;
+  fl_peer_close(c->peer, "certificate expired");
+  return 1;
+}
+
+size_t srv_clients_available(server *s) {
+  size_t n = 0;
+  int64_t now = (int64_t)time(NULL);
+  for (client *c = s->clients; c; c = c->next)
+    if (c->ready && !c->closing && !srv_cert_expired(c, now)) n++;
+  return n;
 }
 
 static client *find_client(server *s, const char *id, const client *except) {

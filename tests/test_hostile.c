@@ -35,6 +35,7 @@
 #include <sys/socket.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -269,17 +270,15 @@ static void on_usr1(uv_signal_t *sig, int signum) {
   if (h->conn) fl_conn_resume(h->conn);
 }
 
-/* Runs a hostile client with certificate client-NNNN (cert) in a child process, until the
- * server closes its connection. */
-static pid_t spawn_hostile(const fl_test_fed *f, hmode mode, int cert) {
+/* Runs a hostile client with certificate ccert (key ckey) in a child process, until the
+ * server closes its connection for good. */
+static pid_t spawn_hostile_as(const fl_test_fed *f, hmode mode, const char *ccert, const char *ckey) {
   pid_t pid = fork();
   cr_assert_neq(pid, -1);
   if (pid > 0) return pid;
   const char *certs = fl_test_certs_dir();
-  char ca[512], ccert[512], ckey[512], err[512];
+  char ca[512], err[512];
   snprintf(ca, sizeof ca, "%s/ca.crt", certs);
-  snprintf(ccert, sizeof ccert, "%s/client-%04d.crt", certs, cert);
-  snprintf(ckey, sizeof ckey, "%s/client-%04d.key", certs, cert);
   fl_tls_options t = {.ca_file = ca, .cert_file = ccert, .key_file = ckey,
                       .server_name = "localhost"};
   fl_tls_config *tls;
@@ -297,6 +296,15 @@ static pid_t spawn_hostile(const fl_test_fed *f, hmode mode, int cert) {
   reconnect(&h.again);
   uv_run(&loop, UV_RUN_DEFAULT);
   _exit(h.failed ? 5 : 0);
+}
+
+/* The same with the test certificate client-NNNN (cert). */
+static pid_t spawn_hostile(const fl_test_fed *f, hmode mode, int cert) {
+  const char *certs = fl_test_certs_dir();
+  char ccert[512], ckey[512];
+  snprintf(ccert, sizeof ccert, "%s/client-%04d.crt", certs, cert);
+  snprintf(ckey, sizeof ckey, "%s/client-%04d.key", certs, cert);
+  return spawn_hostile_as(f, mode, ccert, ckey);
 }
 
 static void stop_child(pid_t pid) {
@@ -538,5 +546,77 @@ Test(hostile, dripped_frames_and_idle_handshakes, .timeout = 600) {
   free(line);
   stop_child(d);
   stop_child(st);
+  fl_test_fed_free(&f);
+}
+
+/* tests/mkcerts_timed.sh into DIR/timed: a client certificate and a CRL that end `secs`
+ * from now; returns that moment. */
+static time_t timed_certs(const fl_test_fed *f, int secs) {
+  char cmd[2048];
+  time_t end = time(NULL) + secs;
+  snprintf(cmd, sizeof cmd, "%s/tests/mkcerts_timed.sh %s %s/timed %d", fl_test_src_dir(),
+           fl_test_certs_dir(), f->dir, secs);
+  cr_assert_eq(fl_test_system(cmd), 0, "%s", cmd);
+  return end;
+}
+
+/* Waits for the wall clock itself: the event here is a certificate's end. */
+static void wait_past(time_t end) {
+  while (time(NULL) <= end + 1) usleep(100 * 1000);
+}
+
+/* Item 9: a client whose certificate expires while it is connected is not selected: it is
+ * told and closed when the server next counts its clients. */
+Test(hostile, expired_certificate_not_selected, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char log[700], crt[700], key[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  time_t end = timed_certs(&f, 8);
+  fl_test_fed_path(&f, "timed/expiring.crt", crt, sizeof crt);
+  fl_test_fed_path(&f, "timed/expiring.key", key, sizeof key);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "2",
+                                     "--clients-per-round", "3", "--min-clients", "2", NULL);
+  cr_assert_gt(s, 0);
+  pid_t e = spawn_hostile_as(&f, H_HOLD, crt, key);
+  cr_assert(fl_test_wait_for_while(log, "expiring-client ready", s, 300), "%s", log);
+  wait_past(end);
+  pid_t c = honest(&f, "clients.log", "2");
+  finish(&f, s, c, 2);
+  cr_assert(fl_test_count(log, "expiring-client (") && fl_test_count(log, "its certificate expired at"),
+            "the expired client was not closed (%s)", log);
+  for (int r = 1; r <= 2; r++) {
+    char *line = fl_test_metrics_line(f.metrics, r);
+    cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 2, "%s", line);
+    free(line);
+  }
+  stop_child(e);
+  fl_test_fed_free(&f);
+}
+
+/* Item 9: an expired CRL is refused at start-up, and named when it expires at run time. */
+Test(hostile, expired_crl, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char log[700], log2[700], old[700], soon[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  fl_test_fed_path(&f, "server2.log", log2, sizeof log2);
+  time_t end = timed_certs(&f, 6);
+  fl_test_fed_path(&f, "timed/crl-expired.pem", old, sizeof old);
+  fl_test_fed_path(&f, "timed/crl-soon.pem", soon, sizeof soon);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "2nn", "--crl", old, NULL);
+  cr_assert_neq(fl_test_wait(s, 60), 0, "a server with an expired CRL started (%s)", log);
+  cr_assert(fl_test_count(log, "expired on 2021-01-01T00:00:00Z"), "%s", log);
+  s = fl_test_fed_server_ready(&f, "server2.log", "--model", "2nn", "--crl", soon, NULL);
+  cr_assert_gt(s, 0, "the server refused a CRL still valid (%s)", log2);
+  wait_past(end);
+  pid_t c = honest(&f, "clients.log", "1");
+  cr_assert(fl_test_wait_for_while(log2, "the CRL has expired: every client is refused", s, 120),
+            "%s", log2);
+  kill(s, SIGTERM);
+  cr_assert_eq(fl_test_wait(s, 60), 0, "%s", log2);
+  cr_assert(fl_test_sanitizer_clean(log2), "sanitizer report in %s", log2);
+  kill(c, SIGKILL);
+  fl_test_wait(c, 60);
   fl_test_fed_free(&f);
 }

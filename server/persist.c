@@ -3,6 +3,7 @@
  * the strategy's state, such as a server optimizer's moments),
  * --resume from it, and the final model file (--out).  Files are written atomically and
  * checksummed (checkpoint.h, modelfile.h), so a crash leaves the previous one whole. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,14 @@
 
 /* After every completed round: all a restart needs to continue from the next one. */
 void srv_save_checkpoint(server *s) {
+  /* The strategy never applies a non-finite step (strategy.h); a model that is not
+   * finite all the same is never written over the last good checkpoint. */
+  for (size_t i = 0; i < s->n; i++)
+    if (!isfinite(s->global[i])) {
+      fl_error("server", "round %llu: the global model has a non-finite value (parameter "
+               "%zu); the checkpoint is not written", (unsigned long long)s->r.number, i);
+      return;
+    }
   checkpoint c = {0};
   c.rounds = s->r.number;
   c.model_version = s->model_version;

@@ -108,6 +108,8 @@ void srv_pump_tx(client *c) {
  * global model may change once no stream reads it, and a half-sent model cannot be
  * taken back); it may connect again. */
 void srv_drop_streams(server *s, const char *why) {
+  int starting = s->starting_streams;
+  s->starting_streams = 1; /* the slots freed below go to no one: all of them are dropped */
   for (client *c = s->clients; c; c = c->next) {
     if (!c->tx_active) continue;
     fl_warn("server", "round %llu: %s dropped: %s", (unsigned long long)s->r.number, c->id, why);
@@ -123,6 +125,7 @@ void srv_drop_streams(server *s, const char *why) {
       fl_peer_close(c->peer, why);
     }
   }
+  s->starting_streams = starting;
 }
 
 /* Whether c is sent the frames of the compressed downlink: it offered the encoding, and

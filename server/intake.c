@@ -32,14 +32,25 @@ static void send_proceed(client *c) {
 
 static void on_upload_timer(uv_timer_t *t);
 
-/* The upload timer fires at the earliest deadline of an update under way. */
+/* The upload timer fires at the earliest deadline of an update under way (it may fire
+ * early: the deadlines are checked then).  A scan of every client, so only when it fires
+ * or the round closes; a new deadline only brings it forward. */
 static void arm_upload_timer(server *s) {
   if (uv_is_closing((uv_handle_t *)&s->upload_timer)) return;
   uint64_t next = UINT64_MAX, now = uv_now(&s->loop);
   for (client *c = s->clients; c; c = c->next)
     if (c->rx == RX_UPDATE && c->rx_deadline < next) next = c->rx_deadline;
+  s->upload_due = next;
   if (next == UINT64_MAX) uv_timer_stop(&s->upload_timer);
   else uv_timer_start(&s->upload_timer, on_upload_timer, next > now ? next - now : 0, 0);
+}
+
+static void upload_deadline(server *s, uint64_t at) {
+  if (uv_is_closing((uv_handle_t *)&s->upload_timer)) return;
+  if (uv_is_active((uv_handle_t *)&s->upload_timer) && s->upload_due <= at) return;
+  uint64_t now = uv_now(&s->loop);
+  s->upload_due = at;
+  uv_timer_start(&s->upload_timer, on_upload_timer, at > now ? at - now : 0, 0);
 }
 
 static void refuse(client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -90,7 +101,7 @@ static void take_update(client *c, float *buf) {
   /* Its deadline: the grace, and the update's size at the slowest rate allowed. */
   double secs = s->cfg->upload_grace + (double)need / 1024.0 / s->cfg->min_upload_kibps;
   c->rx_deadline = uv_now(&s->loop) + (uint64_t)(secs * 1000.0);
-  arm_upload_timer(s);
+  upload_deadline(s, c->rx_deadline);
   if (enc->enc == FL_ENC_FLOAT32)
     fl_tensor_rx_init(&c->rxt, need >= s->n * sizeof(float) ? (float *)(void *)c->data : NULL, s->n);
   else

@@ -248,6 +248,7 @@ struct server {
   struct srv_secagg *sa;         /* this attempt's secure aggregation (secagg.c), or NULL */
   uv_timer_t sa_timer;           /* its stages' timeouts */
   uv_timer_t upload_timer;       /* the earliest deadline of an update given Proceed */
+  uint64_t upload_due;           /* when it is due (loop time, ms) */
   struct srv_privacy *dp;        /* differential privacy (privacy.c), or NULL */
   uv_work_t sum_work;            /* private.c's job */
 

@@ -19,7 +19,8 @@
  *              ready clients), the fixed-denominator estimator of the paper, which does
  *              not depend on who was sampled.
  * Adaptive clipping: each client's bit [norm <= S] goes into a sum with noise of
- * deviation sigma_b = E / 20; S moves to S exp(-0.2 (b - Q)), b the noised fraction, and
+ * deviation sigma_b = max(E / 20, 1.2 z) (the paper's E / 20, raised for small rounds so the
+ * bits never take more than a sixth of the budget: z_u <= 1.1 z); S moves to S exp(-0.2 (b - Q)), b the noised fraction, and
  * the update's noise multiplier becomes z_u = (z^-2 - (2 sigma_b)^-2)^(-1/2), so that the
  * two releases together cost what one of multiplier z does.
  *
@@ -40,6 +41,7 @@
 
 #define CLIP_LR 0.2     /* adaptive clipping's learning rate (the paper's eta_C) */
 #define BIT_SHARE 20.0  /* sigma_b = expected clients / BIT_SHARE (the paper's choice) */
+#define BIT_FLOOR 1.2   /* ... and at least BIT_FLOOR z, so that z_u <= 1.1 z */
 
 struct srv_privacy {
   fl_accountant acc, acc_server;
@@ -135,7 +137,7 @@ void srv_privacy_begin(server *s, client *const *ready, size_t m, size_t selecte
   p->count = 0;
   if (p->sum) memset(p->sum, 0, s->n * sizeof *p->sum);
   /* Adaptive clipping spends part of the noise on the bits. */
-  p->sigma_bit = p->adaptive ? p->expected / BIT_SHARE : 0;
+  p->sigma_bit = p->adaptive ? fmax(p->expected / BIT_SHARE, BIT_FLOOR * p->z) : 0;
   p->z_update = p->z;
   if (p->adaptive && p->z > 0) {
     double r = pow(p->z, -2) - pow(2 * p->sigma_bit, -2);
@@ -182,9 +184,6 @@ int srv_privacy_mean(server *s, double *sum, double weights, double bits, size_t
   if (!sum) sum = p->sum, weights = p->weights, bits = p->bits, contributors = p->count;
   (void)weights;
   if (!(p->denom > 0)) return fl_errf(err, len, FL_ESTATE, "no clients to average over");
-  if (!isfinite(p->z_update))
-    return fl_errf(err, len, FL_ECONFIG, "--dp-noise %g is too small for adaptive clipping's "
-                   "share (it needs more than %g)", p->z, 2 * p->sigma_bit);
   /* Central mode: the server adds the noise (distributed: the clients did). */
   if (!p->distributed) {
     double sd = p->z_update * p->clip;

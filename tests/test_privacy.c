@@ -193,3 +193,53 @@ Test(privacy, options_that_cannot_work_are_refused_at_start, .timeout = 120) {
     fl_test_fed_free(&f);
   }
 }
+
+/* The accountant lives in the checkpoint: a private run stopped after two rounds and
+ * resumed reports, for its third round, the epsilon of three rounds run in one go; a
+ * private run cannot resume from a checkpoint that holds no accountant. */
+Test(privacy, the_accountant_survives_a_restart, .timeout = 900) {
+  fl_test_fed whole, parts;
+  fl_test_fed_init(&whole);
+  fl_test_fed_init(&parts);
+  const char *dp[] = {"--dp-clip", "0.5", "--dp-noise", "0.8", "--dp-quantile", "0.5", NULL};
+  cr_assert_eq(run(&whole, dp, "3"), 0, "run failed (%s)", whole.dir);
+  char *line = fl_test_metrics_line(whole.metrics, 3);
+  double want = fl_test_json_num(line, "epsilon");
+  free(line);
+
+  char ckpt[700];
+  fl_test_fed_path(&parts, "run.ckpt", ckpt, sizeof ckpt);
+  const char *first[] = {"--dp-clip", "0.5", "--dp-noise", "0.8", "--dp-quantile", "0.5",
+                         "--checkpoint", ckpt, NULL};
+  cr_assert_eq(run(&parts, first, "2"), 0, "first part failed (%s)", parts.dir);
+  line = fl_test_metrics_line(parts.metrics, 2);
+  double clip2 = fl_test_json_num(line, "dp_clip"), within2 = fl_test_json_num(line, "dp_within_clip");
+  free(line);
+  const char *second[] = {"--dp-clip", "0.5", "--dp-noise", "0.8", "--dp-quantile", "0.5",
+                          "--checkpoint", ckpt, "--resume", NULL};
+  cr_assert_eq(run(&parts, second, "3"), 0, "resumed part failed (%s)", parts.dir);
+  char log[700];
+  fl_test_fed_path(&parts, "server.log", log, sizeof log);
+  cr_assert_eq(fl_test_count(log, "the privacy accountant goes on from 2 rounds"), 1, "%s", log);
+  line = fl_test_metrics_line(parts.metrics, 3);
+  double got = fl_test_json_num(line, "epsilon"), clip3 = fl_test_json_num(line, "dp_clip");
+  cr_assert_float_eq(got, want, 1e-9, "epsilon after a restart %.6f, in one run %.6f", got, want);
+  /* The adaptive bound goes on from where round 2 left it: S exp(-0.2 (b - 0.5)). */
+  double next = clip2 * exp(-0.2 * (within2 - 0.5));
+  cr_assert_float_eq(clip3, next, 1e-4 * next, "clip %.6f after %.6f (within %.4f)", clip3, clip2, within2);
+  free(line);
+  fl_test_fed_free(&whole);
+
+  /* Now without an accountant in the checkpoint: a plain run's. */
+  fl_test_fed_init(&whole);
+  fl_test_fed_path(&whole, "plain.ckpt", ckpt, sizeof ckpt);
+  const char *plain[] = {"--checkpoint", ckpt, NULL};
+  cr_assert_eq(run(&whole, plain, "1"), 0, "plain run failed (%s)", whole.dir);
+  const char *refused[] = {"--dp-clip", "0.5", "--dp-noise", "0.8", "--checkpoint", ckpt,
+                           "--resume", NULL};
+  cr_assert_neq(run(&whole, refused, "2"), 0, "a private run resumed a plain checkpoint");
+  fl_test_fed_path(&whole, "server.log", log, sizeof log);
+  cr_assert_eq(fl_test_count(log, "holds no privacy accountant"), 1, "%s", log);
+  fl_test_fed_free(&whole);
+  fl_test_fed_free(&parts);
+}

@@ -633,3 +633,37 @@ Test(hostile, expired_crl, .timeout = 300) {
   fl_test_wait(c, 60);
   fl_test_fed_free(&f);
 }
+
+/* Item 7, second half: when a round closes, a client waiting for an update buffer is
+ * refused, never first told Proceed by the buffer an arriving update gives back.  The
+ * hostile client (the newest, so the first the server looks at) takes the only buffer
+ * before the honest clients are done training (50 epochs) and holds it until the round
+ * times out; the honest clients wait behind it.  One attempt only, then SIGTERM. */
+Test(hostile, closing_round_gives_no_proceed, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "1",
+                                     "--clients-per-round", "3", "--min-clients", "3",
+                                     "--update-buffers", "1", "--upload-grace", "100000",
+                                     "--epochs", "50", "--round-timeout", "15",
+                                     "--max-attempts", "1", NULL);
+  cr_assert_gt(s, 0);
+  pid_t c = honest(&f, "clients.log", "2");
+  cr_assert(fl_test_wait_for_while(log, "2 clients ready", s, 300), "%s", log);
+  pid_t a = spawn_hostile(&f, H_HOLD, 7);
+  cr_assert(fl_test_wait_for_while(log, "waiting for new clients", s, 300), "%s", log);
+  cr_assert_eq(fl_test_count(log, "closed before the update was taken"), 2, "%s", log);
+  cr_assert_eq(fl_test_count(log, "closed while the update was arriving"), 1, "%s", log);
+  cr_assert(fl_test_count(log, "from client-0007: round 1 closed while the update was arriving"),
+            "%s", log);
+  kill(s, SIGTERM);
+  cr_assert_eq(fl_test_wait(s, 60), 0, "SIGTERM did not end the server (%s)", log);
+  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  assert_not_forged(log);
+  stop_child(a);
+  kill(c, SIGTERM);
+  fl_test_wait(c, 60);
+  fl_test_fed_free(&f);
+}

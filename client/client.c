@@ -69,6 +69,8 @@ struct app {
   fl_dataset flipped;        /* --attack labelflip: data with flipped labels (x shared) */
   fl_subset *parts, *test_parts;
   fl_model *model;           /* built from the spec the server last sent */
+  int fits;                  /* 1: --data fits model, -1: it does not (misfit says why) */
+  char misfit[400];
   atomic_int running;        /* jobs handed to the pool and not completed */
   int train_threads;         /* threads of each training job (--train-threads) */
   char host[256];
@@ -168,7 +170,27 @@ out:
 
 /* ---- the library's callbacks, on the loop thread ---- */
 
-/* Makes sure the cached model is the one the task names. */
+/* Whether --data (and --test) fit the model: its input width, and labels its head can
+ * take.  Checked once per model, over all of the data every virtual client shares. */
+static int data_fits(app *a, char *err, size_t errlen) {
+  if (!a->fits) {
+    const fl_model *m = a->model;
+    char why[300];
+    fl_subset all = {&a->data, NULL, a->data.n}, test = {&a->test, NULL, a->test.n};
+    int rc = fl_check_data(m, &all, why, sizeof why);
+    if (rc == 0 && a->have_test && (rc = fl_check_data(m, &test, why, sizeof why)) != 0)
+      snprintf(a->misfit, sizeof a->misfit, "--test %s does not fit model '%s': %s",
+               a->cfg->test, fl_model_spec(m), why);
+    else if (rc)
+      snprintf(a->misfit, sizeof a->misfit, "--data %s does not fit model '%s': %s",
+               a->cfg->data, fl_model_spec(m), why);
+    a->fits = rc ? -1 : 1;
+  }
+  return a->fits > 0 ? 0 : fl_errf(err, errlen, FL_EMISMATCH, "%s", a->misfit);
+}
+
+/* Makes sure the cached model is the one the task names.  FL_EMISMATCH when this
+ * client can never train it (the reason in err). */
 static int use_model(app *a, const char *spec, uint64_t n, char *err, size_t errlen) {
   if (!spec || !spec[0]) return fl_errf(err, errlen, FL_EPROTO, "the server named no model");
   if (!a->model || strcmp(fl_model_spec(a->model), spec) != 0) {
@@ -179,26 +201,28 @@ static int use_model(app *a, const char *spec, uint64_t n, char *err, size_t err
     if (rc) return rc;
     fl_model_free(a->model);
     a->model = m;
+    a->fits = 0;
   }
   if (fl_model_is_external(a->model))
     return fl_errf(err, errlen, FL_EMISMATCH,
                    "'%s' is an external model: fl-client trains models of the training core "
                    "only (an application built on libflclient trains it)", spec);
   if (fl_model_num_params(a->model) != n)
-    return fl_errf(err, errlen, FL_EMISMATCH,
+    return fl_errf(err, errlen, FL_EPROTO,
                    "the task has %llu parameters, but spec '%s' gives %zu", (unsigned long long)n,
                    spec, fl_model_num_params(a->model));
   if (fl_model_input_dim(a->model) != a->data.dim)
-    return fl_errf(err, errlen, FL_EMISMATCH, "model '%s' takes %zu features, but the local data has %zu",
-                   spec, fl_model_input_dim(a->model), a->data.dim);
-  return 0;
+    return fl_errf(err, errlen, FL_EMISMATCH, "model '%s' takes %zu features, but --data %s "
+                   "has %zu", spec, fl_model_input_dim(a->model), a->cfg->data, a->data.dim);
+  return data_fits(a, err, errlen);
 }
 
 static int submit(vclient *v, fl_client_task *t, int train, const fl_train_config *tcfg) {
   app *a = v->a;
   char err[512];
   int rc = use_model(a, fl_client_task_model(t), fl_client_task_num_params(t), err, sizeof err);
-  if (rc) return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "%s", err);
+  if (rc) return fl_client_task_error(t, rc == FL_EMISMATCH ? FL_CLIENT_EINCOMPATIBLE
+                                                            : FL_CLIENT_ECALLBACK, "%s", err);
   job *j = calloc(1, sizeof *j);
   if (!j) return fl_client_task_error(t, FL_CLIENT_ENOMEM, "out of memory");
   j->base.run = job_run;

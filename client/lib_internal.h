@@ -160,6 +160,9 @@ void flc__send_error(fl_client *c, Fl__ErrorCode code, const char *reason, uint6
                      Fl__TaskKind task);
 void flc__start_connect(fl_client *c);
 void flc__maybe_finished(fl_client *c);
+/* Ends the run with status (errmsg set by the caller): the connection closes once what
+ * is queued on it is sent. */
+void flc__finish(fl_client *c, int status);
 
 /* lib_task.c */
 void flc__on_train_task(fl_client *c, const Fl__TrainTask *t);

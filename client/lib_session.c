@@ -136,6 +136,9 @@ static void on_server_error(fl_client *c, const Fl__Error *e) {
   } else if (e->code == FL__ERROR_CODE__ERROR_MODEL) {
     flc__errf(c, FL_CLIENT_EMODEL, "the server refused this client's model: %s", reason);
     finish(c, FL_CLIENT_EMODEL);
+  } else if (e->code == FL__ERROR_CODE__ERROR_INCOMPATIBLE) {
+    flc__errf(c, FL_CLIENT_EINCOMPATIBLE, "the server refuses this client: %s", reason);
+    finish(c, FL_CLIENT_EINCOMPATIBLE);
   } else if (e->code == FL__ERROR_CODE__ERROR_REFUSED && c->tx) {
     flc__task_free(c->tx); /* the refused update: nothing more of it is sent */
     c->tx = NULL;
@@ -299,6 +302,8 @@ static void finish(fl_client *c, int status) {
   }
   flc__maybe_finished(c);
 }
+
+void flc__finish(fl_client *c, int status) { finish(c, status); }
 
 static void on_handle_closed(uv_handle_t *h) {
   fl_client *c = h->data;

@@ -451,6 +451,16 @@ static void answer(fl_client *c, fl_client_task *t) {
     flc__task_free(t);
     return;
   }
+  if (t->status == FL_CLIENT_EINCOMPATIBLE) {
+    const char *why = t->reason[0] ? t->reason : fl_client_strerror(t->status);
+    flc__errf(c, FL_CLIENT_EINCOMPATIBLE, "cannot train the server's model: %s", why);
+    flc__log(c, FL_CLIENT_LOG_ERROR, "round %" PRIu64 ": cannot train the server's model: %s; "
+             "telling the server and stopping", t->round, why);
+    flc__send_error(c, FL__ERROR_CODE__ERROR_INCOMPATIBLE, why, t->round, wire_kind(t->kind));
+    flc__task_free(t);
+    flc__finish(c, FL_CLIENT_EINCOMPATIBLE);
+    return;
+  }
   if (t->status != 0) {
     fail_task(c, t, "%s", t->reason[0] ? t->reason : fl_client_strerror(t->status));
     flc__task_free(t);

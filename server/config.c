@@ -6,11 +6,14 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "error.h"
 #include "log.h"
 #include "codec.h"
+#include "model.h"
 #include "strategy.h"
+#include "train.h"
 
 #define O(name, sec, type, field, def, arg, help, lo, hi) \
   {name, sec, type, offsetof(server_config, field), def, arg, help, lo, hi}
@@ -78,6 +81,43 @@ const fl_option server_options[] = {
   {0},
 };
 
+/* The local training settings go to every client in each TrainTask: a value a client
+ * cannot use would fail every client of every round, so each is checked here, before the
+ * server listens.  The optimizer is one of the training core's unless the clients train
+ * an external model with their own code (they interpret the name). */
+static int check_train_settings(const server_config *c, char *err, size_t errlen) {
+  char why[512];
+  fl_model *m;
+  if (fl_model_create(c->model, &m, why, sizeof why) != 0) {
+    snprintf(err, errlen, "--model: %s", why);
+    return FL_ECONFIG;
+  }
+  int external = fl_model_is_external(m);
+  fl_model_free(m);
+  fl_train_config t = fl_train_config_default();
+  if (!external && fl_optimizer_parse(c->optimizer, &t) != 0) {
+    const char *known[] = {"sgd", "momentum", "nesterov", "adam", "adamw"};
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+      if (strcasecmp(c->optimizer, known[i]) == 0) {
+        snprintf(err, errlen, "--optimizer: unknown optimizer '%s' (names are lower case: "
+                 "did you mean '%s'?)", c->optimizer, known[i]);
+        return FL_ECONFIG;
+      }
+    snprintf(err, errlen, "--optimizer: unknown optimizer '%s' (known: sgd, momentum, "
+             "nesterov, adam, adamw)", c->optimizer);
+    return FL_ECONFIG;
+  }
+  if (c->momentum >= 1) {
+    snprintf(err, errlen, "--momentum: must be below 1 (the training core refuses %g)", c->momentum);
+    return FL_ECONFIG;
+  }
+  if (!(c->lr > 0)) {
+    snprintf(err, errlen, "--lr: the local learning rate must be above 0, got %g", c->lr);
+    return FL_ECONFIG;
+  }
+  return 0;
+}
+
 int server_config_check(const server_config *c, char *err, size_t errlen) {
   char host[256];
   int port;
@@ -85,6 +125,8 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
     snprintf(err, errlen, "--listen: expected HOST:PORT, got '%s'", c->listen);
     return FL_ECONFIG;
   }
+  int rc = check_train_settings(c, err, errlen);
+  if (rc) return rc;
   if (strcmp(c->weights, "examples") != 0 && strcmp(c->weights, "uniform") != 0) {
     snprintf(err, errlen, "--weights: expected 'examples' or 'uniform', got '%s'", c->weights);
     return FL_ECONFIG;

@@ -278,5 +278,6 @@ void server_free(server *s) {
   free(s->heartbeat);
   free(s->checkpoint);
   fl_model_free(s->model);
+  srv_excluded_free(s);
   free(s);
 }

@@ -145,6 +145,14 @@ typedef struct apply_job {
 
 typedef struct refusal { char client[128]; char reason[160]; } refusal;
 
+/* A client that said it cannot train this model (ERROR_INCOMPATIBLE): left out of the
+ * rest of the run, by its certificate name. */
+typedef struct excluded {
+  struct excluded *next;
+  char client[128];
+  char reason[400];
+} excluded;
+
 typedef struct round_stats {
   uint64_t number, attempt;
   size_t selected, target, answered, accepted, refused, dropped;
@@ -236,6 +244,8 @@ struct server {
 
   client *clients;
   size_t n_clients, n_ready;
+  excluded *excluded;            /* left out of the run (sessions.c), newest first */
+  size_t n_excluded;
   size_t sends_pending;          /* model streams not finished, queued ones too */
   size_t streams;                /* model streams under way (at most max_streams) */
   size_t max_streams;            /* STREAMS_PER_THREAD per I/O thread */
@@ -286,6 +296,8 @@ extern const fl_peer_callbacks srv_peer_callbacks;
 int srv_send(client *c, const Fl__Envelope *env);
 /* Sends an Error; with ERROR_VERSION it lists the versions this server speaks. */
 void srv_send_error(client *c, Fl__ErrorCode code, const char *reason);
+/* Frees the list of clients left out of the run. */
+void srv_excluded_free(server *s);
 
 /* ---- intake.c ---- */
 

@@ -7,7 +7,10 @@
  * (external.c); every other frame is decoded here and
  * dispatched to the file its message belongs to.  A client that breaks the protocol is
  * told why and closed; heartbeats only keep the connection alive (conn.h drops peers
- * that fall silent).  When a peer closes, its part in the round is settled (stream
+ * that fall silent).  A client that says it cannot train this model at all
+ * (ERROR_INCOMPATIBLE: its data does not fit) is left out of the rest of the run: its
+ * connection closes, and a later Hello with the same certificate name is refused with
+ * the reason it gave.  When a peer closes, its part in the round is settled (stream
  * abandoned, update buffer released, answer counted as dropped) before its record is
  * freed. */
 #include <stdio.h>
@@ -43,6 +46,45 @@ void srv_send_error(client *c, Fl__ErrorCode code, const char *reason) {
   env.body_case = FL__ENVELOPE__BODY_ERROR;
   env.error = &e;
   srv_send(c, &env);
+}
+
+void srv_excluded_free(server *s) {
+  while (s->excluded) {
+    excluded *e = s->excluded;
+    s->excluded = e->next;
+    free(e);
+  }
+  s->n_excluded = 0;
+}
+
+static const excluded *find_excluded(const server *s, const char *id) {
+  for (const excluded *e = s->excluded; e; e = e->next)
+    if (strcmp(e->client, id) == 0) return e;
+  return NULL;
+}
+
+/* The client cannot train this model: its answer to the task is in, and it leaves. */
+static void exclude(client *c, const Fl__Error *e) {
+  server *s = c->srv;
+  const char *reason = e->reason && e->reason[0] ? e->reason : "(no reason given)";
+  fl_warn("server", "%s cannot train this model: %s; it is left out for the rest of the run",
+          c->id, reason);
+  if (!find_excluded(s, c->id)) {
+    excluded *x = calloc(1, sizeof *x);
+    if (x) {
+      snprintf(x->client, sizeof x->client, "%s", c->id);
+      snprintf(x->reason, sizeof x->reason, "%s", reason);
+      x->next = s->excluded;
+      s->excluded = x;
+      s->n_excluded++;
+    }
+  }
+  c->closing = 1; /* never selected again, even by the round its answer completes */
+  fl_peer_close(c->peer, "it cannot train this model");
+  if (c == s->init_from) srv_init_failed(c, reason);
+  if (e->task == FL__TASK_KIND__TASK_TRAIN) srv_on_train_error(c, e->round, reason);
+  else if (e->task == FL__TASK_KIND__TASK_EVALUATE) srv_on_eval_error(c, e->round);
+  srv_advance(s);
 }
 
 static client *find_client(server *s, const char *id, const client *except) {
@@ -83,7 +125,17 @@ static void on_hello(client *c, const Fl__Hello *h) {
     fl_peer_close(c->peer, "incompatible protocol version");
     return;
   }
-  char why[512];
+  char why[700];
+  const excluded *x = find_excluded(s, c->id);
+  if (x) {
+    snprintf(why, sizeof why, "%s is left out of this run: it said it cannot train this model (%s)",
+             c->id, x->reason);
+    fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
+    srv_send_error(c, FL__ERROR_CODE__ERROR_INCOMPATIBLE, why);
+    c->closing = 1;
+    fl_peer_close(c->peer, "left out of the run");
+    return;
+  }
   if (srv_model_disagrees(s, h, why, sizeof why)) {
     fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
     srv_send_error(c, FL__ERROR_CODE__ERROR_MODEL, why);
@@ -148,6 +200,10 @@ static void on_hello(client *c, const Fl__Hello *h) {
 /* A client's Error about a task it was given is its answer to it: the round, the
  * evaluation or the request for initial parameters goes on without it. */
 static void on_client_error(client *c, const Fl__Error *e) {
+  if (e->code == FL__ERROR_CODE__ERROR_INCOMPATIBLE) {
+    exclude(c, e);
+    return;
+  }
   const char *reason = e->reason ? e->reason : "";
   fl_warn("server", "%s reports an error: %s", c->id, reason);
   switch (e->task) {

@@ -124,7 +124,8 @@ const char *fl_client_version(void);
   X(CALLBACK, -12, "a callback failed")                                               \
   X(CANCELED, -13, "the task is no longer wanted")                                    \
   X(NONFINITE, -14, "a value is NaN or infinite")                                     \
-  X(IO, -15, "input/output error")
+  X(IO, -15, "input/output error")                                                   \
+  X(INCOMPATIBLE, -16, "this client cannot train the server's model (its data does not fit it)")
 
 enum fl_client_errno {
   FL_CLIENT_OK = 0,
@@ -353,7 +354,11 @@ fl_client_metrics *fl_client_task_metrics(fl_client_task *t);
  * (the server refuses it if its round is over).  Any thread. */
 int fl_client_task_cancelled(const fl_client_task *t);
 /* Records why the task failed (sent to the server, and logged) and returns code, for
- * `return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "...", ...);`. */
+ * `return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "...", ...);`.  A failure that
+ * will not go away (the local data does not fit the server's model: another number of
+ * features, labels beyond its outputs) is FL_CLIENT_EINCOMPATIBLE: the server is told
+ * (ERROR_INCOMPATIBLE), leaves this client out of the rest of the run, and the client
+ * finishes with FL_CLIENT_EINCOMPATIBLE, fl_client_errmsg naming the mismatch. */
 int fl_client_task_error(fl_client_task *t, int code, const char *fmt, ...)
     FL_CLIENT_PRINTF(3, 4);
 /* Completes a task whose callback returned FL_CLIENT_PENDING, from any thread, exactly

@@ -1,0 +1,147 @@
+/* Failing fast, with the reason: the real binaries given bad input exit at once with a
+ * message naming the problem and an exit code, never hang (each run is bounded in time
+ * by timeout(1)), and a client whose data does not fit the server's model says so, is
+ * left out of the run, and exits non-zero naming the mismatch. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+/* One bad input: the command line (after the binary; {DIR} and {CERTS} are replaced),
+ * the exit code expected, and text the output must hold. */
+typedef struct bad_input {
+  const char *bin;
+  const char *args;
+  int code;
+  const char *says;
+} bad_input;
+
+/* Copies fmt into out with {DIR} and {CERTS} replaced. */
+static void expand(char *out, size_t len, const char *fmt, const char *dir) {
+  size_t n = 0;
+  out[0] = 0;
+  for (const char *p = fmt; *p && n + 1 < len;) {
+    const char *with = NULL;
+    if (strncmp(p, "{DIR}", 5) == 0) with = dir, p += 5;
+    else if (strncmp(p, "{CERTS}", 7) == 0) with = fl_test_certs_dir(), p += 7;
+    if (with) n += (size_t)snprintf(out + n, len - n, "%s", with);
+    else out[n++] = *p++, out[n] = 0;
+    if (n >= len) n = len - 1;
+  }
+}
+
+/* Runs each bad input under timeout(1) (30 s, scaled): a hang is exit code 124. */
+static void run_table(const bad_input *t, size_t count, const char *dir) {
+  for (size_t i = 0; i < count; i++) {
+    char args[4096], cmd[8192], out[700];
+    expand(args, sizeof args, t[i].args, dir);
+    snprintf(out, sizeof out, "%s/out-%zu.txt", dir, i);
+    snprintf(cmd, sizeof cmd, "timeout %d %s/%s %s >%s 2>&1", (int)(30 * fl_test_time_scale()),
+             fl_test_bin_dir(), t[i].bin, args, out);
+    int rc = fl_test_system(cmd);
+    char *text = fl_test_read_file(out, NULL);
+    cr_expect_eq(rc, t[i].code, "%s %s: exit code %d, expected %d%s\n%s", t[i].bin, args, rc,
+                 t[i].code, rc == 124 ? " (it hung)" : "", text ? text : "");
+    cr_expect(text && strstr(text, t[i].says), "%s %s: the output does not say \"%s\":\n%s",
+              t[i].bin, args, t[i].says, text ? text : "");
+    free(text);
+  }
+}
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  cr_assert_not_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+#define TLS_ARGS "--ca {CERTS}/ca.crt --cert {CERTS}/server.crt --key {CERTS}/server.key"
+
+/* Every setting the server sends to clients is checked before it listens. */
+Test(failfast, server_settings_checked_at_start, .timeout = 120) {
+  char *dir = fl_test_tmpdir();
+  char ini[700];
+  snprintf(ini, sizeof ini, "%s/adam.ini", dir);
+  write_file(ini, "[train]\noptimizer = Adam\n");
+  static const bad_input table[] = {
+      {"fl-server", "--optimizer rmsprop", 2, "unknown optimizer 'rmsprop'"},
+      {"fl-server", "--optimizer Adam", 2, "did you mean 'adam'?"},
+      {"fl-server", "--config {DIR}/adam.ini", 2, "did you mean 'adam'?"},
+      {"fl-server", "--lr 0", 2, "--lr"},
+      {"fl-server", "--momentum 1", 2, "--momentum"},
+      {"fl-server", "--model 'in:4 dense:x softmax'", 2, "--model"},
+  };
+  run_table(table, sizeof table / sizeof *table, dir);
+  free(dir);
+}
+
+/* CSV files whose width or labels do not fit logreg:3:2. */
+static void write_csvs(const char *dir) {
+  char p[700];
+  snprintf(p, sizeof p, "%s/fits.csv", dir);
+  write_file(p, "a,b,c,label\n1,2,3,0\n4,5,6,1\n7,8,9,0\n1,1,1,1\n");
+  snprintf(p, sizeof p, "%s/wide.csv", dir);
+  write_file(p, "a,b,c,d,label\n1,2,3,4,0\n4,5,6,7,1\n");
+  snprintf(p, sizeof p, "%s/labels.csv", dir);
+  write_file(p, "a,b,c,label\n1,2,3,0\n4,5,6,7\n");
+}
+
+/* A client whose data has another width than the model's input tells the server, which
+ * leaves it out for the rest of the run (a reconnection is refused with the reason) and
+ * does not wait for it: the round timeout (10 minutes) never comes into play. */
+Test(failfast, client_that_cannot_train_is_left_out, .timeout = 240) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  write_csvs(f.dir);
+  char fits[700], wide[700], labels[700], log[700];
+  fl_test_fed_path(&f, "fits.csv", fits, sizeof fits);
+  fl_test_fed_path(&f, "wide.csv", wide, sizeof wide);
+  fl_test_fed_path(&f, "labels.csv", labels, sizeof labels);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "logreg:3:2", "--rounds", "1",
+                                     "--clients-per-round", "1", "--round-timeout", "600", NULL);
+  cr_assert_gt(s, 0);
+  char c2[700];
+  snprintf(c2, sizeof c2, "%s/client-0002.crt", fl_test_certs_dir());
+  char k2[700];
+  snprintf(k2, sizeof k2, "%s/client-0002.key", fl_test_certs_dir());
+
+  /* Too wide: refused by the client itself, at its first task. */
+  pid_t b = fl_test_fed_clients(&f, "wide.log", "--cert", c2, "--key", k2, "--data", wide, NULL);
+  int rc = fl_test_wait(b, 60);
+  fl_test_fed_path(&f, "wide.log", log, sizeof log);
+  cr_assert(rc != 0 && rc != -1, "the client exited %d", rc);
+  cr_assert(fl_test_count(log, "model 'in:3 dense:1 sigmoid_bce' takes 3 features, but --data"),
+            "the client does not name the mismatch");
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  cr_assert(fl_test_wait_for(log, "client-0002 cannot train this model", 30));
+  cr_assert(fl_test_count(log, "left out for the rest of the run"));
+
+  /* Back again (with data that fits, even): refused with the reason it gave. */
+  b = fl_test_fed_clients(&f, "again.log", "--cert", c2, "--key", k2, "--data", fits, NULL);
+  rc = fl_test_wait(b, 60);
+  fl_test_fed_path(&f, "again.log", log, sizeof log);
+  cr_assert(rc != 0 && rc != -1, "the excluded client exited %d", rc);
+  cr_assert(fl_test_count(log, "left out of this run"));
+
+  /* Labels beyond the model's outputs: the same, named by sample and label. */
+  char c3[700], k3[700];
+  snprintf(c3, sizeof c3, "%s/client-0003.crt", fl_test_certs_dir());
+  snprintf(k3, sizeof k3, "%s/client-0003.key", fl_test_certs_dir());
+  b = fl_test_fed_clients(&f, "labels.log", "--cert", c3, "--key", k3, "--data", labels, NULL);
+  rc = fl_test_wait(b, 60);
+  fl_test_fed_path(&f, "labels.log", log, sizeof log);
+  cr_assert(rc != 0 && rc != -1, "the client exited %d", rc);
+  cr_assert(fl_test_count(log, "has label 7"), "the client does not name the label");
+
+  /* A client whose data fits completes the run. */
+  char c1[700], k1[700];
+  snprintf(c1, sizeof c1, "%s/client-0001.crt", fl_test_certs_dir());
+  snprintf(k1, sizeof k1, "%s/client-0001.key", fl_test_certs_dir());
+  pid_t a = fl_test_fed_clients(&f, "fits.log", "--cert", c1, "--key", k1, "--data", fits, NULL);
+  cr_assert_eq(fl_test_wait(s, 120), 0, "the server did not finish the run");
+  cr_assert_eq(fl_test_wait(a, 60), 0);
+  cr_assert_eq(fl_test_metrics_rounds(f.metrics), 1);
+  fl_test_fed_free(&f);
+}

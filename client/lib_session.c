@@ -3,7 +3,9 @@
  * The client connects (through its throttle, if it has one), says Hello with the model it
  * declares, and once Welcome comes does what the server asks (lib_task.c).  A failed
  * connection is retried after base * 2^attempt seconds (at most max, jittered between half
- * and all of it) until max_retries attempts in a row failed; Done with reconnect_after
+ * and all of it) until max_retries attempts in a row failed, unless a certificate was
+ * refused (by either side: another CA, a name the server's certificate does not carry,
+ * revoked, expired), which no retry fixes: the run ends at once with the reason; Done with reconnect_after
  * comes back after that long, spread over [1, 1.5] times it so that a restarted server is
  * not met by every client in the same instant; Done without it ends the run.
  *
@@ -228,6 +230,14 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
     return;
   }
   if (c->state == FLC_BACKOFF) return; /* already scheduled (Done with reconnect) */
+  if (err == FL_ECERT || err == FL_ECERTREFUSED) {
+    /* A certificate the server or this client refuses stays refused: no retrying. */
+    flc__errf(c, FL_CLIENT_ETLS, "cannot connect to %s:%d: %s", c->host, c->port,
+              reason ? reason : fl_strerror(err));
+    flc__log(c, FL_CLIENT_LOG_DEBUG, "a certificate was refused: no retrying");
+    finish(c, FL_CLIENT_ETLS);
+    return;
+  }
   flc__log(c, FL_CLIENT_LOG_WARN, "connection to %s:%d lost: %s%s%s", c->host, c->port,
            reason ? reason : "closed", err ? ": " : "", err ? fl_strerror(err) : "");
   schedule_reconnect(c, -1);

@@ -454,8 +454,8 @@ static void answer(fl_client *c, fl_client_task *t) {
   if (t->status == FL_CLIENT_EINCOMPATIBLE) {
     const char *why = t->reason[0] ? t->reason : fl_client_strerror(t->status);
     flc__errf(c, FL_CLIENT_EINCOMPATIBLE, "cannot train the server's model: %s", why);
-    flc__log(c, FL_CLIENT_LOG_ERROR, "round %" PRIu64 ": cannot train the server's model: %s; "
-             "telling the server and stopping", t->round, why);
+    flc__log(c, FL_CLIENT_LOG_WARN, "round %" PRIu64 ": cannot train the server's model; "
+             "telling the server and stopping", t->round);
     flc__send_error(c, FL__ERROR_CODE__ERROR_INCOMPATIBLE, why, t->round, wire_kind(t->kind));
     flc__task_free(t);
     flc__finish(c, FL_CLIENT_EINCOMPATIBLE);

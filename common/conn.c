@@ -50,6 +50,7 @@ struct fl_conn {
   const fl_tls_config *tls;
   char *resume_key;    /* client: "host:port", under which the session is kept */
   int verified;        /* the peer's certificate chain was verified in this handshake */
+  char *peer_names;    /* client: the DNS names of the server's certificate, while verifying */
   int resumed;         /* the handshake resumed a session instead */
   fl_frame_decoder dec;
   fl_conn_options opt; /* opt.heartbeat points at our own copy */
@@ -78,7 +79,7 @@ struct fl_conn {
   uint64_t bytes_in, bytes_out;
   char peer_id[65];
   char addr[64];
-  char reason[256];
+  char reason[640];
 };
 
 struct fl_listener {
@@ -130,6 +131,7 @@ static void finish(fl_conn *c) {
   mbedtls_ssl_free(&c->ssl);
   fl_frame_decoder_free(&c->dec);
   free(c->resume_key);
+  free(c->peer_names);
   free(c->in);
   free(c->pt);
   free(c->out);
@@ -178,7 +180,7 @@ static const char *who(const fl_conn *c) { return c->peer_id[0] ? c->peer_id : "
 __attribute__((format(printf, 3, 4)))
 static void fail(fl_conn *c, int err, const char *fmt, ...) {
   if (c->state == ST_CLOSING) return;
-  char reason[256];
+  char reason[640];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(reason, sizeof reason, fmt, ap);
@@ -379,18 +381,73 @@ static void cert_cn(const mbedtls_x509_crt *crt, char *out, size_t n) {
   }
 }
 
+/* The DNS names of a certificate's subjectAltName, comma-separated (mbedTLS 2.28 checks
+ * a server's name against those, and its CN, only). */
+static void cert_dns_names(const mbedtls_x509_crt *crt, char *out, size_t n) {
+  size_t used = 0;
+  out[0] = '\0';
+  for (const mbedtls_x509_sequence *s = &crt->subject_alt_names; s && s->buf.p; s = s->next) {
+    if (s->buf.tag != (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 2) || used + 4 >= n) continue;
+    used += (size_t)snprintf(out + used, n - used, "%s%.*s", used ? ", " : "", (int)s->buf.len,
+                             (const char *)s->buf.p);
+    if (used >= n) used = n - 1;
+  }
+}
+
 /* mbedTLS calls this for each certificate of the peer's chain it verifies: only in a
  * full handshake.  It changes nothing of the verification. */
 static int verify_seen(void *ctx, mbedtls_x509_crt *crt, int depth, uint32_t *flags) {
-  (void)crt;
-  (void)depth;
   (void)flags;
-  ((fl_conn *)ctx)->verified = 1;
+  fl_conn *c = ctx;
+  c->verified = 1;
+  if (depth == 0 && !c->is_server && (*flags & MBEDTLS_X509_BADCERT_CN_MISMATCH)) {
+    free(c->peer_names); /* what cert_advice names */
+    if ((c->peer_names = malloc(200)) != NULL) cert_dns_names(crt, c->peer_names, 200);
+  }
   return 0;
 }
 
+/* What to do about a certificate problem that retrying will not fix: the client's own
+ * verification of the server (flags), or the server's alert refusing the client's
+ * certificate.  "" when there is nothing to say. */
+static void cert_advice(const fl_conn *c, uint32_t flags, int alert, char *out, size_t n) {
+  out[0] = '\0';
+  if (c->is_server) return;
+  if (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH) {
+    const char *names = c->peer_names ? c->peer_names : "";
+    snprintf(out, n, "; the server's certificate does not carry the name '%s'%s%s%s: connect "
+             "by a name it carries, or pass --server-name NAME (or reissue it with that name: "
+             "certs/gen.sh ... HOST)", c->ssl.hostname ? c->ssl.hostname : "?",
+             names[0] ? " (it names " : "", names, names[0] ? ")" : "");
+  } else if (flags & MBEDTLS_X509_BADCERT_NOT_TRUSTED) {
+    snprintf(out, n, "; the server's certificate is not signed by the CA given (--ca): use the "
+             "ca.crt of the federation that server belongs to");
+  } else if (flags & MBEDTLS_X509_BADCERT_EXPIRED) {
+    snprintf(out, n, "; the server's certificate has expired: its operator must issue a new one");
+  } else if (flags & MBEDTLS_X509_BADCERT_FUTURE) {
+    snprintf(out, n, "; the server's certificate is not valid yet: check this machine's clock");
+  } else if (flags & MBEDTLS_X509_BADCERT_REVOKED) {
+    snprintf(out, n, "; the server's certificate is revoked (--crl)");
+  } else if (alert) {
+    const char *what = alert == MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED ? "it is revoked"
+                       : alert == MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED ? "it has expired (or is not valid yet: check the clocks)"
+                       : alert == MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA ? "it is not signed by the server's CA"
+                       : "it is not one the server accepts";
+    snprintf(out, n, "; the server refuses this client's certificate: %s: ask the federation's "
+             "operator for a valid certificate and key (--cert, --key)", what);
+  }
+}
+
+/* Alerts a server sends when it refuses the client's certificate. */
+static int cert_alert(int alert) {
+  return alert == MBEDTLS_SSL_ALERT_MSG_BAD_CERT || alert == MBEDTLS_SSL_ALERT_MSG_UNSUPPORTED_CERT ||
+         alert == MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED || alert == MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED ||
+         alert == MBEDTLS_SSL_ALERT_MSG_CERT_UNKNOWN || alert == MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA ||
+         alert == MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED;
+}
+
 static void handshake_failed(fl_conn *c, int r) {
-  char why[200], cert[300] = "";
+  char why[200], cert[300] = "", advice[400];
   tls_reason(r, why, sizeof why);
   uint32_t flags = mbedtls_ssl_get_verify_result(&c->ssl);
   int err = FL_ETLS;
@@ -414,9 +471,15 @@ static void handshake_failed(fl_conn *c, int r) {
   }
   if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED || r == MBEDTLS_ERR_SSL_NO_CLIENT_CERTIFICATE)
     err = FL_ECERT;
+  int alert = 0;
+  if (r == MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE && c->ssl.in_msg && cert_alert(c->ssl.in_msg[1])) {
+    alert = c->ssl.in_msg[1];
+    err = FL_ECERTREFUSED;
+  }
+  cert_advice(c, err == FL_ECERT ? flags : 0, alert, advice, sizeof advice);
   /* The next attempt is a full handshake, whatever went wrong with this one. */
   if (c->resume_key) fl__tls_session_forget(c->tls, c->resume_key);
-  fail(c, err, "handshake failed: %s%s", why, cert);
+  fail(c, err, "handshake failed: %s%s%s", why, cert, advice);
 }
 
 static void handshake_done(fl_conn *c) {

@@ -5,11 +5,13 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 
 #include "testutil.h"
 
-/* One bad input: the command line (after the binary; {DIR} and {CERTS} are replaced),
+/* One bad input: the command line (after the binary; {DIR}, {CERTS} and the test's own
+ * {KEY}s are replaced),
  * the exit code expected, and text the output must hold. */
 typedef struct bad_input {
   const char *bin;
@@ -18,14 +20,20 @@ typedef struct bad_input {
   const char *says;
 } bad_input;
 
-/* Copies fmt into out with {DIR} and {CERTS} replaced. */
-static void expand(char *out, size_t len, const char *fmt, const char *dir) {
+/* Copies fmt into out with each {KEY} of vars ("KEY", "value", ..., NULL) replaced. */
+static void expand(char *out, size_t len, const char *fmt, const char *const *vars) {
   size_t n = 0;
   out[0] = 0;
   for (const char *p = fmt; *p && n + 1 < len;) {
     const char *with = NULL;
-    if (strncmp(p, "{DIR}", 5) == 0) with = dir, p += 5;
-    else if (strncmp(p, "{CERTS}", 7) == 0) with = fl_test_certs_dir(), p += 7;
+    for (const char *const *v = vars; *p == '{' && v && v[0]; v += 2) {
+      size_t k = strlen(v[0]);
+      if (strncmp(p + 1, v[0], k) == 0 && p[k + 1] == '}') {
+        with = v[1];
+        p += k + 2;
+        break;
+      }
+    }
     if (with) n += (size_t)snprintf(out + n, len - n, "%s", with);
     else out[n++] = *p++, out[n] = 0;
     if (n >= len) n = len - 1;
@@ -33,10 +41,12 @@ static void expand(char *out, size_t len, const char *fmt, const char *dir) {
 }
 
 /* Runs each bad input under timeout(1) (30 s, scaled): a hang is exit code 124. */
-static void run_table(const bad_input *t, size_t count, const char *dir) {
+static void run_table(const bad_input *t, size_t count, const char *dir, const char *const *more) {
+  const char *vars[32] = {"DIR", dir, "CERTS", fl_test_certs_dir()};
+  for (int i = 0; more && more[i] && i < 26; i++) vars[4 + i] = more[i];
   for (size_t i = 0; i < count; i++) {
     char args[4096], cmd[8192], out[700];
-    expand(args, sizeof args, t[i].args, dir);
+    expand(args, sizeof args, t[i].args, vars);
     snprintf(out, sizeof out, "%s/out-%zu.txt", dir, i);
     snprintf(cmd, sizeof cmd, "timeout %d %s/%s %s >%s 2>&1", (int)(30 * fl_test_time_scale()),
              fl_test_bin_dir(), t[i].bin, args, out);
@@ -73,7 +83,7 @@ Test(failfast, server_settings_checked_at_start, .timeout = 120) {
       {"fl-server", "--momentum 1", 2, "--momentum"},
       {"fl-server", "--model 'in:4 dense:x softmax'", 2, "--model"},
   };
-  run_table(table, sizeof table / sizeof *table, dir);
+  run_table(table, sizeof table / sizeof *table, dir, NULL);
   free(dir);
 }
 
@@ -143,5 +153,71 @@ Test(failfast, client_that_cannot_train_is_left_out, .timeout = 240) {
   cr_assert_eq(fl_test_wait(s, 120), 0, "the server did not finish the run");
   cr_assert_eq(fl_test_wait(a, 60), 0);
   cr_assert_eq(fl_test_metrics_rounds(f.metrics), 1);
+  fl_test_fed_free(&f);
+}
+
+/* Extra certificates (expired, revoked + CRL, another CA) from tests/mkcerts_extra.sh,
+ * made once per certificate directory. */
+static const char *extra_certs(void) {
+  static char dir[1024];
+  snprintf(dir, sizeof dir, "%s/extra", fl_test_certs_dir());
+  char probe[1100];
+  snprintf(probe, sizeof probe, "%s/other/client-0001.crt", dir);
+  FILE *f = fopen(probe, "r");
+  if (f) {
+    fclose(f);
+    return dir;
+  }
+  char tmp[1100], cmd[4096];
+  snprintf(tmp, sizeof tmp, "%s/extra.XXXXXX", fl_test_certs_dir());
+  cr_assert_not_null(mkdtemp(tmp));
+  snprintf(cmd, sizeof cmd, "%s/tests/mkcerts_extra.sh '%s' '%s' '%s'", fl_test_src_dir(),
+           fl_test_certs_dir(), tmp, fl_test_src_dir());
+  cr_assert_eq(fl_test_system(cmd), 0, "tests/mkcerts_extra.sh failed");
+  if (rename(tmp, dir) != 0) { /* another test process made them first */
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    fl_test_system(cmd);
+  }
+  return dir;
+}
+
+#define CLIENT "--data {DIR}/fits.csv --ca {CERTS}/ca.crt "
+#define C1 "--cert {CERTS}/client-0001.crt --key {CERTS}/client-0001.key "
+
+/* A certificate refused by either side is reported at once, with what to do, and the
+ * client exits: no retrying for minutes.  The server goes on serving. */
+Test(failfast, refused_certificates_are_reported_at_once, .timeout = 240) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  write_csvs(f.dir);
+  const char *x = extra_certs();
+  char crl[1100], port[16];
+  snprintf(crl, sizeof crl, "%s/crl.pem", x);
+  snprintf(port, sizeof port, "%d", f.port);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "logreg:3:2", "--rounds", "1",
+                                     "--crl", crl, NULL);
+  cr_assert_gt(s, 0);
+  static const bad_input table[] = {
+      {"fl-client", "--server 127.0.0.1:{PORT} " CLIENT C1, 1,
+       "does not carry the name '127.0.0.1'"},
+      {"fl-client", "--server 127.0.0.1:{PORT} " CLIENT C1, 1, "pass --server-name"},
+      {"fl-client", "--server 127.0.0.1:{PORT} --server-name elsewhere.example " CLIENT C1, 1,
+       "does not carry the name 'elsewhere.example'"},
+      {"fl-client", "--server localhost:{PORT} " CLIENT
+       "--cert {X}/revoked.crt --key {X}/revoked.key", 1,
+       "the server refuses this client's certificate: it is revoked"},
+      {"fl-client", "--server localhost:{PORT} " CLIENT
+       "--cert {X}/expired.crt --key {X}/expired.key", 1, "it has expired"},
+      {"fl-client", "--server localhost:{PORT} " CLIENT
+       "--cert {X}/other/client-0001.crt --key {X}/other/client-0001.key", 1,
+       "not signed by the server's CA"},
+      {"fl-client", "--server localhost:{PORT} --data {DIR}/fits.csv --ca {X}/other/ca.crt " C1, 1,
+       "not signed by the CA given (--ca)"},
+  };
+  const char *vars[] = {"PORT", port, "X", x, NULL};
+  run_table(table, sizeof table / sizeof *table, f.dir, vars);
+  cr_assert(fl_test_running(s), "the server did not survive the refused clients");
+  kill(s, SIGTERM);
+  cr_assert_eq(fl_test_wait(s, 30), 0);
   fl_test_fed_free(&f);
 }

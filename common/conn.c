@@ -19,6 +19,8 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
+#include <errno.h>
+#include <netdb.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdarg.h>
@@ -761,11 +763,41 @@ static void ignore_sigpipe(void) {
   }
 }
 
-static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
+int fl_listen_addr(const char *host, int port, struct sockaddr_storage *ss, int *len,
+                   char *err, size_t errlen) {
   memset(ss, 0, sizeof *ss);
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) return 0;
-  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0) return 0;
-  return FL_EINVAL;
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) {
+    *len = (int)sizeof(struct sockaddr_in);
+    return 0;
+  }
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0) {
+    *len = (int)sizeof(struct sockaddr_in6);
+    return 0;
+  }
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  int r = getaddrinfo(host, NULL, &hints, &res);
+  if (r != 0 || !res) {
+    if (err && errlen)
+      snprintf(err, errlen, "cannot listen on '%s': %s", host,
+               r ? (r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r)) : "no address");
+    if (res) freeaddrinfo(res);
+    return FL_EINVAL;
+  }
+  size_t n = res->ai_addrlen < sizeof *ss ? res->ai_addrlen : sizeof *ss;
+  memcpy(ss, res->ai_addr, n);
+  *len = (int)n;
+  freeaddrinfo(res);
+  if (ss->ss_family == AF_INET) ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+  else if (ss->ss_family == AF_INET6) ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+  else {
+    if (err && errlen) snprintf(err, errlen, "cannot listen on '%s': not an IP address", host);
+    return FL_EINVAL;
+  }
+  return 0;
 }
 
 static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls,
@@ -805,8 +837,10 @@ int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int p
     return FL_EINVAL;
   ignore_sigpipe();
   struct sockaddr_storage ss;
-  if (parse_addr(host, port, &ss) < 0) {
-    fl_error("conn", "cannot listen on '%s': not an IPv4 or IPv6 address", host);
+  char why[300];
+  int sslen;
+  if (fl_listen_addr(host, port, &ss, &sslen, why, sizeof why) < 0) {
+    fl_error("conn", "%s", why);
     return FL_EINVAL;
   }
   fl_listener *l = listener_new(loop, tls, opt, cb, data);

@@ -65,7 +65,14 @@ void fl_conn_options_default(fl_conn_options *o);
  * Returns the limit now in force (-1 if it cannot be read). */
 long fl_conn_raise_fd_limit(void);
 
-/* Server: listens on host:port ("0.0.0.0", "::", "127.0.0.1"; port 0 = any) and
+/* The address to listen on for host (an IPv4 or IPv6 address, or a host name, which is
+ * resolved now, blocking: its first address, the one clients on this host would connect
+ * to) and port, into ss (its length in *len).  0, or FL_EINVAL naming the host and why
+ * it does not resolve in err. */
+int fl_listen_addr(const char *host, int port, struct sockaddr_storage *ss, int *len,
+                   char *err, size_t errlen);
+
+/* Server: listens on host:port ("0.0.0.0", "::", "127.0.0.1", a host name; port 0 = any) and
  * handshakes every accepted connection; callbacks and data are given to each one.
  * The bound port is available from fl_listener_port(). */
 int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,

@@ -664,16 +664,13 @@ int fl_io_listen(uv_loop_t *control, int threads, const fl_tls_config *tls, cons
   if (threads < 1) threads = 1;
   if (threads > MAX_THREADS) threads = MAX_THREADS;
   struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  socklen_t sslen;
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0) {
-    sslen = sizeof(struct sockaddr_in);
-  } else if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) {
-    sslen = sizeof(struct sockaddr_in6);
-  } else {
-    fl_error("iothreads", "cannot listen on '%s': not an IPv4 or IPv6 address", host);
+  char why[300];
+  int len;
+  if (fl_listen_addr(host, port, &ss, &len, why, sizeof why) < 0) {
+    fl_error("iothreads", "%s", why);
     return FL_EINVAL;
   }
+  socklen_t sslen = (socklen_t)len;
 
   fl_io *io = calloc(1, sizeof *io + (size_t)threads * sizeof(io_thread));
   if (!io) return FL_ENOMEM;

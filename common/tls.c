@@ -28,10 +28,14 @@
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crl.h>
 #include <mbedtls/x509_crt.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <pthread.h>
 
@@ -128,13 +132,38 @@ static int rng(void *ctx, unsigned char *out, size_t len) {
 #endif
 }
 
-/* "what 'file': mbedTLS reason"; a missing or unreadable file is FL_ENOENT. */
+/* Why a file mbedTLS could not read cannot be read, from the system ("No such file or
+ * directory", "Permission denied", "Is a directory"), or NULL when it can be. */
+static const char *unreadable(const char *file) {
+  struct stat st;
+  if (stat(file, &st) != 0) return strerror(errno);
+  if (S_ISDIR(st.st_mode)) return strerror(EISDIR);
+  int fd = open(file, O_RDONLY);
+  if (fd < 0) return strerror(errno);
+  close(fd);
+  return NULL;
+}
+
+/* "what 'file': mbedTLS reason"; FL_ENOENT when mbedTLS could not read it. */
 static int load_error(char *err, size_t errlen, const char *what, const char *file, int r) {
   char msg[160];
+  if (r == MBEDTLS_ERR_X509_FILE_IO_ERROR || r == MBEDTLS_ERR_PK_FILE_IO_ERROR) {
+    if (err && errlen) snprintf(err, errlen, "%s '%s': cannot be read", what, file);
+    return FL_ENOENT;
+  }
   mbedtls_strerror(r, msg, sizeof msg);
   if (err && errlen) snprintf(err, errlen, "%s '%s': %s (-0x%04x)", what, file, msg, -r);
-  return r == MBEDTLS_ERR_X509_FILE_IO_ERROR || r == MBEDTLS_ERR_PK_FILE_IO_ERROR
-             ? FL_ENOENT : FL_ECONFIG;
+  return FL_ECONFIG;
+}
+
+/* A file mbedTLS failed to load: the system's reason when it cannot be read at all
+ * ("No such file or directory", "Permission denied", "Is a directory"; FL_ENOENT),
+ * mbedTLS's otherwise (a file it could read but not parse). */
+static int file_error(char *err, size_t errlen, const char *what, const char *file, int r) {
+  const char *why = unreadable(file);
+  if (!why) return load_error(err, errlen, what, file, r);
+  if (err && errlen) snprintf(err, errlen, "%s '%s': %s", what, file, why);
+  return FL_ENOENT;
 }
 
 /* Signs once with our key (catches a key the parser accepted but cannot use) and warns
@@ -379,23 +408,23 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
     goto fail;
   }
   if ((r = mbedtls_x509_crt_parse_file(&cfg->ca, opt->ca_file)) != 0) {
-    rc = load_error(err, errlen, "CA file", opt->ca_file, r);
+    rc = file_error(err, errlen, "CA file", opt->ca_file, r);
     goto fail;
   }
   if (opt->crl_file) {
     if ((r = mbedtls_x509_crl_parse_file(&cfg->crl, opt->crl_file)) != 0) {
-      rc = load_error(err, errlen, "CRL file", opt->crl_file, r);
+      rc = file_error(err, errlen, "CRL file", opt->crl_file, r);
       goto fail;
     }
     cfg->have_crl = 1;
   }
   if (opt->cert_file) {
     if ((r = mbedtls_x509_crt_parse_file(&cfg->cert, opt->cert_file)) != 0) {
-      rc = load_error(err, errlen, "certificate file", opt->cert_file, r);
+      rc = file_error(err, errlen, "certificate file", opt->cert_file, r);
       goto fail;
     }
     if ((r = mbedtls_pk_parse_keyfile(&cfg->key, opt->key_file, NULL)) != 0) {
-      rc = load_error(err, errlen, "key file", opt->key_file, r);
+      rc = file_error(err, errlen, "key file", opt->key_file, r);
       goto fail;
     }
     if ((r = mbedtls_pk_check_pair(&cfg->cert.pk, &cfg->key)) != 0) {

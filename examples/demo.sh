@@ -12,7 +12,7 @@ work=${FL_DEMO_DIR:-build/demo}
 rounds=${FL_DEMO_ROUNDS:-20}
 clients=${FL_DEMO_CLIENTS:-10}
 mkdir -p "$work"
-rm -f "$work/metrics.jsonl" "$work/server.log" "$work/clients.log"
+rm -f "$work/metrics.jsonl" "$work/server.log" "$work/clients.log" "$work/model.bin.ckpt"
 
 certs/gen.sh --out "$work/certs" --clients "$clients" --quiet
 

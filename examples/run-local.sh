@@ -11,6 +11,7 @@ rounds=${2:-5}
 bin=${FL_BIN_DIR:-build}
 work=${FL_RUN_DIR:-build/run-local}
 mkdir -p "$work"
+rm -f "$work/model.bin.ckpt" "$work/metrics.jsonl" # a new run each time
 certs/gen.sh --out "$work/certs" --clients "$n" --quiet
 
 pids=()

@@ -25,6 +25,7 @@ const fl_option server_options[] = {
   O("metrics", "server", FL_OPTT_STR, metrics, NULL, "FILE", "append one JSON line per round", 0, 0),
   O("checkpoint", "server", FL_OPTT_STR, checkpoint, NULL, "FILE", "checkpoint written after every round (default: OUT.ckpt)", 0, 0),
   O("resume", "server", FL_OPTT_BOOL, resume, "false", NULL, "continue from the checkpoint, if there is one", 0, 0),
+  O("force", "server", FL_OPTT_BOOL, force, "false", NULL, "start a new run even though a checkpoint of an earlier one exists (it is removed); without --resume or --force, fl-server refuses to start over an existing checkpoint", 0, 0),
   O("model", "model", FL_OPTT_STR, model, "2nn", "SPEC", "model spec or preset (logreg, 2nn, cnn, mlp64), or external:NAME:N (a model the clients train with their own code, libflclient)", 0, 0),
   O("init-model", "model", FL_OPTT_STR, init_model, NULL, "FILE", "start from this model file instead of a seeded initialisation", 0, 0),
   O("seed", "model", FL_OPTT_U64, seed, "1", "N", "seed for initialisation, client selection and local training", 0, 0),

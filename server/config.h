@@ -12,6 +12,7 @@ typedef struct server_config {
   char *metrics;           /* JSON lines, one per round */
   char *checkpoint;        /* state after the last completed round (default: OUT.ckpt) */
   int resume;              /* continue from the checkpoint */
+  int force;               /* start over even when a checkpoint exists (it is removed) */
   /* [model] */
   char *model;
   char *init_model;

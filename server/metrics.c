@@ -56,9 +56,9 @@ void srv_write_metrics(server *s, double seconds) {
           r->dropped, failed, (unsigned long long)r->examples, loss, test, fed, priv, seconds);
   if (!s->metrics) return;
   FILE *f = s->metrics;
-  fprintf(f, "{\"round\":%llu,\"attempts\":%llu,\"clients_selected\":%zu,\"updates_accepted\":%zu,"
+  fprintf(f, "{\"round\":%llu,\"run\":\"%s\",\"attempts\":%llu,\"clients_selected\":%zu,\"updates_accepted\":%zu,"
           "\"updates_refused\":%zu,\"clients_dropped\":%zu,\"refusals\":[",
-          (unsigned long long)r->number, (unsigned long long)r->attempt, r->selected, r->accepted,
+          (unsigned long long)r->number, s->run_id, (unsigned long long)r->attempt, r->selected, r->accepted,
           r->refused, r->dropped);
   for (size_t i = 0; i < r->n_refusals; i++) {
     fprintf(f, "%s{\"client\":", i ? "," : "");

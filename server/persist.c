@@ -3,6 +3,7 @@
  * the strategy's state, such as a server optimizer's moments),
  * --resume from it, and the final model file (--out).  Files are written atomically and
  * checksummed (checkpoint.h, modelfile.h), so a crash leaves the previous one whole. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,42 @@
 #include "log.h"
 #include "modelfile.h"
 #include "server_internal.h"
+
+/* The directory a file goes into exists and takes new files: "" or the reason. */
+static int dir_writable(const char *path, const char *what, char *err, size_t errlen) {
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == path) snprintf(dir, sizeof dir, "/");
+  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  if (access(dir, W_OK | X_OK) != 0) {
+    snprintf(err, errlen, "%s %s: directory %s: %s", what, path, dir, strerror(errno));
+    return FL_EIO;
+  }
+  return 0;
+}
+
+int srv_have_checkpoint(const server *s) { return access(s->checkpoint, F_OK) == 0; }
+
+int srv_check_outputs(server *s, char *err, size_t errlen) {
+  const server_config *cfg = s->cfg;
+  int rc = dir_writable(cfg->out, "--out", err, errlen);
+  if (rc == 0) rc = dir_writable(s->checkpoint, "checkpoint", err, errlen);
+  if (rc) return rc;
+  if (cfg->resume || !srv_have_checkpoint(s)) return 0;
+  if (!cfg->force) {
+    snprintf(err, errlen, "checkpoint %s exists: an earlier run was here; continue it with "
+             "--resume, or start a new run over it with --force", s->checkpoint);
+    return FL_ECONFIG;
+  }
+  if (unlink(s->checkpoint) != 0) {
+    snprintf(err, errlen, "--force: cannot remove the checkpoint %s: %s", s->checkpoint,
+             strerror(errno));
+    return FL_EIO;
+  }
+  fl_warn("server", "--force: removed the checkpoint of an earlier run, %s", s->checkpoint);
+  return 0;
+}
 
 /* After every completed round: all a restart needs to continue from the next one. */
 void srv_save_checkpoint(server *s) {

@@ -186,8 +186,12 @@ void srv_finish_run(server *s, const char *why) {
 /* A signal: the round in flight is abandoned; the checkpoint of the last completed round
  * is what a restart with --resume continues from; clients are told to come back. */
 static void stop_run(server *s) {
-  fl_info("server", "stopped after %llu completed rounds; checkpoint %s (restart with --resume)",
-          (unsigned long long)s->model_version, s->checkpoint);
+  if (srv_have_checkpoint(s))
+    fl_info("server", "stopped after %llu completed rounds; checkpoint %s (restart with --resume)",
+            (unsigned long long)s->model_version, s->checkpoint);
+  else
+    fl_info("server", "stopped before any round completed: no checkpoint was written (a "
+            "restart begins the run again)");
   close_all(s, "server restarting", 2000);
 }
 

@@ -9,11 +9,14 @@
  * round: the global model (one model size), the strategy's double-precision sum (two)
  * and --update-buffers update buffers (one each, two by default). */
 #include <cblas.h>
+#include <errno.h>
 #include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "bigalloc.h"
 #include "error.h"
@@ -164,6 +167,7 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
+  if ((rc = srv_check_outputs(s, err, errlen)) != 0) goto fail;
   if (cfg->resume) {
     rc = srv_resume(s, &s->first_round, err, errlen);
     if (rc) goto fail;
@@ -171,10 +175,21 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   if (cfg->metrics) {
     s->metrics = fopen(cfg->metrics, "a");
     if (!s->metrics) {
-      snprintf(err, errlen, "--metrics %s: cannot open for appending", cfg->metrics);
+      snprintf(err, errlen, "--metrics %s: cannot open for appending: %s", cfg->metrics,
+               strerror(errno));
       rc = FL_EIO;
       goto fail;
     }
+  }
+  /* A run's identity: when it started and the process, so that the lines of each run in
+   * a metrics file that several runs appended to can be told apart. */
+  {
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char when[24];
+    strftime(when, sizeof when, "%Y%m%dT%H%M%SZ", &tm);
+    snprintf(s->run_id, sizeof s->run_id, "%s-%ld", when, (long)getpid());
   }
 
   /* Ticket keys live next to the checkpoint: a restart with --resume finds both. */
@@ -236,6 +251,7 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   fl_info("server", "listening on %s:%d; model %s (%zu parameters, id %016llx); %d rounds of %g clients",
           host, fl_io_port(s->io), fl_model_spec(s->model), s->n,
           (unsigned long long)fl_model_id(s->model), cfg->rounds, cfg->clients_per_round);
+  fl_info("server", "run %s (\"run\" of its metrics lines)", s->run_id);
   *out = s;
   return 0;
 fail:

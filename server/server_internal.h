@@ -261,6 +261,7 @@ struct server {
   round_stats r;
   uint64_t bytes_in, bytes_out;
   FILE *metrics;
+  char run_id[40];               /* this run's, on every metrics line ("run") */
   char *checkpoint;              /* path */
   uint64_t ready_events;         /* hellos so far: "new clients" for a stalled round */
   uint64_t ready_seen;           /* ready_events when the server began waiting for more */
@@ -456,6 +457,12 @@ long srv_peak_rss_kib(void);
 
 /* Writes the checkpoint of the round just completed; a failure is logged. */
 void srv_save_checkpoint(server *s);
+/* Before anything is written: the directories of --out and the checkpoint exist and are
+ * writable, and a new run (no --resume) does not start over the checkpoint of an earlier
+ * one unless --force (which removes it).  0 or FL_E* with a message in err. */
+int srv_check_outputs(server *s, char *err, size_t errlen);
+/* 1 when the checkpoint file exists (a restart with --resume continues from it). */
+int srv_have_checkpoint(const server *s);
 /* --resume: the state the checkpoint holds (*next_round the round after it); no
  * checkpoint yet is not an error.  0 or FL_E* with a message in err. */
 int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen);

@@ -221,3 +221,107 @@ Test(failfast, refused_certificates_are_reported_at_once, .timeout = 240) {
   cr_assert_eq(fl_test_wait(s, 30), 0);
   fl_test_fed_free(&f);
 }
+
+/* Files that cannot be read are named with the system's reason; outputs that cannot be
+ * written are refused before the server listens. */
+Test(failfast, unreadable_files_named_with_the_reason, .timeout = 120) {
+  char *dir = fl_test_tmpdir();
+  static const bad_input table[] = {
+      {"fl-server", "--listen 127.0.0.1:0 " TLS_ARGS " --ca {DIR}/none/ca.crt", 1,
+       "CA file '{DIR}/none/ca.crt': No such file or directory"},
+      {"fl-server", "--listen 127.0.0.1:0 " TLS_ARGS " --cert {DIR}/none.crt", 1,
+       "certificate file '{DIR}/none.crt': No such file or directory"},
+      {"fl-server", "--listen 127.0.0.1:0 " TLS_ARGS " --key {DIR}", 1,
+       "key file '{DIR}': Is a directory"},
+      {"fl-server", "--listen 127.0.0.1:0 " TLS_ARGS " --crl {DIR}/crl.pem", 1,
+       "CRL file '{DIR}/crl.pem': No such file or directory"},
+      {"fl-server", "--listen 127.0.0.1:0 " TLS_ARGS " --metrics {DIR}/no/m.jsonl", 1,
+       "--metrics {DIR}/no/m.jsonl: cannot open for appending: No such file or directory"},
+      {"fl-server", "--listen 127.0.0.1:0 " TLS_ARGS " --out {DIR}/no/model.bin", 1,
+       "--out {DIR}/no/model.bin: directory {DIR}/no: No such file or directory"},
+      {"fl-server", "--listen nosuch.invalid:0 " TLS_ARGS " --out {DIR}/m.bin", 1,
+       "cannot listen on 'nosuch.invalid'"},
+      {"fl-client", "--server localhost:1 --data {DIR}/none.csv --ca {CERTS}/ca.crt", 1,
+       "{DIR}/none.csv: cannot open: No such file or directory"},
+  };
+  /* The expected text has {DIR} too. */
+  bad_input t[sizeof table / sizeof *table];
+  char says[sizeof table / sizeof *table][1024];
+  const char *vars[] = {"DIR", dir, NULL};
+  for (size_t i = 0; i < sizeof table / sizeof *table; i++) {
+    t[i] = table[i];
+    expand(says[i], sizeof says[i], table[i].says, vars);
+    t[i].says = says[i];
+  }
+  run_table(t, sizeof t / sizeof *t, dir, NULL);
+  free(dir);
+}
+
+/* --listen and --server take host names. */
+Test(failfast, host_names_resolve, .timeout = 240) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  write_csvs(f.dir);
+  char fits[700], addr[64];
+  fl_test_fed_path(&f, "fits.csv", fits, sizeof fits);
+  snprintf(addr, sizeof addr, "localhost:%d", f.port);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--listen", addr, "--model", "logreg:3:2",
+                                     "--rounds", "1", "--clients-per-round", "1", NULL);
+  cr_assert_gt(s, 0, "the server does not listen on %s", addr);
+  pid_t c = fl_test_fed_clients(&f, "client.log", "--server", addr, "--clients", "1", "--data",
+                                fits, NULL);
+  cr_assert_eq(fl_test_wait(s, 120), 0);
+  cr_assert_eq(fl_test_wait(c, 60), 0);
+  fl_test_fed_free(&f);
+}
+
+/* A new run does not start over the checkpoint of an earlier one unless told to; each
+ * run's metrics lines carry its own run identifier; a server stopped before its first
+ * round says there is nothing to resume. */
+Test(failfast, checkpoint_runs_and_stops, .timeout = 240) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  write_csvs(f.dir);
+  char fits[700], log[700];
+  fl_test_fed_path(&f, "fits.csv", fits, sizeof fits);
+
+  /* Stopped before round 1: no checkpoint is written, and none is claimed. */
+  pid_t s = fl_test_fed_server_ready(&f, "stopped.log", "--model", "logreg:3:2", NULL);
+  cr_assert_gt(s, 0);
+  kill(s, SIGTERM);
+  cr_assert_eq(fl_test_wait(s, 30), 0);
+  fl_test_fed_path(&f, "stopped.log", log, sizeof log);
+  cr_assert(fl_test_count(log, "no checkpoint was written"));
+  cr_assert_eq(fl_test_count(log, "restart with --resume"), 0);
+
+  /* A run of one round: its checkpoint stays. */
+  const char *run[] = {"--model", "logreg:3:2", "--rounds", "1", "--clients-per-round", "1"};
+  s = fl_test_fed_server_ready(&f, "run1.log", run[0], run[1], run[2], run[3], run[4], run[5], NULL);
+  pid_t c = fl_test_fed_clients(&f, "c1.log", "--clients", "1", "--data", fits, NULL);
+  cr_assert_eq(fl_test_wait(s, 120), 0);
+  cr_assert_eq(fl_test_wait(c, 60), 0);
+
+  /* A second run over it is refused, with both ways out. */
+  s = fl_test_fed_server(&f, "run2.log", run[0], run[1], run[2], run[3], run[4], run[5], NULL);
+  cr_assert_eq(fl_test_wait(s, 30), 1);
+  fl_test_fed_path(&f, "run2.log", log, sizeof log);
+  cr_assert(fl_test_count(log, "exists: an earlier run was here; continue it with --resume, "
+                               "or start a new run over it with --force"));
+
+  /* --force starts over; the metrics file now holds two runs, told apart. */
+  s = fl_test_fed_server_ready(&f, "run3.log", run[0], run[1], run[2], run[3], run[4], run[5],
+                               "--force", NULL);
+  cr_assert_gt(s, 0);
+  c = fl_test_fed_clients(&f, "c3.log", "--clients", "1", "--data", fits, NULL);
+  cr_assert_eq(fl_test_wait(s, 120), 0);
+  cr_assert_eq(fl_test_wait(c, 60), 0);
+  char *m = fl_test_read_file(f.metrics, NULL);
+  cr_assert_not_null(m);
+  char *nl = strchr(m, '\n');
+  cr_assert(nl && strchr(nl + 1, '\n'), "expected two lines:\n%s", m);
+  const char *r1 = strstr(m, "\"run\":\""), *r2 = strstr(nl + 1, "\"run\":\"");
+  cr_assert(r1 && r2 && r1 < nl, "a line without its run:\n%s", m);
+  cr_assert_neq(strncmp(r1, r2, strcspn(r1 + 7, "\"") + 7), 0, "two runs, one identifier:\n%s", m);
+  free(m);
+  fl_test_fed_free(&f);
+}

@@ -307,6 +307,11 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---- set-up ---- */
 
+/* --partition splits --data ("none" shares all of it, as no --partition does). */
+static int partitioned(const client_config *cfg) {
+  return cfg->partition && strcmp(cfg->partition, "none") != 0;
+}
+
 static int load_data(app *a, char *err, size_t errlen) {
   const client_config *cfg = a->cfg;
   int rc = fl_dataset_load(&a->data, cfg->data, err, errlen);
@@ -322,7 +327,7 @@ static int load_data(app *a, char *err, size_t errlen) {
       return FL_EMISMATCH;
     }
   }
-  if (cfg->partition) {
+  if (partitioned(cfg)) {
     size_t parts = (size_t)(cfg->num_partitions ? cfg->num_partitions : cfg->clients);
     rc = fl_partition(&a->data, cfg->partition, parts, cfg->seed, &a->parts, err, errlen);
     if (rc) return rc;
@@ -340,7 +345,7 @@ static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
   if (uv_mutex_init(&v->bn_lock) != 0) return fl_errf(err, errlen, FL_ENOMEM, "cannot create a lock");
   v->a = a; /* from here on app_free destroys the lock */
   v->index = i;
-  v->partition = cfg->partition ? cfg->partition_index + i : -1;
+  v->partition = partitioned(cfg) ? cfg->partition_index + i : -1;
   char cert[1024], key[1024];
   if (cfg->cert) {
     snprintf(cert, sizeof cert, "%s", cfg->cert);
@@ -458,11 +463,20 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   a->sigint.data = a->sigterm.data = a;
   uv_signal_start(&a->sigint, on_signal, SIGINT);
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);
+  char split[160] = "";
+  if (partitioned(cfg)) {
+    int parts = cfg->num_partitions ? cfg->num_partitions : cfg->clients;
+    size_t mine = 0;
+    for (int i = 0; i < a->n; i++) mine += a->vcs[i].train.n;
+    snprintf(split, sizeof split, " (partitions %d..%d of %d by %s: %zu of them)",
+             cfg->partition_index, cfg->partition_index + a->n - 1, parts, cfg->partition, mine);
+  } else if (a->n > 1) {
+    snprintf(split, sizeof split, " (--partition none: each client trains on all of them)");
+  }
   fl_info("client", "%d client%s, %zu training samples%s, %d worker%s of %d training thread%s%s, "
-          "server %s", a->n, a->n == 1 ? "" : "s", a->data.n,
-          cfg->partition ? " (partitioned)" : "", workers, workers == 1 ? "" : "s",
-          a->train_threads, a->train_threads == 1 ? "" : "s", cfg->fedbn ? ", FedBN" : "",
-          cfg->server);
+          "server %s", a->n, a->n == 1 ? "" : "s", a->data.n, split, workers,
+          workers == 1 ? "" : "s", a->train_threads, a->train_threads == 1 ? "" : "s",
+          cfg->fedbn ? ", FedBN" : "", cfg->server);
   *out = a;
   return 0;
 fail:

@@ -36,7 +36,7 @@ done
 [ -n "$port" ] || { echo "demo: fl-server did not start" >&2; cat "$work/server.log" >&2; exit 1; }
 
 "$bin/fl-client" --config examples/client.ini --server "127.0.0.1:$port" \
-  --clients "$clients" --num-partitions "$clients" --certs-dir "$work/certs" \
+  --clients "$clients" --partition iid --num-partitions "$clients" --certs-dir "$work/certs" \
   --ca "$work/certs/ca.crt" 2>"$work/clients.log" &
 cpid=$!
 

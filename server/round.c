@@ -78,6 +78,14 @@ static void start_round(server *s) {
   fl_info("server", "round %llu/%d: %zu of %zu ready clients selected%s%s",
           (unsigned long long)s->r.number, s->cfg->rounds, k, m,
           k > target ? " (over-selected)" : "", s->r.attempt > 1 ? " (retry)" : "");
+  if (!s->dp && s->cfg->clients_per_round >= 1 && (double)target < s->cfg->clients_per_round &&
+      !s->warned_few) {
+    s->warned_few = 1; /* once a run: the start-up warning said why */
+    fl_warn("server", "round %llu: %zu clients selected, fewer than --clients-per-round %g: "
+            "only %zu are ready, and --min-clients %d lets a round start with them",
+            (unsigned long long)s->r.number, k, s->cfg->clients_per_round, m,
+            s->cfg->min_clients);
+  }
   for (size_t i = 0; i < k; i++) {
     client *c = sel[i];
     c->task_round = s->r.number;

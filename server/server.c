@@ -252,6 +252,11 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
           host, fl_io_port(s->io), fl_model_spec(s->model), s->n,
           (unsigned long long)fl_model_id(s->model), cfg->rounds, cfg->clients_per_round);
   fl_info("server", "run %s (\"run\" of its metrics lines)", s->run_id);
+  if (cfg->clients_per_round >= 1 && cfg->min_clients < cfg->clients_per_round && !cfg->dp_clip)
+    fl_warn("server", "--clients-per-round %g with --min-clients %d: a round starts as soon as "
+            "%d client%s ready, with fewer than %g if that is all there is; give --min-clients "
+            "%g to wait for them", cfg->clients_per_round, cfg->min_clients, cfg->min_clients,
+            cfg->min_clients == 1 ? " is" : "s are", cfg->clients_per_round, cfg->clients_per_round);
   *out = s;
   return 0;
 fail:

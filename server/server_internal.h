@@ -266,6 +266,7 @@ struct server {
   uint64_t ready_events;         /* hellos so far: "new clients" for a stalled round */
   uint64_t ready_seen;           /* ready_events when the server began waiting for more */
   int waiting_for_more;
+  int warned_few;                /* a round selected fewer than --clients-per-round */
   uint64_t first_round;          /* 1, or the round after the checkpoint's */
   int need_init;                 /* an external model waits for a client's parameters */
   client *init_from;             /* the client asked for them (external.c) */

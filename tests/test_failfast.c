@@ -82,6 +82,10 @@ Test(failfast, server_settings_checked_at_start, .timeout = 120) {
       {"fl-server", "--lr 0", 2, "--lr"},
       {"fl-server", "--momentum 1", 2, "--momentum"},
       {"fl-server", "--model 'in:4 dense:x softmax'", 2, "--model"},
+      {"fl-client", "--clients 3 --data x.csv", 2, "--clients 3 without --partition: every "
+       "virtual client would train on all of --data"},
+      {"fl-client", "--clients 3 --data x.csv --partition none --num-partitions 6", 2,
+       "--partition none shares all of --data"},
   };
   run_table(table, sizeof table / sizeof *table, dir, NULL);
   free(dir);
@@ -292,6 +296,9 @@ Test(failfast, checkpoint_runs_and_stops, .timeout = 240) {
   cr_assert_eq(fl_test_wait(s, 30), 0);
   fl_test_fed_path(&f, "stopped.log", log, sizeof log);
   cr_assert(fl_test_count(log, "no checkpoint was written"));
+  /* (and it said that its rounds may start with fewer clients than they select) */
+  cr_assert(fl_test_count(log, "--clients-per-round 10 with --min-clients 1: a round starts as "
+                               "soon as 1 client is ready"));
   cr_assert_eq(fl_test_count(log, "restart with --resume"), 0);
 
   /* A run of one round: its checkpoint stays. */

@@ -86,6 +86,11 @@ Test(failfast, server_settings_checked_at_start, .timeout = 120) {
        "virtual client would train on all of --data"},
       {"fl-client", "--clients 3 --data x.csv --partition none --num-partitions 6", 2,
        "--partition none shares all of --data"},
+      /* fl-train speaks like the others: --batch-size, --config, --version */
+      {"fl-train", "--version", 0, "fl-train "},
+      {"fl-train", "--batch-size 0", 2, "batch-size"},
+      {"fl-train", "--config {DIR}/missing.ini", 2, "missing.ini: cannot open config file"},
+      {"fl-train", "--optimizer rmsprop", 2, "--optimizer: 'rmsprop' is not one of"},
   };
   run_table(table, sizeof table / sizeof *table, dir, NULL);
   free(dir);

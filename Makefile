@@ -45,7 +45,7 @@ GEN := build/gen
 
 DEB_PKGS := pkgconf libuv1-dev libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler \
             libopenblas-dev zlib1g-dev libinih-dev libcriterion-dev openssl \
-            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils
+            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils help2man
 
 PKGS := libuv libprotobuf-c zlib inih openblas
 CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -fno-strict-aliasing
@@ -105,11 +105,16 @@ LIBCLIENT := $(LIBCLIENT_SO) $(B)/libflclient.so $(LIBCLIENT_A) $(B)/libflclient
              $(B)/flclient.pc
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+DATADIR ?= $(PREFIX)/share/fl
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 STAGE := $(B)/stage
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: FORCE docker all deps test test-stress bench bench-robust bench-compression bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: FORCE docker all deps test test-stress bench bench-robust bench-compression bench-scale fuzz fuzz-corpus demo certs clean install uninstall man
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
@@ -366,19 +371,55 @@ docker:
 demo: $(BINS)
 	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh
 
-install: $(BINS) $(LIBCLIENT)
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+# Man pages from each binary's --help and --version (help2man, Debian's), with a NAME line
+# each; the option tables are the one source of both.
+MAN_NAME_fl-server := federated learning aggregation server
+MAN_NAME_fl-client := federated learning client: trains on local data, sends weight deltas
+MAN_NAME_fl-train := centralized training baseline for fl models
+MANS := $(patsubst $(B)/%,$(B)/man/%.1,$(BINS))
+$(B)/man/%.1: $(B)/% | deps
+	$(call say,MAN,$@)
+	$(Q)mkdir -p $(@D) && help2man --no-info --no-discard-stderr --section 1 \
+	  --name '$(MAN_NAME_$*)' --output $@.tmp $< && mv $@.tmp $@
+man: $(MANS)
+
+# The units and example configurations as installed: the paths they name are those of
+# this install (BINDIR, SYSCONFDIR), so they work from where they land.
+INSTALLED_SED := -e 's|/usr/local/bin|$(BINDIR)|g' -e 's|/etc/fl|$(SYSCONFDIR)/fl|g' \
+                 -e 's|certs/out/|$(SYSCONFDIR)/fl/certs/|g' -e 's|= certs/out$$|= $(SYSCONFDIR)/fl/certs|'
+INSTALLED_FILES := $(addprefix $(BINDIR)/,$(notdir $(BINS))) \
+  $(addprefix $(MANDIR)/man1/,$(notdir $(MANS))) \
+  $(UNITDIR)/fl-server.service $(UNITDIR)/fl-client@.service \
+  $(INCLUDEDIR)/fl/client.h $(LIBDIR)/$(notdir $(LIBCLIENT_SO)) $(LIBDIR)/libflclient.so \
+  $(LIBDIR)/$(notdir $(LIBCLIENT_A)) $(LIBDIR)/pkgconfig/flclient.pc \
+  $(DATADIR)/examples/server.ini $(DATADIR)/examples/client.ini $(DATADIR)/fl.proto \
+  $(DATADIR)/gen-certs.sh
+
+# DESTDIR stages the whole tree for a packager; `make uninstall` (same PREFIX and
+# DESTDIR) removes exactly what install put there.
+install: $(BINS) $(LIBCLIENT) $(MANS)
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 $(BINS) $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(MANDIR)/man1
+	install -m 0644 $(MANS) $(DESTDIR)$(MANDIR)/man1/
 	install -d $(DESTDIR)$(INCLUDEDIR)/fl $(DESTDIR)$(LIBDIR)/pkgconfig
 	install -m 0644 $(LIBCLIENT_HEADER) $(DESTDIR)$(INCLUDEDIR)/fl/
 	install -m 0755 $(LIBCLIENT_SO) $(DESTDIR)$(LIBDIR)/
 	ln -sf $(notdir $(LIBCLIENT_SO)) $(DESTDIR)$(LIBDIR)/libflclient.so
 	install -m 0644 $(LIBCLIENT_A) $(DESTDIR)$(LIBDIR)/
 	install -m 0644 $(B)/flclient.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
-	install -d $(DESTDIR)$(PREFIX)/share/fl/examples
-	install -m 0644 examples/*.ini $(DESTDIR)$(PREFIX)/share/fl/examples/
-	install -m 0644 proto/fl.proto $(DESTDIR)$(PREFIX)/share/fl/
-	install -m 0755 certs/gen.sh $(DESTDIR)$(PREFIX)/share/fl/gen-certs.sh
+	install -d $(DESTDIR)$(UNITDIR)
+	for u in fl-server.service fl-client@.service; do \
+	  sed $(INSTALLED_SED) examples/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; done
+	install -d $(DESTDIR)$(DATADIR)/examples
+	for f in server.ini client.ini; do \
+	  sed $(INSTALLED_SED) examples/$$f > $(DESTDIR)$(DATADIR)/examples/$$f && chmod 0644 $(DESTDIR)$(DATADIR)/examples/$$f; done
+	install -m 0644 proto/fl.proto $(DESTDIR)$(DATADIR)/
+	install -m 0755 certs/gen.sh $(DESTDIR)$(DATADIR)/gen-certs.sh
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED_FILES))
+	-rmdir $(DESTDIR)$(DATADIR)/examples $(DESTDIR)$(DATADIR) $(DESTDIR)$(INCLUDEDIR)/fl 2>/dev/null
 
 clean:
 	rm -rf build

@@ -337,3 +337,40 @@ Test(failfast, checkpoint_runs_and_stops, .timeout = 240) {
   free(m);
   fl_test_fed_free(&f);
 }
+
+/* `make install` into a stage (the Makefile's, DESTDIR) holds a man page for every
+ * binary, the server's systemd unit and the client's template unit naming the installed
+ * binaries, and example configurations whose paths are those of the install; `make
+ * uninstall` with the same DESTDIR leaves nothing of it behind. */
+Test(failfast, staged_install_and_uninstall, .timeout = 120) {
+  const char *stage = getenv("FL_STAGE") ? getenv("FL_STAGE") : "build/stage";
+  const char *prefix = getenv("FL_PREFIX") ? getenv("FL_PREFIX") : "/usr/local";
+  char p[2048], cmd[8192];
+  const char *bins[] = {"fl-server", "fl-client", "fl-train"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(cmd, sizeof cmd, "man -l %s%s/share/man/man1/%s.1 2>/dev/null | grep -q -- "
+             "--config", stage, prefix, bins[i]);
+    cr_assert_eq(fl_test_system(cmd), 0, "no man page for %s documenting --config", bins[i]);
+  }
+  snprintf(p, sizeof p, "%s%s/lib/systemd/system/fl-server.service", stage, prefix);
+  snprintf(cmd, sizeof cmd, "ExecStart=%s/bin/fl-server", prefix);
+  cr_assert(fl_test_count(p, cmd), "%s does not start the installed fl-server", p);
+  cr_assert(fl_test_count(p, "ExecReload="), "%s cannot be reloaded", p);
+  snprintf(p, sizeof p, "%s%s/lib/systemd/system/fl-client@.service", stage, prefix);
+  snprintf(cmd, sizeof cmd, "ExecStart=%s/bin/fl-client --config", prefix);
+  cr_assert(fl_test_count(p, cmd) && fl_test_count(p, "%i"), "%s is no template of fl-client", p);
+  snprintf(p, sizeof p, "%s%s/share/fl/examples/server.ini", stage, prefix);
+  cr_assert(fl_test_count(p, "ca = /etc/fl/certs/ca.crt"), "%s names no installed CA", p);
+  /* The installed example is read as it is (here: up to its missing CA). */
+  snprintf(cmd, sizeof cmd, "timeout 30 %s/fl-server --config %s --listen 127.0.0.1:0 2>&1 | "
+           "grep -q \"CA file '/etc/fl/certs/ca.crt'\"", fl_test_bin_dir(), p);
+  cr_assert_eq(fl_test_system(cmd), 0, "the installed server.ini is not read as installed");
+
+  char *copy = fl_test_tmpdir();
+  snprintf(cmd, sizeof cmd, "cp -a %s/. %s/ && make -s -C %s uninstall DESTDIR=%s PREFIX=%s "
+           "NO_DEPS=1 >/dev/null 2>&1", stage, copy, fl_test_src_dir(), copy, prefix);
+  cr_assert_eq(fl_test_system(cmd), 0, "make uninstall failed");
+  snprintf(cmd, sizeof cmd, "test -z \"$(find %s \\( -type f -o -type l \\) ! -name .installed)\"", copy);
+  cr_assert_eq(fl_test_system(cmd), 0, "make uninstall left files in %s", copy);
+  free(copy);
+}

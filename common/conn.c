@@ -21,6 +21,7 @@
 #include <mbedtls/x509_crt.h>
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdarg.h>
@@ -52,6 +53,7 @@ struct fl_conn {
   const fl_tls_config *tls;
   char *resume_key;    /* client: "host:port", under which the session is kept */
   int verified;        /* the peer's certificate chain was verified in this handshake */
+  fl_tls_cert_ref peer_cert; /* the peer's certificate, for revocation (open connections) */
   char *peer_names;    /* client: the DNS names of the server's certificate, while verifying */
   int resumed;         /* the handshake resumed a session instead */
   fl_frame_decoder dec;
@@ -86,7 +88,8 @@ struct fl_conn {
 
 struct fl_listener {
   uv_tcp_t tcp;
-  const fl_tls_config *tls;
+  pthread_mutex_t mu;        /* tls may be replaced from another thread */
+  const fl_tls_config *tls;  /* a reference of the listener's */
   fl_conn_options opt;
   fl_conn_callbacks cb;
   void *data;
@@ -131,6 +134,7 @@ static void finish(fl_conn *c) {
   if (c->handles_closed < 2 || c->gai_pending) return;
   if (c->cb.on_close) c->cb.on_close(c, c->err, c->reason);
   mbedtls_ssl_free(&c->ssl);
+  fl_tls_config_free((fl_tls_config *)c->tls); /* the connection's reference */
   fl_frame_decoder_free(&c->dec);
   free(c->resume_key);
   free(c->peer_names);
@@ -493,6 +497,7 @@ static void handshake_done(fl_conn *c) {
   /* A full handshake verified the peer's certificate just now; a resumed one took the
    * certificate from the session (server: from the ticket, checked as it was opened). */
   c->resumed = peer && !c->verified;
+  fl__tls_cert_ref(peer, &c->peer_cert);
   if (c->resume_key) fl__tls_session_keep(c->tls, c->resume_key, &c->ssl);
   c->state = ST_OPEN;
   c->last_rx = c->last_tx = uv_now(c->loop);
@@ -688,7 +693,7 @@ static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_con
   if (cb) c->cb = *cb;
   c->data = data;
   c->is_server = fl__tls_is_server(tls);
-  c->tls = tls;
+  c->tls = tls; /* its reference is taken once nothing below can fail */
   /* The loop's cached time is stale when the caller worked long before connecting
    * (fl-client loading 10,000 identities): the handshake deadline would have passed. */
   uv_update_time(loop);
@@ -703,6 +708,7 @@ static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_con
   uv_timer_init(loop, &c->timer);
   c->tcp.data = c;
   c->timer.data = c;
+  fl_tls_config_ref(tls);
   return c;
 
 fail_ssl:
@@ -720,7 +726,9 @@ static void on_connection(uv_stream_t *server, int status) {
     fl_warn("conn", "accept on port %d failed: %s", l->port, uv_strerror(status));
     return;
   }
+  pthread_mutex_lock(&l->mu);
   fl_conn *c = conn_new(server->loop, l->tls, &l->opt, &l->cb, l->data);
+  pthread_mutex_unlock(&l->mu);
   if (!c) {
     uv_tcp_t *t = malloc(sizeof *t); /* take the connection off the queue, then drop it */
     if (t && uv_tcp_init(server->loop, t) == 0) {
@@ -800,11 +808,20 @@ int fl_listen_addr(const char *host, int port, struct sockaddr_storage *ss, int 
   return 0;
 }
 
+static void listener_closed(uv_handle_t *h) {
+  fl_listener *l = h->data;
+  fl_tls_config_free((fl_tls_config *)l->tls);
+  pthread_mutex_destroy(&l->mu);
+  free(l);
+}
+
 static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls,
                                  const fl_conn_options *opt, const fl_conn_callbacks *cb,
                                  void *data) {
   fl_listener *l = calloc(1, sizeof *l);
   if (!l) return NULL;
+  pthread_mutex_init(&l->mu, NULL);
+  fl_tls_config_ref(tls);
   l->tls = tls;
   if (opt)
     l->opt = *opt;
@@ -849,7 +866,7 @@ int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int p
   if (r == 0) r = listener_start(l);
   if (r < 0) {
     fl_error("conn", "cannot listen on %s port %d: %s", host, port, uv_strerror(r));
-    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+    uv_close((uv_handle_t *)&l->tcp, listener_closed);
     return FL_ENET;
   }
   fl_info("conn", "listening on %s port %d", host, l->port);
@@ -873,7 +890,7 @@ int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
   if (r == 0) r = listener_start(l);
   if (r < 0) {
     fl_error("conn", "cannot listen on socket %d: %s", (int)fd, uv_strerror(r));
-    uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+    uv_close((uv_handle_t *)&l->tcp, listener_closed);
     return FL_ENET;
   }
   fl_debug("conn", "listening on port %d (socket %d)", l->port, (int)fd);
@@ -884,8 +901,19 @@ int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
 int fl_listener_port(const fl_listener *l) { return l->port; }
 
 void fl_listener_close(fl_listener *l) {
-  if (l) uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+  if (l) uv_close((uv_handle_t *)&l->tcp, listener_closed);
 }
+
+void fl_listener_set_tls(fl_listener *l, const fl_tls_config *tls) {
+  fl_tls_config_ref(tls);
+  pthread_mutex_lock(&l->mu);
+  const fl_tls_config *old = l->tls;
+  l->tls = tls;
+  pthread_mutex_unlock(&l->mu);
+  fl_tls_config_free((fl_tls_config *)old);
+}
+
+const fl_tls_cert_ref *fl_conn_peer_cert(const fl_conn *c) { return &c->peer_cert; }
 
 static void connect_cb(uv_connect_t *req, int status) {
   fl_conn *c = req->data;

@@ -85,6 +85,10 @@ int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
                  const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
                  fl_listener **out);
 int fl_listener_port(const fl_listener *l);
+/* New connections accepted from now on use tls (a reload: renewed certificate, new CRL);
+ * those already made keep theirs.  The listener takes a reference of tls and drops the
+ * old one's.  Any thread. */
+void fl_listener_set_tls(fl_listener *l, const fl_tls_config *tls);
 /* Stops accepting; connections already accepted go on.  Frees the listener. */
 void fl_listener_close(fl_listener *l);
 
@@ -117,6 +121,8 @@ void *fl_conn_data(const fl_conn *c);
 void fl_conn_set_data(fl_conn *c, void *data);
 /* The peer certificate's CN ("" before the handshake). */
 const char *fl_conn_peer_id(const fl_conn *c);
+/* What identifies the peer's certificate for revocation (zero before the handshake). */
+const fl_tls_cert_ref *fl_conn_peer_cert(const fl_conn *c);
 /* "1.2.3.4:5678" or "[::1]:5678". */
 const char *fl_conn_peer_addr(const fl_conn *c);
 /* 1 when the handshake resumed an earlier session (tls.h) instead of a full handshake:

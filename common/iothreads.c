@@ -113,6 +113,7 @@ struct fl_peer {
   char id[65];
   char addr[64];
   int resumed;
+  fl_tls_cert_ref cert;  /* its certificate, for revocation */
   /* I/O thread only */
   fl_conn *conn;       /* NULL once the connection ended */
   msg_queue out;       /* CMD_SEND not yet handed to conn */
@@ -269,6 +270,7 @@ static void io_open(fl_conn *c) {
   snprintf(p->id, sizeof p->id, "%s", fl_conn_peer_id(c));
   snprintf(p->addr, sizeof p->addr, "%s", fl_conn_peer_addr(c));
   p->resumed = fl_conn_resumed(c);
+  p->cert = *fl_conn_peer_cert(c);
   embed(&p->m_open, EV_OPEN, p);
   embed(&p->m_sent, EV_SENT, p);
   embed(&p->m_close_ev, EV_CLOSE, p);
@@ -366,8 +368,10 @@ static void io_command(io_thread *th, msg *m) {
     return;
   case CMD_STOP_LISTENING:
   case CMD_STOP:
+    pthread_mutex_lock(&th->mu); /* fl_io_set_tls reads it from the control thread */
     if (th->listener) fl_listener_close(th->listener);
     th->listener = NULL;
+    pthread_mutex_unlock(&th->mu);
     if (m->kind == CMD_STOP_LISTENING) return;
     th->stopping = 1;
     for (fl_peer *q = th->peers; q; q = q->io_next)
@@ -583,6 +587,18 @@ void *fl_peer_data(const fl_peer *p) { return p->data; }
 void fl_peer_set_data(fl_peer *p, void *data) { p->data = data; }
 const char *fl_peer_id(const fl_peer *p) { return p->id; }
 int fl_peer_resumed(const fl_peer *p) { return p->resumed; }
+int fl_peer_revoked(const fl_peer *p, const fl_tls_config *tls) {
+  return fl_tls_config_revokes(tls, &p->cert);
+}
+
+void fl_io_set_tls(fl_io *io, const fl_tls_config *tls) {
+  for (int i = 0; i < io->nthreads; i++) {
+    io_thread *th = &io->th[i];
+    pthread_mutex_lock(&th->mu);
+    if (th->listener) fl_listener_set_tls(th->listener, tls);
+    pthread_mutex_unlock(&th->mu);
+  }
+}
 const char *fl_peer_addr(const fl_peer *p) { return p->addr; }
 int fl_peer_thread(const fl_peer *p) { return p->th->index; }
 

@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "error.h"
 #include "log.h"
@@ -60,6 +61,7 @@ typedef struct session_cache {
 } session_cache;
 
 struct fl_tls_config {
+  atomic_int refs;              /* the creator's, and one per connection using it */
   int is_server;
   char *server_name;
   int have_entropy;             /* holds a reference to the shared entropy source */
@@ -74,8 +76,10 @@ struct fl_tls_config {
   mbedtls_pk_context key;
   mbedtls_ssl_config conf;
   int verify_optional;
-  /* server: session tickets */
+  /* server: session tickets (the keys shared with the configurations reloaded from this
+   * one, ticket_refs counting them) */
   fl_ticket_keys *tickets;
+  atomic_int *ticket_refs;
   uint8_t anchors[ANCHORS_LEN]; /* SHA-256 over the CA certificates */
   /* client: kept sessions (NULL unless resume_sessions) */
   session_cache *cache;
@@ -226,6 +230,31 @@ static int ticket_write(void *p, const mbedtls_ssl_session *session, unsigned ch
   return r;
 }
 
+static void digest(const unsigned char *p, size_t len, uint8_t out[32]) {
+  mbedtls_sha256_ret(p, len, out, 0);
+}
+
+void fl__tls_cert_ref(const mbedtls_x509_crt *crt, fl_tls_cert_ref *out) {
+  memset(out, 0, sizeof *out);
+  if (!crt || crt->serial.len == 0 || crt->serial.len > sizeof out->serial) return;
+  digest(crt->issuer_raw.p, crt->issuer_raw.len, out->issuer);
+  memcpy(out->serial, crt->serial.p, crt->serial.len);
+  out->serial_len = crt->serial.len;
+}
+
+int fl_tls_config_revokes(const fl_tls_config *cfg, const fl_tls_cert_ref *ref) {
+  if (!cfg || !cfg->have_crl || !ref || !ref->serial_len) return 0;
+  for (const mbedtls_x509_crl *crl = &cfg->crl; crl && crl->version; crl = crl->next) {
+    uint8_t issuer[32];
+    digest(crl->issuer_raw.p, crl->issuer_raw.len, issuer);
+    if (memcmp(issuer, ref->issuer, sizeof issuer) != 0) continue;
+    for (const mbedtls_x509_crl_entry *e = &crl->entry; e && e->serial.len; e = e->next)
+      if (e->serial.len == ref->serial_len && memcmp(e->serial.p, ref->serial, ref->serial_len) == 0)
+        return 1;
+  }
+  return 0;
+}
+
 static int revoked(const fl_tls_config *cfg, const mbedtls_x509_crt *crt) {
   if (!cfg->have_crl) return 0;
   for (const mbedtls_x509_crl *crl = &cfg->crl; crl && crl->version; crl = crl->next)
@@ -362,8 +391,9 @@ void fl__tls_session_forget(const fl_tls_config *cfg, const char *server) {
 
 /* ---- the configuration ---- */
 
-int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *err,
-                         size_t errlen) {
+/* A configuration from opt; a reload's shares the ticket keys of shared_tickets. */
+static int create(const fl_tls_options *opt, const fl_tls_config *shared_tickets,
+                  fl_tls_config **out, char *err, size_t errlen) {
   if (err && errlen) err[0] = '\0';
   *out = NULL;
   if (!opt || !opt->ca_file || (opt->is_server && (!opt->cert_file || !opt->key_file)) ||
@@ -381,6 +411,7 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
   }
   fl_tls_config *cfg = calloc(1, sizeof *cfg);
   if (!cfg) return FL_ENOMEM;
+  atomic_init(&cfg->refs, 1);
   cfg->is_server = opt->is_server;
   cfg->verify_optional = opt->is_server && opt->verify_optional;
   entropy_ref();
@@ -456,8 +487,19 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
     goto fail;
   }
   if ((rc = check_own(cfg, err, errlen)) < 0) goto fail;
-  if (opt->is_server && opt->ticket_lifetime) {
+  if (opt->is_server && shared_tickets) { /* a reload: the keys go on */
     digest_anchors(cfg);
+    cfg->tickets = shared_tickets->tickets;
+    cfg->ticket_refs = shared_tickets->ticket_refs;
+    atomic_fetch_add(cfg->ticket_refs, 1);
+    mbedtls_ssl_conf_session_tickets_cb(c, ticket_write, ticket_parse, cfg);
+  } else if (opt->is_server && opt->ticket_lifetime) {
+    digest_anchors(cfg);
+    if (!(cfg->ticket_refs = malloc(sizeof *cfg->ticket_refs))) {
+      rc = FL_ENOMEM;
+      goto fail;
+    }
+    atomic_init(cfg->ticket_refs, 1);
     rc = fl_ticket_keys_create(opt->ticket_key_file, opt->ticket_lifetime, rng, cfg,
                                opt->ticket_clock, opt->ticket_clock_ctx, &cfg->tickets, err, errlen);
     if (rc) goto fail;
@@ -484,9 +526,27 @@ fail:
   return rc;
 }
 
+int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *err,
+                         size_t errlen) {
+  return create(opt, NULL, out, err, errlen);
+}
+
+int fl_tls_config_reload(const fl_tls_config *old, const fl_tls_options *opt,
+                         fl_tls_config **out, char *err, size_t errlen) {
+  if (!old || !opt || !old->is_server || !opt->is_server) return FL_EINVAL;
+  return create(opt, old->tickets ? old : NULL, out, err, errlen);
+}
+
+void fl_tls_config_ref(const fl_tls_config *cfg) {
+  if (cfg) atomic_fetch_add(&((fl_tls_config *)cfg)->refs, 1);
+}
+
 void fl_tls_config_free(fl_tls_config *cfg) {
-  if (!cfg) return;
-  fl_ticket_keys_free(cfg->tickets);
+  if (!cfg || atomic_fetch_sub(&cfg->refs, 1) > 1) return;
+  if (cfg->ticket_refs && atomic_fetch_sub(cfg->ticket_refs, 1) == 1) {
+    fl_ticket_keys_free(cfg->tickets);
+    free(cfg->ticket_refs);
+  }
   if (cfg->cache) {
     for (int i = 0; i < CACHE_SLOTS; i++) clear_slot(&cfg->cache->slot[i]);
     pthread_mutex_destroy(&cfg->cache->mu);

@@ -182,6 +182,7 @@ static void close_all(server *s, const char *why, uint32_t reconnect_ms) {
   fl_io_stop_listening(s->io);
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
+  uv_close((uv_handle_t *)&s->sighup, NULL);
   if (s->clients) uv_timer_start(&s->timer, on_linger, LINGER_MS, 0);
   else srv_end_linger(s);
 }

@@ -53,6 +53,43 @@ static int check_strategy_memory(server *s, char *err, size_t errlen) {
   return 0;
 }
 
+/* SIGHUP: the CA, certificate, key and CRL files are read again (a renewed certificate,
+ * a client revoked with certs/gen.sh --revoke).  New connections use them; open ones
+ * stay, but for clients whose certificate the new CRL revokes, which are disconnected.
+ * Files that do not load leave everything as it was, and say why. */
+static void on_sighup(uv_signal_t *h, int signum) {
+  (void)signum;
+  server *s = h->data;
+  const server_config *cfg = s->cfg;
+  if (s->stopping || s->ph == PH_DONE) return;
+  fl_tls_options topt = {.is_server = 1, .ca_file = cfg->ca, .cert_file = cfg->cert,
+                         .key_file = cfg->key, .crl_file = cfg->crl,
+                         .ticket_lifetime = (unsigned)cfg->ticket_lifetime,
+                         .ticket_key_file = s->ticket_keys};
+  char err[512];
+  fl_tls_config *tls;
+  if (fl_tls_config_reload(s->tls, &topt, &tls, err, sizeof err) != 0) {
+    fl_error("server", "SIGHUP: %s; keeping the certificate, key and CRL loaded before", err);
+    return;
+  }
+  fl_io_set_tls(s->io, tls);
+  fl_tls_config_free(s->tls); /* connections made with it keep it while they last */
+  s->tls = tls;
+  size_t revoked = 0;
+  for (client *c = s->clients; c; c = c->next) {
+    if (c->closing || !fl_peer_revoked(c->peer, tls)) continue;
+    fl_warn("server", "%s (%s): its certificate is revoked (--crl %s): disconnected", c->id,
+            fl_peer_addr(c->peer), cfg->crl);
+    srv_send_error(c, FL__ERROR_CODE__ERROR_REFUSED, "this client's certificate is revoked");
+    c->closing = 1;
+    fl_peer_close(c->peer, "certificate revoked");
+    revoked++;
+  }
+  fl_info("server", "SIGHUP: reloaded CA %s, certificate %s, key %s%s%s; %zu connected client%s "
+          "revoked", cfg->ca, cfg->cert, cfg->key, cfg->crl ? ", CRL " : "",
+          cfg->crl ? cfg->crl : "", revoked, revoked == 1 ? "" : "s");
+}
+
 int server_create(const server_config *cfg, server **out, char *err, size_t errlen) {
   server *s = calloc(1, sizeof *s);
   if (!s) return FL_ENOMEM;
@@ -208,7 +245,7 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
                          .ticket_lifetime = (unsigned)cfg->ticket_lifetime,
                          .ticket_key_file = keys};
   rc = fl_tls_config_create(&topt, &s->tls, err, errlen);
-  free(keys);
+  s->ticket_keys = keys;
   if (rc) goto fail;
 
   fl_conn_options_default(&s->copt);
@@ -245,7 +282,9 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   s->sa_timer.data = s;
   uv_signal_init(&s->loop, &s->sigint);
   uv_signal_init(&s->loop, &s->sigterm);
-  s->sigint.data = s->sigterm.data = s;
+  uv_signal_init(&s->loop, &s->sighup);
+  s->sigint.data = s->sigterm.data = s->sighup.data = s;
+  uv_signal_start(&s->sighup, on_sighup, SIGHUP);
   uv_signal_start(&s->sigint, srv_on_signal, SIGINT);
   uv_signal_start(&s->sigterm, srv_on_signal, SIGTERM);
   fl_info("server", "listening on %s:%d; model %s (%zu parameters, id %016llx); %d rounds of %g clients",
@@ -282,6 +321,7 @@ void server_free(server *s) {
   if (uv_loop_alive(&s->loop)) uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);
   fl_tls_config_free(s->tls);
+  free(s->ticket_keys);
   if (s->metrics) fclose(s->metrics);
   fl_strategy_free(s->strategy);
   srv_secagg_end(s);

@@ -200,8 +200,9 @@ struct server {
   const server_config *cfg;
   uv_loop_t loop;
   uv_timer_t timer;             /* round and federated-evaluation timeouts */
-  uv_signal_t sigint, sigterm;
-  fl_tls_config *tls;
+  uv_signal_t sigint, sigterm, sighup;
+  fl_tls_config *tls;            /* new connections' (SIGHUP replaces it: server.c) */
+  char *ticket_keys;             /* the session-ticket key file, or NULL */
   fl_io *io;                     /* the I/O threads serving the clients */
   fl_conn_options copt;
   uint8_t *heartbeat;

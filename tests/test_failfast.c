@@ -374,3 +374,67 @@ Test(failfast, staged_install_and_uninstall, .timeout = 120) {
   cr_assert_eq(fl_test_system(cmd), 0, "make uninstall left files in %s", copy);
   free(copy);
 }
+
+/* Revocation over a deployment's life: certs/gen.sh --revoke writes the CRL, SIGHUP makes
+ * fl-server reload it (with its certificate and key), the revoked client still connected
+ * is disconnected and, refused when it comes back, exits at once saying so; the healthy
+ * one stays connected, and new clients are accepted under the reloaded files. */
+Test(failfast, revoke_and_sighup, .timeout = 240) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  write_csvs(f.dir);
+  char certs[700], gen[1024], cmd[4096], fits[700], log[700];
+  fl_test_fed_path(&f, "certs", certs, sizeof certs);
+  fl_test_fed_path(&f, "fits.csv", fits, sizeof fits);
+  snprintf(gen, sizeof gen, "%s/certs/gen.sh", fl_test_src_dir());
+  snprintf(cmd, sizeof cmd, "%s --quiet --out %s --clients 4 && %s --quiet --out %s --crl", gen,
+           certs, gen, certs);
+  cr_assert_eq(fl_test_system(cmd), 0);
+  char ca[800], crt[800], key[800], crl[800];
+  snprintf(ca, sizeof ca, "%s/ca.crt", certs);
+  snprintf(crt, sizeof crt, "%s/server.crt", certs);
+  snprintf(key, sizeof key, "%s/server.key", certs);
+  snprintf(crl, sizeof crl, "%s/crl.pem", certs);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--ca", ca, "--cert", crt, "--key", key,
+                                     "--crl", crl, "--model", "logreg:3:2", "--rounds", "1",
+                                     "--clients-per-round", "3", "--min-clients", "3", NULL);
+  cr_assert_gt(s, 0);
+  char c[4][800], k[4][800];
+  for (int i = 0; i < 4; i++) {
+    snprintf(c[i], sizeof c[i], "%s/client-%04d.crt", certs, i + 1);
+    snprintf(k[i], sizeof k[i], "%s/client-%04d.key", certs, i + 1);
+  }
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  /* client-0001 and client-0002 connect; the round waits for a third client. */
+  pid_t a = fl_test_fed_clients(&f, "c1.log", "--ca", ca, "--cert", c[0], "--key", k[0],
+                                "--data", fits, NULL);
+  pid_t b = fl_test_fed_clients(&f, "c2.log", "--ca", ca, "--cert", c[1], "--key", k[1],
+                                "--data", fits, NULL);
+  cr_assert(fl_test_wait_for(log, "client-0001 ready", 60));
+  cr_assert(fl_test_wait_for(log, "client-0002 ready", 60));
+
+  snprintf(cmd, sizeof cmd, "%s --quiet --out %s --revoke client-0002", gen, certs);
+  cr_assert_eq(fl_test_system(cmd), 0);
+  kill(s, SIGHUP);
+  cr_assert(fl_test_wait_for(log, "SIGHUP: reloaded", 30));
+  cr_assert(fl_test_count(log, "client-0002 (") && fl_test_count(log, "its certificate is revoked"));
+  int rc = fl_test_wait(b, 60);
+  char clog[700];
+  fl_test_fed_path(&f, "c2.log", clog, sizeof clog);
+  cr_assert(rc != 0 && rc != -1, "the revoked client exited %d", rc);
+  cr_assert(fl_test_count(clog, "the server refuses this client's certificate: it is revoked"));
+
+  /* client-0001 stayed connected; two more are accepted under the reloaded files, and
+   * the three complete the run. */
+  cr_assert_eq(fl_test_count(log, "client-0001 (127.0.0.1"), 0, "client-0001 was disconnected");
+  pid_t d = fl_test_fed_clients(&f, "c3.log", "--ca", ca, "--cert", c[2], "--key", k[2],
+                                "--data", fits, NULL);
+  pid_t e = fl_test_fed_clients(&f, "c4.log", "--ca", ca, "--cert", c[3], "--key", k[3],
+                                "--data", fits, NULL);
+  cr_assert_eq(fl_test_wait(s, 120), 0);
+  cr_assert_eq(fl_test_wait(a, 60), 0);
+  cr_assert_eq(fl_test_wait(d, 60), 0);
+  cr_assert_eq(fl_test_wait(e, 60), 0);
+  cr_assert_eq(fl_test_count(log, "client-0001 connected from"), 1, "client-0001 reconnected");
+  fl_test_fed_free(&f);
+}

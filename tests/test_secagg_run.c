@@ -71,6 +71,7 @@ struct run {
   uv_timer_t deadline;
   int n;
   int secagg;                /* the server runs --secagg */
+  int ended;                 /* some client was told Done */
   sac c[MAXC];
   stage (*plan)(const run *r, int index, uint64_t round, uint64_t attempt);
   misdeed (*bad)(const run *r, int index, uint64_t round);
@@ -79,6 +80,7 @@ struct run {
   uint64_t prev_round;
   int summed[MAXROUND + 1][MAXC];
   double scale_of[MAXROUND + 1];
+  double cap_of[MAXROUND + 1];   /* the unit weight the server announced */
   int checks;                /* models verified */
   double worst;              /* largest error seen, over the bound */
   int port;
@@ -134,9 +136,10 @@ static void check_model(run *r, uint64_t round, const float *model, uint64_t n) 
     int k = 0;
     for (int i = 0; i < r->n; i++)
       if ((double)r->c[i].examples > cap) cap = (double)r->c[i].examples;
+    if (r->secagg) cap = r->cap_of[pr]; /* private rounds cap weights at 1 unit */
     for (int i = 0; i < r->n; i++) {
       if (!r->summed[pr][i]) continue;
-      double w = (double)r->c[i].examples / cap;
+      double w = fmin((double)r->c[i].examples, cap) / cap;
       for (uint64_t j = 0; j < n; j++) sum[j] += w * (double)delta_of(i, pr, j);
       wsum += w;
       k++;
@@ -251,6 +254,11 @@ static void on_setup(sac *c, const Fl__SecAggSetup *m) {
   c->scale = m->scale;
   c->cap = m->weight_cap;
   c->r->scale_of[c->round] = m->scale;
+  c->r->cap_of[c->round] = m->weight_cap;
+  /* The unit weight is the median client's examples (one of the declared counts). */
+  int known = 0;
+  for (int i = 0; i < c->r->n; i++) known |= (double)c->r->c[i].examples == m->weight_cap;
+  cr_assert(known, "weight cap %g is no client's example count", m->weight_cap);
   uint8_t cp[32], sp[32];
   char err[256];
   cr_assert_eq(fl_secagg_client_new(&c->p, m->index, &c->sa, cp, sp, err, sizeof err), 0, "%s", err);
@@ -406,6 +414,7 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     break;
   case FL__ENVELOPE__BODY_DONE:
     c->done = 1;
+    r->ended = 1;
     fl_conn_close(conn, "done");
     break;
   default: break;
@@ -441,8 +450,12 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
   (void)err;
   (void)reason;
   c->conn = NULL;
+  /* A client that dropped out of the last round comes back to a server that has ended:
+   * the run is over for it too. */
+  if (c->r->ended) c->done = 1;
   if (c->done) {
-    if (all_done(c->r)) uv_close((uv_handle_t *)&c->r->deadline, NULL);
+    uv_handle_t *deadline = (uv_handle_t *)&c->r->deadline;
+    if (all_done(c->r) && !uv_is_closing(deadline)) uv_close(deadline, NULL);
     return;
   }
   connect_client(c); /* dropped out: back at once, for the next attempt */
@@ -759,7 +772,8 @@ static void scan_after(run *r, uint64_t round) {
     double cap = 0;
     for (int i = 0; i < r->n; i++)
       if ((double)r->c[i].examples > cap) cap = (double)r->c[i].examples;
-    double w = (double)c->examples / cap;
+    if (r->secagg) cap = r->cap_of[1];
+    double w = fmin((double)c->examples, cap) / cap;
     e[j] = r->secagg ? (uint32_t)(int64_t)nearbyint(w * v[j] * r->scale_of[1]) : 0;
   }
   found_plain = memory_holds(r->server, (const uint8_t *)v, sizeof v);

@@ -160,14 +160,21 @@ static int load_error(char *err, size_t errlen, const char *what, const char *fi
   return FL_ECONFIG;
 }
 
-/* A file mbedTLS failed to load: the system's reason when it cannot be read at all
- * ("No such file or directory", "Permission denied", "Is a directory"; FL_ENOENT),
- * mbedTLS's otherwise (a file it could read but not parse). */
-static int file_error(char *err, size_t errlen, const char *what, const char *file, int r) {
+/* A file mbedTLS is about to load, checked first: mbedTLS reads a directory as a file of
+ * absurd length (and asks for that much memory).  0, or FL_ENOENT with the system's
+ * reason ("No such file or directory", "Permission denied", "Is a directory"). */
+static int check_readable(char *err, size_t errlen, const char *what, const char *file) {
   const char *why = unreadable(file);
-  if (!why) return load_error(err, errlen, what, file, r);
+  if (!why) return 0;
   if (err && errlen) snprintf(err, errlen, "%s '%s': %s", what, file, why);
   return FL_ENOENT;
+}
+
+/* A file mbedTLS failed to load: the system's reason when it cannot be read at all,
+ * mbedTLS's otherwise (a file it could read but not parse). */
+static int file_error(char *err, size_t errlen, const char *what, const char *file, int r) {
+  int rc = check_readable(err, errlen, what, file);
+  return rc ? rc : load_error(err, errlen, what, file, r);
 }
 
 /* Signs once with our key (catches a key the parser accepted but cannot use) and warns
@@ -438,11 +445,13 @@ static int create(const fl_tls_options *opt, const fl_tls_config *shared_tickets
     rc = load_error(err, errlen, "seeding the random generator from", "entropy", r);
     goto fail;
   }
+  if ((rc = check_readable(err, errlen, "CA file", opt->ca_file)) != 0) goto fail;
   if ((r = mbedtls_x509_crt_parse_file(&cfg->ca, opt->ca_file)) != 0) {
     rc = file_error(err, errlen, "CA file", opt->ca_file, r);
     goto fail;
   }
   if (opt->crl_file) {
+    if ((rc = check_readable(err, errlen, "CRL file", opt->crl_file)) != 0) goto fail;
     if ((r = mbedtls_x509_crl_parse_file(&cfg->crl, opt->crl_file)) != 0) {
       rc = file_error(err, errlen, "CRL file", opt->crl_file, r);
       goto fail;
@@ -450,10 +459,12 @@ static int create(const fl_tls_options *opt, const fl_tls_config *shared_tickets
     cfg->have_crl = 1;
   }
   if (opt->cert_file) {
+    if ((rc = check_readable(err, errlen, "certificate file", opt->cert_file)) != 0) goto fail;
     if ((r = mbedtls_x509_crt_parse_file(&cfg->cert, opt->cert_file)) != 0) {
       rc = file_error(err, errlen, "certificate file", opt->cert_file, r);
       goto fail;
     }
+    if ((rc = check_readable(err, errlen, "key file", opt->key_file)) != 0) goto fail;
     if ((r = mbedtls_pk_parse_keyfile(&cfg->key, opt->key_file, NULL)) != 0) {
       rc = file_error(err, errlen, "key file", opt->key_file, r);
       goto fail;

@@ -162,6 +162,10 @@ Test(failfast, client_that_cannot_train_is_left_out, .timeout = 240) {
   cr_assert_eq(fl_test_wait(s, 120), 0, "the server did not finish the run");
   cr_assert_eq(fl_test_wait(a, 60), 0);
   cr_assert_eq(fl_test_metrics_rounds(f.metrics), 1);
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  fl_test_fed_path(&f, "wide.log", log, sizeof log);
+  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
   fl_test_fed_free(&f);
 }
 
@@ -228,6 +232,9 @@ Test(failfast, refused_certificates_are_reported_at_once, .timeout = 240) {
   cr_assert(fl_test_running(s), "the server did not survive the refused clients");
   kill(s, SIGTERM);
   cr_assert_eq(fl_test_wait(s, 30), 0);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
   fl_test_fed_free(&f);
 }
 
@@ -436,5 +443,7 @@ Test(failfast, revoke_and_sighup, .timeout = 240) {
   cr_assert_eq(fl_test_wait(d, 60), 0);
   cr_assert_eq(fl_test_wait(e, 60), 0);
   cr_assert_eq(fl_test_count(log, "client-0001 connected from"), 1, "client-0001 reconnected");
+  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  cr_assert(fl_test_sanitizer_clean(clog), "sanitizer report in %s", clog);
   fl_test_fed_free(&f);
 }

@@ -197,7 +197,11 @@ int fl_client_set_num_examples(fl_client *c, uint64_t n);
 /* Reconnection: after a failed attempt or a lost connection the client waits
  * base_s * 2^attempt seconds (at most max_s), each delay drawn between half and all of
  * that, and gives up (FL_CLIENT_EGAVEUP) after max_retries failed attempts in a row.
- * Defaults: 20, 0.2 s, 30 s.  EINVAL unless 0 < base_s <= max_s. */
+ * A certificate refused by either side (the server's does not carry the name connected
+ * to, is not signed by the CA, is revoked or expired; or the server refuses this
+ * client's) is not retried: the client finishes at once with FL_CLIENT_ETLS, and
+ * fl_client_errmsg says what to do.  Defaults: 20, 0.2 s, 30 s.  EINVAL unless
+ * 0 < base_s <= max_s. */
 int fl_client_set_reconnect(fl_client *c, unsigned max_retries, double base_s, double max_s);
 /* Liveness: a heartbeat after interval_s seconds without sending; the connection is
  * dropped (and retried) after idle_timeout_s seconds without hearing from the server.

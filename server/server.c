@@ -272,7 +272,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   rc = fl_io_listen(&s->loop, cfg->io_threads, s->tls, host, port, &s->copt,
                     &srv_peer_callbacks, s, &s->io);
   if (rc) {
-    snprintf(err, errlen, "cannot listen on %s: %s", cfg->listen, fl_strerror(rc));
+    snprintf(err, errlen, "cannot listen on %s: %s (the line above says why)", cfg->listen,
+             fl_strerror(rc));
     goto fail;
   }
   s->max_streams = STREAMS_PER_THREAD * (size_t)fl_io_threads(s->io);

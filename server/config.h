@@ -12,6 +12,9 @@ typedef struct server_config {
   char *metrics;           /* JSON lines, one per round */
   char *checkpoint;        /* state after the last completed round (default: OUT.ckpt) */
   int resume;              /* continue from the checkpoint */
+  char *http;              /* status page, /metrics and /status: HOST:PORT or PORT (NULL: off) */
+  int http_timeout;        /* seconds an HTTP connection may idle */
+  int http_connections;    /* HTTP connections at once */
   /* [model] */
   char *model;
   char *init_model;

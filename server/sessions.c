@@ -10,6 +10,7 @@
  * that fall silent).  When a peer closes, its part in the round is settled (stream
  * abandoned, update buffer released, answer counted as dropped) before its record is
  * freed. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +168,7 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   client *c = fl_peer_data(peer);
   server *s = c->srv;
   s->bytes_in += len + 4;
+  c->heard_ms = uv_now(&s->loop);
   if (c->closing) return;
   Fl__Envelope *env;
   int rc = fl_msg_decode(payload, len, &env);
@@ -192,7 +194,11 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_UPDATE: srv_on_update(c, env->update); break;
   case FL__ENVELOPE__BODY_CHUNK: srv_on_chunk(c, env->chunk); break;
   case FL__ENVELOPE__BODY_EVAL_RESULT: srv_on_eval_result(c, env->eval_result); break;
-  case FL__ENVELOPE__BODY_HEARTBEAT: break;
+  case FL__ENVELOPE__BODY_HEARTBEAT: { /* its progress in the current task */
+    float p = env->heartbeat->progress;
+    c->progress = p >= 0 && p <= 1 ? p : c->progress; /* (NaN too is ignored) */
+    break;
+  }
   case FL__ENVELOPE__BODY_ERROR: on_client_error(c, env->error); break;
   case FL__ENVELOPE__BODY_PARAMS: srv_on_params(c, env->params); break;
   case FL__ENVELOPE__BODY_SECAGG_KEYS: srv_secagg_on_keys(c, env->secagg_keys); break;
@@ -251,6 +257,8 @@ static void on_accepted_open(fl_peer *peer) {
   c->srv = s;
   c->peer = peer;
   c->sa_index = -1;
+  c->joined_ms = c->heard_ms = uv_now(&s->loop);
+  c->last_loss = NAN;
   c->next = s->clients;
   if (s->clients) s->clients->prev = c;
   s->clients = c;

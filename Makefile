@@ -116,7 +116,7 @@ BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 .PHONY: FORCE docker all deps test test-stress bench bench-robust bench-compression bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
-all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
+all: $(BINS) $(B)/fl-plot $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
 
 # make deps: cheap and silent when everything is there.  TEST_DEB_PKGS are what only the
 # tests use (launchers: Open MPI's mpirun, a one-node Slurm with munge; Prometheus and
@@ -185,6 +185,10 @@ $(GEN)/status_page.c: server/status_page.html
 $(B)/fl-server: $(call obj,$(SERVER_SRCS)) $(B)/obj/gen/status_page.o $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(HTTP_LIBS)
+# fl-plot (tools/fl-plot): accuracy and loss per round from metrics files, with gnuplot.
+$(B)/fl-plot: tools/fl-plot
+	@mkdir -p $(B)
+	$(Q)install -m 0755 $< $@
 $(B)/fl-client: $(call obj,$(CLIENT_SRCS)) $(LIBCLIENT_A) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
@@ -263,7 +267,7 @@ TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
-test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
+test: $(BINS) $(B)/fl-plot $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
 
 # kubectl for the manifest tests (tests/test_kubernetes.c): Debian's kubernetes-client,
@@ -374,12 +378,12 @@ docker:
 	$(DOCKER) build --target runtime -t fl:latest .
 	$(DOCKER) build --target demo -t fl:demo .
 
-demo: $(BINS)
+demo: $(BINS) $(B)/fl-plot
 	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh
 
-install: $(BINS) $(LIBCLIENT)
+install: $(BINS) $(B)/fl-plot $(LIBCLIENT)
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(BINS) $(B)/fl-plot $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)$(INCLUDEDIR)/fl $(DESTDIR)$(LIBDIR)/pkgconfig
 	install -m 0644 $(LIBCLIENT_HEADER) $(DESTDIR)$(INCLUDEDIR)/fl/
 	install -m 0755 $(LIBCLIENT_SO) $(DESTDIR)$(LIBDIR)/

@@ -196,7 +196,10 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_EVAL_RESULT: srv_on_eval_result(c, env->eval_result); break;
   case FL__ENVELOPE__BODY_HEARTBEAT: { /* its progress in the current task */
     float p = env->heartbeat->progress;
-    c->progress = p >= 0 && p <= 1 ? p : c->progress; /* (NaN too is ignored) */
+    if (p >= 0 && p <= 1 && p != c->progress) { /* (NaN is ignored) */
+      c->progress = p;
+      fl_debug("server", "%s: %.0f%% of its task done", c->id, 100.0 * p);
+    }
     break;
   }
   case FL__ENVELOPE__BODY_ERROR: on_client_error(c, env->error); break;

@@ -17,7 +17,7 @@
 #include "error.h"
 #include "log.h"
 
-enum { DOC_METRICS, DOC_STATUS, N_DOCS };
+#define N_DOCS FL_HTTP_DOCS
 
 struct fl_http {
   struct MHD_Daemon *d;
@@ -29,11 +29,12 @@ struct fl_http {
   int port;
   /* Shared by the two threads, under mu. */
   pthread_mutex_t mu;
-  pthread_cond_t cv;         /* gen moved on */
+  pthread_cond_t cv;         /* a gen moved on */
   char *doc[N_DOCS];
   size_t len[N_DOCS];
-  uint64_t gen;              /* documents built so far */
-  uint64_t built_ms;         /* when the last were (CLOCK_MONOTONIC) */
+  uint64_t gen[N_DOCS];      /* builds of each so far */
+  uint64_t built_ms[N_DOCS]; /* when it was last built (CLOCK_MONOTONIC); 0: stale */
+  unsigned want;             /* 1 << doc: asked of the loop */
 };
 
 static uint64_t mono_ms(void) {
@@ -42,30 +43,38 @@ static uint64_t mono_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* The loop's thread: builds the documents outside the lock, swaps them in under it. */
-static void publish(fl_http *h) {
-  char *doc[N_DOCS] = {0};
-  size_t len[N_DOCS] = {0};
-  if (h->build(h->arg, &doc[DOC_METRICS], &len[DOC_METRICS], &doc[DOC_STATUS], &len[DOC_STATUS]) != 0)
-    return;
+/* The loop's thread: builds what was asked outside the lock, swaps it in under it. */
+static void on_async(uv_async_t *a) {
+  fl_http *h = a->data;
   pthread_mutex_lock(&h->mu);
-  for (int i = 0; i < N_DOCS; i++) {
-    char *old = h->doc[i];
-    h->doc[i] = doc[i];
-    h->len[i] = len[i];
-    doc[i] = old;
-  }
-  h->gen++;
-  h->built_ms = mono_ms();
-  pthread_cond_broadcast(&h->cv);
+  unsigned want = h->want;
+  h->want = 0;
   pthread_mutex_unlock(&h->mu);
-  for (int i = 0; i < N_DOCS; i++) free(doc[i]);
+  for (int i = 0; i < N_DOCS; i++) {
+    if (!(want & 1u << i)) continue;
+    char *doc = NULL;
+    size_t len = 0;
+    int rc = h->build(h->arg, i, &doc, &len);
+    pthread_mutex_lock(&h->mu);
+    if (rc == 0) {
+      char *old = h->doc[i];
+      h->doc[i] = doc;
+      h->len[i] = len;
+      doc = old;
+      h->built_ms[i] = mono_ms();
+    }
+    h->gen[i]++; /* a failed build ends the wait too: the old document is served */
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    free(doc);
+  }
 }
 
-static void on_async(uv_async_t *a) { publish(a->data); }
-
-void fl_http_publish(fl_http *h) {
-  if (h) publish(h);
+void fl_http_invalidate(fl_http *h) {
+  if (!h) return;
+  pthread_mutex_lock(&h->mu);
+  for (int i = 0; i < N_DOCS; i++) h->built_ms[i] = 0;
+  pthread_mutex_unlock(&h->mu);
 }
 
 /* The HTTP thread: a copy of document i, fresh enough.  NULL when out of memory or none
@@ -73,15 +82,16 @@ void fl_http_publish(fl_http *h) {
 static char *copy_doc(fl_http *h, int i, size_t *len) {
   pthread_mutex_lock(&h->mu);
   uint64_t now = mono_ms();
-  if (h->gen == 0 || now - h->built_ms >= FL_HTTP_FRESH_MS) {
-    uint64_t want = h->gen + 1;
+  if (!h->built_ms[i] || now - h->built_ms[i] >= FL_HTTP_FRESH_MS) {
+    uint64_t want = h->gen[i] + 1;
+    h->want |= 1u << i;
     uv_async_send(&h->async);
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_nsec += (long)FL_HTTP_WAIT_MS * 1000000L;
     until.tv_sec += until.tv_nsec / 1000000000L;
     until.tv_nsec %= 1000000000L;
-    while (h->gen < want)
+    while (h->gen[i] < want)
       if (pthread_cond_timedwait(&h->cv, &h->mu, &until) == ETIMEDOUT) break;
   }
   char *out = NULL;
@@ -135,13 +145,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0)
       return answer(conn, MHD_HTTP_OK, "text/html; charset=utf-8", (void *)h->page, strlen(h->page),
                     MHD_RESPMEM_PERSISTENT, NULL);
-    int i = strcmp(url, "/metrics") == 0 ? DOC_METRICS : strcmp(url, "/status") == 0 ? DOC_STATUS : -1;
+    int i = strcmp(url, "/metrics") == 0 ? FL_HTTP_METRICS : strcmp(url, "/status") == 0 ? FL_HTTP_STATUS : -1;
     if (i < 0) return plain(conn, MHD_HTTP_NOT_FOUND, "not found: try /, /metrics or /status\n", NULL);
     size_t len = 0;
     char *doc = copy_doc(h, i, &len);
     if (!doc) return plain(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready yet\n", NULL);
     return answer(conn, MHD_HTTP_OK,
-                  i == DOC_METRICS ? "text/plain; version=0.0.4; charset=utf-8" : "application/json",
+                  i == FL_HTTP_METRICS ? "text/plain; version=0.0.4; charset=utf-8" : "application/json",
                   doc, len, MHD_RESPMEM_MUST_FREE, NULL);
   }
   *upload_len = 0; /* a body after an answer is dropped */

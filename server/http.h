@@ -3,11 +3,12 @@
  * request wants them fresh), and answers everything else with a clean 4xx.
  *
  * Threads: libmicrohttpd runs on a thread of its own (its internal polling thread, one
- * for every connection).  The loop's state is never read there: a request that finds the
- * documents older than FL_HTTP_FRESH_MS asks the loop for new ones (a uv_async) and waits
- * at most FL_HTTP_WAIT_MS for them under the endpoint's mutex, then serves a copy of the
- * newest it has.  So a slow or hostile HTTP peer costs the loop nothing but, at most, one
- * build per FL_HTTP_FRESH_MS; a busy loop makes answers staler, never the loop slower.
+ * for every connection).  The loop's state is never read there: a request that finds its
+ * document older than FL_HTTP_FRESH_MS (or marked stale) asks the loop for a new one (a
+ * uv_async) and waits at most FL_HTTP_WAIT_MS for it under the endpoint's mutex, then
+ * serves a copy of the newest it has.  So a slow or hostile HTTP peer costs the loop at
+ * most one build of each document per FL_HTTP_FRESH_MS, and nothing is built while no
+ * one asks; a busy loop makes answers staler, never the loop slower.
  * Why not libmicrohttpd's external select driven by libuv (uv_poll on its sockets)?  The
  * parsing of requests and the writing of answers would then run on the loop's thread,
  * and MHD's set of sockets changes with every connection, which uv_poll handles would
@@ -32,10 +33,13 @@
 
 typedef struct fl_http fl_http;
 
-/* On the loop's thread: the documents, each malloc'd (ownership passes to the endpoint)
- * with its length.  0, or FL_E* (the endpoint keeps what it had). */
-typedef int (*fl_http_build_cb)(void *arg, char **metrics, size_t *metrics_len, char **status,
-                                size_t *status_len);
+/* The documents built on the loop's thread. */
+enum { FL_HTTP_METRICS, FL_HTTP_STATUS, FL_HTTP_DOCS };
+
+/* On the loop's thread: document doc (FL_HTTP_METRICS or FL_HTTP_STATUS), malloc'd
+ * (ownership passes to the endpoint), and its length.  0, or FL_E* (the endpoint keeps
+ * what it had). */
+typedef int (*fl_http_build_cb)(void *arg, int doc, char **out, size_t *len);
 
 typedef struct fl_http_options {
   const char *host;          /* numeric address or name to bind ("127.0.0.1", "::") */
@@ -50,8 +54,9 @@ typedef struct fl_http_options {
 /* Binds and starts serving.  0, or FL_E* with the reason in err. */
 int fl_http_start(uv_loop_t *loop, const fl_http_options *o, fl_http **out, char *err, size_t errlen);
 int fl_http_port(const fl_http *h);
-/* On the loop's thread: builds the documents now (a round ended). */
-void fl_http_publish(fl_http *h);
+/* Any thread: the documents are stale (a round ended): the next request waits for new
+ * ones.  NULL is ignored. */
+void fl_http_invalidate(fl_http *h);
 /* Stops the HTTP thread, then closes the async handle; the endpoint is freed when it
  * has closed (the loop must run once more).  NULL is ignored. */
 void fl_http_free(fl_http *h);

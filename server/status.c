@@ -107,7 +107,7 @@ void srv_status_round_done(server *s, double seconds, double train_loss, double 
                     r->tested ? r->test_acc : NAN, seconds, r->selected, r->accepted};
   st->next_past = (st->next_past + 1) % HISTORY;
   if (st->n_past < HISTORY) st->n_past++;
-  fl_http_publish(st->http); /* the round's end is seen at once */
+  fl_http_invalidate(st->http); /* the next request sees the round's end */
 }
 
 /* ---- /metrics ---- */
@@ -319,24 +319,15 @@ static void write_status(server *s, FILE *f) {
   fputs("]}\n", f);
 }
 
-static int build(void *arg, char **metrics, size_t *mlen, char **status, size_t *slen) {
+static int build(void *arg, int doc, char **out, size_t *len) {
   server *s = arg;
-  FILE *m = open_memstream(metrics, mlen);
-  if (!m) return FL_ENOMEM;
-  write_metrics(s, m);
-  if (fclose(m) != 0) {
-    free(*metrics);
-    return FL_ENOMEM;
-  }
-  FILE *j = open_memstream(status, slen);
-  if (!j) {
-    free(*metrics);
-    return FL_ENOMEM;
-  }
-  write_status(s, j);
-  if (fclose(j) != 0) {
-    free(*metrics);
-    free(*status);
+  FILE *f = open_memstream(out, len);
+  if (!f) return FL_ENOMEM;
+  if (doc == FL_HTTP_METRICS) write_metrics(s, f);
+  else write_status(s, f);
+  if (fclose(f) != 0) {
+    free(*out);
+    *out = NULL;
     return FL_ENOMEM;
   }
   return 0;

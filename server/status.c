@@ -42,6 +42,10 @@ static const struct { const char *needle, *kind; } refusal_kinds[] = {
     {"norm", "norm_bound"},
     {"closed", "round_closed"},
     {"too large", "too_large"},
+    {"takes more than", "too_large"},
+    {"no room", "no_room"},
+    {"secure", "secure_aggregation"},
+    {"mask", "secure_aggregation"},
     {"non-finite", "non_finite"},
     {"NaN", "non_finite"},
 };

@@ -346,6 +346,15 @@ Test(status, bad_requests_leave_the_federation_alone, .timeout = 300) {
   cr_assert_eq(raw(http, put, sizeof put - 1, NULL), 405);
   const char body_get[] = "GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd";
   cr_assert_eq(raw(http, body_get, sizeof body_get - 1, NULL), 413);
+  const char chunked[] = "GET /status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+  cr_assert_eq(raw(http, chunked, sizeof chunked - 1, NULL), 413);
+  char longurl[40100];
+  int ln = snprintf(longurl, 64, "GET /");
+  memset(longurl + ln, 'a', 40000);
+  ln += 40000;
+  ln += snprintf(longurl + ln, 64, " HTTP/1.1\r\nHost: x\r\n\r\n");
+  int lc = raw(http, longurl, (size_t)ln, NULL);
+  cr_assert(lc == 414 || lc == 431 || lc == 0, "a 40 KB path got %d", lc);
   const char junk[] = "\x01\x02 not http at all\r\n\r\n";
   int jc = raw(http, junk, sizeof junk - 1, NULL);
   cr_assert(jc == 0 || (jc >= 400 && jc < 500), "junk got %d", jc);

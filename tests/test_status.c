@@ -299,7 +299,13 @@ Test(status, prometheus_scrapes_and_chromium_renders, .timeout = 400) {
                         "--window-size=1000,1100";
     snprintf(cmd, sizeof cmd, "cd %s && HOME=%s %s %s --dump-dom http://127.0.0.1:%d/ > %s 2>chromium.log",
              f.dir, f.dir, chromium, flags, http, dom);
-    cr_assert_eq(fl_test_system(cmd), 0, "chromium failed (%s/chromium.log)", f.dir);
+    if (fl_test_system(cmd) != 0) {
+      char clog[700];
+      fl_test_fed_path(&f, "chromium.log", clog, sizeof clog);
+      char *t = fl_test_read_file(clog, NULL);
+      size_t tl = t ? strlen(t) : 0;
+      cr_assert_fail("chromium failed: %s", t ? t + (tl > 1500 ? tl - 1500 : 0) : "(no log)");
+    }
     snprintf(cmd, sizeof cmd, "cd %s && HOME=%s %s %s --screenshot=%s http://127.0.0.1:%d/ 2>>chromium.log",
              f.dir, f.dir, chromium, flags, shot, http);
     cr_assert_eq(fl_test_system(cmd), 0, "chromium's screenshot failed (%s/chromium.log)", f.dir);

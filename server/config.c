@@ -88,6 +88,10 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
     snprintf(err, errlen, "--listen: expected HOST:PORT, got '%s'", c->listen);
     return FL_ECONFIG;
   }
+  if (c->http && server_http_address(c->http, host, sizeof host, &port) != 0) {
+    snprintf(err, errlen, "--http: expected HOST:PORT or PORT, got '%s'", c->http);
+    return FL_ECONFIG;
+  }
   if (strcmp(c->weights, "examples") != 0 && strcmp(c->weights, "uniform") != 0) {
     snprintf(err, errlen, "--weights: expected 'examples' or 'uniform', got '%s'", c->weights);
     return FL_ECONFIG;
@@ -180,6 +184,18 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
     return FL_ECONFIG;
   }
   return fl_options_check_heartbeat(c->heartbeat, c->idle_timeout, err, errlen);
+}
+
+int server_http_address(const char *spec, char *host, size_t hostlen, int *port) {
+  const char *p = spec[0] == ':' ? spec + 1 : spec;
+  char *end;
+  long v = strtol(p, &end, 10);
+  if (end != p && !*end && v >= 0 && v <= 65535) {
+    snprintf(host, hostlen, "127.0.0.1");
+    *port = (int)v;
+    return 0;
+  }
+  return fl_split_host_port(spec, host, hostlen, port) == 0 ? 0 : FL_ECONFIG;
 }
 
 int server_norm_bound(const char *spec, double *ratio, double *bound) {

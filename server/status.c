@@ -344,15 +344,9 @@ extern const char srv_status_page[];
 int srv_status_create(server *s, char *err, size_t errlen) {
   const server_config *c = s->cfg;
   if (!c->http || !c->http[0]) return 0;
-  char host[256] = "127.0.0.1";
+  char host[256];
   int port;
-  /* "PORT" and ":PORT" bind the loopback; "HOST:PORT" the host given */
-  const char *spec = c->http[0] == ':' ? c->http + 1 : c->http;
-  char *end;
-  long p = strtol(spec, &end, 10);
-  if (end != spec && !*end && p >= 0 && p <= 65535) {
-    port = (int)p;
-  } else if (fl_split_host_port(c->http, host, sizeof host, &port) != 0) {
+  if (server_http_address(c->http, host, sizeof host, &port) != 0) {
     snprintf(err, errlen, "--http: expected HOST:PORT or PORT, got '%s'", c->http);
     return FL_ECONFIG;
   }

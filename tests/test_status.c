@@ -342,6 +342,21 @@ Test(status, bad_requests_leave_the_federation_alone, .timeout = 300) {
   cr_assert(fl_test_wait_for_while(slog, "status page on http://127.0.0.1:", s, 30), "(%s)", f.dir);
   pid_t c = clients(&f);
 
+  /* A second server cannot take the same HTTP port, nor a malformed address: it says so. */
+  fl_test_fed g;
+  fl_test_fed_init(&g);
+  char h[32], glog[700];
+  snprintf(h, sizeof h, "127.0.0.1:%d", http);
+  fl_test_fed_path(&g, "server.log", glog, sizeof glog);
+  pid_t s2 = fl_test_fed_server(&g, "server.log", "--http", h, NULL);
+  cr_assert_eq(fl_test_wait(s2, 30), 1);
+  cr_assert(fl_test_count(glog, "--http: cannot listen on 127.0.0.1:"), "(%s)", glog);
+  s2 = fl_test_fed_server(&g, "server.log", "--http", "no:port:here", NULL);
+  int rc2 = fl_test_wait(s2, 30);
+  cr_assert(rc2 > 0 && rc2 < 128, "exit %d", rc2);
+  cr_assert(fl_test_count(glog, "--http: expected HOST:PORT or PORT"), "(%s)", glog);
+  fl_test_fed_free(&g);
+
   char *body = NULL;
   cr_assert_eq(get(http, "/nothing-here", &body), 404);
   free(body);

@@ -302,6 +302,8 @@ void srv_on_signal(uv_signal_t *h, int signum);
 
 /* The callbacks of every peer (fl_io_listen's data is the server). */
 extern const fl_peer_callbacks srv_peer_callbacks;
+/* Counts bytes sent to the client (the server's and its I/O thread's totals). */
+void srv_count_sent(client *c, size_t bytes);
 /* Sends env to the client and counts its bytes.  0 or FL_E* (fl_peer_send's). */
 int srv_send(client *c, const Fl__Envelope *env);
 /* Sends an Error; with ERROR_VERSION it lists the versions this server speaks. */
@@ -477,6 +479,8 @@ void srv_status_free(server *s);
 void srv_status_round_done(server *s, double seconds, double train_loss, double train_acc);
 /* A refusal, counted by its kind. */
 void srv_status_refused(server *s, const char *reason);
+/* Bytes received from and sent to c, counted for its I/O thread. */
+void srv_status_io(client *c, size_t in, size_t out);
 
 /* ---- persist.c ---- */
 

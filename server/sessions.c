@@ -20,13 +20,18 @@
 #include "server_internal.h"
 #include "version.h"
 
+void srv_count_sent(client *c, size_t bytes) {
+  c->srv->bytes_out += bytes;
+  if (c->srv->status) srv_status_io(c, 0, bytes);
+}
+
 int srv_send(client *c, const Fl__Envelope *env) {
   uint8_t *buf;
   size_t len;
   int rc = fl_msg_encode(env, &buf, &len);
   if (rc) return rc;
   rc = fl_peer_send(c->peer, buf, len);
-  if (rc == 0) c->srv->bytes_out += len + 4;
+  if (rc == 0) srv_count_sent(c, len + 4);
   free(buf);
   return rc;
 }
@@ -168,6 +173,7 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   client *c = fl_peer_data(peer);
   server *s = c->srv;
   s->bytes_in += len + 4;
+  if (s->status) srv_status_io(c, len + 4, 0);
   c->heard_ms = uv_now(&s->loop);
   if (c->closing) return;
   Fl__Envelope *env;

@@ -69,6 +69,8 @@ struct srv_status {
   uint64_t hist[N_BUCKETS];  /* cumulative: rounds that took at most buckets[i] */
   double seconds_sum;
   double train_loss, train_acc, test_loss, test_acc; /* the last round's (NAN: none) */
+  int threads;               /* I/O threads */
+  uint64_t *thread_in, *thread_out; /* [threads] frame bytes each way */
   past_round *past;          /* [HISTORY] a ring */
   size_t n_past, next_past;
 };
@@ -86,6 +88,14 @@ void srv_status_refused(server *s, const char *reason) {
       break;
     }
   s->status->refused[k]++;
+}
+
+void srv_status_io(client *c, size_t in, size_t out) {
+  struct srv_status *st = c->srv->status;
+  int t = fl_peer_thread(c->peer);
+  if (t < 0 || t >= st->threads) return;
+  st->thread_in[t] += in;
+  st->thread_out[t] += out;
 }
 
 void srv_status_round_done(server *s, double seconds, double train_loss, double train_acc) {
@@ -195,6 +205,12 @@ static void write_metrics(server *s, FILE *f) {
     for (int i = 0; i < threads; i++) fprintf(f, "fl_io_thread_clients_ready{thread=\"%d\"} %d\n", i, ready[i]);
     free(ready);
   }
+  head(f, "fl_io_thread_received_bytes_total", "counter", "Bytes of frames received on each TLS I/O thread.");
+  for (int i = 0; i < st->threads; i++)
+    fprintf(f, "fl_io_thread_received_bytes_total{thread=\"%d\"} %llu\n", i, (unsigned long long)st->thread_in[i]);
+  head(f, "fl_io_thread_sent_bytes_total", "counter", "Bytes of frames sent on each TLS I/O thread.");
+  for (int i = 0; i < st->threads; i++)
+    fprintf(f, "fl_io_thread_sent_bytes_total{thread=\"%d\"} %llu\n", i, (unsigned long long)st->thread_out[i]);
 }
 
 /* ---- /status ---- */
@@ -351,11 +367,19 @@ int srv_status_create(server *s, char *err, size_t errlen) {
     return FL_ECONFIG;
   }
   struct srv_status *st = calloc(1, sizeof *st);
-  if (!st || !(st->past = calloc(HISTORY, sizeof *st->past))) {
+  int threads = fl_io_threads(s->io);
+  if (!st || !(st->past = calloc(HISTORY, sizeof *st->past)) ||
+      !(st->thread_in = calloc((size_t)threads, sizeof *st->thread_in)) ||
+      !(st->thread_out = calloc((size_t)threads, sizeof *st->thread_out))) {
+    if (st) {
+      free(st->past);
+      free(st->thread_in);
+    }
     free(st);
     snprintf(err, errlen, "out of memory");
     return FL_ENOMEM;
   }
+  st->threads = threads;
   st->started_ms = uv_now(&s->loop);
   st->started = time(NULL);
   st->train_loss = st->train_acc = st->test_loss = st->test_acc = NAN;
@@ -378,6 +402,8 @@ void srv_status_free(server *s) {
   if (!st) return;
   fl_http_free(st->http);
   free(st->past);
+  free(st->thread_in);
+  free(st->thread_out);
   free(st);
   s->status = NULL;
 }

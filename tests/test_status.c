@@ -157,6 +157,8 @@ Test(status, metrics_status_page_and_progress, .timeout = 300) {
   cr_assert(strstr(m, "fl_round_duration_seconds_bucket{le=\"+Inf\"}"));
   cr_assert(strstr(m, "fl_updates_refused_total{reason=\"stale\"} 0"));
   cr_assert(strstr(m, "fl_io_thread_connections{thread=\"0\"}"));
+  cr_assert(strstr(m, "fl_io_thread_received_bytes_total{thread=\"0\"}"));
+  cr_assert(strstr(m, "fl_io_thread_sent_bytes_total{thread=\"0\"}"));
   cr_assert(isfinite(metric(m, "fl_train_loss")));
   char mpath[700], cmd[1600];
   fl_test_fed_path(&f, "metrics.txt", mpath, sizeof mpath);

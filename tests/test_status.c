@@ -215,6 +215,28 @@ Test(status, metrics_status_page_and_progress, .timeout = 300) {
   cr_assert(strstr(line, "\"examples\":500"), "%s", line);
   cr_assert(strstr(line, "\"participants\":{\"selected\":3,\"selected_listed\":3,\"contributors\":3"));
   free(line);
+
+  /* fl-plot draws the run, twice overlaid, and says what is wrong with a file that is no
+   * metrics file. */
+  if (have("gnuplot")) {
+    char png[700], cmd[4096], bad[700];
+    fl_test_fed_path(&f, "plot.png", png, sizeof png);
+    fl_test_fed_path(&f, "clients.log", bad, sizeof bad);
+    char *plot = fl_test_bin("fl-plot");
+    snprintf(cmd, sizeof cmd, "%s -o %s -t 'two runs' a=%s b=%s > %s.out 2>&1", plot, png, f.metrics, f.metrics, png);
+    cr_assert_eq(fl_test_system(cmd), 0, "fl-plot failed (%s.out)", png);
+    char *img = fl_test_read_file(png, NULL);
+    cr_assert(img && memcmp(img, "\x89PNG", 4) == 0, "%s is not a PNG", png);
+    free(img);
+    snprintf(cmd, sizeof cmd, "%s -o %s.bad.png %s > %s.bad 2>&1", plot, png, bad, png);
+    cr_assert_neq(fl_test_system(cmd), 0);
+    char badout[720];
+    snprintf(badout, sizeof badout, "%s.bad", png);
+    cr_assert(fl_test_count(badout, "holds no rounds"), "(%s)", badout);
+    free(plot);
+  } else {
+    cr_log_warn("gnuplot is not installed (Debian: gnuplot-nox): fl-plot was not tried");
+  }
   cr_assert(fl_test_sanitizer_clean(slog));
   fl_test_fed_free(&f);
 }

@@ -10,7 +10,7 @@ ARG DEBIAN=debian:12-slim
 FROM ${DEBIAN} AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
       make gcc libc6-dev pkgconf libuv1-dev libmbedtls-dev libprotobuf-c-dev \
-      protobuf-c-compiler libopenblas-dev zlib1g-dev libinih-dev \
+      protobuf-c-compiler libopenblas-dev zlib1g-dev libinih-dev libmicrohttpd-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -18,6 +18,7 @@ COPY proto proto
 COPY common common
 COPY server server
 COPY client client
+COPY tools tools
 # NO_DEPS: the packages are here already; make must not install the test tools.
 RUN make -j"$(nproc)" NO_DEPS=1 build/fl-server build/fl-client build/fl-train \
     && strip build/fl-server build/fl-client build/fl-train \
@@ -36,6 +37,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-
     && rm -rf /var/lib/apt/lists/* /tmp/runtime-packages \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/fl --create-home fl
 COPY --from=build /src/build/fl-server /src/build/fl-client /src/build/fl-train /usr/local/bin/
+COPY --from=build /src/tools/fl-plot /usr/local/bin/
 USER fl
 WORKDIR /var/lib/fl
 EXPOSE 7700
@@ -44,5 +46,5 @@ CMD ["fl-server", "--help"]
 FROM runtime AS demo
 USER root
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      dataset-fashion-mnist && rm -rf /var/lib/apt/lists/*
+      dataset-fashion-mnist gnuplot-nox && rm -rf /var/lib/apt/lists/*
 USER fl

@@ -46,7 +46,8 @@ GEN := build/gen
 
 DEB_PKGS := pkgconf libuv1-dev libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler \
             libopenblas-dev zlib1g-dev libinih-dev libcriterion-dev openssl \
-            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils
+            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils \
+            libmicrohttpd-dev gnuplot-nox
 
 PKGS := libuv libprotobuf-c zlib inih openblas
 CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -fno-strict-aliasing
@@ -59,6 +60,9 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS := $(LDFLAGS_SAN)
 LIBS = $(PKG_LIBS) -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm
+# fl-server alone serves HTTP (--http: server/http.c)
+HTTP_CFLAGS = $(shell pkg-config --cflags libmicrohttpd 2>/dev/null)
+HTTP_LIBS = $(shell pkg-config --libs libmicrohttpd 2>/dev/null || echo -lmicrohttpd)
 
 PROTOS      := $(wildcard proto/*.proto)
 PROTO_C     := $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS))
@@ -113,12 +117,12 @@ BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 .PHONY: FORCE docker all deps test test-stress bench bench-robust bench-compression bench-privacy bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
-all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
+all: $(BINS) $(B)/fl-plot $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
 
 # make deps: cheap and silent when everything is there.  TEST_DEB_PKGS are what only the
-# tests use (launchers: Open MPI's mpirun, a one-node Slurm with munge), installed without
-# their recommendations.  kubectl is not among them: see KUBECTL below.
-TEST_DEB_PKGS := openmpi-bin slurmctld slurmd slurm-client munge
+# tests use (launchers: Open MPI's mpirun, a one-node Slurm with munge; Prometheus and
+# headless Chromium for the status page's tests), installed without their recommendations.  kubectl is not among them: see KUBECTL below.
+TEST_DEB_PKGS := openmpi-bin slurmctld slurmd slurm-client munge prometheus chromium
 deps:
 	@[ "$(NO_DEPS)" != 1 ] || exit 0; \
 	install_missing() { \
@@ -172,9 +176,20 @@ $(LIB): $(COMMON_OBJS)
 	$(call say,AR,$@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(B)/fl-server: $(call obj,$(SERVER_SRCS)) $(LIB)
+$(call obj,server/http.c): CFLAGS_ALL += $(HTTP_CFLAGS)
+# The status page (server/status_page.html) is embedded as the C array srv_status_page.
+$(GEN)/status_page.c: server/status_page.html
+	$(call say,EMBED,$<)
+	@mkdir -p $(GEN)
+	$(Q){ echo '/* generated from $< */'; echo 'const char srv_status_page[] = {'; \
+	  od -An -v -tx1 $< | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0};'; } > $@.tmp && mv $@.tmp $@
+$(B)/fl-server: $(call obj,$(SERVER_SRCS)) $(B)/obj/gen/status_page.o $(LIB)
 	$(call say,LINK,$@)
-	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(HTTP_LIBS)
+# fl-plot (tools/fl-plot): accuracy and loss per round from metrics files, with gnuplot.
+$(B)/fl-plot: tools/fl-plot
+	@mkdir -p $(B)
+	$(Q)install -m 0755 $< $@
 $(B)/fl-client: $(call obj,$(CLIENT_SRCS)) $(LIBCLIENT_A) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
@@ -253,7 +268,7 @@ TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
-test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
+test: $(BINS) $(B)/fl-plot $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
 
 # kubectl for the manifest tests (tests/test_kubernetes.c): Debian's kubernetes-client,
@@ -368,12 +383,12 @@ docker:
 	$(DOCKER) build --target runtime -t fl:latest .
 	$(DOCKER) build --target demo -t fl:demo .
 
-demo: $(BINS)
+demo: $(BINS) $(B)/fl-plot
 	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh
 
-install: $(BINS) $(LIBCLIENT)
+install: $(BINS) $(B)/fl-plot $(LIBCLIENT)
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(BINS) $(B)/fl-plot $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)$(INCLUDEDIR)/fl $(DESTDIR)$(LIBDIR)/pkgconfig
 	install -m 0644 $(LIBCLIENT_HEADER) $(DESTDIR)$(INCLUDEDIR)/fl/
 	install -m 0755 $(LIBCLIENT_SO) $(DESTDIR)$(LIBDIR)/

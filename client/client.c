@@ -122,6 +122,13 @@ static int fedbn_keep(vclient *v, const fl_model *m, float *params, const float 
   return rc;
 }
 
+/* After each local epoch: the task's progress, which the heartbeats carry. */
+static void on_epoch(void *arg, uint32_t epoch, const fl_eval *train) {
+  job *j = arg;
+  (void)train;
+  fl_client_task_progress(j->task, (double)(epoch + 1) / (double)j->tcfg.epochs);
+}
+
 static void job_run(pool_job *pj) {
   job *j = (job *)pj;
   vclient *v = j->v;
@@ -143,7 +150,7 @@ static void job_run(pool_job *pj) {
     rc = FL_ENOMEM;
   } else if (j->train) {
     j->tcfg.prox_ref = j->tcfg.prox_mu > 0 ? fl_client_task_global(t) : NULL;
-    rc = fl_train(tr, params, &v->train, &j->tcfg, NULL, NULL, &ev);
+    rc = fl_train(tr, params, &v->train, &j->tcfg, on_epoch, j, &ev);
     ev.n = v->train.n; /* the update's weight: every local example */
     if (rc == 0 && fedbn) rc = fedbn_keep(v, j->model, params, fl_client_task_global(t));
     if (rc == 0 && v->attacker) attack(v, j, params, fl_client_task_global(t), fl_client_task_num_params(t));

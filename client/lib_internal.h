@@ -111,6 +111,9 @@ struct fl_client {
   fl_conn_options copt;
   uint8_t *heartbeat_msg;
   size_t heartbeat_len;
+  atomic_uint progress;      /* the task's fraction done, in millionths (any thread) */
+  unsigned progress_sent;    /* what the heartbeat payload carries (the loop's) */
+  uint64_t heartbeat_seq;
   fl_conn *conn;
   uint64_t gen;              /* bumps with every connection */
   unsigned attempts;

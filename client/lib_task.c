@@ -280,6 +280,7 @@ static void complete(fl_client_task *t, int status) {
   fl_client *c = t->c;
   t->seconds = (double)(uv_hrtime() - t->t0) * 1e-9;
   t->status = status;
+  atomic_store(&c->progress, 1000000u);
   pthread_mutex_lock(&c->mu);
   t->next = c->done;
   c->done = t;
@@ -309,6 +310,7 @@ static void *task_thread(void *arg) {
 static void dispatch(fl_client *c, fl_client_task *t) {
   c->active = t;
   t->t0 = uv_hrtime();
+  atomic_store(&c->progress, 0);
   if (c->threading == FL_CLIENT_THREAD_WORKER) {
     if (pthread_create(&t->thread, NULL, task_thread, t) == 0) {
       t->threaded = 1;
@@ -615,6 +617,13 @@ const float *fl_client_task_global(const fl_client_task *t) { return t->global; 
 fl_client_metrics *fl_client_task_metrics(fl_client_task *t) { return &t->metrics; }
 int fl_client_task_cancelled(const fl_client_task *t) {
   return atomic_load(&((fl_client_task *)t)->cancelled);
+}
+
+void fl_client_task_progress(fl_client_task *t, double fraction) {
+  if (!t) return;
+  if (!(fraction >= 0)) fraction = 0; /* NaN too */
+  if (fraction > 1) fraction = 1;
+  atomic_store(&t->c->progress, (unsigned)(fraction * 1e6 + 0.5));
 }
 
 double fl_client_task_extra(const fl_client_task *t, const char *key, double dflt) {

@@ -68,7 +68,7 @@ void srv_pump_tx(client *c) {
         c->frame_next++;
         c->srv->r.model_payload += len; /* frame bytes, as below */
         rc = fl_peer_send(c->peer, f, len);
-        if (rc == 0) c->srv->bytes_out += len + 4;
+        if (rc == 0) srv_count_sent(c, len + 4);
         if (rc) {
           srv_tx_done(c);
           return;
@@ -94,7 +94,7 @@ void srv_pump_tx(client *c) {
       return;
     }
     rc = fl_peer_send(c->peer, buf, len);
-    if (rc == 0) c->srv->bytes_out += len + 4;
+    if (rc == 0) srv_count_sent(c, len + 4);
     free(buf);
     if (rc) {
       srv_tx_done(c);

@@ -22,6 +22,9 @@ const fl_option server_options[] = {
   O("metrics", "server", FL_OPTT_STR, metrics, NULL, "FILE", "append one JSON line per round", 0, 0),
   O("checkpoint", "server", FL_OPTT_STR, checkpoint, NULL, "FILE", "checkpoint written after every round (default: OUT.ckpt)", 0, 0),
   O("resume", "server", FL_OPTT_BOOL, resume, "false", NULL, "continue from the checkpoint, if there is one", 0, 0),
+  O("http", "server", FL_OPTT_STR, http, NULL, "HOST:PORT|PORT", "serve a status page (/), Prometheus metrics (/metrics) and JSON (/status) over HTTP; a bare PORT binds 127.0.0.1 (off by default)", 0, 0),
+  O("http-timeout", "server", FL_OPTT_INT, http_timeout, "10", "SECONDS", "close an HTTP connection idle this long", 1, 86400),
+  O("http-connections", "server", FL_OPTT_INT, http_connections, "32", "N", "HTTP connections at once (a quarter of them per address)", 1, 10000),
   O("model", "model", FL_OPTT_STR, model, "2nn", "SPEC", "model spec or preset (logreg, 2nn, cnn, mlp64), or external:NAME:N (a model the clients train with their own code, libflclient)", 0, 0),
   O("init-model", "model", FL_OPTT_STR, init_model, NULL, "FILE", "start from this model file instead of a seeded initialisation", 0, 0),
   O("seed", "model", FL_OPTT_U64, seed, "1", "N", "seed for initialisation, client selection and local training", 0, 0),
@@ -83,6 +86,10 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
   int port;
   if (fl_split_host_port(c->listen, host, sizeof host, &port) != 0) {
     snprintf(err, errlen, "--listen: expected HOST:PORT, got '%s'", c->listen);
+    return FL_ECONFIG;
+  }
+  if (c->http && server_http_address(c->http, host, sizeof host, &port) != 0) {
+    snprintf(err, errlen, "--http: expected HOST:PORT or PORT, got '%s'", c->http);
     return FL_ECONFIG;
   }
   if (strcmp(c->weights, "examples") != 0 && strcmp(c->weights, "uniform") != 0) {
@@ -177,6 +184,18 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
     return FL_ECONFIG;
   }
   return fl_options_check_heartbeat(c->heartbeat, c->idle_timeout, err, errlen);
+}
+
+int server_http_address(const char *spec, char *host, size_t hostlen, int *port) {
+  const char *p = spec[0] == ':' ? spec + 1 : spec;
+  char *end;
+  long v = strtol(p, &end, 10);
+  if (end != p && !*end && v >= 0 && v <= 65535) {
+    snprintf(host, hostlen, "127.0.0.1");
+    *port = (int)v;
+    return 0;
+  }
+  return fl_split_host_port(spec, host, hostlen, port) == 0 ? 0 : FL_ECONFIG;
 }
 
 int server_norm_bound(const char *spec, double *ratio, double *bound) {

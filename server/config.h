@@ -12,6 +12,9 @@ typedef struct server_config {
   char *metrics;           /* JSON lines, one per round */
   char *checkpoint;        /* state after the last completed round (default: OUT.ckpt) */
   int resume;              /* continue from the checkpoint */
+  char *http;              /* status page, /metrics and /status: HOST:PORT or PORT (NULL: off) */
+  int http_timeout;        /* seconds an HTTP connection may idle */
+  int http_connections;    /* HTTP connections at once */
   /* [model] */
   char *model;
   char *init_model;
@@ -78,6 +81,8 @@ extern const fl_option server_options[];
 
 /* Cross-field checks after parsing; a message in err. */
 int server_config_check(const server_config *c, char *err, size_t errlen);
+/* --http: "PORT" or ":PORT" (127.0.0.1), or "HOST:PORT".  FL_ECONFIG if neither. */
+int server_http_address(const char *spec, char *host, size_t hostlen, int *port);
 /* --max-update-norm: "Rx" gives *ratio R, a number *bound (0 = none).  FL_ECONFIG if
  * neither. */
 int server_norm_bound(const char *spec, double *ratio, double *bound);

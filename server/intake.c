@@ -169,6 +169,7 @@ static void fold_after(uv_work_t *w, int status) {
       if (isfinite(it->loss)) s->r.loss_sum += it->loss * it->weight;
       if (isfinite(it->acc)) s->r.acc_sum += it->acc * it->weight;
       if (isfinite(it->seconds) && it->seconds > s->r.slowest) s->r.slowest = it->seconds;
+      srv_participant_add(s, it);
     }
     /* The pool's buffer goes back, or one in its place if the strategy kept it; a buffer
      * of the update's own is freed unless the strategy kept it. */
@@ -224,6 +225,7 @@ static void note_refusal(server *s, const char *id, const char *reason) {
   fl_warn("server", "round %llu: refused update from %s: %s", (unsigned long long)s->r.number,
           id, reason);
   s->r.refused++;
+  if (s->status) srv_status_refused(s, reason);
   if (s->r.n_refusals < MAX_REFUSALS) {
     refusal *f = &s->r.refusals[s->r.n_refusals++];
     snprintf(f->client, sizeof f->client, "%s", id);
@@ -421,6 +423,7 @@ static int by_value(const void *a, const void *b) {
  * that a client declaring an absurd count cannot raise the cap for itself).  The norm
  * bound: --max-update-norm, absolute or a multiple of the global model's norm. */
 void srv_intake_begin(server *s, client *const *selected, size_t k) {
+  srv_participants_begin(s, selected, k);
   s->r.weight_cap = 0;
   double share = s->cfg->max_weight_share;
   if (share > 0 && k > 0 && !s->uniform_weights) {

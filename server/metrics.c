@@ -5,8 +5,11 @@
  * refused (with the first MAX_REFUSALS reasons) and dropped, clients that could not
  * train (and their reasons), training and evaluation
  * results, bytes, fold passes, the strategy's errors, capped weights, the norm bound and
- * the applied aggregate's norm, time and the process's peak memory.  A value that is
- * unknown (no update, no evaluation, not finite) is written as null. */
+ * the applied aggregate's norm, time and the process's peak memory, and who took part:
+ * the selected clients and the contributors (each with its example count and training
+ * loss) by name up to MAX_PARTICIPANTS, then a summary of all contributors, so a line
+ * stays small with thousands of clients.  A value that is unknown (no update, no
+ * evaluation, not finite) is written as null. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,7 +23,7 @@ long srv_peak_rss_kib(void) {
   return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
 }
 
-static void json_str(FILE *f, const char *v) {
+void srv_json_str(FILE *f, const char *v) {
   fputc('"', f);
   for (; *v; v++) {
     if (*v == '"' || *v == '\\') fprintf(f, "\\%c", *v);
@@ -34,6 +37,71 @@ static void json_num(FILE *f, const char *key, double v, int have) {
   fprintf(f, ",\"%s\":", key);
   if (have && isfinite(v)) fprintf(f, "%.6g", v);
   else fputs("null", f);
+}
+
+void srv_participants_begin(server *s, client *const *selected, size_t k) {
+  round_stats *r = &s->r;
+  r->n_selected_ids = 0;
+  r->n_parts = 0;
+  r->part_examples_min = UINT64_MAX;
+  r->part_examples_max = 0;
+  r->part_loss_min = INFINITY;
+  r->part_loss_max = -INFINITY;
+  for (size_t i = 0; i < k; i++) {
+    selected[i]->progress = 0;
+    if (r->n_selected_ids < MAX_PARTICIPANTS)
+      snprintf(r->selected_ids[r->n_selected_ids++], sizeof r->selected_ids[0], "%s", selected[i]->id);
+  }
+}
+
+void srv_participant_add(server *s, const ready_update *it) {
+  round_stats *r = &s->r;
+  if (r->n_parts < MAX_PARTICIPANTS) {
+    participant *p = &r->parts[r->n_parts++];
+    snprintf(p->client, sizeof p->client, "%s", it->client);
+    p->examples = it->examples;
+    p->loss = it->loss;
+  }
+  if (it->examples < r->part_examples_min) r->part_examples_min = it->examples;
+  if (it->examples > r->part_examples_max) r->part_examples_max = it->examples;
+  if (isfinite(it->loss) && it->loss < r->part_loss_min) r->part_loss_min = it->loss;
+  if (isfinite(it->loss) && it->loss > r->part_loss_max) r->part_loss_max = it->loss;
+  for (client *c = s->clients; c; c = c->next) /* it may be gone */
+    if (!c->closing && strcmp(c->id, it->client) == 0) {
+      c->rounds_in++;
+      c->last_examples = it->examples;
+      c->last_loss = it->loss;
+      break;
+    }
+}
+
+static void write_participants(FILE *f, const round_stats *r) {
+  fputs(",\"selected\":[", f);
+  for (size_t i = 0; i < r->n_selected_ids; i++) {
+    if (i) fputc(',', f);
+    srv_json_str(f, r->selected_ids[i]);
+  }
+  fputs("],\"contributors\":[", f);
+  for (size_t i = 0; i < r->n_parts; i++) {
+    fprintf(f, "%s{\"client\":", i ? "," : "");
+    srv_json_str(f, r->parts[i].client);
+    fprintf(f, ",\"examples\":%llu", (unsigned long long)r->parts[i].examples);
+    json_num(f, "train_loss", r->parts[i].loss, 1);
+    fputc('}', f);
+  }
+  /* accepted counts every contributor; the lists above stop at MAX_PARTICIPANTS */
+  fprintf(f, "],\"participants\":{\"selected\":%zu,\"selected_listed\":%zu,\"contributors\":%zu,"
+          "\"contributors_listed\":%zu", r->selected, r->n_selected_ids, r->accepted, r->n_parts);
+  int any = r->accepted > 0 && r->part_examples_max >= r->part_examples_min;
+  fputs(",\"examples_min\":", f);
+  if (any) fprintf(f, "%llu", (unsigned long long)r->part_examples_min);
+  else fputs("null", f);
+  fputs(",\"examples_max\":", f);
+  if (any) fprintf(f, "%llu", (unsigned long long)r->part_examples_max);
+  else fputs("null", f);
+  json_num(f, "train_loss_min", r->part_loss_min, any);
+  json_num(f, "train_loss_max", r->part_loss_max, any);
+  fputc('}', f);
 }
 
 void srv_write_metrics(server *s, double seconds) {
@@ -54,6 +122,7 @@ void srv_write_metrics(server *s, double seconds) {
           "train loss %.4f%s%s%s, %.2f s",
           (unsigned long long)r->number, s->cfg->rounds, r->accepted, r->selected, r->refused,
           r->dropped, failed, (unsigned long long)r->examples, loss, test, fed, priv, seconds);
+  if (s->status) srv_status_round_done(s, seconds, loss, acc);
   if (!s->metrics) return;
   FILE *f = s->metrics;
   fprintf(f, "{\"round\":%llu,\"attempts\":%llu,\"clients_selected\":%zu,\"updates_accepted\":%zu,"
@@ -62,17 +131,17 @@ void srv_write_metrics(server *s, double seconds) {
           r->refused, r->dropped);
   for (size_t i = 0; i < r->n_refusals; i++) {
     fprintf(f, "%s{\"client\":", i ? "," : "");
-    json_str(f, r->refusals[i].client);
+    srv_json_str(f, r->refusals[i].client);
     fputs(",\"reason\":", f);
-    json_str(f, r->refusals[i].reason);
+    srv_json_str(f, r->refusals[i].reason);
     fputc('}', f);
   }
   fprintf(f, "],\"clients_failed\":%zu,\"failures\":[", r->failed);
   for (size_t i = 0; i < r->n_failures; i++) {
     fprintf(f, "%s{\"client\":", i ? "," : "");
-    json_str(f, r->failures[i].client);
+    srv_json_str(f, r->failures[i].client);
     fputs(",\"reason\":", f);
-    json_str(f, r->failures[i].reason);
+    srv_json_str(f, r->failures[i].reason);
     fputc('}', f);
   }
   fprintf(f, "],\"examples\":%llu", (unsigned long long)r->examples);
@@ -114,6 +183,7 @@ void srv_write_metrics(server *s, double seconds) {
     json_num(f, "server_epsilon", server_eps, 1);
     json_num(f, "dp_delta", s->cfg->dp_delta, 1);
   }
+  write_participants(f, r);
   json_num(f, "seconds", seconds, 1);
   json_num(f, "slowest_client_seconds", r->slowest, r->accepted > 0);
   fprintf(f, ",\"peak_rss_kib\":%ld", srv_peak_rss_kib());

@@ -224,6 +224,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     goto fail;
   }
   s->max_streams = STREAMS_PER_THREAD * (size_t)fl_io_threads(s->io);
+  rc = srv_status_create(s, err, errlen);
+  if (rc) goto fail;
   uv_timer_init(&s->loop, &s->timer);
   s->timer.data = s;
   uv_timer_init(&s->loop, &s->sa_timer);
@@ -257,6 +259,7 @@ int server_run(server *s) {
 
 void server_free(server *s) {
   if (!s) return;
+  srv_status_free(s); /* joins the HTTP thread (before the I/O threads it counts) */
   fl_io_free(s->io); /* joins the I/O threads */
   if (uv_loop_alive(&s->loop)) uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);

@@ -100,7 +100,7 @@ extern "C" {
 /* ---- version ---- */
 
 #define FL_CLIENT_VERSION_MAJOR 1
-#define FL_CLIENT_VERSION_MINOR 0
+#define FL_CLIENT_VERSION_MINOR 1
 #define FL_CLIENT_VERSION_PATCH 0
 /* The library's version as "MAJOR.MINOR.PATCH" (static string).  The soname changes
  * with MAJOR only. */
@@ -352,6 +352,10 @@ fl_client_metrics *fl_client_task_metrics(fl_client_task *t);
  * task is dropped quietly.  A fit that returns 0 after a newer task came is still sent
  * (the server refuses it if its round is over).  Any thread. */
 int fl_client_task_cancelled(const fl_client_task *t);
+/* The fraction of the task done so far, in [0, 1] (clamped): the heartbeats carry it to
+ * the server, which shows it on its status page.  The library sets 0 when the task is
+ * handed over and 1 when it completes.  Any thread.  (Since 1.1.) */
+void fl_client_task_progress(fl_client_task *t, double fraction);
 /* Records why the task failed (sent to the server, and logged) and returns code, for
  * `return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "...", ...);`. */
 int fl_client_task_error(fl_client_task *t, int code, const char *fmt, ...)

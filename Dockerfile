@@ -37,7 +37,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-
     && rm -rf /var/lib/apt/lists/* /tmp/runtime-packages \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/fl --create-home fl
 COPY --from=build /src/build/fl-server /src/build/fl-client /src/build/fl-train /usr/local/bin/
-COPY --from=build /src/tools/fl-plot /usr/local/bin/
+COPY --from=build /src/server/fl-plot /usr/local/bin/
 USER fl
 WORKDIR /var/lib/fl
 EXPOSE 7700

@@ -186,8 +186,8 @@ $(GEN)/status_page.c: server/status_page.html
 $(B)/fl-server: $(call obj,$(SERVER_SRCS)) $(B)/obj/gen/status_page.o $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(HTTP_LIBS)
-# fl-plot (tools/fl-plot): accuracy and loss per round from metrics files, with gnuplot.
-$(B)/fl-plot: tools/fl-plot
+# fl-plot (server/fl-plot): accuracy and loss per round from metrics files, with gnuplot.
+$(B)/fl-plot: server/fl-plot
 	@mkdir -p $(B)
 	$(Q)install -m 0755 $< $@
 $(B)/fl-client: $(call obj,$(CLIENT_SRCS)) $(LIBCLIENT_A) $(LIB)

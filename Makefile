@@ -45,7 +45,7 @@ GEN := build/gen
 
 DEB_PKGS := pkgconf libuv1-dev libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler \
             libopenblas-dev zlib1g-dev libinih-dev libcriterion-dev openssl \
-            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils
+            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils libonnx-dev
 
 PKGS := libuv libprotobuf-c zlib inih openblas
 CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -fno-strict-aliasing
@@ -60,13 +60,16 @@ LDLIBS := $(LDFLAGS_SAN)
 LIBS = $(PKG_LIBS) -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm
 
 PROTOS      := $(wildcard proto/*.proto)
-PROTO_C     := $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS))
+# ONNX's own schema, as Debian's libonnx-dev ships it: fl-export writes ONNX through it.
+ONNX_PROTO  := /usr/include/onnx/onnx.proto
+PROTO_C     := $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS)) $(GEN)/onnx.pb-c.c
 PROTO_H     := $(PROTO_C:.c=.h)
 
 COMMON_SRCS := $(wildcard common/*.c)
 SERVER_SRCS := $(wildcard server/*.c)
 LIBCLIENT_SRCS := $(wildcard client/lib_*.c)
-CLIENT_SRCS := $(filter-out client/train_main.c $(LIBCLIENT_SRCS),$(wildcard client/*.c))
+TOOL_SRCS   := client/train_main.c client/predict_main.c client/export_main.c
+CLIENT_SRCS := $(filter-out $(TOOL_SRCS) $(LIBCLIENT_SRCS),$(wildcard client/*.c))
 TRAIN_SRCS  := $(wildcard client/train_main.c)
 TEST_SRCS   := $(wildcard tests/test_*.c tests/testutil.c tests/main.c)
 BENCH_SRCS  := $(wildcard bench/bench_*.c)
@@ -78,7 +81,7 @@ COMMON_OBJS := $(call obj,$(COMMON_SRCS)) $(patsubst $(GEN)/%.c,$(B)/obj/gen/%.o
 LIB := $(B)/libfl.a
 
 BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) \
-        $(if $(TRAIN_SRCS),$(B)/fl-train)
+        $(if $(TRAIN_SRCS),$(B)/fl-train) $(B)/fl-predict $(B)/fl-export
 
 # libflclient (client/include/fl/client.h): its own files and the part of libfl it
 # stands on (transport, protocol, model identity: the spec parser is the training core's
@@ -117,7 +120,7 @@ all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
 # make deps: cheap and silent when everything is there.  TEST_DEB_PKGS are what only the
 # tests use (launchers: Open MPI's mpirun, a one-node Slurm with munge), installed without
 # their recommendations.  kubectl is not among them: see KUBECTL below.
-TEST_DEB_PKGS := openmpi-bin slurmctld slurmd slurm-client munge
+TEST_DEB_PKGS := openmpi-bin slurmctld slurmd slurm-client munge python3-onnx python3-numpy
 deps:
 	@[ "$(NO_DEPS)" != 1 ] || exit 0; \
 	install_missing() { \
@@ -142,6 +145,11 @@ $(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: proto/%.proto | deps
 	$(call say,PROTOC,$<)
 	@mkdir -p $(GEN)
 	$(Q)protoc-c --proto_path=proto --c_out=$(GEN) $<
+
+$(GEN)/onnx.pb-c.c $(GEN)/onnx.pb-c.h: | deps
+	$(call say,PROTOC,$(ONNX_PROTO))
+	@mkdir -p $(GEN)
+	$(Q)protoc-c --proto_path=$(dir $(ONNX_PROTO)) --c_out=$(GEN) $(ONNX_PROTO)
 
 $(B)/obj/gen/%.o: $(GEN)/%.c $(B)/flags
 	$(call say,CC,$<)
@@ -222,6 +230,10 @@ $(B)/flclient.pc: FORCE | deps
 	  'Cflags: -I$${includedir}' > $@.tmp && \
 	  if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
 $(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
+	$(call say,LINK,$@)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+# fl-predict and fl-export: what a finished federation's model is used for.
+$(B)/fl-%: $(B)/obj/client/%_main.o $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
 $(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)

@@ -452,6 +452,27 @@ int fl_trainer_grad(fl_trainer *t, const float *params, const float *x, const fl
   return 0;
 }
 
+int fl_trainer_predict(fl_trainer *t, const float *params, const float *x, const float *y,
+                       uint32_t n, float *out, float *score, float *loss) {
+  if (n == 0 || n > t->max_batch) return FL_EINVAL;
+  const fl_model *m = t->m;
+  const size_t C = m->out_dim;
+  fl_dataset d = {.n = n, .dim = m->in_dim, .x = (float *)x, .y = (float *)y};
+  run r = {.t = t, .params = (float *)params, .data = &d, .n = n, .batch = n,
+           .loss = t->loss};
+  run_all(&r);
+  /* keep holds the probabilities (softmax, sigmoid_bce) or the residual z - y (mse) */
+  if (m->head->regression)
+    memcpy(out, logits(t), sizeof(float) * n * C);
+  else
+    memcpy(out, t->keep, sizeof(float) * n * C);
+  if (score) memcpy(score, logits(t), sizeof(float) * n * C);
+  if (loss) memcpy(loss, t->loss, sizeof(float) * n);
+  for (uint32_t i = 0; i < n; i++)
+    if (!isfinite(t->loss[i])) return FL_ENONFINITE;
+  return 0;
+}
+
 int fl_check_data(const fl_model *m, const fl_subset *s, char *err, size_t errlen) {
   const fl_dataset *d = s->data;
   if (!d || d->dim != m->in_dim) {

@@ -354,6 +354,7 @@ int fl_dataset_save_csv(const fl_dataset *d, const char *path, char *err, size_t
 
 struct fl_csv_stream {
   parser ps;
+  char *name;          /* a copy, ps.name */
   gzFile g;
   char *head;          /* the header line, which ps.cols point into */
   char *line;          /* the current line [cap] */
@@ -407,6 +408,7 @@ void fl_csv_stream_close(fl_csv_stream *s) {
   if (!s) return;
   if (s->g) gzclose(s->g);
   free(s->ps.cols);
+  free(s->name);
   free(s->head);
   free(s->line);
   free(s);
@@ -422,7 +424,12 @@ int fl_csv_stream_open_fd(fl_csv_stream **out, int fd, const char *name,
     close(fd);
     return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", name);
   }
-  s->ps = (parser){.name = name, .err = err, .errlen = errlen};
+  if (!(s->name = strdup(name))) {
+    free(s);
+    close(fd);
+    return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+  }
+  s->ps = (parser){.name = s->name, .err = err, .errlen = errlen};
   s->features = features;
   s->lab = SIZE_MAX;
   if (!(s->g = gzdopen(fd, "rb"))) {

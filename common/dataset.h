@@ -65,8 +65,7 @@ int fl_dataset_parse_idx(fl_dataset *out, const uint8_t *images, size_t images_l
  * label_column is NULL).  Any other width is FL_EMISMATCH naming both counts. */
 typedef struct fl_csv_stream fl_csv_stream;
 /* On success *out belongs to the caller (fl_csv_stream_close).  The _fd form takes
- * ownership of fd (closed even on failure); name is used in messages and must outlive
- * the stream. */
+ * ownership of fd (closed even on failure); name (copied) is used in messages. */
 int fl_csv_stream_open(fl_csv_stream **out, const char *path, const char *label_column,
                        size_t features, char *err, size_t errlen);
 int fl_csv_stream_open_fd(fl_csv_stream **out, int fd, const char *name,

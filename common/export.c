@@ -285,8 +285,9 @@ static Onnx__ValueInfoProto *value_info(builder *b, const char *name, size_t wid
 }
 
 /* The nodes of layer i, reading and updating b->cur; *image says whether the current
- * value is [N][C][H][W] (else [N][D]). */
-static void layer_nodes(builder *b, const fl_model *m, const float *params, int i,
+ * value is [N][C][H][W] (else [N][D]).  0, or -1 for a layer type this file does not
+ * know (a new layer type needs its ONNX form here). */
+static int layer_nodes(builder *b, const fl_model *m, const float *params, int i,
                         const fl_tensor_info *t, size_t nt, int *image) {
   const fl__layer *l = &m->layers[i];
   const char *ty = l->ops->name;
@@ -308,7 +309,7 @@ static void layer_nodes(builder *b, const fl_model *m, const float *params, int 
                                  attr_ints(b, "strides", (int64_t[]){S, S}, 2),
                                  attr_ints(b, "pads", (int64_t[]){pt, pt, pb, pb}, 4)};
     node(b, "Conv", names, 2, a, 3, NULL);
-  } else if (strcmp(ty, "maxpool") == 0) {
+  } else if (strcmp(ty, "pool") == 0) {
     Onnx__AttributeProto *a[] = {attr_ints(b, "kernel_shape", (int64_t[]){2, 2}, 2),
                                  attr_ints(b, "strides", (int64_t[]){2, 2}, 2)};
     node(b, "MaxPool", NULL, 0, a, 2, NULL);
@@ -330,8 +331,10 @@ static void layer_nodes(builder *b, const fl_model *m, const float *params, int 
     node(b, "Sigmoid", NULL, 0, NULL, 0, NULL);
   } else if (strcmp(ty, "tanh") == 0) {
     node(b, "Tanh", NULL, 0, NULL, 0, NULL);
+  } else if (strcmp(ty, "dropout") != 0) { /* dropout: the identity at inference */
+    return -1;
   }
-  /* dropout: the identity at inference */
+  return 0;
 }
 
 static void builder_free(builder *b) {
@@ -373,7 +376,12 @@ int fl_export_onnx(const fl_model *m, const float *params, const float *mean,
                (int64_t[]){-1, (int64_t)m->in_c, (int64_t)m->in_h, (int64_t)m->in_w}, 4);
     node(&b, "Reshape", (const char *[]){"input.shape"}, 1, NULL, 0, NULL);
   }
-  for (int i = 0; i < m->nlayers; i++) layer_nodes(&b, m, params, i, t, nt, &image);
+  for (int i = 0; i < m->nlayers; i++)
+    if (layer_nodes(&b, m, params, i, t, nt, &image) < 0) {
+      rc = fl_errf(err, errlen, FL_EINVAL, "%s: layer %d (%s) has no ONNX form in this "
+                   "build", path, i, m->layers[i].ops->name);
+      goto out;
+    }
   if (image) node(&b, "Flatten", NULL, 0, (Onnx__AttributeProto *[]){attr_int(&b, "axis", 1)},
                   1, NULL);
   const char *head = m->head->name;

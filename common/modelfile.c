@@ -136,8 +136,8 @@ int fl_modelfile_decode_ex(const uint8_t *b, size_t size, const char *path, char
   }
   /* Version 2: u32 D | float32 mean[D] | float32 std[D] between parameters and CRC. */
   uint64_t dim = 0;
-  if (version == FL_MODELFILE_VERSION_TRANSFORM && declared && declared + 4 <= size) {
-    dim = fl_get32(b + declared - TAIL_LEN);
+  if (version == FL_MODELFILE_VERSION_TRANSFORM && declared && declared <= size - 4) {
+    dim = fl_get32(b + (declared - TAIL_LEN));
     if (dim == 0 || declared + 4 + 8 * dim != size)
       return fl_errf(err, errlen, FL_EFORMAT,
                      "%s: feature transform of %llu features inconsistent with the file "
@@ -173,12 +173,13 @@ int fl_modelfile_decode_ex(const uint8_t *b, size_t size, const char *path, char
       memcpy(&t[i], &bits, 4);
       /* a mean must be finite, a deviation finite and positive */
       if (!isfinite(t[i]) || (i >= dim && !(t[i] > 0.0f))) {
+        double v = t[i];
         free(s);
         free(w);
         free(t);
         return fl_errf(err, errlen, FL_EFORMAT,
                        "%s: feature transform: %s of feature %zu is %g", path,
-                       i < dim ? "mean" : "deviation", (size_t)(i % dim), (double)t[i]);
+                       i < dim ? "mean" : "deviation", (size_t)(i % dim), v);
       }
     }
     tf->dim = (size_t)dim, tf->mean = t, tf->std = t + dim;

@@ -153,9 +153,13 @@ typedef struct round_stats {
   double weight_sum;                 /* of the folded updates */
   double slowest;                    /* longest local training time reported */
   double test_loss, test_acc;
+  double test_auc;                   /* ROC AUC of a binary head; 0 when there is none */
   int tested;
   double fed_loss, fed_acc;
   uint64_t fed_n;
+  double fed_auc;                    /* AUC weighted by the examples of the clients that
+                                      * reported one (binary heads) */
+  uint64_t fed_auc_n;
   size_t fed_asked, fed_answered;
   uint64_t bytes_in0, bytes_out0;
   uint64_t t0;                       /* the round's first selection */

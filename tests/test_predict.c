@@ -348,3 +348,43 @@ Test(predict, fl_train_fine_tunes_a_model_file, .timeout = 120) {
   cr_assert(has(dir, "err.txt", "drop --standardize"));
   free(dir);
 }
+
+/* After a federation on a binary task: the server's metrics carry the test AUC and the
+ * clients' federated-evaluation AUC (weighted by their examples), and fl-predict on the
+ * model file the server wrote reports the test AUC the server logged. */
+Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], test[700], args[4096];
+  fl_test_fed_path(&f, "train.csv", train, sizeof train);
+  fl_test_fed_path(&f, "test.csv", test, sizeof test);
+  write_blobs(train, 900, 1, 1, 1);
+  write_blobs(test, 300, 2, 1, 1);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
+                               "--rounds", "2", "--clients-per-round", "3", "--min-clients", "3",
+                               "--fed-eval-every", "1", "--test-data", test, "--lr", "0.0005",
+                               NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
+                                "--partition", "iid", "--seed", "1", NULL);
+  char slog[700], clog[700];
+  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  char *line = fl_test_metrics_line(f.metrics, 2);
+  cr_assert_not_null(line, "no round 2 in %s", f.metrics);
+  double test_auc = fl_test_json_num(line, "test_auc"), fed_auc = fl_test_json_num(line, "fed_eval_auc");
+  cr_assert(test_auc > 0.5 && test_auc <= 1.0, "%s", line);
+  cr_assert(fed_auc > 0.5 && fed_auc <= 1.0, "%s", line);
+  cr_assert_eq(fl_test_json_num(line, "fed_eval_clients"), 3, "%s", line);
+  free(line);
+  cr_assert_gt(fl_test_count(slog, "federated eval loss"), 0);
+  cr_assert_gt(fl_test_count(slog, " auc 0."), 0, "the round line names no AUC (%s)", slog);
+
+  snprintf(args, sizeof args, "--model %s --data %s --out %s/pred.csv", f.model, test, f.dir);
+  cr_assert_eq(run(f.dir, "fl-predict", args), 0);
+  char *o = slurp(f.dir, "out.txt");
+  cr_assert_lt(fabs(after(o, "auc ") - test_auc), 1e-4, "%s vs %g", o, test_auc);
+  free(o);
+  fl_test_fed_free(&f);
+}

@@ -21,6 +21,7 @@ const fl_option server_options[] = {
   O("out", "server", FL_OPTT_STR, out, "fl-model.bin", "FILE", "final global model file", 0, 0),
   O("metrics", "server", FL_OPTT_STR, metrics, NULL, "FILE", "append one JSON line per round", 0, 0),
   O("checkpoint", "server", FL_OPTT_STR, checkpoint, NULL, "FILE", "checkpoint written after every round (default: OUT.ckpt)", 0, 0),
+  O("keep-best", "server", FL_OPTT_STR, keep_best, NULL, "METRIC", "also keep the best global model seen by METRIC in OUT.best (test_loss, test_accuracy, test_auc, fed_eval_loss, fed_eval_accuracy, fed_eval_auc, train_loss; a loss is best lowest)", 0, 0),
   O("resume", "server", FL_OPTT_BOOL, resume, "false", NULL, "continue from the checkpoint, if there is one", 0, 0),
   O("model", "model", FL_OPTT_STR, model, "2nn", "SPEC", "model spec or preset (logreg, 2nn, cnn, mlp64), or external:NAME:N (a model the clients train with their own code, libflclient)", 0, 0),
   O("init-model", "model", FL_OPTT_STR, init_model, NULL, "FILE", "start from this model file instead of a seeded initialisation", 0, 0),
@@ -83,6 +84,12 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
   int port;
   if (fl_split_host_port(c->listen, host, sizeof host, &port) != 0) {
     snprintf(err, errlen, "--listen: expected HOST:PORT, got '%s'", c->listen);
+    return FL_ECONFIG;
+  }
+  if (c->keep_best && srv_metric_find(c->keep_best) < 0) {
+    snprintf(err, errlen, "--keep-best: '%s' is not one of test_loss, test_accuracy, "
+             "test_auc, fed_eval_loss, fed_eval_accuracy, fed_eval_auc, train_loss",
+             c->keep_best);
     return FL_ECONFIG;
   }
   if (strcmp(c->weights, "examples") != 0 && strcmp(c->weights, "uniform") != 0) {

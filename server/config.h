@@ -11,6 +11,7 @@ typedef struct server_config {
   char *out;               /* final model file */
   char *metrics;           /* JSON lines, one per round */
   char *checkpoint;        /* state after the last completed round (default: OUT.ckpt) */
+  char *keep_best;         /* a metric: the best global model by it goes to OUT.best */
   int resume;              /* continue from the checkpoint */
   /* [model] */
   char *model;
@@ -77,6 +78,8 @@ typedef struct server_config {
 extern const fl_option server_options[];
 
 /* Cross-field checks after parsing; a message in err. */
+/* The index of a --keep-best metric name, or -1 (metrics.c). */
+int srv_metric_find(const char *name);
 int server_config_check(const server_config *c, char *err, size_t errlen);
 /* --max-update-norm: "Rx" gives *ratio R, a number *bound (0 = none).  FL_ECONFIG if
  * neither. */

@@ -126,3 +126,31 @@ void srv_write_metrics(server *s, double seconds) {
   fputs("}\n", f);
   fflush(f);
 }
+
+/* --keep-best's metrics: name, whether lower is better. */
+static const struct { const char *name; int lower; } best_metrics[] = {
+    {"test_loss", 1},     {"test_accuracy", 0},     {"test_auc", 0},  {"fed_eval_loss", 1},
+    {"fed_eval_accuracy", 0}, {"fed_eval_auc", 0}, {"train_loss", 1},
+};
+
+int srv_metric_find(const char *name) {
+  for (int k = 0; k < (int)(sizeof best_metrics / sizeof best_metrics[0]); k++)
+    if (strcmp(name, best_metrics[k].name) == 0) return k;
+  return -1;
+}
+
+int srv_metric_value(const server *s, int k, double *v) {
+  const round_stats *r = &s->r;
+  switch (k) {
+  case 0: *v = r->test_loss; return r->tested;
+  case 1: *v = r->test_acc; return r->tested;
+  case 2: *v = r->test_auc; return r->tested && r->test_auc > 0;
+  case 3: *v = r->fed_n ? r->fed_loss / (double)r->fed_n : 0; return r->fed_n > 0;
+  case 4: *v = r->fed_n ? r->fed_acc / (double)r->fed_n : 0; return r->fed_n > 0;
+  case 5: *v = r->fed_auc_n ? r->fed_auc / (double)r->fed_auc_n : 0; return r->fed_auc_n > 0;
+  case 6: *v = r->weight_sum > 0 ? r->loss_sum / r->weight_sum : 0; return r->weight_sum > 0;
+  }
+  return 0;
+}
+
+int srv_metric_lower_is_better(int k) { return best_metrics[k].lower; }

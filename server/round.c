@@ -365,6 +365,7 @@ void srv_advance(server *s) {
     uv_timer_stop(&s->timer);
     for (client *c = s->clients; c; c = c->next) c->eval_pending = 0;
     srv_write_metrics(s, (double)(now_ms(s) - s->r.t0) / 1000.0);
+    srv_keep_best(s);
     srv_save_checkpoint(s);
     if (s->r.number >= (uint64_t)s->cfg->rounds) {
       srv_finish_run(s, "training complete");

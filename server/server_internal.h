@@ -264,6 +264,9 @@ struct server {
   client *init_from;             /* the client asked for them (external.c) */
   int init_waiting_logged;
   int stopping, exit_code;
+  int have_best;                /* --keep-best: best_value holds a round's value */
+  double best_value;
+  uint64_t best_round;
   int lingered;                  /* the goodbye is over (see close_all in round.c) */
 };
 
@@ -453,5 +456,12 @@ void srv_save_checkpoint(server *s);
 int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen);
 /* Writes the final model (--out); a failure is logged and sets the exit code. */
 void srv_save_final_model(server *s);
+/* --keep-best: after a round's metrics, writes the global model to OUT.best when the
+ * round's value of the metric is the best so far (a round without it is skipped). */
+void srv_keep_best(server *s);
+/* The value of --keep-best metric number k for the round that ends; 0 when the round
+ * has none (metrics.c). */
+int srv_metric_value(const server *s, int k, double *v);
+int srv_metric_lower_is_better(int k);
 
 #endif

@@ -350,8 +350,9 @@ Test(predict, fl_train_fine_tunes_a_model_file, .timeout = 120) {
 }
 
 /* After a federation on a binary task: the server's metrics carry the test AUC and the
- * clients' federated-evaluation AUC (weighted by their examples), and fl-predict on the
- * model file the server wrote reports the test AUC the server logged. */
+ * clients' federated-evaluation AUC (weighted by their examples), fl-predict on the
+ * model file the server wrote reports the test AUC the server logged, and --keep-best
+ * test_auc kept the model of the round with the highest one. */
 Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 300) {
   fl_test_fed f;
   fl_test_fed_init(&f);
@@ -363,7 +364,7 @@ Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 3
   pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
                                "--rounds", "2", "--clients-per-round", "3", "--min-clients", "3",
                                "--fed-eval-every", "1", "--test-data", test, "--lr", "0.0005",
-                               NULL);
+                               "--keep-best", "test_auc", NULL);
   pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
                                 "--partition", "iid", "--seed", "1", NULL);
   char slog[700], clog[700];
@@ -371,6 +372,10 @@ Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 3
   fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
   cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
   cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  char *first = fl_test_metrics_line(f.metrics, 1);
+  cr_assert_not_null(first);
+  double auc1 = fl_test_json_num(first, "test_auc");
+  free(first);
   char *line = fl_test_metrics_line(f.metrics, 2);
   cr_assert_not_null(line, "no round 2 in %s", f.metrics);
   double test_auc = fl_test_json_num(line, "test_auc"), fed_auc = fl_test_json_num(line, "fed_eval_auc");
@@ -386,5 +391,14 @@ Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 3
   char *o = slurp(f.dir, "out.txt");
   cr_assert_lt(fabs(after(o, "auc ") - test_auc), 1e-4, "%s vs %g", o, test_auc);
   free(o);
+  snprintf(args, sizeof args, "--model %s.best --data %s --out %s/pred.csv", f.model, test, f.dir);
+  cr_assert_eq(run(f.dir, "fl-predict", args), 0);
+  o = slurp(f.dir, "out.txt");
+  double best = fmax(auc1, test_auc);
+  cr_assert_lt(fabs(after(o, "auc ") - best), 1e-4, "%s vs %g", o, best);
+  free(o);
+  cr_assert_gt(fl_test_count(slog, "best test_auc so far"), 0);
+  cr_assert_eq(run(f.dir, "fl-server", "--keep-best accuracy"), 2);
+  cr_assert(has(f.dir, "err.txt", "--keep-best: 'accuracy' is not one of"));
   fl_test_fed_free(&f);
 }

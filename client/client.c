@@ -69,6 +69,10 @@ struct app {
   fl_dataset flipped;        /* --attack labelflip: data with flipped labels (x shared) */
   fl_subset *parts, *test_parts;
   fl_model *model;           /* built from the spec the server last sent */
+  /* The server's feature standardisation, applied in place to data and test (whose
+   * raw features raw_x and raw_test keep); tf_dim 0: none applied. */
+  float *raw_x, *raw_test, *tf;
+  size_t tf_dim;
   atomic_int running;        /* jobs handed to the pool and not completed */
   int train_threads;         /* threads of each training job (--train-threads) */
   char host[256];
@@ -194,10 +198,57 @@ static int use_model(app *a, const char *spec, uint64_t n, char *err, size_t err
   return 0;
 }
 
+static void standardize(float *x, const float *raw, size_t n, size_t dim, const float *mean,
+                        const float *std) {
+  for (size_t i = 0; i < n * dim; i++) {
+    size_t j = i % dim;
+    x[i] = dim && std ? (raw[i] - mean[j]) / std[j] : raw[i];
+  }
+}
+
+/* The task's feature standardisation (fl-server --standardize) on the local data: the
+ * same for every task of a run, so it is applied once, in place, while no job runs (the
+ * raw features are kept to apply another after a server's restart). */
+static int use_transform(app *a, fl_client_task *t, char *err, size_t errlen) {
+  const float *mean, *std;
+  size_t dim = fl_client_task_feature_transform(t, &mean, &std);
+  if (dim == a->tf_dim && (!dim || (memcmp(a->tf, mean, dim * sizeof *mean) == 0 &&
+                                    memcmp(a->tf + dim, std, dim * sizeof *std) == 0)))
+    return 0;
+  if (dim && dim != a->data.dim)
+    return fl_errf(err, errlen, FL_EMISMATCH, "the server standardises %zu features, the local "
+                   "data has %zu", dim, a->data.dim);
+  if (atomic_load(&a->running) > 0)
+    return fl_errf(err, errlen, FL_ESTATE, "feature standardisation changed while other "
+                   "clients still train");
+  size_t nx = a->data.n * a->data.dim, nt = a->have_test ? a->test.n * a->test.dim : 0;
+  if (!a->raw_x) {
+    if (!(a->raw_x = malloc(sizeof(float) * (nx ? nx : 1))) ||
+        (nt && !(a->raw_test = malloc(sizeof(float) * nt))))
+      return fl_errf(err, errlen, FL_ENOMEM, "out of memory for the raw features");
+    memcpy(a->raw_x, a->data.x, sizeof(float) * nx);
+    if (nt) memcpy(a->raw_test, a->test.x, sizeof(float) * nt);
+  }
+  float *tf = dim ? malloc(sizeof(float) * 2 * dim) : NULL;
+  if (dim && !tf) return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
+  if (dim) {
+    memcpy(tf, mean, sizeof(float) * dim);
+    memcpy(tf + dim, std, sizeof(float) * dim);
+  }
+  free(a->tf);
+  a->tf = tf;
+  a->tf_dim = dim;
+  standardize(a->data.x, a->raw_x, a->data.n, a->data.dim, tf, tf ? tf + dim : NULL);
+  if (nt) standardize(a->test.x, a->raw_test, a->test.n, a->test.dim, tf, tf ? tf + dim : NULL);
+  if (dim) fl_info("client", "features standardised with the federation's means and deviations");
+  return 0;
+}
+
 static int submit(vclient *v, fl_client_task *t, int train, const fl_train_config *tcfg) {
   app *a = v->a;
   char err[512];
   int rc = use_model(a, fl_client_task_model(t), fl_client_task_num_params(t), err, sizeof err);
+  if (rc == 0) rc = use_transform(a, t, err, sizeof err);
   if (rc) return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "%s", err);
   job *j = calloc(1, sizeof *j);
   if (!j) return fl_client_task_error(t, FL_CLIENT_ENOMEM, "out of memory");
@@ -350,6 +401,23 @@ static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
   if (rc) return fl_errf(err, errlen, FL_ENOMEM, "%s", fl_client_strerror(rc));
   fl_client *fc = v->fc;
   fl_client_set_data(fc, v);
+  if (cfg->share_feature_stats) { /* this client's own training samples */
+    size_t dim = a->data.dim;
+    double *sum = calloc(dim ? dim : 1, sizeof *sum), *sq = calloc(dim ? dim : 1, sizeof *sq);
+    if (!sum || !sq) {
+      free(sum);
+      free(sq);
+      return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < v->train.n; i++) {
+      const float *row = a->data.x + (size_t)(v->train.idx ? v->train.idx[i] : i) * dim;
+      for (size_t j = 0; j < dim; j++) sum[j] += row[j], sq[j] += (double)row[j] * row[j];
+    }
+    rc = fl_client_set_feature_stats(fc, v->train.n, sum, sq, dim);
+    free(sum);
+    free(sq);
+    if (rc) return fl_errf(err, errlen, FL_ECONFIG, "%s: %s", v->name, fl_client_errmsg(fc));
+  }
   if ((rc = fl_client_set_server(fc, cfg->server)) != 0 ||
       (rc = fl_client_set_tls(fc, cfg->ca, cert, key, cfg->server_name)) != 0 ||
       (rc = fl_client_set_name(fc, v->name)) != 0 ||
@@ -487,5 +555,8 @@ void app_free(app *a) {
   free(a->flipped.y); /* its x is data's */
   if (a->have_test) fl_dataset_free(&a->test);
   fl_model_free(a->model);
+  free(a->raw_x);
+  free(a->raw_test);
+  free(a->tf);
   free(a);
 }

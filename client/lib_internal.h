@@ -63,6 +63,8 @@ struct fl_client_task {
   fl_tensor_tx tx;
   int go;                    /* the answer's tensor may be sent (Proceed came) */
   fl_client_metrics metrics;
+  float *fmean, *fstd;       /* [fdim] the server's feature standardisation, or NULL */
+  size_t fdim;
   atomic_int cancelled;
   int status;
   char reason[256];          /* fl_client_task_error's */
@@ -87,6 +89,9 @@ struct fl_client {
   int port;
   fl_tls_config *tls;
   char *model_spec;          /* declared, canonical; NULL when none */
+  double *fs_sum, *fs_sq;    /* [fs_dim] feature statistics for the Hello, or NULL */
+  size_t fs_dim;
+  uint64_t fs_count;
   uint64_t model_id, num_params;
   uint64_t num_examples;
   unsigned max_retries;

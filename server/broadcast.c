@@ -151,6 +151,9 @@ void srv_send_train_task(client *c) {
   t.num_params = s->n;
   t.config = &tc;
   t.encoding = model_encoding(c);
+  t.n_feature_mean = t.n_feature_std = s->tf_dim;
+  t.feature_mean = s->tf_mean;
+  t.feature_std = s->tf_std;
   env.body_case = FL__ENVELOPE__BODY_TRAIN_TASK;
   env.train_task = &t;
   if (srv_send(c, &env) == 0) start_tx(c);
@@ -165,6 +168,9 @@ void srv_send_eval_task(client *c) {
   t.model_id = fl_model_id(s->model);
   t.num_params = s->n;
   t.encoding = model_encoding(c);
+  t.n_feature_mean = t.n_feature_std = s->tf_dim;
+  t.feature_mean = s->tf_mean;
+  t.feature_std = s->tf_std;
   env.body_case = FL__ENVELOPE__BODY_EVAL_TASK;
   env.eval_task = &t;
   if (srv_send(c, &env) == 0) {

@@ -16,6 +16,7 @@ typedef struct server_config {
   /* [model] */
   char *model;
   char *init_model;
+  int standardize;         /* feature standardisation from the clients' statistics */
   unsigned long long seed;
   /* [round] */
   int rounds;

@@ -83,8 +83,9 @@ int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
 
 void srv_save_final_model(server *s) {
   char err[512];
-  int rc = fl_modelfile_save(s->cfg->out, fl_model_spec(s->model), fl_model_id(s->model),
-                             s->global, s->n, err, sizeof err);
+  fl_transform tf = srv_transform(s);
+  int rc = fl_modelfile_save_ex(s->cfg->out, fl_model_spec(s->model), fl_model_id(s->model),
+                                s->global, s->n, &tf, err, sizeof err);
   if (rc) {
     fl_error("server", "writing the final model failed: %s", err);
     s->exit_code = 1;
@@ -108,8 +109,9 @@ void srv_keep_best(server *s) {
   if (s->have_best && (lower ? v >= s->best_value : v <= s->best_value)) return;
   char path[4096], err[512];
   snprintf(path, sizeof path, "%s.best", s->cfg->out);
-  int rc = fl_modelfile_save(path, fl_model_spec(s->model), fl_model_id(s->model), s->global,
-                             s->n, err, sizeof err);
+  fl_transform tf = srv_transform(s);
+  int rc = fl_modelfile_save_ex(path, fl_model_spec(s->model), fl_model_id(s->model),
+                                s->global, s->n, &tf, err, sizeof err);
   if (rc) {
     fl_error("server", "round %llu: --keep-best: %s", (unsigned long long)s->r.number, err);
     return;

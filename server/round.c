@@ -280,6 +280,7 @@ void srv_advance(server *s) {
     if (s->waiting_for_more && s->ready_events == s->ready_seen) return;
     if (s->n_ready >= (size_t)s->cfg->min_clients) {
       s->waiting_for_more = 0;
+      if (!srv_standardize_ready(s)) return;
       if (s->r.attempt == 0 && !srv_privacy_allows_round(s, s->n_ready)) {
         srv_finish_run(s, "privacy budget reached");
         return;

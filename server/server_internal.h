@@ -48,6 +48,7 @@
 #include "config.h"
 #include "dataset.h"
 #include "iothreads.h"
+#include "modelfile.h"
 #include "model.h"
 #include "msg.h"
 #include "rng.h"
@@ -264,6 +265,15 @@ struct server {
   client *init_from;             /* the client asked for them (external.c) */
   int init_waiting_logged;
   int stopping, exit_code;
+  /* Feature standardisation (standardize.c): the clients' statistics until the
+   * transform is fixed, then the transform sent with every task (tf_dim 0: none). */
+  double *fs_sum, *fs_sq;       /* [in_dim] */
+  uint64_t fs_count;
+  char **fs_ids;                /* [fs_n] clients whose statistics are counted */
+  size_t fs_n;
+  int fs_waiting_logged;
+  float *tf_mean, *tf_std;      /* [tf_dim], one allocation (tf_mean) */
+  size_t tf_dim;
   int have_best;                /* --keep-best: best_value holds a round's value */
   double best_value;
   uint64_t best_round;
@@ -456,6 +466,16 @@ void srv_save_checkpoint(server *s);
 int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen);
 /* Writes the final model (--out); a failure is logged and sets the exit code. */
 void srv_save_final_model(server *s);
+/* ---- feature standardisation (standardize.c) ---- */
+/* A client's statistics from its Hello, counted once per client before the transform
+ * is fixed; bad ones are ignored with a warning naming the client. */
+void srv_standardize_hello(client *c, const Fl__Hello *h);
+/* Before a round starts: 1 when it may (the transform is fixed, or none is wanted),
+ * 0 while --standardize still waits for the clients' statistics. */
+int srv_standardize_ready(server *s);
+/* The transform as the model file keeps it (dim 0: none). */
+fl_transform srv_transform(const server *s);
+void srv_standardize_free(server *s);
 /* --keep-best: after a round's metrics, writes the global model to OUT.best when the
  * round's value of the metric is the best so far (a round without it is skipped). */
 void srv_keep_best(server *s);

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "dataset.h"
 #include "modelfile.h"
 #include "rng.h"
 #include "testutil.h"
@@ -400,5 +401,70 @@ Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 3
   cr_assert_gt(fl_test_count(slog, "best test_auc so far"), 0);
   cr_assert_eq(run(f.dir, "fl-server", "--keep-best accuracy"), 2);
   cr_assert(has(f.dir, "err.txt", "--keep-best: 'accuracy' is not one of"));
+  fl_test_fed_free(&f);
+}
+
+/* --standardize: the clients send per-feature counts, sums and sums of squares (never a
+ * sample), the server combines them into the means and deviations of all their data,
+ * the clients train on standardised features, and the model file carries the transform,
+ * so fl-predict on raw features reproduces the server's test metrics. */
+Test(predict, federated_standardisation, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], test[700], args[4096];
+  fl_test_fed_path(&f, "train.csv", train, sizeof train);
+  fl_test_fed_path(&f, "test.csv", test, sizeof test);
+  write_blobs(train, 900, 1, 1, 1);
+  write_blobs(test, 300, 2, 1, 1);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
+                               "--rounds", "3", "--clients-per-round", "3", "--min-clients", "3",
+                               "--fed-eval-every", "1", "--test-data", test, "--standardize",
+                               "--optimizer", "adam", "--lr", "0.01", "--epochs", "2", NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
+                                "--partition", "dirichlet:0.5", "--seed", "1",
+                                "--share-feature-stats", NULL);
+  char slog[700], clog[700];
+  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  cr_assert_eq(fl_test_count(slog, "features standardised: means and deviations of 6 features "
+                                   "from 3 clients (900 samples)"), 1, "see %s", slog);
+  cr_assert_gt(fl_test_count(clog, "features standardised with the federation's"), 0);
+  cr_assert(fl_test_sanitizer_clean(slog) && fl_test_sanitizer_clean(clog));
+  char *line = fl_test_metrics_line(f.metrics, 3);
+  cr_assert_not_null(line);
+  double test_auc = fl_test_json_num(line, "test_auc"), acc = fl_test_json_num(line, "test_accuracy");
+  cr_assert_gt(test_auc, 0.85, "standardised features should separate the blobs: %s", line);
+  free(line);
+
+  /* the transform is the whole training set's, though no client sent a sample */
+  char err[512], *spec;
+  uint64_t id;
+  float *w;
+  size_t n;
+  fl_transform tf;
+  cr_assert_eq(fl_modelfile_load_ex(f.model, &spec, &id, &w, &n, &tf, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(tf.dim, 6);
+  fl_dataset d;
+  cr_assert_eq(fl_dataset_load_csv(&d, train, NULL, err, sizeof err), 0, "%s", err);
+  float mean[6], sd[6];
+  fl_subset all = {&d, NULL, d.n};
+  fl_dataset_stats(&all, mean, sd);
+  for (int j = 0; j < 6; j++) {
+    cr_assert_lt(fabsf(tf.mean[j] - mean[j]), 1e-3f * (1.0f + fabsf(mean[j])), "mean %d", j);
+    cr_assert_lt(fabsf(tf.std[j] - sd[j]), 1e-3f * sd[j], "deviation %d", j);
+  }
+  fl_dataset_free(&d);
+  fl_transform_free(&tf);
+  free(spec);
+  free(w);
+
+  snprintf(args, sizeof args, "--model %s --data %s --out %s/pred.csv", f.model, test, f.dir);
+  cr_assert_eq(run(f.dir, "fl-predict", args), 0);
+  char *o = slurp(f.dir, "out.txt");
+  cr_assert_lt(fabs(after(o, "auc ") - test_auc), 1e-4, "%s vs %g", o, test_auc);
+  cr_assert_lt(fabs(after(o, "accuracy ") - acc), 1e-4, "%s vs %g", o, acc);
+  free(o);
   fl_test_fed_free(&f);
 }

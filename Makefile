@@ -4,6 +4,7 @@
 #   make test       build and run every test (unit and integration)
 #   make test-stress  the suite three times each: idle, under a CPU hog, pinned to one core
 #   make demo       the main job end to end on Fashion-MNIST
+#   make tabular    the tabular path end to end: breast-cancer table, 5 non-IID clients
 #   make bench      benchmarks, each reported against a baseline measured in the same run
 #   make bench-scale  10,000 idle TLS connections held by one server (a few minutes)
 #   make bench-robust  robust strategies against simulated attackers (10-20 minutes)
@@ -112,7 +113,7 @@ STAGE := $(B)/stage
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: FORCE docker all deps test test-stress bench bench-robust bench-compression bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: FORCE docker all deps tabular test test-stress bench bench-robust bench-compression bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
@@ -249,6 +250,9 @@ $(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/client/launch.o $(B)/obj/client/c
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
 
 KUBECTL := build/tools/usr/bin/kubectl
+# The breast-cancer Wisconsin table of Debian's python3-sklearn, for the tabular example
+# (examples/tabular/run.sh) and its test: extracted from the package, not installed.
+BREAST_CANCER := build/tools/usr/lib/python3/dist-packages/sklearn/datasets/data/breast_cancer.csv
 
 # Integration tests find the binaries and test certificates through the environment.
 # tests/test_scale.c connects 1000 clients (certificates in scale-certs), under the
@@ -260,11 +264,13 @@ TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B
            FL_SCALE_CERTS=$(CURDIR)/$(B)/scale-certs FL_KUBECTL=$(CURDIR)/$(KUBECTL) \
            FL_STAGE=$(CURDIR)/$(STAGE) FL_PREFIX=$(PREFIX) FL_LIBDIR=$(LIBDIR) \
            FL_INCLUDEDIR=$(INCLUDEDIR) FL_SANITIZER=$(SANITIZER) \
+           FL_TABULAR_CSV=$(CURDIR)/$(BREAST_CANCER) \
            $(if $(SCALE_TEST_CLIENTS),FL_TEST_SCALE_CLIENTS=$(SCALE_TEST_CLIENTS)) \
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
-test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
+test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(BREAST_CANCER) \
+      $(STAGE)/.installed
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
 
 # kubectl for the manifest tests (tests/test_kubernetes.c): Debian's kubernetes-client,
@@ -277,6 +283,20 @@ $(KUBECTL): | deps
 	  { apt-get download kubernetes-client >/dev/null 2>&1 || \
 	    { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get download kubernetes-client; }; } && \
 	  dpkg-deb -x kubernetes-client_*.deb ../tools && cd .. && rm -rf tools.tmp && touch $(CURDIR)/$@
+
+$(BREAST_CANCER): | deps
+	$(call say,UNPACK,$@)
+	$(Q)rm -rf build/sklearn.tmp && mkdir -p build/sklearn.tmp && cd build/sklearn.tmp && \
+	  { apt-get download python3-sklearn >/dev/null 2>&1 || \
+	    { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get download python3-sklearn; }; } && \
+	  dpkg-deb --fsys-tarfile python3-sklearn_*.deb | \
+	    tar -x -C ../tools ./usr/lib/python3/dist-packages/sklearn/datasets/data/breast_cancer.csv && \
+	  cd .. && rm -rf sklearn.tmp && touch $(CURDIR)/$@
+
+# The tabular path end to end (examples/tabular/run.sh): a federation of 5 non-IID
+# clients with federated standardisation against fl-train, AUC and accuracy side by side.
+tabular: $(BINS) $(BREAST_CANCER)
+	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) FL_TABULAR_CSV=$(CURDIR)/$(BREAST_CANCER) examples/tabular/run.sh
 
 # `make install` into a stage (DESTDIR): the tests build the libflclient examples against
 # it with pkg-config, as a user of the installed library would.
@@ -298,7 +318,8 @@ $(B)/scale-certs/ca.crt: certs/gen.sh | deps
 # The whole suite, again and again, on a machine made busy or small on purpose (idle, a
 # CPU hog per core, pinned to one core): tests/stress.sh.  Not part of CI's path.
 RUNS ?= 3
-test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
+test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(BREAST_CANCER) \
+             $(STAGE)/.installed
 	$(Q)tests/stress.sh $(RUNS)
 
 certs: | deps

@@ -468,3 +468,27 @@ Test(predict, federated_standardisation, .timeout = 300) {
   free(o);
   fl_test_fed_free(&f);
 }
+
+/* examples/tabular/run.sh (make tabular) end to end on the breast-cancer table: the
+ * federation of 5 non-IID clients with federated standardisation, and fl-train on all
+ * the data, both scored by fl-predict. */
+Test(predict, tabular_example, .timeout = 300) {
+  const char *table = getenv("FL_TABULAR_CSV");
+  if (!table || access(table, R_OK) != 0) cr_skip_test("no breast-cancer table (make test extracts it)");
+  char *dir = fl_test_tmpdir();
+  char cmd[8192];
+  snprintf(cmd, sizeof cmd, "FL_BIN_DIR=%s FL_TABULAR_DIR=%s FL_TABULAR_CSV=%s %s/examples/tabular/run.sh "
+           ">%s/out.txt 2>&1", fl_test_bin_dir(), dir, table, fl_test_src_dir(), dir);
+  int rc = fl_test_system(cmd);
+  char *o = slurp(dir, "out.txt");
+  cr_assert_eq(rc, 0, "%s", o);
+  cr_assert_not_null(strstr(o, "from 5 clients"), "%s", o);
+  const char *fed = strstr(o, "\nfederated "), *cen = strstr(o, "\ncentral ");
+  cr_assert(fed && cen, "%s", o);
+  double fa, facc, ca, cacc;
+  cr_assert_eq(sscanf(fed, "\nfederated %lf %lf", &fa, &facc), 2, "%s", o);
+  cr_assert_eq(sscanf(cen, "\ncentral %lf %lf", &ca, &cacc), 2, "%s", o);
+  cr_assert(fa > 0.95 && facc > 0.9 && ca > 0.95 && cacc > 0.9, "%s", o);
+  free(o);
+  free(dir);
+}

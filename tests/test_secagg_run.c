@@ -71,6 +71,7 @@ struct run {
   uv_timer_t deadline;
   int n;
   int secagg;                /* the server runs --secagg */
+  int ended;                 /* some client was told Done */
   sac c[MAXC];
   stage (*plan)(const run *r, int index, uint64_t round, uint64_t attempt);
   misdeed (*bad)(const run *r, int index, uint64_t round);
@@ -406,6 +407,7 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     break;
   case FL__ENVELOPE__BODY_DONE:
     c->done = 1;
+    r->ended = 1;
     fl_conn_close(conn, "done");
     break;
   default: break;
@@ -441,8 +443,12 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
   (void)err;
   (void)reason;
   c->conn = NULL;
+  /* A client that dropped out of the last round comes back to a server that has ended:
+   * the run is over for it too. */
+  if (c->r->ended) c->done = 1;
   if (c->done) {
-    if (all_done(c->r)) uv_close((uv_handle_t *)&c->r->deadline, NULL);
+    uv_handle_t *deadline = (uv_handle_t *)&c->r->deadline;
+    if (all_done(c->r) && !uv_is_closing(deadline)) uv_close(deadline, NULL);
     return;
   }
   connect_client(c); /* dropped out: back at once, for the next attempt */

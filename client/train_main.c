@@ -41,6 +41,9 @@ static const char usage[] =
     "  --init FILE          start from this model file (fine-tuning) instead of random\n"
     "                       weights; its spec is the model's (--model, if given, must be\n"
     "                       the same) and its feature standardisation, if any, is applied\n"
+    "  --freeze LAYERS      train only the other layers (transfer learning): 'head', 'all-but-\n"
+    "                       head' or layer positions from 0 as in the spec without in:,\n"
+    "                       such as 0,2-3 (fl-export --list names them l<I>_...)\n"
     "  --threads N          training threads, each step's batch split over them (default\n"
     "                       0: one per core); the same count gives bit-identical reruns\n"
     "  --out FILE           save the trained model file here\n"
@@ -52,7 +55,7 @@ static const char usage[] =
 
 enum { OPT_MODEL = 256, OPT_DATA, OPT_TEST, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_OPTIMIZER,
        OPT_MOMENTUM, OPT_WD, OPT_SEED, OPT_VAL, OPT_STD, OPT_THREADS, OPT_OUT, OPT_LOG,
-       OPT_INIT, OPT_HELP };
+       OPT_INIT, OPT_FREEZE, OPT_HELP };
 
 static const struct option options[] = {
     {"model", required_argument, NULL, OPT_MODEL},
@@ -71,6 +74,7 @@ static const struct option options[] = {
     {"out", required_argument, NULL, OPT_OUT},
     {"log-level", required_argument, NULL, OPT_LOG},
     {"init", required_argument, NULL, OPT_INIT},
+    {"freeze", required_argument, NULL, OPT_FREEZE},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -157,7 +161,7 @@ static void on_epoch(void *arg, uint32_t epoch, const fl_eval *train) {
 int main(int argc, char **argv) {
   const char *model_spec = "2nn", *data_spec = "fashion-mnist:train";
   const char *test_spec = "fashion-mnist:test", *out_path = NULL, *opt_name = "sgd";
-  const char *init_path = NULL;
+  const char *init_path = NULL, *freeze = NULL;
   int model_given = 0;
   fl_train_config cfg = fl_train_config_default();
   float lr = 0.05f, momentum = -1.0f, wd = 0.0f, val_split = 0.0f;
@@ -170,6 +174,7 @@ int main(int argc, char **argv) {
     switch (c) {
     case OPT_MODEL: model_spec = optarg, model_given = 1; break;
     case OPT_INIT: init_path = optarg; break;
+    case OPT_FREEZE: freeze = optarg; break;
     case OPT_DATA: data_spec = optarg; break;
     case OPT_TEST: test_spec = optarg; break;
     case OPT_EPOCHS: bad = parse_u64(name, optarg, 1, 100000, &epochs); break;
@@ -214,7 +219,7 @@ int main(int argc, char **argv) {
   fl_model *m = NULL;
   fl_dataset train = {0}, test = {0};
   fl_trainer *t = NULL;
-  float *params = NULL, *mean = NULL, *sd = NULL, *init_params = NULL;
+  float *params = NULL, *mean = NULL, *sd = NULL, *init_params = NULL, *frozen = NULL;
   char *init_spec = NULL;
   fl_transform init_tf = {0};
   size_t init_n = 0;
@@ -306,6 +311,16 @@ int main(int argc, char **argv) {
   params = malloc(sizeof *params * (P ? P : 1));
   t = fl_trainer_create_threads(m, cfg.batch_size, (int)threads);
   if (!params || !t) goto nomem;
+  if (freeze) {
+    if (!(frozen = malloc(sizeof *frozen * (P ? P : 1)))) goto nomem;
+    long long nf = fl_model_freeze_mask(m, freeze, frozen, err, sizeof err);
+    if (nf < 0) {
+      fprintf(stderr, "fl-train: %s\n", err);
+      goto out;
+    }
+    cfg.frozen = frozen;
+    fl_info("train", "--freeze %s: %lld of %zu parameters frozen", freeze, nf, P);
+  }
   if (init_path) {
     memcpy(params, init_params, sizeof *params * P);
     fl_info("train", "fine-tuning %s", init_path);
@@ -353,6 +368,7 @@ out:
   fl_dataset_free(&test);
   fl_model_free(m);
   free(init_params);
+  free(frozen);
   free(init_spec);
   fl_transform_free(&init_tf);
   return rc;

@@ -42,6 +42,8 @@ typedef struct fl_train_config {
   uint32_t epochs;
   uint32_t batch_size;
   uint64_t seed;       /* shuffling and dropout */
+  const float *frozen; /* [num_params] 1 where a parameter is frozen (fl_model_freeze_mask):
+                        * it ends every step as it began, state included; or NULL */
 } fl_train_config;
 
 /* Defaults: SGD, lr 0.01, no momentum, beta1 0.9, beta2 0.999, eps 1e-8, 1 epoch,

@@ -54,6 +54,7 @@ typedef struct job {
   const fl_model *model;
   int train;
   fl_train_config tcfg;
+  float *frozen;             /* [num_params] the server's --freeze, or NULL */
 } job;
 
 struct app {
@@ -167,6 +168,7 @@ static void job_run(pool_job *pj) {
                             : 0);
 out:
   atomic_fetch_sub(&v->a->running, 1);
+  free(j->frozen);
   free(j);
 }
 
@@ -244,7 +246,8 @@ static int use_transform(app *a, fl_client_task *t, char *err, size_t errlen) {
   return 0;
 }
 
-static int submit(vclient *v, fl_client_task *t, int train, const fl_train_config *tcfg) {
+static int submit(vclient *v, fl_client_task *t, int train, const fl_train_config *tcfg,
+                  const char *freeze) {
   app *a = v->a;
   char err[512];
   int rc = use_model(a, fl_client_task_model(t), fl_client_task_num_params(t), err, sizeof err);
@@ -258,6 +261,20 @@ static int submit(vclient *v, fl_client_task *t, int train, const fl_train_confi
   j->model = a->model;
   j->train = train;
   if (tcfg) j->tcfg = *tcfg;
+  if (freeze && freeze[0]) { /* the server's --freeze: those layers are not trained */
+    size_t P = fl_model_num_params(a->model);
+    j->frozen = malloc(sizeof *j->frozen * (P ? P : 1));
+    if (!j->frozen) {
+      free(j);
+      return fl_client_task_error(t, FL_CLIENT_ENOMEM, "out of memory");
+    }
+    if (fl_model_freeze_mask(a->model, freeze, j->frozen, err, sizeof err) < 0) {
+      free(j->frozen);
+      free(j);
+      return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "%s", err);
+    }
+    j->tcfg.frozen = j->frozen;
+  }
   atomic_fetch_add(&a->running, 1);
   pool_submit(&a->workers, &j->base);
   return FL_CLIENT_PENDING;
@@ -292,11 +309,11 @@ static int on_fit(fl_client *fc, fl_client_task *t) {
   /* Every client of a round trains with its own seed, derived from the round's. */
   tcfg.seed = fl_seed_mix(k->seed, (uint64_t)(v->partition >= 0 ? v->partition : v->index));
   fl_debug(v->name, "round %llu: training", (unsigned long long)k->round);
-  return submit(v, t, 1, &tcfg);
+  return submit(v, t, 1, &tcfg, k->freeze);
 }
 
 static int on_evaluate(fl_client *fc, fl_client_task *t) {
-  return submit(fl_client_get_data(fc), t, 0, NULL);
+  return submit(fl_client_get_data(fc), t, 0, NULL, NULL);
 }
 
 static void on_log(fl_client *fc, int level, const char *msg) {

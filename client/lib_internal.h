@@ -54,6 +54,7 @@ struct fl_client_task {
   char *model;               /* the model's spec, as fl_client_task_model gives it */
   fl_client_fit_config cfg;
   char optimizer[32];
+  char *freeze;              /* cfg.freeze, owned */
   flc_extra *extra;          /* [n_extra] the strategy's settings */
   size_t n_extra;
   float *global;             /* [n] the model as received (fit, evaluate); NULL after */

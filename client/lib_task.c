@@ -43,6 +43,7 @@ void flc__task_free(fl_client_task *t) {
   free(t->extra);
   free(t->model);
   free(t->fmean);
+  free(t->freeze);
   free(t);
 }
 
@@ -99,6 +100,7 @@ static fl_client_task *task_new(fl_client *c, int kind, uint64_t round, uint64_t
   t->n = n;
   t->cfg.round = round;
   t->cfg.optimizer = t->optimizer;
+  t->cfg.freeze = "";
   t->metrics.loss = t->metrics.accuracy = t->metrics.auc = t->metrics.seconds = NAN;
   atomic_init(&t->cancelled, 0);
   return t;
@@ -181,6 +183,7 @@ void flc__on_train_task(fl_client *c, const Fl__TrainTask *m) {
     t->cfg.batch_size = k->batch_size;
     t->cfg.lr = k->lr;
     snprintf(t->optimizer, sizeof t->optimizer, "%s", k->optimizer ? k->optimizer : "");
+    if ((t->freeze = strdup(k->freeze ? k->freeze : ""))) t->cfg.freeze = t->freeze;
     t->cfg.momentum = k->momentum;
     t->cfg.weight_decay = k->weight_decay;
     t->cfg.prox_mu = k->prox_mu;

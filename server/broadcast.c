@@ -144,6 +144,7 @@ void srv_send_train_task(client *c) {
   tc.prox_mu = (float)cfg->prox_mu;
   tc.clip_norm = (float)cfg->clip_norm;
   tc.seed = cfg->seed * 1000003ULL + s->r.number;
+  tc.freeze = cfg->freeze ? cfg->freeze : (char *)"";
   t.round = s->r.number;
   t.model_version = s->model_version;
   t.model_id = fl_model_id(s->model);

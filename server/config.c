@@ -26,6 +26,7 @@ const fl_option server_options[] = {
   O("model", "model", FL_OPTT_STR, model, "2nn", "SPEC", "model spec or preset (logreg, 2nn, cnn, mlp64), or external:NAME:N (a model the clients train with their own code, libflclient)", 0, 0),
   O("init-model", "model", FL_OPTT_STR, init_model, NULL, "FILE", "start from this model file instead of a seeded initialisation", 0, 0),
   O("standardize", "model", FL_OPTT_BOOL, standardize, "false", NULL, "standardise the features: before round 1 the clients that agree (fl-client --share-feature-stats) send each feature's count, sum and sum of squares, the server combines them and sends every client the means and deviations with its tasks; --test-data and the model files get the same transform", 0, 0),
+  O("freeze", "model", FL_OPTT_STR, freeze, NULL, "LAYERS", "transfer learning: layers the clients do not train ('head', 'all-but-head', or positions from 0 as in the spec without in:, such as 0,2-3); an update that changes them is refused", 0, 0),
   O("seed", "model", FL_OPTT_U64, seed, "1", "N", "seed for initialisation, client selection and local training", 0, 0),
   O("rounds", "round", FL_OPTT_INT, rounds, "10", "N", "rounds to run", 1, 1e9),
   O("clients-per-round", "round", FL_OPTT_DOUBLE, clients_per_round, "10", "N|FRACTION", "clients selected each round: a count, or a fraction (< 1) of those connected", 1e-9, 1e9),

@@ -17,6 +17,7 @@ typedef struct server_config {
   char *model;
   char *init_model;
   int standardize;         /* feature standardisation from the clients' statistics */
+  char *freeze;            /* layers not trained (fl_model_freeze_mask), or NULL */
   unsigned long long seed;
   /* [round] */
   int rounds;

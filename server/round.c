@@ -239,6 +239,9 @@ static void apply_after(uv_work_t *w, int status) {
   }
   s->r.delta_norm = j->delta_norm;
   s->model_version++;
+  if (s->frozen_ref)
+    for (size_t i = 0; i < s->n; i++)
+      if (s->frozen[i] != 0.0f) s->global[i] = s->frozen_ref[i];
   if (s->dp) {
     double server_eps;
     s->r.epsilon = srv_privacy_epsilon(s, &server_eps);

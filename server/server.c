@@ -137,6 +137,25 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   fl_info("server", "strategy %s; update weights: %s, capped at %g typical rounds; update norm "
           "bound: %s", fl_strategy_spec(s->strategy), cfg->weights, cfg->max_weight_share,
           cfg->max_update_norm);
+  if (cfg->freeze) {
+    if (fl_model_is_external(s->model)) {
+      snprintf(err, errlen, "--freeze: the layers of the external model '%s' are its clients' "
+               "code's", fl_model_spec(s->model));
+      rc = FL_ECONFIG;
+      goto fail;
+    }
+    if (!(s->frozen = malloc(sizeof *s->frozen * (s->n ? s->n : 1)))) {
+      rc = FL_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+    long long nf = fl_model_freeze_mask(s->model, cfg->freeze, s->frozen, err, errlen);
+    if (nf < 0) {
+      rc = FL_ECONFIG;
+      goto fail;
+    }
+    fl_info("server", "--freeze %s: %lld of %zu parameters frozen", cfg->freeze, nf, s->n);
+  }
   if (cfg->standardize && fl_model_is_external(s->model)) {
     snprintf(err, errlen, "--standardize: the features of the external model '%s' are its "
              "clients' code's to standardise", fl_model_spec(s->model));
@@ -182,6 +201,14 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   if (cfg->resume) {
     rc = srv_resume(s, &s->first_round, err, errlen);
     if (rc) goto fail;
+  }
+  if (s->frozen) {
+    if (!(s->frozen_ref = malloc(sizeof *s->frozen_ref * (s->n ? s->n : 1)))) {
+      rc = FL_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+    memcpy(s->frozen_ref, s->global, sizeof *s->frozen_ref * s->n);
   }
   if (cfg->metrics) {
     s->metrics = fopen(cfg->metrics, "a");
@@ -284,6 +311,8 @@ void server_free(server *s) {
   fl_trainer_free(s->eval_trainer);
   if (s->have_test) fl_dataset_free(&s->test);
   srv_standardize_free(s);
+  free(s->frozen);
+  free(s->frozen_ref);
   for (int i = 0; s->bufs && i < s->n_free; i++) free(s->bufs[i]);
   free(s->bufs);
   free(s->ready);

@@ -273,6 +273,9 @@ struct server {
   size_t fs_n;
   int fs_waiting_logged;
   float *tf_mean, *tf_std;      /* [tf_dim], one allocation (tf_mean) */
+  float *frozen;                /* --freeze: [n] 1 where a parameter is frozen, or NULL */
+  float *frozen_ref;            /* [n] the global model they hold, restored after every
+                                 * round (a lossy encoding's rounding cannot move them) */
   size_t tf_dim;
   int have_best;                /* --keep-best: best_value holds a round's value */
   double best_value;

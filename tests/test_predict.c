@@ -492,3 +492,53 @@ Test(predict, tabular_example, .timeout = 300) {
   free(o);
   free(dir);
 }
+
+/* fl-server --freeze all-but-head from a model fl-train made: the clients train the head
+ * only, the final model's other layers are the initial ones bit for bit, and a client
+ * whose update changes a frozen parameter (here a simulated attacker adding noise) is
+ * refused by name while the others' updates count. */
+Test(predict, federated_freeze, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], init[700], args[4096];
+  fl_test_fed_path(&f, "train.csv", train, sizeof train);
+  fl_test_fed_path(&f, "init.flm", init, sizeof init);
+  write_blobs(train, 600, 1, 1, 1);
+  snprintf(args, sizeof args, "--model 'in:6 dense:8 relu dense:1 sigmoid_bce' --data %s "
+           "--test none --epochs 2 --optimizer adam --lr 0.01 --standardize --out %s", train, init);
+  cr_assert_eq(run(f.dir, "fl-train", args), 0);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
+                               "--init-model", init, "--freeze", "all-but-head", "--rounds", "2",
+                               "--clients-per-round", "3", "--min-clients", "3", "--min-updates", "1",
+                               "--optimizer", "adam", "--lr", "0.01", NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
+                                "--partition", "iid", "--seed", "1", "--attack", "noise:0.1",
+                                "--attack-clients", "2", NULL);
+  char slog[700], clog[700];
+  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  cr_assert_eq(fl_test_count(slog, "--freeze all-but-head: 56 of 65 parameters frozen"), 1);
+  cr_assert_eq(fl_test_count(slog, "changes frozen parameter"), 2, "see %s", slog);
+  cr_assert_eq(fl_test_count(f.metrics, "\"updates_accepted\":2"), 2, "see %s", f.metrics);
+
+  char err[512], *spec[2];
+  uint64_t id[2];
+  float *w[2];
+  size_t n[2];
+  fl_transform tf[2];
+  const char *files[2] = {init, f.model};
+  for (int k = 0; k < 2; k++)
+    cr_assert_eq(fl_modelfile_load_ex(files[k], &spec[k], &id[k], &w[k], &n[k], &tf[k], err,
+                                      sizeof err), 0, "%s", err);
+  cr_assert_eq(memcmp(w[0], w[1], 56 * sizeof(float)), 0, "a frozen layer moved");
+  cr_assert_neq(memcmp(w[0] + 56, w[1] + 56, 9 * sizeof(float)), 0, "the head did not train");
+  cr_assert_eq(tf[1].dim, 6, "the server kept --init-model's standardisation");
+  for (int k = 0; k < 2; k++) {
+    fl_transform_free(&tf[k]);
+    free(spec[k]);
+    free(w[k]);
+  }
+  fl_test_fed_free(&f);
+}

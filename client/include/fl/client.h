@@ -258,6 +258,10 @@ typedef struct fl_client_fit_config {
   float prox_mu;         /* FedProx: add mu/2 ||w - global||^2 to the loss; 0 = off */
   float clip_norm;       /* gradient-norm clipping; 0 = off */
   uint64_t seed;         /* the round's seed, the same for every client */
+  /* Since 1.1: layers the server froze (fl-server --freeze: "all-but-head", "0,2-3";
+   * "" for none): their parameters must come back unchanged (a zero delta), or the
+   * server refuses the update. */
+  const char *freeze;
 } fl_client_fit_config;
 
 /* What a fit or evaluation reports.  The library sets num_examples to 0 and the others

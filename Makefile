@@ -9,6 +9,7 @@
 #   make bench-scale  10,000 idle TLS connections held by one server (a few minutes)
 #   make bench-robust  robust strategies against simulated attackers (10-20 minutes)
 #   make bench-compression  compressed updates and models against accuracy (10-20 minutes)
+#   make bench-privacy  secure aggregation and differential privacy against plain rounds (~10 minutes)
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
@@ -113,7 +114,7 @@ STAGE := $(B)/stage
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: FORCE docker all deps tabular test test-stress bench bench-robust bench-compression bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: FORCE docker all deps tabular test test-stress bench bench-robust bench-compression bench-privacy bench-scale fuzz fuzz-corpus demo certs clean install
 .DEFAULT_GOAL := all
 .SECONDARY:
 all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
@@ -343,6 +344,10 @@ bench-robust: $(BINS) $(B)/scale-certs/ca.crt
 # Update and model compression against accuracy (bench/compression.sh; 10-20 minutes).
 bench-compression: $(BINS) $(B)/scale-certs/ca.crt
 	$(Q)$(TEST_ENV) bench/compression.sh
+
+# Secure aggregation's and differential privacy's costs (bench/privacy.sh; about 10 minutes).
+bench-privacy: $(BINS) $(B)/scale-certs/ca.crt
+	$(Q)$(TEST_ENV) bench/privacy.sh
 
 SCALE10K_CLIENTS := 10000
 $(B)/scale10k-certs/ca.crt: certs/gen.sh | deps

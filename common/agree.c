@@ -61,31 +61,43 @@ int fl_x25519_generate(fl_x25519 *k, fl_csprng *rng) {
   return rc;
 }
 
-int fl_x25519_derive(const uint8_t secret[FL_X25519_BYTES], const uint8_t peer[FL_X25519_BYTES],
-                     const uint8_t *label, size_t label_len, uint8_t key[32]) {
+int fl_x25519_agree(const uint8_t secret[FL_X25519_BYTES], const uint8_t peer[FL_X25519_BYTES],
+                    uint8_t shared[FL_X25519_BYTES]) {
   mbedtls_ecp_group g;
   mbedtls_mpi d, z;
   mbedtls_ecp_point q;
   mbedtls_mpi_init(&d);
   mbedtls_mpi_init(&z);
   mbedtls_ecp_point_init(&q);
-  uint8_t shared[FL_X25519_BYTES], zero[FL_X25519_BYTES] = {0};
+  uint8_t zero[FL_X25519_BYTES] = {0};
   int rc = load_group(&g);
   if (!rc && (mbedtls_mpi_read_binary_le(&d, secret, FL_X25519_BYTES) ||
               mbedtls_ecp_point_read_binary(&g, &q, peer, FL_X25519_BYTES) ||
               mbedtls_ecp_check_pubkey(&g, &q) ||
               mbedtls_ecdh_compute_shared(&g, &z, &q, &d, no_rng, NULL) ||
-              mbedtls_mpi_write_binary_le(&z, shared, sizeof shared) ||
-              memcmp(shared, zero, sizeof shared) == 0))
+              mbedtls_mpi_write_binary_le(&z, shared, FL_X25519_BYTES) ||
+              memcmp(shared, zero, FL_X25519_BYTES) == 0))
     rc = FL_EFORMAT;
-  if (!rc && mbedtls_hkdf(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), NULL, 0, shared,
-                          sizeof shared, label, label_len, key, 32))
-    rc = FL_EIO;
-  memset(shared, 0, sizeof shared);
+  if (rc) memset(shared, 0, FL_X25519_BYTES);
   mbedtls_mpi_free(&d);
   mbedtls_mpi_free(&z);
   mbedtls_ecp_point_free(&q);
   mbedtls_ecp_group_free(&g);
+  return rc;
+}
+
+int fl_hkdf_key(const uint8_t shared[FL_X25519_BYTES], const uint8_t *label, size_t label_len,
+                uint8_t key[32]) {
+  return mbedtls_hkdf(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), NULL, 0, shared,
+                      FL_X25519_BYTES, label, label_len, key, 32) ? FL_EIO : 0;
+}
+
+int fl_x25519_derive(const uint8_t secret[FL_X25519_BYTES], const uint8_t peer[FL_X25519_BYTES],
+                     const uint8_t *label, size_t label_len, uint8_t key[32]) {
+  uint8_t shared[FL_X25519_BYTES];
+  int rc = fl_x25519_agree(secret, peer, shared);
+  if (!rc) rc = fl_hkdf_key(shared, label, label_len, key);
+  memset(shared, 0, sizeof shared);
   return rc;
 }
 

@@ -27,6 +27,13 @@ int fl_x25519_public(const uint8_t secret[FL_X25519_BYTES], uint8_t pub[FL_X2551
  * a peer key that is not a point or gives the all-zero secret (a small-order point). */
 int fl_x25519_derive(const uint8_t secret[FL_X25519_BYTES], const uint8_t peer[FL_X25519_BYTES],
                      const uint8_t *label, size_t label_len, uint8_t key[32]);
+/* The two halves of fl_x25519_derive, for a shared secret that keys several labels (one
+ * agreement, the costly part, instead of one per key): shared = X25519(secret, peer), 0
+ * or FL_EFORMAT as above; key = HKDF-SHA256(shared, info = label), 0 or FL_EIO. */
+int fl_x25519_agree(const uint8_t secret[FL_X25519_BYTES], const uint8_t peer[FL_X25519_BYTES],
+                    uint8_t shared[FL_X25519_BYTES]);
+int fl_hkdf_key(const uint8_t shared[FL_X25519_BYTES], const uint8_t *label, size_t label_len,
+                uint8_t key[32]);
 
 /* 0 when pub can be agreed with (a point of the curve, not of small order), else
  * FL_EFORMAT: what a server checks before forwarding a client's key to others. */

@@ -11,7 +11,7 @@
 #include "modelfile.h"
 
 #define MAGIC "FLCKPT\0\0"
-#define VERSION 1u
+#define VERSION 2u /* 2 added the privacy state; version 1 files are still read */
 /* magic, version, rounds, model version, rng, metrics length, strategy length */
 #define HEAD_LEN (8 + 4 + 8 + 8 + 32 + 8 + 4)
 
@@ -21,7 +21,8 @@ int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t err
   void *owned;
   int rc = fl_modelfile_pieces(c->spec, c->model_id, c->params, c->n, pc + 1, model_crc, &owned);
   if (rc) return fl_errf(err, errlen, rc, "%s: cannot encode the model: %s", path, fl_strerror(rc));
-  size_t model_len = pc[1].len + pc[2].len + pc[3].len, head_len = HEAD_LEN + c->strategy_len + 8;
+  size_t model_len = pc[1].len + pc[2].len + pc[3].len;
+  size_t head_len = HEAD_LEN + c->strategy_len + 4 + c->privacy_len + 8;
   uint8_t *head = malloc(head_len);
   if (!head) {
     free(owned);
@@ -35,7 +36,10 @@ int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t err
   fl_put64(head + 60, c->metrics_len);
   fl_put32(head + 68, (uint32_t)c->strategy_len);
   if (c->strategy_len) memcpy(head + HEAD_LEN, c->strategy, c->strategy_len);
-  fl_put64(head + HEAD_LEN + c->strategy_len, model_len);
+  uint8_t *q = head + HEAD_LEN + c->strategy_len;
+  fl_put32(q, (uint32_t)c->privacy_len);
+  if (c->privacy_len) memcpy(q + 4, c->privacy, c->privacy_len);
+  fl_put64(q + 4 + c->privacy_len, model_len);
   pc[0] = (fl_piece){head, head_len};
   uLong sum = 0;
   for (int i = 0; i < 4; i++)
@@ -59,9 +63,10 @@ int checkpoint_decode(const uint8_t *b, size_t len, const char *name, checkpoint
     snprintf(err, errlen, "%s: truncated checkpoint (%zu bytes)", name, len);
     return FL_ETRUNC;
   }
-  if (fl_get32(b + 8) != VERSION) {
-    snprintf(err, errlen, "%s: checkpoint format version %u; this build reads version %u", name,
-             fl_get32(b + 8), VERSION);
+  uint32_t version = fl_get32(b + 8);
+  if (version != 1 && version != VERSION) {
+    snprintf(err, errlen, "%s: checkpoint format version %u; this build reads versions 1 to %u",
+             name, version, VERSION);
     return FL_EVERSION;
   }
   uint32_t stored = fl_get32(b + len - 4), actual = (uint32_t)crc32_z(0, b, len - 4);
@@ -76,8 +81,18 @@ int checkpoint_decode(const uint8_t *b, size_t len, const char *name, checkpoint
     return FL_EFORMAT;
   }
   const uint8_t *p = b + HEAD_LEN + slen;
+  size_t plen = 0;
+  if (version >= 2) {
+    if (len - (HEAD_LEN + 8 + 4) - slen < 4 ||
+        (plen = fl_get32(p)) > len - (HEAD_LEN + 8 + 4) - slen - 4) {
+      snprintf(err, errlen, "%s: privacy state overruns the file", name);
+      return FL_EFORMAT;
+    }
+    p += 4 + plen;
+  }
+  size_t before = (size_t)(p - b);
   uint64_t mlen = fl_get64(p);
-  if (mlen != len - (HEAD_LEN + slen + 8 + 4)) {
+  if (mlen != len - (before + 8 + 4)) {
     snprintf(err, errlen, "%s: model image of %llu bytes does not fit the file", name,
              (unsigned long long)mlen);
     return FL_EFORMAT;
@@ -94,6 +109,16 @@ int checkpoint_decode(const uint8_t *b, size_t len, const char *name, checkpoint
     }
     memcpy(c->strategy, b + HEAD_LEN, slen);
     c->strategy_len = slen;
+  }
+  if (plen) {
+    c->privacy = malloc(plen);
+    if (!c->privacy) {
+      checkpoint_free(c);
+      snprintf(err, errlen, "%s: out of memory", name);
+      return FL_ENOMEM;
+    }
+    memcpy(c->privacy, b + HEAD_LEN + slen + 4, plen);
+    c->privacy_len = plen;
   }
   c->rounds = fl_get64(b + 12);
   c->model_version = fl_get64(b + 20);
@@ -115,6 +140,7 @@ int checkpoint_load(const char *path, checkpoint *c, char *err, size_t errlen) {
 
 void checkpoint_free(checkpoint *c) {
   free(c->strategy);
+  free(c->privacy);
   free(c->spec);
   free(c->params);
   memset(c, 0, sizeof *c);

@@ -2,8 +2,9 @@
  *
  *   magic "FLCKPT\0\0" | u32 version | u64 rounds completed | u64 model version |
  *   4 x u64 random generator state | u64 metrics file length | u32 strategy state length |
- *   strategy state | u64 model image length | model file image (modelfile.h) |
- *   u32 CRC-32 of all before
+ *   strategy state | u32 privacy state length | privacy state | u64 model image length |
+ *   model file image (modelfile.h) | u32 CRC-32 of all before
+ * (version 1 has no privacy state: it is read as empty).
  * Little-endian.  Written atomically after every completed round, so a restart finds
  * the last completed round or the one before it, never a torn file. */
 #ifndef FL_CHECKPOINT_H
@@ -21,6 +22,8 @@ typedef struct checkpoint {
   uint64_t metrics_len;     /* bytes of the metrics file written by completed rounds */
   uint8_t *strategy;        /* the strategy's own state (may be empty) */
   size_t strategy_len;
+  uint8_t *privacy;         /* differential privacy's accountant and clip (may be empty) */
+  size_t privacy_len;
   char *spec;               /* the global model */
   uint64_t model_id;
   float *params;

@@ -90,11 +90,12 @@ static int pair_seed(const uint8_t secret[32], const uint8_t peer_pub[32], uint6
   return fl_x25519_derive(secret, peer_pub, lab, n, seed);
 }
 
-/* The key sealing u's shares for v (one message per key: a nonce of zero is fine). */
-static int seal_key(const uint8_t secret[32], const uint8_t peer_pub[32], uint64_t round, uint32_t from,
-                    uint32_t to, uint8_t key[32], uint8_t *ad, size_t *ad_len) {
+/* The key sealing u's shares for v (one message per key: a nonce of zero is fine), from
+ * the pair's agreed c secret (one agreement serves both directions). */
+static int seal_key(const uint8_t shared[32], uint64_t round, uint32_t from, uint32_t to,
+                    uint8_t key[32], uint8_t *ad, size_t *ad_len) {
   *ad_len = label(ad, "fl secagg shares", round, from, to);
-  return fl_x25519_derive(secret, peer_pub, ad, *ad_len, key);
+  return fl_hkdf_key(shared, ad, *ad_len, key);
 }
 
 static void put_share(uint8_t *p, const fl_share *s) {
@@ -125,6 +126,7 @@ struct fl_secagg_client {
   uint8_t (*pc)[32], (*ps)[32];   /* [k] the neighbours' public keys (stage 1) */
   uint8_t *has;                   /* [k] the neighbour sent keys */
   uint8_t (*seed)[32];            /* [k] pair mask seeds with the neighbours in U2 */
+  uint8_t (*cshared)[32];         /* [k] the c secrets agreed with the neighbours (stage 1) */
   fl_share *got_b, *got_s;        /* [k] the shares each neighbour sent */
   fl_share own_b;                 /* its own share of b (a survivor reveals it too) */
   uint8_t *opened;                /* [k] the neighbour's shares opened */
@@ -142,6 +144,8 @@ void fl_secagg_client_free(fl_secagg_client *c) {
   free(c->ps);
   free(c->has);
   free(c->seed);
+  if (c->cshared) memset(c->cshared, 0, (c->k ? c->k : 1) * sizeof *c->cshared);
+  free(c->cshared);
   free(c->got_b);
   free(c->got_s);
   free(c->revealed);
@@ -174,10 +178,11 @@ int fl_secagg_client_new(const fl_secagg_params *p, uint32_t me, fl_secagg_clien
   c->pc = calloc(k, sizeof *c->pc);
   c->ps = calloc(k, sizeof *c->ps);
   c->seed = calloc(k, sizeof *c->seed);
+  c->cshared = calloc(k, sizeof *c->cshared);
   c->got_b = calloc(k, sizeof *c->got_b);
   c->got_s = calloc(k, sizeof *c->got_s);
   if (!c->nbr || !c->k || !c->in_u2 || !c->revealed || !c->opened || !c->has || !c->pc || !c->ps || !c->seed ||
-      !c->got_b || !c->got_s) {
+      !c->cshared || !c->got_b || !c->got_s) {
     fl_secagg_client_free(c);
     return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
   }
@@ -227,12 +232,17 @@ int fl_secagg_client_shares(fl_secagg_client *c, const uint8_t (*c_pub)[32],
   }
   c->own_b = sb[m];
   memset(to, 0, c->p.n);
-  for (uint32_t j = 0; j < m; j++) {
+  for (uint32_t i = 0, j = 0; i < c->k && j < m; i++) {
+    if (!c->has[i]) continue;
     uint32_t v = who[j];
     uint8_t key[32], ad[64], plain[2 * FL_SECAGG_SHARE_BYTES];
     size_t ad_len;
-    if (seal_key(c->c_key.secret, c_pub[v], c->p.round, c->me, v, key, ad, &ad_len)) {
+    if (fl_x25519_agree(c->c_key.secret, c_pub[v], c->cshared[i])) {
       rc = fl_errf(err, errlen, FL_EFORMAT, "client %u's public key is not a point", v);
+      goto done;
+    }
+    if (seal_key(c->cshared[i], c->p.round, c->me, v, key, ad, &ad_len)) {
+      rc = fl_errf(err, errlen, FL_EIO, "cannot derive a sealing key");
       goto done;
     }
     put_share(plain, &sb[j]);
@@ -243,6 +253,7 @@ int fl_secagg_client_shares(fl_secagg_client *c, const uint8_t (*c_pub)[32],
     }
     memset(plain, 0, sizeof plain);
     to[v] = 1;
+    j++;
   }
   c->stage = 1;
 done:
@@ -265,7 +276,7 @@ static int open_from(fl_secagg_client *c, uint32_t i, const uint8_t *sealed, cha
   if (!c->has[i]) return fl_errf(err, errlen, FL_EPROTO, "client %u is in U2 without keys", u);
   if (pair_seed(c->s_key.secret, c->ps[i], c->p.round, c->me, u, c->seed[i]))
     return fl_errf(err, errlen, FL_EFORMAT, "client %u's public key is not a point", u);
-  if (seal_key(c->c_key.secret, c->pc[i], c->p.round, u, c->me, key, ad, &ad_len) ||
+  if (seal_key(c->cshared[i], c->p.round, u, c->me, key, ad, &ad_len) ||
       fl_open(key, ad, ad_len, sealed, FL_SECAGG_SEALED, plain))
     return 1;
   get_share(plain, &c->got_b[i]);

@@ -447,15 +447,22 @@ void srv_intake_begin(server *s, client *const *selected, size_t k) {
       free(v);
     }
   }
-  /* A private round's unit: the cap, or else the most any selected client declared. */
+  /* A private round's unit weight (DP-FedAvg's cap w^): the median client's examples, so
+   * that a typical client weighs about 1 and none more than 1 (the sensitivity the noise
+   * and the fixed point are sized for).  Example counts travel in the clear. */
   s->r.unit_weight = 1;
-  if (!s->uniform_weights) {
-    s->r.unit_weight = s->r.weight_cap;
-    if (!(s->r.unit_weight > 0)) {
+  if (!s->uniform_weights && k > 0) {
+    uint64_t *v = malloc(k * sizeof *v);
+    if (v) {
+      for (size_t i = 0; i < k; i++) v[i] = selected[i]->num_samples;
+      qsort(v, k, sizeof *v, by_value);
+      s->r.unit_weight = (double)v[k / 2];
+      free(v);
+    } else {
       for (size_t i = 0; i < k; i++)
         if ((double)selected[i]->num_samples > s->r.unit_weight) s->r.unit_weight = (double)selected[i]->num_samples;
-      if (s->r.unit_weight < 1) s->r.unit_weight = 1;
     }
+    if (s->r.unit_weight < 1) s->r.unit_weight = 1;
   }
   s->r.norm_bound = s->norm_abs;
   if (s->norm_ratio > 0) {

@@ -34,8 +34,16 @@ void srv_save_checkpoint(server *s) {
              (unsigned long long)s->r.number, fl_strerror(rc));
     return;
   }
+  rc = srv_privacy_save(s, &c.privacy, &c.privacy_len);
+  if (rc) {
+    free(c.strategy);
+    fl_error("server", "round %llu: checkpoint failed: the privacy accountant: %s",
+             (unsigned long long)s->r.number, fl_strerror(rc));
+    return;
+  }
   rc = checkpoint_save(s->checkpoint, &c, err, sizeof err);
   free(c.strategy);
+  free(c.privacy);
   if (rc) fl_error("server", "round %llu: checkpoint failed: %s", (unsigned long long)s->r.number, err);
   else fl_debug("server", "round %llu: checkpoint written to %s", (unsigned long long)s->r.number, s->checkpoint);
 }
@@ -63,6 +71,13 @@ int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
       checkpoint_free(&c);
       return rc;
     }
+  }
+  char why[512];
+  rc = srv_privacy_load(s, c.privacy, c.privacy_len, why, sizeof why);
+  if (rc) {
+    snprintf(err, errlen, "checkpoint %s: %s", s->checkpoint, why);
+    checkpoint_free(&c);
+    return rc;
   }
   memcpy(s->global, c.params, s->n * sizeof *s->global);
   s->need_init = 0;

@@ -19,7 +19,8 @@
  *              ready clients), the fixed-denominator estimator of the paper, which does
  *              not depend on who was sampled.
  * Adaptive clipping: each client's bit [norm <= S] goes into a sum with noise of
- * deviation sigma_b = E / 20; S moves to S exp(-0.2 (b - Q)), b the noised fraction, and
+ * deviation sigma_b = max(E / 20, 1.2 z) (the paper's E / 20, raised for small rounds so the
+ * bits never take more than a sixth of the budget: z_u <= 1.1 z); S moves to S exp(-0.2 (b - Q)), b the noised fraction, and
  * the update's noise multiplier becomes z_u = (z^-2 - (2 sigma_b)^-2)^(-1/2), so that the
  * two releases together cost what one of multiplier z does.
  *
@@ -35,11 +36,13 @@
 #include "accountant.h"
 #include "csprng.h"
 #include "error.h"
+#include "fileio.h"
 #include "log.h"
 #include "server_internal.h"
 
 #define CLIP_LR 0.2     /* adaptive clipping's learning rate (the paper's eta_C) */
 #define BIT_SHARE 20.0  /* sigma_b = expected clients / BIT_SHARE (the paper's choice) */
+#define BIT_FLOOR 1.2   /* ... and at least BIT_FLOOR z, so that z_u <= 1.1 z */
 
 struct srv_privacy {
   fl_accountant acc, acc_server;
@@ -135,7 +138,7 @@ void srv_privacy_begin(server *s, client *const *ready, size_t m, size_t selecte
   p->count = 0;
   if (p->sum) memset(p->sum, 0, s->n * sizeof *p->sum);
   /* Adaptive clipping spends part of the noise on the bits. */
-  p->sigma_bit = p->adaptive ? p->expected / BIT_SHARE : 0;
+  p->sigma_bit = p->adaptive ? fmax(p->expected / BIT_SHARE, BIT_FLOOR * p->z) : 0;
   p->z_update = p->z;
   if (p->adaptive && p->z > 0) {
     double r = pow(p->z, -2) - pow(2 * p->sigma_bit, -2);
@@ -182,9 +185,6 @@ int srv_privacy_mean(server *s, double *sum, double weights, double bits, size_t
   if (!sum) sum = p->sum, weights = p->weights, bits = p->bits, contributors = p->count;
   (void)weights;
   if (!(p->denom > 0)) return fl_errf(err, len, FL_ESTATE, "no clients to average over");
-  if (!isfinite(p->z_update))
-    return fl_errf(err, len, FL_ECONFIG, "--dp-noise %g is too small for adaptive clipping's "
-                   "share (it needs more than %g)", p->z, 2 * p->sigma_bit);
   /* Central mode: the server adds the noise (distributed: the clients did). */
   if (!p->distributed) {
     double sd = p->z_update * p->clip;
@@ -212,4 +212,85 @@ double srv_privacy_epsilon(const server *s, double *server_epsilon) {
     *server_epsilon = p && p->distributed ? fl_accountant_epsilon(&p->acc_server, s->cfg->dp_delta, NULL) : NAN;
   if (!p) return NAN;
   return p->z > 0 ? fl_accountant_epsilon(&p->acc, s->cfg->dp_delta, NULL) : INFINITY;
+}
+
+/* ---- the checkpoint's privacy state ----
+ *
+ *   "FLDP" | u32 orders | f64 clip | u64 rounds | f64 rdp[orders] (the accountant) |
+ *   u64 rounds | f64 rdp[orders] (the server's accountant, distributed mode)
+ * little-endian, doubles as their IEEE bits. */
+#define STATE_LEN (4 + 4 + 8 + 2 * (8 + 8 * FL_ACCOUNTANT_ORDERS))
+
+static uint8_t *put_double(uint8_t *b, double v) {
+  uint64_t u;
+  memcpy(&u, &v, sizeof u);
+  fl_put64(b, u);
+  return b + 8;
+}
+
+static const uint8_t *get_double(const uint8_t *b, double *v) {
+  uint64_t u = fl_get64(b);
+  memcpy(v, &u, sizeof u);
+  return b + 8;
+}
+
+int srv_privacy_save(const server *s, uint8_t **out, size_t *len) {
+  const struct srv_privacy *p = s->dp;
+  *out = NULL;
+  *len = 0;
+  if (!p) return 0;
+  uint8_t *b = malloc(STATE_LEN), *q = b;
+  if (!b) return FL_ENOMEM;
+  memcpy(q, "FLDP", 4);
+  fl_put32(q + 4, FL_ACCOUNTANT_ORDERS);
+  q = put_double(q + 8, p->clip);
+  const fl_accountant *acc[2] = {&p->acc, &p->acc_server};
+  for (int k = 0; k < 2; k++) {
+    fl_put64(q, acc[k]->rounds);
+    q += 8;
+    for (int i = 0; i < FL_ACCOUNTANT_ORDERS; i++) q = put_double(q, acc[k]->rdp[i]);
+  }
+  *out = b;
+  *len = STATE_LEN;
+  return 0;
+}
+
+int srv_privacy_load(server *s, const uint8_t *b, size_t len, char *err, size_t errlen) {
+  struct srv_privacy *p = s->dp;
+  if (!p) {
+    if (len)
+      fl_warn("server", "--resume: the checkpoint holds a privacy accountant, but differential "
+              "privacy is off now: its epsilon is no longer reported");
+    return 0;
+  }
+  if (!len)
+    return fl_errf(err, errlen, FL_EMISMATCH, "the checkpoint holds no privacy accountant (the run "
+                   "before was not private, or is older): resuming would count epsilon from 0; "
+                   "start a new run instead");
+  if (len != STATE_LEN || memcmp(b, "FLDP", 4) != 0 || fl_get32(b + 4) != FL_ACCOUNTANT_ORDERS)
+    return fl_errf(err, errlen, FL_EFORMAT, "the checkpoint's privacy state is not one this "
+                   "build reads (%zu bytes)", len);
+  double clip;
+  const uint8_t *q = get_double(b + 8, &clip);
+  fl_accountant acc[2];
+  for (int k = 0; k < 2; k++) {
+    fl_accountant_init(&acc[k]);
+    acc[k].rounds = fl_get64(q);
+    q += 8;
+    for (int i = 0; i < FL_ACCOUNTANT_ORDERS; i++) {
+      q = get_double(q, &acc[k].rdp[i]);
+      if (!(acc[k].rdp[i] >= 0)) /* NaN too; +inf is a spent budget, kept as it is */
+        return fl_errf(err, errlen, FL_EFORMAT, "the checkpoint's privacy accountant is corrupt");
+    }
+  }
+  if (!(clip > 0) || !isfinite(clip))
+    return fl_errf(err, errlen, FL_EFORMAT, "the checkpoint's clipping bound %g is not positive", clip);
+  p->acc = acc[0];
+  p->acc_server = acc[1];
+  if (p->adaptive) p->clip = clip; /* a fixed bound is the configuration's */
+  fl_info("server", "--resume: the privacy accountant goes on from %llu rounds (epsilon %.4g at "
+          "delta %g)%s", (unsigned long long)p->acc.rounds,
+          p->z > 0 ? fl_accountant_epsilon(&p->acc, s->cfg->dp_delta, NULL) : INFINITY,
+          s->cfg->dp_delta, p->adaptive ? ", adaptive clipping bound restored" : "");
+  return 0;
 }

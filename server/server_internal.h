@@ -407,6 +407,10 @@ int srv_privacy_mean(server *s, double *sum, double weights, double bits, size_t
                      float *mean, char *err, size_t len);
 /* The round was applied: epsilon so far (the accountant). */
 double srv_privacy_epsilon(const server *s, double *server_epsilon);
+/* The accountants and the clipping bound, for the checkpoint (nothing when DP is off). */
+int srv_privacy_save(const server *s, uint8_t **out, size_t *len);
+/* --resume: restores them; refuses a private run resumed from a checkpoint without them. */
+int srv_privacy_load(server *s, const uint8_t *b, size_t len, char *err, size_t errlen);
 
 /* ---- private.c ---- */
 

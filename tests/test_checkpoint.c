@@ -10,6 +10,8 @@
 #include "fileio.h"
 #include "testutil.h"
 
+#include <zlib.h>
+
 static checkpoint sample(float *p, size_t n, uint8_t *state) {
   checkpoint c = {0};
   c.rounds = 7;
@@ -18,6 +20,9 @@ static checkpoint sample(float *p, size_t n, uint8_t *state) {
   c.metrics_len = 1234;
   c.strategy = state;
   c.strategy_len = 3;
+  static uint8_t privacy[5] = {1, 2, 3, 4, 5};
+  c.privacy = privacy;
+  c.privacy_len = sizeof privacy;
   c.spec = "in:4 dense:2 softmax";
   c.model_id = 0xabcdef;
   for (size_t i = 0; i < n; i++) p[i] = (float)i * 0.5f - 1.0f;
@@ -42,6 +47,8 @@ Test(checkpoint, round_trip_and_corruption) {
   cr_assert_eq(memcmp(d.rng.s, c.rng.s, sizeof d.rng.s), 0);
   cr_assert_eq(d.strategy_len, 3);
   cr_assert_eq(memcmp(d.strategy, st, 3), 0);
+  cr_assert_eq(d.privacy_len, 5);
+  cr_assert_eq(memcmp(d.privacy, c.privacy, 5), 0);
   cr_assert_str_eq(d.spec, c.spec);
   cr_assert_eq(d.model_id, 0xabcdef);
   cr_assert_eq(d.n, 10);
@@ -63,6 +70,38 @@ Test(checkpoint, round_trip_and_corruption) {
   memcpy(b, "FLMODEL", 7);
   cr_assert_eq(checkpoint_decode(b, len, "x.ckpt", &d, err, sizeof err), FL_EFORMAT);
   cr_assert(strstr(err, "x.ckpt: not an fl checkpoint"), "%s", err);
+  free(b);
+  free(dir);
+}
+
+/* A version 1 file (before the privacy state) still reads, with no privacy state. */
+Test(checkpoint, version_one_still_reads) {
+  char *dir = fl_test_tmpdir();
+  char path[600], err[512];
+  snprintf(path, sizeof path, "%s/run.ckpt", dir);
+  float p[4];
+  uint8_t st[3] = {9, 8, 7};
+  checkpoint c = sample(p, 4, st), d;
+  c.privacy_len = 0;
+  cr_assert_eq(checkpoint_save(path, &c, err, sizeof err), 0, "%s", err);
+  uint8_t *b;
+  size_t len;
+  cr_assert_eq(fl_file_read(path, &b, &len, err, sizeof err), 0);
+  /* Version 1: the same bytes without the privacy length, version field 1, new CRC. */
+  size_t at = 72 + 3; /* the head, then the strategy state */
+  memmove(b + at, b + at + 4, len - at - 4);
+  len -= 4;
+  fl_put32(b + 8, 1);
+  fl_put32(b + len - 4, (uint32_t)crc32_z(0, b, len - 4));
+  cr_assert_eq(checkpoint_decode(b, len, "v1", &d, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(d.privacy_len, 0);
+  cr_assert_eq(d.strategy_len, 3);
+  cr_assert_eq(memcmp(d.params, p, sizeof p), 0);
+  checkpoint_free(&d);
+  fl_put32(b + 8, 3);
+  fl_put32(b + len - 4, (uint32_t)crc32_z(0, b, len - 4));
+  cr_assert_eq(checkpoint_decode(b, len, "v3", &d, err, sizeof err), FL_EVERSION);
+  cr_assert(strstr(err, "version 3"), "%s", err);
   free(b);
   free(dir);
 }

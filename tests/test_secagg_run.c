@@ -80,6 +80,7 @@ struct run {
   uint64_t prev_round;
   int summed[MAXROUND + 1][MAXC];
   double scale_of[MAXROUND + 1];
+  double cap_of[MAXROUND + 1];   /* the unit weight the server announced */
   int checks;                /* models verified */
   double worst;              /* largest error seen, over the bound */
   int port;
@@ -135,9 +136,10 @@ static void check_model(run *r, uint64_t round, const float *model, uint64_t n) 
     int k = 0;
     for (int i = 0; i < r->n; i++)
       if ((double)r->c[i].examples > cap) cap = (double)r->c[i].examples;
+    if (r->secagg) cap = r->cap_of[pr]; /* private rounds cap weights at 1 unit */
     for (int i = 0; i < r->n; i++) {
       if (!r->summed[pr][i]) continue;
-      double w = (double)r->c[i].examples / cap;
+      double w = fmin((double)r->c[i].examples, cap) / cap;
       for (uint64_t j = 0; j < n; j++) sum[j] += w * (double)delta_of(i, pr, j);
       wsum += w;
       k++;
@@ -252,6 +254,11 @@ static void on_setup(sac *c, const Fl__SecAggSetup *m) {
   c->scale = m->scale;
   c->cap = m->weight_cap;
   c->r->scale_of[c->round] = m->scale;
+  c->r->cap_of[c->round] = m->weight_cap;
+  /* The unit weight is the median client's examples (one of the declared counts). */
+  int known = 0;
+  for (int i = 0; i < c->r->n; i++) known |= (double)c->r->c[i].examples == m->weight_cap;
+  cr_assert(known, "weight cap %g is no client's example count", m->weight_cap);
   uint8_t cp[32], sp[32];
   char err[256];
   cr_assert_eq(fl_secagg_client_new(&c->p, m->index, &c->sa, cp, sp, err, sizeof err), 0, "%s", err);
@@ -765,7 +772,8 @@ static void scan_after(run *r, uint64_t round) {
     double cap = 0;
     for (int i = 0; i < r->n; i++)
       if ((double)r->c[i].examples > cap) cap = (double)r->c[i].examples;
-    double w = (double)c->examples / cap;
+    if (r->secagg) cap = r->cap_of[1];
+    double w = fmin((double)c->examples, cap) / cap;
     e[j] = r->secagg ? (uint32_t)(int64_t)nearbyint(w * v[j] * r->scale_of[1]) : 0;
   }
   found_plain = memory_holds(r->server, (const uint8_t *)v, sizeof v);

@@ -9,7 +9,7 @@
 #   make bench-scale  10,000 idle TLS connections held by one server (a few minutes)
 #   make bench-robust  robust strategies against simulated attackers (10-20 minutes)
 #   make bench-compression  compressed updates and models against accuracy (10-20 minutes)
-#   make bench-privacy  secure aggregation and differential privacy against plain rounds (~10 minutes)
+#   make bench-privacy  secure aggregation and differential privacy against plain rounds (~30 minutes)
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
@@ -345,7 +345,7 @@ bench-robust: $(BINS) $(B)/scale-certs/ca.crt
 bench-compression: $(BINS) $(B)/scale-certs/ca.crt
 	$(Q)$(TEST_ENV) bench/compression.sh
 
-# Secure aggregation's and differential privacy's costs (bench/privacy.sh; about 10 minutes).
+# Secure aggregation's and differential privacy's costs (bench/privacy.sh; about 30 minutes).
 bench-privacy: $(BINS) $(B)/scale-certs/ca.crt
 	$(Q)$(TEST_ENV) bench/privacy.sh
 

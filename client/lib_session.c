@@ -79,6 +79,14 @@ static void on_open(fl_conn *conn) {
   h.num_samples = c->num_examples;
   h.n_capabilities = ncaps;
   h.capabilities = caps;
+  Fl__FeatureStats fs = FL__FEATURE_STATS__INIT;
+  if (c->fs_dim) {
+    fs.count = c->fs_count;
+    fs.n_sum = fs.n_sum_sq = c->fs_dim;
+    fs.sum = c->fs_sum;
+    fs.sum_sq = c->fs_sq;
+    h.feature_stats = &fs;
+  }
   if (c->model_spec) {
     h.model_spec = c->model_spec;
     h.model_id = c->model_id;

@@ -37,6 +37,13 @@ static const char usage[] =
     "  --val-split X        fraction in [0, 1) of the training data held out for\n"
     "                       validation (default 0)\n"
     "  --standardize        standardise features with the training part's mean and std\n"
+    "                       (saved in the --out model file: fl-predict applies them)\n"
+    "  --init FILE          start from this model file (fine-tuning) instead of random\n"
+    "                       weights; its spec is the model's (--model, if given, must be\n"
+    "                       the same) and its feature standardisation, if any, is applied\n"
+    "  --freeze LAYERS      train only the other layers (transfer learning): 'head', 'all-but-\n"
+    "                       head' or layer positions from 0 as in the spec without in:,\n"
+    "                       such as 0,2-3 (fl-export --list names them l<I>_...)\n"
     "  --threads N          training threads, each step's batch split over them (default\n"
     "                       0: one per core); the same count gives bit-identical reruns\n"
     "  --out FILE           save the trained model file here\n"
@@ -48,7 +55,7 @@ static const char usage[] =
 
 enum { OPT_MODEL = 256, OPT_DATA, OPT_TEST, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_OPTIMIZER,
        OPT_MOMENTUM, OPT_WD, OPT_SEED, OPT_VAL, OPT_STD, OPT_THREADS, OPT_OUT, OPT_LOG,
-       OPT_HELP };
+       OPT_INIT, OPT_FREEZE, OPT_HELP };
 
 static const struct option options[] = {
     {"model", required_argument, NULL, OPT_MODEL},
@@ -66,6 +73,8 @@ static const struct option options[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"out", required_argument, NULL, OPT_OUT},
     {"log-level", required_argument, NULL, OPT_LOG},
+    {"init", required_argument, NULL, OPT_INIT},
+    {"freeze", required_argument, NULL, OPT_FREEZE},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -152,6 +161,8 @@ static void on_epoch(void *arg, uint32_t epoch, const fl_eval *train) {
 int main(int argc, char **argv) {
   const char *model_spec = "2nn", *data_spec = "fashion-mnist:train";
   const char *test_spec = "fashion-mnist:test", *out_path = NULL, *opt_name = "sgd";
+  const char *init_path = NULL, *freeze = NULL;
+  int model_given = 0;
   fl_train_config cfg = fl_train_config_default();
   float lr = 0.05f, momentum = -1.0f, wd = 0.0f, val_split = 0.0f;
   uint64_t epochs = 10, batch = 64, seed = 1, threads = 0;
@@ -161,7 +172,9 @@ int main(int argc, char **argv) {
     const char *name = c >= OPT_MODEL && c <= OPT_HELP ? options[c - OPT_MODEL].name : "";
     int bad = 0;
     switch (c) {
-    case OPT_MODEL: model_spec = optarg; break;
+    case OPT_MODEL: model_spec = optarg, model_given = 1; break;
+    case OPT_INIT: init_path = optarg; break;
+    case OPT_FREEZE: freeze = optarg; break;
     case OPT_DATA: data_spec = optarg; break;
     case OPT_TEST: test_spec = optarg; break;
     case OPT_EPOCHS: bad = parse_u64(name, optarg, 1, 100000, &epochs); break;
@@ -206,13 +219,35 @@ int main(int argc, char **argv) {
   fl_model *m = NULL;
   fl_dataset train = {0}, test = {0};
   fl_trainer *t = NULL;
-  float *params = NULL, *mean = NULL, *sd = NULL;
+  float *params = NULL, *mean = NULL, *sd = NULL, *init_params = NULL, *frozen = NULL;
+  char *init_spec = NULL;
+  fl_transform init_tf = {0};
+  size_t init_n = 0;
+  uint64_t init_id = 0;
   uint32_t *tr_idx = NULL, *val_idx = NULL;
   int have_test = strcmp(test_spec, "none") != 0;
 
+  if (init_path) {
+    if (fl_modelfile_load_ex(init_path, &init_spec, &init_id, &init_params, &init_n, &init_tf,
+                             err, sizeof err) < 0) {
+      fprintf(stderr, "fl-train: --init: %s\n", err);
+      return 2;
+    }
+    if (!model_given) model_spec = init_spec;
+  }
   if (fl_model_create(model_spec, &m, err, sizeof err) < 0) {
     fprintf(stderr, "fl-train: --model: %s\n", err);
-    return 2;
+    goto out;
+  }
+  if (init_path && (fl_model_id(m) != init_id || fl_model_num_params(m) != init_n)) {
+    fprintf(stderr, "fl-train: --init: %s holds the model '%s', not --model '%s'\n", init_path,
+            init_spec, fl_model_spec(m));
+    goto out;
+  }
+  if (init_tf.dim && standardize) {
+    fprintf(stderr, "fl-train: --init: %s carries its own feature standardisation, which "
+            "fine-tuning keeps: drop --standardize\n", init_path);
+    goto out;
   }
   if (fl_dataset_load(&train, data_spec, err, sizeof err) < 0) {
     fprintf(stderr, "fl-train: --data: %s\n", err);
@@ -237,11 +272,22 @@ int main(int argc, char **argv) {
   fl_subset tr = {&train, tr_idx, train.n - n_val}, val = {&train, val_idx, n_val};
   fl_subset te = {&test, NULL, test.n};
 
+  if (init_tf.dim) {
+    if (init_tf.dim != train.dim || (have_test && test.dim != train.dim)) {
+      fprintf(stderr, "fl-train: --init: its feature standardisation has %zu features, the "
+              "data %zu\n", init_tf.dim, train.dim);
+      goto out;
+    }
+    fl_transform_apply(&init_tf, train.x, train.n);
+    if (have_test) fl_transform_apply(&init_tf, test.x, test.n);
+  }
   if (standardize) {
     mean = malloc(sizeof *mean * train.dim);
     sd = malloc(sizeof *sd * train.dim);
     if (!mean || !sd) goto nomem;
     fl_dataset_stats(&tr, mean, sd);
+    for (size_t j = 0; j < train.dim; j++) /* a constant feature is only centred */
+      if (!(sd[j] > 0.0f)) sd[j] = 1.0f;
     fl_dataset_standardize(&train, mean, sd);
     if (have_test) {
       if (test.dim != train.dim) {
@@ -265,7 +311,22 @@ int main(int argc, char **argv) {
   params = malloc(sizeof *params * (P ? P : 1));
   t = fl_trainer_create_threads(m, cfg.batch_size, (int)threads);
   if (!params || !t) goto nomem;
-  fl_model_init(m, params, seed);
+  if (freeze) {
+    if (!(frozen = malloc(sizeof *frozen * (P ? P : 1)))) goto nomem;
+    long long nf = fl_model_freeze_mask(m, freeze, frozen, err, sizeof err);
+    if (nf < 0) {
+      fprintf(stderr, "fl-train: %s\n", err);
+      goto out;
+    }
+    cfg.frozen = frozen;
+    fl_info("train", "--freeze %s: %lld of %zu parameters frozen", freeze, nf, P);
+  }
+  if (init_path) {
+    memcpy(params, init_params, sizeof *params * P);
+    fl_info("train", "fine-tuning %s", init_path);
+  } else {
+    fl_model_init(m, params, seed);
+  }
 
   run r = {t, params, n_val ? &val : NULL, have_test ? &te : NULL,
            strstr(fl_model_spec(m), "sigmoid_bce") != NULL, now(), cfg.epochs, {.n = 0}};
@@ -281,8 +342,12 @@ int main(int argc, char **argv) {
   }
   if (have_test) printf("final test accuracy: %.4f\n", r.last_test.accuracy);
   if (out_path) {
-    if (fl_modelfile_save(out_path, fl_model_spec(m), fl_model_id(m), params, P, err,
-                          sizeof err) < 0) {
+    /* the standardisation the weights expect goes with them */
+    fl_transform tf = {0};
+    if (standardize) tf = (fl_transform){train.dim, mean, sd};
+    if (init_tf.dim) tf = init_tf;
+    if (fl_modelfile_save_ex(out_path, fl_model_spec(m), fl_model_id(m), params, P, &tf, err,
+                             sizeof err) < 0) {
       fprintf(stderr, "fl-train: --out: %s\n", err);
       goto out;
     }
@@ -302,5 +367,9 @@ out:
   fl_dataset_free(&train);
   fl_dataset_free(&test);
   fl_model_free(m);
+  free(init_params);
+  free(frozen);
+  free(init_spec);
+  fl_transform_free(&init_tf);
   return rc;
 }

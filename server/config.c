@@ -21,12 +21,15 @@ const fl_option server_options[] = {
   O("out", "server", FL_OPTT_STR, out, "fl-model.bin", "FILE", "final global model file", 0, 0),
   O("metrics", "server", FL_OPTT_STR, metrics, NULL, "FILE", "append one JSON line per round", 0, 0),
   O("checkpoint", "server", FL_OPTT_STR, checkpoint, NULL, "FILE", "checkpoint written after every round (default: OUT.ckpt)", 0, 0),
+  O("keep-best", "server", FL_OPTT_STR, keep_best, NULL, "METRIC", "also keep the best global model seen by METRIC in OUT.best (test_loss, test_accuracy, test_auc, fed_eval_loss, fed_eval_accuracy, fed_eval_auc, train_loss; a loss is best lowest)", 0, 0),
   O("resume", "server", FL_OPTT_BOOL, resume, "false", NULL, "continue from the checkpoint, if there is one", 0, 0),
   O("http", "server", FL_OPTT_STR, http, NULL, "HOST:PORT|PORT", "serve a status page (/), Prometheus metrics (/metrics) and JSON (/status) over HTTP; a bare PORT binds 127.0.0.1 (off by default)", 0, 0),
   O("http-timeout", "server", FL_OPTT_INT, http_timeout, "10", "SECONDS", "close an HTTP connection idle this long", 1, 86400),
   O("http-connections", "server", FL_OPTT_INT, http_connections, "32", "N", "HTTP connections at once (a quarter of them per address)", 1, 10000),
   O("model", "model", FL_OPTT_STR, model, "2nn", "SPEC", "model spec or preset (logreg, 2nn, cnn, mlp64), or external:NAME:N (a model the clients train with their own code, libflclient)", 0, 0),
   O("init-model", "model", FL_OPTT_STR, init_model, NULL, "FILE", "start from this model file instead of a seeded initialisation", 0, 0),
+  O("standardize", "model", FL_OPTT_BOOL, standardize, "false", NULL, "standardise the features: before round 1 the clients that agree (fl-client --share-feature-stats) send each feature's count, sum and sum of squares, the server combines them and sends every client the means and deviations with its tasks; --test-data and the model files get the same transform", 0, 0),
+  O("freeze", "model", FL_OPTT_STR, freeze, NULL, "LAYERS", "transfer learning: layers the clients do not train ('head', 'all-but-head', or positions from 0 as in the spec without in:, such as 0,2-3); an update that changes them is refused", 0, 0),
   O("seed", "model", FL_OPTT_U64, seed, "1", "N", "seed for initialisation, client selection and local training", 0, 0),
   O("rounds", "round", FL_OPTT_INT, rounds, "10", "N", "rounds to run", 1, 1e9),
   O("clients-per-round", "round", FL_OPTT_DOUBLE, clients_per_round, "10", "N|FRACTION", "clients selected each round: a count, or a fraction (< 1) of those connected", 1e-9, 1e9),
@@ -90,6 +93,12 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
   }
   if (c->http && server_http_address(c->http, host, sizeof host, &port) != 0) {
     snprintf(err, errlen, "--http: expected HOST:PORT or PORT, got '%s'", c->http);
+    return FL_ECONFIG;
+  }
+  if (c->keep_best && srv_metric_find(c->keep_best) < 0) {
+    snprintf(err, errlen, "--keep-best: '%s' is not one of test_loss, test_accuracy, "
+             "test_auc, fed_eval_loss, fed_eval_accuracy, fed_eval_auc, train_loss",
+             c->keep_best);
     return FL_ECONFIG;
   }
   if (strcmp(c->weights, "examples") != 0 && strcmp(c->weights, "uniform") != 0) {

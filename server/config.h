@@ -11,6 +11,7 @@ typedef struct server_config {
   char *out;               /* final model file */
   char *metrics;           /* JSON lines, one per round */
   char *checkpoint;        /* state after the last completed round (default: OUT.ckpt) */
+  char *keep_best;         /* a metric: the best global model by it goes to OUT.best */
   int resume;              /* continue from the checkpoint */
   char *http;              /* status page, /metrics and /status: HOST:PORT or PORT (NULL: off) */
   int http_timeout;        /* seconds an HTTP connection may idle */
@@ -18,6 +19,8 @@ typedef struct server_config {
   /* [model] */
   char *model;
   char *init_model;
+  int standardize;         /* feature standardisation from the clients' statistics */
+  char *freeze;            /* layers not trained (fl_model_freeze_mask), or NULL */
   unsigned long long seed;
   /* [round] */
   int rounds;
@@ -80,6 +83,8 @@ typedef struct server_config {
 extern const fl_option server_options[];
 
 /* Cross-field checks after parsing; a message in err. */
+/* The index of a --keep-best metric name, or -1 (metrics.c). */
+int srv_metric_find(const char *name);
 int server_config_check(const server_config *c, char *err, size_t errlen);
 /* --http: "PORT" or ":PORT" (127.0.0.1), or "HOST:PORT".  FL_ECONFIG if neither. */
 int server_http_address(const char *spec, char *host, size_t hostlen, int *port);

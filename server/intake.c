@@ -387,6 +387,19 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
     return;
   }
   if (rc == 0) return;
+  /* --freeze: a float32 delta must leave the frozen parameters alone (an encoded one is
+   * checked by its encoding's decoder only). */
+  if (s->frozen && c->rxt.dec.enc == FL_ENC_FLOAT32 && c->buf) {
+    for (size_t i = 0; i < s->n; i++)
+      if (s->frozen[i] != 0.0f && c->buf[i] != 0.0f) {
+        srv_abort_rx(c);
+        srv_count_answer(c);
+        refuse(c, "the update changes frozen parameter %zu (--freeze %s)", i, s->cfg->freeze);
+        c->rx = RX_IDLE;
+        srv_advance(s);
+        return;
+      }
+  }
   /* Complete and finite: fold it, with the weight the policy gives it. */
   ready_update *it = &s->ready[s->n_ready_bufs++];
   double weight = s->uniform_weights ? 1.0 : (double)c->upd_examples;

@@ -110,9 +110,13 @@ void srv_write_metrics(server *s, double seconds) {
   double loss = w > 0 ? r->loss_sum / w : NAN, acc = w > 0 ? r->acc_sum / w : NAN;
   double fl = r->fed_n ? r->fed_loss / (double)r->fed_n : NAN;
   double fa = r->fed_n ? r->fed_acc / (double)r->fed_n : NAN;
-  char test[96] = "", fed[96] = "";
+  double fauc = r->fed_auc_n ? r->fed_auc / (double)r->fed_auc_n : NAN;
+  char test[128] = "", fed[128] = "";
   if (r->tested) snprintf(test, sizeof test, ", test loss %.4f acc %.4f", r->test_loss, r->test_acc);
+  if (r->tested && r->test_auc > 0)
+    snprintf(test + strlen(test), sizeof test - strlen(test), " auc %.4f", r->test_auc);
   if (r->fed_n) snprintf(fed, sizeof fed, ", federated eval loss %.4f acc %.4f", fl, fa);
+  if (r->fed_auc_n) snprintf(fed + strlen(fed), sizeof fed - strlen(fed), " auc %.4f", fauc);
   char failed[48] = "", priv[96] = "";
   if (r->failed) snprintf(failed, sizeof failed, ", %zu failed", r->failed);
   if (s->dp) snprintf(priv, sizeof priv, ", epsilon %.4g", r->epsilon);
@@ -149,8 +153,10 @@ void srv_write_metrics(server *s, double seconds) {
   json_num(f, "train_accuracy", acc, w > 0);
   json_num(f, "test_loss", r->test_loss, r->tested);
   json_num(f, "test_accuracy", r->test_acc, r->tested);
+  json_num(f, "test_auc", r->test_auc, r->tested && r->test_auc > 0);
   json_num(f, "fed_eval_loss", fl, r->fed_n > 0);
   json_num(f, "fed_eval_accuracy", fa, r->fed_n > 0);
+  json_num(f, "fed_eval_auc", fauc, r->fed_auc_n > 0);
   fprintf(f, ",\"fed_eval_clients\":%zu", r->fed_answered);
   fprintf(f, ",\"bytes_received\":%llu,\"bytes_sent\":%llu",
           (unsigned long long)(s->bytes_in - r->bytes_in0),
@@ -190,3 +196,31 @@ void srv_write_metrics(server *s, double seconds) {
   fputs("}\n", f);
   fflush(f);
 }
+
+/* --keep-best's metrics: name, whether lower is better. */
+static const struct { const char *name; int lower; } best_metrics[] = {
+    {"test_loss", 1},     {"test_accuracy", 0},     {"test_auc", 0},  {"fed_eval_loss", 1},
+    {"fed_eval_accuracy", 0}, {"fed_eval_auc", 0}, {"train_loss", 1},
+};
+
+int srv_metric_find(const char *name) {
+  for (int k = 0; k < (int)(sizeof best_metrics / sizeof best_metrics[0]); k++)
+    if (strcmp(name, best_metrics[k].name) == 0) return k;
+  return -1;
+}
+
+int srv_metric_value(const server *s, int k, double *v) {
+  const round_stats *r = &s->r;
+  switch (k) {
+  case 0: *v = r->test_loss; return r->tested;
+  case 1: *v = r->test_acc; return r->tested;
+  case 2: *v = r->test_auc; return r->tested && r->test_auc > 0;
+  case 3: *v = r->fed_n ? r->fed_loss / (double)r->fed_n : 0; return r->fed_n > 0;
+  case 4: *v = r->fed_n ? r->fed_acc / (double)r->fed_n : 0; return r->fed_n > 0;
+  case 5: *v = r->fed_auc_n ? r->fed_auc / (double)r->fed_auc_n : 0; return r->fed_auc_n > 0;
+  case 6: *v = r->weight_sum > 0 ? r->loss_sum / r->weight_sum : 0; return r->weight_sum > 0;
+  }
+  return 0;
+}
+
+int srv_metric_lower_is_better(int k) { return best_metrics[k].lower; }

@@ -51,6 +51,7 @@
 #include "config.h"
 #include "dataset.h"
 #include "iothreads.h"
+#include "modelfile.h"
 #include "model.h"
 #include "msg.h"
 #include "rng.h"
@@ -164,9 +165,13 @@ typedef struct round_stats {
   double weight_sum;                 /* of the folded updates */
   double slowest;                    /* longest local training time reported */
   double test_loss, test_acc;
+  double test_auc;                   /* ROC AUC of a binary head; 0 when there is none */
   int tested;
   double fed_loss, fed_acc;
   uint64_t fed_n;
+  double fed_auc;                    /* AUC weighted by the examples of the clients that
+                                      * reported one (binary heads) */
+  uint64_t fed_auc_n;
   size_t fed_asked, fed_answered;
   uint64_t bytes_in0, bytes_out0;
   uint64_t t0;                       /* the round's first selection */
@@ -279,6 +284,21 @@ struct server {
   client *init_from;             /* the client asked for them (external.c) */
   int init_waiting_logged;
   int stopping, exit_code;
+  /* Feature standardisation (standardize.c): the clients' statistics until the
+   * transform is fixed, then the transform sent with every task (tf_dim 0: none). */
+  double *fs_sum, *fs_sq;       /* [in_dim] */
+  uint64_t fs_count;
+  char **fs_ids;                /* [fs_n] clients whose statistics are counted */
+  size_t fs_n;
+  int fs_waiting_logged;
+  float *tf_mean, *tf_std;      /* [tf_dim], one allocation (tf_mean) */
+  float *frozen;                /* --freeze: [n] 1 where a parameter is frozen, or NULL */
+  float *frozen_ref;            /* [n] the global model they hold, restored after every
+                                 * round (a lossy encoding's rounding cannot move them) */
+  size_t tf_dim;
+  int have_best;                /* --keep-best: best_value holds a round's value */
+  double best_value;
+  uint64_t best_round;
   int lingered;                  /* the goodbye is over (see close_all in round.c) */
   struct srv_status *status;     /* --http (status.c), or NULL */
 };
@@ -495,5 +515,22 @@ void srv_save_checkpoint(server *s);
 int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen);
 /* Writes the final model (--out); a failure is logged and sets the exit code. */
 void srv_save_final_model(server *s);
+/* ---- feature standardisation (standardize.c) ---- */
+/* A client's statistics from its Hello, counted once per client before the transform
+ * is fixed; bad ones are ignored with a warning naming the client. */
+void srv_standardize_hello(client *c, const Fl__Hello *h);
+/* Before a round starts: 1 when it may (the transform is fixed, or none is wanted),
+ * 0 while --standardize still waits for the clients' statistics. */
+int srv_standardize_ready(server *s);
+/* The transform as the model file keeps it (dim 0: none). */
+fl_transform srv_transform(const server *s);
+void srv_standardize_free(server *s);
+/* --keep-best: after a round's metrics, writes the global model to OUT.best when the
+ * round's value of the metric is the best so far (a round without it is skipped). */
+void srv_keep_best(server *s);
+/* The value of --keep-best metric number k for the round that ends; 0 when the round
+ * has none (metrics.c). */
+int srv_metric_value(const server *s, int k, double *v);
+int srv_metric_lower_is_better(int k);
 
 #endif

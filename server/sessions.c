@@ -126,6 +126,7 @@ static void on_hello(client *c, const Fl__Hello *h) {
             c->uplink.enc != s->uplink.enc && !c->down_cached && s->downlink.enc != FL_ENC_FLOAT32 ? " and " : "",
             s->downlink.enc != FL_ENC_FLOAT32 && !c->down_cached ? fl_enc_name(s->downlink.enc) : "");
   c->num_samples = h->num_samples;
+  srv_standardize_hello(c, h);
   c->ready = 1;
   s->n_ready++;
   s->ready_events++;

@@ -40,6 +40,7 @@ const fl_option server_options[] = {
   O("strategy", "round", FL_OPTT_STR, strategy, "fedavg", "SPEC", "aggregation strategy: AGGREGATOR[:k=v,...][+OPTIMIZER[:k=v,...]] (listed above)", 0, 0),
   O("strategy-memory", "round", FL_OPTT_INT, strategy_memory_mib, "2048", "MIB", "memory a strategy that holds every update (median, trimmed, krum) may use; rounds select at most what fits", 1, 1 << 30),
   O("weights", "round", FL_OPTT_STR, weights, "examples", "examples|uniform", "weight of an update in the mean: its example count (at most what the client declared), or 1", 0, 0),
+  O("max-weight", "round", FL_OPTT_DOUBLE, max_weight, "0", "N", "no update weighs more than N examples, whatever it declares (with --max-weight-share, the lower cap wins); 0 = no absolute cap", 0, 1e18),
   O("max-weight-share", "round", FL_OPTT_DOUBLE, max_weight_share, "1", "F", "no update weighs more than F typical rounds (clients per round x the median example count the round's clients declared); 0 = no cap", 0, 1e9),
   O("uplink", "round", FL_OPTT_STR, uplink, "float32", "ENC", "encoding of the clients' updates: float32, float16, int8[:stochastic] or topk:FRACTION (lossy ones with error feedback on the clients); a client that does not offer it sends float32", 0, 0),
   O("downlink", "round", FL_OPTT_STR, downlink, "float32", "ENC", "encoding of the models sent to clients: float32, float16 or int8 (encoded once per model; every client trains from the same decoded model)", 0, 0),

@@ -32,6 +32,7 @@ typedef struct server_config {
   char *strategy;           /* strategy.h's spec */
   int strategy_memory_mib;  /* limit on what a strategy holding every update may hold */
   char *weights;            /* examples | uniform */
+  double max_weight;        /* absolute cap on one update's weight, in examples (0: none) */
   double max_weight_share;  /* cap on one update's weight, in typical rounds (0: none) */
   char *max_update_norm;    /* "RATIOx" of the model's norm, an absolute bound, or 0 */
   char *uplink;             /* codec.h spec of the updates clients send */

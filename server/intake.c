@@ -404,8 +404,9 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
   ready_update *it = &s->ready[s->n_ready_bufs++];
   double weight = s->uniform_weights ? 1.0 : (double)c->upd_examples;
   if (s->r.weight_cap > 0 && weight > s->r.weight_cap) {
-    fl_info("server", "round %llu: %s's weight %.0f capped to %.0f (--max-weight-share)",
-            (unsigned long long)s->r.number, c->id, weight, s->r.weight_cap);
+    fl_info("server", "round %llu: %s's weight %.0f capped to %.0f (%s)",
+            (unsigned long long)s->r.number, c->id, weight, s->r.weight_cap,
+            s->r.weight_cap == s->cfg->max_weight ? "--max-weight" : "--max-weight-share");
     weight = s->r.weight_cap;
     s->r.weights_capped++;
   }
@@ -433,7 +434,8 @@ static int by_value(const void *a, const void *b) {
 
 /* The weight cap: no update weighs more than --max-weight-share times a typical round,
  * the round's target times the median example count its clients declared (a median, so
- * that a client declaring an absurd count cannot raise the cap for itself).  The norm
+ * that a client declaring an absurd count cannot raise the cap for itself), nor more than
+ * --max-weight examples.  The norm
  * bound: --max-update-norm, absolute or a multiple of the global model's norm. */
 void srv_intake_begin(server *s, client *const *selected, size_t k) {
   srv_participants_begin(s, selected, k);
@@ -450,6 +452,9 @@ void srv_intake_begin(server *s, client *const *selected, size_t k) {
       free(v);
     }
   }
+  double most = s->cfg->max_weight;
+  if (most > 0 && !s->uniform_weights && (s->r.weight_cap == 0 || most < s->r.weight_cap))
+    s->r.weight_cap = most;
   /* A private round's unit weight (DP-FedAvg's cap w^): the median client's examples, so
    * that a typical client weighs about 1 and none more than 1 (the sensitivity the noise
    * and the fixed point are sized for).  Example counts travel in the clear. */

@@ -198,3 +198,17 @@ Test(strategies, an_absolute_weight_cap_holds_every_update, .timeout = 600) {
   }
   fl_test_fed_free(&f);
 }
+
+/* A strategy that holds every update is refused at start when a round's updates would
+ * not fit --strategy-memory, with the sizes in the message. */
+Test(strategies, a_round_that_does_not_fit_strategy_memory_is_refused, .timeout = 120) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "2nn", "--strategy", "median",
+                               "--clients-per-round", "100", "--strategy-memory", "16", NULL);
+  cr_assert_neq(fl_test_wait(s, 60), 0, "the server started (%s)", f.dir);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  cr_assert_eq(fl_test_count(log, "above --strategy-memory 16 MiB"), 1, "%s", log);
+  fl_test_fed_free(&f);
+}

@@ -54,6 +54,7 @@ typedef struct job {
   const fl_model *model;
   int train;
   fl_train_config tcfg;
+  float *frozen;             /* [num_params] the server's --freeze, or NULL */
 } job;
 
 struct app {
@@ -71,6 +72,10 @@ struct app {
   fl_model *model;           /* built from the spec the server last sent */
   int fits;                  /* 1: --data fits model, -1: it does not (misfit says why) */
   char misfit[400];
+  /* The server's feature standardisation, applied in place to data and test (whose
+   * raw features raw_x and raw_test keep); tf_dim 0: none applied. */
+  float *raw_x, *raw_test, *tf;
+  size_t tf_dim;
   atomic_int running;        /* jobs handed to the pool and not completed */
   int train_threads;         /* threads of each training job (--train-threads) */
   char host[256];
@@ -124,6 +129,13 @@ static int fedbn_keep(vclient *v, const fl_model *m, float *params, const float 
   return rc;
 }
 
+/* After each local epoch: the task's progress, which the heartbeats carry. */
+static void on_epoch(void *arg, uint32_t epoch, const fl_eval *train) {
+  job *j = arg;
+  (void)train;
+  fl_client_task_progress(j->task, (double)(epoch + 1) / (double)j->tcfg.epochs);
+}
+
 static void job_run(pool_job *pj) {
   job *j = (job *)pj;
   vclient *v = j->v;
@@ -145,7 +157,7 @@ static void job_run(pool_job *pj) {
     rc = FL_ENOMEM;
   } else if (j->train) {
     j->tcfg.prox_ref = j->tcfg.prox_mu > 0 ? fl_client_task_global(t) : NULL;
-    rc = fl_train(tr, params, &v->train, &j->tcfg, NULL, NULL, &ev);
+    rc = fl_train(tr, params, &v->train, &j->tcfg, on_epoch, j, &ev);
     ev.n = v->train.n; /* the update's weight: every local example */
     if (rc == 0 && fedbn) rc = fedbn_keep(v, j->model, params, fl_client_task_global(t));
     if (rc == 0 && v->attacker) attack(v, j, params, fl_client_task_global(t), fl_client_task_num_params(t));
@@ -165,6 +177,7 @@ static void job_run(pool_job *pj) {
                             : 0);
 out:
   atomic_fetch_sub(&v->a->running, 1);
+  free(j->frozen);
   free(j);
 }
 
@@ -217,10 +230,58 @@ static int use_model(app *a, const char *spec, uint64_t n, char *err, size_t err
   return data_fits(a, err, errlen);
 }
 
-static int submit(vclient *v, fl_client_task *t, int train, const fl_train_config *tcfg) {
+static void standardize(float *x, const float *raw, size_t n, size_t dim, const float *mean,
+                        const float *std) {
+  for (size_t i = 0; i < n * dim; i++) {
+    size_t j = i % dim;
+    x[i] = dim && std ? (raw[i] - mean[j]) / std[j] : raw[i];
+  }
+}
+
+/* The task's feature standardisation (fl-server --standardize) on the local data: the
+ * same for every task of a run, so it is applied once, in place, while no job runs (the
+ * raw features are kept to apply another after a server's restart). */
+static int use_transform(app *a, fl_client_task *t, char *err, size_t errlen) {
+  const float *mean, *std;
+  size_t dim = fl_client_task_feature_transform(t, &mean, &std);
+  if (dim == a->tf_dim && (!dim || (memcmp(a->tf, mean, dim * sizeof *mean) == 0 &&
+                                    memcmp(a->tf + dim, std, dim * sizeof *std) == 0)))
+    return 0;
+  if (dim && dim != a->data.dim)
+    return fl_errf(err, errlen, FL_EMISMATCH, "the server standardises %zu features, the local "
+                   "data has %zu", dim, a->data.dim);
+  if (atomic_load(&a->running) > 0)
+    return fl_errf(err, errlen, FL_ESTATE, "feature standardisation changed while other "
+                   "clients still train");
+  size_t nx = a->data.n * a->data.dim, nt = a->have_test ? a->test.n * a->test.dim : 0;
+  if (!a->raw_x) {
+    if (!(a->raw_x = malloc(sizeof(float) * (nx ? nx : 1))) ||
+        (nt && !(a->raw_test = malloc(sizeof(float) * nt))))
+      return fl_errf(err, errlen, FL_ENOMEM, "out of memory for the raw features");
+    memcpy(a->raw_x, a->data.x, sizeof(float) * nx);
+    if (nt) memcpy(a->raw_test, a->test.x, sizeof(float) * nt);
+  }
+  float *tf = dim ? malloc(sizeof(float) * 2 * dim) : NULL;
+  if (dim && !tf) return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
+  if (dim) {
+    memcpy(tf, mean, sizeof(float) * dim);
+    memcpy(tf + dim, std, sizeof(float) * dim);
+  }
+  free(a->tf);
+  a->tf = tf;
+  a->tf_dim = dim;
+  standardize(a->data.x, a->raw_x, a->data.n, a->data.dim, tf, tf ? tf + dim : NULL);
+  if (nt) standardize(a->test.x, a->raw_test, a->test.n, a->test.dim, tf, tf ? tf + dim : NULL);
+  if (dim) fl_info("client", "features standardised with the federation's means and deviations");
+  return 0;
+}
+
+static int submit(vclient *v, fl_client_task *t, int train, const fl_train_config *tcfg,
+                  const char *freeze) {
   app *a = v->a;
   char err[512];
   int rc = use_model(a, fl_client_task_model(t), fl_client_task_num_params(t), err, sizeof err);
+  if (rc == 0) rc = use_transform(a, t, err, sizeof err);
   if (rc) return fl_client_task_error(t, rc == FL_EMISMATCH ? FL_CLIENT_EINCOMPATIBLE
                                                             : FL_CLIENT_ECALLBACK, "%s", err);
   job *j = calloc(1, sizeof *j);
@@ -231,6 +292,20 @@ static int submit(vclient *v, fl_client_task *t, int train, const fl_train_confi
   j->model = a->model;
   j->train = train;
   if (tcfg) j->tcfg = *tcfg;
+  if (freeze && freeze[0]) { /* the server's --freeze: those layers are not trained */
+    size_t P = fl_model_num_params(a->model);
+    j->frozen = malloc(sizeof *j->frozen * (P ? P : 1));
+    if (!j->frozen) {
+      free(j);
+      return fl_client_task_error(t, FL_CLIENT_ENOMEM, "out of memory");
+    }
+    if (fl_model_freeze_mask(a->model, freeze, j->frozen, err, sizeof err) < 0) {
+      free(j->frozen);
+      free(j);
+      return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "%s", err);
+    }
+    j->tcfg.frozen = j->frozen;
+  }
   atomic_fetch_add(&a->running, 1);
   pool_submit(&a->workers, &j->base);
   return FL_CLIENT_PENDING;
@@ -265,11 +340,11 @@ static int on_fit(fl_client *fc, fl_client_task *t) {
   /* Every client of a round trains with its own seed, derived from the round's. */
   tcfg.seed = fl_seed_mix(k->seed, (uint64_t)(v->partition >= 0 ? v->partition : v->index));
   fl_debug(v->name, "round %llu: training", (unsigned long long)k->round);
-  return submit(v, t, 1, &tcfg);
+  return submit(v, t, 1, &tcfg, k->freeze);
 }
 
 static int on_evaluate(fl_client *fc, fl_client_task *t) {
-  return submit(fl_client_get_data(fc), t, 0, NULL);
+  return submit(fl_client_get_data(fc), t, 0, NULL, NULL);
 }
 
 static void on_log(fl_client *fc, int level, const char *msg) {
@@ -379,6 +454,23 @@ static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
   if (rc) return fl_errf(err, errlen, FL_ENOMEM, "%s", fl_client_strerror(rc));
   fl_client *fc = v->fc;
   fl_client_set_data(fc, v);
+  if (cfg->share_feature_stats) { /* this client's own training samples */
+    size_t dim = a->data.dim;
+    double *sum = calloc(dim ? dim : 1, sizeof *sum), *sq = calloc(dim ? dim : 1, sizeof *sq);
+    if (!sum || !sq) {
+      free(sum);
+      free(sq);
+      return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < v->train.n; i++) {
+      const float *row = a->data.x + (size_t)(v->train.idx ? v->train.idx[i] : i) * dim;
+      for (size_t j = 0; j < dim; j++) sum[j] += row[j], sq[j] += (double)row[j] * row[j];
+    }
+    rc = fl_client_set_feature_stats(fc, v->train.n, sum, sq, dim);
+    free(sum);
+    free(sq);
+    if (rc) return fl_errf(err, errlen, FL_ECONFIG, "%s: %s", v->name, fl_client_errmsg(fc));
+  }
   if ((rc = fl_client_set_server(fc, cfg->server)) != 0 ||
       (rc = fl_client_set_tls(fc, cfg->ca, cert, key, cfg->server_name)) != 0 ||
       (rc = fl_client_set_name(fc, v->name)) != 0 ||
@@ -525,5 +617,8 @@ void app_free(app *a) {
   free(a->flipped.y); /* its x is data's */
   if (a->have_test) fl_dataset_free(&a->test);
   fl_model_free(a->model);
+  free(a->raw_x);
+  free(a->raw_test);
+  free(a->tf);
   free(a);
 }

@@ -81,6 +81,14 @@ static void on_open(fl_conn *conn) {
   h.num_samples = c->num_examples;
   h.n_capabilities = ncaps;
   h.capabilities = caps;
+  Fl__FeatureStats fs = FL__FEATURE_STATS__INIT;
+  if (c->fs_dim) {
+    fs.count = c->fs_count;
+    fs.n_sum = fs.n_sum_sq = c->fs_dim;
+    fs.sum = c->fs_sum;
+    fs.sum_sq = c->fs_sq;
+    h.feature_stats = &fs;
+  }
   if (c->model_spec) {
     h.model_spec = c->model_spec;
     h.model_id = c->model_id;
@@ -243,12 +251,26 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
   schedule_reconnect(c, -1);
 }
 
+/* Before each heartbeat: the payload carries the task's progress, re-encoded only when it
+ * moved (the application reports it from any thread: fl_client_task_progress). */
+static void refresh_heartbeat(fl_conn *conn) {
+  fl_client *c = fl_conn_data(conn);
+  unsigned p = atomic_load(&c->progress);
+  if (p == c->progress_sent) return;
+  uint8_t *buf;
+  size_t len;
+  if (fl_msg_heartbeat(++c->heartbeat_seq, (float)(p / 1e6), &buf, &len) != 0) return;
+  if (fl_conn_set_heartbeat(conn, buf, len) == 0) c->progress_sent = p;
+  free(buf);
+}
+
 static const fl_conn_callbacks conn_callbacks = {on_open, on_frame, on_drain, on_close};
 
 /* Connects; the caller holds a handshake slot (or there is no throttle). */
 void flc__start_connect(fl_client *c) {
   c->state = FLC_CONNECTING;
   c->gen++;
+  c->progress_sent = 0; /* the new connection's heartbeat is copt's: progress 0 */
   int rc = fl_connect(c->loop, c->tls, c->host, c->port, &c->copt, &conn_callbacks, c, &c->conn);
   if (rc == 0) {
     c->handshaking = c->conn;
@@ -395,6 +417,9 @@ int fl_client_start(fl_client *c, uv_loop_t *loop) {
     return flc__errf(c, FL_CLIENT_ENOMEM, "out of memory");
   c->copt.heartbeat = c->heartbeat_msg;
   c->copt.heartbeat_len = c->heartbeat_len;
+  c->copt.heartbeat_refresh = refresh_heartbeat;
+  c->progress_sent = 0;
+  atomic_store(&c->progress, 0);
   if (uv_timer_init(loop, &c->retry) != 0 || uv_async_init(loop, &c->async, on_async) != 0) {
     free(c->heartbeat_msg);
     c->heartbeat_msg = NULL;

@@ -21,7 +21,7 @@
 /* fl-train's options: the same table-driven flags and INI file (--config) as fl-server
  * and fl-client, so a setting has one name everywhere (--batch-size, not --batch). */
 typedef struct train_options {
-  char *model, *data, *test, *out, *optimizer, *momentum, *log_level;
+  char *model, *init, *freeze, *data, *test, *out, *optimizer, *momentum, *log_level;
   int epochs, batch_size, threads, standardize;
   double lr, weight_decay, val_split;
   unsigned long long seed;
@@ -31,12 +31,14 @@ typedef struct train_options {
   {name, sec, type, offsetof(train_options, field), def, arg, help, lo, hi}
 
 static const fl_option train_opts[] = {
-  O("model", "model", FL_OPTT_STR, model, "2nn", "SPEC", "model spec or preset: logreg, logreg:D:C, 2nn, cnn, mlp64, or tokens such as 'in:784 dense:200 relu dense:10 softmax'", 0, 0),
+  O("model", "model", FL_OPTT_STR, model, NULL, "SPEC", "model spec or preset: logreg, logreg:D:C, 2nn, cnn, mlp64, or tokens such as 'in:784 dense:200 relu dense:10 softmax' (default: 2nn, or --init's)", 0, 0),
+  O("init", "model", FL_OPTT_STR, init, NULL, "FILE", "start from this model file (fine-tuning) instead of random weights; its spec is the model's (--model, if given, must be the same) and its feature standardisation, if any, is applied", 0, 0),
+  O("freeze", "train", FL_OPTT_STR, freeze, NULL, "LAYERS", "train only the other layers (transfer learning): 'head', 'all-but-head' or layer positions from 0 as in the spec without in:, such as 0,2-3 (fl-export --list names them l<I>_...)", 0, 0),
   O("seed", "model", FL_OPTT_U64, seed, "1", "N", "seed for initialisation, shuffling, dropout and the split", 0, 0),
   O("data", "data", FL_OPTT_STR, data, "fashion-mnist:train", "SPEC", "training data: fashion-mnist:train, a.csv, a.csv:COLUMN or IMAGES,LABELS", 0, 0),
   O("test", "data", FL_OPTT_STR, test, "fashion-mnist:test", "SPEC", "test data, or 'none'", 0, 0),
   O("val-split", "data", FL_OPTT_DOUBLE, val_split, "0", "X", "fraction in [0, 1) of the training data held out for validation", 0, 1),
-  O("standardize", "data", FL_OPTT_BOOL, standardize, "false", NULL, "standardise features with the training part's mean and std", 0, 0),
+  O("standardize", "data", FL_OPTT_BOOL, standardize, "false", NULL, "standardise features with the training part's mean and std (saved in the --out model file: fl-predict applies them)", 0, 0),
   O("epochs", "train", FL_OPTT_INT, epochs, "10", "N", "passes over the training data", 1, 100000),
   O("batch-size", "train", FL_OPTT_INT, batch_size, "64", "N", "mini-batch size", 1, 65536),
   O("lr", "train", FL_OPTT_DOUBLE, lr, "0.05", "X", "learning rate", 0, 1e6),
@@ -159,8 +161,10 @@ int main(int argc, char **argv) {
   if (rc >= 0) return rc;
   rc = 1;
   fl_log_set_level(fl_log_level_parse(o.log_level));
-  const char *model_spec = o.model, *data_spec = o.data, *test_spec = o.test;
+  const char *model_spec = o.model ? o.model : "2nn", *data_spec = o.data, *test_spec = o.test;
   const char *out_path = o.out, *opt_name = o.optimizer;
+  const char *init_path = o.init, *freeze = o.freeze;
+  int model_given = o.model != NULL;
   fl_train_config cfg = fl_train_config_default();
   fl_optimizer_parse(o.optimizer, &cfg);
   float momentum = -1.0f;
@@ -180,14 +184,36 @@ int main(int argc, char **argv) {
   fl_model *m = NULL;
   fl_dataset train = {0}, test = {0};
   fl_trainer *t = NULL;
-  float *params = NULL, *mean = NULL, *sd = NULL;
+  float *params = NULL, *mean = NULL, *sd = NULL, *init_params = NULL, *frozen = NULL;
+  char *init_spec = NULL;
+  fl_transform init_tf = {0};
+  size_t init_n = 0;
+  uint64_t init_id = 0;
   uint32_t *tr_idx = NULL, *val_idx = NULL;
   int have_test = strcmp(test_spec, "none") != 0;
 
+  if (init_path) {
+    if (fl_modelfile_load_ex(init_path, &init_spec, &init_id, &init_params, &init_n, &init_tf,
+                             err, sizeof err) < 0) {
+      fprintf(stderr, "fl-train: --init: %s\n", err);
+      rc = 2;
+      goto out;
+    }
+    if (!model_given) model_spec = init_spec;
+  }
   if (fl_model_create(model_spec, &m, err, sizeof err) < 0) {
     fprintf(stderr, "fl-train: --model: %s\n", err);
-    fl_options_free(train_opts, &o);
-    return 2;
+    goto out;
+  }
+  if (init_path && (fl_model_id(m) != init_id || fl_model_num_params(m) != init_n)) {
+    fprintf(stderr, "fl-train: --init: %s holds the model '%s', not --model '%s'\n", init_path,
+            init_spec, fl_model_spec(m));
+    goto out;
+  }
+  if (init_tf.dim && standardize) {
+    fprintf(stderr, "fl-train: --init: %s carries its own feature standardisation, which "
+            "fine-tuning keeps: drop --standardize\n", init_path);
+    goto out;
   }
   if (fl_dataset_load(&train, data_spec, err, sizeof err) < 0) {
     fprintf(stderr, "fl-train: --data: %s\n", err);
@@ -212,11 +238,22 @@ int main(int argc, char **argv) {
   fl_subset tr = {&train, tr_idx, train.n - n_val}, val = {&train, val_idx, n_val};
   fl_subset te = {&test, NULL, test.n};
 
+  if (init_tf.dim) {
+    if (init_tf.dim != train.dim || (have_test && test.dim != train.dim)) {
+      fprintf(stderr, "fl-train: --init: its feature standardisation has %zu features, the "
+              "data %zu\n", init_tf.dim, train.dim);
+      goto out;
+    }
+    fl_transform_apply(&init_tf, train.x, train.n);
+    if (have_test) fl_transform_apply(&init_tf, test.x, test.n);
+  }
   if (standardize) {
     mean = malloc(sizeof *mean * train.dim);
     sd = malloc(sizeof *sd * train.dim);
     if (!mean || !sd) goto nomem;
     fl_dataset_stats(&tr, mean, sd);
+    for (size_t j = 0; j < train.dim; j++) /* a constant feature is only centred */
+      if (!(sd[j] > 0.0f)) sd[j] = 1.0f;
     fl_dataset_standardize(&train, mean, sd);
     if (have_test) {
       if (test.dim != train.dim) {
@@ -240,7 +277,22 @@ int main(int argc, char **argv) {
   params = malloc(sizeof *params * (P ? P : 1));
   t = fl_trainer_create_threads(m, cfg.batch_size, (int)threads);
   if (!params || !t) goto nomem;
-  fl_model_init(m, params, seed);
+  if (freeze) {
+    if (!(frozen = malloc(sizeof *frozen * (P ? P : 1)))) goto nomem;
+    long long nf = fl_model_freeze_mask(m, freeze, frozen, err, sizeof err);
+    if (nf < 0) {
+      fprintf(stderr, "fl-train: %s\n", err);
+      goto out;
+    }
+    cfg.frozen = frozen;
+    fl_info("train", "--freeze %s: %lld of %zu parameters frozen", freeze, nf, P);
+  }
+  if (init_path) {
+    memcpy(params, init_params, sizeof *params * P);
+    fl_info("train", "fine-tuning %s", init_path);
+  } else {
+    fl_model_init(m, params, seed);
+  }
 
   run r = {t, params, n_val ? &val : NULL, have_test ? &te : NULL,
            strstr(fl_model_spec(m), "sigmoid_bce") != NULL, now(), cfg.epochs, {.n = 0}};
@@ -256,8 +308,12 @@ int main(int argc, char **argv) {
   }
   if (have_test) printf("final test accuracy: %.4f\n", r.last_test.accuracy);
   if (out_path) {
-    if (fl_modelfile_save(out_path, fl_model_spec(m), fl_model_id(m), params, P, err,
-                          sizeof err) < 0) {
+    /* the standardisation the weights expect goes with them */
+    fl_transform tf = {0};
+    if (standardize) tf = (fl_transform){train.dim, mean, sd};
+    if (init_tf.dim) tf = init_tf;
+    if (fl_modelfile_save_ex(out_path, fl_model_spec(m), fl_model_id(m), params, P, &tf, err,
+                             sizeof err) < 0) {
       fprintf(stderr, "fl-train: --out: %s\n", err);
       goto out;
     }
@@ -277,6 +333,10 @@ out:
   fl_dataset_free(&train);
   fl_dataset_free(&test);
   fl_model_free(m);
+  free(init_params);
+  free(frozen);
+  free(init_spec);
+  fl_transform_free(&init_tf);
   fl_options_free(train_opts, &o);
   return rc;
 }

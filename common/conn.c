@@ -260,6 +260,7 @@ static void timer_cb(uv_timer_t *t) {
     }
     if (c->opt.heartbeat_interval_ms && c->opt.heartbeat &&
         now - c->last_tx >= c->opt.heartbeat_interval_ms) {
+      if (c->opt.heartbeat_refresh) c->opt.heartbeat_refresh(c);
       if (send_frame(c, c->opt.heartbeat, c->opt.heartbeat_len, SEND_FRAMED) < 0) return;
       c->last_tx = now; /* even if the queue was full and nothing went out yet */
     }
@@ -1086,6 +1087,16 @@ void fl_conn_resume(fl_conn *c) {
 
 void *fl_conn_data(const fl_conn *c) { return c->data; }
 void fl_conn_set_data(fl_conn *c, void *data) { c->data = data; }
+
+int fl_conn_set_heartbeat(fl_conn *c, const uint8_t *payload, size_t len) {
+  uint8_t *hb = malloc(len ? len : 1);
+  if (!hb) return FL_ENOMEM;
+  memcpy(hb, payload, len);
+  free((void *)c->opt.heartbeat);
+  c->opt.heartbeat = hb;
+  c->opt.heartbeat_len = len;
+  return 0;
+}
 const char *fl_conn_peer_id(const fl_conn *c) { return c->peer_id; }
 const char *fl_conn_peer_addr(const fl_conn *c) { return c->addr; }
 int fl_conn_resumed(const fl_conn *c) { return c->resumed; }

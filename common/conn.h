@@ -55,6 +55,10 @@ typedef struct fl_conn_options {
   uint32_t stall_timeout_ms;     /* write queue stuck above high_water: drop; default 60 s */
   const uint8_t *heartbeat;      /* payload sent as heartbeat (copied); NULL = none */
   size_t heartbeat_len;
+  /* Called on the connection's loop just before each heartbeat goes out; it may replace
+   * the payload with fl_conn_set_heartbeat (a client reports its progress so).  NULL:
+   * the payload stays as given. */
+  void (*heartbeat_refresh)(fl_conn *c);
 } fl_conn_options;
 
 /* Fills in the defaults above. */
@@ -118,6 +122,9 @@ void fl_conn_resume(fl_conn *c);
 void fl_conn_close(fl_conn *c, const char *reason);
 
 void *fl_conn_data(const fl_conn *c);
+/* Replaces the heartbeat payload (copied; the loop's thread).  0 or FL_ENOMEM (the old
+ * payload stays). */
+int fl_conn_set_heartbeat(fl_conn *c, const uint8_t *payload, size_t len);
 void fl_conn_set_data(fl_conn *c, void *data);
 /* The peer certificate's CN ("" before the handshake). */
 const char *fl_conn_peer_id(const fl_conn *c);

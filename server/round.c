@@ -252,6 +252,9 @@ static void apply_after(uv_work_t *w, int status) {
   }
   s->r.delta_norm = j->delta_norm;
   s->model_version++;
+  if (s->frozen_ref)
+    for (size_t i = 0; i < s->n; i++)
+      if (s->frozen[i] != 0.0f) s->global[i] = s->frozen_ref[i];
   if (s->dp) {
     double server_eps;
     s->r.epsilon = srv_privacy_epsilon(s, &server_eps);
@@ -293,6 +296,7 @@ void srv_advance(server *s) {
     if (s->waiting_for_more && s->ready_events == s->ready_seen) return;
     if (s->n_ready >= (size_t)s->cfg->min_clients) {
       s->waiting_for_more = 0;
+      if (!srv_standardize_ready(s)) return;
       if (s->r.attempt == 0 && !srv_privacy_allows_round(s, s->n_ready)) {
         srv_finish_run(s, "privacy budget reached");
         return;
@@ -378,6 +382,7 @@ void srv_advance(server *s) {
     uv_timer_stop(&s->timer);
     for (client *c = s->clients; c; c = c->next) c->eval_pending = 0;
     srv_write_metrics(s, (double)(now_ms(s) - s->r.t0) / 1000.0);
+    srv_keep_best(s);
     srv_save_checkpoint(s);
     if (s->r.number >= (uint64_t)s->cfg->rounds) {
       srv_finish_run(s, "training complete");

@@ -142,8 +142,15 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     float *params = NULL;
     uint64_t id;
     size_t n;
-    rc = fl_modelfile_load(cfg->init_model, &spec, &id, &params, &n, err, errlen);
+    fl_transform tf;
+    rc = fl_modelfile_load_ex(cfg->init_model, &spec, &id, &params, &n, &tf, err, errlen);
     if (rc) goto fail;
+    if (tf.dim == fl_model_input_dim(s->model)) { /* the transform its weights expect */
+      s->tf_mean = tf.mean, s->tf_std = tf.std, s->tf_dim = tf.dim;
+      fl_info("server", "feature standardisation from %s", cfg->init_model);
+    } else {
+      fl_transform_free(&tf);
+    }
     if (id != fl_model_id(s->model) || n != s->n) {
       snprintf(err, errlen, "--init-model %s holds model '%s' (%zu parameters), but --model is '%s' (%zu parameters)",
                cfg->init_model, spec, n, fl_model_spec(s->model), s->n);
@@ -170,6 +177,31 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   fl_info("server", "strategy %s; update weights: %s, capped at %g typical rounds; update norm "
           "bound: %s", fl_strategy_spec(s->strategy), cfg->weights, cfg->max_weight_share,
           cfg->max_update_norm);
+  if (cfg->freeze) {
+    if (fl_model_is_external(s->model)) {
+      snprintf(err, errlen, "--freeze: the layers of the external model '%s' are its clients' "
+               "code's", fl_model_spec(s->model));
+      rc = FL_ECONFIG;
+      goto fail;
+    }
+    if (!(s->frozen = malloc(sizeof *s->frozen * (s->n ? s->n : 1)))) {
+      rc = FL_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+    long long nf = fl_model_freeze_mask(s->model, cfg->freeze, s->frozen, err, errlen);
+    if (nf < 0) {
+      rc = FL_ECONFIG;
+      goto fail;
+    }
+    fl_info("server", "--freeze %s: %lld of %zu parameters frozen", cfg->freeze, nf, s->n);
+  }
+  if (cfg->standardize && fl_model_is_external(s->model)) {
+    snprintf(err, errlen, "--standardize: the features of the external model '%s' are its "
+             "clients' code's to standardise", fl_model_spec(s->model));
+    rc = FL_ECONFIG;
+    goto fail;
+  }
   if (cfg->test_data && fl_model_is_external(s->model)) {
     snprintf(err, errlen, "--test-data: the server cannot evaluate the external model '%s' "
              "(its clients' code does: --fed-eval-every)", fl_model_spec(s->model));
@@ -189,6 +221,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
       goto fail;
     }
     s->have_test = 1;
+    fl_transform tf = srv_transform(s);
+    fl_transform_apply(&tf, s->test.x, s->test.n); /* --init-model's, if it has one */
     s->eval_trainer = fl_trainer_create(s->model, 256);
     if (!s->eval_trainer) {
       rc = FL_ENOMEM;
@@ -208,6 +242,14 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   if (cfg->resume) {
     rc = srv_resume(s, &s->first_round, err, errlen);
     if (rc) goto fail;
+  }
+  if (s->frozen) {
+    if (!(s->frozen_ref = malloc(sizeof *s->frozen_ref * (s->n ? s->n : 1)))) {
+      rc = FL_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+    memcpy(s->frozen_ref, s->global, sizeof *s->frozen_ref * s->n);
   }
   if (cfg->metrics) {
     s->metrics = fopen(cfg->metrics, "a");
@@ -277,6 +319,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     goto fail;
   }
   s->max_streams = STREAMS_PER_THREAD * (size_t)fl_io_threads(s->io);
+  rc = srv_status_create(s, err, errlen);
+  if (rc) goto fail;
   uv_timer_init(&s->loop, &s->timer);
   s->timer.data = s;
   uv_timer_init(&s->loop, &s->sa_timer);
@@ -318,6 +362,7 @@ int server_run(server *s) {
 
 void server_free(server *s) {
   if (!s) return;
+  srv_status_free(s); /* joins the HTTP thread (before the I/O threads it counts) */
   fl_io_free(s->io); /* joins the I/O threads */
   if (uv_loop_alive(&s->loop)) uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);
@@ -330,6 +375,9 @@ void server_free(server *s) {
   srv_downlink_free(s);
   fl_trainer_free(s->eval_trainer);
   if (s->have_test) fl_dataset_free(&s->test);
+  srv_standardize_free(s);
+  free(s->frozen);
+  free(s->frozen_ref);
   for (int i = 0; s->bufs && i < s->n_free; i++) free(s->bufs[i]);
   free(s->bufs);
   free(s->ready);

@@ -13,6 +13,7 @@
  * the reason it gave.  When a peer closes, its part in the round is settled (stream
  * abandoned, update buffer released, answer counted as dropped) before its record is
  * freed. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,13 +23,18 @@
 #include "server_internal.h"
 #include "version.h"
 
+void srv_count_sent(client *c, size_t bytes) {
+  c->srv->bytes_out += bytes;
+  if (c->srv->status) srv_status_io(c, 0, bytes);
+}
+
 int srv_send(client *c, const Fl__Envelope *env) {
   uint8_t *buf;
   size_t len;
   int rc = fl_msg_encode(env, &buf, &len);
   if (rc) return rc;
   rc = fl_peer_send(c->peer, buf, len);
-  if (rc == 0) c->srv->bytes_out += len + 4;
+  if (rc == 0) srv_count_sent(c, len + 4);
   free(buf);
   return rc;
 }
@@ -172,6 +178,7 @@ static void on_hello(client *c, const Fl__Hello *h) {
             c->uplink.enc != s->uplink.enc && !c->down_cached && s->downlink.enc != FL_ENC_FLOAT32 ? " and " : "",
             s->downlink.enc != FL_ENC_FLOAT32 && !c->down_cached ? fl_enc_name(s->downlink.enc) : "");
   c->num_samples = h->num_samples;
+  srv_standardize_hello(c, h);
   c->ready = 1;
   s->n_ready++;
   s->ready_events++;
@@ -223,6 +230,8 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   client *c = fl_peer_data(peer);
   server *s = c->srv;
   s->bytes_in += len + 4;
+  if (s->status) srv_status_io(c, len + 4, 0);
+  c->heard_ms = uv_now(&s->loop);
   if (c->closing) return;
   Fl__Envelope *env;
   int rc = fl_msg_decode(payload, len, &env);
@@ -248,7 +257,14 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_UPDATE: srv_on_update(c, env->update); break;
   case FL__ENVELOPE__BODY_CHUNK: srv_on_chunk(c, env->chunk); break;
   case FL__ENVELOPE__BODY_EVAL_RESULT: srv_on_eval_result(c, env->eval_result); break;
-  case FL__ENVELOPE__BODY_HEARTBEAT: break;
+  case FL__ENVELOPE__BODY_HEARTBEAT: { /* its progress in the current task */
+    float p = env->heartbeat->progress;
+    if (p >= 0 && p <= 1 && p != c->progress) { /* (NaN is ignored) */
+      c->progress = p;
+      fl_debug("server", "%s: %.0f%% of its task done", c->id, 100.0 * p);
+    }
+    break;
+  }
   case FL__ENVELOPE__BODY_ERROR: on_client_error(c, env->error); break;
   case FL__ENVELOPE__BODY_PARAMS: srv_on_params(c, env->params); break;
   case FL__ENVELOPE__BODY_SECAGG_KEYS: srv_secagg_on_keys(c, env->secagg_keys); break;
@@ -307,6 +323,8 @@ static void on_accepted_open(fl_peer *peer) {
   c->srv = s;
   c->peer = peer;
   c->sa_index = -1;
+  c->joined_ms = c->heard_ms = uv_now(&s->loop);
+  c->last_loss = NAN;
   c->next = s->clients;
   if (s->clients) s->clients->prev = c;
   s->clients = c;

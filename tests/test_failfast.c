@@ -359,6 +359,12 @@ Test(failfast, staged_install_and_uninstall, .timeout = 120) {
              "--config", stage, prefix, bins[i]);
     cr_assert_eq(fl_test_system(cmd), 0, "no man page for %s documenting --config", bins[i]);
   }
+  const char *more[] = {"fl-predict", "fl-export", "fl-plot"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(cmd, sizeof cmd, "man -l %s%s/share/man/man1/%s.1 2>/dev/null | grep -q '^NAME'",
+             stage, prefix, more[i]);
+    cr_assert_eq(fl_test_system(cmd), 0, "no man page for %s", more[i]);
+  }
   snprintf(p, sizeof p, "%s%s/lib/systemd/system/fl-server.service", stage, prefix);
   snprintf(cmd, sizeof cmd, "ExecStart=%s/bin/fl-server", prefix);
   cr_assert(fl_test_count(p, cmd), "%s does not start the installed fl-server", p);

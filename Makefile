@@ -4,11 +4,12 @@
 #   make test       build and run every test (unit and integration)
 #   make test-stress  the suite three times each: idle, under a CPU hog, pinned to one core
 #   make demo       the main job end to end on Fashion-MNIST
+#   make tabular    the tabular path end to end: breast-cancer table, 5 non-IID clients
 #   make bench      benchmarks, each reported against a baseline measured in the same run
 #   make bench-scale  10,000 idle TLS connections held by one server (a few minutes)
 #   make bench-robust  robust strategies against simulated attackers (10-20 minutes)
 #   make bench-compression  compressed updates and models against accuracy (10-20 minutes)
-#   make bench-privacy  secure aggregation and differential privacy against plain rounds (~10 minutes)
+#   make bench-privacy  secure aggregation and differential privacy against plain rounds (~30 minutes)
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS)
 #   make fuzz-corpus  regenerate the committed seed inputs of the frame fuzzer
 #   make certs      a CA, a server certificate and client certificates in certs/out/
@@ -46,7 +47,8 @@ GEN := build/gen
 
 DEB_PKGS := pkgconf libuv1-dev libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler \
             libopenblas-dev zlib1g-dev libinih-dev libcriterion-dev openssl \
-            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils
+            dataset-fashion-mnist clang libclang-rt-14-dev g++ binutils \
+            libmicrohttpd-dev gnuplot-nox libonnx-dev help2man
 
 PKGS := libuv libprotobuf-c zlib inih openblas
 CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -fno-strict-aliasing
@@ -59,15 +61,21 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS := $(LDFLAGS_SAN)
 LIBS = $(PKG_LIBS) -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -lm
+# fl-server alone serves HTTP (--http: server/http.c)
+HTTP_CFLAGS = $(shell pkg-config --cflags libmicrohttpd 2>/dev/null)
+HTTP_LIBS = $(shell pkg-config --libs libmicrohttpd 2>/dev/null || echo -lmicrohttpd)
 
 PROTOS      := $(wildcard proto/*.proto)
-PROTO_C     := $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS))
+# ONNX's own schema, as Debian's libonnx-dev ships it: fl-export writes ONNX through it.
+ONNX_PROTO  := /usr/include/onnx/onnx.proto
+PROTO_C     := $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS)) $(GEN)/onnx.pb-c.c
 PROTO_H     := $(PROTO_C:.c=.h)
 
 COMMON_SRCS := $(wildcard common/*.c)
 SERVER_SRCS := $(wildcard server/*.c)
 LIBCLIENT_SRCS := $(wildcard client/lib_*.c)
-CLIENT_SRCS := $(filter-out client/train_main.c $(LIBCLIENT_SRCS),$(wildcard client/*.c))
+TOOL_SRCS   := client/train_main.c client/predict_main.c client/export_main.c
+CLIENT_SRCS := $(filter-out $(TOOL_SRCS) $(LIBCLIENT_SRCS),$(wildcard client/*.c))
 TRAIN_SRCS  := $(wildcard client/train_main.c)
 TEST_SRCS   := $(wildcard tests/test_*.c tests/testutil.c tests/main.c)
 BENCH_SRCS  := $(wildcard bench/bench_*.c)
@@ -79,7 +87,7 @@ COMMON_OBJS := $(call obj,$(COMMON_SRCS)) $(patsubst $(GEN)/%.c,$(B)/obj/gen/%.o
 LIB := $(B)/libfl.a
 
 BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) \
-        $(if $(TRAIN_SRCS),$(B)/fl-train)
+        $(if $(TRAIN_SRCS),$(B)/fl-train) $(B)/fl-predict $(B)/fl-export
 
 # libflclient (client/include/fl/client.h): its own files and the part of libfl it
 # stands on (transport, protocol, model identity: the spec parser is the training core's
@@ -106,19 +114,26 @@ LIBCLIENT := $(LIBCLIENT_SO) $(B)/libflclient.so $(LIBCLIENT_A) $(B)/libflclient
              $(B)/flclient.pc
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+DATADIR ?= $(PREFIX)/share/fl
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 STAGE := $(B)/stage
 TEST_BIN := $(B)/tests/fl-tests
 BENCH_BINS := $(patsubst bench/bench_%.c,$(B)/bench-%,$(BENCH_SRCS))
 
-.PHONY: FORCE docker all deps test test-stress bench bench-robust bench-compression bench-privacy bench-scale fuzz fuzz-corpus demo certs clean install
+.PHONY: FORCE docker all deps tabular test test-stress bench bench-robust bench-compression bench-privacy bench-scale fuzz fuzz-corpus demo certs clean install uninstall man
 .DEFAULT_GOAL := all
 .SECONDARY:
-all: $(BINS) $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
+all: $(BINS) $(B)/fl-plot $(LIBCLIENT) $(TEST_BIN) $(BENCH_BINS)
 
 # make deps: cheap and silent when everything is there.  TEST_DEB_PKGS are what only the
-# tests use (launchers: Open MPI's mpirun, a one-node Slurm with munge), installed without
-# their recommendations.  kubectl is not among them: see KUBECTL below.
-TEST_DEB_PKGS := openmpi-bin slurmctld slurmd slurm-client munge
+# tests use (launchers: Open MPI's mpirun, a one-node Slurm with munge; Prometheus and
+# headless Chromium for the status page's tests; ONNX's checker and NumPy for the exported
+# models), installed without their recommendations.  kubectl is not among them: see KUBECTL below.
+TEST_DEB_PKGS := openmpi-bin slurmctld slurmd slurm-client munge prometheus chromium \
+                 python3-onnx python3-numpy
 deps:
 	@[ "$(NO_DEPS)" != 1 ] || exit 0; \
 	install_missing() { \
@@ -143,6 +158,11 @@ $(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: proto/%.proto | deps
 	$(call say,PROTOC,$<)
 	@mkdir -p $(GEN)
 	$(Q)protoc-c --proto_path=proto --c_out=$(GEN) $<
+
+$(GEN)/onnx.pb-c.c $(GEN)/onnx.pb-c.h: | deps
+	$(call say,PROTOC,$(ONNX_PROTO))
+	@mkdir -p $(GEN)
+	$(Q)protoc-c --proto_path=$(dir $(ONNX_PROTO)) --c_out=$(GEN) $(ONNX_PROTO)
 
 $(B)/obj/gen/%.o: $(GEN)/%.c $(B)/flags
 	$(call say,CC,$<)
@@ -172,9 +192,20 @@ $(LIB): $(COMMON_OBJS)
 	$(call say,AR,$@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(B)/fl-server: $(call obj,$(SERVER_SRCS)) $(LIB)
+$(call obj,server/http.c): CFLAGS_ALL += $(HTTP_CFLAGS)
+# The status page (server/status_page.html) is embedded as the C array srv_status_page.
+$(GEN)/status_page.c: server/status_page.html
+	$(call say,EMBED,$<)
+	@mkdir -p $(GEN)
+	$(Q){ echo '/* generated from $< */'; echo 'const char srv_status_page[] = {'; \
+	  od -An -v -tx1 $< | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0};'; } > $@.tmp && mv $@.tmp $@
+$(B)/fl-server: $(call obj,$(SERVER_SRCS)) $(B)/obj/gen/status_page.o $(LIB)
 	$(call say,LINK,$@)
-	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(HTTP_LIBS)
+# fl-plot (server/fl-plot): accuracy and loss per round from metrics files, with gnuplot.
+$(B)/fl-plot: server/fl-plot
+	@mkdir -p $(B)
+	$(Q)install -m 0755 $< $@
 $(B)/fl-client: $(call obj,$(CLIENT_SRCS)) $(LIBCLIENT_A) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
@@ -225,6 +256,10 @@ $(B)/flclient.pc: FORCE | deps
 $(B)/fl-train: $(call obj,$(TRAIN_SRCS)) $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
+# fl-predict and fl-export: what a finished federation's model is used for.
+$(B)/fl-%: $(B)/obj/client/%_main.o $(LIB)
+	$(call say,LINK,$@)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS)
 $(B)/bench-%: $(B)/obj/bench/bench_%.o $(LIB)
 	$(call say,LINK,$@)
 	$(Q)$(CC) -o $@ $(filter-out $(LIB),$^) $(LIB) $(LDLIBS) $(LIBS)
@@ -238,6 +273,9 @@ $(TEST_BIN): $(call obj,$(TEST_SRCS)) $(B)/obj/client/launch.o $(B)/obj/client/c
 	$(Q)$(CC) -o $@ $^ $(LDLIBS) $(LIBS) $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
 
 KUBECTL := build/tools/usr/bin/kubectl
+# The breast-cancer Wisconsin table of Debian's python3-sklearn, for the tabular example
+# (examples/tabular/run.sh) and its test: extracted from the package, not installed.
+BREAST_CANCER := build/tools/usr/lib/python3/dist-packages/sklearn/datasets/data/breast_cancer.csv
 
 # Integration tests find the binaries and test certificates through the environment.
 # tests/test_scale.c connects 1000 clients (certificates in scale-certs), under the
@@ -249,11 +287,13 @@ TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B
            FL_SCALE_CERTS=$(CURDIR)/$(B)/scale-certs FL_KUBECTL=$(CURDIR)/$(KUBECTL) \
            FL_STAGE=$(CURDIR)/$(STAGE) FL_PREFIX=$(PREFIX) FL_LIBDIR=$(LIBDIR) \
            FL_INCLUDEDIR=$(INCLUDEDIR) FL_SANITIZER=$(SANITIZER) \
+           FL_TABULAR_CSV=$(CURDIR)/$(BREAST_CANCER) \
            $(if $(SCALE_TEST_CLIENTS),FL_TEST_SCALE_CLIENTS=$(SCALE_TEST_CLIENTS)) \
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
-test: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
+test: $(BINS) $(B)/fl-plot $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) \
+      $(BREAST_CANCER) $(STAGE)/.installed
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
 
 # kubectl for the manifest tests (tests/test_kubernetes.c): Debian's kubernetes-client,
@@ -266,6 +306,20 @@ $(KUBECTL): | deps
 	  { apt-get download kubernetes-client >/dev/null 2>&1 || \
 	    { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get download kubernetes-client; }; } && \
 	  dpkg-deb -x kubernetes-client_*.deb ../tools && cd .. && rm -rf tools.tmp && touch $(CURDIR)/$@
+
+$(BREAST_CANCER): | deps
+	$(call say,UNPACK,$@)
+	$(Q)rm -rf build/sklearn.tmp && mkdir -p build/sklearn.tmp && cd build/sklearn.tmp && \
+	  { apt-get download python3-sklearn >/dev/null 2>&1 || \
+	    { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get download python3-sklearn; }; } && \
+	  dpkg-deb --fsys-tarfile python3-sklearn_*.deb | \
+	    tar -x -C ../tools ./usr/lib/python3/dist-packages/sklearn/datasets/data/breast_cancer.csv && \
+	  cd .. && rm -rf sklearn.tmp && touch $(CURDIR)/$@
+
+# The tabular path end to end (examples/tabular/run.sh): a federation of 5 non-IID
+# clients with federated standardisation against fl-train, AUC and accuracy side by side.
+tabular: $(BINS) $(BREAST_CANCER)
+	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) FL_TABULAR_CSV=$(CURDIR)/$(BREAST_CANCER) examples/tabular/run.sh
 
 # `make install` into a stage (DESTDIR): the tests build the libflclient examples against
 # it with pkg-config, as a user of the installed library would.
@@ -287,7 +341,8 @@ $(B)/scale-certs/ca.crt: certs/gen.sh | deps
 # The whole suite, again and again, on a machine made busy or small on purpose (idle, a
 # CPU hog per core, pinned to one core): tests/stress.sh.  Not part of CI's path.
 RUNS ?= 3
-test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(STAGE)/.installed
+test-stress: $(BINS) $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) $(BREAST_CANCER) \
+             $(STAGE)/.installed
 	$(Q)tests/stress.sh $(RUNS)
 
 certs: | deps
@@ -312,7 +367,7 @@ bench-robust: $(BINS) $(B)/scale-certs/ca.crt
 bench-compression: $(BINS) $(B)/scale-certs/ca.crt
 	$(Q)$(TEST_ENV) bench/compression.sh
 
-# Secure aggregation's and differential privacy's costs (bench/privacy.sh; about 10 minutes).
+# Secure aggregation's and differential privacy's costs (bench/privacy.sh; about 30 minutes).
 bench-privacy: $(BINS) $(B)/scale-certs/ca.crt
 	$(Q)$(TEST_ENV) bench/privacy.sh
 
@@ -368,22 +423,64 @@ docker:
 	$(DOCKER) build --target runtime -t fl:latest .
 	$(DOCKER) build --target demo -t fl:demo .
 
-demo: $(BINS)
+demo: $(BINS) $(B)/fl-plot
 	$(Q)FL_BIN_DIR=$(CURDIR)/$(B) examples/demo.sh
 
-install: $(BINS) $(LIBCLIENT)
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+# Man pages from each binary's --help and --version (help2man, Debian's), with a NAME line
+# each; the option tables are the one source of both.
+MAN_NAME_fl-server := federated learning aggregation server
+MAN_NAME_fl-client := federated learning client: trains on local data, sends weight deltas
+MAN_NAME_fl-train := centralized training baseline for fl models
+MAN_NAME_fl-predict := predictions of a trained fl model on a dataset
+MAN_NAME_fl-export := export a trained fl model to ONNX or NumPy
+MAN_NAME_fl-plot := accuracy and loss per round from fl-server metrics files
+FL_VERSION_STR := $(shell sed -n 's/.*define FL_VERSION "\(.*\)".*/\1/p' common/version.h)
+MANS := $(patsubst $(B)/%,$(B)/man/%.1,$(BINS) $(B)/fl-plot)
+$(B)/man/%.1: $(B)/% | deps
+	$(call say,MAN,$@)
+	$(Q)mkdir -p $(@D) && help2man --no-info --no-discard-stderr --section 1 \
+	  --version-string '$(FL_VERSION_STR)' --name '$(MAN_NAME_$*)' --output $@.tmp ./$< && \
+	  mv $@.tmp $@
+man: $(MANS)
+
+# The units and example configurations as installed: the paths they name are those of
+# this install (BINDIR, SYSCONFDIR), so they work from where they land.
+INSTALLED_SED := -e 's|/usr/local/bin|$(BINDIR)|g' -e 's|/etc/fl|$(SYSCONFDIR)/fl|g' \
+                 -e 's|certs/out/|$(SYSCONFDIR)/fl/certs/|g' -e 's|= certs/out$$|= $(SYSCONFDIR)/fl/certs|'
+EXAMPLE_INIS := $(wildcard examples/*.ini)
+INSTALLED_FILES := $(addprefix $(BINDIR)/,$(notdir $(BINS)) fl-plot) \
+  $(addprefix $(MANDIR)/man1/,$(notdir $(MANS))) \
+  $(UNITDIR)/fl-server.service $(UNITDIR)/fl-client@.service \
+  $(INCLUDEDIR)/fl/client.h $(LIBDIR)/$(notdir $(LIBCLIENT_SO)) $(LIBDIR)/libflclient.so \
+  $(LIBDIR)/$(notdir $(LIBCLIENT_A)) $(LIBDIR)/pkgconfig/flclient.pc \
+  $(addprefix $(DATADIR)/examples/,$(notdir $(EXAMPLE_INIS))) $(DATADIR)/fl.proto \
+  $(DATADIR)/gen-certs.sh
+
+# DESTDIR stages the whole tree for a packager; `make uninstall` (same PREFIX and
+# DESTDIR) removes exactly what install put there.
+install: $(BINS) $(B)/fl-plot $(LIBCLIENT) $(MANS)
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 $(BINS) $(B)/fl-plot $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(MANDIR)/man1
+	install -m 0644 $(MANS) $(DESTDIR)$(MANDIR)/man1/
 	install -d $(DESTDIR)$(INCLUDEDIR)/fl $(DESTDIR)$(LIBDIR)/pkgconfig
 	install -m 0644 $(LIBCLIENT_HEADER) $(DESTDIR)$(INCLUDEDIR)/fl/
 	install -m 0755 $(LIBCLIENT_SO) $(DESTDIR)$(LIBDIR)/
 	ln -sf $(notdir $(LIBCLIENT_SO)) $(DESTDIR)$(LIBDIR)/libflclient.so
 	install -m 0644 $(LIBCLIENT_A) $(DESTDIR)$(LIBDIR)/
 	install -m 0644 $(B)/flclient.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
-	install -d $(DESTDIR)$(PREFIX)/share/fl/examples
-	install -m 0644 examples/*.ini $(DESTDIR)$(PREFIX)/share/fl/examples/
-	install -m 0644 proto/fl.proto $(DESTDIR)$(PREFIX)/share/fl/
-	install -m 0755 certs/gen.sh $(DESTDIR)$(PREFIX)/share/fl/gen-certs.sh
+	install -d $(DESTDIR)$(UNITDIR)
+	for u in fl-server.service fl-client@.service; do \
+	  sed $(INSTALLED_SED) examples/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; done
+	install -d $(DESTDIR)$(DATADIR)/examples
+	for f in $(notdir $(EXAMPLE_INIS)); do \
+	  sed $(INSTALLED_SED) examples/$$f > $(DESTDIR)$(DATADIR)/examples/$$f && chmod 0644 $(DESTDIR)$(DATADIR)/examples/$$f; done
+	install -m 0644 proto/fl.proto $(DESTDIR)$(DATADIR)/
+	install -m 0755 certs/gen.sh $(DESTDIR)$(DATADIR)/gen-certs.sh
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED_FILES))
+	-rmdir $(DESTDIR)$(DATADIR)/examples $(DESTDIR)$(DATADIR) $(DESTDIR)$(INCLUDEDIR)/fl 2>/dev/null
 
 clean:
 	rm -rf build

@@ -6,11 +6,17 @@
 #
 # usage: certs/gen.sh [--out DIR] [--clients N] [--client-prefix P] [--days D]
 #                     [--jobs N] [--force] [--quiet] [HOSTNAME ...]
+#        certs/gen.sh [--out DIR] --revoke NAME [--revoke NAME ...]
+#        certs/gen.sh [--out DIR] --crl
+# The server certificate names localhost, 127.0.0.1, ::1 and every HOSTNAME; re-run
+# without HOSTNAME, it keeps the names it had.  --revoke adds NAME.crt (client-0007) to
+# the CA's revocation list and writes DIR/crl.pem (for fl-server --crl; send it SIGHUP
+# to reload); --crl writes it again (a CRL is valid for --days days: renew it before).
 set -euo pipefail
 
-out=certs/out clients=3 prefix=client days=825 force=0 quiet=0 hosts=()
+out=certs/out clients=3 prefix=client days=825 force=0 quiet=0 hosts=() revoke=() crl=0
 jobs=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
@@ -19,6 +25,8 @@ while [ $# -gt 0 ]; do
     --days) days=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --force) force=1; shift ;;
+    --revoke) revoke+=("$2"); shift 2 ;;
+    --crl) crl=1; shift ;;
     --quiet) quiet=1; shift ;;
     -h|--help) usage 0 ;;
     -*) echo "gen.sh: unknown option '$1'" >&2; usage 2 ;;
@@ -37,6 +45,44 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; chmod 600 "$1"; }
 
+# Revocation: an openssl ca database beside the CA (DIR/ca-db), and DIR/crl.pem.
+if [ "${#revoke[@]}" -gt 0 ] || [ "$crl" = 1 ]; then
+  [ -f "$out/ca.crt" ] && [ -f "$out/ca.key" ] ||
+    { echo "gen.sh: no CA in $out (ca.crt and ca.key) to revoke with" >&2; exit 1; }
+  mkdir -p "$out/ca-db"
+  [ -f "$out/ca-db/index.txt" ] || : > "$out/ca-db/index.txt"
+  [ -f "$out/ca-db/crlnumber" ] || echo 1000 > "$out/ca-db/crlnumber"
+  cat > "$tmp/ca.cnf" <<CNF
+[ca]
+default_ca = fl
+[fl]
+database = $out/ca-db/index.txt
+crlnumber = $out/ca-db/crlnumber
+certificate = $out/ca.crt
+private_key = $out/ca.key
+default_md = sha256
+default_crl_days = $days
+CNF
+  for name in "${revoke[@]+"${revoke[@]}"}"; do
+    crt=$out/${name%.crt}.crt
+    [ -f "$crt" ] || { echo "gen.sh: --revoke $name: no certificate $crt" >&2; exit 1; }
+    serial=$(openssl x509 -in "$crt" -noout -serial | sed 's/^serial=//')
+    if grep -q "^R.*	$serial	" "$out/ca-db/index.txt"; then
+      log "$name (serial $serial) is revoked already"
+    elif ! openssl ca -batch -config "$tmp/ca.cnf" -revoke "$crt" 2>"$tmp/revoke.err"; then
+      echo "gen.sh: revoking $name failed:" >&2; cat "$tmp/revoke.err" >&2; exit 1
+    else
+      log "revoked $name (serial $serial)"
+    fi
+  done
+  openssl ca -batch -config "$tmp/ca.cnf" -gencrl -out "$out/crl.pem.tmp" 2>"$tmp/crl.err" ||
+    { echo "gen.sh: writing the CRL failed:" >&2; cat "$tmp/crl.err" >&2; exit 1; }
+  chmod 644 "$out/crl.pem.tmp"
+  mv "$out/crl.pem.tmp" "$out/crl.pem"
+  log "CRL $out/crl.pem ($(grep -c '^R' "$out/ca-db/index.txt") revoked, valid $days days); fl-server --crl $out/crl.pem reloads it on SIGHUP"
+  exit 0
+fi
+
 if [ -f "$out/ca.crt" ] && [ "$force" != 1 ]; then
   log "keeping the existing CA in $out (use --force to replace it)"
 else
@@ -45,8 +91,23 @@ else
     -subj "/CN=fl test CA" -out "$out/ca.crt" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
   chmod 644 "$out/ca.crt"
-  rm -f "$out"/server.crt "$out"/client-*.crt
+  rm -rf "$out"/server.crt "$out"/client-*.crt "$out/ca-db" "$out/crl.pem"
   log "created CA $out/ca.crt"
+fi
+
+# Re-run without host names over a server certificate of this CA: it keeps its names.
+if [ "${#hosts[@]}" -eq 0 ] && [ -f "$out/server.crt" ]; then
+  old=$(openssl x509 -in "$out/server.crt" -noout -ext subjectAltName 2>/dev/null |
+        tail -n +2 | tr ',' '\n' | sed 's/^ *//; s/^IP Address:/IP:/' | grep -E '^(DNS|IP):' || true)
+  cn=$(openssl x509 -in "$out/server.crt" -noout -subject -nameopt RFC2253 2>/dev/null |
+       sed -n 's/^subject=.*CN=\([^,]*\).*/\1/p')
+  [ -n "$cn" ] && [ "$cn" != localhost ] && hosts+=("$cn")
+  for n in $old; do
+    v=${n#*:}
+    case "$v" in localhost|127.0.0.1|0:0:0:0:0:0:0:1|::1|"$cn") continue ;; esac
+    hosts+=("$v")
+  done
+  [ "${#hosts[@]}" -gt 0 ] && log "no host names given: keeping those of $out/server.crt (${hosts[*]})"
 fi
 
 san="DNS:localhost,IP:127.0.0.1,IP:::1"

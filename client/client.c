@@ -54,6 +54,7 @@ typedef struct job {
   const fl_model *model;
   int train;
   fl_train_config tcfg;
+  float *frozen;             /* [num_params] the server's --freeze, or NULL */
 } job;
 
 struct app {
@@ -69,6 +70,12 @@ struct app {
   fl_dataset flipped;        /* --attack labelflip: data with flipped labels (x shared) */
   fl_subset *parts, *test_parts;
   fl_model *model;           /* built from the spec the server last sent */
+  int fits;                  /* 1: --data fits model, -1: it does not (misfit says why) */
+  char misfit[400];
+  /* The server's feature standardisation, applied in place to data and test (whose
+   * raw features raw_x and raw_test keep); tf_dim 0: none applied. */
+  float *raw_x, *raw_test, *tf;
+  size_t tf_dim;
   atomic_int running;        /* jobs handed to the pool and not completed */
   int train_threads;         /* threads of each training job (--train-threads) */
   char host[256];
@@ -122,6 +129,13 @@ static int fedbn_keep(vclient *v, const fl_model *m, float *params, const float 
   return rc;
 }
 
+/* After each local epoch: the task's progress, which the heartbeats carry. */
+static void on_epoch(void *arg, uint32_t epoch, const fl_eval *train) {
+  job *j = arg;
+  (void)train;
+  fl_client_task_progress(j->task, (double)(epoch + 1) / (double)j->tcfg.epochs);
+}
+
 static void job_run(pool_job *pj) {
   job *j = (job *)pj;
   vclient *v = j->v;
@@ -143,7 +157,7 @@ static void job_run(pool_job *pj) {
     rc = FL_ENOMEM;
   } else if (j->train) {
     j->tcfg.prox_ref = j->tcfg.prox_mu > 0 ? fl_client_task_global(t) : NULL;
-    rc = fl_train(tr, params, &v->train, &j->tcfg, NULL, NULL, &ev);
+    rc = fl_train(tr, params, &v->train, &j->tcfg, on_epoch, j, &ev);
     ev.n = v->train.n; /* the update's weight: every local example */
     if (rc == 0 && fedbn) rc = fedbn_keep(v, j->model, params, fl_client_task_global(t));
     if (rc == 0 && v->attacker) attack(v, j, params, fl_client_task_global(t), fl_client_task_num_params(t));
@@ -163,12 +177,33 @@ static void job_run(pool_job *pj) {
                             : 0);
 out:
   atomic_fetch_sub(&v->a->running, 1);
+  free(j->frozen);
   free(j);
 }
 
 /* ---- the library's callbacks, on the loop thread ---- */
 
-/* Makes sure the cached model is the one the task names. */
+/* Whether --data (and --test) fit the model: its input width, and labels its head can
+ * take.  Checked once per model, over all of the data every virtual client shares. */
+static int data_fits(app *a, char *err, size_t errlen) {
+  if (!a->fits) {
+    const fl_model *m = a->model;
+    char why[300];
+    fl_subset all = {&a->data, NULL, a->data.n}, test = {&a->test, NULL, a->test.n};
+    int rc = fl_check_data(m, &all, why, sizeof why);
+    if (rc == 0 && a->have_test && (rc = fl_check_data(m, &test, why, sizeof why)) != 0)
+      snprintf(a->misfit, sizeof a->misfit, "--test %s does not fit model '%s': %s",
+               a->cfg->test, fl_model_spec(m), why);
+    else if (rc)
+      snprintf(a->misfit, sizeof a->misfit, "--data %s does not fit model '%s': %s",
+               a->cfg->data, fl_model_spec(m), why);
+    a->fits = rc ? -1 : 1;
+  }
+  return a->fits > 0 ? 0 : fl_errf(err, errlen, FL_EMISMATCH, "%s", a->misfit);
+}
+
+/* Makes sure the cached model is the one the task names.  FL_EMISMATCH when this
+ * client can never train it (the reason in err). */
 static int use_model(app *a, const char *spec, uint64_t n, char *err, size_t errlen) {
   if (!spec || !spec[0]) return fl_errf(err, errlen, FL_EPROTO, "the server named no model");
   if (!a->model || strcmp(fl_model_spec(a->model), spec) != 0) {
@@ -179,26 +214,76 @@ static int use_model(app *a, const char *spec, uint64_t n, char *err, size_t err
     if (rc) return rc;
     fl_model_free(a->model);
     a->model = m;
+    a->fits = 0;
   }
   if (fl_model_is_external(a->model))
     return fl_errf(err, errlen, FL_EMISMATCH,
                    "'%s' is an external model: fl-client trains models of the training core "
                    "only (an application built on libflclient trains it)", spec);
   if (fl_model_num_params(a->model) != n)
-    return fl_errf(err, errlen, FL_EMISMATCH,
+    return fl_errf(err, errlen, FL_EPROTO,
                    "the task has %llu parameters, but spec '%s' gives %zu", (unsigned long long)n,
                    spec, fl_model_num_params(a->model));
   if (fl_model_input_dim(a->model) != a->data.dim)
-    return fl_errf(err, errlen, FL_EMISMATCH, "model '%s' takes %zu features, but the local data has %zu",
-                   spec, fl_model_input_dim(a->model), a->data.dim);
+    return fl_errf(err, errlen, FL_EMISMATCH, "model '%s' takes %zu features, but --data %s "
+                   "has %zu", spec, fl_model_input_dim(a->model), a->cfg->data, a->data.dim);
+  return data_fits(a, err, errlen);
+}
+
+static void standardize(float *x, const float *raw, size_t n, size_t dim, const float *mean,
+                        const float *std) {
+  for (size_t i = 0; i < n * dim; i++) {
+    size_t j = i % dim;
+    x[i] = dim && std ? (raw[i] - mean[j]) / std[j] : raw[i];
+  }
+}
+
+/* The task's feature standardisation (fl-server --standardize) on the local data: the
+ * same for every task of a run, so it is applied once, in place, while no job runs (the
+ * raw features are kept to apply another after a server's restart). */
+static int use_transform(app *a, fl_client_task *t, char *err, size_t errlen) {
+  const float *mean, *std;
+  size_t dim = fl_client_task_feature_transform(t, &mean, &std);
+  if (dim == a->tf_dim && (!dim || (memcmp(a->tf, mean, dim * sizeof *mean) == 0 &&
+                                    memcmp(a->tf + dim, std, dim * sizeof *std) == 0)))
+    return 0;
+  if (dim && dim != a->data.dim)
+    return fl_errf(err, errlen, FL_EMISMATCH, "the server standardises %zu features, the local "
+                   "data has %zu", dim, a->data.dim);
+  if (atomic_load(&a->running) > 0)
+    return fl_errf(err, errlen, FL_ESTATE, "feature standardisation changed while other "
+                   "clients still train");
+  size_t nx = a->data.n * a->data.dim, nt = a->have_test ? a->test.n * a->test.dim : 0;
+  if (!a->raw_x) {
+    if (!(a->raw_x = malloc(sizeof(float) * (nx ? nx : 1))) ||
+        (nt && !(a->raw_test = malloc(sizeof(float) * nt))))
+      return fl_errf(err, errlen, FL_ENOMEM, "out of memory for the raw features");
+    memcpy(a->raw_x, a->data.x, sizeof(float) * nx);
+    if (nt) memcpy(a->raw_test, a->test.x, sizeof(float) * nt);
+  }
+  float *tf = dim ? malloc(sizeof(float) * 2 * dim) : NULL;
+  if (dim && !tf) return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
+  if (dim) {
+    memcpy(tf, mean, sizeof(float) * dim);
+    memcpy(tf + dim, std, sizeof(float) * dim);
+  }
+  free(a->tf);
+  a->tf = tf;
+  a->tf_dim = dim;
+  standardize(a->data.x, a->raw_x, a->data.n, a->data.dim, tf, tf ? tf + dim : NULL);
+  if (nt) standardize(a->test.x, a->raw_test, a->test.n, a->test.dim, tf, tf ? tf + dim : NULL);
+  if (dim) fl_info("client", "features standardised with the federation's means and deviations");
   return 0;
 }
 
-static int submit(vclient *v, fl_client_task *t, int train, const fl_train_config *tcfg) {
+static int submit(vclient *v, fl_client_task *t, int train, const fl_train_config *tcfg,
+                  const char *freeze) {
   app *a = v->a;
   char err[512];
   int rc = use_model(a, fl_client_task_model(t), fl_client_task_num_params(t), err, sizeof err);
-  if (rc) return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "%s", err);
+  if (rc == 0) rc = use_transform(a, t, err, sizeof err);
+  if (rc) return fl_client_task_error(t, rc == FL_EMISMATCH ? FL_CLIENT_EINCOMPATIBLE
+                                                            : FL_CLIENT_ECALLBACK, "%s", err);
   job *j = calloc(1, sizeof *j);
   if (!j) return fl_client_task_error(t, FL_CLIENT_ENOMEM, "out of memory");
   j->base.run = job_run;
@@ -207,6 +292,20 @@ static int submit(vclient *v, fl_client_task *t, int train, const fl_train_confi
   j->model = a->model;
   j->train = train;
   if (tcfg) j->tcfg = *tcfg;
+  if (freeze && freeze[0]) { /* the server's --freeze: those layers are not trained */
+    size_t P = fl_model_num_params(a->model);
+    j->frozen = malloc(sizeof *j->frozen * (P ? P : 1));
+    if (!j->frozen) {
+      free(j);
+      return fl_client_task_error(t, FL_CLIENT_ENOMEM, "out of memory");
+    }
+    if (fl_model_freeze_mask(a->model, freeze, j->frozen, err, sizeof err) < 0) {
+      free(j->frozen);
+      free(j);
+      return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "%s", err);
+    }
+    j->tcfg.frozen = j->frozen;
+  }
   atomic_fetch_add(&a->running, 1);
   pool_submit(&a->workers, &j->base);
   return FL_CLIENT_PENDING;
@@ -241,11 +340,11 @@ static int on_fit(fl_client *fc, fl_client_task *t) {
   /* Every client of a round trains with its own seed, derived from the round's. */
   tcfg.seed = fl_seed_mix(k->seed, (uint64_t)(v->partition >= 0 ? v->partition : v->index));
   fl_debug(v->name, "round %llu: training", (unsigned long long)k->round);
-  return submit(v, t, 1, &tcfg);
+  return submit(v, t, 1, &tcfg, k->freeze);
 }
 
 static int on_evaluate(fl_client *fc, fl_client_task *t) {
-  return submit(fl_client_get_data(fc), t, 0, NULL);
+  return submit(fl_client_get_data(fc), t, 0, NULL, NULL);
 }
 
 static void on_log(fl_client *fc, int level, const char *msg) {
@@ -283,6 +382,11 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---- set-up ---- */
 
+/* --partition splits --data ("none" shares all of it, as no --partition does). */
+static int partitioned(const client_config *cfg) {
+  return cfg->partition && strcmp(cfg->partition, "none") != 0;
+}
+
 static int load_data(app *a, char *err, size_t errlen) {
   const client_config *cfg = a->cfg;
   int rc = fl_dataset_load(&a->data, cfg->data, err, errlen);
@@ -298,7 +402,7 @@ static int load_data(app *a, char *err, size_t errlen) {
       return FL_EMISMATCH;
     }
   }
-  if (cfg->partition) {
+  if (partitioned(cfg)) {
     size_t parts = (size_t)(cfg->num_partitions ? cfg->num_partitions : cfg->clients);
     rc = fl_partition(&a->data, cfg->partition, parts, cfg->seed, &a->parts, err, errlen);
     if (rc) return rc;
@@ -316,7 +420,7 @@ static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
   if (uv_mutex_init(&v->bn_lock) != 0) return fl_errf(err, errlen, FL_ENOMEM, "cannot create a lock");
   v->a = a; /* from here on app_free destroys the lock */
   v->index = i;
-  v->partition = cfg->partition ? cfg->partition_index + i : -1;
+  v->partition = partitioned(cfg) ? cfg->partition_index + i : -1;
   char cert[1024], key[1024];
   if (cfg->cert) {
     snprintf(cert, sizeof cert, "%s", cfg->cert);
@@ -350,6 +454,23 @@ static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
   if (rc) return fl_errf(err, errlen, FL_ENOMEM, "%s", fl_client_strerror(rc));
   fl_client *fc = v->fc;
   fl_client_set_data(fc, v);
+  if (cfg->share_feature_stats) { /* this client's own training samples */
+    size_t dim = a->data.dim;
+    double *sum = calloc(dim ? dim : 1, sizeof *sum), *sq = calloc(dim ? dim : 1, sizeof *sq);
+    if (!sum || !sq) {
+      free(sum);
+      free(sq);
+      return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < v->train.n; i++) {
+      const float *row = a->data.x + (size_t)(v->train.idx ? v->train.idx[i] : i) * dim;
+      for (size_t j = 0; j < dim; j++) sum[j] += row[j], sq[j] += (double)row[j] * row[j];
+    }
+    rc = fl_client_set_feature_stats(fc, v->train.n, sum, sq, dim);
+    free(sum);
+    free(sq);
+    if (rc) return fl_errf(err, errlen, FL_ECONFIG, "%s: %s", v->name, fl_client_errmsg(fc));
+  }
   if ((rc = fl_client_set_server(fc, cfg->server)) != 0 ||
       (rc = fl_client_set_tls(fc, cfg->ca, cert, key, cfg->server_name)) != 0 ||
       (rc = fl_client_set_name(fc, v->name)) != 0 ||
@@ -434,11 +555,20 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
   a->sigint.data = a->sigterm.data = a;
   uv_signal_start(&a->sigint, on_signal, SIGINT);
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);
+  char split[160] = "";
+  if (partitioned(cfg)) {
+    int parts = cfg->num_partitions ? cfg->num_partitions : cfg->clients;
+    size_t mine = 0;
+    for (int i = 0; i < a->n; i++) mine += a->vcs[i].train.n;
+    snprintf(split, sizeof split, " (partitions %d..%d of %d by %s: %zu of them)",
+             cfg->partition_index, cfg->partition_index + a->n - 1, parts, cfg->partition, mine);
+  } else if (a->n > 1) {
+    snprintf(split, sizeof split, " (--partition none: each client trains on all of them)");
+  }
   fl_info("client", "%d client%s, %zu training samples%s, %d worker%s of %d training thread%s%s, "
-          "server %s", a->n, a->n == 1 ? "" : "s", a->data.n,
-          cfg->partition ? " (partitioned)" : "", workers, workers == 1 ? "" : "s",
-          a->train_threads, a->train_threads == 1 ? "" : "s", cfg->fedbn ? ", FedBN" : "",
-          cfg->server);
+          "server %s", a->n, a->n == 1 ? "" : "s", a->data.n, split, workers,
+          workers == 1 ? "" : "s", a->train_threads, a->train_threads == 1 ? "" : "s",
+          cfg->fedbn ? ", FedBN" : "", cfg->server);
   *out = a;
   return 0;
 fail:
@@ -487,5 +617,8 @@ void app_free(app *a) {
   free(a->flipped.y); /* its x is data's */
   if (a->have_test) fl_dataset_free(&a->test);
   fl_model_free(a->model);
+  free(a->raw_x);
+  free(a->raw_test);
+  free(a->tf);
   free(a);
 }

@@ -17,6 +17,7 @@ const fl_option client_options[] = {
   O("clients", "client", FL_OPTT_INT, clients, "1", "N", "virtual clients in this process, each with its own connection, identity and data", 1, 1000000),
   O("workers", "client", FL_OPTT_INT, workers, "0", "N", "virtual clients training at once (0 = one per core, at most --clients)", 0, 1024),
   O("train-threads", "client", FL_OPTT_INT, train_threads, "0", "N", "threads each training job splits its batches over (0 = the cores divided by the workers: all of them for one client, 1 in a simulation)", 0, 1024),
+  O("share-feature-stats", "client", FL_OPTT_BOOL, share_feature_stats, "false", NULL, "send the count, sum and sum of squares of each feature of the local training data when joining (no sample), for a server that standardises features (fl-server --standardize)", 0, 0),
   O("fedbn", "client", FL_OPTT_BOOL, fedbn, "false", NULL, "FedBN: keep the model's batchnorm layers local (this client's own scale, shift and statistics; their delta is zero)", 0, 0),
   O("log-level", "client", FL_OPTT_LOGLEVEL, log_level, "info", "LEVEL", "debug, info, warn or error", 0, 0),
   O("max-retries", "client", FL_OPTT_INT, max_retries, "20", "N", "failed connection attempts in a row before a client gives up", 0, 1000000),
@@ -33,7 +34,7 @@ const fl_option client_options[] = {
   O("data", "data", FL_OPTT_STR, data, NULL, "DATA", "training data: a CSV (FILE or FILE:LABEL_COLUMN), IMAGES,LABELS (IDX), or fashion-mnist:train", 0, 0),
   O("test", "data", FL_OPTT_STR, test, NULL, "DATA", "local test data for federated evaluation (default: the training data)", 0, 0),
   O("max-samples", "data", FL_OPTT_U64, max_samples, "0", "N", "use only the first N samples of --data and --test (0 = all)", 0, 1e15),
-  O("partition", "data", FL_OPTT_STR, partition, NULL, "SCHEME", "simulate: train on one partition of --data (iid, shards:S, dirichlet:A, quantity:A)", 0, 0),
+  O("partition", "data", FL_OPTT_STR, partition, NULL, "SCHEME", "simulate: each virtual client trains on one partition of --data (iid, shards:S, dirichlet:A, quantity:A; none: each on all of it); needed with --clients N > 1, and a real client leaves it out", 0, 0),
   O("num-partitions", "data", FL_OPTT_INT_AUTO, num_partitions, "0", "N|auto", "partitions of --data (default: --clients; auto: processes of the launch x clients)", 0, 10000000),
   O("partition-index", "data", FL_OPTT_INT_AUTO, partition_index, "0", "I|auto", "partition of the first virtual client (client k trains on I+k; auto: rank x clients, the rank from OMPI_COMM_WORLD_RANK, PMI_RANK, SLURM_PROCID or JOB_COMPLETION_INDEX)", 0, 10000000),
   O("seed", "data", FL_OPTT_U64, seed, "1", "N", "partitioning seed (the same on every client of a simulation)", 0, 0),
@@ -62,6 +63,18 @@ int client_config_check(const client_config *c, char *err, size_t errlen) {
   }
   if (c->cert && c->clients > 1) {
     snprintf(err, errlen, "--cert names one identity; with --clients %d use --certs-dir", c->clients);
+    return FL_ECONFIG;
+  }
+  int shared = c->partition && strcmp(c->partition, "none") == 0;
+  if (c->clients > 1 && !c->partition) {
+    snprintf(err, errlen, "--clients %d without --partition: every virtual client would train on "
+             "all of --data; split it (--partition iid, shards:S, dirichlet:ALPHA or "
+             "quantity:ALPHA), or give --partition none to share it on purpose", c->clients);
+    return FL_ECONFIG;
+  }
+  if (shared && (c->num_partitions || c->partition_index || c->attack)) {
+    snprintf(err, errlen, "--partition none shares all of --data: no --num-partitions, "
+             "--partition-index or --attack with it");
     return FL_ECONFIG;
   }
   int parts = c->num_partitions ? c->num_partitions : c->clients;

@@ -41,6 +41,8 @@ int fl_client_free(fl_client *c) {
   fl_tls_config_free(c->tls);
   free(c->host);
   free(c->model_spec);
+  free(c->fs_sum);
+  free(c->fs_sq);
   free(c->server_spec);
   free(c->residual);
   flc__secagg_reset(c);
@@ -168,6 +170,30 @@ int fl_client_set_model_spec(fl_client *c, const char *spec) {
 int fl_client_set_num_examples(fl_client *c, uint64_t n) {
   CONFIGURABLE(c, "fl_client_set_num_examples");
   c->num_examples = n;
+  return 0;
+}
+
+int fl_client_set_feature_stats(fl_client *c, uint64_t count, const double *sum,
+                                const double *sum_sq, size_t dim) {
+  CONFIGURABLE(c, "fl_client_set_feature_stats");
+  if (!count || !dim || !sum || !sum_sq || dim > ((size_t)1 << 24))
+    return flc__errf(c, FL_CLIENT_EINVAL, "fl_client_set_feature_stats: count and dim must "
+                     "be 1 or more (dim at most 2^24), sum and sum_sq given");
+  for (size_t j = 0; j < dim; j++)
+    if (!isfinite(sum[j]) || !isfinite(sum_sq[j]) || sum_sq[j] < 0)
+      return flc__errf(c, FL_CLIENT_EINVAL, "fl_client_set_feature_stats: feature %zu: sum "
+                       "%g, sum of squares %g", j, sum[j], sum_sq[j]);
+  double *s = malloc(sizeof *s * dim), *q = malloc(sizeof *q * dim);
+  if (!s || !q) {
+    free(s);
+    free(q);
+    return flc__errf(c, FL_CLIENT_ENOMEM, "fl_client_set_feature_stats: out of memory");
+  }
+  memcpy(s, sum, sizeof *s * dim);
+  memcpy(q, sum_sq, sizeof *q * dim);
+  free(c->fs_sum);
+  free(c->fs_sq);
+  c->fs_sum = s, c->fs_sq = q, c->fs_dim = dim, c->fs_count = count;
   return 0;
 }
 

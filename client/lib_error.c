@@ -69,7 +69,8 @@ int flc__code(int fl_err) {
   case FL_ENONFINITE: return FL_CLIENT_ENONFINITE;
   case FL_ESTATE: return FL_CLIENT_ESTATE;
   case FL_ETLS:
-  case FL_ECERT: return FL_CLIENT_ETLS;
+  case FL_ECERT:
+  case FL_ECERTREFUSED: return FL_CLIENT_ETLS;
   case FL_ECONFIG: return FL_CLIENT_ECONFIG;
   case FL_EPROTO:
   case FL_EFORMAT:

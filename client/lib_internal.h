@@ -54,6 +54,7 @@ struct fl_client_task {
   char *model;               /* the model's spec, as fl_client_task_model gives it */
   fl_client_fit_config cfg;
   char optimizer[32];
+  char *freeze;              /* cfg.freeze, owned */
   flc_extra *extra;          /* [n_extra] the strategy's settings */
   size_t n_extra;
   float *global;             /* [n] the model as received (fit, evaluate); NULL after */
@@ -63,6 +64,8 @@ struct fl_client_task {
   fl_tensor_tx tx;
   int go;                    /* the answer's tensor may be sent (Proceed came) */
   fl_client_metrics metrics;
+  float *fmean, *fstd;       /* [fdim] the server's feature standardisation, or NULL */
+  size_t fdim;
   atomic_int cancelled;
   int status;
   char reason[256];          /* fl_client_task_error's */
@@ -87,6 +90,9 @@ struct fl_client {
   int port;
   fl_tls_config *tls;
   char *model_spec;          /* declared, canonical; NULL when none */
+  double *fs_sum, *fs_sq;    /* [fs_dim] feature statistics for the Hello, or NULL */
+  size_t fs_dim;
+  uint64_t fs_count;
   uint64_t model_id, num_params;
   uint64_t num_examples;
   unsigned max_retries;
@@ -111,6 +117,9 @@ struct fl_client {
   fl_conn_options copt;
   uint8_t *heartbeat_msg;
   size_t heartbeat_len;
+  atomic_uint progress;      /* the task's fraction done, in millionths (any thread) */
+  unsigned progress_sent;    /* what the heartbeat payload carries (the loop's) */
+  uint64_t heartbeat_seq;
   fl_conn *conn;
   uint64_t gen;              /* bumps with every connection */
   unsigned attempts;
@@ -160,6 +169,9 @@ void flc__send_error(fl_client *c, Fl__ErrorCode code, const char *reason, uint6
                      Fl__TaskKind task);
 void flc__start_connect(fl_client *c);
 void flc__maybe_finished(fl_client *c);
+/* Ends the run with status (errmsg set by the caller): the connection closes once what
+ * is queued on it is sent. */
+void flc__finish(fl_client *c, int status);
 
 /* lib_task.c */
 void flc__on_train_task(fl_client *c, const Fl__TrainTask *t);

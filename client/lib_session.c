@@ -3,7 +3,9 @@
  * The client connects (through its throttle, if it has one), says Hello with the model it
  * declares, and once Welcome comes does what the server asks (lib_task.c).  A failed
  * connection is retried after base * 2^attempt seconds (at most max, jittered between half
- * and all of it) until max_retries attempts in a row failed; Done with reconnect_after
+ * and all of it) until max_retries attempts in a row failed, unless a certificate was
+ * refused (by either side: another CA, a name the server's certificate does not carry,
+ * revoked, expired), which no retry fixes: the run ends at once with the reason; Done with reconnect_after
  * comes back after that long, spread over [1, 1.5] times it so that a restarted server is
  * not met by every client in the same instant; Done without it ends the run.
  *
@@ -79,6 +81,14 @@ static void on_open(fl_conn *conn) {
   h.num_samples = c->num_examples;
   h.n_capabilities = ncaps;
   h.capabilities = caps;
+  Fl__FeatureStats fs = FL__FEATURE_STATS__INIT;
+  if (c->fs_dim) {
+    fs.count = c->fs_count;
+    fs.n_sum = fs.n_sum_sq = c->fs_dim;
+    fs.sum = c->fs_sum;
+    fs.sum_sq = c->fs_sq;
+    h.feature_stats = &fs;
+  }
   if (c->model_spec) {
     h.model_spec = c->model_spec;
     h.model_id = c->model_id;
@@ -136,6 +146,9 @@ static void on_server_error(fl_client *c, const Fl__Error *e) {
   } else if (e->code == FL__ERROR_CODE__ERROR_MODEL) {
     flc__errf(c, FL_CLIENT_EMODEL, "the server refused this client's model: %s", reason);
     finish(c, FL_CLIENT_EMODEL);
+  } else if (e->code == FL__ERROR_CODE__ERROR_INCOMPATIBLE) {
+    flc__errf(c, FL_CLIENT_EINCOMPATIBLE, "the server refuses this client: %s", reason);
+    finish(c, FL_CLIENT_EINCOMPATIBLE);
   } else if (e->code == FL__ERROR_CODE__ERROR_REFUSED && c->tx) {
     flc__task_free(c->tx); /* the refused update: nothing more of it is sent */
     c->tx = NULL;
@@ -225,9 +238,30 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
     return;
   }
   if (c->state == FLC_BACKOFF) return; /* already scheduled (Done with reconnect) */
+  if (err == FL_ECERT || err == FL_ECERTREFUSED) {
+    /* A certificate the server or this client refuses stays refused: no retrying. */
+    flc__errf(c, FL_CLIENT_ETLS, "cannot connect to %s:%d: %s", c->host, c->port,
+              reason ? reason : fl_strerror(err));
+    flc__log(c, FL_CLIENT_LOG_DEBUG, "a certificate was refused: no retrying");
+    finish(c, FL_CLIENT_ETLS);
+    return;
+  }
   flc__log(c, FL_CLIENT_LOG_WARN, "connection to %s:%d lost: %s%s%s", c->host, c->port,
            reason ? reason : "closed", err ? ": " : "", err ? fl_strerror(err) : "");
   schedule_reconnect(c, -1);
+}
+
+/* Before each heartbeat: the payload carries the task's progress, re-encoded only when it
+ * moved (the application reports it from any thread: fl_client_task_progress). */
+static void refresh_heartbeat(fl_conn *conn) {
+  fl_client *c = fl_conn_data(conn);
+  unsigned p = atomic_load(&c->progress);
+  if (p == c->progress_sent) return;
+  uint8_t *buf;
+  size_t len;
+  if (fl_msg_heartbeat(++c->heartbeat_seq, (float)(p / 1e6), &buf, &len) != 0) return;
+  if (fl_conn_set_heartbeat(conn, buf, len) == 0) c->progress_sent = p;
+  free(buf);
 }
 
 static const fl_conn_callbacks conn_callbacks = {on_open, on_frame, on_drain, on_close};
@@ -236,6 +270,7 @@ static const fl_conn_callbacks conn_callbacks = {on_open, on_frame, on_drain, on
 void flc__start_connect(fl_client *c) {
   c->state = FLC_CONNECTING;
   c->gen++;
+  c->progress_sent = 0; /* the new connection's heartbeat is copt's: progress 0 */
   int rc = fl_connect(c->loop, c->tls, c->host, c->port, &c->copt, &conn_callbacks, c, &c->conn);
   if (rc == 0) {
     c->handshaking = c->conn;
@@ -299,6 +334,8 @@ static void finish(fl_client *c, int status) {
   }
   flc__maybe_finished(c);
 }
+
+void flc__finish(fl_client *c, int status) { finish(c, status); }
 
 static void on_handle_closed(uv_handle_t *h) {
   fl_client *c = h->data;
@@ -380,6 +417,9 @@ int fl_client_start(fl_client *c, uv_loop_t *loop) {
     return flc__errf(c, FL_CLIENT_ENOMEM, "out of memory");
   c->copt.heartbeat = c->heartbeat_msg;
   c->copt.heartbeat_len = c->heartbeat_len;
+  c->copt.heartbeat_refresh = refresh_heartbeat;
+  c->progress_sent = 0;
+  atomic_store(&c->progress, 0);
   if (uv_timer_init(loop, &c->retry) != 0 || uv_async_init(loop, &c->async, on_async) != 0) {
     free(c->heartbeat_msg);
     c->heartbeat_msg = NULL;

@@ -42,7 +42,43 @@ void flc__task_free(fl_client_task *t) {
   for (size_t i = 0; i < t->n_extra; i++) free(t->extra[i].key);
   free(t->extra);
   free(t->model);
+  free(t->fmean);
+  free(t->freeze);
   free(t);
+}
+
+/* The server's feature standardisation into the task: 0, or -1 with the reason in why
+ * (lengths that differ, a value that is not finite, a deviation that is not positive). */
+static int take_transform(fl_client_task *t, size_t n_mean, const float *mean, size_t n_std,
+                          const float *std, char *why, size_t whylen) {
+  if (!n_mean && !n_std) return 0;
+  if (n_mean != n_std) {
+    snprintf(why, whylen, "feature standardisation with %zu means and %zu deviations", n_mean,
+             n_std);
+    return -1;
+  }
+  for (size_t j = 0; j < n_mean; j++)
+    if (!isfinite(mean[j]) || !isfinite(std[j]) || !(std[j] > 0)) {
+      snprintf(why, whylen, "feature standardisation: feature %zu has mean %g and deviation %g",
+               j, (double)mean[j], (double)std[j]);
+      return -1;
+    }
+  if (!(t->fmean = malloc(sizeof(float) * 2 * n_mean))) {
+    snprintf(why, whylen, "out of memory");
+    return -1;
+  }
+  t->fstd = t->fmean + n_mean;
+  memcpy(t->fmean, mean, sizeof(float) * n_mean);
+  memcpy(t->fstd, std, sizeof(float) * n_mean);
+  t->fdim = n_mean;
+  return 0;
+}
+
+size_t fl_client_task_feature_transform(const fl_client_task *t, const float **mean,
+                                        const float **std) {
+  *mean = t->fmean;
+  *std = t->fstd;
+  return t->fdim;
 }
 
 static fl_client_task *task_new(fl_client *c, int kind, uint64_t round, uint64_t model_id,
@@ -64,6 +100,7 @@ static fl_client_task *task_new(fl_client *c, int kind, uint64_t round, uint64_t
   t->n = n;
   t->cfg.round = round;
   t->cfg.optimizer = t->optimizer;
+  t->cfg.freeze = "";
   t->metrics.loss = t->metrics.accuracy = t->metrics.auc = t->metrics.seconds = NAN;
   atomic_init(&t->cancelled, 0);
   return t;
@@ -146,6 +183,7 @@ void flc__on_train_task(fl_client *c, const Fl__TrainTask *m) {
     t->cfg.batch_size = k->batch_size;
     t->cfg.lr = k->lr;
     snprintf(t->optimizer, sizeof t->optimizer, "%s", k->optimizer ? k->optimizer : "");
+    if ((t->freeze = strdup(k->freeze ? k->freeze : ""))) t->cfg.freeze = t->freeze;
     t->cfg.momentum = k->momentum;
     t->cfg.weight_decay = k->weight_decay;
     t->cfg.prox_mu = k->prox_mu;
@@ -167,6 +205,12 @@ void flc__on_train_task(fl_client *c, const Fl__TrainTask *m) {
   if (!t) {
     refuse_task(c, FL_CLIENT_TASK_FIT, m->round, m->num_params,
                 "out of memory for a model of %" PRIu64 " parameters", m->num_params);
+    return;
+  }
+  if (take_transform(t, m->n_feature_mean, m->feature_mean, m->n_feature_std, m->feature_std,
+                     why, sizeof why) != 0) {
+    flc__task_free(t);
+    refuse_task(c, FL_CLIENT_TASK_FIT, m->round, m->num_params, "%s", why);
     return;
   }
   begin_receive(c, t, (int)m->encoding);
@@ -197,6 +241,12 @@ void flc__on_eval_task(fl_client *c, const Fl__EvalTask *m) {
                                m->num_params, c->model_spec ? c->model_spec : c->server_spec);
   if (!t) {
     refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params, "out of memory");
+    return;
+  }
+  if (take_transform(t, m->n_feature_mean, m->feature_mean, m->n_feature_std, m->feature_std,
+                     why, sizeof why) != 0) {
+    flc__task_free(t);
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params, "%s", why);
     return;
   }
   begin_receive(c, t, (int)m->encoding);
@@ -280,6 +330,7 @@ static void complete(fl_client_task *t, int status) {
   fl_client *c = t->c;
   t->seconds = (double)(uv_hrtime() - t->t0) * 1e-9;
   t->status = status;
+  atomic_store(&c->progress, 1000000u);
   pthread_mutex_lock(&c->mu);
   t->next = c->done;
   c->done = t;
@@ -309,6 +360,7 @@ static void *task_thread(void *arg) {
 static void dispatch(fl_client *c, fl_client_task *t) {
   c->active = t;
   t->t0 = uv_hrtime();
+  atomic_store(&c->progress, 0);
   if (c->threading == FL_CLIENT_THREAD_WORKER) {
     if (pthread_create(&t->thread, NULL, task_thread, t) == 0) {
       t->threaded = 1;
@@ -449,6 +501,16 @@ static void answer(fl_client *c, fl_client_task *t) {
     flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": the %s result is no longer wanted",
              t->round, task_what(t->kind));
     flc__task_free(t);
+    return;
+  }
+  if (t->status == FL_CLIENT_EINCOMPATIBLE) {
+    const char *why = t->reason[0] ? t->reason : fl_client_strerror(t->status);
+    flc__errf(c, FL_CLIENT_EINCOMPATIBLE, "cannot train the server's model: %s", why);
+    flc__log(c, FL_CLIENT_LOG_WARN, "round %" PRIu64 ": cannot train the server's model; "
+             "telling the server and stopping", t->round);
+    flc__send_error(c, FL__ERROR_CODE__ERROR_INCOMPATIBLE, why, t->round, wire_kind(t->kind));
+    flc__task_free(t);
+    flc__finish(c, FL_CLIENT_EINCOMPATIBLE);
     return;
   }
   if (t->status != 0) {
@@ -615,6 +677,13 @@ const float *fl_client_task_global(const fl_client_task *t) { return t->global; 
 fl_client_metrics *fl_client_task_metrics(fl_client_task *t) { return &t->metrics; }
 int fl_client_task_cancelled(const fl_client_task *t) {
   return atomic_load(&((fl_client_task *)t)->cancelled);
+}
+
+void fl_client_task_progress(fl_client_task *t, double fraction) {
+  if (!t) return;
+  if (!(fraction >= 0)) fraction = 0; /* NaN too */
+  if (fraction > 1) fraction = 1;
+  atomic_store(&t->c->progress, (unsigned)(fraction * 1e6 + 0.5));
 }
 
 double fl_client_task_extra(const fl_client_task *t, const char *key, double dflt) {

@@ -3,8 +3,8 @@
  * accuracy, and optionally saves the model file. */
 #include <cblas.h>
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,94 +15,99 @@
 #include "log.h"
 #include "model.h"
 #include "modelfile.h"
+#include "options.h"
 #include "train.h"
 
-static const char usage[] =
-    "usage: fl-train [options]\n"
-    "Trains a model centrally (the baseline for federated runs) and reports accuracy.\n"
-    "\n"
-    "  --model SPEC|PRESET  model spec or preset: logreg, logreg:D:C, 2nn, cnn, mlp64, or\n"
-    "                       tokens such as 'in:784 dense:200 relu dense:10 softmax'\n"
-    "                       (default 2nn)\n"
-    "  --data SPEC          training data for fl_dataset_load: fashion-mnist:train, a.csv,\n"
-    "                       a.csv:COLUMN or IMAGES,LABELS (default fashion-mnist:train)\n"
-    "  --test SPEC          test data, or 'none' (default fashion-mnist:test)\n"
-    "  --epochs N           passes over the training data (default 10)\n"
-    "  --batch N            mini-batch size (default 64)\n"
-    "  --lr X               learning rate (default 0.05)\n"
-    "  --optimizer NAME     sgd, momentum, nesterov, adam, adamw (default sgd)\n"
-    "  --momentum X         SGD momentum in [0, 1) (default 0, 0.9 for momentum/nesterov)\n"
-    "  --weight-decay X     L2 weight decay; decoupled for adamw (default 0)\n"
-    "  --seed N             seed for initialisation, shuffling, dropout, split (default 1)\n"
-    "  --val-split X        fraction in [0, 1) of the training data held out for\n"
-    "                       validation (default 0)\n"
-    "  --standardize        standardise features with the training part's mean and std\n"
-    "  --threads N          training threads, each step's batch split over them (default\n"
-    "                       0: one per core); the same count gives bit-identical reruns\n"
-    "  --out FILE           save the trained model file here\n"
-    "  --log-level LEVEL    debug, info, warn, error, off (default info)\n"
-    "  --help               this text\n"
-    "\n"
-    "Prints one line per epoch (train loss/accuracy as running means over the epoch,\n"
-    "validation and test after it, seconds) and ends with 'final test accuracy: X'.\n";
+/* fl-train's options: the same table-driven flags and INI file (--config) as fl-server
+ * and fl-client, so a setting has one name everywhere (--batch-size, not --batch). */
+typedef struct train_options {
+  char *model, *init, *freeze, *data, *test, *out, *optimizer, *momentum, *log_level;
+  int epochs, batch_size, threads, standardize;
+  double lr, weight_decay, val_split;
+  unsigned long long seed;
+} train_options;
 
-enum { OPT_MODEL = 256, OPT_DATA, OPT_TEST, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_OPTIMIZER,
-       OPT_MOMENTUM, OPT_WD, OPT_SEED, OPT_VAL, OPT_STD, OPT_THREADS, OPT_OUT, OPT_LOG,
-       OPT_HELP };
+#define O(name, sec, type, field, def, arg, help, lo, hi) \
+  {name, sec, type, offsetof(train_options, field), def, arg, help, lo, hi}
 
-static const struct option options[] = {
-    {"model", required_argument, NULL, OPT_MODEL},
-    {"data", required_argument, NULL, OPT_DATA},
-    {"test", required_argument, NULL, OPT_TEST},
-    {"epochs", required_argument, NULL, OPT_EPOCHS},
-    {"batch", required_argument, NULL, OPT_BATCH},
-    {"lr", required_argument, NULL, OPT_LR},
-    {"optimizer", required_argument, NULL, OPT_OPTIMIZER},
-    {"momentum", required_argument, NULL, OPT_MOMENTUM},
-    {"weight-decay", required_argument, NULL, OPT_WD},
-    {"seed", required_argument, NULL, OPT_SEED},
-    {"val-split", required_argument, NULL, OPT_VAL},
-    {"standardize", no_argument, NULL, OPT_STD},
-    {"threads", required_argument, NULL, OPT_THREADS},
-    {"out", required_argument, NULL, OPT_OUT},
-    {"log-level", required_argument, NULL, OPT_LOG},
-    {"help", no_argument, NULL, OPT_HELP},
-    {NULL, 0, NULL, 0},
+static const fl_option train_opts[] = {
+  O("model", "model", FL_OPTT_STR, model, NULL, "SPEC", "model spec or preset: logreg, logreg:D:C, 2nn, cnn, mlp64, or tokens such as 'in:784 dense:200 relu dense:10 softmax' (default: 2nn, or --init's)", 0, 0),
+  O("init", "model", FL_OPTT_STR, init, NULL, "FILE", "start from this model file (fine-tuning) instead of random weights; its spec is the model's (--model, if given, must be the same) and its feature standardisation, if any, is applied", 0, 0),
+  O("freeze", "train", FL_OPTT_STR, freeze, NULL, "LAYERS", "train only the other layers (transfer learning): 'head', 'all-but-head' or layer positions from 0 as in the spec without in:, such as 0,2-3 (fl-export --list names them l<I>_...)", 0, 0),
+  O("seed", "model", FL_OPTT_U64, seed, "1", "N", "seed for initialisation, shuffling, dropout and the split", 0, 0),
+  O("data", "data", FL_OPTT_STR, data, "fashion-mnist:train", "SPEC", "training data: fashion-mnist:train, a.csv, a.csv:COLUMN or IMAGES,LABELS", 0, 0),
+  O("test", "data", FL_OPTT_STR, test, "fashion-mnist:test", "SPEC", "test data, or 'none'", 0, 0),
+  O("val-split", "data", FL_OPTT_DOUBLE, val_split, "0", "X", "fraction in [0, 1) of the training data held out for validation", 0, 1),
+  O("standardize", "data", FL_OPTT_BOOL, standardize, "false", NULL, "standardise features with the training part's mean and std (saved in the --out model file: fl-predict applies them)", 0, 0),
+  O("epochs", "train", FL_OPTT_INT, epochs, "10", "N", "passes over the training data", 1, 100000),
+  O("batch-size", "train", FL_OPTT_INT, batch_size, "64", "N", "mini-batch size", 1, 65536),
+  O("lr", "train", FL_OPTT_DOUBLE, lr, "0.05", "X", "learning rate", 0, 1e6),
+  O("optimizer", "train", FL_OPTT_STR, optimizer, "sgd", "NAME", "sgd, momentum, nesterov, adam, adamw", 0, 0),
+  O("momentum", "train", FL_OPTT_STR, momentum, NULL, "X", "SGD momentum in [0, 1) (default 0, 0.9 for momentum and nesterov)", 0, 0),
+  O("weight-decay", "train", FL_OPTT_DOUBLE, weight_decay, "0", "X", "L2 weight decay; decoupled for adamw", 0, 1e6),
+  O("threads", "train", FL_OPTT_INT, threads, "0", "N", "training threads, each step's batch split over them (0: one per core); the same count gives bit-identical reruns", 0, 256),
+  O("out", "output", FL_OPTT_STR, out, NULL, "FILE", "save the trained model file here", 0, 0),
+  O("log-level", "output", FL_OPTT_LOGLEVEL, log_level, "info", "LEVEL", "debug, info, warn, error or off", 0, 0),
+  {0},
 };
 
-static int bad_value(const char *flag, const char *value, const char *want) {
-  fprintf(stderr, "fl-train: --%s: '%s' is not %s\n", flag, value, want);
-  return -1;
+static void usage(FILE *f) {
+  fputs("usage: fl-train [--config FILE] [OPTION...]\n"
+        "Trains a model centrally (the baseline for federated runs) and reports accuracy.\n"
+        "Prints one line per epoch (train loss/accuracy as running means over the epoch,\n"
+        "validation and test after it, seconds) and ends with 'final test accuracy: X'.\n"
+        "Every option is a flag or a key of the INI file's section shown.\n"
+        "\n"
+        "  --config FILE                INI file with any of the options below\n"
+        "  --help                       this text\n"
+        "  --version                    print the version\n"
+        "\n", f);
 }
 
-static int parse_u64(const char *flag, const char *s, uint64_t lo, uint64_t hi,
-                     uint64_t *out) {
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (!*s || *end || errno || s[0] == '-' || v < lo || v > hi) {
-    char want[96];
-    snprintf(want, sizeof want, "a whole number in [%llu, %llu]", (unsigned long long)lo,
-             (unsigned long long)hi);
-    return bad_value(flag, s, want);
-  }
-  *out = v;
-  return 0;
-}
-
-/* A finite number in [lo, hi) (hi_open) or [lo, hi]. */
-static int parse_float(const char *flag, const char *s, double lo, double hi, int hi_open,
-                       float *out) {
+/* A momentum given as text: a number in [0, 1). */
+static int parse_momentum(const char *s, float *out) {
   char *end;
   errno = 0;
   double v = strtod(s, &end);
-  if (!*s || *end || errno || !isfinite(v) || v < lo || v > hi || (hi_open && v == hi)) {
-    char want[96];
-    snprintf(want, sizeof want, "a number in [%g, %g%c", lo, hi, hi_open ? ')' : ']');
-    return bad_value(flag, s, want);
-  }
+  if (!*s || *end || errno || !isfinite(v) || v < 0 || v >= 1) return -1;
   *out = (float)v;
   return 0;
+}
+
+static int check(const void *p, char *err, size_t errlen) {
+  const train_options *o = p;
+  fl_train_config c = fl_train_config_default();
+  float m;
+  if (fl_optimizer_parse(o->optimizer, &c) < 0) {
+    snprintf(err, errlen, "--optimizer: '%s' is not one of sgd, momentum, nesterov, adam, adamw",
+             o->optimizer);
+    return FL_ECONFIG;
+  }
+  if (o->momentum && parse_momentum(o->momentum, &m) < 0) {
+    snprintf(err, errlen, "--momentum: '%s' is not a number in [0, 1)", o->momentum);
+    return FL_ECONFIG;
+  }
+  if (o->val_split >= 1) {
+    snprintf(err, errlen, "--val-split: %g leaves no training data (a fraction below 1)", o->val_split);
+    return FL_ECONFIG;
+  }
+  return 0;
+}
+
+/* The old spelling --batch (and --batch=N) still works, with a warning. */
+static void rename_batch(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--batch") == 0) {
+      argv[i] = "--batch-size";
+    } else if (strncmp(argv[i], "--batch=", 8) == 0) {
+      static char buf[64];
+      snprintf(buf, sizeof buf, "--batch-size=%s", argv[i] + 8);
+      argv[i] = buf;
+    } else {
+      continue;
+    }
+    fprintf(stderr, "fl-train: --batch is spelled --batch-size now (as in fl-server)\n");
+  }
 }
 
 typedef struct run {
@@ -150,69 +155,65 @@ static void on_epoch(void *arg, uint32_t epoch, const fl_eval *train) {
 }
 
 int main(int argc, char **argv) {
-  const char *model_spec = "2nn", *data_spec = "fashion-mnist:train";
-  const char *test_spec = "fashion-mnist:test", *out_path = NULL, *opt_name = "sgd";
+  train_options o;
+  rename_batch(argc, argv);
+  int rc = fl_options_cli("fl-train", train_opts, &o, argc, argv, usage, check);
+  if (rc >= 0) return rc;
+  rc = 1;
+  fl_log_set_level(fl_log_level_parse(o.log_level));
+  const char *model_spec = o.model ? o.model : "2nn", *data_spec = o.data, *test_spec = o.test;
+  const char *out_path = o.out, *opt_name = o.optimizer;
+  const char *init_path = o.init, *freeze = o.freeze;
+  int model_given = o.model != NULL;
   fl_train_config cfg = fl_train_config_default();
-  float lr = 0.05f, momentum = -1.0f, wd = 0.0f, val_split = 0.0f;
-  uint64_t epochs = 10, batch = 64, seed = 1, threads = 0;
-  int standardize = 0, c, rc = 1;
-
-  while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
-    const char *name = c >= OPT_MODEL && c <= OPT_HELP ? options[c - OPT_MODEL].name : "";
-    int bad = 0;
-    switch (c) {
-    case OPT_MODEL: model_spec = optarg; break;
-    case OPT_DATA: data_spec = optarg; break;
-    case OPT_TEST: test_spec = optarg; break;
-    case OPT_EPOCHS: bad = parse_u64(name, optarg, 1, 100000, &epochs); break;
-    case OPT_BATCH: bad = parse_u64(name, optarg, 1, 65536, &batch); break;
-    case OPT_LR: bad = parse_float(name, optarg, 0.0, 1e6, 0, &lr); break;
-    case OPT_OPTIMIZER:
-      opt_name = optarg;
-      if (fl_optimizer_parse(optarg, &cfg) < 0)
-        bad = bad_value(name, optarg, "one of sgd, momentum, nesterov, adam, adamw");
-      break;
-    case OPT_MOMENTUM: bad = parse_float(name, optarg, 0.0, 1.0, 1, &momentum); break;
-    case OPT_WD: bad = parse_float(name, optarg, 0.0, 1e6, 0, &wd); break;
-    case OPT_SEED: bad = parse_u64(name, optarg, 0, UINT64_MAX, &seed); break;
-    case OPT_VAL: bad = parse_float(name, optarg, 0.0, 1.0, 1, &val_split); break;
-    case OPT_STD: standardize = 1; break;
-    case OPT_THREADS: bad = parse_u64(name, optarg, 0, 256, &threads); break;
-    case OPT_OUT: out_path = optarg; break;
-    case OPT_LOG:
-      if (fl_log_level_parse(optarg) < 0)
-        bad = bad_value(name, optarg, "one of debug, info, warn, error, off");
-      else
-        fl_log_set_level(fl_log_level_parse(optarg));
-      break;
-    case OPT_HELP: fputs(usage, stdout); return 0;
-    default: fputs("fl-train: see --help\n", stderr); return 2;
-    }
-    if (bad) return 2;
-  }
-  if (optind < argc) {
-    fprintf(stderr, "fl-train: unexpected argument '%s' (see --help)\n", argv[optind]);
-    return 2;
-  }
-  cfg.lr = lr;
+  fl_optimizer_parse(o.optimizer, &cfg);
+  float momentum = -1.0f;
+  if (o.momentum) parse_momentum(o.momentum, &momentum);
+  uint64_t seed = o.seed, threads = (uint64_t)o.threads;
+  int standardize = o.standardize;
+  double val_split = o.val_split;
+  cfg.lr = (float)o.lr;
   if (momentum >= 0.0f) cfg.momentum = momentum;
-  cfg.weight_decay = wd;
+  cfg.weight_decay = (float)o.weight_decay;
   cfg.seed = seed;
-  cfg.epochs = (uint32_t)epochs;
-  cfg.batch_size = (uint32_t)batch;
+  cfg.epochs = (uint32_t)o.epochs;
+  cfg.batch_size = (uint32_t)o.batch_size;
   openblas_set_num_threads(1); /* the trainer's own threads each run their products */
 
   char err[512] = "";
   fl_model *m = NULL;
   fl_dataset train = {0}, test = {0};
   fl_trainer *t = NULL;
-  float *params = NULL, *mean = NULL, *sd = NULL;
+  float *params = NULL, *mean = NULL, *sd = NULL, *init_params = NULL, *frozen = NULL;
+  char *init_spec = NULL;
+  fl_transform init_tf = {0};
+  size_t init_n = 0;
+  uint64_t init_id = 0;
   uint32_t *tr_idx = NULL, *val_idx = NULL;
   int have_test = strcmp(test_spec, "none") != 0;
 
+  if (init_path) {
+    if (fl_modelfile_load_ex(init_path, &init_spec, &init_id, &init_params, &init_n, &init_tf,
+                             err, sizeof err) < 0) {
+      fprintf(stderr, "fl-train: --init: %s\n", err);
+      rc = 2;
+      goto out;
+    }
+    if (!model_given) model_spec = init_spec;
+  }
   if (fl_model_create(model_spec, &m, err, sizeof err) < 0) {
     fprintf(stderr, "fl-train: --model: %s\n", err);
-    return 2;
+    goto out;
+  }
+  if (init_path && (fl_model_id(m) != init_id || fl_model_num_params(m) != init_n)) {
+    fprintf(stderr, "fl-train: --init: %s holds the model '%s', not --model '%s'\n", init_path,
+            init_spec, fl_model_spec(m));
+    goto out;
+  }
+  if (init_tf.dim && standardize) {
+    fprintf(stderr, "fl-train: --init: %s carries its own feature standardisation, which "
+            "fine-tuning keeps: drop --standardize\n", init_path);
+    goto out;
   }
   if (fl_dataset_load(&train, data_spec, err, sizeof err) < 0) {
     fprintf(stderr, "fl-train: --data: %s\n", err);
@@ -237,11 +238,22 @@ int main(int argc, char **argv) {
   fl_subset tr = {&train, tr_idx, train.n - n_val}, val = {&train, val_idx, n_val};
   fl_subset te = {&test, NULL, test.n};
 
+  if (init_tf.dim) {
+    if (init_tf.dim != train.dim || (have_test && test.dim != train.dim)) {
+      fprintf(stderr, "fl-train: --init: its feature standardisation has %zu features, the "
+              "data %zu\n", init_tf.dim, train.dim);
+      goto out;
+    }
+    fl_transform_apply(&init_tf, train.x, train.n);
+    if (have_test) fl_transform_apply(&init_tf, test.x, test.n);
+  }
   if (standardize) {
     mean = malloc(sizeof *mean * train.dim);
     sd = malloc(sizeof *sd * train.dim);
     if (!mean || !sd) goto nomem;
     fl_dataset_stats(&tr, mean, sd);
+    for (size_t j = 0; j < train.dim; j++) /* a constant feature is only centred */
+      if (!(sd[j] > 0.0f)) sd[j] = 1.0f;
     fl_dataset_standardize(&train, mean, sd);
     if (have_test) {
       if (test.dim != train.dim) {
@@ -265,7 +277,22 @@ int main(int argc, char **argv) {
   params = malloc(sizeof *params * (P ? P : 1));
   t = fl_trainer_create_threads(m, cfg.batch_size, (int)threads);
   if (!params || !t) goto nomem;
-  fl_model_init(m, params, seed);
+  if (freeze) {
+    if (!(frozen = malloc(sizeof *frozen * (P ? P : 1)))) goto nomem;
+    long long nf = fl_model_freeze_mask(m, freeze, frozen, err, sizeof err);
+    if (nf < 0) {
+      fprintf(stderr, "fl-train: %s\n", err);
+      goto out;
+    }
+    cfg.frozen = frozen;
+    fl_info("train", "--freeze %s: %lld of %zu parameters frozen", freeze, nf, P);
+  }
+  if (init_path) {
+    memcpy(params, init_params, sizeof *params * P);
+    fl_info("train", "fine-tuning %s", init_path);
+  } else {
+    fl_model_init(m, params, seed);
+  }
 
   run r = {t, params, n_val ? &val : NULL, have_test ? &te : NULL,
            strstr(fl_model_spec(m), "sigmoid_bce") != NULL, now(), cfg.epochs, {.n = 0}};
@@ -281,8 +308,12 @@ int main(int argc, char **argv) {
   }
   if (have_test) printf("final test accuracy: %.4f\n", r.last_test.accuracy);
   if (out_path) {
-    if (fl_modelfile_save(out_path, fl_model_spec(m), fl_model_id(m), params, P, err,
-                          sizeof err) < 0) {
+    /* the standardisation the weights expect goes with them */
+    fl_transform tf = {0};
+    if (standardize) tf = (fl_transform){train.dim, mean, sd};
+    if (init_tf.dim) tf = init_tf;
+    if (fl_modelfile_save_ex(out_path, fl_model_spec(m), fl_model_id(m), params, P, &tf, err,
+                             sizeof err) < 0) {
       fprintf(stderr, "fl-train: --out: %s\n", err);
       goto out;
     }
@@ -302,5 +333,10 @@ out:
   fl_dataset_free(&train);
   fl_dataset_free(&test);
   fl_model_free(m);
+  free(init_params);
+  free(frozen);
+  free(init_spec);
+  fl_transform_free(&init_tf);
+  fl_options_free(train_opts, &o);
   return rc;
 }

@@ -19,6 +19,9 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdarg.h>
@@ -63,6 +66,8 @@ struct fl_conn {
   const fl_tls_config *tls;
   char *resume_key;    /* client: "host:port", under which the session is kept */
   int verified;        /* the peer's certificate chain was verified in this handshake */
+  fl_tls_cert_ref peer_cert; /* the peer's certificate, for revocation (open connections) */
+  char *peer_names;    /* client: the DNS names of the server's certificate, while verifying */
   int resumed;         /* the handshake resumed a session instead */
   fl_frame_decoder dec;
   fl_conn_options opt; /* opt.heartbeat points at our own copy */
@@ -96,13 +101,14 @@ struct fl_conn {
   char peer_id[65];
   int64_t peer_not_after; /* the peer certificate's end of validity (Unix time; 0: none) */
   char addr[64];
-  char reason[256];
+  char reason[640];
 };
 
 struct fl_listener {
   uv_tcp_t tcp;
   hs_count *hs;
-  const fl_tls_config *tls;
+  pthread_mutex_t mu;        /* tls may be replaced from another thread */
+  const fl_tls_config *tls;  /* a reference of the listener's */
   fl_conn_options opt;
   fl_conn_callbacks cb;
   void *data;
@@ -158,8 +164,10 @@ static void finish(fl_conn *c) {
   hs_release(c);
   if (c->cb.on_close) c->cb.on_close(c, c->err, c->reason);
   mbedtls_ssl_free(&c->ssl);
+  fl_tls_config_free((fl_tls_config *)c->tls); /* the connection's reference */
   fl_frame_decoder_free(&c->dec);
   free(c->resume_key);
+  free(c->peer_names);
   free(c->in);
   free(c->pt);
   free(c->out);
@@ -208,7 +216,7 @@ static const char *who(const fl_conn *c) { return c->peer_id[0] ? c->peer_id : "
 __attribute__((format(printf, 3, 4)))
 static void fail(fl_conn *c, int err, const char *fmt, ...) {
   if (c->state == ST_CLOSING) return;
-  char reason[256];
+  char reason[640];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(reason, sizeof reason, fmt, ap);
@@ -291,6 +299,7 @@ static void timer_cb(uv_timer_t *t) {
     }
     if (c->opt.heartbeat_interval_ms && c->opt.heartbeat &&
         now - c->last_tx >= c->opt.heartbeat_interval_ms) {
+      if (c->opt.heartbeat_refresh) c->opt.heartbeat_refresh(c);
       if (send_frame(c, c->opt.heartbeat, c->opt.heartbeat_len, SEND_FRAMED) < 0) return;
       c->last_tx = now; /* even if the queue was full and nothing went out yet */
     }
@@ -429,18 +438,73 @@ static void cert_cn(const mbedtls_x509_crt *crt, char *out, size_t n) {
   }
 }
 
+/* The DNS names of a certificate's subjectAltName, comma-separated (mbedTLS 2.28 checks
+ * a server's name against those, and its CN, only). */
+static void cert_dns_names(const mbedtls_x509_crt *crt, char *out, size_t n) {
+  size_t used = 0;
+  out[0] = '\0';
+  for (const mbedtls_x509_sequence *s = &crt->subject_alt_names; s && s->buf.p; s = s->next) {
+    if (s->buf.tag != (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 2) || used + 4 >= n) continue;
+    used += (size_t)snprintf(out + used, n - used, "%s%.*s", used ? ", " : "", (int)s->buf.len,
+                             (const char *)s->buf.p);
+    if (used >= n) used = n - 1;
+  }
+}
+
 /* mbedTLS calls this for each certificate of the peer's chain it verifies: only in a
  * full handshake.  It changes nothing of the verification. */
 static int verify_seen(void *ctx, mbedtls_x509_crt *crt, int depth, uint32_t *flags) {
-  (void)crt;
-  (void)depth;
   (void)flags;
-  ((fl_conn *)ctx)->verified = 1;
+  fl_conn *c = ctx;
+  c->verified = 1;
+  if (depth == 0 && !c->is_server && (*flags & MBEDTLS_X509_BADCERT_CN_MISMATCH)) {
+    free(c->peer_names); /* what cert_advice names */
+    if ((c->peer_names = malloc(200)) != NULL) cert_dns_names(crt, c->peer_names, 200);
+  }
   return 0;
 }
 
+/* What to do about a certificate problem that retrying will not fix: the client's own
+ * verification of the server (flags), or the server's alert refusing the client's
+ * certificate.  "" when there is nothing to say. */
+static void cert_advice(const fl_conn *c, uint32_t flags, int alert, char *out, size_t n) {
+  out[0] = '\0';
+  if (c->is_server) return;
+  if (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH) {
+    const char *names = c->peer_names ? c->peer_names : "";
+    snprintf(out, n, "; the server's certificate does not carry the name '%s'%s%s%s: connect "
+             "by a name it carries, or pass --server-name NAME (or reissue it with that name: "
+             "certs/gen.sh ... HOST)", c->ssl.hostname ? c->ssl.hostname : "?",
+             names[0] ? " (it names " : "", names, names[0] ? ")" : "");
+  } else if (flags & MBEDTLS_X509_BADCERT_NOT_TRUSTED) {
+    snprintf(out, n, "; the server's certificate is not signed by the CA given (--ca): use the "
+             "ca.crt of the federation that server belongs to");
+  } else if (flags & MBEDTLS_X509_BADCERT_EXPIRED) {
+    snprintf(out, n, "; the server's certificate has expired: its operator must issue a new one");
+  } else if (flags & MBEDTLS_X509_BADCERT_FUTURE) {
+    snprintf(out, n, "; the server's certificate is not valid yet: check this machine's clock");
+  } else if (flags & MBEDTLS_X509_BADCERT_REVOKED) {
+    snprintf(out, n, "; the server's certificate is revoked (--crl)");
+  } else if (alert) {
+    const char *what = alert == MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED ? "it is revoked"
+                       : alert == MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED ? "it has expired (or is not valid yet: check the clocks)"
+                       : alert == MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA ? "it is not signed by the server's CA"
+                       : "it is not one the server accepts";
+    snprintf(out, n, "; the server refuses this client's certificate: %s: ask the federation's "
+             "operator for a valid certificate and key (--cert, --key)", what);
+  }
+}
+
+/* Alerts a server sends when it refuses the client's certificate. */
+static int cert_alert(int alert) {
+  return alert == MBEDTLS_SSL_ALERT_MSG_BAD_CERT || alert == MBEDTLS_SSL_ALERT_MSG_UNSUPPORTED_CERT ||
+         alert == MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED || alert == MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED ||
+         alert == MBEDTLS_SSL_ALERT_MSG_CERT_UNKNOWN || alert == MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA ||
+         alert == MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED;
+}
+
 static void handshake_failed(fl_conn *c, int r) {
-  char why[200], cert[300] = "";
+  char why[200], cert[300] = "", advice[400];
   tls_reason(r, why, sizeof why);
   uint32_t flags = mbedtls_ssl_get_verify_result(&c->ssl);
   int err = FL_ETLS;
@@ -471,12 +535,18 @@ static void handshake_failed(fl_conn *c, int r) {
     if (!c->hs->crl_warned || now - c->hs->crl_warned >= 60000) {
       c->hs->crl_warned = now;
       fl_error("conn", "the CRL has expired: every client is refused until a fresh CRL is "
-               "installed (--crl) and the server restarted");
+               "installed (--crl) and reloaded (SIGHUP)");
     }
   }
+  int alert = 0;
+  if (r == MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE && c->ssl.in_msg && cert_alert(c->ssl.in_msg[1])) {
+    alert = c->ssl.in_msg[1];
+    err = FL_ECERTREFUSED;
+  }
+  cert_advice(c, err == FL_ECERT ? flags : 0, alert, advice, sizeof advice);
   /* The next attempt is a full handshake, whatever went wrong with this one. */
   if (c->resume_key) fl__tls_session_forget(c->tls, c->resume_key);
-  fail(c, err, "handshake failed: %s%s", why, cert);
+  fail(c, err, "handshake failed: %s%s%s", why, cert, advice);
 }
 
 static void handshake_done(fl_conn *c) {
@@ -490,6 +560,7 @@ static void handshake_done(fl_conn *c) {
    * certificate from the session (server: from the ticket, checked as it was opened). */
   c->resumed = peer && !c->verified;
   hs_release(c);
+  fl__tls_cert_ref(peer, &c->peer_cert);
   if (c->resume_key) fl__tls_session_keep(c->tls, c->resume_key, &c->ssl);
   c->state = ST_OPEN;
   c->last_rx = c->last_tx = uv_now(c->loop);
@@ -698,7 +769,7 @@ static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_con
   if (cb) c->cb = *cb;
   c->data = data;
   c->is_server = fl__tls_is_server(tls);
-  c->tls = tls;
+  c->tls = tls; /* its reference is taken once nothing below can fail */
   /* The loop's cached time is stale when the caller worked long before connecting
    * (fl-client loading 10,000 identities): the handshake deadline would have passed. */
   uv_update_time(loop);
@@ -713,6 +784,7 @@ static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_con
   uv_timer_init(loop, &c->timer);
   c->tcp.data = c;
   c->timer.data = c;
+  fl_tls_config_ref(tls);
   return c;
 
 fail_ssl:
@@ -730,7 +802,9 @@ static void on_connection(uv_stream_t *server, int status) {
     fl_warn("conn", "accept on port %d failed: %s", l->port, uv_strerror(status));
     return;
   }
+  pthread_mutex_lock(&l->mu);
   fl_conn *c = conn_new(server->loop, l->tls, &l->opt, &l->cb, l->data);
+  pthread_mutex_unlock(&l->mu);
   if (!c) {
     uv_tcp_t *t = malloc(sizeof *t); /* take the connection off the queue, then drop it */
     if (t && uv_tcp_init(server->loop, t) == 0) {
@@ -793,15 +867,47 @@ static void ignore_sigpipe(void) {
   }
 }
 
-static int parse_addr(const char *host, int port, struct sockaddr_storage *ss) {
+int fl_listen_addr(const char *host, int port, struct sockaddr_storage *ss, int *len,
+                   char *err, size_t errlen) {
   memset(ss, 0, sizeof *ss);
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) return 0;
-  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0) return 0;
-  return FL_EINVAL;
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) {
+    *len = (int)sizeof(struct sockaddr_in);
+    return 0;
+  }
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0) {
+    *len = (int)sizeof(struct sockaddr_in6);
+    return 0;
+  }
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  int r = getaddrinfo(host, NULL, &hints, &res);
+  if (r != 0 || !res) {
+    if (err && errlen)
+      snprintf(err, errlen, "cannot listen on '%s': %s", host,
+               r ? (r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r)) : "no address");
+    if (res) freeaddrinfo(res);
+    return FL_EINVAL;
+  }
+  size_t n = res->ai_addrlen < sizeof *ss ? res->ai_addrlen : sizeof *ss;
+  memcpy(ss, res->ai_addr, n);
+  *len = (int)n;
+  freeaddrinfo(res);
+  if (ss->ss_family == AF_INET) ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+  else if (ss->ss_family == AF_INET6) ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+  else {
+    if (err && errlen) snprintf(err, errlen, "cannot listen on '%s': not an IP address", host);
+    return FL_EINVAL;
+  }
+  return 0;
 }
 
 static void listener_closed(uv_handle_t *h) {
   fl_listener *l = h->data;
+  fl_tls_config_free((fl_tls_config *)l->tls);
+  pthread_mutex_destroy(&l->mu);
   hs_unref(l->hs);
   free(l);
 }
@@ -811,6 +917,14 @@ static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls,
                                  void *data) {
   fl_listener *l = calloc(1, sizeof *l);
   if (!l) return NULL;
+  l->hs = calloc(1, sizeof *l->hs);
+  if (!l->hs) {
+    free(l);
+    return NULL;
+  }
+  l->hs->refs = 1;
+  pthread_mutex_init(&l->mu, NULL);
+  fl_tls_config_ref(tls);
   l->tls = tls;
   if (opt)
     l->opt = *opt;
@@ -818,12 +932,6 @@ static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls,
     fl_conn_options_default(&l->opt);
   if (cb) l->cb = *cb;
   l->data = data;
-  l->hs = calloc(1, sizeof *l->hs);
-  if (!l->hs) {
-    free(l);
-    return NULL;
-  }
-  l->hs->refs = 1;
   uv_tcp_init(loop, &l->tcp);
   l->tcp.data = l;
   return l;
@@ -849,8 +957,10 @@ int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int p
     return FL_EINVAL;
   ignore_sigpipe();
   struct sockaddr_storage ss;
-  if (parse_addr(host, port, &ss) < 0) {
-    fl_error("conn", "cannot listen on '%s': not an IPv4 or IPv6 address", host);
+  char why[300];
+  int sslen;
+  if (fl_listen_addr(host, port, &ss, &sslen, why, sizeof why) < 0) {
+    fl_error("conn", "%s", why);
     return FL_EINVAL;
   }
   fl_listener *l = listener_new(loop, tls, opt, cb, data);
@@ -896,6 +1006,17 @@ int fl_listener_port(const fl_listener *l) { return l->port; }
 void fl_listener_close(fl_listener *l) {
   if (l) uv_close((uv_handle_t *)&l->tcp, listener_closed);
 }
+
+void fl_listener_set_tls(fl_listener *l, const fl_tls_config *tls) {
+  fl_tls_config_ref(tls);
+  pthread_mutex_lock(&l->mu);
+  const fl_tls_config *old = l->tls;
+  l->tls = tls;
+  pthread_mutex_unlock(&l->mu);
+  fl_tls_config_free((fl_tls_config *)old);
+}
+
+const fl_tls_cert_ref *fl_conn_peer_cert(const fl_conn *c) { return &c->peer_cert; }
 
 static void connect_cb(uv_connect_t *req, int status) {
   fl_conn *c = req->data;
@@ -1069,6 +1190,16 @@ void fl_conn_resume(fl_conn *c) {
 
 void *fl_conn_data(const fl_conn *c) { return c->data; }
 void fl_conn_set_data(fl_conn *c, void *data) { c->data = data; }
+
+int fl_conn_set_heartbeat(fl_conn *c, const uint8_t *payload, size_t len) {
+  uint8_t *hb = malloc(len ? len : 1);
+  if (!hb) return FL_ENOMEM;
+  memcpy(hb, payload, len);
+  free((void *)c->opt.heartbeat);
+  c->opt.heartbeat = hb;
+  c->opt.heartbeat_len = len;
+  return 0;
+}
 const char *fl_conn_peer_id(const fl_conn *c) { return c->peer_id; }
 int64_t fl_conn_peer_not_after(const fl_conn *c) { return c->peer_not_after; }
 const char *fl_conn_peer_addr(const fl_conn *c) { return c->addr; }

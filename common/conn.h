@@ -65,6 +65,10 @@ typedef struct fl_conn_options {
                                   * more are closed as they are accepted; default 256 */
   const uint8_t *heartbeat;      /* payload sent as heartbeat (copied); NULL = none */
   size_t heartbeat_len;
+  /* Called on the connection's loop just before each heartbeat goes out; it may replace
+   * the payload with fl_conn_set_heartbeat (a client reports its progress so).  NULL:
+   * the payload stays as given. */
+  void (*heartbeat_refresh)(fl_conn *c);
 } fl_conn_options;
 
 /* Fills in the defaults above. */
@@ -75,7 +79,14 @@ void fl_conn_options_default(fl_conn_options *o);
  * Returns the limit now in force (-1 if it cannot be read). */
 long fl_conn_raise_fd_limit(void);
 
-/* Server: listens on host:port ("0.0.0.0", "::", "127.0.0.1"; port 0 = any) and
+/* The address to listen on for host (an IPv4 or IPv6 address, or a host name, which is
+ * resolved now, blocking: its first address, the one clients on this host would connect
+ * to) and port, into ss (its length in *len).  0, or FL_EINVAL naming the host and why
+ * it does not resolve in err. */
+int fl_listen_addr(const char *host, int port, struct sockaddr_storage *ss, int *len,
+                   char *err, size_t errlen);
+
+/* Server: listens on host:port ("0.0.0.0", "::", "127.0.0.1", a host name; port 0 = any) and
  * handshakes every accepted connection; callbacks and data are given to each one.
  * The bound port is available from fl_listener_port(). */
 int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
@@ -88,6 +99,10 @@ int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
                  const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
                  fl_listener **out);
 int fl_listener_port(const fl_listener *l);
+/* New connections accepted from now on use tls (a reload: renewed certificate, new CRL);
+ * those already made keep theirs.  The listener takes a reference of tls and drops the
+ * old one's.  Any thread. */
+void fl_listener_set_tls(fl_listener *l, const fl_tls_config *tls);
 /* Stops accepting; connections already accepted go on.  Frees the listener. */
 void fl_listener_close(fl_listener *l);
 
@@ -117,12 +132,17 @@ void fl_conn_resume(fl_conn *c);
 void fl_conn_close(fl_conn *c, const char *reason);
 
 void *fl_conn_data(const fl_conn *c);
+/* Replaces the heartbeat payload (copied; the loop's thread).  0 or FL_ENOMEM (the old
+ * payload stays). */
+int fl_conn_set_heartbeat(fl_conn *c, const uint8_t *payload, size_t len);
 void fl_conn_set_data(fl_conn *c, void *data);
 /* The peer certificate's CN ("" before the handshake). */
 const char *fl_conn_peer_id(const fl_conn *c);
 /* The end of the peer certificate's validity, as Unix time (0 before the handshake or
  * without a certificate): a connection outlives the check at its handshake. */
 int64_t fl_conn_peer_not_after(const fl_conn *c);
+/* What identifies the peer's certificate for revocation (zero before the handshake). */
+const fl_tls_cert_ref *fl_conn_peer_cert(const fl_conn *c);
 /* "1.2.3.4:5678" or "[::1]:5678". */
 const char *fl_conn_peer_addr(const fl_conn *c);
 /* 1 when the handshake resumed an earlier session (tls.h) instead of a full handshake:

@@ -2,12 +2,18 @@
  * is the label, every other column a numeric feature.  Fields are separated by commas;
  * surrounding spaces and double quotes are dropped (a quoted field cannot hold a comma);
  * lines may end in CRLF; empty lines are skipped.  The parser works on a caller's buffer
- * and never reads past its length. */
+ * and never reads past its length.  A stream (fl_csv_stream) reads the same format a
+ * batch of rows at a time, from a plain or gzip file, in memory bounded by its longest
+ * line. */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <zlib.h>
 
 #include "dataset.h"
 #include "dataset_internal.h"
@@ -151,6 +157,48 @@ static int label_index(const parser *ps, const char *label, size_t *out) {
                          label, ps->ncols);
 }
 
+/* 1 when every header field reads as a number: the file then has no header row, and
+ * taking its first sample for column names would silently lose it. */
+static int header_is_numbers(const parser *ps) {
+  for (size_t i = 0; i < ps->ncols; i++) {
+    span c = ps->cols[i];
+    char tmp[FIELD_MAX + 1], *end;
+    float f;
+    if (fast_float(c.p, c.len, &f)) continue;
+    if (c.len == 0 || c.len > FIELD_MAX) return 0;
+    memcpy(tmp, c.p, c.len);
+    tmp[c.len] = 0;
+    (void)strtod(tmp, &end);
+    if (end != tmp + c.len) return 0;
+  }
+  return 1;
+}
+
+static int no_header(const parser *ps) {
+  return fl_errf(ps->err, ps->errlen, FL_EFORMAT,
+                 "%s:1: the first row is all numbers: the file has no header row (add a "
+                 "first line naming the columns, such as f0,f1,...,label; the first sample "
+                 "would otherwise be read as column names)", ps->name);
+}
+
+/* The header's fields into ps->cols (malloc'd). */
+static int split_header(parser *ps, span head) {
+  ps->ncols = count_fields(head);
+  if (ps->ncols < 2)
+    return fl_errf(ps->err, ps->errlen, FL_EFORMAT,
+                   "%s:1: header has one column; need features and a label", ps->name);
+  ps->cols = malloc(ps->ncols * sizeof *ps->cols);
+  if (!ps->cols) return fl_errf(ps->err, ps->errlen, FL_ENOMEM, "%s: out of memory", ps->name);
+  for (size_t i = 0, at = 0; i < ps->ncols; i++) {
+    const char *p = head.p + at;
+    const char *c = memchr(p, ',', head.len - at);
+    size_t k = c ? (size_t)(c - p) : head.len - at;
+    ps->cols[i] = trim((span){p, k});
+    at += k + 1;
+  }
+  return header_is_numbers(ps) ? no_header(ps) : 0;
+}
+
 int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const char *name,
                          const char *label_column, int num_classes, char *err, size_t errlen) {
   parser ps = {.name = name, .err = err, .errlen = errlen};
@@ -169,22 +217,9 @@ int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const cha
   span head = next_line(buf, len, &pos);
   if (trim(head).len == 0)
     return fl_errf(err, errlen, FL_EFORMAT, "%s:1: empty header row", name);
-  ps.ncols = count_fields(head);
-  if (ps.ncols < 2)
-    return fl_errf(err, errlen, FL_EFORMAT,
-                           "%s:1: header has one column; need features and a label", name);
-  ps.cols = malloc(ps.ncols * sizeof *ps.cols);
-  if (!ps.cols) return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", name);
-  for (size_t i = 0, at = 0; i < ps.ncols; i++) {
-    const char *p = head.p + at;
-    const char *c = memchr(p, ',', head.len - at);
-    size_t k = c ? (size_t)(c - p) : head.len - at;
-    ps.cols[i] = trim((span){p, k});
-    at += k + 1;
-  }
   size_t lab = 0;
-  rc = label_index(&ps, label_column, &lab);
-  if (rc) goto fail;
+  if ((rc = split_header(&ps, head)) < 0 || (rc = label_index(&ps, label_column, &lab)) < 0)
+    goto fail;
 
   /* A data row holds at least ncols one-byte fields and ncols - 1 commas, which bounds
    * the rows by the bytes left, so the arrays are allocated once. */
@@ -309,5 +344,199 @@ int fl_dataset_save_csv(const fl_dataset *d, const char *path, char *err, size_t
   int bad = ferror(f);
   if (fclose(f) != 0 || bad)
     return fl_errf(err, errlen, FL_EIO, "%s: cannot write: %s", path, strerror(errno));
+  return 0;
+}
+
+/* ---- streaming: a batch of rows at a time, memory bounded by the longest line ---- */
+
+/* Longest line a stream accepts (a row of about a million features). */
+#define STREAM_LINE_MAX ((size_t)64 << 20)
+
+struct fl_csv_stream {
+  parser ps;
+  char *name;          /* a copy, ps.name */
+  gzFile g;
+  char *head;          /* the header line, which ps.cols point into */
+  char *line;          /* the current line [cap] */
+  size_t cap;
+  size_t lineno;       /* of the last line read */
+  size_t features;     /* feature columns */
+  size_t lab;          /* label column, or SIZE_MAX when there is none */
+  int eof;
+};
+
+/* The next line into s->line (without its newline): its length, or -1 at the end of
+ * the file, or an FL_E* code (< -1) with a message. */
+static long long stream_line(fl_csv_stream *s, char *err, size_t errlen) {
+  size_t n = 0;
+  if (s->eof) return -1;
+  for (;;) {
+    if (s->cap - n < 2) {
+      if (s->cap >= STREAM_LINE_MAX)
+        return fl_errf(err, errlen, FL_ETOOBIG, "%s:%zu: line longer than %zu bytes",
+                       s->ps.name, s->lineno + 1, STREAM_LINE_MAX);
+      size_t cap = s->cap ? s->cap * 2 : 4096;
+      char *p = realloc(s->line, cap);
+      if (!p) return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", s->ps.name);
+      s->line = p, s->cap = cap;
+    }
+    if (!gzgets(s->g, s->line + n, (int)(s->cap - n > INT_MAX ? INT_MAX : s->cap - n))) {
+      int zerr;
+      const char *msg = gzerror(s->g, &zerr);
+      if (zerr != Z_OK && zerr != Z_STREAM_END)
+        return fl_errf(err, errlen, zerr == Z_BUF_ERROR ? FL_ETRUNC : FL_EIO,
+                       "%s:%zu: cannot read: %s", s->ps.name, s->lineno + 1,
+                       zerr == Z_BUF_ERROR ? "compressed data ends early" : msg);
+      s->eof = 1;
+      if (n == 0) return -1;
+      break;
+    }
+    n += strlen(s->line + n);
+    if (n && s->line[n - 1] == '\n') break;
+  }
+  s->lineno++;
+  if (n && s->line[n - 1] == '\n') n--;
+  if (n && s->line[n - 1] == '\r') n--;
+  s->line[n] = 0;
+  if (memchr(s->line, 0, n))
+    return fl_errf(err, errlen, FL_EFORMAT, "%s:%zu: a NUL byte in the line", s->ps.name,
+                   s->lineno);
+  return (long long)n;
+}
+
+void fl_csv_stream_close(fl_csv_stream *s) {
+  if (!s) return;
+  if (s->g) gzclose(s->g);
+  free(s->ps.cols);
+  free(s->name);
+  free(s->head);
+  free(s->line);
+  free(s);
+}
+
+int fl_csv_stream_open_fd(fl_csv_stream **out, int fd, const char *name,
+                          const char *label_column, size_t features, char *err,
+                          size_t errlen) {
+  *out = NULL;
+  fl_csv_stream *s = calloc(1, sizeof *s);
+  int rc;
+  if (!s) {
+    close(fd);
+    return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+  }
+  if (!(s->name = strdup(name))) {
+    free(s);
+    close(fd);
+    return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+  }
+  s->ps = (parser){.name = s->name, .err = err, .errlen = errlen};
+  s->features = features;
+  s->lab = SIZE_MAX;
+  if (!(s->g = gzdopen(fd, "rb"))) {
+    close(fd);
+    rc = fl_errf(err, errlen, FL_ENOMEM, "%s: cannot open: out of memory", name);
+    goto fail;
+  }
+  gzbuffer(s->g, 1 << 17);
+  long long len;
+  do {
+    if ((len = stream_line(s, err, errlen)) < -1) {
+      rc = (int)len;
+      goto fail;
+    }
+    if (len == -1) {
+      rc = fl_errf(err, errlen, FL_EFORMAT, "%s: empty file (expected a header row)", name);
+      goto fail;
+    }
+  } while (trim((span){s->line, (size_t)len}).len == 0);
+  size_t off = (size_t)len >= 3 && memcmp(s->line, "\xef\xbb\xbf", 3) == 0 ? 3 : 0;
+  if (!(s->head = malloc((size_t)len - off + 1))) {
+    rc = fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+    goto fail;
+  }
+  memcpy(s->head, s->line + off, (size_t)len - off + 1);
+  span head = {s->head, (size_t)len - off};
+  size_t ncols = count_fields(head);
+  /* A file of exactly `features` columns has no label (unless one is named). */
+  if (ncols == features && !label_column) {
+    s->ps.ncols = ncols;
+    if (!(s->ps.cols = malloc(ncols * sizeof *s->ps.cols))) {
+      rc = fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", name);
+      goto fail;
+    }
+    for (size_t i = 0, at = 0; i < ncols; i++) {
+      const char *p = head.p + at, *c = memchr(p, ',', head.len - at);
+      size_t k = c ? (size_t)(c - p) : head.len - at;
+      s->ps.cols[i] = trim((span){p, k});
+      at += k + 1;
+    }
+    if (header_is_numbers(&s->ps)) {
+      rc = no_header(&s->ps);
+      goto fail;
+    }
+  } else {
+    if ((rc = split_header(&s->ps, head)) < 0 ||
+        (rc = label_index(&s->ps, label_column, &s->lab)) < 0)
+      goto fail;
+    if (s->ps.ncols != features + 1) {
+      rc = fl_errf(err, errlen, FL_EMISMATCH,
+                   "%s:1: %zu columns, but the model takes %zu features (the file needs "
+                   "%zu columns, or %zu with a label)", name, s->ps.ncols, features,
+                   features, features + 1);
+      goto fail;
+    }
+  }
+  *out = s;
+  return 0;
+fail:
+  fl_csv_stream_close(s);
+  return rc;
+}
+
+int fl_csv_stream_open(fl_csv_stream **out, const char *path, const char *label_column,
+                       size_t features, char *err, size_t errlen) {
+  *out = NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return fl_errf(err, errlen, errno == ENOENT ? FL_ENOENT : FL_EIO, "%s: cannot open: %s",
+                   path, strerror(errno));
+  return fl_csv_stream_open_fd(out, fd, path, label_column, features, err, errlen);
+}
+
+int fl_csv_stream_has_labels(const fl_csv_stream *s) { return s->lab != SIZE_MAX; }
+
+size_t fl_csv_stream_line(const fl_csv_stream *s) { return s->lineno; }
+
+int fl_csv_stream_read(fl_csv_stream *s, float *x, float *y, size_t max, size_t *n,
+                       char *err, size_t errlen) {
+  s->ps.err = err, s->ps.errlen = errlen;
+  *n = 0;
+  while (*n < max) {
+    long long len = stream_line(s, err, errlen);
+    if (len == -1) break;
+    if (len < 0) return (int)len;
+    span l = {s->line, (size_t)len};
+    if (trim(l).len == 0) continue;
+    size_t nf = count_fields(l);
+    if (nf != s->ps.ncols)
+      return fl_errf(err, errlen, FL_EFORMAT,
+                     "%s:%zu: ragged row: %zu fields, expected %zu as in the header",
+                     s->ps.name, s->lineno, nf, s->ps.ncols);
+    float *row = x + *n * s->features;
+    y[*n] = 0.0f;
+    for (size_t i = 0, at = 0; i < s->ps.ncols; i++) {
+      const char *p = l.p + at, *c = memchr(p, ',', l.len - at);
+      size_t k = c ? (size_t)(c - p) : l.len - at;
+      at += k + 1;
+      double v = 0;
+      int rc = number(&s->ps, (span){p, k}, s->lineno, i, i == s->lab, &v);
+      if (rc) return rc;
+      if (i == s->lab)
+        y[*n] = (float)v;
+      else
+        *row++ = (float)v;
+    }
+    (*n)++;
+  }
   return 0;
 }

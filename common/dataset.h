@@ -33,7 +33,8 @@ typedef struct fl_subset {
 int fl_dataset_load_idx(fl_dataset *out, const char *images_path, const char *labels_path,
                         char *err, size_t errlen);
 
-/* CSV with a header row; label_column is a column name or a 0-based index as text
+/* CSV with a header row (a first row of numbers only is refused as a missing header,
+ * FL_EFORMAT); label_column is a column name or a 0-based index as text
  * (NULL = the last column).  All other columns are numeric features.  num_classes is
  * 1 + max label when every label is a non-negative integer, else 0 (regression). */
 int fl_dataset_load_csv(fl_dataset *out, const char *path, const char *label_column,
@@ -55,6 +56,31 @@ int fl_dataset_parse_csv(fl_dataset *out, const char *buf, size_t len, const cha
 int fl_dataset_parse_idx(fl_dataset *out, const uint8_t *images, size_t images_len,
                          const char *images_name, const uint8_t *labels, size_t labels_len,
                          const char *labels_name, char *err, size_t errlen);
+
+/* A CSV file read a batch of rows at a time (plain or gzip), in memory bounded by its
+ * longest line whatever its number of rows: for predicting on files larger than memory.
+ * The format is the one above.  The file has `features` feature columns and, when the
+ * header has one more, a label: label_column (a name or a 0-based index as text), or the
+ * last column when it is NULL; a file of exactly `features` columns has no label (when
+ * label_column is NULL).  Any other width is FL_EMISMATCH naming both counts. */
+typedef struct fl_csv_stream fl_csv_stream;
+/* On success *out belongs to the caller (fl_csv_stream_close).  The _fd form takes
+ * ownership of fd (closed even on failure); name (copied) is used in messages. */
+int fl_csv_stream_open(fl_csv_stream **out, const char *path, const char *label_column,
+                       size_t features, char *err, size_t errlen);
+int fl_csv_stream_open_fd(fl_csv_stream **out, int fd, const char *name,
+                          const char *label_column, size_t features, char *err,
+                          size_t errlen);
+int fl_csv_stream_has_labels(const fl_csv_stream *s);
+/* Reads up to max rows: features into x [max][features], labels into y [max] (0 without
+ * a label column); *n rows were read, 0 at the end of the file.  Values are checked as
+ * in the loaders (finite numbers; labels are not range-checked).  0 or FL_E* with a
+ * message naming the file, line and column. */
+int fl_csv_stream_read(fl_csv_stream *s, float *x, float *y, size_t max, size_t *n,
+                       char *err, size_t errlen);
+/* The number of the last line read (1 is the header). */
+size_t fl_csv_stream_line(const fl_csv_stream *s);
+void fl_csv_stream_close(fl_csv_stream *s);
 
 /* Loads by path: "a.csv" (label = last column, or "a.csv:COLUMN"), or an IDX pair given as
  * "IMAGES,LABELS", or the name "fashion-mnist:train" / "fashion-mnist:test" for the files

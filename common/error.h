@@ -28,7 +28,8 @@
   X(STATE,     "not allowed in the current state")                          \
   X(REFUSED,   "refused")                                                   \
   X(CONFIG,    "bad configuration")                                         \
-  X(NET,       "network error")
+  X(NET,       "network error")                                             \
+  X(CERTREFUSED, "the peer refused this side's certificate")
 
 /* Positions in the list: FL__POS_NOMEM = 1, ... */
 enum fl__err_pos {

@@ -114,6 +114,7 @@ struct fl_peer {
   int64_t not_after;
   char addr[64];
   int resumed;
+  fl_tls_cert_ref cert;  /* its certificate, for revocation */
   /* I/O thread only */
   fl_conn *conn;       /* NULL once the connection ended */
   msg_queue out;       /* CMD_SEND not yet handed to conn */
@@ -271,6 +272,7 @@ static void io_open(fl_conn *c) {
   p->not_after = fl_conn_peer_not_after(c);
   snprintf(p->addr, sizeof p->addr, "%s", fl_conn_peer_addr(c));
   p->resumed = fl_conn_resumed(c);
+  p->cert = *fl_conn_peer_cert(c);
   embed(&p->m_open, EV_OPEN, p);
   embed(&p->m_sent, EV_SENT, p);
   embed(&p->m_close_ev, EV_CLOSE, p);
@@ -368,8 +370,10 @@ static void io_command(io_thread *th, msg *m) {
     return;
   case CMD_STOP_LISTENING:
   case CMD_STOP:
+    pthread_mutex_lock(&th->mu); /* fl_io_set_tls reads it from the control thread */
     if (th->listener) fl_listener_close(th->listener);
     th->listener = NULL;
+    pthread_mutex_unlock(&th->mu);
     if (m->kind == CMD_STOP_LISTENING) return;
     th->stopping = 1;
     for (fl_peer *q = th->peers; q; q = q->io_next)
@@ -592,6 +596,18 @@ void fl_peer_set_data(fl_peer *p, void *data) { p->data = data; }
 const char *fl_peer_id(const fl_peer *p) { return p->id; }
 int64_t fl_peer_not_after(const fl_peer *p) { return p->not_after; }
 int fl_peer_resumed(const fl_peer *p) { return p->resumed; }
+int fl_peer_revoked(const fl_peer *p, const fl_tls_config *tls) {
+  return fl_tls_config_revokes(tls, &p->cert);
+}
+
+void fl_io_set_tls(fl_io *io, const fl_tls_config *tls) {
+  for (int i = 0; i < io->nthreads; i++) {
+    io_thread *th = &io->th[i];
+    pthread_mutex_lock(&th->mu);
+    if (th->listener) fl_listener_set_tls(th->listener, tls);
+    pthread_mutex_unlock(&th->mu);
+  }
+}
 const char *fl_peer_addr(const fl_peer *p) { return p->addr; }
 int fl_peer_thread(const fl_peer *p) { return p->th->index; }
 
@@ -673,16 +689,13 @@ int fl_io_listen(uv_loop_t *control, int threads, const fl_tls_config *tls, cons
   if (threads < 1) threads = 1;
   if (threads > MAX_THREADS) threads = MAX_THREADS;
   struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  socklen_t sslen;
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0) {
-    sslen = sizeof(struct sockaddr_in);
-  } else if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) {
-    sslen = sizeof(struct sockaddr_in6);
-  } else {
-    fl_error("iothreads", "cannot listen on '%s': not an IPv4 or IPv6 address", host);
+  char why[300];
+  int len;
+  if (fl_listen_addr(host, port, &ss, &len, why, sizeof why) < 0) {
+    fl_error("iothreads", "%s", why);
     return FL_EINVAL;
   }
+  socklen_t sslen = (socklen_t)len;
 
   fl_io *io = calloc(1, sizeof *io + (size_t)threads * sizeof(io_thread));
   if (!io) return FL_ENOMEM;

@@ -59,7 +59,8 @@ typedef struct fl_peer_callbacks {
 /* Starts `threads` I/O threads (<= 0: one per core, uv_available_parallelism()), each
  * listening on host:port (port 0: one port picked by the kernel for all of them) with
  * the connection options opt (NULL: defaults).  Callbacks run on `control`, which the
- * caller runs; data is each new peer's data until set.  tls must outlive the fl_io.
+ * caller runs; data is each new peer's data until set.  The listeners and connections
+ * hold references of tls (tls.h): the caller may free its own at any time.
  * 0, FL_EINVAL, FL_ENOMEM or FL_ENET (cannot bind; logged). */
 int fl_io_listen(uv_loop_t *control, int threads, const fl_tls_config *tls, const char *host,
                  int port, const fl_conn_options *opt, const fl_peer_callbacks *cb, void *data,
@@ -100,6 +101,11 @@ const char *fl_peer_addr(const fl_peer *p);
 int64_t fl_peer_not_after(const fl_peer *p);
 /* 1 when its TLS handshake resumed a session (conn.h's fl_conn_resumed). */
 int fl_peer_resumed(const fl_peer *p);
+/* 1 when tls's CRL revokes the certificate the peer connected with (control thread). */
+int fl_peer_revoked(const fl_peer *p, const fl_tls_config *tls);
+/* Connections accepted from now on use tls (a reload); open ones keep theirs.  Control
+ * thread. */
+void fl_io_set_tls(fl_io *io, const fl_tls_config *tls);
 /* The I/O thread serving this peer (0 .. threads-1). */
 int fl_peer_thread(const fl_peer *p);
 

@@ -359,3 +359,54 @@ void fl_model_local_copy(const fl_model *m, float *dst, const float *src) {
     memcpy(dst + l->s_off, src + l->s_off, sizeof(float) * l->s_len);
   }
 }
+
+static void freeze_layer(const fl__layer *l, float *mask) {
+  for (size_t i = 0; i < l->w_len; i++) mask[l->w_off + i] = 1.0f;
+  for (size_t i = 0; i < l->b_len; i++) mask[l->b_off + i] = 1.0f;
+  for (size_t i = 0; i < l->s_len; i++) mask[l->s_off + i] = 1.0f;
+}
+
+long long fl_model_freeze_mask(const fl_model *m, const char *layers, float *mask, char *err,
+                               size_t errlen) {
+  memset(mask, 0, m->num_params * sizeof *mask);
+  int head = -1;
+  for (int i = 0; i < m->nlayers; i++)
+    if (m->layers[i].w_len) head = i;
+  if (head < 0)
+    return fl_errf(err, errlen, FL_EINVAL, "--freeze: model '%s' has no layer with parameters",
+                   m->spec);
+  if (strcmp(layers, "head") == 0 || strcmp(layers, "all-but-head") == 0) {
+    int but = layers[0] == 'a';
+    for (int i = 0; i < m->nlayers; i++)
+      if (m->layers[i].w_len && (i == head) != but) freeze_layer(&m->layers[i], mask);
+  } else {
+    for (const char *p = layers; *p;) {
+      char *end;
+      long a = strtol(p, &end, 10), b = a;
+      if (end == p || a < 0) goto bad;
+      if (*end == '-') {
+        const char *q = end + 1;
+        b = strtol(q, &end, 10);
+        if (end == q || b < a) goto bad;
+      }
+      if (*end && *end != ',') goto bad;
+      if (b >= m->nlayers)
+        return fl_errf(err, errlen, FL_EINVAL, "--freeze: layer %ld, but model '%s' has layers "
+                       "0..%d", b, m->spec, m->nlayers - 1);
+      for (long i = a; i <= b; i++) {
+        if (!m->layers[i].w_len)
+          return fl_errf(err, errlen, FL_EINVAL, "--freeze: layer %ld (%s) has no parameters", i,
+                         m->layers[i].ops->name);
+        freeze_layer(&m->layers[i], mask);
+      }
+      p = *end ? end + 1 : end;
+    }
+  }
+  long long n = 0;
+  for (size_t i = 0; i < m->num_params; i++) n += mask[i] != 0.0f;
+  if (n == 0) return fl_errf(err, errlen, FL_EINVAL, "--freeze '%s' freezes nothing", layers);
+  return n;
+bad:
+  return fl_errf(err, errlen, FL_EINVAL, "--freeze: '%s' is not head, all-but-head or a list "
+                 "of layer positions such as 0,2-3", layers);
+}

@@ -66,6 +66,16 @@ const char *fl_model_preset(const char *name);
  * weights.  An external model's parameters become zero. */
 void fl_model_init(const fl_model *m, float *params, uint64_t seed);
 
+/* Transfer learning: the parameters of some layers are frozen (not trained).  layers is
+ * "head" (the last layer with parameters), "all-but-head" (every other one), or a comma
+ * list of layer positions and ranges as in the spec without its input token, from 0
+ * ("0,2-3"; the positions of fl-export's tensor names).  Writes mask [num_params]: 1.0
+ * for every tensor of a frozen layer (trained and state), 0.0 elsewhere, and returns how
+ * many parameters are frozen; FL_EINVAL with a message in err for a bad list, a
+ * position past the last layer or a layer without parameters. */
+long long fl_model_freeze_mask(const fl_model *m, const char *layers, float *mask, char *err,
+                               size_t errlen);
+
 /* FedBN (Li et al. 2021): the tensors of the batchnorm layers (scale, shift, running
  * statistics) are local to each client.  fl_model_local_size() floats hold them all
  * (0 for a model without batchnorm); get copies them out of params [num_params] into

@@ -2,6 +2,7 @@
  * atomically (fileio.h), so a reader sees either the old file or the new one. */
 #include "modelfile.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,9 +97,10 @@ int fl_modelfile_save(const char *path, const char *spec, uint64_t model_id,
   return rc;
 }
 
-int fl_modelfile_decode(const uint8_t *b, size_t size, const char *path, char **spec,
-                 uint64_t *model_id, float **params, size_t *num_params, char *err,
-                 size_t errlen) {
+int fl_modelfile_decode_ex(const uint8_t *b, size_t size, const char *path, char **spec,
+                           uint64_t *model_id, float **params, size_t *num_params,
+                           fl_transform *tf, char *err, size_t errlen) {
+  if (tf) memset(tf, 0, sizeof *tf);
   if (size < MAGIC_LEN || memcmp(b, MAGIC, MAGIC_LEN) != 0)
     return fl_errf(err, errlen, FL_EFORMAT, "%s: not an fl model file (bad magic)", path);
   if (size < HEAD_LEN + MID_LEN + TAIL_LEN)
@@ -106,13 +108,14 @@ int fl_modelfile_decode(const uint8_t *b, size_t size, const char *path, char **
                     "%s: truncated: %zu bytes, a model file has at least %d", path, size,
                     HEAD_LEN + MID_LEN + TAIL_LEN);
   uint32_t version = fl_get32(b + MAGIC_LEN);
-  if (version != FL_MODELFILE_VERSION)
+  if (version != 1 && version != FL_MODELFILE_VERSION_TRANSFORM)
     return fl_errf(err, errlen, FL_EVERSION,
-                    "%s: model file format version %u; this build reads version %u", path,
-                    version, FL_MODELFILE_VERSION);
+                    "%s: model file format version %u; this build reads versions 1 and %u",
+                    path, version, FL_MODELFILE_VERSION_TRANSFORM);
   size_t spec_len = fl_get32(b + MAGIC_LEN + 4);
   uint64_t count = 0;
-  /* The length the header declares, or 0 if it cannot be computed from what is there. */
+  /* The length the header declares (without a transform), or 0 if it cannot be
+   * computed from what is there. */
   size_t declared = 0;
   if (spec_len <= size - (HEAD_LEN + MID_LEN + TAIL_LEN)) {
     count = fl_get64(b + HEAD_LEN + spec_len + 8);
@@ -131,18 +134,29 @@ int fl_modelfile_decode(const uint8_t *b, size_t size, const char *path, char **
                     "%s: corrupt: CRC-32 mismatch (stored %08x, computed %08x)", path, stored,
                     actual);
   }
-  if (declared != size)
+  /* Version 2: u32 D | float32 mean[D] | float32 std[D] between parameters and CRC. */
+  uint64_t dim = 0;
+  if (version == FL_MODELFILE_VERSION_TRANSFORM && declared && declared <= size - 4) {
+    dim = fl_get32(b + (declared - TAIL_LEN));
+    if (dim == 0 || declared + 4 + 8 * dim != size)
+      return fl_errf(err, errlen, FL_EFORMAT,
+                     "%s: feature transform of %llu features inconsistent with the file "
+                     "length %zu bytes", path, (unsigned long long)dim, size);
+  } else if (declared != size) {
     return fl_errf(err, errlen, FL_EFORMAT,
                     "%s: parameter count %llu inconsistent with the file length %zu bytes",
                     path, (unsigned long long)count, size);
+  }
   if (memchr(b + HEAD_LEN, 0, spec_len))
     return fl_errf(err, errlen, FL_EFORMAT, "%s: model spec contains a NUL byte", path);
 
   char *s = malloc(spec_len + 1);
   float *w = malloc(count ? (size_t)count * sizeof *w : 1);
-  if (!s || !w) {
+  float *t = dim && tf ? malloc(2 * (size_t)dim * sizeof *t) : NULL;
+  if (!s || !w || (dim && tf && !t)) {
     free(s);
     free(w);
+    free(t);
     return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", path);
   }
   memcpy(s, b + HEAD_LEN, spec_len);
@@ -152,11 +166,79 @@ int fl_modelfile_decode(const uint8_t *b, size_t size, const char *path, char **
     uint32_t bits = fl_get32(p);
     memcpy(&w[i], &bits, 4);
   }
+  if (t) {
+    p += 4;
+    for (size_t i = 0; i < 2 * dim; i++, p += 4) {
+      uint32_t bits = fl_get32(p);
+      memcpy(&t[i], &bits, 4);
+      /* a mean must be finite, a deviation finite and positive */
+      if (!isfinite(t[i]) || (i >= dim && !(t[i] > 0.0f))) {
+        double v = t[i];
+        free(s);
+        free(w);
+        free(t);
+        return fl_errf(err, errlen, FL_EFORMAT,
+                       "%s: feature transform: %s of feature %zu is %g", path,
+                       i < dim ? "mean" : "deviation", (size_t)(i % dim), v);
+      }
+    }
+    tf->dim = (size_t)dim, tf->mean = t, tf->std = t + dim;
+  }
   *spec = s;
   *model_id = fl_get64(b + HEAD_LEN + spec_len);
   *params = w;
   *num_params = (size_t)count;
   return 0;
+}
+
+int fl_modelfile_decode(const uint8_t *b, size_t size, const char *path, char **spec,
+                        uint64_t *model_id, float **params, size_t *num_params, char *err,
+                        size_t errlen) {
+  return fl_modelfile_decode_ex(b, size, path, spec, model_id, params, num_params, NULL, err,
+                                errlen);
+}
+
+void fl_transform_free(fl_transform *tf) {
+  free(tf->mean); /* mean and std share one allocation */
+  memset(tf, 0, sizeof *tf);
+}
+
+void fl_transform_apply(const fl_transform *tf, float *x, size_t n) {
+  if (!tf->dim) return;
+  for (size_t i = 0; i < n; i++, x += tf->dim)
+    for (size_t j = 0; j < tf->dim; j++) x[j] = (x[j] - tf->mean[j]) / tf->std[j];
+}
+
+int fl_modelfile_save_ex(const char *path, const char *spec, uint64_t model_id,
+                         const float *params, size_t num_params, const fl_transform *tf,
+                         char *err, size_t errlen) {
+  if (!tf || !tf->dim)
+    return fl_modelfile_save(path, spec, model_id, params, num_params, err, errlen);
+  uint8_t *img = NULL, *out = NULL;
+  size_t len, D = tf->dim;
+  int rc = fl_modelfile_encode(spec, model_id, params, num_params, &img, &len);
+  if (rc)
+    return fl_errf(err, errlen, rc, "%s: cannot encode the model (%zu parameters): %s", path,
+                   num_params, fl_strerror(rc));
+  if (D > (SIZE_MAX - len - 4) / 8 || !(out = malloc(len + 4 + 8 * D))) {
+    free(img);
+    return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", path);
+  }
+  size_t at = len - TAIL_LEN;
+  memcpy(out, img, at);
+  fl_put32(out + MAGIC_LEN, FL_MODELFILE_VERSION_TRANSFORM);
+  fl_put32(out + at, (uint32_t)D);
+  at += 4;
+  for (size_t i = 0; i < 2 * D; i++, at += 4) {
+    uint32_t bits;
+    memcpy(&bits, i < D ? &tf->mean[i] : &tf->std[i - D], 4);
+    fl_put32(out + at, bits);
+  }
+  fl_put32(out + at, (uint32_t)crc32_z(0, out, at));
+  rc = fl_file_write_atomic(path, out, at + TAIL_LEN, err, errlen);
+  free(img);
+  free(out);
+  return rc;
 }
 
 int fl_modelfile_load(const char *path, char **spec, uint64_t *model_id, float **params,
@@ -169,6 +251,22 @@ int fl_modelfile_load(const char *path, char **spec, uint64_t *model_id, float *
   int rc = fl_file_read(path, &buf, &size, err, errlen);
   if (rc) return rc;
   rc = fl_modelfile_decode(buf, size, path, spec, model_id, params, num_params, err, errlen);
+  free(buf);
+  return rc;
+}
+
+int fl_modelfile_load_ex(const char *path, char **spec, uint64_t *model_id, float **params,
+                         size_t *num_params, fl_transform *tf, char *err, size_t errlen) {
+  *spec = NULL;
+  *params = NULL;
+  *num_params = 0;
+  if (tf) memset(tf, 0, sizeof *tf);
+  uint8_t *buf;
+  size_t size;
+  int rc = fl_file_read(path, &buf, &size, err, errlen);
+  if (rc) return rc;
+  rc = fl_modelfile_decode_ex(buf, size, path, spec, model_id, params, num_params, tf, err,
+                              errlen);
   free(buf);
   return rc;
 }

@@ -28,12 +28,17 @@
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crl.h>
 #include <mbedtls/x509_crt.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "error.h"
 #include "log.h"
@@ -56,6 +61,7 @@ typedef struct session_cache {
 } session_cache;
 
 struct fl_tls_config {
+  atomic_int refs;              /* the creator's, and one per connection using it */
   int is_server;
   char *server_name;
   int have_entropy;             /* holds a reference to the shared entropy source */
@@ -70,8 +76,10 @@ struct fl_tls_config {
   mbedtls_pk_context key;
   mbedtls_ssl_config conf;
   int verify_optional;
-  /* server: session tickets */
+  /* server: session tickets (the keys shared with the configurations reloaded from this
+   * one, ticket_refs counting them) */
   fl_ticket_keys *tickets;
+  atomic_int *ticket_refs;
   uint8_t anchors[ANCHORS_LEN]; /* SHA-256 over the CA certificates */
   /* client: kept sessions (NULL unless resume_sessions) */
   session_cache *cache;
@@ -128,13 +136,45 @@ static int rng(void *ctx, unsigned char *out, size_t len) {
 #endif
 }
 
-/* "what 'file': mbedTLS reason"; a missing or unreadable file is FL_ENOENT. */
+/* Why a file mbedTLS could not read cannot be read, from the system ("No such file or
+ * directory", "Permission denied", "Is a directory"), or NULL when it can be. */
+static const char *unreadable(const char *file) {
+  struct stat st;
+  if (stat(file, &st) != 0) return strerror(errno);
+  if (S_ISDIR(st.st_mode)) return strerror(EISDIR);
+  int fd = open(file, O_RDONLY);
+  if (fd < 0) return strerror(errno);
+  close(fd);
+  return NULL;
+}
+
+/* "what 'file': mbedTLS reason"; FL_ENOENT when mbedTLS could not read it. */
 static int load_error(char *err, size_t errlen, const char *what, const char *file, int r) {
   char msg[160];
+  if (r == MBEDTLS_ERR_X509_FILE_IO_ERROR || r == MBEDTLS_ERR_PK_FILE_IO_ERROR) {
+    if (err && errlen) snprintf(err, errlen, "%s '%s': cannot be read", what, file);
+    return FL_ENOENT;
+  }
   mbedtls_strerror(r, msg, sizeof msg);
   if (err && errlen) snprintf(err, errlen, "%s '%s': %s (-0x%04x)", what, file, msg, -r);
-  return r == MBEDTLS_ERR_X509_FILE_IO_ERROR || r == MBEDTLS_ERR_PK_FILE_IO_ERROR
-             ? FL_ENOENT : FL_ECONFIG;
+  return FL_ECONFIG;
+}
+
+/* A file mbedTLS is about to load, checked first: mbedTLS reads a directory as a file of
+ * absurd length (and asks for that much memory).  0, or FL_ENOENT with the system's
+ * reason ("No such file or directory", "Permission denied", "Is a directory"). */
+static int check_readable(char *err, size_t errlen, const char *what, const char *file) {
+  const char *why = unreadable(file);
+  if (!why) return 0;
+  if (err && errlen) snprintf(err, errlen, "%s '%s': %s", what, file, why);
+  return FL_ENOENT;
+}
+
+/* A file mbedTLS failed to load: the system's reason when it cannot be read at all,
+ * mbedTLS's otherwise (a file it could read but not parse). */
+static int file_error(char *err, size_t errlen, const char *what, const char *file, int r) {
+  int rc = check_readable(err, errlen, what, file);
+  return rc ? rc : load_error(err, errlen, what, file, r);
 }
 
 /* Signs once with our key (catches a key the parser accepted but cannot use) and warns
@@ -195,6 +235,31 @@ static int ticket_write(void *p, const mbedtls_ssl_session *session, unsigned ch
   mbedtls_platform_zeroize(state, ANCHORS_LEN + need);
   free(state);
   return r;
+}
+
+static void digest(const unsigned char *p, size_t len, uint8_t out[32]) {
+  mbedtls_sha256_ret(p, len, out, 0);
+}
+
+void fl__tls_cert_ref(const mbedtls_x509_crt *crt, fl_tls_cert_ref *out) {
+  memset(out, 0, sizeof *out);
+  if (!crt || crt->serial.len == 0 || crt->serial.len > sizeof out->serial) return;
+  digest(crt->issuer_raw.p, crt->issuer_raw.len, out->issuer);
+  memcpy(out->serial, crt->serial.p, crt->serial.len);
+  out->serial_len = crt->serial.len;
+}
+
+int fl_tls_config_revokes(const fl_tls_config *cfg, const fl_tls_cert_ref *ref) {
+  if (!cfg || !cfg->have_crl || !ref || !ref->serial_len) return 0;
+  for (const mbedtls_x509_crl *crl = &cfg->crl; crl && crl->version; crl = crl->next) {
+    uint8_t issuer[32];
+    digest(crl->issuer_raw.p, crl->issuer_raw.len, issuer);
+    if (memcmp(issuer, ref->issuer, sizeof issuer) != 0) continue;
+    for (const mbedtls_x509_crl_entry *e = &crl->entry; e && e->serial.len; e = e->next)
+      if (e->serial.len == ref->serial_len && memcmp(e->serial.p, ref->serial, ref->serial_len) == 0)
+        return 1;
+  }
+  return 0;
 }
 
 static int revoked(const fl_tls_config *cfg, const mbedtls_x509_crt *crt) {
@@ -333,8 +398,9 @@ void fl__tls_session_forget(const fl_tls_config *cfg, const char *server) {
 
 /* ---- the configuration ---- */
 
-int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *err,
-                         size_t errlen) {
+/* A configuration from opt; a reload's shares the ticket keys of shared_tickets. */
+static int create(const fl_tls_options *opt, const fl_tls_config *shared_tickets,
+                  fl_tls_config **out, char *err, size_t errlen) {
   if (err && errlen) err[0] = '\0';
   *out = NULL;
   if (!opt || !opt->ca_file || (opt->is_server && (!opt->cert_file || !opt->key_file)) ||
@@ -352,6 +418,7 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
   }
   fl_tls_config *cfg = calloc(1, sizeof *cfg);
   if (!cfg) return FL_ENOMEM;
+  atomic_init(&cfg->refs, 1);
   cfg->is_server = opt->is_server;
   cfg->verify_optional = opt->is_server && opt->verify_optional;
   entropy_ref();
@@ -378,13 +445,15 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
     rc = load_error(err, errlen, "seeding the random generator from", "entropy", r);
     goto fail;
   }
+  if ((rc = check_readable(err, errlen, "CA file", opt->ca_file)) != 0) goto fail;
   if ((r = mbedtls_x509_crt_parse_file(&cfg->ca, opt->ca_file)) != 0) {
-    rc = load_error(err, errlen, "CA file", opt->ca_file, r);
+    rc = file_error(err, errlen, "CA file", opt->ca_file, r);
     goto fail;
   }
   if (opt->crl_file) {
+    if ((rc = check_readable(err, errlen, "CRL file", opt->crl_file)) != 0) goto fail;
     if ((r = mbedtls_x509_crl_parse_file(&cfg->crl, opt->crl_file)) != 0) {
-      rc = load_error(err, errlen, "CRL file", opt->crl_file, r);
+      rc = file_error(err, errlen, "CRL file", opt->crl_file, r);
       goto fail;
     }
     cfg->have_crl = 1;
@@ -401,12 +470,14 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
       }
   }
   if (opt->cert_file) {
+    if ((rc = check_readable(err, errlen, "certificate file", opt->cert_file)) != 0) goto fail;
     if ((r = mbedtls_x509_crt_parse_file(&cfg->cert, opt->cert_file)) != 0) {
-      rc = load_error(err, errlen, "certificate file", opt->cert_file, r);
+      rc = file_error(err, errlen, "certificate file", opt->cert_file, r);
       goto fail;
     }
+    if ((rc = check_readable(err, errlen, "key file", opt->key_file)) != 0) goto fail;
     if ((r = mbedtls_pk_parse_keyfile(&cfg->key, opt->key_file, NULL)) != 0) {
-      rc = load_error(err, errlen, "key file", opt->key_file, r);
+      rc = file_error(err, errlen, "key file", opt->key_file, r);
       goto fail;
     }
     if ((r = mbedtls_pk_check_pair(&cfg->cert.pk, &cfg->key)) != 0) {
@@ -438,8 +509,19 @@ int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *e
     goto fail;
   }
   if ((rc = check_own(cfg, err, errlen)) < 0) goto fail;
-  if (opt->is_server && opt->ticket_lifetime) {
+  if (opt->is_server && shared_tickets) { /* a reload: the keys go on */
     digest_anchors(cfg);
+    cfg->tickets = shared_tickets->tickets;
+    cfg->ticket_refs = shared_tickets->ticket_refs;
+    atomic_fetch_add(cfg->ticket_refs, 1);
+    mbedtls_ssl_conf_session_tickets_cb(c, ticket_write, ticket_parse, cfg);
+  } else if (opt->is_server && opt->ticket_lifetime) {
+    digest_anchors(cfg);
+    if (!(cfg->ticket_refs = malloc(sizeof *cfg->ticket_refs))) {
+      rc = FL_ENOMEM;
+      goto fail;
+    }
+    atomic_init(cfg->ticket_refs, 1);
     rc = fl_ticket_keys_create(opt->ticket_key_file, opt->ticket_lifetime, rng, cfg,
                                opt->ticket_clock, opt->ticket_clock_ctx, &cfg->tickets, err, errlen);
     if (rc) goto fail;
@@ -466,9 +548,27 @@ fail:
   return rc;
 }
 
+int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *err,
+                         size_t errlen) {
+  return create(opt, NULL, out, err, errlen);
+}
+
+int fl_tls_config_reload(const fl_tls_config *old, const fl_tls_options *opt,
+                         fl_tls_config **out, char *err, size_t errlen) {
+  if (!old || !opt || !old->is_server || !opt->is_server) return FL_EINVAL;
+  return create(opt, old->tickets ? old : NULL, out, err, errlen);
+}
+
+void fl_tls_config_ref(const fl_tls_config *cfg) {
+  if (cfg) atomic_fetch_add(&((fl_tls_config *)cfg)->refs, 1);
+}
+
 void fl_tls_config_free(fl_tls_config *cfg) {
-  if (!cfg) return;
-  fl_ticket_keys_free(cfg->tickets);
+  if (!cfg || atomic_fetch_sub(&cfg->refs, 1) > 1) return;
+  if (cfg->ticket_refs && atomic_fetch_sub(cfg->ticket_refs, 1) == 1) {
+    fl_ticket_keys_free(cfg->tickets);
+    free(cfg->ticket_refs);
+  }
   if (cfg->cache) {
     for (int i = 0; i < CACHE_SLOTS; i++) clear_slot(&cfg->cache->slot[i]);
     pthread_mutex_destroy(&cfg->cache->mu);

@@ -43,10 +43,30 @@ typedef struct fl_tls_options {
 typedef struct fl_tls_config fl_tls_config;
 
 /* Loads the files and builds the configuration; on error a message naming the file and
- * the problem goes to err.  Caller frees with fl_tls_config_free after every connection
- * using it is gone. */
+ * the problem goes to err.  The configuration is reference-counted: the caller holds one
+ * reference, and every connection made with it holds one until it is freed (conn.h), so
+ * the caller may drop its own with fl_tls_config_free while connections still use it. */
 int fl_tls_config_create(const fl_tls_options *opt, fl_tls_config **out, char *err,
                          size_t errlen);
+/* Server: a new configuration from opt's files (a renewed certificate and key, a new
+ * CRL) that keeps old's session-ticket keys, so clients still resume across it.  The
+ * caller owns the new one's reference; old is unchanged (connections made with it keep
+ * it).  Same errors as fl_tls_config_create. */
+int fl_tls_config_reload(const fl_tls_config *old, const fl_tls_options *opt,
+                         fl_tls_config **out, char *err, size_t errlen);
+/* Another reference (any thread). */
+void fl_tls_config_ref(const fl_tls_config *cfg);
+/* Drops a reference; the last one frees it (any thread). */
 void fl_tls_config_free(fl_tls_config *cfg);
+
+/* What identifies a peer's certificate for revocation: its issuer (a digest of its
+ * name) and serial number.  All zero: no certificate. */
+typedef struct fl_tls_cert_ref {
+  uint8_t issuer[32];
+  uint8_t serial[32];
+  size_t serial_len;
+} fl_tls_cert_ref;
+/* 1 when cfg's CRL revokes the certificate ref names. */
+int fl_tls_config_revokes(const fl_tls_config *cfg, const fl_tls_cert_ref *ref);
 
 #endif

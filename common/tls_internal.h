@@ -23,4 +23,7 @@ void fl__tls_session_keep(const fl_tls_config *cfg, const char *server,
                           const mbedtls_ssl_context *ssl);
 void fl__tls_session_forget(const fl_tls_config *cfg, const char *server);
 
+/* The revocation identity of a certificate (tls.h). */
+void fl__tls_cert_ref(const mbedtls_x509_crt *crt, fl_tls_cert_ref *out);
+
 #endif

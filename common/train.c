@@ -70,6 +70,8 @@ typedef struct run {
   int clip;               /* the step is a separate pass (clipping needs the whole gradient) */
   uint64_t step0;         /* optimizer steps taken before this run */
   float *loss;            /* [n] per-sample losses, in the order of perm */
+  const float *frozen;    /* [num_params] mask of frozen parameters, or NULL */
+  const float *frozen_ref; /* [num_params] their values, held after every step */
   float *scores;          /* [n] the binary head's logits (ROC AUC), or NULL */
   float clip_scale;       /* written by thread 0 between two barriers */
   atomic_int abort;       /* a non-finite loss or gradient norm: no update is applied */
@@ -393,6 +395,13 @@ static void step(run *r, int k, size_t off, int B, uint64_t stepno) {
   forward(r, &sl);
   if (r->backward && backward(r, &sl) == 0 && r->clip) clipped_step(r, &sl);
   barrier(t); /* the batch buffers are free and the update is complete */
+  if (r->frozen) { /* frozen parameters back as they were, each thread a range */
+    size_t P = t->m->num_params;
+    size_t a = fl__split((uint32_t)P, k, t->T), b = fl__split((uint32_t)P, k + 1, t->T);
+    for (size_t i = a; i < b; i++)
+      if (r->frozen[i] != 0.0f) r->params[i] = r->frozen_ref[i];
+    barrier(t);
+  }
 }
 
 /* Thread k's part of a whole run, batch after batch. */
@@ -452,6 +461,27 @@ int fl_trainer_grad(fl_trainer *t, const float *params, const float *x, const fl
   return 0;
 }
 
+int fl_trainer_predict(fl_trainer *t, const float *params, const float *x, const float *y,
+                       uint32_t n, float *out, float *score, float *loss) {
+  if (n == 0 || n > t->max_batch) return FL_EINVAL;
+  const fl_model *m = t->m;
+  const size_t C = m->out_dim;
+  fl_dataset d = {.n = n, .dim = m->in_dim, .x = (float *)x, .y = (float *)y};
+  run r = {.t = t, .params = (float *)params, .data = &d, .n = n, .batch = n,
+           .loss = t->loss};
+  run_all(&r);
+  /* keep holds the probabilities (softmax, sigmoid_bce) or the residual z - y (mse) */
+  if (m->head->regression)
+    memcpy(out, logits(t), sizeof(float) * n * C);
+  else
+    memcpy(out, t->keep, sizeof(float) * n * C);
+  if (score) memcpy(score, logits(t), sizeof(float) * n * C);
+  if (loss) memcpy(loss, t->loss, sizeof(float) * n);
+  for (uint32_t i = 0; i < n; i++)
+    if (!isfinite(t->loss[i])) return FL_ENONFINITE;
+  return 0;
+}
+
 int fl_check_data(const fl_model *m, const fl_subset *s, char *err, size_t errlen) {
   const fl_dataset *d = s->data;
   if (!d || d->dim != m->in_dim) {
@@ -508,13 +538,23 @@ int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train
     free(loss);
     return FL_ENOMEM;
   }
+  float *ref = NULL;
+  if (cfg->frozen) {
+    if (!(ref = alloc_floats(1, m->num_params))) {
+      free(perm);
+      free(loss);
+      return FL_ENOMEM;
+    }
+    memcpy(ref, params, sizeof(float) * m->num_params);
+  }
   memset(t->grad[0], 0, sizeof(float) * P); /* from here on each step leaves it zeroed */
   memset(t->m1, 0, sizeof(float) * P);
   memset(t->m2, 0, sizeof(float) * P);
   fl_rng_seed2(&t->drop_rng, cfg->seed, UINT64_MAX);
   run r = {.t = t, .params = params, .data = data->data, .perm = perm, .n = n,
            .batch = cfg->batch_size, .training = 1, .update_state = 1, .backward = 1,
-           .cfg = cfg, .clip = cfg->clip_norm > 0.0f, .loss = loss};
+           .cfg = cfg, .clip = cfg->clip_norm > 0.0f, .loss = loss, .frozen = cfg->frozen,
+           .frozen_ref = ref};
   for (uint32_t e = 0; e < cfg->epochs; e++) {
     for (size_t i = 0; i < n; i++) perm[i] = data->idx ? data->idx[i] : (uint32_t)i;
     fl_rng sh;
@@ -533,6 +573,7 @@ int fl_train(fl_trainer *t, float *params, const fl_subset *data, const fl_train
   }
   free(perm);
   free(loss);
+  free(ref);
   return rc;
 }
 

@@ -42,6 +42,8 @@ typedef struct fl_train_config {
   uint32_t epochs;
   uint32_t batch_size;
   uint64_t seed;       /* shuffling and dropout */
+  const float *frozen; /* [num_params] 1 where a parameter is frozen (fl_model_freeze_mask):
+                        * it ends every step as it began, state included; or NULL */
 } fl_train_config;
 
 /* Defaults: SGD, lr 0.01, no momentum, beta1 0.9, beta2 0.999, eps 1e-8, 1 epoch,
@@ -101,6 +103,16 @@ int fl_check_data(const fl_model *m, const fl_subset *data, char *err, size_t er
  * only).  Used for gradient checks and gradient-based aggregation. */
 int fl_trainer_grad(fl_trainer *t, const float *params, const float *x, const float *y,
                     uint32_t n, int training, uint64_t seed, float *grad, double *loss);
+
+/* Inference on n <= max_batch samples x [n][input_dim] with labels y [n] (zeros when
+ * there are none: every head accepts 0): out [n][output_dim] receives what the model
+ * predicts (softmax: class probabilities; sigmoid_bce: the probability of class 1; mse:
+ * the value), score [n][output_dim] (may be NULL) the logits before the head, and loss
+ * [n] (may be NULL) each sample's loss against y.  No dropout, batchnorm on its running
+ * statistics.  0, FL_EINVAL (n out of range) or FL_ENONFINITE (a loss is not finite;
+ * the outputs are written all the same). */
+int fl_trainer_predict(fl_trainer *t, const float *params, const float *x, const float *y,
+                       uint32_t n, float *out, float *score, float *loss);
 
 /* One optimizer step over n parameters w with gradient g, as configured in cfg (the
  * proximal term, clipping and weight decay included; epochs/batch/seed unused).  The

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on one machine: certificates, fl-server, and 10 virtual
 # clients (one fl-client process) on IID partitions of Fashion-MNIST, 2nn, 20 rounds;
-# then a table of test accuracy by round.  `make demo` runs it.
+# then a table of test accuracy by round, and its plot (fl-plot).  The server's status
+# page (--http) is on while it runs.  `make demo` runs it.
 #
 # Environment: FL_BIN_DIR (default build), FL_DEMO_DIR (default build/demo),
 # FL_DEMO_ROUNDS (default 20), FL_DEMO_CLIENTS (default 10).
@@ -12,7 +13,7 @@ work=${FL_DEMO_DIR:-build/demo}
 rounds=${FL_DEMO_ROUNDS:-20}
 clients=${FL_DEMO_CLIENTS:-10}
 mkdir -p "$work"
-rm -f "$work/metrics.jsonl" "$work/server.log" "$work/clients.log"
+rm -f "$work/metrics.jsonl" "$work/server.log" "$work/clients.log" "$work/model.bin.ckpt"
 
 certs/gen.sh --out "$work/certs" --clients "$clients" --quiet
 
@@ -23,7 +24,7 @@ echo "demo: fl-server and $clients clients, 2nn on Fashion-MNIST (IID), $rounds 
 "$bin/fl-server" --config examples/server.ini --listen 127.0.0.1:0 --rounds "$rounds" \
   --clients-per-round "$clients" --min-clients "$clients" --min-updates 1 \
   --ca "$work/certs/ca.crt" --cert "$work/certs/server.crt" --key "$work/certs/server.key" \
-  --out "$work/model.bin" --metrics "$work/metrics.jsonl" 2>"$work/server.log" &
+  --out "$work/model.bin" --metrics "$work/metrics.jsonl" --http 127.0.0.1:0 2>"$work/server.log" &
 spid=$!
 
 port=
@@ -34,9 +35,11 @@ for _ in $(seq 1 200); do
   sleep 0.05
 done
 [ -n "$port" ] || { echo "demo: fl-server did not start" >&2; cat "$work/server.log" >&2; exit 1; }
+status=$(sed -n 's/.*status page on \(http:[^ ]*\) .*/\1/p' "$work/server.log" | head -1)
+echo "demo: watch it live at $status (Prometheus metrics at ${status}metrics)"
 
 "$bin/fl-client" --config examples/client.ini --server "127.0.0.1:$port" \
-  --clients "$clients" --num-partitions "$clients" --certs-dir "$work/certs" \
+  --clients "$clients" --partition iid --num-partitions "$clients" --certs-dir "$work/certs" \
   --ca "$work/certs/ca.crt" 2>"$work/clients.log" &
 cpid=$!
 
@@ -64,6 +67,9 @@ trap - EXIT
 
 acc=$(tail -1 "$work/metrics.jsonl" | sed -n 's/.*"test_accuracy":\([0-9.]*\).*/\1/p')
 echo "demo: final test accuracy $acc after $rounds rounds"
+"$bin/fl-plot" -o "$work/accuracy.png" -t "demo: 2nn on Fashion-MNIST, $clients clients" \
+  "demo=$work/metrics.jsonl" >/dev/null || echo "demo: no plot (fl-plot failed)" >&2
+[ -f "$work/accuracy.png" ] && echo "demo: plot    $work/accuracy.png"
 echo "demo: model   $work/model.bin"
 echo "demo: metrics $work/metrics.jsonl"
 echo "demo: logs    $work/server.log, $work/clients.log"

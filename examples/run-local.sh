@@ -11,6 +11,7 @@ rounds=${2:-5}
 bin=${FL_BIN_DIR:-build}
 work=${FL_RUN_DIR:-build/run-local}
 mkdir -p "$work"
+rm -f "$work/model.bin.ckpt" "$work/metrics.jsonl" # a new run each time
 certs/gen.sh --out "$work/certs" --clients "$n" --quiet
 
 pids=()
@@ -35,7 +36,7 @@ for i in $(seq 1 "$n"); do
   id=$(printf 'client-%04d' "$i")
   "$bin/fl-client" --config examples/client.ini --server "127.0.0.1:$port" \
     --ca "$work/certs/ca.crt" --cert "$work/certs/$id.crt" --key "$work/certs/$id.key" \
-    --num-partitions "$n" --partition-index $((i - 1)) 2>"$work/$id.log" &
+    --partition iid --num-partitions "$n" --partition-index $((i - 1)) 2>"$work/$id.log" &
   pids+=("$!")
 done
 wait "$spid"

@@ -68,7 +68,7 @@ void srv_pump_tx(client *c) {
         c->frame_next++;
         c->srv->r.model_payload += len; /* frame bytes, as below */
         rc = fl_peer_send(c->peer, f, len);
-        if (rc == 0) c->srv->bytes_out += len + 4;
+        if (rc == 0) srv_count_sent(c, len + 4);
         if (rc) {
           srv_tx_done(c);
           return;
@@ -94,7 +94,7 @@ void srv_pump_tx(client *c) {
       return;
     }
     rc = fl_peer_send(c->peer, buf, len);
-    if (rc == 0) c->srv->bytes_out += len + 4;
+    if (rc == 0) srv_count_sent(c, len + 4);
     free(buf);
     if (rc) {
       srv_tx_done(c);
@@ -177,6 +177,7 @@ void srv_send_train_task(client *c) {
   tc.prox_mu = (float)cfg->prox_mu;
   tc.clip_norm = (float)cfg->clip_norm;
   tc.seed = cfg->seed * 1000003ULL + s->r.number;
+  tc.freeze = cfg->freeze ? cfg->freeze : (char *)"";
   t.round = s->r.number;
   t.model_version = s->model_version;
   t.model_id = fl_model_id(s->model);
@@ -184,6 +185,9 @@ void srv_send_train_task(client *c) {
   t.num_params = s->n;
   t.config = &tc;
   t.encoding = model_encoding(c);
+  t.n_feature_mean = t.n_feature_std = s->tf_dim;
+  t.feature_mean = s->tf_mean;
+  t.feature_std = s->tf_std;
   env.body_case = FL__ENVELOPE__BODY_TRAIN_TASK;
   env.train_task = &t;
   if (srv_send(c, &env) == 0) start_tx(c);
@@ -198,6 +202,9 @@ void srv_send_eval_task(client *c) {
   t.model_id = fl_model_id(s->model);
   t.num_params = s->n;
   t.encoding = model_encoding(c);
+  t.n_feature_mean = t.n_feature_std = s->tf_dim;
+  t.feature_mean = s->tf_mean;
+  t.feature_std = s->tf_std;
   env.body_case = FL__ENVELOPE__BODY_EVAL_TASK;
   env.eval_task = &t;
   if (srv_send(c, &env) == 0) {

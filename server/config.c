@@ -6,11 +6,14 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "error.h"
 #include "log.h"
 #include "codec.h"
+#include "model.h"
 #include "strategy.h"
+#include "train.h"
 
 #define O(name, sec, type, field, def, arg, help, lo, hi) \
   {name, sec, type, offsetof(server_config, field), def, arg, help, lo, hi}
@@ -21,9 +24,16 @@ const fl_option server_options[] = {
   O("out", "server", FL_OPTT_STR, out, "fl-model.bin", "FILE", "final global model file", 0, 0),
   O("metrics", "server", FL_OPTT_STR, metrics, NULL, "FILE", "append one JSON line per round", 0, 0),
   O("checkpoint", "server", FL_OPTT_STR, checkpoint, NULL, "FILE", "checkpoint written after every round (default: OUT.ckpt)", 0, 0),
+  O("keep-best", "server", FL_OPTT_STR, keep_best, NULL, "METRIC", "also keep the best global model seen by METRIC in OUT.best (test_loss, test_accuracy, test_auc, fed_eval_loss, fed_eval_accuracy, fed_eval_auc, train_loss; a loss is best lowest)", 0, 0),
   O("resume", "server", FL_OPTT_BOOL, resume, "false", NULL, "continue from the checkpoint, if there is one", 0, 0),
+  O("force", "server", FL_OPTT_BOOL, force, "false", NULL, "start a new run even though a checkpoint of an earlier one exists (it is removed); without --resume or --force, fl-server refuses to start over an existing checkpoint", 0, 0),
+  O("http", "server", FL_OPTT_STR, http, NULL, "HOST:PORT|PORT", "serve a status page (/), Prometheus metrics (/metrics) and JSON (/status) over HTTP; a bare PORT binds 127.0.0.1 (off by default)", 0, 0),
+  O("http-timeout", "server", FL_OPTT_INT, http_timeout, "10", "SECONDS", "close an HTTP connection idle this long", 1, 86400),
+  O("http-connections", "server", FL_OPTT_INT, http_connections, "32", "N", "HTTP connections at once (a quarter of them per address)", 1, 10000),
   O("model", "model", FL_OPTT_STR, model, "2nn", "SPEC", "model spec or preset (logreg, 2nn, cnn, mlp64), or external:NAME:N (a model the clients train with their own code, libflclient)", 0, 0),
   O("init-model", "model", FL_OPTT_STR, init_model, NULL, "FILE", "start from this model file instead of a seeded initialisation", 0, 0),
+  O("standardize", "model", FL_OPTT_BOOL, standardize, "false", NULL, "standardise the features: before round 1 the clients that agree (fl-client --share-feature-stats) send each feature's count, sum and sum of squares, the server combines them and sends every client the means and deviations with its tasks; --test-data and the model files get the same transform", 0, 0),
+  O("freeze", "model", FL_OPTT_STR, freeze, NULL, "LAYERS", "transfer learning: layers the clients do not train ('head', 'all-but-head', or positions from 0 as in the spec without in:, such as 0,2-3); an update that changes them is refused", 0, 0),
   O("seed", "model", FL_OPTT_U64, seed, "1", "N", "seed for initialisation, client selection and local training", 0, 0),
   O("rounds", "round", FL_OPTT_INT, rounds, "10", "N", "rounds to run", 1, 1e9),
   O("clients-per-round", "round", FL_OPTT_DOUBLE, clients_per_round, "10", "N|FRACTION", "clients selected each round: a count, or a fraction (< 1) of those connected", 1e-9, 1e9),
@@ -34,6 +44,7 @@ const fl_option server_options[] = {
   O("strategy", "round", FL_OPTT_STR, strategy, "fedavg", "SPEC", "aggregation strategy: AGGREGATOR[:k=v,...][+OPTIMIZER[:k=v,...]] (listed above)", 0, 0),
   O("strategy-memory", "round", FL_OPTT_INT, strategy_memory_mib, "2048", "MIB", "memory a strategy that holds every update (median, trimmed, krum) may use; rounds select at most what fits", 1, 1 << 30),
   O("weights", "round", FL_OPTT_STR, weights, "examples", "examples|uniform", "weight of an update in the mean: its example count (at most what the client declared), or 1", 0, 0),
+  O("max-weight", "round", FL_OPTT_DOUBLE, max_weight, "0", "N", "no update weighs more than N examples, whatever it declares (with --max-weight-share, the lower cap wins); 0 = no absolute cap", 0, 1e18),
   O("max-weight-share", "round", FL_OPTT_DOUBLE, max_weight_share, "1", "F", "no update weighs more than F typical rounds (clients per round x the median example count the round's clients declared); 0 = no cap", 0, 1e9),
   O("uplink", "round", FL_OPTT_STR, uplink, "float32", "ENC", "encoding of the clients' updates: float32, float16, int8[:stochastic] or topk:FRACTION (lossy ones with error feedback on the clients); a client that does not offer it sends float32", 0, 0),
   O("downlink", "round", FL_OPTT_STR, downlink, "float32", "ENC", "encoding of the models sent to clients: float32, float16 or int8 (encoded once per model; every client trains from the same decoded model)", 0, 0),
@@ -82,11 +93,60 @@ const fl_option server_options[] = {
   {0},
 };
 
+/* The local training settings go to every client in each TrainTask: a value a client
+ * cannot use would fail every client of every round, so each is checked here, before the
+ * server listens.  The optimizer is one of the training core's unless the clients train
+ * an external model with their own code (they interpret the name). */
+static int check_train_settings(const server_config *c, char *err, size_t errlen) {
+  char why[512];
+  fl_model *m;
+  if (fl_model_create(c->model, &m, why, sizeof why) != 0) {
+    snprintf(err, errlen, "--model: %s", why);
+    return FL_ECONFIG;
+  }
+  int external = fl_model_is_external(m);
+  fl_model_free(m);
+  fl_train_config t = fl_train_config_default();
+  if (!external && fl_optimizer_parse(c->optimizer, &t) != 0) {
+    const char *known[] = {"sgd", "momentum", "nesterov", "adam", "adamw"};
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+      if (strcasecmp(c->optimizer, known[i]) == 0) {
+        snprintf(err, errlen, "--optimizer: unknown optimizer '%s' (names are lower case: "
+                 "did you mean '%s'?)", c->optimizer, known[i]);
+        return FL_ECONFIG;
+      }
+    snprintf(err, errlen, "--optimizer: unknown optimizer '%s' (known: sgd, momentum, "
+             "nesterov, adam, adamw)", c->optimizer);
+    return FL_ECONFIG;
+  }
+  if (c->momentum >= 1) {
+    snprintf(err, errlen, "--momentum: must be below 1 (the training core refuses %g)", c->momentum);
+    return FL_ECONFIG;
+  }
+  if (!(c->lr > 0)) {
+    snprintf(err, errlen, "--lr: the local learning rate must be above 0, got %g", c->lr);
+    return FL_ECONFIG;
+  }
+  return 0;
+}
+
 int server_config_check(const server_config *c, char *err, size_t errlen) {
   char host[256];
   int port;
   if (fl_split_host_port(c->listen, host, sizeof host, &port) != 0) {
     snprintf(err, errlen, "--listen: expected HOST:PORT, got '%s'", c->listen);
+    return FL_ECONFIG;
+  }
+  int rc = check_train_settings(c, err, errlen);
+  if (rc) return rc;
+  if (c->http && server_http_address(c->http, host, sizeof host, &port) != 0) {
+    snprintf(err, errlen, "--http: expected HOST:PORT or PORT, got '%s'", c->http);
+    return FL_ECONFIG;
+  }
+  if (c->keep_best && srv_metric_find(c->keep_best) < 0) {
+    snprintf(err, errlen, "--keep-best: '%s' is not one of test_loss, test_accuracy, "
+             "test_auc, fed_eval_loss, fed_eval_accuracy, fed_eval_auc, train_loss",
+             c->keep_best);
     return FL_ECONFIG;
   }
   if (strcmp(c->weights, "examples") != 0 && strcmp(c->weights, "uniform") != 0) {
@@ -181,6 +241,18 @@ int server_config_check(const server_config *c, char *err, size_t errlen) {
     return FL_ECONFIG;
   }
   return fl_options_check_heartbeat(c->heartbeat, c->idle_timeout, err, errlen);
+}
+
+int server_http_address(const char *spec, char *host, size_t hostlen, int *port) {
+  const char *p = spec[0] == ':' ? spec + 1 : spec;
+  char *end;
+  long v = strtol(p, &end, 10);
+  if (end != p && !*end && v >= 0 && v <= 65535) {
+    snprintf(host, hostlen, "127.0.0.1");
+    *port = (int)v;
+    return 0;
+  }
+  return fl_split_host_port(spec, host, hostlen, port) == 0 ? 0 : FL_ECONFIG;
 }
 
 int server_norm_bound(const char *spec, double *ratio, double *bound) {

@@ -11,10 +11,17 @@ typedef struct server_config {
   char *out;               /* final model file */
   char *metrics;           /* JSON lines, one per round */
   char *checkpoint;        /* state after the last completed round (default: OUT.ckpt) */
+  char *keep_best;         /* a metric: the best global model by it goes to OUT.best */
   int resume;              /* continue from the checkpoint */
+  int force;               /* start over even when a checkpoint exists (it is removed) */
+  char *http;              /* status page, /metrics and /status: HOST:PORT or PORT (NULL: off) */
+  int http_timeout;        /* seconds an HTTP connection may idle */
+  int http_connections;    /* HTTP connections at once */
   /* [model] */
   char *model;
   char *init_model;
+  int standardize;         /* feature standardisation from the clients' statistics */
+  char *freeze;            /* layers not trained (fl_model_freeze_mask), or NULL */
   unsigned long long seed;
   /* [round] */
   int rounds;
@@ -26,6 +33,7 @@ typedef struct server_config {
   char *strategy;           /* strategy.h's spec */
   int strategy_memory_mib;  /* limit on what a strategy holding every update may hold */
   char *weights;            /* examples | uniform */
+  double max_weight;        /* absolute cap on one update's weight, in examples (0: none) */
   double max_weight_share;  /* cap on one update's weight, in typical rounds (0: none) */
   char *max_update_norm;    /* "RATIOx" of the model's norm, an absolute bound, or 0 */
   char *uplink;             /* codec.h spec of the updates clients send */
@@ -81,7 +89,11 @@ typedef struct server_config {
 extern const fl_option server_options[];
 
 /* Cross-field checks after parsing; a message in err. */
+/* The index of a --keep-best metric name, or -1 (metrics.c). */
+int srv_metric_find(const char *name);
 int server_config_check(const server_config *c, char *err, size_t errlen);
+/* --http: "PORT" or ":PORT" (127.0.0.1), or "HOST:PORT".  FL_ECONFIG if neither. */
+int server_http_address(const char *spec, char *host, size_t hostlen, int *port);
 /* --max-update-norm: "Rx" gives *ratio R, a number *bound (0 = none).  FL_ECONFIG if
  * neither. */
 int server_norm_bound(const char *spec, double *ratio, double *bound);

@@ -22,8 +22,8 @@ static void eval_work(uv_work_t *w) {
 void srv_begin_fed_eval(server *s) {
   s->ph = PH_FED_EVAL;
   s->r.fed_asked = s->r.fed_answered = 0;
-  s->r.fed_loss = s->r.fed_acc = 0;
-  s->r.fed_n = 0;
+  s->r.fed_loss = s->r.fed_acc = s->r.fed_auc = 0;
+  s->r.fed_n = s->r.fed_auc_n = 0;
   int due = s->cfg->fed_eval_every > 0 &&
             (s->r.number % (uint64_t)s->cfg->fed_eval_every == 0 ||
              s->r.number == (uint64_t)s->cfg->rounds);
@@ -42,6 +42,7 @@ static void eval_after(uv_work_t *w, int status) {
   if (s->eval_rc == 0) {
     s->r.test_loss = s->eval_result.loss;
     s->r.test_acc = s->eval_result.accuracy;
+    s->r.test_auc = s->eval_result.auc;
     s->r.tested = 1;
   } else {
     fl_error("server", "evaluating the global model failed: %s", fl_strerror(s->eval_rc));
@@ -88,6 +89,12 @@ void srv_on_eval_result(client *c, const Fl__EvalResult *e) {
     s->r.fed_loss += m->loss * n;
     s->r.fed_acc += m->accuracy * n;
     s->r.fed_n += (uint64_t)n;
+    /* a client's AUC (binary heads; 0 or NaN from one that has none) weighs as its
+     * examples do */
+    if (isfinite(m->auc) && m->auc > 0 && m->auc <= 1) {
+      s->r.fed_auc += m->auc * n;
+      s->r.fed_auc_n += (uint64_t)n;
+    }
   } else if (m && m->num_examples > 0) {
     fl_warn("server", "round %llu: evaluation result of %s left out: loss %g, accuracy %g",
             (unsigned long long)s->r.number, c->id, m->loss, m->accuracy);

@@ -218,6 +218,7 @@ static void fold_after(uv_work_t *w, int status) {
       if (isfinite(it->loss)) s->r.loss_sum += it->loss * it->weight;
       if (isfinite(it->acc)) s->r.acc_sum += it->acc * it->weight;
       if (isfinite(it->seconds) && it->seconds > s->r.slowest) s->r.slowest = it->seconds;
+      srv_participant_add(s, it);
     }
     /* The pool's buffer goes back, or one in its place if the strategy kept it; a buffer
      * of the update's own is freed unless the strategy kept it. */
@@ -273,6 +274,7 @@ static void note_refusal(server *s, const char *id, const char *reason) {
   fl_warn("server", "round %llu: refused update from %s: %s", (unsigned long long)s->r.number,
           id, reason);
   s->r.refused++;
+  if (s->status) srv_status_refused(s, reason);
   if (s->r.n_refusals < MAX_REFUSALS) {
     refusal *f = &s->r.refusals[s->r.n_refusals++];
     snprintf(f->client, sizeof f->client, "%s", id);
@@ -435,12 +437,26 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
     return;
   }
   if (rc == 0) return;
+  /* --freeze: a float32 delta must leave the frozen parameters alone (an encoded one is
+   * checked by its encoding's decoder only). */
+  if (s->frozen && c->rxt.dec.enc == FL_ENC_FLOAT32 && c->buf) {
+    for (size_t i = 0; i < s->n; i++)
+      if (s->frozen[i] != 0.0f && c->buf[i] != 0.0f) {
+        srv_abort_rx(c);
+        srv_count_answer(c);
+        refuse(c, "the update changes frozen parameter %zu (--freeze %s)", i, s->cfg->freeze);
+        c->rx = RX_IDLE;
+        srv_advance(s);
+        return;
+      }
+  }
   /* Complete and finite: fold it, with the weight the policy gives it. */
   ready_update *it = &s->ready[s->n_ready_bufs++];
   double weight = s->uniform_weights ? 1.0 : (double)c->upd_examples;
   if (s->r.weight_cap > 0 && weight > s->r.weight_cap) {
-    fl_info("server", "round %llu: %s's weight %.0f capped to %.0f (--max-weight-share)",
-            (unsigned long long)s->r.number, c->id, weight, s->r.weight_cap);
+    fl_info("server", "round %llu: %s's weight %.0f capped to %.0f (%s)",
+            (unsigned long long)s->r.number, c->id, weight, s->r.weight_cap,
+            s->r.weight_cap == s->cfg->max_weight ? "--max-weight" : "--max-weight-share");
     weight = s->r.weight_cap;
     s->r.weights_capped++;
   }
@@ -468,9 +484,11 @@ static int by_value(const void *a, const void *b) {
 
 /* The weight cap: no update weighs more than --max-weight-share times a typical round,
  * the round's target times the median example count its clients declared (a median, so
- * that a client declaring an absurd count cannot raise the cap for itself).  The norm
+ * that a client declaring an absurd count cannot raise the cap for itself), nor more than
+ * --max-weight examples.  The norm
  * bound: --max-update-norm, absolute or a multiple of the global model's norm. */
 void srv_intake_begin(server *s, client *const *selected, size_t k) {
+  srv_participants_begin(s, selected, k);
   s->r.weight_cap = 0;
   double share = s->cfg->max_weight_share;
   if (share > 0 && k > 0 && !s->uniform_weights) {
@@ -484,6 +502,9 @@ void srv_intake_begin(server *s, client *const *selected, size_t k) {
       free(v);
     }
   }
+  double most = s->cfg->max_weight;
+  if (most > 0 && !s->uniform_weights && (s->r.weight_cap == 0 || most < s->r.weight_cap))
+    s->r.weight_cap = most;
   /* A private round's unit weight (DP-FedAvg's cap w^): the median client's examples, so
    * that a typical client weighs about 1 and none more than 1 (the sensitivity the noise
    * and the fixed point are sized for).  Example counts travel in the clear. */

@@ -1,8 +1,9 @@
 /* What fl-server keeps on disk: the checkpoint after every completed round (global
  * model, round, model version, the selection generator, the metrics file's length and
  * the strategy's state, such as a server optimizer's moments),
- * --resume from it, and the final model file (--out).  Files are written atomically and
+ * --resume from it, the final model file (--out) and the best one (--keep-best).  Files are written atomically and
  * checksummed (checkpoint.h, modelfile.h), so a crash leaves the previous one whole. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,42 @@
 #include "log.h"
 #include "modelfile.h"
 #include "server_internal.h"
+
+/* The directory a file goes into exists and takes new files: "" or the reason. */
+static int dir_writable(const char *path, const char *what, char *err, size_t errlen) {
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == path) snprintf(dir, sizeof dir, "/");
+  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  if (access(dir, W_OK | X_OK) != 0) {
+    snprintf(err, errlen, "%s %s: directory %s: %s", what, path, dir, strerror(errno));
+    return FL_EIO;
+  }
+  return 0;
+}
+
+int srv_have_checkpoint(const server *s) { return access(s->checkpoint, F_OK) == 0; }
+
+int srv_check_outputs(server *s, char *err, size_t errlen) {
+  const server_config *cfg = s->cfg;
+  int rc = dir_writable(cfg->out, "--out", err, errlen);
+  if (rc == 0) rc = dir_writable(s->checkpoint, "checkpoint", err, errlen);
+  if (rc) return rc;
+  if (cfg->resume || !srv_have_checkpoint(s)) return 0;
+  if (!cfg->force) {
+    snprintf(err, errlen, "checkpoint %s exists: an earlier run was here; continue it with "
+             "--resume, or start a new run over it with --force", s->checkpoint);
+    return FL_ECONFIG;
+  }
+  if (unlink(s->checkpoint) != 0) {
+    snprintf(err, errlen, "--force: cannot remove the checkpoint %s: %s", s->checkpoint,
+             strerror(errno));
+    return FL_EIO;
+  }
+  fl_warn("server", "--force: removed the checkpoint of an earlier run, %s", s->checkpoint);
+  return 0;
+}
 
 /* After every completed round: all a restart needs to continue from the next one. */
 void srv_save_checkpoint(server *s) {
@@ -106,8 +143,9 @@ int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
 
 void srv_save_final_model(server *s) {
   char err[512];
-  int rc = fl_modelfile_save(s->cfg->out, fl_model_spec(s->model), fl_model_id(s->model),
-                             s->global, s->n, err, sizeof err);
+  fl_transform tf = srv_transform(s);
+  int rc = fl_modelfile_save_ex(s->cfg->out, fl_model_spec(s->model), fl_model_id(s->model),
+                                s->global, s->n, &tf, err, sizeof err);
   if (rc) {
     fl_error("server", "writing the final model failed: %s", err);
     s->exit_code = 1;
@@ -120,4 +158,27 @@ void srv_save_final_model(server *s) {
     fl_info("server", "final model (%llu rounds) written to %s; peak memory %ld KiB, CPU %.3f s",
             (unsigned long long)s->model_version, s->cfg->out, srv_peak_rss_kib(), cpu);
   }
+}
+
+void srv_keep_best(server *s) {
+  if (!s->cfg->keep_best) return;
+  int k = srv_metric_find(s->cfg->keep_best);
+  double v;
+  if (k < 0 || !srv_metric_value(s, k, &v) || !isfinite(v)) return;
+  int lower = srv_metric_lower_is_better(k);
+  if (s->have_best && (lower ? v >= s->best_value : v <= s->best_value)) return;
+  char path[4096], err[512];
+  snprintf(path, sizeof path, "%s.best", s->cfg->out);
+  fl_transform tf = srv_transform(s);
+  int rc = fl_modelfile_save_ex(path, fl_model_spec(s->model), fl_model_id(s->model),
+                                s->global, s->n, &tf, err, sizeof err);
+  if (rc) {
+    fl_error("server", "round %llu: --keep-best: %s", (unsigned long long)s->r.number, err);
+    return;
+  }
+  s->have_best = 1;
+  s->best_value = v;
+  s->best_round = s->r.number;
+  fl_info("server", "round %llu: best %s so far (%.6g): model written to %s",
+          (unsigned long long)s->r.number, s->cfg->keep_best, v, path);
 }

@@ -81,6 +81,14 @@ static void start_round(server *s) {
   fl_info("server", "round %llu/%d: %zu of %zu ready clients selected%s%s",
           (unsigned long long)s->r.number, s->cfg->rounds, k, m,
           k > target ? " (over-selected)" : "", s->r.attempt > 1 ? " (retry)" : "");
+  if (!s->dp && s->cfg->clients_per_round >= 1 && (double)target < s->cfg->clients_per_round &&
+      !s->warned_few) {
+    s->warned_few = 1; /* once a run: the start-up warning said why */
+    fl_warn("server", "round %llu: %zu clients selected, fewer than --clients-per-round %g: "
+            "only %zu are ready, and --min-clients %d lets a round start with them",
+            (unsigned long long)s->r.number, k, s->cfg->clients_per_round, m,
+            s->cfg->min_clients);
+  }
   for (size_t i = 0; i < k; i++) {
     client *c = sel[i];
     c->task_round = s->r.number;
@@ -180,6 +188,7 @@ static void close_all(server *s, const char *why, uint32_t reconnect_ms) {
   fl_io_stop_listening(s->io);
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
+  uv_close((uv_handle_t *)&s->sighup, NULL);
   if (s->clients) uv_timer_start(&s->timer, on_linger, LINGER_MS, 0);
   else srv_end_linger(s);
 }
@@ -192,8 +201,12 @@ void srv_finish_run(server *s, const char *why) {
 /* A signal: the round in flight is abandoned; the checkpoint of the last completed round
  * is what a restart with --resume continues from; clients are told to come back. */
 static void stop_run(server *s) {
-  fl_info("server", "stopped after %llu completed rounds; checkpoint %s (restart with --resume)",
-          (unsigned long long)s->model_version, s->checkpoint);
+  if (srv_have_checkpoint(s))
+    fl_info("server", "stopped after %llu completed rounds; checkpoint %s (restart with --resume)",
+            (unsigned long long)s->model_version, s->checkpoint);
+  else
+    fl_info("server", "stopped before any round completed: no checkpoint was written (a "
+            "restart begins the run again)");
   close_all(s, "server restarting", 2000);
 }
 
@@ -245,6 +258,9 @@ static void apply_after(uv_work_t *w, int status) {
   }
   s->r.delta_norm = j->delta_norm;
   s->model_version++;
+  if (s->frozen_ref)
+    for (size_t i = 0; i < s->n; i++)
+      if (s->frozen[i] != 0.0f) s->global[i] = s->frozen_ref[i];
   if (s->dp) {
     double server_eps;
     s->r.epsilon = srv_privacy_epsilon(s, &server_eps);
@@ -286,6 +302,7 @@ void srv_advance(server *s) {
     if (s->waiting_for_more && s->ready_events == s->ready_seen) return;
     if (srv_clients_available(s) >= (size_t)s->cfg->min_clients) {
       s->waiting_for_more = 0;
+      if (!srv_standardize_ready(s)) return;
       if (s->r.attempt == 0 && !srv_privacy_allows_round(s, s->n_ready)) {
         srv_finish_run(s, "privacy budget reached");
         return;
@@ -383,6 +400,7 @@ void srv_advance(server *s) {
                                       : "did not take the evaluation model in time (--fed-eval-timeout)");
     for (client *c = s->clients; c; c = c->next) c->eval_pending = 0;
     srv_write_metrics(s, (double)(now_ms(s) - s->r.t0) / 1000.0);
+    srv_keep_best(s);
     srv_save_checkpoint(s);
     if (s->r.number >= (uint64_t)s->cfg->rounds) {
       srv_finish_run(s, "training complete");

@@ -9,11 +9,14 @@
  * round: the global model (one model size), the strategy's double-precision sum (two)
  * and --update-buffers update buffers (one each, two by default). */
 #include <cblas.h>
+#include <errno.h>
 #include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "bigalloc.h"
 #include "error.h"
@@ -48,6 +51,43 @@ static int check_strategy_memory(server *s, char *err, size_t errlen) {
     }
   }
   return 0;
+}
+
+/* SIGHUP: the CA, certificate, key and CRL files are read again (a renewed certificate,
+ * a client revoked with certs/gen.sh --revoke).  New connections use them; open ones
+ * stay, but for clients whose certificate the new CRL revokes, which are disconnected.
+ * Files that do not load leave everything as it was, and say why. */
+static void on_sighup(uv_signal_t *h, int signum) {
+  (void)signum;
+  server *s = h->data;
+  const server_config *cfg = s->cfg;
+  if (s->stopping || s->ph == PH_DONE) return;
+  fl_tls_options topt = {.is_server = 1, .ca_file = cfg->ca, .cert_file = cfg->cert,
+                         .key_file = cfg->key, .crl_file = cfg->crl,
+                         .ticket_lifetime = (unsigned)cfg->ticket_lifetime,
+                         .ticket_key_file = s->ticket_keys};
+  char err[512];
+  fl_tls_config *tls;
+  if (fl_tls_config_reload(s->tls, &topt, &tls, err, sizeof err) != 0) {
+    fl_error("server", "SIGHUP: %s; keeping the certificate, key and CRL loaded before", err);
+    return;
+  }
+  fl_io_set_tls(s->io, tls);
+  fl_tls_config_free(s->tls); /* connections made with it keep it while they last */
+  s->tls = tls;
+  size_t revoked = 0;
+  for (client *c = s->clients; c; c = c->next) {
+    if (c->closing || !fl_peer_revoked(c->peer, tls)) continue;
+    fl_warn("server", "%s (%s): its certificate is revoked (--crl %s): disconnected", c->id,
+            fl_peer_addr(c->peer), cfg->crl);
+    srv_send_error(c, FL__ERROR_CODE__ERROR_REFUSED, "this client's certificate is revoked");
+    c->closing = 1;
+    fl_peer_close(c->peer, "certificate revoked");
+    revoked++;
+  }
+  fl_info("server", "SIGHUP: reloaded CA %s, certificate %s, key %s%s%s; %zu connected client%s "
+          "revoked", cfg->ca, cfg->cert, cfg->key, cfg->crl ? ", CRL " : "",
+          cfg->crl ? cfg->crl : "", revoked, revoked == 1 ? "" : "s");
 }
 
 int server_create(const server_config *cfg, server **out, char *err, size_t errlen) {
@@ -102,8 +142,15 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     float *params = NULL;
     uint64_t id;
     size_t n;
-    rc = fl_modelfile_load(cfg->init_model, &spec, &id, &params, &n, err, errlen);
+    fl_transform tf;
+    rc = fl_modelfile_load_ex(cfg->init_model, &spec, &id, &params, &n, &tf, err, errlen);
     if (rc) goto fail;
+    if (tf.dim == fl_model_input_dim(s->model)) { /* the transform its weights expect */
+      s->tf_mean = tf.mean, s->tf_std = tf.std, s->tf_dim = tf.dim;
+      fl_info("server", "feature standardisation from %s", cfg->init_model);
+    } else {
+      fl_transform_free(&tf);
+    }
     if (id != fl_model_id(s->model) || n != s->n) {
       snprintf(err, errlen, "--init-model %s holds model '%s' (%zu parameters), but --model is '%s' (%zu parameters)",
                cfg->init_model, spec, n, fl_model_spec(s->model), s->n);
@@ -130,6 +177,31 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   fl_info("server", "strategy %s; update weights: %s, capped at %g typical rounds; update norm "
           "bound: %s", fl_strategy_spec(s->strategy), cfg->weights, cfg->max_weight_share,
           cfg->max_update_norm);
+  if (cfg->freeze) {
+    if (fl_model_is_external(s->model)) {
+      snprintf(err, errlen, "--freeze: the layers of the external model '%s' are its clients' "
+               "code's", fl_model_spec(s->model));
+      rc = FL_ECONFIG;
+      goto fail;
+    }
+    if (!(s->frozen = malloc(sizeof *s->frozen * (s->n ? s->n : 1)))) {
+      rc = FL_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+    long long nf = fl_model_freeze_mask(s->model, cfg->freeze, s->frozen, err, errlen);
+    if (nf < 0) {
+      rc = FL_ECONFIG;
+      goto fail;
+    }
+    fl_info("server", "--freeze %s: %lld of %zu parameters frozen", cfg->freeze, nf, s->n);
+  }
+  if (cfg->standardize && fl_model_is_external(s->model)) {
+    snprintf(err, errlen, "--standardize: the features of the external model '%s' are its "
+             "clients' code's to standardise", fl_model_spec(s->model));
+    rc = FL_ECONFIG;
+    goto fail;
+  }
   if (cfg->test_data && fl_model_is_external(s->model)) {
     snprintf(err, errlen, "--test-data: the server cannot evaluate the external model '%s' "
              "(its clients' code does: --fed-eval-every)", fl_model_spec(s->model));
@@ -149,6 +221,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
       goto fail;
     }
     s->have_test = 1;
+    fl_transform tf = srv_transform(s);
+    fl_transform_apply(&tf, s->test.x, s->test.n); /* --init-model's, if it has one */
     s->eval_trainer = fl_trainer_create(s->model, 256);
     if (!s->eval_trainer) {
       rc = FL_ENOMEM;
@@ -164,17 +238,37 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
+  if ((rc = srv_check_outputs(s, err, errlen)) != 0) goto fail;
   if (cfg->resume) {
     rc = srv_resume(s, &s->first_round, err, errlen);
     if (rc) goto fail;
   }
+  if (s->frozen) {
+    if (!(s->frozen_ref = malloc(sizeof *s->frozen_ref * (s->n ? s->n : 1)))) {
+      rc = FL_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+    memcpy(s->frozen_ref, s->global, sizeof *s->frozen_ref * s->n);
+  }
   if (cfg->metrics) {
     s->metrics = fopen(cfg->metrics, "a");
     if (!s->metrics) {
-      snprintf(err, errlen, "--metrics %s: cannot open for appending", cfg->metrics);
+      snprintf(err, errlen, "--metrics %s: cannot open for appending: %s", cfg->metrics,
+               strerror(errno));
       rc = FL_EIO;
       goto fail;
     }
+  }
+  /* A run's identity: when it started and the process, so that the lines of each run in
+   * a metrics file that several runs appended to can be told apart. */
+  {
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char when[24];
+    strftime(when, sizeof when, "%Y%m%dT%H%M%SZ", &tm);
+    snprintf(s->run_id, sizeof s->run_id, "%s-%ld", when, (long)getpid());
   }
 
   /* Ticket keys live next to the checkpoint: a restart with --resume finds both. */
@@ -193,7 +287,7 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
                          .ticket_lifetime = (unsigned)cfg->ticket_lifetime,
                          .ticket_key_file = keys};
   rc = fl_tls_config_create(&topt, &s->tls, err, errlen);
-  free(keys);
+  s->ticket_keys = keys;
   if (rc) goto fail;
 
   fl_conn_options_default(&s->copt);
@@ -222,10 +316,13 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   rc = fl_io_listen(&s->loop, cfg->io_threads, s->tls, host, port, &s->copt,
                     &srv_peer_callbacks, s, &s->io);
   if (rc) {
-    snprintf(err, errlen, "cannot listen on %s: %s", cfg->listen, fl_strerror(rc));
+    snprintf(err, errlen, "cannot listen on %s: %s (the line above says why)", cfg->listen,
+             fl_strerror(rc));
     goto fail;
   }
   s->max_streams = STREAMS_PER_THREAD * (size_t)fl_io_threads(s->io);
+  rc = srv_status_create(s, err, errlen);
+  if (rc) goto fail;
   uv_timer_init(&s->loop, &s->timer);
   s->timer.data = s;
   uv_timer_init(&s->loop, &s->sa_timer);
@@ -234,12 +331,20 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   s->upload_timer.data = s;
   uv_signal_init(&s->loop, &s->sigint);
   uv_signal_init(&s->loop, &s->sigterm);
-  s->sigint.data = s->sigterm.data = s;
+  uv_signal_init(&s->loop, &s->sighup);
+  s->sigint.data = s->sigterm.data = s->sighup.data = s;
+  uv_signal_start(&s->sighup, on_sighup, SIGHUP);
   uv_signal_start(&s->sigint, srv_on_signal, SIGINT);
   uv_signal_start(&s->sigterm, srv_on_signal, SIGTERM);
   fl_info("server", "listening on %s:%d; model %s (%zu parameters, id %016llx); %d rounds of %g clients",
           host, fl_io_port(s->io), fl_model_spec(s->model), s->n,
           (unsigned long long)fl_model_id(s->model), cfg->rounds, cfg->clients_per_round);
+  fl_info("server", "run %s (\"run\" of its metrics lines)", s->run_id);
+  if (cfg->clients_per_round >= 1 && cfg->min_clients < cfg->clients_per_round && !cfg->dp_clip)
+    fl_warn("server", "--clients-per-round %g with --min-clients %d: a round starts as soon as "
+            "%d client%s ready, with fewer than %g if that is all there is; give --min-clients "
+            "%g to wait for them", cfg->clients_per_round, cfg->min_clients, cfg->min_clients,
+            cfg->min_clients == 1 ? " is" : "s are", cfg->clients_per_round, cfg->clients_per_round);
   *out = s;
   return 0;
 fail:
@@ -262,10 +367,12 @@ int server_run(server *s) {
 void server_free(server *s) {
   if (!s) return;
   if (s->stop_timer_on) uv_close((uv_handle_t *)&s->stop_timer, NULL);
+  srv_status_free(s); /* joins the HTTP thread (before the I/O threads it counts) */
   fl_io_free(s->io); /* joins the I/O threads */
   if (uv_loop_alive(&s->loop)) uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);
   fl_tls_config_free(s->tls);
+  free(s->ticket_keys);
   if (s->metrics) fclose(s->metrics);
   fl_strategy_free(s->strategy);
   srv_secagg_end(s);
@@ -273,6 +380,9 @@ void server_free(server *s) {
   srv_downlink_free(s);
   fl_trainer_free(s->eval_trainer);
   if (s->have_test) fl_dataset_free(&s->test);
+  srv_standardize_free(s);
+  free(s->frozen);
+  free(s->frozen_ref);
   for (int i = 0; s->bufs && i < s->n_free; i++) free(s->bufs[i]);
   free(s->bufs);
   free(s->ready);
@@ -283,5 +393,6 @@ void server_free(server *s) {
   free(s->heartbeat);
   free(s->checkpoint);
   fl_model_free(s->model);
+  srv_excluded_free(s);
   free(s);
 }

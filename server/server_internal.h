@@ -13,6 +13,9 @@
  *   evaluate.c   server-side test evaluation and federated evaluation
  *   metrics.c    the round's log line and its metrics JSON line
  *   persist.c    the checkpoint, --resume and the final model file
+ *   status.c     what an operator watches (--http): totals across rounds, the round
+ *                history, the Prometheus exposition and the /status JSON, built on the
+ *                loop thread and handed to http.c, whose own thread serves them
  *   external.c   the model clients declare; an external model's initial parameters
  *   secagg.c     secure aggregation's stages: keys, shares, masked inputs, unmasking
  *   privacy.c    differential privacy: sampling, clipping, noise, the accountant
@@ -48,6 +51,7 @@
 #include "config.h"
 #include "dataset.h"
 #include "iothreads.h"
+#include "modelfile.h"
 #include "model.h"
 #include "msg.h"
 #include "rng.h"
@@ -57,6 +61,7 @@
 
 #define STREAMS_PER_THREAD 4 /* model streams at once per I/O thread: enough to keep it encrypting */
 #define MAX_REFUSALS 64      /* refusals a round's metrics line lists (it counts them all) */
+#define MAX_PARTICIPANTS 32  /* clients a round's metrics line names (it summarises them all) */
 
 /* Where a client's update is: none under way, waiting for an update buffer (no Proceed
  * yet), arriving into its buffer, or being skipped to its last chunk; or the initial
@@ -104,6 +109,12 @@ struct client {
   uint64_t upd_examples;
   double upd_loss, upd_acc, upd_seconds;
   int sa_index;              /* its index in the attempt's secure aggregation, -1: none */
+  /* What the status page shows (status.c). */
+  uint64_t joined_ms, heard_ms; /* uv_now when it connected, when a frame last came */
+  float progress;            /* of its current task, from its heartbeats */
+  uint64_t rounds_in;        /* rounds its update was accepted in */
+  uint64_t last_examples;    /* its last accepted update's */
+  double last_loss;
 };
 
 /* A complete update waiting for its fold, with what the round's statistics need once the
@@ -145,6 +156,15 @@ typedef struct apply_job {
 } apply_job;
 
 typedef struct refusal { char client[128]; char reason[160]; } refusal;
+typedef struct participant { char client[128]; uint64_t examples; double loss; } participant;
+
+/* A client that said it cannot train this model (ERROR_INCOMPATIBLE): left out of the
+ * rest of the run, by its certificate name. */
+typedef struct excluded {
+  struct excluded *next;
+  char client[128];
+  char reason[400];
+} excluded;
 
 typedef struct round_stats {
   uint64_t number, attempt;
@@ -154,9 +174,13 @@ typedef struct round_stats {
   double weight_sum;                 /* of the folded updates */
   double slowest;                    /* longest local training time reported */
   double test_loss, test_acc;
+  double test_auc;                   /* ROC AUC of a binary head; 0 when there is none */
   int tested;
   double fed_loss, fed_acc;
   uint64_t fed_n;
+  double fed_auc;                    /* AUC weighted by the examples of the clients that
+                                      * reported one (binary heads) */
+  uint64_t fed_auc_n;
   size_t fed_asked, fed_answered;
   uint64_t bytes_in0, bytes_out0;
   uint64_t t0;                       /* the round's first selection */
@@ -187,16 +211,25 @@ typedef struct round_stats {
   double dp_clip;                    /* the bound this attempt's updates were clipped to */
   double dp_within;                  /* the share of updates within it (noised) */
   double epsilon;                    /* after this round */
+  /* who took part (metrics.c): the first MAX_PARTICIPANTS of the attempt's selected
+   * clients and of its contributors by name, every contributor in the summary */
+  char selected_ids[MAX_PARTICIPANTS][128];
+  size_t n_selected_ids;
+  participant parts[MAX_PARTICIPANTS];
+  size_t n_parts;
+  uint64_t part_examples_min, part_examples_max;
+  double part_loss_min, part_loss_max;
 } round_stats;
 
 struct server {
   const server_config *cfg;
   uv_loop_t loop;
   uv_timer_t timer;             /* round and federated-evaluation timeouts */
-  uv_signal_t sigint, sigterm;
+  uv_signal_t sigint, sigterm, sighup;
   uv_timer_t stop_timer;         /* after a signal: the process ends by this deadline */
   int stop_timer_on;
-  fl_tls_config *tls;
+  fl_tls_config *tls;            /* new connections' (SIGHUP replaces it: server.c) */
+  char *ticket_keys;             /* the session-ticket key file, or NULL */
   fl_io *io;                     /* the I/O threads serving the clients */
   fl_conn_options copt;
   uint8_t *heartbeat;
@@ -239,6 +272,8 @@ struct server {
 
   client *clients;
   size_t n_clients, n_ready;
+  excluded *excluded;            /* left out of the run (sessions.c), newest first */
+  size_t n_excluded;
   size_t sends_pending;          /* model streams not finished, queued ones too */
   size_t streams;                /* model streams under way (at most max_streams) */
   size_t max_streams;            /* STREAMS_PER_THREAD per I/O thread */
@@ -256,16 +291,34 @@ struct server {
   round_stats r;
   uint64_t bytes_in, bytes_out;
   FILE *metrics;
+  char run_id[40];               /* this run's, on every metrics line ("run") */
   char *checkpoint;              /* path */
   uint64_t ready_events;         /* hellos so far: "new clients" for a stalled round */
   uint64_t ready_seen;           /* ready_events when the server began waiting for more */
   int waiting_for_more;
+  int warned_few;                /* a round selected fewer than --clients-per-round */
   uint64_t first_round;          /* 1, or the round after the checkpoint's */
   int need_init;                 /* an external model waits for a client's parameters */
   client *init_from;             /* the client asked for them (external.c) */
   int init_waiting_logged;
   int stopping, exit_code;
+  /* Feature standardisation (standardize.c): the clients' statistics until the
+   * transform is fixed, then the transform sent with every task (tf_dim 0: none). */
+  double *fs_sum, *fs_sq;       /* [in_dim] */
+  uint64_t fs_count;
+  char **fs_ids;                /* [fs_n] clients whose statistics are counted */
+  size_t fs_n;
+  int fs_waiting_logged;
+  float *tf_mean, *tf_std;      /* [tf_dim], one allocation (tf_mean) */
+  float *frozen;                /* --freeze: [n] 1 where a parameter is frozen, or NULL */
+  float *frozen_ref;            /* [n] the global model they hold, restored after every
+                                 * round (a lossy encoding's rounding cannot move them) */
+  size_t tf_dim;
+  int have_best;                /* --keep-best: best_value holds a round's value */
+  double best_value;
+  uint64_t best_round;
   int lingered;                  /* the goodbye is over (see close_all in round.c) */
+  struct srv_status *status;     /* --http (status.c), or NULL */
 };
 
 /* ---- round.c ---- */
@@ -287,6 +340,8 @@ void srv_on_signal(uv_signal_t *h, int signum);
 
 /* The callbacks of every peer (fl_io_listen's data is the server). */
 extern const fl_peer_callbacks srv_peer_callbacks;
+/* Counts bytes sent to the client (the server's and its I/O thread's totals). */
+void srv_count_sent(client *c, size_t bytes);
 /* Sends env to the client and counts its bytes.  0 or FL_E* (fl_peer_send's). */
 int srv_send(client *c, const Fl__Envelope *env);
 /* 1 when the client's certificate has expired (now: Unix time) since its handshake: it is told, closed
@@ -296,6 +351,8 @@ int srv_cert_expired(client *c, int64_t now);
 size_t srv_clients_available(server *s);
 /* Sends an Error; with ERROR_VERSION it lists the versions this server speaks. */
 void srv_send_error(client *c, Fl__ErrorCode code, const char *reason);
+/* Frees the list of clients left out of the run. */
+void srv_excluded_free(server *s);
 
 /* ---- intake.c ---- */
 
@@ -457,14 +514,57 @@ void srv_write_metrics(server *s, double seconds);
 /* The process's peak resident memory; -1 if unknown. */
 long srv_peak_rss_kib(void);
 
+/* The attempt's selected clients (their progress starts at 0), and a contribution the
+ * strategy took: the round's participants. */
+void srv_participants_begin(server *s, client *const *selected, size_t k);
+void srv_participant_add(server *s, const ready_update *it);
+/* A JSON string, escaped. */
+void srv_json_str(FILE *f, const char *v);
+
+/* ---- status.c ---- */
+
+/* --http: the totals, and the HTTP server on its thread (http.h).  0, or FL_E* with a
+ * message in err.  Free with srv_status_free before the loop's last run. */
+int srv_status_create(server *s, char *err, size_t errlen);
+void srv_status_free(server *s);
+/* A round is done (from srv_write_metrics): the totals and the history move on. */
+void srv_status_round_done(server *s, double seconds, double train_loss, double train_acc);
+/* A refusal, counted by its kind. */
+void srv_status_refused(server *s, const char *reason);
+/* Bytes received from and sent to c, counted for its I/O thread. */
+void srv_status_io(client *c, size_t in, size_t out);
+
 /* ---- persist.c ---- */
 
 /* Writes the checkpoint of the round just completed; a failure is logged. */
 void srv_save_checkpoint(server *s);
+/* Before anything is written: the directories of --out and the checkpoint exist and are
+ * writable, and a new run (no --resume) does not start over the checkpoint of an earlier
+ * one unless --force (which removes it).  0 or FL_E* with a message in err. */
+int srv_check_outputs(server *s, char *err, size_t errlen);
+/* 1 when the checkpoint file exists (a restart with --resume continues from it). */
+int srv_have_checkpoint(const server *s);
 /* --resume: the state the checkpoint holds (*next_round the round after it); no
  * checkpoint yet is not an error.  0 or FL_E* with a message in err. */
 int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen);
 /* Writes the final model (--out); a failure is logged and sets the exit code. */
 void srv_save_final_model(server *s);
+/* ---- feature standardisation (standardize.c) ---- */
+/* A client's statistics from its Hello, counted once per client before the transform
+ * is fixed; bad ones are ignored with a warning naming the client. */
+void srv_standardize_hello(client *c, const Fl__Hello *h);
+/* Before a round starts: 1 when it may (the transform is fixed, or none is wanted),
+ * 0 while --standardize still waits for the clients' statistics. */
+int srv_standardize_ready(server *s);
+/* The transform as the model file keeps it (dim 0: none). */
+fl_transform srv_transform(const server *s);
+void srv_standardize_free(server *s);
+/* --keep-best: after a round's metrics, writes the global model to OUT.best when the
+ * round's value of the metric is the best so far (a round without it is skipped). */
+void srv_keep_best(server *s);
+/* The value of --keep-best metric number k for the round that ends; 0 when the round
+ * has none (metrics.c). */
+int srv_metric_value(const server *s, int k, double *v);
+int srv_metric_lower_is_better(int k);
 
 #endif

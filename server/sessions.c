@@ -7,9 +7,13 @@
  * (external.c); every other frame is decoded here and
  * dispatched to the file its message belongs to.  A client that breaks the protocol is
  * told why and closed; heartbeats only keep the connection alive (conn.h drops peers
- * that fall silent).  When a peer closes, its part in the round is settled (stream
+ * that fall silent).  A client that says it cannot train this model at all
+ * (ERROR_INCOMPATIBLE: its data does not fit) is left out of the rest of the run: its
+ * connection closes, and a later Hello with the same certificate name is refused with
+ * the reason it gave.  When a peer closes, its part in the round is settled (stream
  * abandoned, update buffer released, answer counted as dropped) before its record is
  * freed. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,13 +24,18 @@
 #include "server_internal.h"
 #include "version.h"
 
+void srv_count_sent(client *c, size_t bytes) {
+  c->srv->bytes_out += bytes;
+  if (c->srv->status) srv_status_io(c, 0, bytes);
+}
+
 int srv_send(client *c, const Fl__Envelope *env) {
   uint8_t *buf;
   size_t len;
   int rc = fl_msg_encode(env, &buf, &len);
   if (rc) return rc;
   rc = fl_peer_send(c->peer, buf, len);
-  if (rc == 0) c->srv->bytes_out += len + 4;
+  if (rc == 0) srv_count_sent(c, len + 4);
   free(buf);
   return rc;
 }
@@ -70,6 +79,45 @@ size_t srv_clients_available(server *s) {
   return n;
 }
 
+void srv_excluded_free(server *s) {
+  while (s->excluded) {
+    excluded *e = s->excluded;
+    s->excluded = e->next;
+    free(e);
+  }
+  s->n_excluded = 0;
+}
+
+static const excluded *find_excluded(const server *s, const char *id) {
+  for (const excluded *e = s->excluded; e; e = e->next)
+    if (strcmp(e->client, id) == 0) return e;
+  return NULL;
+}
+
+/* The client cannot train this model: its answer to the task is in, and it leaves. */
+static void exclude(client *c, const Fl__Error *e) {
+  server *s = c->srv;
+  const char *reason = e->reason && e->reason[0] ? e->reason : "(no reason given)";
+  fl_warn("server", "%s cannot train this model: %s; it is left out for the rest of the run",
+          c->id, reason);
+  if (!find_excluded(s, c->id)) {
+    excluded *x = calloc(1, sizeof *x);
+    if (x) {
+      snprintf(x->client, sizeof x->client, "%s", c->id);
+      snprintf(x->reason, sizeof x->reason, "%s", reason);
+      x->next = s->excluded;
+      s->excluded = x;
+      s->n_excluded++;
+    }
+  }
+  c->closing = 1; /* never selected again, even by the round its answer completes */
+  fl_peer_close(c->peer, "it cannot train this model");
+  if (c == s->init_from) srv_init_failed(c, reason);
+  if (e->task == FL__TASK_KIND__TASK_TRAIN) srv_on_train_error(c, e->round, reason);
+  else if (e->task == FL__TASK_KIND__TASK_EVALUATE) srv_on_eval_error(c, e->round);
+  srv_advance(s);
+}
+
 static client *find_client(server *s, const char *id, const client *except) {
   for (client *c = s->clients; c; c = c->next)
     if (c != except && !c->closing && strcmp(c->id, id) == 0) return c;
@@ -108,7 +156,17 @@ static void on_hello(client *c, const Fl__Hello *h) {
     fl_peer_close(c->peer, "incompatible protocol version");
     return;
   }
-  char why[512];
+  char why[700];
+  const excluded *x = find_excluded(s, c->id);
+  if (x) {
+    snprintf(why, sizeof why, "%s is left out of this run: it said it cannot train this model (%s)",
+             c->id, x->reason);
+    fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
+    srv_send_error(c, FL__ERROR_CODE__ERROR_INCOMPATIBLE, why);
+    c->closing = 1;
+    fl_peer_close(c->peer, "left out of the run");
+    return;
+  }
   if (srv_model_disagrees(s, h, why, sizeof why)) {
     fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
     srv_send_error(c, FL__ERROR_CODE__ERROR_MODEL, why);
@@ -145,6 +203,7 @@ static void on_hello(client *c, const Fl__Hello *h) {
             c->uplink.enc != s->uplink.enc && !c->down_cached && s->downlink.enc != FL_ENC_FLOAT32 ? " and " : "",
             s->downlink.enc != FL_ENC_FLOAT32 && !c->down_cached ? fl_enc_name(s->downlink.enc) : "");
   c->num_samples = h->num_samples;
+  srv_standardize_hello(c, h);
   c->ready = 1;
   s->n_ready++;
   s->ready_events++;
@@ -173,6 +232,10 @@ static void on_hello(client *c, const Fl__Hello *h) {
 /* A client's Error about a task it was given is its answer to it: the round, the
  * evaluation or the request for initial parameters goes on without it. */
 static void on_client_error(client *c, const Fl__Error *e) {
+  if (e->code == FL__ERROR_CODE__ERROR_INCOMPATIBLE) {
+    exclude(c, e);
+    return;
+  }
   char reason[200]; /* the peer's words, bounded (the log escapes what they hold) */
   snprintf(reason, sizeof reason, "%s", e->reason ? e->reason : "");
   fl_warn("server", "%s reports an error: %s", c->id, reason);
@@ -193,6 +256,8 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   client *c = fl_peer_data(peer);
   server *s = c->srv;
   s->bytes_in += len + 4;
+  if (s->status) srv_status_io(c, len + 4, 0);
+  c->heard_ms = uv_now(&s->loop);
   if (c->closing) return;
   Fl__Envelope *env;
   int rc = fl_msg_decode(payload, len, &env);
@@ -218,7 +283,14 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_UPDATE: srv_on_update(c, env->update); break;
   case FL__ENVELOPE__BODY_CHUNK: srv_on_chunk(c, env->chunk); break;
   case FL__ENVELOPE__BODY_EVAL_RESULT: srv_on_eval_result(c, env->eval_result); break;
-  case FL__ENVELOPE__BODY_HEARTBEAT: break;
+  case FL__ENVELOPE__BODY_HEARTBEAT: { /* its progress in the current task */
+    float p = env->heartbeat->progress;
+    if (p >= 0 && p <= 1 && p != c->progress) { /* (NaN is ignored) */
+      c->progress = p;
+      fl_debug("server", "%s: %.0f%% of its task done", c->id, 100.0 * p);
+    }
+    break;
+  }
   case FL__ENVELOPE__BODY_ERROR: on_client_error(c, env->error); break;
   case FL__ENVELOPE__BODY_PARAMS: srv_on_params(c, env->params); break;
   case FL__ENVELOPE__BODY_SECAGG_KEYS: srv_secagg_on_keys(c, env->secagg_keys); break;
@@ -277,6 +349,8 @@ static void on_accepted_open(fl_peer *peer) {
   c->srv = s;
   c->peer = peer;
   c->sa_index = -1;
+  c->joined_ms = c->heard_ms = uv_now(&s->loop);
+  c->last_loss = NAN;
   c->next = s->clients;
   if (s->clients) s->clients->prev = c;
   s->clients = c;

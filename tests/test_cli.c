@@ -128,7 +128,7 @@ Test(cli, fl_train_on_csv_writes_a_model, .timeout = 60) {
   write_blobs(train, 1000, 1);
   write_blobs(test, 400, 2);
   snprintf(args, sizeof args,
-           "--model logreg:10:2 --data %s --test %s --epochs 5 --batch 16 --lr 0.1 --val-split 0.2 --out %s",
+           "--model logreg:10:2 --data %s --test %s --epochs 5 --batch-size 16 --lr 0.1 --val-split 0.2 --out %s",
            train, test, model);
   cr_assert_eq(run(dir, "fl-train", args), 0);
   cr_assert(out_has(dir, "epoch 5/5"));
@@ -180,7 +180,7 @@ Test(cli, fl_train_threads_deterministic, .timeout = 120) {
     snprintf(model[k], sizeof model[k], "%s/m%d.bin", dir, k);
     snprintf(args, sizeof args,
              "--model 'in:10 dense:16 batchnorm relu dropout:0.2 dense:1 sigmoid_bce' "
-             "--data %s --test none --epochs 3 --batch 32 --optimizer momentum --lr 0.02 "
+             "--data %s --test none --epochs 3 --batch-size 32 --optimizer momentum --lr 0.02 "
              "--threads %s --out %s", train, threads[k], model[k]);
     cr_assert_eq(run(dir, "fl-train", args), 0);
     cr_assert(out_has(dir, k < 2 ? ", 2 threads" : ", 1 thread"));

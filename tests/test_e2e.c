@@ -233,7 +233,7 @@ Test(e2e, init_model_from_fl_train, .timeout = 300) {
   char pre[600], tlog[600], cmd[2048];
   snprintf(pre, sizeof pre, "%s/pretrained.bin", r.dir);
   snprintf(tlog, sizeof tlog, "%s/train.log", r.dir);
-  snprintf(cmd, sizeof cmd, "%s/fl-train --model logreg --epochs 2 --batch 64 --lr 0.1 --out %s >%s 2>&1",
+  snprintf(cmd, sizeof cmd, "%s/fl-train --model logreg --epochs 2 --batch-size 64 --lr 0.1 --out %s >%s 2>&1",
            fl_test_bin_dir(), pre, tlog);
   cr_assert_eq(fl_test_system(cmd), 0, "fl-train failed (%s)", tlog);
 

@@ -468,22 +468,27 @@ Test(libclient, failing_fit_is_reported_and_the_round_goes_on, .timeout = 240) {
   h_free(&h);
 }
 
-Test(libclient, long_fit_on_a_worker_keeps_the_connection, .timeout = 120) {
+Test(libclient, long_fit_on_a_worker_keeps_the_connection, .timeout = 240) {
   harness h;
   h_init(&h);
-  char slog[700], init[700];
+  char slog[700], init[700], idle[32], beat[32];
   server_log(&h, slog, sizeof slog);
   write_init_model(&h, "external:toy:8", init, sizeof init);
+  /* Idle timeouts of ten heartbeats (scaled like every wait of the suite), and a fit of
+   * two and a half idle timeouts, the server's and the client's. */
+  double hb = 0.3 * fl_test_time_scale(), to = 10 * hb;
+  snprintf(idle, sizeof idle, "%g", to);
+  snprintf(beat, sizeof beat, "%g", hb);
   pid_t s = fl_test_fed_server_ready(&h.f, "server.log", "--model", "external:toy:8",
                                      "--init-model", init, "--rounds", "1",
-                                     "--clients-per-round", "1", "--idle-timeout", "2",
-                                     "--heartbeat", "0.3", NULL);
+                                     "--clients-per-round", "1", "--idle-timeout", idle,
+                                     "--heartbeat", beat, NULL);
   cr_assert_gt(s, 0, "no server (%s)", slog);
   fl_client *c = h_client(&h, 0);
   cr_assert_eq(fl_client_set_model(c, "toy", 8), 0);
-  cr_assert_eq(fl_client_set_heartbeat(c, 0.3, 2), 0);
+  cr_assert_eq(fl_client_set_heartbeat(c, hb, to), 0);
   cr_assert_eq(fl_client_on_fit(c, t_fit), 0);
-  h.t[0].sleep_s = 5; /* two and a half idle timeouts, the server's and the client's */
+  h.t[0].sleep_s = 2.5 * to;
   h_run(&h, 90);
   cr_assert_eq(fl_test_wait(s, 60), 0, "fl-server failed (%s)", slog);
   cr_assert_eq(h.t[0].status, 0, "%s", fl_client_errmsg(c));

@@ -134,10 +134,11 @@ Test(modelfile, truncated_magic_version_count) {
   cr_assert_eq(load(&spec, &w, &n), FL_ETRUNC);
   cr_assert_not_null(strstr(err, "truncated"), "%s", err);
 
-  b[8] = 2;
+  b[8] = 3;
   spill(b, len);
   cr_assert_eq(load(&spec, &w, &n), FL_EVERSION);
-  cr_assert_not_null(strstr(err, "format version 2; this build reads version 1"), "%s", err);
+  cr_assert_not_null(strstr(err, "format version 3; this build reads versions 1 and 2"), "%s",
+                     err);
   b[8] = 1;
   memcpy(b, "GGUF", 4);
   spill(b, len);
@@ -177,4 +178,43 @@ Test(modelfile, atomic_write_leaves_no_temp_file) {
   int rc = fl_modelfile_save(bad, SPEC, 1, params, NP, err, sizeof err);
   cr_assert_eq(rc, FL_ENOENT, "%s", err);
   cr_assert_not_null(strstr(err, bad), "%s", err);
+}
+
+/* Version 2 carries the feature transform; version 1 readers' API drops it; a bad
+ * deviation is refused by name. */
+Test(modelfile, transform_round_trip_and_checks) {
+  float mean[3] = {1.5f, -2.0f, 0.0f}, sd[3] = {0.5f, 3.0f, 1.0f};
+  fl_transform tf = {3, mean, sd}, got;
+  cr_assert_eq(fl_modelfile_save_ex(path, SPEC, 42, params, NP, &tf, err, sizeof err), 0, "%s",
+               err);
+  char *spec;
+  float *w;
+  size_t n;
+  uint64_t id;
+  cr_assert_eq(fl_modelfile_load_ex(path, &spec, &id, &w, &n, &got, err, sizeof err), 0, "%s",
+               err);
+  cr_assert_eq(n, NP);
+  cr_assert_eq(id, 42);
+  cr_assert_eq(got.dim, 3);
+  cr_assert_arr_eq(got.mean, mean, sizeof mean);
+  cr_assert_arr_eq(got.std, sd, sizeof sd);
+  cr_assert_arr_eq(w, params, sizeof params);
+  float x[6] = {2.0f, 1.0f, 5.0f, 1.5f, -2.0f, -1.0f};
+  fl_transform_apply(&got, x, 2);
+  cr_assert_float_eq(x[0], 1.0f, 1e-6);
+  cr_assert_float_eq(x[1], 1.0f, 1e-6);
+  cr_assert_float_eq(x[2], 5.0f, 1e-6);
+  cr_assert_float_eq(x[3], 0.0f, 1e-6);
+  fl_transform_free(&got);
+  free(spec);
+  free(w);
+  cr_assert_eq(load(&spec, &w, &n), 0, "%s", err); /* the version 1 API reads it too */
+  free(spec);
+  free(w);
+
+  sd[1] = 0.0f;
+  cr_assert_eq(fl_modelfile_save_ex(path, SPEC, 42, params, NP, &tf, err, sizeof err), 0);
+  cr_assert_eq(fl_modelfile_load_ex(path, &spec, &id, &w, &n, &got, err, sizeof err),
+               FL_EFORMAT);
+  cr_assert_not_null(strstr(err, "deviation of feature 1 is 0"), "%s", err);
 }

@@ -174,3 +174,41 @@ Test(strategies, a_poisoned_update_is_refused_or_never_applied, .timeout = 600) 
   fl_test_fed_free(&f);
   fl_test_fed_free(&g);
 }
+
+/* --max-weight: four clients of 1500 examples each, capped at 1000 examples outright
+ * (the share cap, a whole typical round, is far above). */
+Test(strategies, an_absolute_weight_cap_holds_every_update, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "logreg", "--rounds", "2",
+                               "--clients-per-round", "4", "--min-clients", "4", "--epochs", "1",
+                               "--max-weight", "1000", NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "4", "--data",
+                                "fashion-mnist:train", "--max-samples", "6000", "--partition",
+                                "iid", "--num-partitions", "4", "--seed", "1", NULL);
+  cr_assert_eq(fl_test_wait(s, 300), 0, "server failed (%s)", f.dir);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "clients failed (%s)", f.dir);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  cr_assert_eq(fl_test_count(log, "capped to 1000 (--max-weight)"), 8, "%s", log);
+  for (int r = 1; r <= 2; r++) {
+    char *line = fl_test_metrics_line(f.metrics, r);
+    cr_assert_eq(fl_test_json_num(line, "weights_capped"), 4, "%s", line);
+    free(line);
+  }
+  fl_test_fed_free(&f);
+}
+
+/* A strategy that holds every update is refused at start when a round's updates would
+ * not fit --strategy-memory, with the sizes in the message. */
+Test(strategies, a_round_that_does_not_fit_strategy_memory_is_refused, .timeout = 120) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "2nn", "--strategy", "median",
+                               "--clients-per-round", "100", "--strategy-memory", "16", NULL);
+  cr_assert_neq(fl_test_wait(s, 60), 0, "the server started (%s)", f.dir);
+  char log[700];
+  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  cr_assert_eq(fl_test_count(log, "above --strategy-memory 16 MiB"), 1, "%s", log);
+  fl_test_fed_free(&f);
+}

@@ -1,5 +1,6 @@
 /* libFuzzer target for the decoders of files the server reads back: model files
- * (--init-model) and checkpoints (--resume).  When the first byte is odd the input's
+ * (--init-model, fl-predict, fl-export; with a feature transform) and checkpoints
+ * (--resume).  When the first byte is odd the input's
  * trailing CRC-32 is recomputed first, so mutations also reach the checks behind it. */
 #include <stddef.h>
 #include <stdint.h>
@@ -31,10 +32,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint64_t id;
     float *params;
     size_t n;
-    if (fl_modelfile_decode(b, size, "fuzz", &spec, &id, &params, &n, err, sizeof err) == 0) {
+    fl_transform tf;
+    if (fl_modelfile_decode_ex(b, size, "fuzz", &spec, &id, &params, &n, &tf, err,
+                               sizeof err) == 0) {
       if (strlen(spec) > size) abort();
+      for (size_t i = 0; i < tf.dim; i++)
+        if (!(tf.std[i] > 0.0f)) abort();
       free(spec);
       free(params);
+      fl_transform_free(&tf);
     }
   }
   free(b);

@@ -111,6 +111,30 @@ int main(int argc, char **argv) {
   e.train_task = &task;
   emit("train_task", &e);
 
+  /* Feature standardisation and frozen layers: statistics in a Hello, the transform and
+   * the frozen layers in a task. */
+  double sums[2] = {12.5, -3}, squares[2] = {80.25, 9};
+  Fl__FeatureStats stats = FL__FEATURE_STATS__INIT;
+  stats.count = 10;
+  stats.n_sum = stats.n_sum_sq = 2;
+  stats.sum = sums;
+  stats.sum_sq = squares;
+  hello.feature_stats = &stats;
+  e.body_case = FL__ENVELOPE__BODY_HELLO;
+  e.hello = &hello;
+  emit("hello_feature_stats", &e);
+  hello.feature_stats = NULL;
+  float means[2] = {1.25f, -0.3f}, stds[2] = {2.5f, 0.9f};
+  task.n_feature_mean = task.n_feature_std = 2;
+  task.feature_mean = means;
+  task.feature_std = stds;
+  cfg.freeze = "all-but-head";
+  e.body_case = FL__ENVELOPE__BODY_TRAIN_TASK;
+  e.train_task = &task;
+  emit("train_task_standardized", &e);
+  task.n_feature_mean = task.n_feature_std = 0;
+  cfg.freeze = "";
+
   /* Ten values in chunks of four: offsets 0, 4, 8. */
   float values[10] = {0.5f, -1.0f, 2.25f, 0, 1e-3f, -7.5f, 3, 4, 5, 6};
   fl_tensor_tx tx;

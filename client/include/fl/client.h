@@ -100,7 +100,7 @@ extern "C" {
 /* ---- version ---- */
 
 #define FL_CLIENT_VERSION_MAJOR 1
-#define FL_CLIENT_VERSION_MINOR 0
+#define FL_CLIENT_VERSION_MINOR 1
 #define FL_CLIENT_VERSION_PATCH 0
 /* The library's version as "MAJOR.MINOR.PATCH" (static string).  The soname changes
  * with MAJOR only. */
@@ -124,7 +124,8 @@ const char *fl_client_version(void);
   X(CALLBACK, -12, "a callback failed")                                               \
   X(CANCELED, -13, "the task is no longer wanted")                                    \
   X(NONFINITE, -14, "a value is NaN or infinite")                                     \
-  X(IO, -15, "input/output error")
+  X(IO, -15, "input/output error")                                                   \
+  X(INCOMPATIBLE, -16, "this client cannot train the server's model (its data does not fit it)")
 
 enum fl_client_errno {
   FL_CLIENT_OK = 0,
@@ -193,10 +194,22 @@ uint64_t fl_client_num_params(const fl_client *c);
  * average; the server refuses one that claims more than announced here, and caps any
  * client's weight by what the round's clients announced. */
 int fl_client_set_num_examples(fl_client *c, uint64_t n);
+/* Per-feature statistics of the local training data (count samples; sum and sum_sq
+ * [dim] each, copied), sent when joining so that a server that standardises features
+ * (fl-server --standardize) can compute their mean and deviation over the federation;
+ * no sample is sent.  Set them only when the data's owner agrees to share these
+ * aggregates.  FL_CLIENT_EINVAL unless count and dim are 1 or more and every value is
+ * finite (sum_sq >= 0).  Since 1.1. */
+int fl_client_set_feature_stats(fl_client *c, uint64_t count, const double *sum,
+                                const double *sum_sq, size_t dim);
 /* Reconnection: after a failed attempt or a lost connection the client waits
  * base_s * 2^attempt seconds (at most max_s), each delay drawn between half and all of
  * that, and gives up (FL_CLIENT_EGAVEUP) after max_retries failed attempts in a row.
- * Defaults: 20, 0.2 s, 30 s.  EINVAL unless 0 < base_s <= max_s. */
+ * A certificate refused by either side (the server's does not carry the name connected
+ * to, is not signed by the CA, is revoked or expired; or the server refuses this
+ * client's) is not retried: the client finishes at once with FL_CLIENT_ETLS, and
+ * fl_client_errmsg says what to do.  Defaults: 20, 0.2 s, 30 s.  EINVAL unless
+ * 0 < base_s <= max_s. */
 int fl_client_set_reconnect(fl_client *c, unsigned max_retries, double base_s, double max_s);
 /* Liveness: a heartbeat after interval_s seconds without sending; the connection is
  * dropped (and retried) after idle_timeout_s seconds without hearing from the server.
@@ -250,6 +263,10 @@ typedef struct fl_client_fit_config {
   float prox_mu;         /* FedProx: add mu/2 ||w - global||^2 to the loss; 0 = off */
   float clip_norm;       /* gradient-norm clipping; 0 = off */
   uint64_t seed;         /* the round's seed, the same for every client */
+  /* Since 1.1: layers the server froze (fl-server --freeze: "all-but-head", "0,2-3";
+   * "" for none): their parameters must come back unchanged (a zero delta), or the
+   * server refuses the update. */
+  const char *freeze;
 } fl_client_fit_config;
 
 /* What a fit or evaluation reports.  The library sets num_examples to 0 and the others
@@ -347,13 +364,27 @@ float *fl_client_task_params(fl_client_task *t);
 const float *fl_client_task_global(const fl_client_task *t);
 /* Where the result goes. */
 fl_client_metrics *fl_client_task_metrics(fl_client_task *t);
+/* The server's feature standardisation for this task: the model takes
+ * (x - mean[j]) / std[j] for feature j.  Returns the feature count and points *mean and
+ * *std at [count] floats (every std > 0) owned by the task; 0 (and NULLs) when the
+ * server standardises nothing.  Since 1.1. */
+size_t fl_client_task_feature_transform(const fl_client_task *t, const float **mean,
+                                        const float **std);
 /* 1 once the result is no longer wanted (a newer task came, the connection dropped,
  * the client is stopping): a long fit may return early with any error code, and the
  * task is dropped quietly.  A fit that returns 0 after a newer task came is still sent
  * (the server refuses it if its round is over).  Any thread. */
 int fl_client_task_cancelled(const fl_client_task *t);
+/* The fraction of the task done so far, in [0, 1] (clamped): the heartbeats carry it to
+ * the server, which shows it on its status page.  The library sets 0 when the task is
+ * handed over and 1 when it completes.  Any thread.  (Since 1.1.) */
+void fl_client_task_progress(fl_client_task *t, double fraction);
 /* Records why the task failed (sent to the server, and logged) and returns code, for
- * `return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "...", ...);`. */
+ * `return fl_client_task_error(t, FL_CLIENT_ECALLBACK, "...", ...);`.  A failure that
+ * will not go away (the local data does not fit the server's model: another number of
+ * features, labels beyond its outputs) is FL_CLIENT_EINCOMPATIBLE: the server is told
+ * (ERROR_INCOMPATIBLE), leaves this client out of the rest of the run, and the client
+ * finishes with FL_CLIENT_EINCOMPATIBLE, fl_client_errmsg naming the mismatch. */
 int fl_client_task_error(fl_client_task *t, int code, const char *fmt, ...)
     FL_CLIENT_PRINTF(3, 4);
 /* Completes a task whose callback returned FL_CLIENT_PENDING, from any thread, exactly

@@ -1,0 +1,544 @@
+/* fl-predict, fl-export and fl-train --init as a user runs them, as real binaries:
+ * predictions per row and the metrics of labelled data (the same loss, accuracy and AUC
+ * fl-train reports for the same model and data), a model file's standardisation applied,
+ * unlabelled data, bad data named, memory that does not grow with a CSV's rows, ONNX
+ * files that Debian's onnx checker accepts and that a NumPy evaluator independent of fl
+ * (tests/onnx_check.py) runs to fl-predict's outputs within 1e-5, .npy files per tensor,
+ * and fine-tuning from a model file. */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dataset.h"
+#include "modelfile.h"
+#include "rng.h"
+#include "testutil.h"
+
+static int run(const char *dir, const char *bin, const char *args) {
+  char cmd[8192];
+  snprintf(cmd, sizeof cmd, "%s/%s %s >%s/out.txt 2>%s/err.txt", fl_test_bin_dir(), bin, args,
+           dir, dir);
+  return fl_test_system(cmd);
+}
+
+static char *slurp(const char *dir, const char *name) {
+  char path[700];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  char *s = fl_test_read_file(path, NULL);
+  cr_assert_not_null(s, "%s is missing", path);
+  return s;
+}
+
+static int has(const char *dir, const char *name, const char *needle) {
+  char *s = slurp(dir, name);
+  int yes = strstr(s, needle) != NULL;
+  free(s);
+  return yes;
+}
+
+/* Two Gaussian blobs in 6 dimensions on scales far from 1 (so standardisation matters),
+ * with or without the label column, or without a header. */
+static void write_blobs(const char *path, int n, uint64_t seed, int label, int header) {
+  FILE *f = fopen(path, "w");
+  cr_assert_not_null(f);
+  fl_rng r;
+  fl_rng_seed(&r, seed);
+  if (header) {
+    for (int j = 0; j < 6; j++) fprintf(f, "%sx%d", j ? "," : "", j);
+    fputs(label ? ",label\n" : "\n", f);
+  }
+  for (int i = 0; i < n; i++) {
+    int y = i % 2;
+    for (int j = 0; j < 6; j++)
+      fprintf(f, "%s%.5f", j ? "," : "", 100.0 * j + 10.0 * fl_rng_normal(&r) + (y ? 8.0 : 0.0));
+    if (label) fprintf(f, ",%d", y);
+    fputc('\n', f);
+  }
+  fclose(f);
+}
+
+static double after(const char *s, const char *key) {
+  const char *p = strstr(s, key);
+  cr_assert_not_null(p, "no '%s' in: %s", key, s);
+  return strtod(p + strlen(key), NULL);
+}
+
+static int count_lines(const char *s) {
+  int n = 0;
+  for (; *s; s++) n += *s == '\n';
+  return n;
+}
+
+/* fl-train with --standardize saves the mean and deviation with the weights; fl-predict
+ * applies them and reports what fl-train measured on the same test set. */
+Test(predict, reports_what_fl_train_measured, .timeout = 120) {
+  char *dir = fl_test_tmpdir();
+  char args[4096];
+  char train[600], test[600], model[600], pred[600], rep[600];
+  snprintf(train, sizeof train, "%s/train.csv", dir);
+  snprintf(test, sizeof test, "%s/test.csv", dir);
+  snprintf(model, sizeof model, "%s/m.flm", dir);
+  snprintf(pred, sizeof pred, "%s/pred.csv", dir);
+  snprintf(rep, sizeof rep, "%s/report.json", dir);
+  write_blobs(train, 1000, 1, 1, 1);
+  write_blobs(test, 300, 2, 1, 1);
+  snprintf(args, sizeof args,
+           "--model 'in:6 dense:16 relu dense:1 sigmoid_bce' --data %s --test %s --epochs 3 "
+           "--optimizer adam --lr 0.01 --standardize --out %s", train, test, model);
+  cr_assert_eq(run(dir, "fl-train", args), 0);
+  char *tr = slurp(dir, "out.txt");
+  const char *last = strstr(tr, "epoch 3/3");
+  cr_assert_not_null(last, "%s", tr);
+  const char *te = strstr(last, "test loss ");
+  cr_assert_not_null(te, "%s", tr);
+  double t_loss = after(te, "test loss "), t_acc = after(te, "acc "), t_auc = after(te, "auc ");
+  free(tr);
+  cr_assert(t_acc > 0.6 && t_acc < 1.0, "the test should be neither trivial nor hopeless: %g",
+            t_acc);
+
+  snprintf(args, sizeof args, "--model %s --data %s --out %s --report %s", model, test, pred,
+           rep);
+  cr_assert_eq(run(dir, "fl-predict", args), 0);
+  char *out = slurp(dir, "out.txt"), *json = slurp(dir, "report.json");
+  cr_assert_lt(fabs(after(out, "loss ") - t_loss), 1e-4, "%s vs %g", out, t_loss);
+  cr_assert_lt(fabs(after(out, "accuracy ") - t_acc), 1e-4, "%s vs %g", out, t_acc);
+  cr_assert_lt(fabs(after(out, "auc ") - t_auc), 1e-4, "%s vs %g", out, t_auc);
+  cr_assert_not_null(strstr(out, "confusion matrix (rows: true class, columns: predicted)"));
+  cr_assert_eq(after(json, "\"samples\":"), 300);
+  cr_assert_lt(fabs(after(json, "\"accuracy\":") - t_acc), 1e-4);
+  /* the confusion matrix adds up to the accuracy */
+  const char *cm = strstr(json, "\"confusion\":[[");
+  cr_assert_not_null(cm, "%s", json);
+  long a, b, c, d;
+  cr_assert_eq(sscanf(cm, "\"confusion\":[[%ld,%ld],[%ld,%ld]]", &a, &b, &c, &d), 4);
+  cr_assert_eq(a + b + c + d, 300);
+  cr_assert_lt(fabs((double)(a + d) / 300.0 - t_acc), 1e-4);
+  free(out);
+  free(json);
+
+  char *p = slurp(dir, "pred.csv");
+  cr_assert_eq(strncmp(p, "p1,predicted,label\n", 19), 0, "%.40s", p);
+  cr_assert_eq(count_lines(p), 301);
+  free(p);
+
+  /* The same file without its label column: predictions only, the same ones. */
+  snprintf(test, sizeof test, "%s/nolabel.csv", dir);
+  write_blobs(test, 300, 2, 0, 1);
+  snprintf(args, sizeof args, "--model %s --data %s", model, test);
+  cr_assert_eq(run(dir, "fl-predict", args), 0);
+  char *o = slurp(dir, "out.txt"), *e = slurp(dir, "err.txt");
+  cr_assert_eq(strncmp(o, "p1,predicted\n", 13), 0, "%.40s", o);
+  cr_assert_eq(count_lines(o), 301);
+  cr_assert_null(strstr(e, "accuracy"), "%s", e);
+  p = slurp(dir, "pred.csv");
+  const char *p1 = strchr(p, '\n') + 1, *o1 = strchr(o, '\n') + 1;
+  size_t k = strcspn(o1, "\n");
+  cr_assert(k > 3 && strncmp(p1, o1, k) == 0 && p1[k] == ',', "%.40s vs %.40s", p1, o1);
+  free(p);
+  free(o);
+  free(e);
+  free(dir);
+}
+
+Test(predict, bad_data_is_named) {
+  char *dir = fl_test_tmpdir();
+  char path[600], model[600], args[4096];
+  snprintf(model, sizeof model, "%s/m.flm", dir);
+  snprintf(path, sizeof path, "%s/train.csv", dir);
+  write_blobs(path, 200, 1, 1, 1);
+  snprintf(args, sizeof args, "--model 'in:6 dense:1 sigmoid_bce' --data %s --test none "
+           "--epochs 1 --out %s", path, model);
+  cr_assert_eq(run(dir, "fl-train", args), 0);
+
+  /* no header row: refused by fl-predict and fl-train alike */
+  snprintf(path, sizeof path, "%s/nohead.csv", dir);
+  write_blobs(path, 20, 1, 1, 0);
+  snprintf(args, sizeof args, "--model %s --data %s", model, path);
+  cr_assert_eq(run(dir, "fl-predict", args), 1);
+  cr_assert(has(dir, "err.txt", "nohead.csv:1: the first row is all numbers: the file has no "
+                                "header row"));
+  snprintf(args, sizeof args, "--model 'in:6 dense:1 sigmoid_bce' --data %s --test none", path);
+  cr_assert_neq(run(dir, "fl-train", args), 0);
+  cr_assert(has(dir, "err.txt", "no header row"));
+
+  /* wrong width */
+  snprintf(path, sizeof path, "%s/wide.csv", dir);
+  FILE *f = fopen(path, "w");
+  fputs("a,b,c\n1,2,3\n", f);
+  fclose(f);
+  snprintf(args, sizeof args, "--model %s --data %s", model, path);
+  cr_assert_eq(run(dir, "fl-predict", args), 1);
+  cr_assert(has(dir, "err.txt", "3 columns, but the model takes 6 features"));
+
+  /* a label the head cannot have, and a bad field, by row and line */
+  snprintf(path, sizeof path, "%s/badlabel.csv", dir);
+  f = fopen(path, "w");
+  fputs("a,b,c,d,e,f,y\n1,2,3,4,5,6,1\n1,2,3,4,5,6,2\n", f);
+  fclose(f);
+  snprintf(args, sizeof args, "--model %s --data %s", model, path);
+  cr_assert_eq(run(dir, "fl-predict", args), 1);
+  cr_assert(has(dir, "err.txt", "data row 2: label 2 is not a class of the model (0..1)"));
+  f = fopen(path, "w");
+  fputs("a,b,c,d,e,f,y\n1,2,3,4,5,6,1\n1,2,x,4,5,6,0\n", f);
+  fclose(f);
+  cr_assert_eq(run(dir, "fl-predict", args), 1);
+  cr_assert(has(dir, "err.txt", "badlabel.csv:3: column 'c' (2): not a number"));
+
+  cr_assert_eq(run(dir, "fl-predict", "--data x.csv"), 2);
+  cr_assert(has(dir, "err.txt", "--model is required"));
+  snprintf(args, sizeof args, "--model %s/missing.flm --data %s", dir, path);
+  cr_assert_eq(run(dir, "fl-predict", args), 1);
+  cr_assert(has(dir, "err.txt", "missing.flm"));
+  free(dir);
+}
+
+/* Peak memory of one run of a binary (KiB), from wait4. */
+static long peak_kib(const char *bin, char *const argv[]) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open("/dev/null", O_WRONLY);
+    dup2(fd, 1);
+    execv(bin, argv);
+    _exit(127);
+  }
+  int st;
+  struct rusage ru;
+  cr_assert_eq(wait4(pid, &st, 0, &ru), pid);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s failed", bin);
+  return ru.ru_maxrss;
+}
+
+/* A CSV of 80 MB (1.4 million rows): fl-predict streams it, so its peak memory is far
+ * below what holding the rows would take (the floats alone are 45 MB). */
+Test(predict, memory_does_not_grow_with_rows, .timeout = 300) {
+  if (strstr(fl_test_bin_dir(), "san-")) cr_skip_test("sanitizer builds measure their shadow");
+  char *dir = fl_test_tmpdir();
+  char small[600], big[600], model[600], args[4096];
+  snprintf(model, sizeof model, "%s/m.flm", dir);
+  snprintf(small, sizeof small, "%s/small.csv", dir);
+  snprintf(big, sizeof big, "%s/big.csv", dir);
+  write_blobs(small, 200, 1, 1, 1);
+  snprintf(args, sizeof args, "--model 'in:6 dense:4 relu dense:3 softmax' --data %s "
+           "--test none --epochs 1 --out %s", small, model);
+  /* labels 0/1 fit a 3-class softmax */
+  cr_assert_eq(run(dir, "fl-train", args), 0);
+  FILE *f = fopen(big, "w");
+  fputs("a,b,c,d,e,f,y\n", f);
+  for (int i = 0; i < 1400000; i++) fprintf(f, "%d.25,1.5,-2,%d,0.125,7,%d\n", i % 97, i % 13, i % 3);
+  fclose(f);
+  char *bin = fl_test_bin("fl-predict");
+  char *argv_big[] = {bin, "--model", model, "--data", big, NULL};
+  long kib = peak_kib(bin, argv_big);
+  cr_assert_lt(kib, 40 * 1024, "fl-predict peaked at %ld KiB on an 80 MB CSV", kib);
+  cr_log_info("fl-predict peaked at %ld KiB on an 80 MB CSV", kib);
+  free(bin);
+  free(dir);
+}
+
+static void export_and_check(const char *dir, const char *spec, const char *data,
+                             const char *extra) {
+  char args[4096], model[600], onnx[600], npy[600], pred[600], cmd[8192];
+  snprintf(model, sizeof model, "%s/m.flm", dir);
+  snprintf(onnx, sizeof onnx, "%s/m.onnx", dir);
+  static int serial;
+  snprintf(npy, sizeof npy, "%s/npy%d", dir, serial++);
+  snprintf(pred, sizeof pred, "%s/pred.csv", dir);
+  snprintf(args, sizeof args, "--model '%s' --data %s --test none --epochs 2 --lr 0.02 %s "
+           "--out %s", spec, data, extra, model);
+  cr_assert_eq(run(dir, "fl-train", args), 0, "fl-train %s failed", spec);
+  snprintf(args, sizeof args, "--model %s --data %s --out %s", model, data, pred);
+  cr_assert_eq(run(dir, "fl-predict", args), 0, "fl-predict on %s failed", spec);
+  snprintf(args, sizeof args, "--model %s --onnx %s --npy %s", model, onnx, npy);
+  cr_assert_eq(run(dir, "fl-export", args), 0, "fl-export of %s failed", spec);
+  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/onnx_check.py %s %s %s %s >%s/check.txt 2>&1",
+           fl_test_src_dir(), onnx, data, pred, npy, dir);
+  int rc = fl_test_system(cmd);
+  char *c = slurp(dir, "check.txt");
+  cr_assert_eq(rc, 0, "%s: %s", spec, c);
+  cr_assert_not_null(strstr(c, "onnx_check: ok"), "%s", c);
+  free(c);
+}
+
+/* Every layer type and head, through ONNX: the checker accepts each file, and NumPy
+ * running the graph gives fl-predict's outputs. */
+Test(predict, onnx_export_runs_to_fl_predicts_outputs, .timeout = 300) {
+  char *dir = fl_test_tmpdir();
+  char path[600];
+  snprintf(path, sizeof path, "%s/blobs.csv", dir);
+  write_blobs(path, 300, 4, 1, 1);
+  export_and_check(dir, "in:6 dense:16 relu dense:1 sigmoid_bce", path, "--standardize");
+  export_and_check(dir, "in:6 dense:8 batchnorm tanh dropout:0.3 dense:4 sigmoid dense:3 softmax",
+                   path, "--standardize");
+  export_and_check(dir, "in:6 dense:8 relu dense:1 mse", path, "");
+
+  /* images: 2x6x6 = 72 features */
+  snprintf(path, sizeof path, "%s/img.csv", dir);
+  FILE *f = fopen(path, "w");
+  for (int j = 0; j < 72; j++) fprintf(f, "p%d,", j);
+  fputs("label\n", f);
+  fl_rng r;
+  fl_rng_seed(&r, 5);
+  for (int i = 0; i < 120; i++) {
+    for (int j = 0; j < 72; j++) fprintf(f, "%.4f,", fl_rng_uniform(&r) + (i % 3) * 0.1 * (j % 5));
+    fprintf(f, "%d\n", i % 3);
+  }
+  fclose(f);
+  export_and_check(dir, "in:2x6x6 conv:4:3 batchnorm relu pool:2 conv:3:2 tanh avgpool:global "
+                        "dense:3 softmax", path, "");
+  export_and_check(dir, "in:2x6x6 conv:3:4:s2 relu avgpool:2:s1 dense:5 sigmoid dense:3 softmax",
+                   path, "");
+  export_and_check(dir, "in:2x6x6 conv:2:3:s1:p0 avgpool:2 dense:1 mse", path, "");
+  free(dir);
+}
+
+/* fl-train --init starts from a model file: its weights (with a learning rate of 0 the
+ * fine-tuned file holds exactly the same ones) and its standardisation, which the
+ * fine-tuned file keeps; a small learning rate keeps what was learned. */
+Test(predict, fl_train_fine_tunes_a_model_file, .timeout = 120) {
+  char *dir = fl_test_tmpdir();
+  char train[600], m1[600], m2[600], args[4096];
+  snprintf(train, sizeof train, "%s/train.csv", dir);
+  snprintf(m1, sizeof m1, "%s/m1.flm", dir);
+  snprintf(m2, sizeof m2, "%s/m2.flm", dir);
+  write_blobs(train, 1000, 1, 1, 1);
+  snprintf(args, sizeof args, "--model 'in:6 dense:8 relu dense:1 sigmoid_bce' --data %s "
+           "--test none --epochs 5 --optimizer adam --lr 0.01 --standardize --out %s", train, m1);
+  cr_assert_eq(run(dir, "fl-train", args), 0);
+  snprintf(args, sizeof args, "--init %s --data %s --test none --epochs 1 --optimizer adam "
+           "--lr 0 --out %s", m1, train, m2);
+  cr_assert_eq(run(dir, "fl-train", args), 0);
+  char err[512], *spec[2];
+  uint64_t id[2];
+  float *w[2];
+  size_t n[2];
+  fl_transform tf[2];
+  const char *files[2] = {m1, m2};
+  for (int k = 0; k < 2; k++)
+    cr_assert_eq(fl_modelfile_load_ex(files[k], &spec[k], &id[k], &w[k], &n[k], &tf[k], err,
+                                      sizeof err), 0, "%s", err);
+  cr_assert_str_eq(spec[1], "in:6 dense:8 relu dense:1 sigmoid_bce");
+  cr_assert_eq(n[0], n[1]);
+  cr_assert_eq(memcmp(w[0], w[1], n[0] * sizeof(float)), 0, "--init did not start from m1");
+  cr_assert_eq(tf[1].dim, 6);
+  cr_assert_eq(memcmp(tf[0].mean, tf[1].mean, 6 * sizeof(float)), 0);
+  cr_assert_eq(memcmp(tf[0].std, tf[1].std, 6 * sizeof(float)), 0);
+  for (int k = 0; k < 2; k++) {
+    fl_transform_free(&tf[k]);
+    free(spec[k]);
+    free(w[k]);
+  }
+  snprintf(args, sizeof args, "--init %s --data %s --test %s --epochs 1 --optimizer adam "
+           "--lr 0.0001 --out %s", m1, train, train, m2);
+  cr_assert_eq(run(dir, "fl-train", args), 0);
+  char *o = slurp(dir, "out.txt");
+  cr_assert_gt(after(o, "final test accuracy: "), 0.75, "%s", o);
+  free(o);
+
+  snprintf(args, sizeof args, "--init %s --model 'in:6 dense:9 relu dense:1 sigmoid_bce' "
+           "--data %s --test none", m1, train);
+  cr_assert_neq(run(dir, "fl-train", args), 0);
+  cr_assert(has(dir, "err.txt", "holds the model 'in:6 dense:8 relu dense:1 sigmoid_bce'"));
+  snprintf(args, sizeof args, "--init %s --standardize --data %s --test none", m1, train);
+  cr_assert_neq(run(dir, "fl-train", args), 0);
+  cr_assert(has(dir, "err.txt", "drop --standardize"));
+  free(dir);
+}
+
+/* After a federation on a binary task: the server's metrics carry the test AUC and the
+ * clients' federated-evaluation AUC (weighted by their examples), fl-predict on the
+ * model file the server wrote reports the test AUC the server logged, and --keep-best
+ * test_auc kept the model of the round with the highest one. */
+Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], test[700], args[4096];
+  fl_test_fed_path(&f, "train.csv", train, sizeof train);
+  fl_test_fed_path(&f, "test.csv", test, sizeof test);
+  write_blobs(train, 900, 1, 1, 1);
+  write_blobs(test, 300, 2, 1, 1);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
+                               "--rounds", "2", "--clients-per-round", "3", "--min-clients", "3",
+                               "--fed-eval-every", "1", "--test-data", test, "--lr", "0.0005",
+                               "--keep-best", "test_auc", NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
+                                "--partition", "iid", "--seed", "1", NULL);
+  char slog[700], clog[700];
+  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  char *first = fl_test_metrics_line(f.metrics, 1);
+  cr_assert_not_null(first);
+  double auc1 = fl_test_json_num(first, "test_auc");
+  free(first);
+  char *line = fl_test_metrics_line(f.metrics, 2);
+  cr_assert_not_null(line, "no round 2 in %s", f.metrics);
+  double test_auc = fl_test_json_num(line, "test_auc"), fed_auc = fl_test_json_num(line, "fed_eval_auc");
+  cr_assert(test_auc > 0.5 && test_auc <= 1.0, "%s", line);
+  cr_assert(fed_auc > 0.5 && fed_auc <= 1.0, "%s", line);
+  cr_assert_eq(fl_test_json_num(line, "fed_eval_clients"), 3, "%s", line);
+  free(line);
+  cr_assert_gt(fl_test_count(slog, "federated eval loss"), 0);
+  cr_assert_gt(fl_test_count(slog, " auc 0."), 0, "the round line names no AUC (%s)", slog);
+
+  snprintf(args, sizeof args, "--model %s --data %s --out %s/pred.csv", f.model, test, f.dir);
+  cr_assert_eq(run(f.dir, "fl-predict", args), 0);
+  char *o = slurp(f.dir, "out.txt");
+  cr_assert_lt(fabs(after(o, "auc ") - test_auc), 1e-4, "%s vs %g", o, test_auc);
+  free(o);
+  snprintf(args, sizeof args, "--model %s.best --data %s --out %s/pred.csv", f.model, test, f.dir);
+  cr_assert_eq(run(f.dir, "fl-predict", args), 0);
+  o = slurp(f.dir, "out.txt");
+  double best = fmax(auc1, test_auc);
+  cr_assert_lt(fabs(after(o, "auc ") - best), 1e-4, "%s vs %g", o, best);
+  free(o);
+  cr_assert_gt(fl_test_count(slog, "best test_auc so far"), 0);
+  cr_assert_eq(run(f.dir, "fl-server", "--keep-best accuracy"), 2);
+  cr_assert(has(f.dir, "err.txt", "--keep-best: 'accuracy' is not one of"));
+  fl_test_fed_free(&f);
+}
+
+/* --standardize: the clients send per-feature counts, sums and sums of squares (never a
+ * sample), the server combines them into the means and deviations of all their data,
+ * the clients train on standardised features, and the model file carries the transform,
+ * so fl-predict on raw features reproduces the server's test metrics. */
+Test(predict, federated_standardisation, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], test[700], args[4096];
+  fl_test_fed_path(&f, "train.csv", train, sizeof train);
+  fl_test_fed_path(&f, "test.csv", test, sizeof test);
+  write_blobs(train, 900, 1, 1, 1);
+  write_blobs(test, 300, 2, 1, 1);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
+                               "--rounds", "3", "--clients-per-round", "3", "--min-clients", "3",
+                               "--fed-eval-every", "1", "--test-data", test, "--standardize",
+                               "--optimizer", "adam", "--lr", "0.01", "--epochs", "2", NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
+                                "--partition", "dirichlet:0.5", "--seed", "1",
+                                "--share-feature-stats", NULL);
+  char slog[700], clog[700];
+  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  cr_assert_eq(fl_test_count(slog, "features standardised: means and deviations of 6 features "
+                                   "from 3 clients (900 samples)"), 1, "see %s", slog);
+  cr_assert_gt(fl_test_count(clog, "features standardised with the federation's"), 0);
+  cr_assert(fl_test_sanitizer_clean(slog) && fl_test_sanitizer_clean(clog));
+  char *line = fl_test_metrics_line(f.metrics, 3);
+  cr_assert_not_null(line);
+  double test_auc = fl_test_json_num(line, "test_auc"), acc = fl_test_json_num(line, "test_accuracy");
+  cr_assert_gt(test_auc, 0.85, "standardised features should separate the blobs: %s", line);
+  free(line);
+
+  /* the transform is the whole training set's, though no client sent a sample */
+  char err[512], *spec;
+  uint64_t id;
+  float *w;
+  size_t n;
+  fl_transform tf;
+  cr_assert_eq(fl_modelfile_load_ex(f.model, &spec, &id, &w, &n, &tf, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(tf.dim, 6);
+  fl_dataset d;
+  cr_assert_eq(fl_dataset_load_csv(&d, train, NULL, err, sizeof err), 0, "%s", err);
+  float mean[6], sd[6];
+  fl_subset all = {&d, NULL, d.n};
+  fl_dataset_stats(&all, mean, sd);
+  for (int j = 0; j < 6; j++) {
+    cr_assert_lt(fabsf(tf.mean[j] - mean[j]), 1e-3f * (1.0f + fabsf(mean[j])), "mean %d", j);
+    cr_assert_lt(fabsf(tf.std[j] - sd[j]), 1e-3f * sd[j], "deviation %d", j);
+  }
+  fl_dataset_free(&d);
+  fl_transform_free(&tf);
+  free(spec);
+  free(w);
+
+  snprintf(args, sizeof args, "--model %s --data %s --out %s/pred.csv", f.model, test, f.dir);
+  cr_assert_eq(run(f.dir, "fl-predict", args), 0);
+  char *o = slurp(f.dir, "out.txt");
+  cr_assert_lt(fabs(after(o, "auc ") - test_auc), 1e-4, "%s vs %g", o, test_auc);
+  cr_assert_lt(fabs(after(o, "accuracy ") - acc), 1e-4, "%s vs %g", o, acc);
+  free(o);
+  fl_test_fed_free(&f);
+}
+
+/* examples/tabular/run.sh (make tabular) end to end on the breast-cancer table: the
+ * federation of 5 non-IID clients with federated standardisation, and fl-train on all
+ * the data, both scored by fl-predict. */
+Test(predict, tabular_example, .timeout = 300) {
+  const char *table = getenv("FL_TABULAR_CSV");
+  if (!table || access(table, R_OK) != 0) cr_skip_test("no breast-cancer table (make test extracts it)");
+  char *dir = fl_test_tmpdir();
+  char cmd[8192];
+  snprintf(cmd, sizeof cmd, "FL_BIN_DIR=%s FL_TABULAR_DIR=%s FL_TABULAR_CSV=%s %s/examples/tabular/run.sh "
+           ">%s/out.txt 2>&1", fl_test_bin_dir(), dir, table, fl_test_src_dir(), dir);
+  int rc = fl_test_system(cmd);
+  char *o = slurp(dir, "out.txt");
+  cr_assert_eq(rc, 0, "%s", o);
+  cr_assert_not_null(strstr(o, "from 5 clients"), "%s", o);
+  const char *fed = strstr(o, "\nfederated "), *cen = strstr(o, "\ncentral ");
+  cr_assert(fed && cen, "%s", o);
+  double fa, facc, ca, cacc;
+  cr_assert_eq(sscanf(fed, "\nfederated %lf %lf", &fa, &facc), 2, "%s", o);
+  cr_assert_eq(sscanf(cen, "\ncentral %lf %lf", &ca, &cacc), 2, "%s", o);
+  cr_assert(fa > 0.95 && facc > 0.9 && ca > 0.95 && cacc > 0.9, "%s", o);
+  free(o);
+  free(dir);
+}
+
+/* fl-server --freeze all-but-head from a model fl-train made: the clients train the head
+ * only, the final model's other layers are the initial ones bit for bit, and a client
+ * whose update changes a frozen parameter (here a simulated attacker adding noise) is
+ * refused by name while the others' updates count. */
+Test(predict, federated_freeze, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], init[700], args[4096];
+  fl_test_fed_path(&f, "train.csv", train, sizeof train);
+  fl_test_fed_path(&f, "init.flm", init, sizeof init);
+  write_blobs(train, 600, 1, 1, 1);
+  snprintf(args, sizeof args, "--model 'in:6 dense:8 relu dense:1 sigmoid_bce' --data %s "
+           "--test none --epochs 2 --optimizer adam --lr 0.01 --standardize --out %s", train, init);
+  cr_assert_eq(run(f.dir, "fl-train", args), 0);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
+                               "--init-model", init, "--freeze", "all-but-head", "--rounds", "2",
+                               "--clients-per-round", "3", "--min-clients", "3", "--min-updates", "1",
+                               "--optimizer", "adam", "--lr", "0.01", NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
+                                "--partition", "iid", "--seed", "1", "--attack", "noise:0.1",
+                                "--attack-clients", "2", NULL);
+  char slog[700], clog[700];
+  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  cr_assert_eq(fl_test_count(slog, "--freeze all-but-head: 56 of 65 parameters frozen"), 1);
+  cr_assert_eq(fl_test_count(slog, "changes frozen parameter"), 2, "see %s", slog);
+  cr_assert_eq(fl_test_count(f.metrics, "\"updates_accepted\":2"), 2, "see %s", f.metrics);
+
+  char err[512], *spec[2];
+  uint64_t id[2];
+  float *w[2];
+  size_t n[2];
+  fl_transform tf[2];
+  const char *files[2] = {init, f.model};
+  for (int k = 0; k < 2; k++)
+    cr_assert_eq(fl_modelfile_load_ex(files[k], &spec[k], &id[k], &w[k], &n[k], &tf[k], err,
+                                      sizeof err), 0, "%s", err);
+  cr_assert_eq(memcmp(w[0], w[1], 56 * sizeof(float)), 0, "a frozen layer moved");
+  cr_assert_neq(memcmp(w[0] + 56, w[1] + 56, 9 * sizeof(float)), 0, "the head did not train");
+  cr_assert_eq(tf[1].dim, 6, "the server kept --init-model's standardisation");
+  for (int k = 0; k < 2; k++) {
+    fl_transform_free(&tf[k]);
+    free(spec[k]);
+    free(w[k]);
+  }
+  fl_test_fed_free(&f);
+}

@@ -29,7 +29,7 @@ cpu() {
   rm -f "$work/m.jsonl"
   "$bin/fl-server" --listen "127.0.0.1:$port" --model "$1" --rounds "$4" --clients-per-round 10 \
     --min-clients 10 --epochs 1 --batch-size 20 --lr 0.05 --seed 1 --uplink "$2" \
-    --downlink "$3" --metrics "$work/m.jsonl" --out "$work/m.bin" --ca "$certs/ca.crt" \
+    --downlink "$3" --metrics "$work/m.jsonl" --out "$work/$name.bin" --ca "$certs/ca.crt" \
     --cert "$certs/server.crt" --key "$certs/server.key" 2>"$work/$name.server.log" &
   local spid=$!
   "$bin/fl-client" --server "127.0.0.1:$port" --server-name localhost --clients 10 \

@@ -27,7 +27,7 @@ run() {
   rm -f "$work/m.jsonl"
   "$bin/fl-server" --listen "127.0.0.1:$port" --model 2nn --rounds "$ROUNDS" --clients-per-round 10 \
     --min-clients 10 --epochs 1 --batch-size 20 --seed 1 --metrics "$work/m.jsonl" \
-    --out "$work/m.bin" --ca "$certs/ca.crt" --cert "$certs/server.crt" --key "$certs/server.key" \
+    --out "$work/$name.bin" --ca "$certs/ca.crt" --cert "$certs/server.crt" --key "$certs/server.key" \
     "${http[@]}" 2>"$work/$name.server.log" &
   local spid=$! scrapes=0 spid2=
   if [ "$1" = 1 ]; then

@@ -23,7 +23,7 @@ void srv_begin_fed_eval(server *s) {
   s->ph = PH_FED_EVAL;
   s->r.fed_asked = s->r.fed_answered = 0;
   s->r.fed_loss = s->r.fed_acc = s->r.fed_auc = 0;
-  s->r.fed_n = s->r.fed_auc_n = 0;
+  s->r.fed_n = s->r.fed_auc_n = s->r.fed_acc_n = 0;
   int due = s->cfg->fed_eval_every > 0 &&
             (s->r.number % (uint64_t)s->cfg->fed_eval_every == 0 ||
              s->r.number == (uint64_t)s->cfg->rounds);
@@ -82,13 +82,16 @@ void srv_on_eval_result(client *c, const Fl__EvalResult *e) {
             "client declared %llu when it joined", (unsigned long long)s->r.number, c->id,
             (unsigned long long)m->num_examples, (unsigned long long)c->num_samples);
   } else if (m && m->num_examples > 0 && isfinite(m->loss) && m->loss >= 0 &&
-             m->accuracy >= 0 && m->accuracy <= 1) {
+             (isnan(m->accuracy) || (m->accuracy >= 0 && m->accuracy <= 1))) {
     /* Weighted like an update: at most what it declared, and the round's weight cap. */
     double n = (double)m->num_examples;
     if (s->r.weight_cap >= 1 && n > s->r.weight_cap) n = floor(s->r.weight_cap);
     s->r.fed_loss += m->loss * n;
-    s->r.fed_acc += m->accuracy * n;
     s->r.fed_n += (uint64_t)n;
+    if (!isnan(m->accuracy)) { /* NaN: a model without classes (a regression) */
+      s->r.fed_acc += m->accuracy * n;
+      s->r.fed_acc_n += (uint64_t)n;
+    }
     /* a client's AUC (binary heads; 0 or NaN from one that has none) weighs as its
      * examples do */
     if (isfinite(m->auc) && m->auc > 0 && m->auc <= 1) {

@@ -109,7 +109,7 @@ void srv_write_metrics(server *s, double seconds) {
   double w = r->weight_sum; /* losses weigh as their updates did */
   double loss = w > 0 ? r->loss_sum / w : NAN, acc = w > 0 ? r->acc_sum / w : NAN;
   double fl = r->fed_n ? r->fed_loss / (double)r->fed_n : NAN;
-  double fa = r->fed_n ? r->fed_acc / (double)r->fed_n : NAN;
+  double fa = r->fed_acc_n ? r->fed_acc / (double)r->fed_acc_n : NAN;
   double fauc = r->fed_auc_n ? r->fed_auc / (double)r->fed_auc_n : NAN;
   char test[128] = "", fed[128] = "";
   if (r->tested) snprintf(test, sizeof test, ", test loss %.4f acc %.4f", r->test_loss, r->test_acc);
@@ -155,7 +155,7 @@ void srv_write_metrics(server *s, double seconds) {
   json_num(f, "test_accuracy", r->test_acc, r->tested);
   json_num(f, "test_auc", r->test_auc, r->tested && r->test_auc > 0);
   json_num(f, "fed_eval_loss", fl, r->fed_n > 0);
-  json_num(f, "fed_eval_accuracy", fa, r->fed_n > 0);
+  json_num(f, "fed_eval_accuracy", fa, r->fed_acc_n > 0);
   json_num(f, "fed_eval_auc", fauc, r->fed_auc_n > 0);
   fprintf(f, ",\"fed_eval_clients\":%zu", r->fed_answered);
   fprintf(f, ",\"bytes_received\":%llu,\"bytes_sent\":%llu",
@@ -216,7 +216,7 @@ int srv_metric_value(const server *s, int k, double *v) {
   case 1: *v = r->test_acc; return r->tested;
   case 2: *v = r->test_auc; return r->tested && r->test_auc > 0;
   case 3: *v = r->fed_n ? r->fed_loss / (double)r->fed_n : 0; return r->fed_n > 0;
-  case 4: *v = r->fed_n ? r->fed_acc / (double)r->fed_n : 0; return r->fed_n > 0;
+  case 4: *v = r->fed_acc_n ? r->fed_acc / (double)r->fed_acc_n : 0; return r->fed_acc_n > 0;
   case 5: *v = r->fed_auc_n ? r->fed_auc / (double)r->fed_auc_n : 0; return r->fed_auc_n > 0;
   case 6: *v = r->weight_sum > 0 ? r->loss_sum / r->weight_sum : 0; return r->weight_sum > 0;
   }

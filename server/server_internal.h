@@ -181,6 +181,7 @@ typedef struct round_stats {
   double fed_auc;                    /* AUC weighted by the examples of the clients that
                                       * reported one (binary heads) */
   uint64_t fed_auc_n;
+  uint64_t fed_acc_n;            /* the examples of results with an accuracy (regression has none) */
   size_t fed_asked, fed_answered;
   uint64_t bytes_in0, bytes_out0;
   uint64_t t0;                       /* the round's first selection */

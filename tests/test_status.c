@@ -142,6 +142,9 @@ Test(status, metrics_status_page_and_progress, .timeout = 300) {
   cr_assert(fl_test_wait_for_while(slog, "20% of its task done", s, 120), "no progress reached the server (%s)", f.dir);
   cr_assert(fl_test_wait_for_while(slog, "60% of its task done", s, 120));
   cr_assert(fl_test_wait_for_while(slog, "round 2/4 done", s, 120), "(%s)", f.dir);
+  /* The clients stop, so the run cannot end while the documents are read. */
+  kill(c, SIGSTOP);
+  cr_assert(fl_test_wait_stopped(c, 30));
 
   /* /metrics: what the log said, in a form promtool accepts. */
   char *m = NULL;
@@ -205,6 +208,7 @@ Test(status, metrics_status_page_and_progress, .timeout = 300) {
   cr_assert(!hb || !*hb, "HEAD answered with a body");
   free(hb);
 
+  kill(c, SIGCONT);
   cr_assert_eq(fl_test_wait(s, 240), 0, "server failed (%s)", f.dir);
   cr_assert_eq(fl_test_wait(c, 60), 0);
   cr_assert_eq(fl_test_metrics_rounds(f.metrics), 4);
@@ -364,7 +368,9 @@ Test(status, bad_requests_leave_the_federation_alone, .timeout = 300) {
   /* one second of idle per HTTP connection; 8 connections, 2 per address */
   pid_t s = server(&f, http, "4", "1", 1);
   cr_assert(fl_test_wait_for_while(slog, "status page on http://127.0.0.1:", s, 30), "(%s)", f.dir);
-  pid_t c = clients(&f);
+  /* The bad requests come while the server waits for its clients (none started yet, so
+   * the run cannot end before the checks do); the clients start while idle connections
+   * hold every HTTP slot, and the rounds must go on. */
 
   /* A second server cannot take the same HTTP port, nor a malformed address: it says so. */
   fl_test_fed g;
@@ -425,6 +431,7 @@ Test(status, bad_requests_leave_the_federation_alone, .timeout = 300) {
   /* More idle connections than the limit: the rest are refused, the rounds go on. */
   int idle[12];
   for (int i = 0; i < 12; i++) idle[i] = connect_to(http);
+  pid_t c = clients(&f);
   cr_assert(fl_test_wait_for_while(slog, "round 2/4 done", s, 180), "the rounds stopped (%s)", f.dir);
   for (int i = 0; i < 12; i++) close(idle[i]);
 

@@ -6,34 +6,12 @@
 # usage: tests/mkcerts_extra.sh CERTS_DIR OUT_DIR SRC_DIR
 set -eu
 certs=$(cd "$1" && pwd) out=$2 src=$(cd "$3" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
 umask 077
 mkdir -p "$out"
 cd "$out"
-: > index.txt
-echo 1000 > serial
-echo 1000 > crlnumber
-cat > ca.cnf <<EOF
-[ca]
-default_ca = fl
-[fl]
-dir = .
-database = index.txt
-serial = serial
-crlnumber = crlnumber
-new_certs_dir = .
-certificate = $certs/ca.crt
-private_key = $certs/ca.key
-default_md = sha256
-default_crl_days = 30
-policy = any
-unique_subject = no
-[any]
-commonName = supplied
-[client]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = clientAuth
-EOF
+serial=1000
+. "$here/test_ca.sh"
 req() {
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.key" 2>/dev/null
   openssl req -new -sha256 -key "$1.key" -subj "/CN=$2" -out "$1.csr"

@@ -6,34 +6,12 @@
 # usage: tests/mkcerts_timed.sh CERTS_DIR OUT_DIR SECONDS
 set -eu
 certs=$(cd "$1" && pwd) out=$2 secs=$3
+here=$(cd "$(dirname "$0")" && pwd)
 umask 077
 mkdir -p "$out"
 cd "$out"
-: > index.txt
-echo 2000 > serial
-echo 2000 > crlnumber
-cat > ca.cnf <<CNF
-[ca]
-default_ca = fl
-[fl]
-dir = .
-database = index.txt
-serial = serial
-crlnumber = crlnumber
-new_certs_dir = .
-certificate = $certs/ca.crt
-private_key = $certs/ca.key
-default_md = sha256
-default_crl_days = 30
-policy = any
-unique_subject = no
-[any]
-commonName = supplied
-[client]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = clientAuth
-CNF
+serial=2000
+. "$here/test_ca.sh"
 at() { date -u -d "@$(( $(date +%s) + $1 ))" +%Y%m%d%H%M%SZ; }
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out expiring.key 2>/dev/null
 openssl req -new -sha256 -key expiring.key -subj "/CN=expiring-client" -out expiring.csr

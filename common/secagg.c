@@ -123,7 +123,7 @@ struct fl_secagg_client {
   uint8_t b[32];                  /* the self-mask seed */
   uint32_t k, *nbr;               /* neighbours, ascending */
   uint8_t *in_u2;                 /* [n] who sent shares (stage 2) */
-  uint8_t (*pc)[32], (*ps)[32];   /* [k] the neighbours' public keys (stage 1) */
+  uint8_t (*ps)[32];             /* [k] the neighbours' s public keys (stage 1) */
   uint8_t *has;                   /* [k] the neighbour sent keys */
   uint8_t (*seed)[32];            /* [k] pair mask seeds with the neighbours in U2 */
   uint8_t (*cshared)[32];         /* [k] the c secrets agreed with the neighbours (stage 1) */
@@ -140,7 +140,6 @@ void fl_secagg_client_free(fl_secagg_client *c) {
   fl_csprng_free(&c->rng);
   free(c->nbr);
   free(c->in_u2);
-  free(c->pc);
   free(c->ps);
   free(c->has);
   free(c->seed);
@@ -175,13 +174,12 @@ int fl_secagg_client_new(const fl_secagg_params *p, uint32_t me, fl_secagg_clien
   c->revealed = calloc(k, 1);
   c->opened = calloc(k, 1);
   c->has = calloc(k, 1);
-  c->pc = calloc(k, sizeof *c->pc);
   c->ps = calloc(k, sizeof *c->ps);
   c->seed = calloc(k, sizeof *c->seed);
   c->cshared = calloc(k, sizeof *c->cshared);
   c->got_b = calloc(k, sizeof *c->got_b);
   c->got_s = calloc(k, sizeof *c->got_s);
-  if (!c->nbr || !c->k || !c->in_u2 || !c->revealed || !c->opened || !c->has || !c->pc || !c->ps || !c->seed ||
+  if (!c->nbr || !c->k || !c->in_u2 || !c->revealed || !c->opened || !c->has || !c->ps || !c->seed ||
       !c->cshared || !c->got_b || !c->got_s) {
     fl_secagg_client_free(c);
     return fl_errf(err, errlen, FL_ENOMEM, "out of memory");
@@ -214,7 +212,6 @@ int fl_secagg_client_shares(fl_secagg_client *c, const uint8_t (*c_pub)[32],
     if (have[c->nbr[i]]) {
       uint32_t v = c->nbr[i];
       c->has[i] = 1;
-      memcpy(c->pc[i], c_pub[v], 32);
       memcpy(c->ps[i], s_pub[v], 32);
       who[m] = v;
       xs[m++] = (uint64_t)v + 1;

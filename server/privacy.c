@@ -142,7 +142,7 @@ void srv_privacy_begin(server *s, client *const *ready, size_t m, size_t selecte
   p->z_update = p->z;
   if (p->adaptive && p->z > 0) {
     double r = pow(p->z, -2) - pow(2 * p->sigma_bit, -2);
-    p->z_update = r > 0 ? 1 / sqrt(r) : INFINITY;
+    p->z_update = 1 / sqrt(r); /* r > 0: sigma_bit >= 1.2 z */
   }
   s->r.dp_clip = p->clip;
   fl_debug("server", "round %llu: %zu of %zu clients sampled (q %.4g), clip %g", (unsigned long long)s->r.number,
@@ -159,7 +159,7 @@ void srv_privacy_client(const server *s, uint32_t threshold, double *clip, doubl
   *clip_bit = p->adaptive;
   if (p->distributed && threshold > 0) {
     double r = sqrt((double)threshold);
-    *noise = isfinite(p->z_update) ? p->z_update * p->clip / r : 0;
+    *noise = p->z_update * p->clip / r;
     *bit_noise = p->sigma_bit / r;
   }
 }

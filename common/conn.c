@@ -1058,7 +1058,14 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   c->state = ST_CONNECTING;
   c->connect_req.data = c;
   int r = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss, connect_cb);
-  if (r < 0) fail(c, FL_ENET, "connect failed: %s", uv_strerror(r));
+  if (r < 0) {
+    fail(c, FL_ENET, "connect failed: %s", uv_strerror(r));
+    return;
+  }
+  int size = c->opt.recv_buffer; /* the socket exists once the connect has begun */
+  if (size > 0 && (r = uv_recv_buffer_size((uv_handle_t *)&c->tcp, &size)) < 0)
+    fail(c, FL_ENET, "cannot set the receive buffer to %d bytes: %s", c->opt.recv_buffer,
+         uv_strerror(r));
 }
 
 int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,

@@ -63,6 +63,10 @@ typedef struct fl_conn_options {
                                   * limit; default 60 s */
   uint32_t max_handshakes;       /* server: handshakes in progress at once per listener;
                                   * more are closed as they are accepted; default 256 */
+  int recv_buffer;               /* client: > 0 fixes the socket's receive buffer at this
+                                  * many bytes (SO_RCVBUF; the kernel then never grows it,
+                                  * so a peer that stops reading holds at most this much);
+                                  * 0: the kernel's autotuning (default) */
   const uint8_t *heartbeat;      /* payload sent as heartbeat (copied); NULL = none */
   size_t heartbeat_len;
   /* Called on the connection's loop just before each heartbeat goes out; it may replace

@@ -238,6 +238,9 @@ static void reconnect(uv_timer_t *t) {
   fl_conn_options_default(&opt);
   opt.idle_timeout_ms = 0; /* a hostile client that pauses does not give up by itself */
   opt.stall_timeout_ms = 0;
+  /* What a paused client's kernel takes in is bounded: autotuned, a receive buffer grows
+   * to tcp_rmem's maximum (32 MiB on some hosts), and a whole model would fit in it. */
+  opt.recv_buffer = 64 * 1024;
   h->welcomed = 0;
   h->receiving = 0;
   if (fl_connect(h->loop, h->tls, "127.0.0.1", h->port, &opt, &cbs, h, &h->conn) != 0) h->failed = 1;
@@ -351,18 +354,35 @@ static void finish(fl_test_fed *f, pid_t s, pid_t c, int rounds) {
   assert_not_forged(log);
 }
 
+/* A dense model "in:784 dense:W relu dense:10 softmax" whose float32 parameters are more
+ * than the most a paused reader's connection can hold: the server's socket send buffer
+ * at its largest (tcp_wmem's maximum), twice over, plus the client's fixed 64 KiB
+ * receive buffer and the server's write queue (1 MiB high water); at least 2,500 wide. */
+static void model_beyond_buffers(char *spec, size_t len) {
+  long wmem[3] = {0, 0, 4L << 20};
+  FILE *fp = fopen("/proc/sys/net/ipv4/tcp_wmem", "r");
+  if (fp) {
+    if (fscanf(fp, "%ld %ld %ld", &wmem[0], &wmem[1], &wmem[2]) != 3) wmem[2] = 4L << 20;
+    fclose(fp);
+  }
+  long bytes = 2 * wmem[2] + (4L << 20);
+  long width = bytes / 4 / (784 + 1 + 10) + 1;
+  if (width < 2500) width = 2500;
+  snprintf(spec, len, "in:784 dense:%ld relu dense:10 softmax", width);
+}
+
 /* Item 1: federated evaluation ends while the model still streams to a client that
  * answered without reading it, or to one that stopped reading; the next round's tasks
- * must not start a second stream for them.  A model of about 2 M parameters (8 MB, more
- * than the socket buffers hold).  The hostile clients come back after each drop, and
+ * must not start a second stream for them.  The model is larger than the socket buffers
+ * can hold (model_beyond_buffers).  The hostile clients come back after each drop, and
  * every round selects everyone. */
 Test(hostile, fed_eval_stream_does_not_stall, .timeout = 900) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700];
+  char log[700], spec[96];
   fl_test_fed_path(&f, "server.log", log, sizeof log);
-  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model",
-                                     "in:784 dense:2500 relu dense:10 softmax", "--rounds", "3",
+  model_beyond_buffers(spec, sizeof spec);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", spec, "--rounds", "3",
                                      "--clients-per-round", "4", "--min-clients", "4",
                                      "--fed-eval-every", "1", "--fed-eval-timeout", "20",
                                      "--round-timeout", "120", "--io-threads", "1", "--log-level", "debug", NULL);
@@ -395,10 +415,10 @@ Test(hostile, fed_eval_stream_does_not_stall, .timeout = 900) {
 Test(hostile, slow_reader_dropped_at_round_deadline, .timeout = 900) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700];
+  char log[700], spec[96];
   fl_test_fed_path(&f, "server.log", log, sizeof log);
-  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model",
-                                     "in:784 dense:2500 relu dense:10 softmax", "--rounds", "2",
+  model_beyond_buffers(spec, sizeof spec);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", spec, "--rounds", "2",
                                      "--clients-per-round", "3", "--min-clients", "3",
                                      "--round-timeout", "15", "--io-threads", "1", NULL);
   cr_assert_gt(s, 0);
@@ -423,10 +443,10 @@ Test(hostile, slow_reader_dropped_at_round_deadline, .timeout = 900) {
 Test(hostile, sigterm_ends_a_stuck_round, .timeout = 600) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700];
+  char log[700], spec[96];
   fl_test_fed_path(&f, "server.log", log, sizeof log);
-  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model",
-                                     "in:784 dense:2500 relu dense:10 softmax", "--rounds", "50",
+  model_beyond_buffers(spec, sizeof spec);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", spec, "--rounds", "50",
                                      "--clients-per-round", "3", "--min-clients", "3",
                                      "--round-timeout", "100000", "--io-threads", "1",
                                      "--log-level", "debug", NULL);

@@ -185,8 +185,10 @@ CORE_OBJS := $(call obj,$(wildcard common/dense.c common/conv.c common/activatio
                                    common/train.c))
 $(CORE_OBJS): CFLAGS_ALL += -O3 -ffp-contract=off
 $(call obj,common/optim.c): CFLAGS_ALL += -fno-math-errno
-# The aggregation's loops are vectorised the same way (common/agg_*.c, server_opt.c).
+# The aggregation's loops are vectorised the same way (common/agg_*.c, server_opt.c), and
+# the codec's (int8 and float32 chunks decoded and folded into the sum).
 $(call obj,$(wildcard common/agg_*.c common/server_opt.c)): CFLAGS_ALL += -O3
+$(call obj,common/codec.c): CFLAGS_ALL += -O3 -ffp-contract=off
 
 $(LIB): $(COMMON_OBJS)
 	$(call say,AR,$@)

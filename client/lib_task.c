@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "error.h"
 #include "lib_internal.h"
@@ -298,6 +299,10 @@ void flc__on_chunk(fl_client *c, const Fl__TensorChunk *ch) {
   }
   if (rc == 0) return;
   c->rx = NULL;
+  if (c->log && c->log_level <= FL_CLIENT_LOG_DEBUG) /* the server logs the same for its copy */
+    flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": model in, %s, crc32 of its float32 "
+             "values %08lx", t->round, fl_enc_name((int)t->rx.dec.enc),
+             crc32_z(0, (const Bytef *)t->global, t->n * sizeof *t->global));
   if (t->params != t->global) memcpy(t->params, t->global, t->n * sizeof *t->params);
   submit(c, t);
 }

@@ -9,6 +9,7 @@
  * a quarter (int8) of a model size. */
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "error.h"
 #include "log.h"
@@ -80,8 +81,10 @@ int srv_downlink_prepare(server *s) {
   }
   s->down_version = s->model_version;
   s->down_valid = 1;
-  fl_debug("server", "model version %llu encoded as %s in %zu frames",
-           (unsigned long long)s->model_version, fl_enc_name(s->downlink.enc), s->down_count);
+  if (fl__log_level <= FL_LOG_DEBUG) /* what the clients decode: they log the same */
+    fl_debug("server", "model version %llu encoded as %s in %zu frames, crc32 of its float32 "
+             "values %08lx", (unsigned long long)s->model_version, fl_enc_name(s->downlink.enc),
+             s->down_count, crc32_z(0, (const Bytef *)s->global, s->n * sizeof *s->global));
   return 0;
 }
 

@@ -179,6 +179,39 @@ Test(codec, axpy_adds_what_decode_gives) {
   }
 }
 
+/* The norm of stored records (the server's norm bound) is the norm of what they decode
+ * to: int8's is summed from exact integer sums, the others in four lanes. */
+Test(codec, records_sumsq_is_the_decoded_sum_of_squares) {
+  static float x[N], y[N];
+  static uint8_t recs[N * 8 + 64 * FL_CHUNK_RECORD_HEAD];
+  fl_rng r;
+  fl_rng_seed(&r, 4);
+  for (int i = 0; i < N; i++) x[i] = fl_rng_normal(&r) * 0.02f + 0.003f;
+  const char *specs[] = {"float32", "float16", "int8", "int8:stochastic", "topk:0.05"};
+  for (int s = 0; s < 5; s++) {
+    fl_codec c = codec(specs[s]);
+    fl_encoder e;
+    cr_assert_eq(fl_encoder_init(&e, &c, x, N, 1000, 3), 0);
+    uint8_t buf[8000];
+    fl_chunk ch;
+    size_t len = 0;
+    memset(y, 0, sizeof y);
+    while (fl_encoder_next(&e, &ch, buf) == 1) {
+      cr_assert_leq(len + fl_chunk_record_size(&ch), sizeof recs);
+      fl_chunk_record_put(&ch, recs + len);
+      len += fl_chunk_record_size(&ch);
+      fl_chunk_decode(&ch, y);
+    }
+    double want = 0;
+    for (int i = 0; i < N; i++) want += (double)y[i] * y[i];
+    double got = fl_records_sumsq(recs, len, c.enc, N);
+    /* int8's decoded values are rounded to float (2^-24 relatively); its sums are not */
+    double tol = c.enc == FL_ENC_INT8 ? 1e-6 : 1e-12;
+    cr_assert(want > 0 && fabs(got - want) <= tol * want, "%s: %.12g vs decoded %.12g",
+              specs[s], got, want);
+  }
+}
+
 Test(codec, encoder_refuses_what_it_cannot_carry) {
   float big[3] = {1, 70000, 2}, inf[2] = {1, INFINITY};
   fl_codec c = codec("float16");

@@ -89,3 +89,50 @@ Test(compression, a_float32_client_takes_part, .timeout = 900) {
   free(m);
   fl_test_fed_free(&f);
 }
+
+/* The model a client decodes is bit for bit the model the server keeps and computes the
+ * deltas against (item 4): both log the crc32 of its float32 values, the server once per
+ * model version, each client once per task. */
+Test(compression, clients_decode_the_servers_model_exactly, .timeout = 900) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "2nn", "--rounds", "3",
+                               "--clients-per-round", "4", "--min-clients", "4", "--epochs", "1",
+                               "--batch-size", "10", "--lr", "0.05", "--seed", "2", "--uplink",
+                               "int8", "--downlink", "float16", "--log-level", "debug", NULL);
+  pid_t a = fl_test_fed_clients(&f, "clients.log", "--clients", "4", "--data",
+                                "fashion-mnist:train", "--max-samples", "400", "--partition",
+                                "iid", "--seed", "1", "--log-level", "debug", NULL);
+  cr_assert_eq(fl_test_wait(s, 600), 0, "server failed (%s)", f.dir);
+  cr_assert_eq(fl_test_wait(a, 60), 0, "clients failed (%s)", f.dir);
+  char slog[700], clog[700];
+  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+  size_t len;
+  char *text = fl_test_read_file(slog, &len);
+  cr_assert(text, "%s", slog);
+  unsigned long sent[16];
+  int nsent = 0;
+  for (char *p = text; (p = strstr(p, "encoded as float16 in ")) != NULL; p++) {
+    char *c = strstr(p, "values ");
+    cr_assert(c && nsent < 16, "%s", slog);
+    sent[nsent++] = strtoul(c + 7, NULL, 16);
+  }
+  free(text);
+  cr_assert_geq(nsent, 3, "the server logged %d float16 models (%s)", nsent, slog);
+  for (int i = 1; i < nsent; i++) cr_assert_neq(sent[i], sent[i - 1], "%s", slog);
+  text = fl_test_read_file(clog, &len);
+  cr_assert(text, "%s", clog);
+  int got = 0;
+  for (char *p = text; (p = strstr(p, "model in, float16, crc32 of its float32 values ")) != NULL; p++) {
+    unsigned long crc = strtoul(p + strlen("model in, float16, crc32 of its float32 values "), NULL, 16);
+    int known = 0;
+    for (int i = 0; i < nsent; i++) known |= crc == sent[i];
+    cr_assert(known, "a client decoded a model (crc32 %08lx) the server never kept (%s, %s)", crc,
+              slog, clog);
+    got++;
+  }
+  free(text);
+  cr_assert_geq(got, 12, "only %d models logged by the clients (%s)", got, clog);
+  fl_test_fed_free(&f);
+}

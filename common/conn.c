@@ -24,6 +24,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1057,15 +1058,25 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   format_addr((struct sockaddr *)&ss, c->addr, sizeof c->addr);
   c->state = ST_CONNECTING;
   c->connect_req.data = c;
-  int r = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss, connect_cb);
-  if (r < 0) {
-    fail(c, FL_ENET, "connect failed: %s", uv_strerror(r));
-    return;
+  /* A fixed receive buffer is set before connecting: the window the SYN announces is then
+   * sized from it.  Shrunk afterwards, the buffer holds less than the window promised,
+   * and the kernel drops the peer's segments, the acknowledgements they carry included. */
+  if (c->opt.recv_buffer > 0) {
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), size = c->opt.recv_buffer;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) != 0) {
+      fail(c, FL_ENET, "cannot set the receive buffer to %d bytes: %s", size, strerror(errno));
+      if (fd >= 0) close(fd);
+      return;
+    }
+    int r = uv_tcp_open(&c->tcp, fd); /* the handle owns fd from here */
+    if (r < 0) {
+      close(fd);
+      fail(c, FL_ENET, "cannot use the socket: %s", uv_strerror(r));
+      return;
+    }
   }
-  int size = c->opt.recv_buffer; /* the socket exists once the connect has begun */
-  if (size > 0 && (r = uv_recv_buffer_size((uv_handle_t *)&c->tcp, &size)) < 0)
-    fail(c, FL_ENET, "cannot set the receive buffer to %d bytes: %s", c->opt.recv_buffer,
-         uv_strerror(r));
+  int r = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss, connect_cb);
+  if (r < 0) fail(c, FL_ENET, "connect failed: %s", uv_strerror(r));
 }
 
 int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,

@@ -238,9 +238,13 @@ static void reconnect(uv_timer_t *t) {
   fl_conn_options_default(&opt);
   opt.idle_timeout_ms = 0; /* a hostile client that pauses does not give up by itself */
   opt.stall_timeout_ms = 0;
-  /* What a paused client's kernel takes in is bounded: autotuned, a receive buffer grows
-   * to tcp_rmem's maximum (32 MiB on some hosts), and a whole model would fit in it. */
-  opt.recv_buffer = 64 * 1024;
+  /* What a client that stops reading its model holds in its kernel is bounded: autotuned,
+   * a receive buffer grows to tcp_rmem's maximum (32 MiB on some hosts), and a whole model
+   * would fit in it.  Not for the flood: a fixed buffer, full, makes the kernel drop the
+   * server's segments with the acknowledgements they carry, and the flood then crawls out
+   * at one segment per retransmission timeout. */
+  if (h->mode == H_EVAL_NOREAD || h->mode == H_EVAL_STALL || h->mode == H_TRAIN_STALL)
+    opt.recv_buffer = 64 * 1024;
   h->welcomed = 0;
   h->receiving = 0;
   if (fl_connect(h->loop, h->tls, "127.0.0.1", h->port, &opt, &cbs, h, &h->conn) != 0) h->failed = 1;

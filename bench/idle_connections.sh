@@ -72,12 +72,16 @@ t_start=$(date +%s.%N)
   --ca "$certs/ca.crt" --clients "$n" --workers 1 --heartbeat 5 --idle-timeout 60 \
   --data fashion-mnist:train --max-samples "$n" --partition iid >"$work/client.log" 2>&1 &
 cpid=$!
-# The client's RSS before it connects: the data set and N TLS identities.
+# The client's RSS before it connects: the data set and N TLS identities (its first line,
+# "N clients, M training samples ..., W worker(s) of T training threads", comes once
+# they are loaded).
+loaded=
 for _ in $(seq 36000); do
-  grep -q 'worker threads' "$work/client.log" && break
+  grep -q ' training samples (' "$work/client.log" && { loaded=1; break; }
   kill -0 "$cpid" 2>/dev/null || { echo "idle_connections: fl-client died" >&2; tail "$work/client.log" >&2; exit 1; }
   sleep 0.05
 done
+[ -n "$loaded" ] || { echo "idle_connections: fl-client never said it had loaded its clients" >&2; exit 1; }
 t_loaded=$(date +%s.%N)
 crss_loaded=$(rss_kib "$cpid")
 wait_ready "$work/server.log"

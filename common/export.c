@@ -190,36 +190,36 @@ static void init_int64(builder *b, const char *name, const int64_t *v, size_t n)
   push(b, (void ***)&b->inits, &b->n_inits, &b->cap_inits, t);
 }
 
-static Onnx__AttributeProto *attr_ints(builder *b, const char *name, const int64_t *v,
-                                       size_t n) {
+/* An attribute named name of the given type, its value left to the caller. */
+static Onnx__AttributeProto *attr_new(builder *b, const char *name,
+                                      Onnx__AttributeProto__AttributeType type) {
   Onnx__AttributeProto *a = balloc(b, sizeof *a);
-  int64_t *ints = balloc(b, sizeof(int64_t) * n);
-  if (!a || !ints) return NULL;
+  if (!a) return NULL;
   onnx__attribute_proto__init(a);
   a->name = bstr(b, name);
-  a->has_type = 1, a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INTS;
+  a->has_type = 1, a->type = type;
+  return a;
+}
+
+static Onnx__AttributeProto *attr_ints(builder *b, const char *name, const int64_t *v,
+                                       size_t n) {
+  Onnx__AttributeProto *a = attr_new(b, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INTS);
+  int64_t *ints = balloc(b, sizeof(int64_t) * n);
+  if (!a || !ints) return NULL;
   memcpy(ints, v, sizeof(int64_t) * n);
   a->n_ints = n, a->ints = ints;
   return a;
 }
 
 static Onnx__AttributeProto *attr_int(builder *b, const char *name, int64_t v) {
-  Onnx__AttributeProto *a = balloc(b, sizeof *a);
-  if (!a) return NULL;
-  onnx__attribute_proto__init(a);
-  a->name = bstr(b, name);
-  a->has_type = 1, a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT;
-  a->has_i = 1, a->i = v;
+  Onnx__AttributeProto *a = attr_new(b, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
+  if (a) a->has_i = 1, a->i = v;
   return a;
 }
 
 static Onnx__AttributeProto *attr_float(builder *b, const char *name, float v) {
-  Onnx__AttributeProto *a = balloc(b, sizeof *a);
-  if (!a) return NULL;
-  onnx__attribute_proto__init(a);
-  a->name = bstr(b, name);
-  a->has_type = 1, a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT;
-  a->has_f = 1, a->f = v;
+  Onnx__AttributeProto *a = attr_new(b, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT);
+  if (a) a->has_f = 1, a->f = v;
   return a;
 }
 

@@ -23,6 +23,13 @@ long srv_peak_rss_kib(void) {
   return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
 }
 
+double srv_cpu_seconds(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 void srv_json_str(FILE *f, const char *v) {
   fputc('"', f);
   for (; *v; v++) {
@@ -191,6 +198,8 @@ void srv_write_metrics(server *s, double seconds) {
   }
   write_participants(f, r);
   json_num(f, "seconds", seconds, 1);
+  double cpu = srv_cpu_seconds();
+  json_num(f, "cpu_seconds", cpu - r->cpu0, cpu >= 0 && r->cpu0 >= 0);
   json_num(f, "slowest_client_seconds", r->slowest, r->accepted > 0);
   fprintf(f, ",\"peak_rss_kib\":%ld", srv_peak_rss_kib());
   fputs("}\n", f);

@@ -150,11 +150,7 @@ void srv_save_final_model(server *s) {
     fl_error("server", "writing the final model failed: %s", err);
     s->exit_code = 1;
   } else {
-    struct rusage ru;
-    double cpu = getrusage(RUSAGE_SELF, &ru) == 0
-                     ? (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-                           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6
-                     : -1;
+    double cpu = srv_cpu_seconds();
     fl_info("server", "final model (%llu rounds) written to %s; peak memory %ld KiB, CPU %.3f s",
             (unsigned long long)s->model_version, s->cfg->out, srv_peak_rss_kib(), cpu);
   }

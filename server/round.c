@@ -144,6 +144,7 @@ void srv_begin_round_number(server *s, uint64_t number) {
   s->r.update_payload = s->r.update_raw = s->r.model_payload = s->r.model_raw = 0;
   s->r.bytes_in0 = s->bytes_in;
   s->r.bytes_out0 = s->bytes_out;
+  s->r.cpu0 = srv_cpu_seconds();
   s->r.timing = 0; /* the wait for enough clients is not the round's time */
   s->ph = PH_WAITING;
 }

@@ -184,6 +184,7 @@ typedef struct round_stats {
   uint64_t fed_acc_n;            /* the examples of results with an accuracy (regression has none) */
   size_t fed_asked, fed_answered;
   uint64_t bytes_in0, bytes_out0;
+  double cpu0;                       /* the process's CPU seconds when the round began */
   uint64_t t0;                       /* the round's first selection */
   int timing;                        /* t0 is set */
   refusal refusals[MAX_REFUSALS];
@@ -514,6 +515,8 @@ void srv_on_eval_error(client *c, uint64_t round);
 void srv_write_metrics(server *s, double seconds);
 /* The process's peak resident memory; -1 if unknown. */
 long srv_peak_rss_kib(void);
+/* The CPU time the process has used, user and system, all threads; -1 if unknown. */
+double srv_cpu_seconds(void);
 
 /* The attempt's selected clients (their progress starts at 0), and a contribution the
  * strategy took: the round's participants. */

@@ -87,6 +87,7 @@ Test(scale, thousand_clients_five_rounds, .timeout = 900) {
     cr_assert_eq(json_int(line, "updates_accepted"), k, "%s", line);
     cr_assert_eq(json_int(line, "examples"), (long)k * SAMPLES_PER_CLIENT, "%s", line);
     cr_assert_gt(json_int(line, "peak_rss_kib"), 0, "%s", line);
+    cr_assert_gt(fl_test_json_num(line, "cpu_seconds"), 0, "%s", line);
   }
   free(m);
   cr_assert_eq(lines, ROUNDS, "%d metrics lines (see %s)", lines, metrics);

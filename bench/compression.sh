@@ -9,12 +9,16 @@
 # Targets: int8 updates with float16 models lose at most 0.5 points of accuracy at round
 # 50 against float32; top-k 1 % with error feedback at most 2 points.
 #
-#   bench/compression.sh [ROUNDS]          (FL_BIN_DIR, FL_SCALE_CERTS as make sets)
+#   bench/compression.sh [ROUNDS [SEED]]   (FL_BIN_DIR, FL_SCALE_CERTS as make sets)
+#
+# SEED (default 1) seeds the model's initialisation, the partition and the clients'
+# shuffles: the figures follow it, not the machine's timing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${FL_BIN_DIR:-build}
 certs=${FL_SCALE_CERTS:-build/scale-certs}
 rounds=${1:-50}
+seed=${2:-1}
 work=$(mktemp -d /tmp/fl-compression-XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 [ -f "$certs/client-0100.crt" ] || { echo "compression: no client certificates in $certs" >&2; exit 1; }
@@ -25,14 +29,14 @@ run() {
   runs=$((runs + 1))
   local port=$((20000 + RANDOM % 9000 + runs))
   "$bin/fl-server" --listen "127.0.0.1:$port" --model 2nn --rounds "$rounds" \
-    --clients-per-round 10 --min-clients 100 --epochs 5 --batch-size 10 --lr 0.05 --seed 1 \
+    --clients-per-round 10 --min-clients 100 --epochs 5 --batch-size 10 --lr 0.05 --seed "$seed" \
     --uplink "$2" --downlink "$3" --test-data fashion-mnist:test --eval-every 10 \
     --metrics "$work/$1.jsonl" --out "$work/$1.bin" --ca "$certs/ca.crt" \
     --cert "$certs/server.crt" --key "$certs/server.key" 2>"$work/$1.server.log" &
   local spid=$!
   "$bin/fl-client" --server "127.0.0.1:$port" --server-name localhost --clients 100 \
     --certs-dir "$certs" --ca "$certs/ca.crt" --data fashion-mnist:train --partition iid \
-    --seed 1 --workers 2 --retry-base 0.05 --retry-max 0.5 2>"$work/$1.client.log" || {
+    --seed "$seed" --workers 2 --retry-base 0.05 --retry-max 0.5 2>"$work/$1.client.log" || {
     echo "compression: $1: fl-client failed; its log:" >&2
     tail -5 "$work/$1.client.log" >&2
     exit 1
@@ -46,7 +50,7 @@ run() {
 acc() { sed -n "s/.*\"round\":$2,.*\"test_accuracy\":\([0-9.]*\).*/\1/p" "$work/$1.jsonl"; }
 total() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$work/$1.jsonl" | awk '{ s += $1 } END { printf "%.1f", s / 1e6 }'; }
 
-echo "Compression and accuracy: 2nn, 100 IID clients, 10 a round, 5 epochs of batch 10, $rounds rounds"
+echo "Compression and accuracy: 2nn, 100 IID clients, 10 a round, 5 epochs of batch 10, $rounds rounds, seed $seed"
 printf '  %-20s %-9s %9s %9s %9s %14s %13s\n' updates models "round 10" "round 20" "round $rounds" "update MB" "model MB"
 fail=0
 ref=""

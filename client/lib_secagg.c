@@ -8,7 +8,14 @@
  * first), masked, and sent as ring elements.  Last, the server names the survivors, and
  * the client reveals one share per neighbour: never both shares of one, whatever it is
  * asked (secagg.c refuses).  Everything from the server is checked before use: a
- * message of another round, of the wrong size, or out of order is ignored and logged. */
+ * message of another round, of the wrong size, or out of order is ignored and logged.
+ *
+ * The masking (k + 1 keystreams of the model's size) runs on libuv's thread pool, not on
+ * the loop: it takes long enough to hold up heartbeats, and a loop shared by many clients
+ * (a simulation) would keep one that the server told to send waiting past its deadline.
+ * While it runs the round's state is the job's to read: a reset (a new round, a lost
+ * connection) hands the state to the job, which frees it and drops the input when it
+ * comes back, and the run does not finish before it has. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -29,8 +36,24 @@ struct flc_secagg_cfg {
   uint8_t *bad;             /* [n] senders whose shares did not open */
 };
 
+/* A masking in flight (try_send).  orphan: the round's state, once a reset gave it up. */
+struct flc_mask_job {
+  uv_work_t work;
+  fl_client *c;
+  fl_client_task *t;
+  struct fl_secagg_client *sa, *orphan;
+  fl_enc enc;
+  int rc;
+  char err[256];
+};
+
 void flc__secagg_reset(fl_client *c) {
-  fl_secagg_client_free(c->sa);
+  if (c->sa_job) { /* the job still reads the state: it frees it when it comes back */
+    c->sa_job->orphan = c->sa;
+    c->sa_job = NULL;
+  } else {
+    fl_secagg_client_free(c->sa);
+  }
   c->sa = NULL;
   if (c->sa_cfg) free(c->sa_cfg->bad);
   free(c->sa_cfg);
@@ -140,6 +163,8 @@ void flc__on_secagg_peers(fl_client *c, const Fl__SecAggPeers *m) {
 }
 
 static void try_send(fl_client *c);
+static void mask_work(uv_work_t *w);
+static void mask_done(uv_work_t *w, int status);
 
 void flc__on_secagg_shares(fl_client *c, const Fl__SecAggShares *m) {
   if (!ours(c, m->round, "shares")) return;
@@ -187,7 +212,6 @@ static void try_send(fl_client *c) {
   if (!t || !g->shares_in) return;
   c->sa_task = NULL;
   uint64_t n = t->n, dim = g->p.dim;
-  char err[256];
   if (dim != n + 1 + (uint64_t)g->clip_bit) {
     flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: inputs of %" PRIu64 " elements for a "
              "model of %" PRIu64 "; nothing sent", dim, n);
@@ -235,18 +259,63 @@ static void try_send(fl_client *c) {
     q = g->stochastic ? floor(q + fl_rng_uniform(&r)) : nearbyint(q);
     t->ring[i] = (uint32_t)(int64_t)q & keep;
   }
-  if (fl_secagg_client_mask(c->sa, t->ring, err, sizeof err) != 0) {
-    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: %s", err);
+  struct flc_mask_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: out of memory");
     flc__task_free(t);
     return;
   }
-  fl_codec ring = {g->p.bits == 32 ? FL_ENC_RING32 : FL_ENC_RING16, 0, 0};
-  fl_tensor_tx_init_codec(&t->tx, &ring, (const float *)(const void *)t->ring, dim, c->chunk_bytes, 0);
-  flc__send_update(c, t, ring.enc);
+  *j = (struct flc_mask_job){.c = c, .t = t, .sa = c->sa,
+                             .enc = g->p.bits == 32 ? FL_ENC_RING32 : FL_ENC_RING16};
+  j->work.data = j;
+  int rc = uv_queue_work(c->loop, &j->work, mask_work, mask_done);
+  if (rc < 0) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: cannot start masking: %s", uv_strerror(rc));
+    flc__task_free(t);
+    free(j);
+    return;
+  }
+  c->sa_job = j;
+  c->masking++;
+}
+
+static void mask_work(uv_work_t *w) {
+  struct flc_mask_job *j = w->data;
+  j->rc = fl_secagg_client_mask(j->sa, j->t->ring, j->err, sizeof j->err);
+}
+
+/* On the loop: the masked input goes out, unless the round was reset meanwhile. */
+static void mask_done(uv_work_t *w, int status) {
+  struct flc_mask_job *j = w->data;
+  fl_client *c = j->c;
+  fl_client_task *t = j->t;
+  if (j->orphan || c->sa_job != j) {
+    fl_secagg_client_free(j->orphan);
+    flc__task_free(t);
+  } else if (status < 0 || j->rc != 0) {
+    c->sa_job = NULL;
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: %s",
+             status < 0 ? uv_strerror(status) : j->err);
+    flc__task_free(t);
+  } else {
+    c->sa_job = NULL;
+    fl_codec ring = {j->enc, 0, 0};
+    fl_tensor_tx_init_codec(&t->tx, &ring, (const float *)(const void *)t->ring, c->sa_cfg->p.dim,
+                            c->chunk_bytes, 0);
+    flc__send_update(c, t, ring.enc);
+  }
+  free(j);
+  c->masking--;
+  flc__maybe_finished(c);
 }
 
 void flc__on_secagg_unmask(fl_client *c, const Fl__SecAggUnmask *m) {
   if (!ours(c, m->round, "unmasking")) return;
+  if (c->sa_job) { /* the server went on without this client's input */
+    flc__log(c, FL_CLIENT_LOG_WARN, "secure aggregation: asked to unmask before this client's "
+             "input was masked; ignored");
+    return;
+  }
   struct flc_secagg_cfg *g = c->sa_cfg;
   uint32_t n = g->p.n;
   uint8_t *u3 = calloc(n, 1), *kind = calloc(n, 1), *share = calloc(n, FL_SECAGG_SHARE_BYTES);

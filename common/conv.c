@@ -114,16 +114,34 @@ static void pad_image(float *xp, const float *x, const geom *g) {
     }
 }
 
+/* GCC turns a loop of small fixed-size copies into one call to memcpy, which for the
+ * few floats of an image row costs more than the copy. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_LIBCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define NO_LIBCALLS
+#endif
+
+/* d [n] = s [n] (n >= 4), four floats at a time, the last four overlapping the previous
+ * ones rather than leaving a scalar tail; d and s do not overlap. */
+static inline void copy_row(float *restrict d, const float *restrict s, int n) {
+  int i = 0;
+  for (; i + 4 <= n; i += 4) memcpy(d + i, s + i, 4 * sizeof(float));
+  if (i < n) memcpy(d + n - 4, s + n - 4, 4 * sizeof(float));
+}
+
 /* col [C*F*F][OH*OW]  xp [C][Hp][Wp] (padded): every row of a column block is a copy of
  * OW floats (contiguous at stride 1), with no edge cases. */
-static void im2col(float *col, const float *xp, const geom *g) {
+NO_LIBCALLS static void im2col(float *restrict col, const float *restrict xp, const geom *g) {
   int F = g->F, S = g->S, OH = g->OH, OW = g->OW, Hp = g->Hp, Wp = g->Wp;
   for (int c = 0; c < g->C; c++)
     for (int ky = 0; ky < F; ky++)
       for (int kx = 0; kx < F; kx++) {
         float *row = col + (size_t)((c * F + ky) * F + kx) * OH * OW;
         const float *src = xp + ((size_t)c * Hp + ky) * Wp + kx;
-        if (S == 1) {
+        if (S == 1 && OW >= 4) {
+          for (int oy = 0; oy < OH; oy++) copy_row(row + oy * OW, src + oy * Wp, OW);
+        } else if (S == 1) {
           for (int oy = 0; oy < OH; oy++)
             for (int ox = 0; ox < OW; ox++) row[oy * OW + ox] = src[oy * Wp + ox];
         } else {

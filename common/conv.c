@@ -103,17 +103,6 @@ static geom geometry(const fl__layer *l) {
   return g;
 }
 
-/* xp [C][Hp][Wp] = x [C][H][W] with pt zero rows/columns before and pb after */
-static void pad_image(float *xp, const float *x, const geom *g) {
-  memset(xp, 0, sizeof(float) * (size_t)g->C * g->Hp * g->Wp);
-  for (int c = 0; c < g->C; c++)
-    for (int y = 0; y < g->H; y++) {
-      const float *src = x + ((size_t)c * g->H + y) * g->W;
-      float *dst = xp + ((size_t)c * g->Hp + y + g->pt) * g->Wp + g->pt;
-      for (int i = 0; i < g->W; i++) dst[i] = src[i];
-    }
-}
-
 /* GCC turns a loop of small fixed-size copies into one call to memcpy, which for the
  * few floats of an image row costs more than the copy. */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -126,13 +115,40 @@ static void pad_image(float *xp, const float *x, const geom *g) {
  * ones rather than leaving a scalar tail; d and s do not overlap. */
 static inline void copy_row(float *restrict d, const float *restrict s, int n) {
   int i = 0;
+  if (n >= 8) { /* eight at a time: one AVX move in the avx2 clones */
+    for (; i + 8 <= n; i += 8) memcpy(d + i, s + i, 8 * sizeof(float));
+    if (i < n) memcpy(d + n - 8, s + n - 8, 8 * sizeof(float));
+    return;
+  }
   for (; i + 4 <= n; i += 4) memcpy(d + i, s + i, 4 * sizeof(float));
   if (i < n) memcpy(d + n - 4, s + n - 4, 4 * sizeof(float));
 }
 
+/* xp [C][Hp][Wp] = x [C][H][W] with pt zero rows/columns before and pb after: every
+ * float of xp is written once (the zeros of a row around its copy, whole rows of zeros
+ * above and below), with no clearing pass first. */
+NO_LIBCALLS static void pad_image(float *restrict xp, const float *restrict x, const geom *g) {
+  int H = g->H, W = g->W, Wp = g->Wp, pt = g->pt, pb = g->pb;
+  for (int c = 0; c < g->C; c++) {
+    float *img = xp + (size_t)c * g->Hp * Wp;
+    memset(img, 0, sizeof(float) * (size_t)pt * Wp);
+    for (int y = 0; y < H; y++) {
+      const float *src = x + ((size_t)c * H + y) * W;
+      float *dst = img + (size_t)(y + pt) * Wp;
+      for (int i = 0; i < pt; i++) dst[i] = 0.0f;
+      if (W >= 4)
+        copy_row(dst + pt, src, W);
+      else
+        for (int i = 0; i < W; i++) dst[pt + i] = src[i];
+      for (int i = pt + W; i < Wp; i++) dst[i] = 0.0f;
+    }
+    memset(img + (size_t)(H + pt) * Wp, 0, sizeof(float) * (size_t)pb * Wp);
+  }
+}
+
 /* col [C*F*F][OH*OW]  xp [C][Hp][Wp] (padded): every row of a column block is a copy of
  * OW floats (contiguous at stride 1), with no edge cases. */
-NO_LIBCALLS static void im2col(float *restrict col, const float *restrict xp, const geom *g) {
+NO_LIBCALLS __attribute__((target_clones("avx2", "default"))) static void im2col(float *restrict col, const float *restrict xp, const geom *g) {
   int F = g->F, S = g->S, OH = g->OH, OW = g->OW, Hp = g->Hp, Wp = g->Wp;
   for (int c = 0; c < g->C; c++)
     for (int ky = 0; ky < F; ky++)
@@ -153,7 +169,7 @@ NO_LIBCALLS static void im2col(float *restrict col, const float *restrict xp, co
 
 /* dx [C][H][W] = the columns of dcol [C*F*F][OH*OW] summed back onto their pixels,
  * through the padded scratch image xp [C][Hp][Wp] */
-static void col2im(float *dx, float *xp, const float *dcol, const geom *g) {
+NO_LIBCALLS static void col2im(float *dx, float *xp, const float *dcol, const geom *g) {
   int F = g->F, S = g->S, OH = g->OH, OW = g->OW, Hp = g->Hp, Wp = g->Wp;
   memset(xp, 0, sizeof(float) * (size_t)g->C * Hp * Wp);
   for (int c = 0; c < g->C; c++)
@@ -173,7 +189,10 @@ static void col2im(float *dx, float *xp, const float *dcol, const geom *g) {
     for (int y = 0; y < g->H; y++) {
       const float *src = xp + ((size_t)c * Hp + y + g->pt) * Wp + g->pt;
       float *d = dx + ((size_t)c * g->H + y) * g->W;
-      for (int i = 0; i < g->W; i++) d[i] = src[i];
+      if (g->W >= 4)
+        copy_row(d, src, g->W);
+      else
+        for (int i = 0; i < g->W; i++) d[i] = src[i];
     }
 }
 

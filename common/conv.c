@@ -13,6 +13,10 @@
 #include <cblas.h>
 #include <stdio.h>
 #include <string.h>
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define CONV_AVX2 1
+#endif
 
 #include "error.h"
 #include "layers.h"
@@ -196,6 +200,79 @@ NO_LIBCALLS static void col2im(float *dx, float *xp, const float *dcol, const ge
     }
 }
 
+#ifdef CONV_AVX2
+/* col2im at stride 1 as a gather, for AVX2: dx [C][H][W] from dcol [C*F*F][OH*OW], each
+ * pixel's contributions summed in a register in the order col2im adds them ((ky, kx)
+ * ascending, from +0), and written once.  A contribution from outside dcol's row (ox < 0
+ * or >= OW) is a masked-off lane, which loads +0; adding +0 changes no sum here, since a
+ * sum that starts at +0 is never -0 (x + +0 == x for every other x, NaN and infinities
+ * included), so every pixel gets the bits of col2im's sum.  Eight pixels of a row a
+ * vector; four channels at once, whose geometry is the same, keep four sums in flight. */
+__attribute__((target("avx2"))) static void col2im_s1_avx2(float *restrict dx,
+                                                           const float *restrict dcol,
+                                                           const geom *g) {
+  int C = g->C, F = g->F, H = g->H, W = g->W, OH = g->OH, OW = g->OW, pt = g->pt;
+  size_t OHW = (size_t)OH * OW, FF = (size_t)F * F;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i kmask[64];
+  for (int x0 = 0; x0 < W; x0 += 8) {
+    /* lanes x0 + j of this chunk: inside the image row, and ox = x0 + j + pt - kx inside
+     * [0, OW) for kernel column kx */
+    __m256i in_row = _mm256_cmpgt_epi32(_mm256_set1_epi32(W - x0), lane);
+    for (int kx = 0; kx < F; kx++) {
+      __m256i ox = _mm256_add_epi32(lane, _mm256_set1_epi32(x0 + pt - kx));
+      __m256i ok = _mm256_and_si256(_mm256_cmpgt_epi32(ox, _mm256_set1_epi32(-1)),
+                                    _mm256_cmpgt_epi32(_mm256_set1_epi32(OW), ox));
+      kmask[kx] = _mm256_and_si256(ok, in_row);
+    }
+    int full = x0 + 8 <= W;
+    int c = 0;
+    for (; c + 4 <= C; c += 4)
+      for (int y = 0; y < H; y++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int ky = 0; ky < F; ky++) {
+          int oy = y + pt - ky;
+          if (oy < 0 || oy >= OH) continue;
+          for (int kx = 0; kx < F; kx++) {
+            /* ox of lane 0; lanes outside [0, OW) are masked off and never read */
+            const float *r = dcol + ((size_t)c * FF + (size_t)ky * F + kx) * OHW +
+                             (ptrdiff_t)oy * OW + (x0 + pt - kx);
+            __m256i m = kmask[kx];
+            a0 = _mm256_add_ps(a0, _mm256_maskload_ps(r, m));
+            a1 = _mm256_add_ps(a1, _mm256_maskload_ps(r + FF * OHW, m));
+            a2 = _mm256_add_ps(a2, _mm256_maskload_ps(r + 2 * FF * OHW, m));
+            a3 = _mm256_add_ps(a3, _mm256_maskload_ps(r + 3 * FF * OHW, m));
+          }
+        }
+        float *d = dx + ((size_t)c * H + y) * W + x0;
+        size_t HW = (size_t)H * W;
+        if (full) {
+          _mm256_storeu_ps(d, a0), _mm256_storeu_ps(d + HW, a1);
+          _mm256_storeu_ps(d + 2 * HW, a2), _mm256_storeu_ps(d + 3 * HW, a3);
+        } else {
+          _mm256_maskstore_ps(d, in_row, a0), _mm256_maskstore_ps(d + HW, in_row, a1);
+          _mm256_maskstore_ps(d + 2 * HW, in_row, a2);
+          _mm256_maskstore_ps(d + 3 * HW, in_row, a3);
+        }
+      }
+    for (; c < C; c++)
+      for (int y = 0; y < H; y++) {
+        __m256 a0 = _mm256_setzero_ps();
+        for (int ky = 0; ky < F; ky++) {
+          int oy = y + pt - ky;
+          if (oy < 0 || oy >= OH) continue;
+          for (int kx = 0; kx < F; kx++) {
+            const float *r = dcol + ((size_t)c * FF + (size_t)ky * F + kx) * OHW +
+                             (ptrdiff_t)oy * OW + (x0 + pt - kx);
+            a0 = _mm256_add_ps(a0, _mm256_maskload_ps(r, kmask[kx]));
+          }
+        }
+        _mm256_maskstore_ps(dx + ((size_t)c * H + y) * W + x0, in_row, a0);
+      }
+  }
+}
+#endif
+
 /* Eight partial sums, so the reduction vectorises without reassociation flags. */
 static float row_sum(const float *r, int n) {
   float acc[8] = {0};
@@ -236,6 +313,9 @@ static void conv_backward(const fl__layer *l, const fl__pass *p) {
   const float *w = p->params + l->w_off;
   float *dw = p->grad + l->w_off, *db = p->grad + l->b_off;
   memset(dw, 0, sizeof(float) * (l->w_len + l->b_len)); /* dw, then db right after it */
+#ifdef CONV_AVX2
+  int avx2 = g.F <= 64 && __builtin_cpu_supports("avx2");
+#endif
   for (int i = 0; i < p->B; i++) {
     const float *dyb = p->dy + (size_t)i * K * OHW;
     for (int k = 0; k < K; k++) db[k] += row_sum(dyb + (size_t)k * OHW, OHW);
@@ -248,6 +328,12 @@ static void conv_backward(const fl__layer *l, const fl__pass *p) {
     /* dcol [CFF][OHW] = w^T [CFF][K] . dyb [K][OHW], into the col buffer */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CFF, OHW, K, 1.0f, w, CFF, dyb, OHW,
                 0.0f, col, OHW);
+#ifdef CONV_AVX2
+    if (avx2 && g.S == 1) {
+      col2im_s1_avx2(p->dx + (size_t)i * l->in_size, col, &g);
+      continue;
+    }
+#endif
     col2im(p->dx + (size_t)i * l->in_size, xp, col, &g);
   }
 }

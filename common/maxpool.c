@@ -24,7 +24,28 @@ static int maxpool_parse(fl__layer *l, const char *tok, const char *args, int *i
   return 0;
 }
 
-/* y [B][C][H/2][W/2]  arg [B][C][H/2][W/2] (offsets into this slice's x)  x [B][C][H][W] */
+static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
+
+/* One row of windows: y [OW]  a [OW]  r0, r1 [2 OW] (the window rows), their offset i0;
+ * with rl, of max(x, 0).  Inlined with rl a constant, so each loop vectorises. */
+static inline __attribute__((always_inline)) void pool_row(float *y, int32_t *a,
+                                                           const float *r0, const float *r1,
+                                                           int32_t i0, int W, int OW,
+                                                           const int rl) {
+  /* branch-free selects (first maximum wins), which the compiler vectorises */
+  for (int ox = 0; ox < OW; ox++) {
+    float xa = r0[2 * ox], xb = r0[2 * ox + 1], xc = r1[2 * ox], xd = r1[2 * ox + 1];
+    if (rl) xa = relu(xa), xb = relu(xb), xc = relu(xc), xd = relu(xd);
+    int32_t ia = i0 + 2 * ox, ic = ia + W;
+    float top = xb > xa ? xb : xa, bot = xd > xc ? xd : xc;
+    int32_t itop = xb > xa ? ia + 1 : ia, ibot = xd > xc ? ic + 1 : ic;
+    y[ox] = bot > top ? bot : top;
+    a[ox] = bot > top ? ibot : itop;
+  }
+}
+
+/* y [B][C][H/2][W/2]  arg [B][C][H/2][W/2] (offsets into this slice's x)  x [B][C][H][W]
+ * (with p->relu_in, the windows are of max(x, 0), as the ReLU layer computes it) */
 static void maxpool_forward(const fl__layer *l, const fl__pass *p) {
   int C = (int)l->c, H = (int)l->h, W = (int)l->w, OH = H / 2, OW = W / 2;
   int32_t *arg = p->aux;
@@ -36,22 +57,22 @@ static void maxpool_forward(const fl__layer *l, const fl__pass *p) {
     for (int oy = 0; oy < OH; oy++) {
       const float *r0 = xp + (size_t)2 * oy * W, *r1 = r0 + W;
       int32_t i0 = base + 2 * oy * W;
-      /* branch-free selects (first maximum wins), which the compiler vectorises */
-      for (int ox = 0; ox < OW; ox++) {
-        float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
-        int32_t ia = i0 + 2 * ox, ic = ia + W;
-        float top = b > a ? b : a, bot = d > c ? d : c;
-        int32_t itop = b > a ? ia + 1 : ia, ibot = d > c ? ic + 1 : ic;
-        yp[oy * OW + ox] = bot > top ? bot : top;
-        ap[oy * OW + ox] = bot > top ? ibot : itop;
+      if (p->relu_in) {
+        pool_row(yp + oy * OW, ap + oy * OW, r0, r1, i0, W, OW, 1);
+      } else {
+        pool_row(yp + oy * OW, ap + oy * OW, r0, r1, i0, W, OW, 0);
       }
     }
   }
 }
 
+/* With p->relu_in, dx is the gradient w.r.t. the ReLU's input: the ReLU passes a
+ * gradient where its output is > 0, and at a window's winner that output is the pooled
+ * value y; everywhere else both layers give 0. */
 static void maxpool_backward(const fl__layer *l, const fl__pass *p) {
   int C = (int)l->c, H = (int)l->h, W = (int)l->w, OH = H / 2, OW = W / 2;
   const int32_t *arg = p->aux;
+  int rl = p->relu_in;
   float *dx = p->dx;
   if (!dx) return;
   /* Every 2x2 window is written whole (zeros, then the winner), so no separate pass
@@ -61,11 +82,13 @@ static void maxpool_backward(const fl__layer *l, const fl__pass *p) {
     float *dp = dx + (size_t)bc * H * W;
     const float *gp = p->dy + (size_t)bc * OH * OW;
     const int32_t *ap = arg + (size_t)bc * OH * OW;
+    const float *yp = p->y + (size_t)bc * OH * OW;
     for (int oy = 0; oy < OH; oy++) {
       float *r0 = dp + (size_t)2 * oy * W, *r1 = r0 + W;
       for (int ox = 0; ox < OW; ox++) {
         r0[2 * ox] = r0[2 * ox + 1] = r1[2 * ox] = r1[2 * ox + 1] = 0.0f;
-        dx[ap[oy * OW + ox]] = gp[oy * OW + ox];
+        float gv = gp[oy * OW + ox];
+        dx[ap[oy * OW + ox]] = !rl || yp[oy * OW + ox] > 0.0f ? gv : 0.0f;
       }
     }
   }
@@ -76,4 +99,5 @@ const fl__layer_ops fl__maxpool_ops = {
     .parse = maxpool_parse,
     .forward = maxpool_forward,
     .backward = maxpool_backward,
+    .takes_relu = 1,
 };

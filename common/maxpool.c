@@ -75,21 +75,17 @@ static void maxpool_backward(const fl__layer *l, const fl__pass *p) {
   int rl = p->relu_in;
   float *dx = p->dx;
   if (!dx) return;
-  /* Every 2x2 window is written whole (zeros, then the winner), so no separate pass
-   * clears dx; only a trailing odd row or column needs clearing first. */
-  if ((H | W) & 1) memset(dx, 0, sizeof(float) * (size_t)p->B * C * H * W);
+  /* Each channel's image is cleared (one memset, while it stays in L1) and then gets its
+   * winners: no separate pass over the whole of dx. */
   for (int bc = 0; bc < p->B * C; bc++) {
     float *dp = dx + (size_t)bc * H * W;
     const float *gp = p->dy + (size_t)bc * OH * OW;
     const int32_t *ap = arg + (size_t)bc * OH * OW;
     const float *yp = p->y + (size_t)bc * OH * OW;
-    for (int oy = 0; oy < OH; oy++) {
-      float *r0 = dp + (size_t)2 * oy * W, *r1 = r0 + W;
-      for (int ox = 0; ox < OW; ox++) {
-        r0[2 * ox] = r0[2 * ox + 1] = r1[2 * ox] = r1[2 * ox + 1] = 0.0f;
-        float gv = gp[oy * OW + ox];
-        dx[ap[oy * OW + ox]] = !rl || yp[oy * OW + ox] > 0.0f ? gv : 0.0f;
-      }
+    memset(dp, 0, sizeof(float) * (size_t)H * W);
+    for (int o = 0; o < OH * OW; o++) {
+      float gv = gp[o];
+      dx[ap[o]] = !rl || yp[o] > 0.0f ? gv : 0.0f;
     }
   }
 }

@@ -152,7 +152,8 @@ NO_LIBCALLS static void pad_image(float *restrict xp, const float *restrict x, c
 
 /* col [C*F*F][OH*OW]  xp [C][Hp][Wp] (padded): every row of a column block is a copy of
  * OW floats (contiguous at stride 1), with no edge cases. */
-NO_LIBCALLS __attribute__((target_clones("avx2", "default"))) static void im2col(float *restrict col, const float *restrict xp, const geom *g) {
+NO_LIBCALLS __attribute__((target_clones("avx2", "default"))) static void im2col(
+    float *restrict col, const float *restrict xp, const geom *g) {
   int F = g->F, S = g->S, OH = g->OH, OW = g->OW, Hp = g->Hp, Wp = g->Wp;
   for (int c = 0; c < g->C; c++)
     for (int ky = 0; ky < F; ky++)
@@ -234,7 +235,8 @@ __attribute__((target("avx2"))) static void col2im_s1_avx2(float *restrict dx,
           int oy = y + pt - ky;
           if (oy < 0 || oy >= OH) continue;
           for (int kx = 0; kx < F; kx++) {
-            /* ox of lane 0; lanes outside [0, OW) are masked off and never read */
+            /* ox of lane 0; lanes outside [0, OW) are masked off and never read (the
+             * address of lane 0 may then be a little before dcol or a row) */
             const float *r = dcol + ((size_t)c * FF + (size_t)ky * F + kx) * OHW +
                              (ptrdiff_t)oy * OW + (x0 + pt - kx);
             __m256i m = kmask[kx];

@@ -77,6 +77,7 @@ const fl__layer_ops fl__relu_ops = {
     .forward = relu_forward,
     .backward = relu_backward,
     .relu = 1,
+    .is_relu = 1,
 };
 
 const fl__layer_ops fl__sigmoid_ops = {

@@ -13,6 +13,10 @@
 #include <cblas.h>
 #include <stdio.h>
 #include <string.h>
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define CONV_AVX2 1
+#endif
 
 #include "error.h"
 #include "layers.h"
@@ -103,27 +107,62 @@ static geom geometry(const fl__layer *l) {
   return g;
 }
 
-/* xp [C][Hp][Wp] = x [C][H][W] with pt zero rows/columns before and pb after */
-static void pad_image(float *xp, const float *x, const geom *g) {
-  memset(xp, 0, sizeof(float) * (size_t)g->C * g->Hp * g->Wp);
-  for (int c = 0; c < g->C; c++)
-    for (int y = 0; y < g->H; y++) {
-      const float *src = x + ((size_t)c * g->H + y) * g->W;
-      float *dst = xp + ((size_t)c * g->Hp + y + g->pt) * g->Wp + g->pt;
-      for (int i = 0; i < g->W; i++) dst[i] = src[i];
+/* GCC turns a loop of small fixed-size copies into one call to memcpy, which for the
+ * few floats of an image row costs more than the copy. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_LIBCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define NO_LIBCALLS
+#endif
+
+/* d [n] = s [n] (n >= 4), four floats at a time, the last four overlapping the previous
+ * ones rather than leaving a scalar tail; d and s do not overlap. */
+static inline void copy_row(float *restrict d, const float *restrict s, int n) {
+  int i = 0;
+  if (n >= 8) { /* eight at a time: one AVX move in the avx2 clones */
+    for (; i + 8 <= n; i += 8) memcpy(d + i, s + i, 8 * sizeof(float));
+    if (i < n) memcpy(d + n - 8, s + n - 8, 8 * sizeof(float));
+    return;
+  }
+  for (; i + 4 <= n; i += 4) memcpy(d + i, s + i, 4 * sizeof(float));
+  if (i < n) memcpy(d + n - 4, s + n - 4, 4 * sizeof(float));
+}
+
+/* xp [C][Hp][Wp] = x [C][H][W] with pt zero rows/columns before and pb after: every
+ * float of xp is written once (the zeros of a row around its copy, whole rows of zeros
+ * above and below), with no clearing pass first. */
+NO_LIBCALLS static void pad_image(float *restrict xp, const float *restrict x, const geom *g) {
+  int H = g->H, W = g->W, Wp = g->Wp, pt = g->pt, pb = g->pb;
+  for (int c = 0; c < g->C; c++) {
+    float *img = xp + (size_t)c * g->Hp * Wp;
+    memset(img, 0, sizeof(float) * (size_t)pt * Wp);
+    for (int y = 0; y < H; y++) {
+      const float *src = x + ((size_t)c * H + y) * W;
+      float *dst = img + (size_t)(y + pt) * Wp;
+      for (int i = 0; i < pt; i++) dst[i] = 0.0f;
+      if (W >= 4)
+        copy_row(dst + pt, src, W);
+      else
+        for (int i = 0; i < W; i++) dst[pt + i] = src[i];
+      for (int i = pt + W; i < Wp; i++) dst[i] = 0.0f;
     }
+    memset(img + (size_t)(H + pt) * Wp, 0, sizeof(float) * (size_t)pb * Wp);
+  }
 }
 
 /* col [C*F*F][OH*OW]  xp [C][Hp][Wp] (padded): every row of a column block is a copy of
  * OW floats (contiguous at stride 1), with no edge cases. */
-static void im2col(float *col, const float *xp, const geom *g) {
+NO_LIBCALLS __attribute__((target_clones("avx2", "default"))) static void im2col(
+    float *restrict col, const float *restrict xp, const geom *g) {
   int F = g->F, S = g->S, OH = g->OH, OW = g->OW, Hp = g->Hp, Wp = g->Wp;
   for (int c = 0; c < g->C; c++)
     for (int ky = 0; ky < F; ky++)
       for (int kx = 0; kx < F; kx++) {
         float *row = col + (size_t)((c * F + ky) * F + kx) * OH * OW;
         const float *src = xp + ((size_t)c * Hp + ky) * Wp + kx;
-        if (S == 1) {
+        if (S == 1 && OW >= 4) {
+          for (int oy = 0; oy < OH; oy++) copy_row(row + oy * OW, src + oy * Wp, OW);
+        } else if (S == 1) {
           for (int oy = 0; oy < OH; oy++)
             for (int ox = 0; ox < OW; ox++) row[oy * OW + ox] = src[oy * Wp + ox];
         } else {
@@ -135,7 +174,7 @@ static void im2col(float *col, const float *xp, const geom *g) {
 
 /* dx [C][H][W] = the columns of dcol [C*F*F][OH*OW] summed back onto their pixels,
  * through the padded scratch image xp [C][Hp][Wp] */
-static void col2im(float *dx, float *xp, const float *dcol, const geom *g) {
+NO_LIBCALLS static void col2im(float *dx, float *xp, const float *dcol, const geom *g) {
   int F = g->F, S = g->S, OH = g->OH, OW = g->OW, Hp = g->Hp, Wp = g->Wp;
   memset(xp, 0, sizeof(float) * (size_t)g->C * Hp * Wp);
   for (int c = 0; c < g->C; c++)
@@ -155,9 +194,86 @@ static void col2im(float *dx, float *xp, const float *dcol, const geom *g) {
     for (int y = 0; y < g->H; y++) {
       const float *src = xp + ((size_t)c * Hp + y + g->pt) * Wp + g->pt;
       float *d = dx + ((size_t)c * g->H + y) * g->W;
-      for (int i = 0; i < g->W; i++) d[i] = src[i];
+      if (g->W >= 4)
+        copy_row(d, src, g->W);
+      else
+        for (int i = 0; i < g->W; i++) d[i] = src[i];
     }
 }
+
+#ifdef CONV_AVX2
+/* col2im at stride 1 as a gather, for AVX2: dx [C][H][W] from dcol [C*F*F][OH*OW], each
+ * pixel's contributions summed in a register in the order col2im adds them ((ky, kx)
+ * ascending, from +0), and written once.  A contribution from outside dcol's row (ox < 0
+ * or >= OW) is a masked-off lane, which loads +0; adding +0 changes no sum here, since a
+ * sum that starts at +0 is never -0 (x + +0 == x for every other x, NaN and infinities
+ * included), so every pixel gets the bits of col2im's sum.  Eight pixels of a row a
+ * vector; four channels at once, whose geometry is the same, keep four sums in flight. */
+__attribute__((target("avx2"))) static void col2im_s1_avx2(float *restrict dx,
+                                                           const float *restrict dcol,
+                                                           const geom *g) {
+  int C = g->C, F = g->F, H = g->H, W = g->W, OH = g->OH, OW = g->OW, pt = g->pt;
+  size_t OHW = (size_t)OH * OW, FF = (size_t)F * F;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i kmask[64];
+  for (int x0 = 0; x0 < W; x0 += 8) {
+    /* lanes x0 + j of this chunk: inside the image row, and ox = x0 + j + pt - kx inside
+     * [0, OW) for kernel column kx */
+    __m256i in_row = _mm256_cmpgt_epi32(_mm256_set1_epi32(W - x0), lane);
+    for (int kx = 0; kx < F; kx++) {
+      __m256i ox = _mm256_add_epi32(lane, _mm256_set1_epi32(x0 + pt - kx));
+      __m256i ok = _mm256_and_si256(_mm256_cmpgt_epi32(ox, _mm256_set1_epi32(-1)),
+                                    _mm256_cmpgt_epi32(_mm256_set1_epi32(OW), ox));
+      kmask[kx] = _mm256_and_si256(ok, in_row);
+    }
+    int full = x0 + 8 <= W;
+    int c = 0;
+    for (; c + 4 <= C; c += 4)
+      for (int y = 0; y < H; y++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int ky = 0; ky < F; ky++) {
+          int oy = y + pt - ky;
+          if (oy < 0 || oy >= OH) continue;
+          for (int kx = 0; kx < F; kx++) {
+            /* ox of lane 0; lanes outside [0, OW) are masked off and never read (the
+             * address of lane 0 may then be a little before dcol or a row) */
+            const float *r = dcol + ((size_t)c * FF + (size_t)ky * F + kx) * OHW +
+                             (ptrdiff_t)oy * OW + (x0 + pt - kx);
+            __m256i m = kmask[kx];
+            a0 = _mm256_add_ps(a0, _mm256_maskload_ps(r, m));
+            a1 = _mm256_add_ps(a1, _mm256_maskload_ps(r + FF * OHW, m));
+            a2 = _mm256_add_ps(a2, _mm256_maskload_ps(r + 2 * FF * OHW, m));
+            a3 = _mm256_add_ps(a3, _mm256_maskload_ps(r + 3 * FF * OHW, m));
+          }
+        }
+        float *d = dx + ((size_t)c * H + y) * W + x0;
+        size_t HW = (size_t)H * W;
+        if (full) {
+          _mm256_storeu_ps(d, a0), _mm256_storeu_ps(d + HW, a1);
+          _mm256_storeu_ps(d + 2 * HW, a2), _mm256_storeu_ps(d + 3 * HW, a3);
+        } else {
+          _mm256_maskstore_ps(d, in_row, a0), _mm256_maskstore_ps(d + HW, in_row, a1);
+          _mm256_maskstore_ps(d + 2 * HW, in_row, a2);
+          _mm256_maskstore_ps(d + 3 * HW, in_row, a3);
+        }
+      }
+    for (; c < C; c++)
+      for (int y = 0; y < H; y++) {
+        __m256 a0 = _mm256_setzero_ps();
+        for (int ky = 0; ky < F; ky++) {
+          int oy = y + pt - ky;
+          if (oy < 0 || oy >= OH) continue;
+          for (int kx = 0; kx < F; kx++) {
+            const float *r = dcol + ((size_t)c * FF + (size_t)ky * F + kx) * OHW +
+                             (ptrdiff_t)oy * OW + (x0 + pt - kx);
+            a0 = _mm256_add_ps(a0, _mm256_maskload_ps(r, kmask[kx]));
+          }
+        }
+        _mm256_maskstore_ps(dx + ((size_t)c * H + y) * W + x0, in_row, a0);
+      }
+  }
+}
+#endif
 
 /* Eight partial sums, so the reduction vectorises without reassociation flags. */
 static float row_sum(const float *r, int n) {
@@ -199,6 +315,9 @@ static void conv_backward(const fl__layer *l, const fl__pass *p) {
   const float *w = p->params + l->w_off;
   float *dw = p->grad + l->w_off, *db = p->grad + l->b_off;
   memset(dw, 0, sizeof(float) * (l->w_len + l->b_len)); /* dw, then db right after it */
+#ifdef CONV_AVX2
+  int avx2 = g.F <= 64 && __builtin_cpu_supports("avx2");
+#endif
   for (int i = 0; i < p->B; i++) {
     const float *dyb = p->dy + (size_t)i * K * OHW;
     for (int k = 0; k < K; k++) db[k] += row_sum(dyb + (size_t)k * OHW, OHW);
@@ -211,6 +330,12 @@ static void conv_backward(const fl__layer *l, const fl__pass *p) {
     /* dcol [CFF][OHW] = w^T [CFF][K] . dyb [K][OHW], into the col buffer */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CFF, OHW, K, 1.0f, w, CFF, dyb, OHW,
                 0.0f, col, OHW);
+#ifdef CONV_AVX2
+    if (avx2 && g.S == 1) {
+      col2im_s1_avx2(p->dx + (size_t)i * l->in_size, col, &g);
+      continue;
+    }
+#endif
     col2im(p->dx + (size_t)i * l->in_size, xp, col, &g);
   }
 }

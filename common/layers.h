@@ -62,6 +62,8 @@ typedef struct fl__pass {
   float *scratch;        /* [scratch] the thread's own */
   uint32_t c0, c1;       /* channel_split: this thread's channels */
   const fl__step *step;  /* param_grad: the optimizer step to apply, or NULL */
+  int relu_in;           /* takes_relu layers: x is the input of the ReLU before this layer
+                          * (which the trainer skips), dx the gradient w.r.t. it */
 } fl__pass;
 
 typedef struct fl__layer_ops {
@@ -89,6 +91,13 @@ typedef struct fl__layer_ops {
   int channel_split;  /* in training, runs over the whole batch by ranges of channels,
                        * which are its rows (b_len) */
   int relu;           /* a layer before this one is initialised for a ReLU (He) */
+  int is_relu;        /* the layer is y = x > 0 ? x : 0, element by element, and nothing
+                       * else (no state, no buffers) */
+  int takes_relu;     /* given p->relu_in, the layer does the work of an is_relu layer just
+                       * before it too, with the same bits: forward on max(x, 0) of its x,
+                       * backward writing the ReLU's dx.  The trainer then skips the ReLU
+                       * (its output and gradient buffers are not used) and saves a pass
+                       * over the activations each way. */
   int local;          /* FedBN: the layer's tensors stay on each client */
 } fl__layer_ops;
 

@@ -45,6 +45,7 @@ struct fl_trainer {
   float *dpp[2];          /* alternating gradient buffers [T][rows_per_thread][max_width] */
   size_t rows_per_thread; /* ceil(max_batch / T) */
   float **dedicated;      /* [nlayers]: a dout read across samples when T > 1, [max_batch][out_size] */
+  char *skip;             /* [nlayers]: 1 for a ReLU the next layer does (takes_relu) */
   float *keep;            /* head state [max_batch][out_dim] */
   float *loss;            /* per-sample loss of fl_trainer_grad [max_batch] */
   float **grad;           /* [T] gradient buffers [num_trained]; grad[0] is the complete one,
@@ -110,12 +111,16 @@ fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int
   t->aux = calloc(nl ? nl : 1, sizeof *t->aux);
   t->dout = calloc(nl ? nl : 1, sizeof *t->dout);
   t->dedicated = calloc(nl ? nl : 1, sizeof *t->dedicated);
+  t->skip = calloc(nl ? nl : 1, 1);
   t->grad = calloc((size_t)threads, sizeof *t->grad);
   t->scratch = calloc((size_t)threads, sizeof *t->scratch);
   t->counts = calloc((size_t)threads, sizeof *t->counts);
-  if (!t->act || !t->aux || !t->dout || !t->dedicated || !t->grad || !t->scratch ||
-      !t->counts)
+  if (!t->act || !t->aux || !t->dout || !t->dedicated || !t->skip || !t->grad ||
+      !t->scratch || !t->counts)
     goto fail;
+  for (size_t i = 0; i + 1 < nl; i++)
+    t->skip[i] = m->layers[i].ops->is_relu && m->layers[i + 1].ops->takes_relu &&
+                 !m->layers[i + 1].ops->channel_split;
   t->rows_per_thread = (max_batch + (uint32_t)threads - 1) / (uint32_t)threads;
   for (int k = 0; k < 2; k++)
     if (!(t->dpp[k] = alloc_floats(t->rows_per_thread * (size_t)threads, m->max_width)))
@@ -134,9 +139,14 @@ fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int
    * which each thread has a region of its own (a thread may be a layer ahead of another,
    * writing rows of another width).  With threads, a dout that is read across samples
    * (by a param_grad layer, or around a channel_split one) is a buffer of its own, whole
-   * batch in order. */
+   * batch in order.  A skipped ReLU has no gradient buffer of its own: the layer after
+   * it writes the one before it, which must not be the buffer it reads. */
   for (size_t i = nl; i-- > 0;) {
     const fl__layer_ops *ops = m->layers[i].ops;
+    if (t->skip[i]) {
+      t->dout[i] = t->dout[i + 1];
+      continue;
+    }
     int across = ops->param_grad || ops->channel_split ||
                  (i + 1 < nl && m->layers[i + 1].ops->channel_split);
     if (threads > 1 && across) {
@@ -177,6 +187,7 @@ void fl_trainer_free(fl_trainer *t) {
   free(t->aux);
   free(t->dout);
   free(t->dedicated);
+  free(t->skip);
   free(t->grad);
   free(t->scratch);
   free(t->counts);
@@ -266,6 +277,11 @@ static fl__pass layer_pass(const run *r, const slice *sl, int i, int whole) {
     p.dx = i ? drows(t, i - 1, sl->k, sl->s0) : NULL;
     p.grad = t->grad[sl->k];
   }
+  if (i && t->skip[i - 1]) { /* the ReLU before: its input and the gradient w.r.t. it */
+    p.relu_in = 1;
+    p.x = layer_input(t, i - 1) + (whole ? 0 : (size_t)sl->s0 * l->in_size);
+    p.dx = i - 1 == 0 ? NULL : whole ? t->dout[i - 2] : drows(t, i - 2, sl->k, sl->s0);
+  }
   return p;
 }
 
@@ -297,6 +313,7 @@ static void forward(run *r, slice *sl) {
   for (int i = 0; i < m->nlayers; i++) {
     const fl__layer *l = &m->layers[i];
     int whole = r->training && l->ops->channel_split;
+    if (t->skip[i]) continue;
     if (whole) barrier(t);
     fl__pass p = layer_pass(r, sl, i, whole);
     l->ops->forward(l, &p);
@@ -338,6 +355,7 @@ static int backward(run *r, slice *sl) {
   for (int i = L - 1; i >= 0; i--) {
     const fl__layer *l = &m->layers[i];
     int whole = r->training && l->ops->channel_split;
+    if (t->skip[i]) continue;
     if (whole) { /* its rows are its channels: the gradient is complete where computed */
       barrier(t);
       if (atomic_load(&r->abort)) return -1;

@@ -292,11 +292,16 @@ TEST_ENV = FL_BIN_DIR=$(CURDIR)/$(B) FL_SRC_DIR=$(CURDIR) FL_CERTS=$(CURDIR)/$(B
            FL_TABULAR_CSV=$(CURDIR)/$(BREAST_CANCER) \
            $(if $(SCALE_TEST_CLIENTS),FL_TEST_SCALE_CLIENTS=$(SCALE_TEST_CLIENTS)) \
            LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
+# The suite runs every process with OpenBLAS's Haswell kernels where the CPU has AVX2
+# and FMA: the same bits in the test process and in the binaries it starts, and the ones
+# tests/test_fingerprint.c recorded.  (The binaries pick the best kernels themselves,
+# common/blaskernels.h; blas::binaries_pick_kernels_for_the_cpu tests that, without it.)
+TEST_BLAS := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && echo Haswell)
 TEST_CERT_CLIENTS := 24
 TEST_CERTS := $(B)/test-certs/client-00$(TEST_CERT_CLIENTS).crt
 test: $(BINS) $(B)/fl-plot $(TEST_BIN) $(TEST_CERTS) $(B)/scale-certs/ca.crt $(KUBECTL) \
       $(BREAST_CANCER) $(STAGE)/.installed
-	$(Q)$(TEST_ENV) $(TEST_BIN) $(TEST_ARGS)
+	$(Q)$(TEST_ENV) $(if $(TEST_BLAS),OPENBLAS_CORETYPE=$(TEST_BLAS)) $(TEST_BIN) $(TEST_ARGS)
 
 # kubectl for the manifest tests (tests/test_kubernetes.c): Debian's kubernetes-client,
 # unpacked into build/tools (apt-get download, dpkg-deb -x) rather than installed, since

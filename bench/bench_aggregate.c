@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "bigalloc.h"
+#include "blaskernels.h"
 #include "strategy.h"
 
 #define TRIALS 7
@@ -181,7 +182,9 @@ static void robust_table(void) {
   }
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  (void)argc;
+  fl_blas_pick_kernels(argv);
   openblas_set_num_threads(1); /* a fold runs on one thread of the server's pool */
   const sizes all[] = {{"2nn", 199210}, {"cnn", 1663370}, {"16M", 16u << 20}};
   const size_t ks[] = {1, 2, 4};

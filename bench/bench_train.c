@@ -32,6 +32,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "blaskernels.h"
 #include "layers.h"
 #include "rng.h"
 #include "train.h"
@@ -204,6 +205,7 @@ static int bench(const char *spec, const char *opt, int B, int steps, int rounds
 
 /* Optional arguments MODEL OPTIMIZER BATCH run that one case (for profiling). */
 int main(int argc, char **argv) {
+  fl_blas_pick_kernels(argv);
   openblas_set_num_threads(1);
   if (argc == 4) {
     int B = atoi(argv[3]) > 0 ? atoi(argv[3]) : 1, cnn = strcmp(argv[1], "cnn") == 0;

@@ -9,6 +9,7 @@
  * One throttle keeps the handshakes in flight few, however many clients there are.  The
  * process exits when every virtual client has finished: 0 when the server said training
  * is done to all of them, 1 when some gave up or were stopped (SIGINT, SIGTERM). */
+#include "blaskernels.h"
 #include "client.h"
 
 #include <signal.h>
@@ -566,9 +567,9 @@ int app_create(const client_config *cfg, app **out, char *err, size_t errlen) {
     snprintf(split, sizeof split, " (--partition none: each client trains on all of them)");
   }
   fl_info("client", "%d client%s, %zu training samples%s, %d worker%s of %d training thread%s%s, "
-          "server %s", a->n, a->n == 1 ? "" : "s", a->data.n, split, workers,
+          "OpenBLAS's %s kernels, server %s", a->n, a->n == 1 ? "" : "s", a->data.n, split, workers,
           workers == 1 ? "" : "s", a->train_threads, a->train_threads == 1 ? "" : "s",
-          cfg->fedbn ? ", FedBN" : "", cfg->server);
+          cfg->fedbn ? ", FedBN" : "", fl_blas_kernels(), cfg->server);
   *out = a;
   return 0;
 fail:

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 
+#include "blaskernels.h"
 #include "client.h"
 #include "config.h"
 #include "error.h"
@@ -48,6 +49,7 @@ static const char *env(const char *name, void *ctx) {
 }
 
 int main(int argc, char **argv) {
+  fl_blas_pick_kernels(argv);
   client_config cfg;
   char err[1024] = "";
   signal(SIGPIPE, SIG_IGN);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blaskernels.h"
 #include "dataset.h"
 #include "error.h"
 #include "log.h"
@@ -183,6 +184,7 @@ static int write_report_json(const char *path, const tally *t, int binary, char 
 }
 
 int main(int argc, char **argv) {
+  fl_blas_pick_kernels(argv);
   const char *model_path = NULL, *data_spec = NULL, *out_path = "-", *report_path = NULL;
   uint64_t batch = 256, threads = 1;
   int c, rc = 1;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "blaskernels.h"
 #include "dataset.h"
 #include "error.h"
 #include "log.h"
@@ -155,6 +156,7 @@ static void on_epoch(void *arg, uint32_t epoch, const fl_eval *train) {
 }
 
 int main(int argc, char **argv) {
+  fl_blas_pick_kernels(argv);
   train_options o;
   rename_batch(argc, argv);
   int rc = fl_options_cli("fl-train", train_opts, &o, argc, argv, usage, check);
@@ -223,8 +225,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "fl-train: --test: %s\n", err);
     goto out;
   }
-  fl_info("train", "model %s (%zu parameters), %zu training samples%s", fl_model_spec(m),
-          fl_model_num_params(m), train.n, have_test ? "" : ", no test set");
+  fl_info("train", "model %s (%zu parameters), %zu training samples%s, OpenBLAS's %s kernels",
+          fl_model_spec(m), fl_model_num_params(m), train.n, have_test ? "" : ", no test set",
+          fl_blas_kernels());
 
   size_t n_val = (size_t)llround(val_split * (double)train.n);
   if (n_val >= train.n) {

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 
+#include "blaskernels.h"
 #include "config.h"
 #include "conn.h"
 #include "error.h"
@@ -37,13 +38,15 @@ static int check(const void *cfg, char *err, size_t errlen) {
 }
 
 int main(int argc, char **argv) {
+  fl_blas_pick_kernels(argv);
   server_config cfg;
   char err[1024] = "";
   signal(SIGPIPE, SIG_IGN);
   int rc = fl_options_cli("fl-server", server_options, &cfg, argc, argv, usage, check);
   if (rc >= 0) return rc;
   fl_log_set_level(fl_log_level_parse(cfg.log_level));
-  fl_debug("server", "open-file limit %ld", fl_conn_raise_fd_limit());
+  fl_debug("server", "open-file limit %ld; OpenBLAS's %s kernels", fl_conn_raise_fd_limit(),
+           fl_blas_kernels());
   server *s;
   rc = server_create(&cfg, &s, err, sizeof err);
   if (rc) {

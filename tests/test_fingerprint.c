@@ -9,7 +9,8 @@
  *
  * The bits also depend on OpenBLAS's kernels, which it picks for the CPU at run time: the
  * hashes were recorded with its Haswell kernels (OpenBLAS 0.3.21 on this project's AMD
- * EPYC machine); on a CPU for which OpenBLAS picks other kernels the test says so and
+ * EPYC machine).  `make test` asks OpenBLAS for those kernels on every CPU with AVX2 and
+ * FMA (OPENBLAS_CORETYPE=Haswell); where OpenBLAS still uses others the test says so and
  * skips rather than compare bits it cannot reproduce. */
 #include <cblas.h>
 #include <criterion/criterion.h>

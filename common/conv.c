@@ -215,6 +215,11 @@ __attribute__((target("avx2"))) static void col2im_s1_avx2(float *restrict dx,
   int C = g->C, F = g->F, H = g->H, W = g->W, OH = g->OH, OW = g->OW, pt = g->pt;
   size_t OHW = (size_t)OH * OW, FF = (size_t)F * F;
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  /* dcol's element for channel c, kernel (ky, kx), output row oy and lane 0 of the chunk
+   * at x0 (ox = x0 + pt - kx); lanes outside [0, OW) are masked off and never read (the
+   * address of lane 0 may then be a little before dcol or a row) */
+#define DCOL_AT(c, ky, kx, oy) \
+  (dcol + ((size_t)(c) * FF + (size_t)(ky) * F + (kx)) * OHW + (ptrdiff_t)(oy) * OW + (x0 + pt - (kx)))
   __m256i kmask[64];
   for (int x0 = 0; x0 < W; x0 += 8) {
     /* lanes x0 + j of this chunk: inside the image row, and ox = x0 + j + pt - kx inside
@@ -235,10 +240,7 @@ __attribute__((target("avx2"))) static void col2im_s1_avx2(float *restrict dx,
           int oy = y + pt - ky;
           if (oy < 0 || oy >= OH) continue;
           for (int kx = 0; kx < F; kx++) {
-            /* ox of lane 0; lanes outside [0, OW) are masked off and never read (the
-             * address of lane 0 may then be a little before dcol or a row) */
-            const float *r = dcol + ((size_t)c * FF + (size_t)ky * F + kx) * OHW +
-                             (ptrdiff_t)oy * OW + (x0 + pt - kx);
+            const float *r = DCOL_AT(c, ky, kx, oy);
             __m256i m = kmask[kx];
             a0 = _mm256_add_ps(a0, _mm256_maskload_ps(r, m));
             a1 = _mm256_add_ps(a1, _mm256_maskload_ps(r + FF * OHW, m));
@@ -263,15 +265,13 @@ __attribute__((target("avx2"))) static void col2im_s1_avx2(float *restrict dx,
         for (int ky = 0; ky < F; ky++) {
           int oy = y + pt - ky;
           if (oy < 0 || oy >= OH) continue;
-          for (int kx = 0; kx < F; kx++) {
-            const float *r = dcol + ((size_t)c * FF + (size_t)ky * F + kx) * OHW +
-                             (ptrdiff_t)oy * OW + (x0 + pt - kx);
-            a0 = _mm256_add_ps(a0, _mm256_maskload_ps(r, kmask[kx]));
-          }
+          for (int kx = 0; kx < F; kx++)
+            a0 = _mm256_add_ps(a0, _mm256_maskload_ps(DCOL_AT(c, ky, kx, oy), kmask[kx]));
         }
         _mm256_maskstore_ps(dx + ((size_t)c * H + y) * W + x0, in_row, a0);
       }
   }
+#undef DCOL_AT
 }
 #endif
 

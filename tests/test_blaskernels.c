@@ -12,7 +12,7 @@
 
 /* The kernels fl-train's log names, trained one epoch on a small CSV, with `env` before
  * the command; "" if the line is missing. */
-static void kernels_of(const char *dir, const char *env, char *out, size_t len) {
+static void kernels_of(const char *dir, const char *env, char out[64]) {
   char cmd[4096], log[600];
   snprintf(log, sizeof log, "%s/train.log", dir);
   snprintf(cmd, sizeof cmd,
@@ -25,7 +25,6 @@ static void kernels_of(const char *dir, const char *env, char *out, size_t len) 
   const char *p = strstr(text, "OpenBLAS's ");
   out[0] = '\0';
   if (p) sscanf(p + strlen("OpenBLAS's "), "%63s", out);
-  (void)len;
   free(text);
 }
 
@@ -40,7 +39,7 @@ Test(blas, binaries_pick_kernels_for_the_cpu, .timeout = 60) {
   fclose(f);
 
   char chosen[64], asked[64];
-  kernels_of(dir, "", chosen, sizeof chosen);
+  kernels_of(dir, "", chosen);
   cr_assert_neq(chosen[0], '\0', "fl-train did not name its kernels");
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
@@ -49,7 +48,7 @@ Test(blas, binaries_pick_kernels_for_the_cpu, .timeout = 60) {
   cr_log_info("fl-train chose OpenBLAS's %s kernels", chosen);
 
   /* A user's choice stands: no second guess, no second run. */
-  kernels_of(dir, "OPENBLAS_CORETYPE=Prescott", asked, sizeof asked);
+  kernels_of(dir, "OPENBLAS_CORETYPE=Prescott", asked);
   cr_assert_str_eq(asked, "Prescott");
   free(dir);
 }

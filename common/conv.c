@@ -216,10 +216,16 @@ __attribute__((target("avx2"))) static void col2im_s1_avx2(float *restrict dx,
   size_t OHW = (size_t)OH * OW, FF = (size_t)F * F;
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   /* dcol's element for channel c, kernel (ky, kx), output row oy and lane 0 of the chunk
-   * at x0 (ox = x0 + pt - kx); lanes outside [0, OW) are masked off and never read (the
-   * address of lane 0 may then be a little before dcol or a row) */
-#define DCOL_AT(c, ky, kx, oy) \
-  (dcol + ((size_t)(c) * FF + (size_t)(ky) * F + (kx)) * OHW + (ptrdiff_t)(oy) * OW + (x0 + pt - (kx)))
+   * at x0 (ox = x0 + pt - kx); lanes outside [0, OW) are masked off and never read.  The
+   * address of lane 0 may then be a little before dcol or past its end, which C's pointer
+   * arithmetic does not allow, so it is computed as an integer (the load reads only the
+   * lanes inside) */
+#define DCOL_AT(c, ky, kx, oy)                                                          \
+  ((const float *)((uintptr_t)dcol +                                                  \
+                   sizeof(float) * (uintptr_t)(((ptrdiff_t)(c) * (ptrdiff_t)FF +          \
+                                                (ptrdiff_t)(ky) * F + (kx)) *           \
+                                                   (ptrdiff_t)OHW +                     \
+                                               (ptrdiff_t)(oy) * OW + (x0 + pt - (kx)))))
   __m256i kmask[64];
   for (int x0 = 0; x0 < W; x0 += 8) {
     /* lanes x0 + j of this chunk: inside the image row, and ox = x0 + j + pt - kx inside
@@ -240,12 +246,11 @@ __attribute__((target("avx2"))) static void col2im_s1_avx2(float *restrict dx,
           int oy = y + pt - ky;
           if (oy < 0 || oy >= OH) continue;
           for (int kx = 0; kx < F; kx++) {
-            const float *r = DCOL_AT(c, ky, kx, oy);
             __m256i m = kmask[kx];
-            a0 = _mm256_add_ps(a0, _mm256_maskload_ps(r, m));
-            a1 = _mm256_add_ps(a1, _mm256_maskload_ps(r + FF * OHW, m));
-            a2 = _mm256_add_ps(a2, _mm256_maskload_ps(r + 2 * FF * OHW, m));
-            a3 = _mm256_add_ps(a3, _mm256_maskload_ps(r + 3 * FF * OHW, m));
+            a0 = _mm256_add_ps(a0, _mm256_maskload_ps(DCOL_AT(c, ky, kx, oy), m));
+            a1 = _mm256_add_ps(a1, _mm256_maskload_ps(DCOL_AT(c + 1, ky, kx, oy), m));
+            a2 = _mm256_add_ps(a2, _mm256_maskload_ps(DCOL_AT(c + 2, ky, kx, oy), m));
+            a3 = _mm256_add_ps(a3, _mm256_maskload_ps(DCOL_AT(c + 3, ky, kx, oy), m));
           }
         }
         float *d = dx + ((size_t)c * H + y) * W + x0;

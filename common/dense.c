@@ -1,5 +1,6 @@
 /* Fully connected layer `dense:N`: y = x w^T + b, with w stored [out][in] (one row per
- * output unit) and b [out].
+ * output unit) and b [out].  With threads (row_split, layers.h) each thread computes a
+ * range of y's columns, of dx's columns and of w's rows, over the whole batch.
  *
  * The three matrix products go to OpenBLAS; the bias and its gradient are plain loops
  * over contiguous rows, which the compiler vectorises.  The weight gradient is a product
@@ -33,24 +34,28 @@ static int dense_parse(fl__layer *l, const char *tok, const char *args, int *ima
   return 0;
 }
 
-/* y [B][out] = x [B][in] . w^T [in][out] + b */
+/* Columns [c0, c1) of y [B][out] = x [B][in] . w^T [in][out] + b */
 static void dense_forward(const fl__layer *l, const fl__pass *p) {
   int B = p->B, in = (int)l->in_size, out = (int)l->out_size;
+  uint32_t c0 = p->c0, c1 = p->c1;
   const float *w = p->params + l->w_off, *b = p->params + l->b_off;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, out, in, 1.0f, p->x, in, w, in,
-              0.0f, p->y, out);
+  if (c1 <= c0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, (int)(c1 - c0), in, 1.0f, p->x, in,
+              w + (size_t)c0 * in, in, 0.0f, p->y + c0, out);
   for (int i = 0; i < B; i++) {
     float *row = p->y + (size_t)i * out;
-    for (int j = 0; j < out; j++) row[j] += b[j];
+    for (uint32_t j = c0; j < c1; j++) row[j] += b[j];
   }
 }
 
-/* dx [B][in] = dy [B][out] . w [out][in], from the weights before this step's update */
+/* Columns [d0, d1) of dx [B][in] = dy [B][out] . w [out][in], from the weights before
+ * this step's update */
 static void dense_backward(const fl__layer *l, const fl__pass *p) {
   int in = (int)l->in_size, out = (int)l->out_size;
-  if (p->dx)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p->B, in, out, 1.0f, p->dy, out,
-                p->params + l->w_off, in, 0.0f, p->dx, in);
+  uint32_t d0 = p->d0, d1 = p->d1;
+  if (p->dx && d1 > d0)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p->B, (int)(d1 - d0), out, 1.0f,
+                p->dy, out, p->params + l->w_off + d0, in, 0.0f, p->dx + d0, in);
 }
 
 /* Rows [r0, r1) of dw [out][in] = dy^T [out][B] . x [B][in] and of db [out] = the column
@@ -98,4 +103,5 @@ const fl__layer_ops fl__dense_ops = {
     .forward = dense_forward,
     .backward = dense_backward,
     .param_grad = dense_param_grad,
+    .row_split = 1,
 };

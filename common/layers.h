@@ -21,7 +21,13 @@
  *     whole batch; a layer without one (conv) adds its samples' part into the thread's own
  *     gradient buffer in backward, and the trainer sums the threads' buffers;
  *   - a channel_split layer (batchnorm in training) runs forward and backward over the
- *     whole batch, each thread a range of channels, between two barriers.
+ *     whole batch, each thread a range of channels, between two barriers;
+ *   - a row_split layer (dense in training) runs over the whole batch too: forward for
+ *     a range of its rows (output units), backward for a range of dx's columns, then,
+ *     after a barrier, param_grad for the same rows.  Each thread reads and packs only
+ *     its part of the weights in every product, where a split of the samples would have
+ *     every thread pack all of them (for a small layer at a small batch, the packing is
+ *     a good part of the product).
  * With one thread all of this is the plain sequential pass.
  *
  * Kernel conventions (as in llm.c): outputs first, then inputs, then sizes; a shape
@@ -60,7 +66,9 @@ typedef struct fl__pass {
   void *aux;             /* [B][aux_len] these samples' rows of the layer's buffer */
   float *batch_aux;      /* [batch_len] the layer's per-batch buffer */
   float *scratch;        /* [scratch] the thread's own */
-  uint32_t c0, c1;       /* channel_split: this thread's channels */
+  uint32_t c0, c1;       /* channel_split, row_split: this thread's channels (rows);
+                          * [0, rows) otherwise */
+  uint32_t d0, d1;       /* row_split: this thread's columns of dx; [0, in_size) otherwise */
   const fl__step *step;  /* param_grad: the optimizer step to apply, or NULL */
   int relu_in;           /* takes_relu layers: x is the input of the ReLU before this layer
                           * (which the trainer skips), dx the gradient w.r.t. it */
@@ -90,6 +98,9 @@ typedef struct fl__layer_ops {
   int (*param_grad)(const fl__layer *l, const fl__pass *p, uint32_t r0, uint32_t r1);
   int channel_split;  /* in training, runs over the whole batch by ranges of channels,
                        * which are its rows (b_len) */
+  int row_split;      /* in training with threads, runs over the whole batch: forward by
+                       * ranges of rows (c0, c1), backward by ranges of dx's columns (d0,
+                       * d1); needs param_grad */
   int relu;           /* a layer before this one is initialised for a ReLU (He) */
   int is_relu;        /* the layer is y = x > 0 ? x : 0, element by element, and nothing
                        * else (no state, no buffers) */

@@ -2,13 +2,16 @@
  * mini-batch epochs with seeded shuffling, and evaluation (loss, accuracy, ROC AUC).
  *
  * A step.  Each of the trainer's T threads gathers its slice of the batch (thread k takes
- * samples [B k/T, B (k+1)/T)) and runs it forward and backward through every layer; the
- * threads meet only where the work crosses samples (layers.h): before each layer's
- * parameter gradient, which is a sum over the whole batch, and around batchnorm in
- * training.  At a parameter gradient each thread takes a range of the layer's rows:
- * dense computes them over the whole batch, other layers' per-thread sums are added up;
- * then, unless the gradient is to be clipped, the thread applies the optimizer step to
- * those rows at once, while they are in its cache (the fused step).  Clipping by the
+ * samples [B k/T, B (k+1)/T)) and runs it forward and backward through the layers that
+ * work sample by sample (activations, convolution, pooling, dropout); the threads meet
+ * where the work crosses samples (layers.h): at a layer that runs over the whole batch
+ * (dense and batchnorm in training, each thread a range of the layer's rows), and before
+ * a convolution's parameter gradient, a sum over the threads' samples.  At a parameter
+ * gradient each thread takes a range of the layer's rows: dense computes them over the
+ * whole batch, other layers' per-thread sums are added up; then, unless the gradient is
+ * to be clipped, the thread applies the optimizer step to those rows at once, while they
+ * are in its cache (the fused step).  A barrier is skipped where nothing was written
+ * since the last one (two whole-batch layers in a row).  Clipping by the
  * global norm needs every gradient first, so with clip_norm the step is a separate pass
  * after the backward pass.  With one thread there are no barriers and this is the plain
  * sequential step.
@@ -39,7 +42,8 @@ struct fl_trainer {
   uint32_t max_batch;
   int T;                  /* threads */
   fl__team *team;         /* NULL with one thread */
-  float **act;            /* [nlayers]: act[i] = output of layer i, [max_batch][out_size] */
+  float **act;            /* [nlayers]: act[i] = output of layer i, [max_batch][out_size];
+                           * NULL for a skipped ReLU */
   float **aux;            /* [nlayers]: [max_batch][aux_len] then [batch_len], or NULL */
   float **dout;           /* [nlayers]: where the gradient w.r.t. act[i] is (see drows) */
   float *dpp[2];          /* alternating gradient buffers [T][rows_per_thread][max_width] */
@@ -127,7 +131,7 @@ fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int
       goto fail;
   for (size_t i = 0; i < nl; i++) {
     const fl__layer *l = &m->layers[i];
-    if (!(t->act[i] = alloc_floats(max_batch, l->out_size))) goto fail;
+    if (!t->skip[i] && !(t->act[i] = alloc_floats(max_batch, l->out_size))) goto fail;
     if (l->aux_len || l->batch_len) {
       if (l->aux_len && max_batch > (SIZE_MAX / sizeof(float) - l->batch_len) / l->aux_len)
         goto fail;
@@ -148,7 +152,8 @@ fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int
       continue;
     }
     int across = ops->param_grad || ops->channel_split ||
-                 (i + 1 < nl && m->layers[i + 1].ops->channel_split);
+                 (i + 1 < nl && (m->layers[i + 1].ops->channel_split ||
+                                 m->layers[i + 1].ops->row_split));
     if (threads > 1 && across) {
       if (!(t->dedicated[i] = alloc_floats(max_batch, m->layers[i].out_size))) goto fail;
       t->dout[i] = t->dedicated[i];
@@ -255,34 +260,42 @@ typedef struct slice {
 } slice;
 
 /* The pass of layer i on the slice's own samples, or with whole = 1 on the whole batch
- * and the thread's range of channels (channel_split layers). */
+ * and the thread's range of channels (channel_split layers) or rows (row_split).  After
+ * a ReLU the trainer skips, x is the ReLU's input and dx the gradient w.r.t. it. */
 static fl__pass layer_pass(const run *r, const slice *sl, int i, int whole) {
   const fl_trainer *t = r->t;
   const fl__layer *l = &t->m->layers[i];
+  const int xi = i && t->skip[i - 1] ? i - 1 : i; /* x is layer xi's input */
+  const size_t s0 = whole ? 0 : (size_t)sl->s0;
   fl__pass p = sl->base;
   float *aux = t->aux[i];
+  p.relu_in = xi != i;
   p.scratch = t->scratch[sl->k];
   p.batch_aux = aux ? aux + (size_t)t->max_batch * l->aux_len : NULL;
+  p.x = layer_input(t, xi) + s0 * l->in_size;
+  p.y = t->act[i] + s0 * l->out_size;
+  p.aux = aux ? aux + s0 * l->aux_len : NULL;
   if (whole) {
-    p.B = sl->B, p.x = layer_input(t, i), p.y = t->act[i], p.aux = aux;
-    p.dy = t->dout[i], p.dx = i ? t->dout[i - 1] : NULL, p.grad = t->grad[0];
+    p.B = sl->B;
+    p.dy = t->dout[i], p.dx = xi ? t->dout[xi - 1] : NULL, p.grad = t->grad[0];
     p.c0 = fl__split((uint32_t)l->b_len, sl->k, t->T);
     p.c1 = fl__split((uint32_t)l->b_len, sl->k + 1, t->T);
+    p.d0 = fl__split((uint32_t)l->in_size, sl->k, t->T);
+    p.d1 = fl__split((uint32_t)l->in_size, sl->k + 1, t->T);
   } else {
     p.B = sl->nb;
-    p.x = layer_input(t, i) + (size_t)sl->s0 * l->in_size;
-    p.y = t->act[i] + (size_t)sl->s0 * l->out_size;
-    p.aux = aux ? aux + (size_t)sl->s0 * l->aux_len : NULL;
     p.dy = drows(t, i, sl->k, sl->s0);
-    p.dx = i ? drows(t, i - 1, sl->k, sl->s0) : NULL;
+    p.dx = xi ? drows(t, xi - 1, sl->k, sl->s0) : NULL;
     p.grad = t->grad[sl->k];
-  }
-  if (i && t->skip[i - 1]) { /* the ReLU before: its input and the gradient w.r.t. it */
-    p.relu_in = 1;
-    p.x = layer_input(t, i - 1) + (whole ? 0 : (size_t)sl->s0 * l->in_size);
-    p.dx = i - 1 == 0 ? NULL : whole ? t->dout[i - 2] : drows(t, i - 2, sl->k, sl->s0);
+    p.c0 = 0, p.c1 = (uint32_t)l->b_len, p.d0 = 0, p.d1 = (uint32_t)l->in_size;
   }
   return p;
+}
+
+/* Layer i runs over the whole batch, each thread a part of it (layers.h). */
+static int whole_batch(const run *r, int i) {
+  const fl__layer_ops *ops = r->t->m->layers[i].ops;
+  return r->training && (ops->channel_split || (r->t->T > 1 && ops->row_split));
 }
 
 /* The slice's samples into the batch buffers, and the step's dropout masks (thread 0,
@@ -310,14 +323,16 @@ static void gather(run *r, slice *sl) {
 static void forward(run *r, slice *sl) {
   fl_trainer *t = r->t;
   const fl_model *m = t->m;
+  int synced = 0; /* no thread has written anything since the last barrier */
   for (int i = 0; i < m->nlayers; i++) {
     const fl__layer *l = &m->layers[i];
-    int whole = r->training && l->ops->channel_split;
+    int whole = whole_batch(r, i);
     if (t->skip[i]) continue;
-    if (whole) barrier(t);
+    if (whole && !synced) barrier(t);
     fl__pass p = layer_pass(r, sl, i, whole);
     l->ops->forward(l, &p);
     if (whole) barrier(t);
+    synced = whole;
   }
   const int C = (int)m->out_dim, s0 = sl->s0, nb = sl->nb;
   const float *z = logits(t) + (size_t)s0 * C;
@@ -352,21 +367,32 @@ static int backward(run *r, slice *sl) {
   const int L = m->nlayers, C = (int)m->out_dim, T = t->T, k = sl->k;
   m->head->backward(drows(t, L - 1, k, sl->s0), t->keep + (size_t)sl->s0 * C,
                     t->yb + sl->s0, sl->nb, sl->B, C);
+  int synced = 0; /* as in forward */
   for (int i = L - 1; i >= 0; i--) {
     const fl__layer *l = &m->layers[i];
-    int whole = r->training && l->ops->channel_split;
+    int whole = whole_batch(r, i);
     if (t->skip[i]) continue;
-    if (whole) { /* its rows are its channels: the gradient is complete where computed */
-      barrier(t);
+    if (whole) {
+      if (!synced) barrier(t);
       if (atomic_load(&r->abort)) return -1;
       fl__pass p = layer_pass(r, sl, i, 1);
       l->ops->backward(l, &p);
-      if (l->b_len && sl->fused) apply_rows(sl->fused, r->params, t->grad[0], l, p.c0, p.c1);
-      barrier(t);
+      if (l->ops->channel_split) { /* its rows are its channels: complete where computed */
+        if (l->b_len && sl->fused) apply_rows(sl->fused, r->params, t->grad[0], l, p.c0, p.c1);
+        barrier(t);
+        synced = 1;
+        continue;
+      }
+      /* row_split: every thread's dx is read from the weights before any is updated,
+       * and is complete for the layer below */
+      if (p.dx) barrier(t);
+      synced = p.dx != NULL;
+      if (l->b_len) param_rows(r, sl, i, p.c0, p.c1);
       continue;
     }
     fl__pass p = layer_pass(r, sl, i, 0);
     l->ops->backward(l, &p);
+    synced = 0;
     if (!l->b_len) continue;
     barrier(t); /* every thread's part of this layer is done */
     if (atomic_load(&r->abort)) return -1;

@@ -10,9 +10,10 @@
  * or fl-train uses all its cores, where a simulation of many virtual clients runs one
  * single-threaded trainer per worker instead.  Determinism: the same seed, data, batch
  * size and thread count give bit-identical weights.  A different thread count sums some
- * gradients in another order (a convolution's over the threads' samples), so its
- * weights differ by rounding; dense and batchnorm gradients and the dropout masks do not
- * depend on it.  One thread gives the bits the training core gave before it had threads.
+ * gradients in another order (a convolution's over the threads' samples) and splits
+ * dense products into other shapes, which OpenBLAS may round differently, so its weights
+ * differ by rounding; batchnorm's statistics and the dropout masks do not depend on it.
+ * One thread gives the bits the training core gave before it had threads.
  *
  * OpenBLAS must run single-threaded (openblas_set_num_threads(1), which fl-train,
  * fl-client and the tests do): each of a trainer's threads, and each trainer, then runs

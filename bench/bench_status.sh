@@ -76,3 +76,6 @@ printf '  round seconds (sum)  without --http %8.3f   with a scraper every 100 m
 printf '  server CPU seconds   without --http %8.3f   with a scraper every 100 ms %8.3f   ratio %.3f\n' \
   "$off_c" "$on_c" "$(echo "$on_c $off_c" | awk '{print ($2 > 0) ? $1 / $2 : 0}')"
 printf '  scrapes of /metrics per run (median): %s\n' "$scr"
+printf '  each run, round seconds / server CPU seconds: without %s; with %s\n' \
+  "$(awk '{printf "%s%.3f/%.2f", (NR > 1 ? " " : ""), $1, $2}' "$work/off")" \
+  "$(awk '{printf "%s%.3f/%.2f", (NR > 1 ? " " : ""), $1, $2}' "$work/on")"

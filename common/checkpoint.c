@@ -19,7 +19,16 @@ int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t err
   fl_piece pc[5];
   uint8_t model_crc[4], crc[4];
   void *owned;
-  int rc = fl_modelfile_pieces(c->spec, c->model_id, c->params, c->n, pc + 1, model_crc, &owned);
+  int rc;
+  if (c->tf.dim) { /* an image of its own (a copy of the parameters), in one piece */
+    uint8_t *img;
+    size_t img_len;
+    rc = fl_modelfile_encode_ex(c->spec, c->model_id, c->params, c->n, &c->tf, &img, &img_len);
+    owned = img;
+    pc[1] = (fl_piece){img, img_len}, pc[2] = pc[3] = (fl_piece){NULL, 0};
+  } else {
+    rc = fl_modelfile_pieces(c->spec, c->model_id, c->params, c->n, pc + 1, model_crc, &owned);
+  }
   if (rc) return fl_errf(err, errlen, rc, "%s: cannot encode the model: %s", path, fl_strerror(rc));
   size_t model_len = pc[1].len + pc[2].len + pc[3].len;
   size_t head_len = HEAD_LEN + c->strategy_len + 4 + c->privacy_len + 8;
@@ -97,8 +106,8 @@ int checkpoint_decode(const uint8_t *b, size_t len, const char *name, checkpoint
              (unsigned long long)mlen);
     return FL_EFORMAT;
   }
-  int rc = fl_modelfile_decode(p + 8, (size_t)mlen, name, &c->spec, &c->model_id, &c->params,
-                               &c->n, err, errlen);
+  int rc = fl_modelfile_decode_ex(p + 8, (size_t)mlen, name, &c->spec, &c->model_id,
+                                  &c->params, &c->n, &c->tf, err, errlen);
   if (rc) return rc;
   if (slen) {
     c->strategy = malloc(slen);
@@ -143,5 +152,6 @@ void checkpoint_free(checkpoint *c) {
   free(c->privacy);
   free(c->spec);
   free(c->params);
+  fl_transform_free(&c->tf);
   memset(c, 0, sizeof *c);
 }

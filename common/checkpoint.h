@@ -4,7 +4,9 @@
  *   4 x u64 random generator state | u64 metrics file length | u32 strategy state length |
  *   strategy state | u32 privacy state length | privacy state | u64 model image length |
  *   model file image (modelfile.h) | u32 CRC-32 of all before
- * (version 1 has no privacy state: it is read as empty).
+ * (version 1 has no privacy state: it is read as empty).  The model image carries the
+ * run's feature transform when it has one (model file version 2), so a restart goes on
+ * with the standardisation the weights were trained on.
  * Little-endian.  Written atomically after every completed round, so a restart finds
  * the last completed round or the one before it, never a torn file. */
 #ifndef FL_CHECKPOINT_H
@@ -13,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "modelfile.h"
 #include "rng.h"
 
 typedef struct checkpoint {
@@ -28,6 +31,7 @@ typedef struct checkpoint {
   uint64_t model_id;
   float *params;
   size_t n;
+  fl_transform tf;          /* the features' standardisation; dim 0: none */
 } checkpoint;
 
 /* Writes c to path atomically. */

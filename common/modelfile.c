@@ -209,35 +209,50 @@ void fl_transform_apply(const fl_transform *tf, float *x, size_t n) {
     for (size_t j = 0; j < tf->dim; j++) x[j] = (x[j] - tf->mean[j]) / tf->std[j];
 }
 
+int fl_modelfile_encode_ex(const char *spec, uint64_t model_id, const float *params,
+                           size_t num_params, const fl_transform *tf, uint8_t **out,
+                           size_t *out_len) {
+  uint8_t *img = NULL, *buf = NULL;
+  size_t len;
+  int rc = fl_modelfile_encode(spec, model_id, params, num_params, &img, &len);
+  if (rc || !tf || !tf->dim) {
+    *out = img, *out_len = rc ? 0 : len;
+    return rc;
+  }
+  size_t D = tf->dim;
+  if (D > (SIZE_MAX - len - 4) / 8 || !(buf = malloc(len + 4 + 8 * D))) {
+    free(img);
+    return FL_ENOMEM;
+  }
+  size_t at = len - TAIL_LEN;
+  memcpy(buf, img, at);
+  free(img);
+  fl_put32(buf + MAGIC_LEN, FL_MODELFILE_VERSION_TRANSFORM);
+  fl_put32(buf + at, (uint32_t)D);
+  at += 4;
+  for (size_t i = 0; i < 2 * D; i++, at += 4) {
+    uint32_t bits;
+    memcpy(&bits, i < D ? &tf->mean[i] : &tf->std[i - D], 4);
+    fl_put32(buf + at, bits);
+  }
+  fl_put32(buf + at, (uint32_t)crc32_z(0, buf, at));
+  *out = buf, *out_len = at + TAIL_LEN;
+  return 0;
+}
+
 int fl_modelfile_save_ex(const char *path, const char *spec, uint64_t model_id,
                          const float *params, size_t num_params, const fl_transform *tf,
                          char *err, size_t errlen) {
   if (!tf || !tf->dim)
     return fl_modelfile_save(path, spec, model_id, params, num_params, err, errlen);
-  uint8_t *img = NULL, *out = NULL;
-  size_t len, D = tf->dim;
-  int rc = fl_modelfile_encode(spec, model_id, params, num_params, &img, &len);
+  uint8_t *img;
+  size_t len;
+  int rc = fl_modelfile_encode_ex(spec, model_id, params, num_params, tf, &img, &len);
   if (rc)
     return fl_errf(err, errlen, rc, "%s: cannot encode the model (%zu parameters): %s", path,
                    num_params, fl_strerror(rc));
-  if (D > (SIZE_MAX - len - 4) / 8 || !(out = malloc(len + 4 + 8 * D))) {
-    free(img);
-    return fl_errf(err, errlen, FL_ENOMEM, "%s: out of memory", path);
-  }
-  size_t at = len - TAIL_LEN;
-  memcpy(out, img, at);
-  fl_put32(out + MAGIC_LEN, FL_MODELFILE_VERSION_TRANSFORM);
-  fl_put32(out + at, (uint32_t)D);
-  at += 4;
-  for (size_t i = 0; i < 2 * D; i++, at += 4) {
-    uint32_t bits;
-    memcpy(&bits, i < D ? &tf->mean[i] : &tf->std[i - D], 4);
-    fl_put32(out + at, bits);
-  }
-  fl_put32(out + at, (uint32_t)crc32_z(0, out, at));
-  rc = fl_file_write_atomic(path, out, at + TAIL_LEN, err, errlen);
+  rc = fl_file_write_atomic(path, img, len, err, errlen);
   free(img);
-  free(out);
   return rc;
 }
 

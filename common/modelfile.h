@@ -54,6 +54,11 @@ int fl_modelfile_decode(const uint8_t *buf, size_t len, const char *name, char *
                         uint64_t *model_id, float **params, size_t *num_params, char *err,
                         size_t errlen);
 
+/* The file image with a transform in memory (tf NULL or tf->dim 0: version 1, as
+ * fl_modelfile_encode): *out (malloc'd, *len bytes) belongs to the caller. */
+int fl_modelfile_encode_ex(const char *spec, uint64_t model_id, const float *params,
+                           size_t num_params, const fl_transform *tf, uint8_t **out,
+                           size_t *len);
 /* With a transform (tf NULL or tf->dim 0: the version 1 file of fl_modelfile_save).
  * The caller keeps tf. */
 int fl_modelfile_save_ex(const char *path, const char *spec, uint64_t model_id,

@@ -72,6 +72,7 @@ void srv_save_checkpoint(server *s) {
   c.model_id = fl_model_id(s->model);
   c.params = s->global;
   c.n = s->n;
+  c.tf = srv_transform(s);
   char err[512];
   int rc = fl_strategy_save(s->strategy, &c.strategy, &c.strategy_len);
   if (rc) {
@@ -123,6 +124,23 @@ int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
     snprintf(err, errlen, "checkpoint %s: %s", s->checkpoint, why);
     checkpoint_free(&c);
     return rc;
+  }
+  if (c.tf.dim && c.tf.dim != fl_model_input_dim(s->model)) {
+    snprintf(err, errlen, "checkpoint %s: a feature transform of %zu features for a model of %zu",
+             s->checkpoint, c.tf.dim, fl_model_input_dim(s->model));
+    checkpoint_free(&c);
+    return FL_EFORMAT;
+  }
+  if (c.tf.dim) { /* the standardisation the weights were trained on, whatever else says */
+    free(s->tf_mean);
+    s->tf_mean = c.tf.mean, s->tf_std = c.tf.std, s->tf_dim = c.tf.dim;
+    c.tf = (fl_transform){0};
+    fl_info("server", "--resume: the features' standardisation from the checkpoint");
+  } else if (s->tf_dim || s->cfg->standardize) {
+    fl_warn("server", "--resume: the checkpoint holds no feature standardisation (it was "
+            "written before the first round, or by an older fl-server); %s",
+            s->tf_dim ? "--init-model's is used" : "it is computed again from the clients' "
+            "statistics before the next round");
   }
   memcpy(s->global, c.params, s->n * sizeof *s->global);
   s->need_init = 0;

@@ -221,8 +221,6 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
       goto fail;
     }
     s->have_test = 1;
-    fl_transform tf = srv_transform(s);
-    fl_transform_apply(&tf, s->test.x, s->test.n); /* --init-model's, if it has one */
     s->eval_trainer = fl_trainer_create(s->model, 256);
     if (!s->eval_trainer) {
       rc = FL_ENOMEM;
@@ -242,6 +240,10 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
   if (cfg->resume) {
     rc = srv_resume(s, &s->first_round, err, errlen);
     if (rc) goto fail;
+  }
+  if (s->have_test) { /* the checkpoint's standardisation, or --init-model's, if any */
+    fl_transform tf = srv_transform(s);
+    fl_transform_apply(&tf, s->test.x, s->test.n);
   }
   if (s->frozen) {
     if (!(s->frozen_ref = malloc(sizeof *s->frozen_ref * (s->n ? s->n : 1)))) {

@@ -74,6 +74,42 @@ Test(checkpoint, round_trip_and_corruption) {
   free(dir);
 }
 
+/* A run's feature transform travels in the checkpoint's model image (version 2), and a
+ * flipped byte in it is refused like any other. */
+Test(checkpoint, transform_round_trip) {
+  char *dir = fl_test_tmpdir();
+  char path[600], err[512];
+  snprintf(path, sizeof path, "%s/run.ckpt", dir);
+  float p[10], mean[4] = {1, -2, 0.5f, 3}, sd[4] = {2, 1, 0.25f, 7};
+  uint8_t st[3] = {9, 8, 7};
+  checkpoint c = sample(p, 10, st), d;
+  c.tf = (fl_transform){4, mean, sd};
+  cr_assert_eq(checkpoint_save(path, &c, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(d.tf.dim, 4);
+  cr_assert_eq(memcmp(d.tf.mean, mean, sizeof mean), 0);
+  cr_assert_eq(memcmp(d.tf.std, sd, sizeof sd), 0);
+  cr_assert_eq(memcmp(d.params, p, sizeof p), 0);
+  cr_assert_eq(d.rounds, 7);
+  checkpoint_free(&d);
+  uint8_t *b;
+  size_t len;
+  cr_assert_eq(fl_file_read(path, &b, &len, err, sizeof err), 0);
+  for (size_t i = len - 4 - 32 - 4; i < len; i++) { /* the transform and the CRCs */
+    b[i] ^= 0x20;
+    cr_assert_neq(checkpoint_decode(b, len, "x", &d, err, sizeof err), 0, "flip at %zu", i);
+    b[i] ^= 0x20;
+  }
+  free(b);
+  /* without one, dim 0 */
+  c.tf = (fl_transform){0};
+  cr_assert_eq(checkpoint_save(path, &c, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(d.tf.dim, 0);
+  checkpoint_free(&d);
+  free(dir);
+}
+
 /* A version 1 file (before the privacy state) still reads, with no privacy state. */
 Test(checkpoint, version_one_still_reads) {
   char *dir = fl_test_tmpdir();

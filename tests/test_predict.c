@@ -469,6 +469,64 @@ Test(predict, federated_standardisation, .timeout = 300) {
   fl_test_fed_free(&f);
 }
 
+/* A restart with --resume goes on with the standardisation of the checkpoint: the clients
+ * of the second part do not share statistics (a server that had to compute the
+ * transform again would wait for them for ever), and the final model file carries the
+ * first part's transform, bit for bit. */
+Test(predict, standardisation_survives_a_restart, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], test[700], slog[700], clog[700], ckpt[700], err[512];
+  fl_test_fed_path(&f, "train.csv", train, sizeof train);
+  fl_test_fed_path(&f, "test.csv", test, sizeof test);
+  fl_test_fed_path(&f, "run.ckpt", ckpt, sizeof ckpt);
+  write_blobs(train, 600, 1, 1, 1);
+  write_blobs(test, 300, 2, 1, 1);
+  fl_transform first = {0};
+  for (int part = 0; part < 2; part++) {
+    char slog_name[32], clog_name[32];
+    snprintf(slog_name, sizeof slog_name, "server%d.log", part);
+    snprintf(clog_name, sizeof clog_name, "clients%d.log", part);
+    fl_test_fed_path(&f, slog_name, slog, sizeof slog);
+    fl_test_fed_path(&f, clog_name, clog, sizeof clog);
+    pid_t s = fl_test_fed_server(&f, slog_name, "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
+                                 "--rounds", part ? "3" : "2", "--clients-per-round", "2",
+                                 "--min-clients", "2", "--test-data", test, "--standardize",
+                                 "--checkpoint", ckpt, "--optimizer", "adam", "--lr", "0.01",
+                                 part ? "--resume" : NULL, NULL);
+    pid_t c = fl_test_fed_clients(&f, clog_name, "--clients", "2", "--data", train,
+                                  "--partition", "iid", "--seed", "1",
+                                  part ? NULL : "--share-feature-stats", NULL);
+    cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+    cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+    cr_assert(fl_test_sanitizer_clean(slog) && fl_test_sanitizer_clean(clog));
+    char *spec;
+    uint64_t id;
+    float *w;
+    size_t n;
+    fl_transform tf;
+    cr_assert_eq(fl_modelfile_load_ex(f.model, &spec, &id, &w, &n, &tf, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(tf.dim, 6, "part %d", part + 1);
+    free(spec), free(w);
+    if (!part) {
+      first = tf;
+      continue;
+    }
+    cr_assert_eq(fl_test_count(slog, "--resume: the features' standardisation from the checkpoint"),
+                 1, "see %s", slog);
+    cr_assert_eq(fl_test_count(slog, "features standardised: means and deviations"), 0, "%s", slog);
+    cr_assert_eq(memcmp(tf.mean, first.mean, 6 * sizeof *tf.mean), 0);
+    cr_assert_eq(memcmp(tf.std, first.std, 6 * sizeof *tf.std), 0);
+    fl_transform_free(&tf);
+  }
+  char *line = fl_test_metrics_line(f.metrics, 3);
+  cr_assert_not_null(line, "no metrics for round 3 (%s)", f.metrics);
+  cr_assert_gt(fl_test_json_num(line, "test_auc"), 0.85, "test data standardised after the restart: %s", line);
+  free(line);
+  fl_transform_free(&first);
+  fl_test_fed_free(&f);
+}
+
 /* examples/tabular/run.sh (make tabular) end to end on the breast-cancer table: the
  * federation of 5 non-IID clients with federated standardisation, and fl-train on all
  * the data, both scored by fl-predict. */

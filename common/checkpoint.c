@@ -11,7 +11,7 @@
 #include "modelfile.h"
 
 #define MAGIC "FLCKPT\0\0"
-#define VERSION 2u /* 2 added the privacy state; version 1 files are still read */
+#define VERSION 3u /* 2 added the privacy state, 3 the best round; 1 and 2 are still read */
 /* magic, version, rounds, model version, rng, metrics length, strategy length */
 #define HEAD_LEN (8 + 4 + 8 + 8 + 32 + 8 + 4)
 
@@ -31,7 +31,9 @@ int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t err
   }
   if (rc) return fl_errf(err, errlen, rc, "%s: cannot encode the model: %s", path, fl_strerror(rc));
   size_t model_len = pc[1].len + pc[2].len + pc[3].len;
-  size_t head_len = HEAD_LEN + c->strategy_len + 4 + c->privacy_len + 8;
+  size_t name_len = c->best_metric ? strlen(c->best_metric) : 0;
+  if (name_len > 255) return fl_errf(err, errlen, FL_EINVAL, "%s: metric name too long", path);
+  size_t head_len = HEAD_LEN + c->strategy_len + 4 + c->privacy_len + 4 + name_len + 16 + 8;
   uint8_t *head = malloc(head_len);
   if (!head) {
     free(owned);
@@ -48,7 +50,15 @@ int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t err
   uint8_t *q = head + HEAD_LEN + c->strategy_len;
   fl_put32(q, (uint32_t)c->privacy_len);
   if (c->privacy_len) memcpy(q + 4, c->privacy, c->privacy_len);
-  fl_put64(q + 4 + c->privacy_len, model_len);
+  q += 4 + c->privacy_len;
+  fl_put32(q, (uint32_t)name_len);
+  if (name_len) memcpy(q + 4, c->best_metric, name_len);
+  q += 4 + name_len;
+  uint64_t best_bits;
+  memcpy(&best_bits, &c->best_value, 8);
+  fl_put64(q, c->best_round);
+  fl_put64(q + 8, best_bits);
+  fl_put64(q + 16, model_len);
   pc[0] = (fl_piece){head, head_len};
   uLong sum = 0;
   for (int i = 0; i < 4; i++)
@@ -73,7 +83,7 @@ int checkpoint_decode(const uint8_t *b, size_t len, const char *name, checkpoint
     return FL_ETRUNC;
   }
   uint32_t version = fl_get32(b + 8);
-  if (version != 1 && version != VERSION) {
+  if (version < 1 || version > VERSION) {
     snprintf(err, errlen, "%s: checkpoint format version %u; this build reads versions 1 to %u",
              name, version, VERSION);
     return FL_EVERSION;
@@ -98,6 +108,20 @@ int checkpoint_decode(const uint8_t *b, size_t len, const char *name, checkpoint
       return FL_EFORMAT;
     }
     p += 4 + plen;
+  }
+  uint64_t best_round = 0, best_bits = 0;
+  const uint8_t *best_name = NULL;
+  size_t best_len = 0;
+  if (version >= 3) {
+    size_t left = (size_t)(b + len - p);
+    if (left < 4 || (best_len = fl_get32(p)) > 255 || left - 4 < best_len + 16 + 8 + 4) {
+      snprintf(err, errlen, "%s: the best round overruns the file", name);
+      return FL_EFORMAT;
+    }
+    best_name = p + 4;
+    p += 4 + best_len;
+    best_round = fl_get64(p), best_bits = fl_get64(p + 8);
+    p += 16;
   }
   size_t before = (size_t)(p - b);
   uint64_t mlen = fl_get64(p);
@@ -133,6 +157,17 @@ int checkpoint_decode(const uint8_t *b, size_t len, const char *name, checkpoint
   c->model_version = fl_get64(b + 20);
   for (int i = 0; i < 4; i++) c->rng.s[i] = fl_get64(b + 28 + 8 * i);
   c->metrics_len = fl_get64(b + 60);
+  if (best_len) {
+    if (!(c->best_metric = malloc(best_len + 1))) {
+      checkpoint_free(c);
+      snprintf(err, errlen, "%s: out of memory", name);
+      return FL_ENOMEM;
+    }
+    memcpy(c->best_metric, best_name, best_len);
+    c->best_metric[best_len] = '\0';
+  }
+  c->best_round = best_round;
+  memcpy(&c->best_value, &best_bits, 8);
   return 0;
 }
 
@@ -152,6 +187,7 @@ void checkpoint_free(checkpoint *c) {
   free(c->privacy);
   free(c->spec);
   free(c->params);
+  free(c->best_metric);
   fl_transform_free(&c->tf);
   memset(c, 0, sizeof *c);
 }

@@ -2,9 +2,10 @@
  *
  *   magic "FLCKPT\0\0" | u32 version | u64 rounds completed | u64 model version |
  *   4 x u64 random generator state | u64 metrics file length | u32 strategy state length |
- *   strategy state | u32 privacy state length | privacy state | u64 model image length |
- *   model file image (modelfile.h) | u32 CRC-32 of all before
- * (version 1 has no privacy state: it is read as empty).  The model image carries the
+ *   strategy state | u32 privacy state length | privacy state | u32 best metric's name
+ *   length | name | u64 best round | f64 best value | u64 model image length | model file
+ *   image (modelfile.h) | u32 CRC-32 of all before
+ * (version 1 has no privacy state, versions 1 and 2 no best round: read as empty and 0).  The model image carries the
  * run's feature transform when it has one (model file version 2), so a restart goes on
  * with the standardisation the weights were trained on.
  * Little-endian.  Written atomically after every completed round, so a restart finds
@@ -27,6 +28,9 @@ typedef struct checkpoint {
   size_t strategy_len;
   uint8_t *privacy;         /* differential privacy's accountant and clip (may be empty) */
   size_t privacy_len;
+  char *best_metric;        /* --keep-best: the metric (NULL: none), the round of the best */
+  uint64_t best_round;      /* model so far and its value */
+  double best_value;
   char *spec;               /* the global model */
   uint64_t model_id;
   float *params;

@@ -73,6 +73,10 @@ void srv_save_checkpoint(server *s) {
   c.params = s->global;
   c.n = s->n;
   c.tf = srv_transform(s);
+  if (s->have_best) {
+    c.best_metric = (char *)s->cfg->keep_best;
+    c.best_round = s->best_round, c.best_value = s->best_value;
+  }
   char err[512];
   int rc = fl_strategy_save(s->strategy, &c.strategy, &c.strategy_len);
   if (rc) {
@@ -141,6 +145,15 @@ int srv_resume(server *s, uint64_t *next_round, char *err, size_t errlen) {
             "written before the first round, or by an older fl-server); %s",
             s->tf_dim ? "--init-model's is used" : "it is computed again from the clients' "
             "statistics before the next round");
+  }
+  if (c.best_metric && s->cfg->keep_best && strcmp(c.best_metric, s->cfg->keep_best) == 0 &&
+      isfinite(c.best_value)) { /* a later round must beat it to replace OUT.best */
+    s->have_best = 1, s->best_value = c.best_value, s->best_round = c.best_round;
+    fl_info("server", "--resume: the best %s so far is round %llu's (%.6g)", c.best_metric,
+            (unsigned long long)c.best_round, c.best_value);
+  } else if (c.best_metric && s->cfg->keep_best) {
+    fl_warn("server", "--resume: the checkpoint's best model was kept by %s, not --keep-best "
+            "%s; the next round's model replaces it", c.best_metric, s->cfg->keep_best);
   }
   memcpy(s->global, c.params, s->n * sizeof *s->global);
   s->need_init = 0;

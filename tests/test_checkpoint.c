@@ -110,8 +110,9 @@ Test(checkpoint, transform_round_trip) {
   free(dir);
 }
 
-/* A version 1 file (before the privacy state) still reads, with no privacy state. */
-Test(checkpoint, version_one_still_reads) {
+/* Versions 1 (before the privacy state) and 2 (before the best round) still read, with
+ * none; a version from the future is refused by name. */
+Test(checkpoint, older_versions_still_read) {
   char *dir = fl_test_tmpdir();
   char path[600], err[512];
   snprintf(path, sizeof path, "%s/run.ckpt", dir);
@@ -123,8 +124,21 @@ Test(checkpoint, version_one_still_reads) {
   uint8_t *b;
   size_t len;
   cr_assert_eq(fl_file_read(path, &b, &len, err, sizeof err), 0);
-  /* Version 1: the same bytes without the privacy length, version field 1, new CRC. */
-  size_t at = 72 + 3; /* the head, then the strategy state */
+  /* Version 2: the same bytes without the best round (an empty name, round and value:
+   * 4 + 16 bytes after the empty privacy state), version field 2, new CRC. */
+  size_t at = 72 + 3 + 4; /* the head, the strategy state, the privacy length */
+  memmove(b + at, b + at + 20, len - at - 20);
+  len -= 20;
+  fl_put32(b + 8, 2);
+  fl_put32(b + len - 4, (uint32_t)crc32_z(0, b, len - 4));
+  cr_assert_eq(checkpoint_decode(b, len, "v2", &d, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(d.best_round, 0);
+  cr_assert_null(d.best_metric);
+  cr_assert_eq(d.strategy_len, 3);
+  cr_assert_eq(memcmp(d.params, p, sizeof p), 0);
+  checkpoint_free(&d);
+  /* Version 1: also without the privacy length. */
+  at = 72 + 3;
   memmove(b + at, b + at + 4, len - at - 4);
   len -= 4;
   fl_put32(b + 8, 1);
@@ -134,10 +148,29 @@ Test(checkpoint, version_one_still_reads) {
   cr_assert_eq(d.strategy_len, 3);
   cr_assert_eq(memcmp(d.params, p, sizeof p), 0);
   checkpoint_free(&d);
-  fl_put32(b + 8, 3);
+  fl_put32(b + 8, 4);
   fl_put32(b + len - 4, (uint32_t)crc32_z(0, b, len - 4));
-  cr_assert_eq(checkpoint_decode(b, len, "v3", &d, err, sizeof err), FL_EVERSION);
-  cr_assert(strstr(err, "version 3"), "%s", err);
+  cr_assert_eq(checkpoint_decode(b, len, "v4", &d, err, sizeof err), FL_EVERSION);
+  cr_assert(strstr(err, "version 4"), "%s", err);
   free(b);
+  free(dir);
+}
+
+/* --keep-best's metric, round and value survive, to the bit. */
+Test(checkpoint, best_round_round_trip) {
+  char *dir = fl_test_tmpdir();
+  char path[600], err[512];
+  snprintf(path, sizeof path, "%s/run.ckpt", dir);
+  float p[4];
+  uint8_t st[3] = {9, 8, 7};
+  checkpoint c = sample(p, 4, st), d;
+  c.best_metric = "test_accuracy", c.best_round = 5, c.best_value = 0.8746123456789;
+  cr_assert_eq(checkpoint_save(path, &c, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), 0, "%s", err);
+  cr_assert_str_eq(d.best_metric, "test_accuracy");
+  cr_assert_eq(d.best_round, 5);
+  cr_assert(d.best_value == c.best_value);
+  cr_assert_eq(memcmp(d.privacy, c.privacy, c.privacy_len), 0);
+  checkpoint_free(&d);
   free(dir);
 }

@@ -527,6 +527,66 @@ Test(predict, standardisation_survives_a_restart, .timeout = 600) {
   fl_test_fed_free(&f);
 }
 
+/* --keep-best across a restart: the best round of the first part, from the checkpoint,
+ * still has to be beaten.  The second part trains with a step size 100 times larger, so
+ * its round may well be worse; whichever it is, OUT.best changes only if it beat the
+ * best of rounds 1 to 3. */
+Test(predict, keep_best_survives_a_restart, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], test[700], slog[700], clog[700], ckpt[700], best[700], needle[128];
+  fl_test_fed_path(&f, "train.csv", train, sizeof train);
+  fl_test_fed_path(&f, "test.csv", test, sizeof test);
+  fl_test_fed_path(&f, "run.ckpt", ckpt, sizeof ckpt);
+  snprintf(best, sizeof best, "%s.best", f.model);
+  write_blobs(train, 600, 1, 1, 1);
+  write_blobs(test, 300, 2, 1, 1);
+  char *kept = NULL;
+  size_t kept_len = 0;
+  for (int part = 0; part < 2; part++) {
+    char slog_name[32], clog_name[32];
+    snprintf(slog_name, sizeof slog_name, "server%d.log", part);
+    snprintf(clog_name, sizeof clog_name, "clients%d.log", part);
+    fl_test_fed_path(&f, slog_name, slog, sizeof slog);
+    fl_test_fed_path(&f, clog_name, clog, sizeof clog);
+    pid_t s = fl_test_fed_server(&f, slog_name, "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
+                                 "--rounds", part ? "4" : "3", "--clients-per-round", "2",
+                                 "--min-clients", "2", "--test-data", test, "--checkpoint", ckpt,
+                                 "--keep-best", "test_loss", "--lr", part ? "0.05" : "0.0005",
+                                 "--max-update-norm", "0", part ? "--resume" : NULL, NULL);
+    pid_t c = fl_test_fed_clients(&f, clog_name, "--clients", "2", "--data", train,
+                                  "--partition", "iid", "--seed", "1", NULL);
+    cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+    cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+    cr_assert(fl_test_sanitizer_clean(slog) && fl_test_sanitizer_clean(clog));
+    if (!part) cr_assert_not_null(kept = fl_test_read_file(best, &kept_len), "no %s", best);
+  }
+  double loss[5], low = INFINITY;
+  int at = 0;
+  for (int r = 1; r <= 4; r++) {
+    char *line = fl_test_metrics_line(f.metrics, r);
+    cr_assert_not_null(line, "no round %d in %s", r, f.metrics);
+    loss[r] = fl_test_json_num(line, "test_loss");
+    free(line);
+    if (r <= 3 && loss[r] < low) low = loss[r], at = r;
+  }
+  snprintf(needle, sizeof needle, "--resume: the best test_loss so far is round %d's", at);
+  cr_assert_eq(fl_test_count(slog, needle), 1, "'%s' not in %s", needle, slog);
+  size_t len;
+  char *now = fl_test_read_file(best, &len);
+  cr_assert_not_null(now);
+  int replaced = fl_test_count(slog, "round 4: best test_loss so far");
+  if (loss[4] < low) {
+    cr_assert_eq(replaced, 1, "round 4's loss %g beat %g (%s)", loss[4], low, slog);
+  } else {
+    cr_assert_eq(replaced, 0, "round 4's loss %g did not beat %g (%s)", loss[4], low, slog);
+    cr_assert(len == kept_len && memcmp(now, kept, len) == 0, "%s changed", best);
+  }
+  free(now);
+  free(kept);
+  fl_test_fed_free(&f);
+}
+
 /* examples/tabular/run.sh (make tabular) end to end on the breast-cancer table: the
  * federation of 5 non-IID clients with federated standardisation, and fl-train on all
  * the data, both scored by fl-predict. */

@@ -97,6 +97,7 @@ typedef struct run {
   float *scores;          /* [n] the binary head's logits (ROC AUC), or NULL */
   float clip_scale;       /* written by thread 0 between two barriers */
   atomic_int abort;       /* a non-finite loss or gradient norm: no update is applied */
+  int chunks;             /* the cut of a batch (see run_all) */
 } run;
 
 static void *alloc_floats(size_t rows, size_t cols) {
@@ -289,7 +290,7 @@ typedef struct slice {
   size_t off;
   int parity;             /* of the step in the run: its set of counters */
   int segs;               /* segments run so far in the step */
-  int n;                  /* chunks of the current segment */
+  int n;                  /* chunks of the step's segments */
   int c, s0, nb;          /* the current chunk */
   fl__pass base;          /* what every pass of the step shares */
   fl__step step;          /* the optimizer step's constants */
@@ -340,7 +341,8 @@ static int whole_batch(const run *r, int i) {
 }
 
 /* A segment: what each chunk of the batch goes through between two barriers, in this
- * order.  Its layers are sample-wise (none runs over the whole batch). */
+ * order.  Its layers are sample-wise (none runs over the whole batch).  Every segment of
+ * a step cuts the batch into the same chunks. */
 typedef struct seg {
   int gather;             /* the chunk's samples into the batch buffers (the first) */
   int f0, f1;             /* forward through layers [f0, f1) */
@@ -348,21 +350,6 @@ typedef struct seg {
   int back;               /* then the head's gradient (with backward: the turn) */
   int b1, b0;             /* then backward through layers b1 - 1 down to b0 */
 } seg;
-
-/* The chunks of a segment of a batch of B: one a thread when a layer in it multiplies
- * a chunk's rows by its weights (dense outside training, whose product wants the rows
- * together), else up to max_chunks.  Chunk c is [B c/n, B (c+1)/n): the same cut
- * whichever thread runs it. */
-static int seg_chunks(const run *r, const slice *sl, const seg *g) {
-  const fl_trainer *t = r->t;
-  int n = t->max_chunks;
-  for (int i = 0; i < t->m->nlayers; i++) {
-    const fl__layer_ops *ops = t->m->layers[i].ops;
-    int in = (i >= g->f0 && i < g->f1) || (i >= g->b0 && i < g->b1);
-    if (in && !t->skip[i] && (ops->param_grad || ops->row_split)) n = t->T;
-  }
-  return n < sl->B ? n : sl->B;
-}
 
 /* The chunk's samples into the batch buffers. */
 static void gather(run *r, const slice *sl) {
@@ -397,7 +384,6 @@ static void run_segment(run *r, slice *sl, const seg *g) {
   const fl_model *m = t->m;
   const int C = (int)m->out_dim;
   atomic_uint *next = t->next + (size_t)sl->parity * t->max_segs + sl->segs++;
-  sl->n = seg_chunks(r, sl, g);
   for (;;) {
     unsigned c = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
     if (c >= (unsigned)sl->n) break;
@@ -556,6 +542,7 @@ static void clipped_step(run *r, slice *sl) {
 static void step(run *r, int k, size_t off, int B, uint64_t j) {
   fl_trainer *t = r->t;
   slice sl = {.k = k, .B = B, .off = off, .parity = (int)(j & 1)};
+  sl.n = r->chunks < B ? r->chunks : B; /* chunk c is [B c/n, B (c+1)/n) */
   sl.base = (fl__pass){.batch = B, .training = r->training, .update_state = r->update_state,
                        .params = r->params};
   if (r->cfg) {
@@ -607,6 +594,16 @@ static void run_all(run *r) {
   fl_trainer *t = r->t;
   for (int k = 0; k < t->T; k++) t->counts[k].correct = 0;
   for (size_t s = 0; s < 2 * (size_t)t->max_segs; s++) atomic_store(&t->next[s], 0);
+  /* One cut for every segment of a step, since a layer may keep in aux what its backward
+   * reads relative to the pass's samples (maxpool's offsets into x): max_chunks, or one
+   * chunk a thread when a dense layer works sample by sample (outside training), whose
+   * product wants the rows together */
+  r->chunks = t->max_chunks;
+  for (int i = 0; i < t->m->nlayers; i++) {
+    const fl__layer_ops *ops = t->m->layers[i].ops;
+    if (!t->skip[i] && !whole_batch(r, i) && (ops->param_grad || ops->row_split))
+      r->chunks = t->T;
+  }
   if (t->team)
     fl__team_run(t->team, run_thread, r);
   else

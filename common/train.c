@@ -1,19 +1,30 @@
 /* The training loop: a trainer's buffers and threads, a step through the layer table,
  * mini-batch epochs with seeded shuffling, and evaluation (loss, accuracy, ROC AUC).
  *
- * A step.  Each of the trainer's T threads gathers its slice of the batch (thread k takes
- * samples [B k/T, B (k+1)/T)) and runs it forward and backward through the layers that
- * work sample by sample (activations, convolution, pooling, dropout); the threads meet
- * where the work crosses samples (layers.h): at a layer that runs over the whole batch
- * (dense and batchnorm in training, each thread a range of the layer's rows), and before
- * a convolution's parameter gradient, a sum over the threads' samples.  At a parameter
- * gradient each thread takes a range of the layer's rows: dense computes them over the
- * whole batch, other layers' per-thread sums are added up; then, unless the gradient is
- * to be clipped, the thread applies the optimizer step to those rows at once, while they
- * are in its cache (the fused step).  A barrier is skipped where nothing was written
- * since the last one (two whole-batch layers in a row).  Clipping by the
- * global norm needs every gradient first, so with clip_norm the step is a separate pass
- * after the backward pass.  With one thread there are no barriers and this is the plain
+ * A step.  The layers that work sample by sample (activations, convolution, pooling,
+ * dropout) run in segments: the runs of such layers between the points where the work
+ * crosses samples (layers.h), which are a layer that runs over the whole batch (dense
+ * and batchnorm in training, each thread a range of the layer's rows, between
+ * barriers), and, in backward, a layer's parameter gradient, a sum over the batch.  A
+ * segment cuts the batch into fixed chunks (the same cut for every segment of the step,
+ * a function of the batch size and the thread count only) and the threads take the
+ * chunks in turn from the segment's counter, each running its chunk through every layer
+ * of the segment before it takes the next: a thread on a slower core takes fewer, and
+ * the threads meet at the segment's end within a fraction of a chunk of each other (on
+ * a KVM guest two vCPUs can differ in speed by a fifth, and a fixed split of the batch
+ * left the faster one idle at every barrier).  The first segment also gathers its
+ * chunks' samples; the last forward one, the turn, ends with the head's loss and, in
+ * training, goes on with the head's gradient and back down the sample-wise layers below
+ * it, so no barrier separates forward from backward there.  A convolution's weight
+ * gradient is summed per chunk, into a buffer of the chunk's own, and at the parameter
+ * gradient each thread adds the chunks' buffers up in chunk order for a range of the
+ * layer's rows: which thread computed which chunk changes no bit.  Dense layers compute
+ * their rows over the whole batch.  Then, unless the gradient is to be clipped, the
+ * thread applies the optimizer step to those rows at once, while they are in its cache
+ * (the fused step).  A barrier is skipped where nothing was written since the last one
+ * (two whole-batch layers in a row).  Clipping by the global norm needs every gradient
+ * first, so with clip_norm the step is a separate pass after the backward pass.  With
+ * one thread the batch is one chunk, there are no barriers, and this is the plain
  * sequential step.
  *
  * A trainer owns every buffer its threads need, so trainers on different threads share

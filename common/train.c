@@ -50,8 +50,8 @@
  * chunks a thread (fewer at a small batch): enough that the threads, taking chunks as
  * they finish the last one, end a segment within a fraction of a chunk of each other
  * when one core is slower than another (cnn at batch 64 on two threads: 32 chunks of
- * 2 samples; 8 chunks a thread left twice the idle time at the barriers, 4 more than
- * twice).  A chunk keeps its own copy of the gradient of the layers without param_grad
+ * 2 samples; 8 chunks a thread left about 1.4 times the wait at the barriers, 4 about
+ * 2.5 times).  A chunk keeps its own copy of the gradient of the layers without param_grad
  * (convolutions), summed up at each parameter gradient, so the chunks' copies together
  * are limited to CHUNK_GRAD_FLOATS floats (64 MB), with at least one chunk a thread:
  * memory that no longer grows with the dense layers, since the threads no longer keep a

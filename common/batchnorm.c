@@ -106,11 +106,11 @@ static void batchnorm_forward(const fl__layer *l, const fl__pass *p) {
  *   dbeta = sum dy, dgamma = sum dy xhat,
  *   dx = gamma / std / N (N dy - dbeta - xhat dgamma).
  * Evaluation mode (fl_trainer_grad without training): the running statistics are
- * constants, so dx = gamma / std dy, and the parameter gradients are this slice's sums. */
+ * constants, so dx = gamma / std dy, and the parameter gradients are these samples' sums. */
 static void batchnorm_backward(const fl__layer *l, const fl__pass *p) {
   size_t C = l->arg[C_], HW = l->arg[HW_];
   const float *gamma = p->params + l->w_off, *xhat = p->aux;
-  float *dgamma = p->grad + l->w_off, *dbeta = p->grad + l->b_off;
+  float *dgamma = p->grad, *dbeta = p->grad + l->w_len;
   if (!p->training) {
     const float *rvar = p->params + l->s_off + C;
     for (size_t c = 0; c < C; c++) dgamma[c] = dbeta[c] = 0.0f;

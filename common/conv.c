@@ -8,8 +8,8 @@
  * recomputes col rather than keeping one per sample (which would cost B*C*F*F*OH*OW
  * floats), then reuses the same buffer for the input-gradient columns.  Both directions
  * go through a zero-padded copy of the image, so the copy loops have no edge cases.  The
- * weight gradient is summed over the thread's own samples (the trainer adds the threads'
- * sums). */
+ * weight gradient is summed over the pass's samples, a chunk of the batch (the trainer
+ * adds the chunks' sums in chunk order). */
 #include <cblas.h>
 #include <stdio.h>
 #include <string.h>
@@ -311,14 +311,14 @@ static void conv_forward(const fl__layer *l, const fl__pass *p) {
   }
 }
 
-/* dw [K][CFF] and db [K] = the sums over this slice's samples (written, not added to);
+/* dw [K][CFF] and db [K] = the sums over these samples (written, not added to);
  * dx per sample through col2im. */
 static void conv_backward(const fl__layer *l, const fl__pass *p) {
   geom g = geometry(l);
   int OHW = g.OH * g.OW, CFF = g.C * g.F * g.F, K = g.K;
   float *col = p->scratch, *xp = col + (size_t)CFF * OHW;
   const float *w = p->params + l->w_off;
-  float *dw = p->grad + l->w_off, *db = p->grad + l->b_off;
+  float *dw = p->grad, *db = p->grad + l->w_len;
   memset(dw, 0, sizeof(float) * (l->w_len + l->b_len)); /* dw, then db right after it */
 #ifdef CONV_AVX2
   int avx2 = g.F <= 64 && __builtin_cpu_supports("avx2");

@@ -64,7 +64,7 @@ static int dense_param_grad(const fl__layer *l, const fl__pass *p, uint32_t r0, 
   int B = p->B, in = (int)l->in_size, out = (int)l->out_size, rows = (int)(r1 - r0);
   if (rows <= 0) return 1;
   const fl__step *s = p->step;
-  float *db = p->grad + l->b_off;
+  float *db = p->grad + l->w_len;
   for (uint32_t j = r0; j < r1; j++) db[j] = 0.0f;
   for (int i = 0; i < B; i++) {
     const float *row = p->dy + (size_t)i * out;
@@ -93,7 +93,7 @@ static int dense_param_grad(const fl__layer *l, const fl__pass *p, uint32_t r0, 
   /* beta 1 onto rows the trainer keeps at zero between steps (layers.h): OpenBLAS would
    * zero-fill them in a pass of its own for beta 0 */
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, 1.0f, p->dy + r0, out,
-              p->x, in, 1.0f, p->grad + l->w_off + (size_t)r0 * in, in);
+              p->x, in, 1.0f, p->grad + (size_t)r0 * in, in);
   return 0;
 }
 

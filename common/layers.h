@@ -13,13 +13,15 @@
  * (sent, averaged, saved like any parameter) but never given a gradient or touched by an
  * optimizer.
  *
- * Passes.  A training step splits its batch over the trainer's threads: each thread runs
- * its own rows (samples) through every layer, and layers whose work crosses samples
- * synchronise:
+ * Passes.  A training step splits its batch over the trainer's threads: layers that work
+ * sample by sample run on chunks of the batch (fixed cuts; a thread takes the next
+ * chunk free and runs it through a run of such layers, train.c), and layers whose work
+ * crosses samples synchronise:
  *   - a parameter gradient is a sum over the whole batch.  A layer with param_grad
- *     (dense) computes it after every thread's backward, for a range of rows over the
- *     whole batch; a layer without one (conv) adds its samples' part into the thread's own
- *     gradient buffer in backward, and the trainer sums the threads' buffers;
+ *     (dense) computes it after the backward of every chunk, for a range of rows over the
+ *     whole batch; a layer without one (conv) writes its chunk's part into the chunk's
+ *     own gradient buffer in backward, and the trainer sums the chunks' buffers in chunk
+ *     order;
  *   - a channel_split layer (batchnorm in training) runs forward and backward over the
  *     whole batch, each thread a range of channels, between two barriers;
  *   - a row_split layer (dense in training) runs over the whole batch too: forward for
@@ -28,12 +30,14 @@
  *     its part of the weights in every product, where a split of the samples would have
  *     every thread pack all of them (for a small layer at a small batch, the packing is
  *     a good part of the product).
- * With one thread all of this is the plain sequential pass.
+ * With one thread all of this is the plain sequential pass (the batch is one chunk).
+ * A forward and the backward of the same samples see the same cut (the same x, the same
+ * aux), so aux may hold what is relative to the pass's samples (maxpool's offsets).
  *
  * Kernel conventions (as in llm.c): outputs first, then inputs, then sizes; a shape
  * comment on every pointer.  Backward OVERWRITES dx (one producer each), which is NULL
  * when nobody needs it (the first layer), and OVERWRITES the parameter gradient rows it
- * owns, except param_grad, which ADDS to the shared gradient: the trainer keeps that
+ * owns, except param_grad, which ADDS to the whole gradient: the trainer keeps that
  * buffer at zero between steps (the optimizer step zeroes what it reads), so a product
  * can accumulate into it with beta 1 and no zero-filling pass. */
 #ifndef FL_LAYERS_H
@@ -50,8 +54,8 @@ typedef struct fl__step fl__step;
 
 /* What a layer's forward, backward or param_grad runs on. */
 typedef struct fl__pass {
-  int B;                 /* samples: this thread's slice, or the whole batch (channel_split,
-                          * param_grad) */
+  int B;                 /* samples: a chunk of the batch, or the whole batch
+                          * (channel_split, row_split, param_grad) */
   int batch;             /* samples in the whole batch (the mean loss is over these) */
   int training;          /* dropout on, batchnorm on batch statistics */
   int update_state;      /* fl_train: batchnorm updates its running statistics */
@@ -61,8 +65,10 @@ typedef struct fl__pass {
   float *dx;             /* [B][in_size] or NULL */
   float *params;         /* [num_params] the whole flat buffer; forward writes only the
                           * layer's state, param_grad only its rows when it takes the step */
-  float *grad;           /* [num_trained] gradient buffer: the thread's own in backward,
-                          * the shared one in param_grad and channel_split layers */
+  float *grad;           /* [w_len + b_len] the layer's gradient, weights then bias: in the
+                          * backward of a layer without param_grad the chunk's own (or the
+                          * whole gradient's part with one thread), in param_grad and
+                          * channel_split layers the part of the whole gradient */
   void *aux;             /* [B][aux_len] these samples' rows of the layer's buffer */
   float *batch_aux;      /* [batch_len] the layer's per-batch buffer */
   float *scratch;        /* [scratch] the thread's own */

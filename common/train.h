@@ -9,11 +9,14 @@
  * over T threads of its own (data parallel within a step; see train.c): a single client
  * or fl-train uses all its cores, where a simulation of many virtual clients runs one
  * single-threaded trainer per worker instead.  Determinism: the same seed, data, batch
- * size and thread count give bit-identical weights.  A different thread count sums some
- * gradients in another order (a convolution's over the threads' samples) and splits
- * dense products into other shapes, which OpenBLAS may round differently, so its weights
- * differ by rounding; batchnorm's statistics and the dropout masks do not depend on it.
- * One thread gives the bits the training core gave before it had threads.
+ * size and thread count give bit-identical weights, although the threads share a step's
+ * work out dynamically (which thread computes which chunk of samples depends on timing):
+ * the chunks are fixed by the batch size and thread count, and a convolution's gradient
+ * is summed per chunk and over the chunks in chunk order.  A different thread count cuts
+ * the batch into other chunks, so sums a convolution's gradient in another order, and
+ * splits dense products into other shapes, which OpenBLAS may round differently, so its
+ * weights differ by rounding; batchnorm's statistics and the dropout masks do not depend
+ * on it.  One thread gives the bits the training core gave before it had threads.
  *
  * OpenBLAS must run single-threaded (openblas_set_num_threads(1), which fl-train,
  * fl-client and the tests do): each of a trainer's threads, and each trainer, then runs

@@ -1,6 +1,6 @@
 /* Training: bit-identical results for the same seed, N trainers on N threads equal to
- * sequential runs, a trainer's own threads (same bits on every run, the gradients of one
- * thread up to rounding), optimizer steps fused into the backward pass equal to the
+ * sequential runs, a trainer's own threads (same bits on every run whichever thread takes
+ * which chunk of samples, the gradients of one thread up to rounding), optimizer steps fused into the backward pass equal to the
  * separate pass, divergence and bad data reported, ROC AUC with ties, and a small
  * Fashion-MNIST run that must learn (it fails if backprop is broken). */
 #include <cblas.h>
@@ -240,6 +240,60 @@ Test(train, threads_gradients_match_one_thread, .init = one_blas_thread, .timeou
     free(w), free(x), free(g1);
     fl_model_free(m);
   }
+}
+
+/* The threads take a segment's chunks of samples as they come free, so which thread
+ * computes which chunk changes from call to call (more so with more threads than cores);
+ * a convolution's gradient is summed per chunk and the chunks in chunk order, so the
+ * bits must not change.  In training and in evaluation mode (where the dense layers and
+ * batchnorm work sample by sample too), against one thread within 1e-5 of the largest
+ * gradient, and with a batch smaller than the chunks two threads may cut (16). */
+Test(train, threads_chunks_same_bits, .init = one_blas_thread, .timeout = 120) {
+  static const char *spec =
+      "in:1x12x12 conv:6:3 relu pool:2 conv:8:3 batchnorm relu dense:12 relu dense:4 softmax";
+  fl_model *m = create(spec);
+  size_t P = fl_model_num_params(m), D = fl_model_input_dim(m);
+  static const int batches[] = {37, 5};
+  for (int bi = 0; bi < 2; bi++) {
+    const int B = batches[bi];
+    fl_rng r;
+    fl_rng_seed(&r, 11);
+    float *w = malloc(P * 4), *x = malloc((size_t)B * D * 4), *y = malloc((size_t)B * 4);
+    fl_model_init(m, w, 3);
+    for (size_t i = 0; i < (size_t)B * D; i++) x[i] = fl_rng_normal(&r);
+    for (int i = 0; i < B; i++) y[i] = (float)(i % 4);
+    for (int training = 0; training < 2; training++) {
+      float *g1 = calloc(P, 4), *first = malloc(P * 4);
+      double l1, lt;
+      fl_trainer *t1 = fl_trainer_create(m, (uint32_t)B);
+      cr_assert_eq(fl_trainer_grad(t1, w, x, y, (uint32_t)B, training, 5, g1, &l1), 0);
+      fl_trainer_free(t1);
+      float gmax = 0;
+      for (size_t i = 0; i < P; i++) gmax = fmaxf(gmax, fabsf(g1[i]));
+      for (int T = 2; T <= 4; T++) {
+        fl_trainer *t = fl_trainer_create_threads(m, (uint32_t)B, T);
+        for (int rep = 0; rep < 12; rep++) {
+          float *g = calloc(P, 4);
+          cr_assert_eq(fl_trainer_grad(t, w, x, y, (uint32_t)B, training, 5, g, &lt), 0);
+          if (rep == 0) {
+            memcpy(first, g, P * 4);
+            float worst = 0;
+            for (size_t i = 0; i < P; i++) worst = fmaxf(worst, fabsf(g[i] - g1[i]));
+            cr_assert(worst <= 1e-5f * gmax, "batch %d, training %d, %d threads: off by %g",
+                      B, training, T, worst);
+          }
+          cr_assert_eq(memcmp(g, first, P * 4), 0,
+                       "batch %d, training %d, %d threads: call %d gives other bits", B,
+                       training, T, rep);
+          free(g);
+        }
+        fl_trainer_free(t);
+      }
+      free(g1), free(first);
+    }
+    free(w), free(x), free(y);
+  }
+  fl_model_free(m);
 }
 
 /* The same thread count gives the same bits, run after run (batchnorm, dropout, conv

@@ -9,7 +9,6 @@
  * One throttle keeps the handshakes in flight few, however many clients there are.  The
  * process exits when every virtual client has finished: 0 when the server said training
  * is done to all of them, 1 when some gave up or were stopped (SIGINT, SIGTERM). */
-#include "blaskernels.h"
 #include "client.h"
 
 #include <signal.h>
@@ -21,6 +20,7 @@
 #include <uv.h>
 
 #include "attack.h"
+#include "blaskernels.h"
 #include "error.h"
 #include "fl/client.h"
 #include "log.h"

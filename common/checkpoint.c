@@ -20,6 +20,8 @@ int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t err
   uint8_t model_crc[4], crc[4];
   void *owned;
   int rc;
+  size_t name_len = c->best_metric ? strlen(c->best_metric) : 0;
+  if (name_len > 255) return fl_errf(err, errlen, FL_EINVAL, "%s: metric name too long", path);
   if (c->tf.dim) { /* an image of its own (a copy of the parameters), in one piece */
     uint8_t *img;
     size_t img_len;
@@ -31,8 +33,6 @@ int checkpoint_save(const char *path, const checkpoint *c, char *err, size_t err
   }
   if (rc) return fl_errf(err, errlen, rc, "%s: cannot encode the model: %s", path, fl_strerror(rc));
   size_t model_len = pc[1].len + pc[2].len + pc[3].len;
-  size_t name_len = c->best_metric ? strlen(c->best_metric) : 0;
-  if (name_len > 255) return fl_errf(err, errlen, FL_EINVAL, "%s: metric name too long", path);
   size_t head_len = HEAD_LEN + c->strategy_len + 4 + c->privacy_len + 4 + name_len + 16 + 8;
   uint8_t *head = malloc(head_len);
   if (!head) {

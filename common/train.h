@@ -6,7 +6,7 @@
  * running them one after another.
  *
  * Threads.  A trainer made with fl_trainer_create_threads(..., T) splits every batch
- * over T threads of its own (data parallel within a step; see train.c): a single client
+ * over T threads of its own (see train.c): a single client
  * or fl-train uses all its cores, where a simulation of many virtual clients runs one
  * single-threaded trainer per worker instead.  Determinism: the same seed, data, batch
  * size and thread count give bit-identical weights, although the threads share a step's

@@ -469,6 +469,23 @@ Test(predict, federated_standardisation, .timeout = 300) {
   fl_test_fed_free(&f);
 }
 
+/* The log names of part `part` of a run in two parts (server0.log, clients0.log, ...):
+ * names relative to f's directory and full paths. */
+static void part_logs(const fl_test_fed *f, int part, char *sname, char *cname, size_t nlen,
+                      char *slog, char *clog, size_t len) {
+  snprintf(sname, nlen, "server%d.log", part);
+  snprintf(cname, nlen, "clients%d.log", part);
+  fl_test_fed_path(f, sname, slog, len);
+  fl_test_fed_path(f, cname, clog, len);
+}
+
+/* Waits for a part's server and clients: both exit 0 with no sanitizer report. */
+static void part_done(pid_t s, pid_t c, const char *slog, const char *clog) {
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  cr_assert(fl_test_sanitizer_clean(slog) && fl_test_sanitizer_clean(clog));
+}
+
 /* A restart with --resume goes on with the standardisation of the checkpoint: the clients
  * of the second part do not share statistics (a server that had to compute the
  * transform again would wait for them for ever), and the final model file carries the
@@ -485,10 +502,7 @@ Test(predict, standardisation_survives_a_restart, .timeout = 600) {
   fl_transform first = {0};
   for (int part = 0; part < 2; part++) {
     char slog_name[32], clog_name[32];
-    snprintf(slog_name, sizeof slog_name, "server%d.log", part);
-    snprintf(clog_name, sizeof clog_name, "clients%d.log", part);
-    fl_test_fed_path(&f, slog_name, slog, sizeof slog);
-    fl_test_fed_path(&f, clog_name, clog, sizeof clog);
+    part_logs(&f, part, slog_name, clog_name, sizeof slog_name, slog, clog, sizeof slog);
     pid_t s = fl_test_fed_server(&f, slog_name, "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
                                  "--rounds", part ? "3" : "2", "--clients-per-round", "2",
                                  "--min-clients", "2", "--test-data", test, "--standardize",
@@ -497,9 +511,7 @@ Test(predict, standardisation_survives_a_restart, .timeout = 600) {
     pid_t c = fl_test_fed_clients(&f, clog_name, "--clients", "2", "--data", train,
                                   "--partition", "iid", "--seed", "1",
                                   part ? NULL : "--share-feature-stats", NULL);
-    cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
-    cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
-    cr_assert(fl_test_sanitizer_clean(slog) && fl_test_sanitizer_clean(clog));
+    part_done(s, c, slog, clog);
     char *spec;
     uint64_t id;
     float *w;
@@ -545,10 +557,7 @@ Test(predict, keep_best_survives_a_restart, .timeout = 600) {
   size_t kept_len = 0;
   for (int part = 0; part < 2; part++) {
     char slog_name[32], clog_name[32];
-    snprintf(slog_name, sizeof slog_name, "server%d.log", part);
-    snprintf(clog_name, sizeof clog_name, "clients%d.log", part);
-    fl_test_fed_path(&f, slog_name, slog, sizeof slog);
-    fl_test_fed_path(&f, clog_name, clog, sizeof clog);
+    part_logs(&f, part, slog_name, clog_name, sizeof slog_name, slog, clog, sizeof slog);
     pid_t s = fl_test_fed_server(&f, slog_name, "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
                                  "--rounds", part ? "4" : "3", "--clients-per-round", "2",
                                  "--min-clients", "2", "--test-data", test, "--checkpoint", ckpt,
@@ -556,9 +565,7 @@ Test(predict, keep_best_survives_a_restart, .timeout = 600) {
                                  "--max-update-norm", "0", part ? "--resume" : NULL, NULL);
     pid_t c = fl_test_fed_clients(&f, clog_name, "--clients", "2", "--data", train,
                                   "--partition", "iid", "--seed", "1", NULL);
-    cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
-    cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
-    cr_assert(fl_test_sanitizer_clean(slog) && fl_test_sanitizer_clean(clog));
+    part_done(s, c, slog, clog);
     if (!part) cr_assert_not_null(kept = fl_test_read_file(best, &kept_len), "no %s", best);
   }
   double loss[5], low = INFINITY;

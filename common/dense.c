@@ -7,8 +7,8 @@
  * over the whole batch, computed by rows of w (param_grad), so several threads each take
  * their own rows with no sum across threads; with plain SGD that product writes straight
  * into the weights (alpha -lr, beta 1 - lr wd), and with momentum into the momentum
- * (beta = momentum), so the gradient is never stored and the optimizer's pass streams
- * less.  Other optimizers take the gradient rows to fl__step_apply at once. */
+ * (kept scaled by the momentum, so beta 1), so the gradient is never stored and the
+ * optimizer's pass streams less.  Other optimizers take the gradient rows to fl__step_apply at once. */
 #include <cblas.h>
 #include <stdio.h>
 #include <string.h>
@@ -80,13 +80,15 @@ static int dense_param_grad(const fl__layer *l, const fl__pass *p, uint32_t r0, 
     return 1;
   }
   if (s && s->kind == FL__MOMENTUM && !s->prox_ref) {
-    /* m = momentum m + dy^T x straight from the product (beta = momentum), so the weight
-     * gradient is never stored; then m += wd w; w -= lr m.  The same operations as
-     * fl__step_apply's momentum, in the same order: the same bits. */
+    /* m = momentum m + dy^T x straight from the product, so the weight gradient is never
+     * stored; then m += wd w; w -= lr m.  These rows of m are kept multiplied by the
+     * momentum between steps (by the finish: zero at the start of a run, and read by
+     * nothing else), so the product adds with beta 1 and OpenBLAS makes no scaling pass.
+     * The same operations as fl__step_apply's momentum, in the same order: the same bits. */
     float *m = s->m + l->w_off + (size_t)r0 * in, *w = p->params + l->w_off + (size_t)r0 * in;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, 1.0f, p->dy + r0, out,
-                p->x, in, s->mom, m, in);
-    fl__momentum_finish(w, m, s->lr, s->wd, (size_t)rows * in);
+                p->x, in, 1.0f, m, in);
+    fl__momentum_finish(w, m, s->lr, s->wd, s->mom, (size_t)rows * in);
     fl__step_apply(s, p->params, db + r0, l->b_off + r0, r1 - r0);
     return 1;
   }

@@ -217,8 +217,9 @@ void fl__step_init(fl__step *s, const struct fl_train_config *cfg, float *m, flo
 /* Updates w[off, off+n) (and the optimizer state at the same offsets) from their
  * gradient g [n], which it then zeroes if s->zero_grad. */
 void fl__step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n);
-/* The rest of a momentum step once m [n] holds momentum m + g: m += wd w; w -= lr m. */
-void fl__momentum_finish(float *w, float *m, float lr, float wd, size_t n);
+/* The rest of a momentum step once m [n] holds (momentum m) + g: m += wd w; w -= lr m;
+ * and m left multiplied by the momentum for the next step's product (beta 1). */
+void fl__momentum_finish(float *w, float *m, float lr, float wd, float mom, size_t n);
 /* g[i] += mu (w[i] - ref[i]) over [off, off+n). */
 void fl__prox_add(float *g, const float *w, const float *ref, float mu, size_t off, size_t n);
 /* The factor that brings the norm of g [n] down to clip (1 when below; NaN when the norm

@@ -145,12 +145,18 @@ static void step_apply(const fl__step *s, float *w, float *g, size_t off, size_t
   }
 }
 
+/* m [n] holds momentum m + g (the product added the gradient to the momentum the last
+ * call left scaled): m += wd w; w -= lr m; then m is left as momentum m, the product's
+ * next beta of 1 (OpenBLAS scales C in a pass of its own for any other beta).  The same
+ * roundings as OpenBLAS's beta scaling (one product, c = beta c) and as
+ * fl__step_apply's momentum: the same bits. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 static void momentum_finish(float *restrict w, float *restrict m, float lr, float wd,
-                            size_t n) {
+                            float mom, size_t n) {
   for (size_t i = 0; i < n; i++) { /* wd w even when wd is 0: the sign of a zero m */
-    m[i] += wd * w[i];
-    w[i] -= lr * m[i];
+    float mi = m[i] + wd * w[i];
+    w[i] -= lr * mi;
+    m[i] = mom * mi;
   }
 }
 
@@ -159,8 +165,8 @@ void fl__step_apply(const fl__step *s, float *w, float *g, size_t off, size_t n)
   step_apply(s, w, g, off, n);
 }
 
-void fl__momentum_finish(float *w, float *m, float lr, float wd, size_t n) {
-  momentum_finish(w, m, lr, wd, n);
+void fl__momentum_finish(float *w, float *m, float lr, float wd, float mom, size_t n) {
+  momentum_finish(w, m, lr, wd, mom, n);
 }
 
 void fl__prox_add(float *g, const float *w, const float *ref, float mu, size_t off, size_t n) {

@@ -242,3 +242,61 @@ Test(layers, local_tensors_are_the_batchnorm_layers) {
   free(a), free(b), free(loc);
   fl_model_free(m);
 }
+
+/* pool:2 forward and backward against the definition, bit for bit: the window's first
+ * maximum in the order (0,0) (0,1) (1,0) (1,1), with the same comparisons (a NaN where
+ * the window starts is kept, a later NaN never wins, -0 and +0 keep the first), of
+ * max(x, 0) when the ReLU before it is folded in (relu_in); dx the output gradient at
+ * each window's winner (none where the folded ReLU's output is 0), 0 elsewhere, the
+ * trailing odd row and column included.  Values from a few levels, so windows tie. */
+static void check_maxpool(int C, int H, int W, int relu_in) {
+  enum { B = 3 };
+  char spec[96];
+  snprintf(spec, sizeof spec, "in:%dx%dx%d pool:2 dense:2 softmax", C, H, W);
+  fl_model *m = create(spec);
+  const fl__layer *l = &m->layers[0];
+  int OH = H / 2, OW = W / 2;
+  size_t n = (size_t)B * C * H * W, on = (size_t)B * C * OH * OW;
+  fl_rng r;
+  fl_rng_seed(&r, (uint64_t)(H * 131 + W * 7 + relu_in));
+  float *x = malloc(n * sizeof *x), *y = malloc(on * sizeof *y), *dy = randn(on, &r);
+  float *dx = malloc(n * sizeof *dx);
+  static const float levels[] = {-1.0f, -0.0f, 0.0f, 0.5f, 1.0f, 2.0f, NAN};
+  for (size_t i = 0; i < n; i++) x[i] = levels[fl_rng_below(&r, 7)];
+  for (size_t i = 0; i < n; i++) dx[i] = 99.0f; /* every element must be written */
+  int32_t *arg = calloc(on + 1, sizeof *arg);
+  fl__pass p = {.B = B, .batch = B, .training = 1, .x = x, .y = y, .aux = arg, .dy = dy,
+                .dx = dx, .relu_in = relu_in, .c0 = 0, .c1 = 0};
+  l->ops->forward(l, &p);
+  l->ops->backward(l, &p);
+  float *want_dx = calloc(n, sizeof *want_dx);
+  for (int bc = 0; bc < B * C; bc++)
+    for (int oy = 0; oy < OH; oy++)
+      for (int ox = 0; ox < OW; ox++) {
+        size_t i0 = ((size_t)bc * H + 2 * oy) * W + 2 * ox, at[4] = {i0, i0 + 1, i0 + W, i0 + W + 1};
+        float v[4];
+        for (int k = 0; k < 4; k++) v[k] = relu_in ? (x[at[k]] > 0.0f ? x[at[k]] : 0.0f) : x[at[k]];
+        float top = v[1] > v[0] ? v[1] : v[0], bot = v[3] > v[2] ? v[3] : v[2];
+        size_t itop = v[1] > v[0] ? at[1] : at[0], ibot = v[3] > v[2] ? at[3] : at[2];
+        float want = bot > top ? bot : top;
+        size_t win = bot > top ? ibot : itop, o = ((size_t)bc * OH + oy) * OW + ox;
+        cr_assert(memcmp(&y[o], &want, sizeof want) == 0,
+                  "%s relu_in %d: y[%zu] = %g, expected %g", spec, relu_in, o, (double)y[o],
+                  (double)want);
+        want_dx[win] = !relu_in || want > 0.0f ? dy[o] : 0.0f;
+      }
+  for (size_t i = 0; i < n; i++)
+    cr_assert(memcmp(&dx[i], &want_dx[i], sizeof *dx) == 0,
+              "%s relu_in %d: dx[%zu] = %g, expected %g", spec, relu_in, i, (double)dx[i],
+              (double)want_dx[i]);
+  free(x), free(y), free(dy), free(dx), free(arg), free(want_dx);
+  fl_model_free(m);
+}
+
+Test(layers, maxpool_matches_definition) {
+  static const int dims[][3] = {{1, 2, 2},  {2, 4, 6},   {1, 5, 7},   {3, 28, 28},
+                                {2, 14, 14}, {1, 3, 9},   {2, 7, 34},  {1, 9, 65},
+                                {1, 6, 17}, {2, 2, 40}};
+  for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+    for (int rl = 0; rl <= 1; rl++) check_maxpool(dims[i][0], dims[i][1], dims[i][2], rl);
+}

@@ -75,6 +75,7 @@ const fl_option server_options[] = {
   O("clip-norm", "train", FL_OPTT_DOUBLE, clip_norm, "0", "NORM", "local gradient-norm clipping (0 = off)", 0, 1e9),
   O("test-data", "eval", FL_OPTT_STR, test_data, NULL, "DATA", "server-side test data (e.g. fashion-mnist:test, a CSV, IMAGES,LABELS)", 0, 0),
   O("eval-every", "eval", FL_OPTT_INT, eval_every, "1", "N", "evaluate on the test data every N rounds (and after the last)", 1, 1e9),
+  O("eval-threads", "eval", FL_OPTT_INT, eval_threads, "0", "N", "threads evaluating the global model on the test data, each batch split over them (0 = one per core; the round waits for the evaluation)", 0, 256),
   O("fed-eval-every", "eval", FL_OPTT_INT, fed_eval_every, "0", "N", "federated evaluation on the clients every N rounds (0 = never)", 0, 1e9),
   O("fed-eval-timeout", "eval", FL_OPTT_DOUBLE, fed_eval_timeout, "120", "SECONDS", "time a federated evaluation waits", 0.01, 1e9),
   O("ca", "tls", FL_OPTT_STR, ca, "certs/out/ca.crt", "FILE", "CA certificate that signs client certificates", 0, 0),

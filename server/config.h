@@ -67,6 +67,7 @@ typedef struct server_config {
   /* [eval] */
   char *test_data;
   int eval_every;
+  int eval_threads;          /* evaluating on --test-data (0: one per core) */
   int fed_eval_every;
   double fed_eval_timeout;
   /* [tls] */

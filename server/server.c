@@ -221,12 +221,17 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
       goto fail;
     }
     s->have_test = 1;
-    s->eval_trainer = fl_trainer_create(s->model, 256);
+    /* the round waits for the evaluation, and the clients are idle meanwhile: all the
+     * cores asked for (OpenBLAS stays on one thread; the trainer's threads split it) */
+    s->eval_trainer = fl_trainer_create_threads(s->model, 256, cfg->eval_threads);
     if (!s->eval_trainer) {
       rc = FL_ENOMEM;
       snprintf(err, errlen, "out of memory for the evaluation workspace");
       goto fail;
     }
+    int et = fl_trainer_threads(s->eval_trainer);
+    fl_info("server", "--test-data %s: %zu samples, evaluated on %d thread%s", cfg->test_data,
+            s->test.n, et, et == 1 ? "" : "s");
   }
   s->first_round = 1;
   if (cfg->checkpoint) s->checkpoint = strdup(cfg->checkpoint);

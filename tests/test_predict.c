@@ -352,8 +352,9 @@ Test(predict, fl_train_fine_tunes_a_model_file, .timeout = 120) {
 
 /* After a federation on a binary task: the server's metrics carry the test AUC and the
  * clients' federated-evaluation AUC (weighted by their examples), fl-predict on the
- * model file the server wrote reports the test AUC the server logged, and --keep-best
- * test_auc kept the model of the round with the highest one. */
+ * model file the server wrote reports the test AUC the server logged (the server
+ * evaluating on two threads, fl-predict on one), and --keep-best test_auc kept the
+ * model of the round with the highest one. */
 Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 300) {
   fl_test_fed f;
   fl_test_fed_init(&f);
@@ -365,7 +366,7 @@ Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 3
   pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
                                "--rounds", "2", "--clients-per-round", "3", "--min-clients", "3",
                                "--fed-eval-every", "1", "--test-data", test, "--lr", "0.0005",
-                               "--keep-best", "test_auc", NULL);
+                               "--keep-best", "test_auc", "--eval-threads", "2", NULL);
   pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
                                 "--partition", "iid", "--seed", "1", NULL);
   char slog[700], clog[700];
@@ -386,8 +387,10 @@ Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 3
   free(line);
   cr_assert_gt(fl_test_count(slog, "federated eval loss"), 0);
   cr_assert_gt(fl_test_count(slog, " auc 0."), 0, "the round line names no AUC (%s)", slog);
+  cr_assert_eq(fl_test_count(slog, "300 samples, evaluated on 2 threads"), 1, "%s", slog);
 
-  snprintf(args, sizeof args, "--model %s --data %s --out %s/pred.csv", f.model, test, f.dir);
+  snprintf(args, sizeof args, "--model %s --data %s --out %s/pred.csv --threads 1", f.model,
+           test, f.dir);
   cr_assert_eq(run(f.dir, "fl-predict", args), 0);
   char *o = slurp(f.dir, "out.txt");
   cr_assert_lt(fabs(after(o, "auc ") - test_auc), 1e-4, "%s vs %g", o, test_auc);

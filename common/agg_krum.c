@@ -57,6 +57,29 @@ static int by_value(const void *x, const void *y) {
 }
 
 #define BLOCK 4096 /* coordinates per pass over the pairs: the k blocks stay in cache */
+#define LANES 16   /* partial sums of a distance, one vector of them with AVX-512 */
+
+/* |p - q|^2 over w coordinates: LANES running float sums, coordinate c into sum c mod
+ * LANES, then the sums and the tail in double in a fixed order.  The lanes are written
+ * out, so every clone (AVX-512, AVX2, SSE2) computes the same bits; a single running sum
+ * would be a chain of dependent additions the compiler may not reorder. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static double sq_dist(const float *restrict p, const float *restrict q, size_t w) {
+  float s[LANES] = {0};
+  size_t c = 0;
+  for (; c + LANES <= w; c += LANES)
+    for (int l = 0; l < LANES; l++) {
+      float t = p[c + l] - q[c + l];
+      s[l] += t * t;
+    }
+  double sum = 0;
+  for (int l = 0; l < LANES; l++) sum += s[l];
+  for (; c < w; c++) {
+    double t = (double)p[c] - q[c];
+    sum += t * t;
+  }
+  return sum;
+}
 
 /* d[i*k + j] = |delta_i - delta_j|^2. */
 static void distances(float *const *x, size_t k, size_t n, double *d) {
@@ -64,15 +87,7 @@ static void distances(float *const *x, size_t k, size_t n, double *d) {
   for (size_t b = 0; b < n; b += BLOCK) {
     size_t w = n - b < BLOCK ? n - b : BLOCK;
     for (size_t i = 0; i < k; i++)
-      for (size_t j = i + 1; j < k; j++) {
-        const float *p = x[i] + b, *q = x[j] + b;
-        float s = 0;
-        for (size_t c = 0; c < w; c++) {
-          float t = p[c] - q[c];
-          s += t * t;
-        }
-        d[i * k + j] += s;
-      }
+      for (size_t j = i + 1; j < k; j++) d[i * k + j] += sq_dist(x[i] + b, x[j] + b, w);
   }
   for (size_t i = 0; i < k; i++)
     for (size_t j = 0; j < i; j++) d[i * k + j] = d[j * k + i];

@@ -179,6 +179,74 @@ Test(strategy, krum_picks_the_cluster_and_multikrum_averages) {
   fl_strategy_free(s);
 }
 
+/* Krum's distances on long vectors (two blocks of 4096 coordinates and a tail that is not
+ * a multiple of the vector lanes) against the definition computed here in double: the
+ * same m updates chosen, their mean to the bit.  The coordinates fall in four parts: the
+ * second block, the upper half of every 16 in the first, the last 13 (past the last 16
+ * lanes) and the rest.  Updates 0-2 spread a little over all of them, 7 and 8 much, and
+ * update 3 + p as much as 7 but only in part p: a distance that missed any part would
+ * choose that update (checked by breaking each in turn). */
+Test(strategy, krum_on_long_vectors_matches_the_definition) {
+  enum { KN = 9, F = 2, M = 3, LEN = 2 * 4096 + 1037 };
+  static float v[KN][LEN];
+  fl_rng r;
+  fl_rng_seed(&r, 5);
+  size_t len[4] = {0};
+#define PART(c) ((c) >= LEN - 13 ? 2 : (c) >= 4096 && (c) < 8192 ? 0 : (c) < 4096 && (c) % 16 >= 8 ? 1 : 3)
+  for (int c = 0; c < LEN; c++) len[PART(c)]++;
+  for (int i = 0; i < KN; i++)
+    for (int c = 0; c < LEN; c++) {
+      int part = PART(c);
+      double spread = i < 3 ? (1.0 + 0.05 * i) / 4 : i < 7 ? (i - 3 == part ? 3.0 : 0.0) : 2.5;
+      double sc = sqrt(spread / (double)len[part]) * 1e2; /* spread: that part's share */
+      v[i][c] = (float)(0.5 + sc * (fl_rng_uniform(&r) - 0.5));
+    }
+#undef PART
+  double score[KN];
+  for (int i = 0; i < KN; i++) {
+    double d[KN];
+    int nd = 0;
+    for (int j = 0; j < KN; j++) {
+      if (j == i) continue;
+      double s2 = 0;
+      for (int c = 0; c < LEN; c++) s2 += ((double)v[i][c] - v[j][c]) * ((double)v[i][c] - v[j][c]);
+      d[nd++] = s2;
+    }
+    for (int a = 0; a < nd; a++) /* ascending */
+      for (int b = a + 1; b < nd; b++)
+        if (d[b] < d[a]) {
+          double t = d[a];
+          d[a] = d[b], d[b] = t;
+        }
+    score[i] = 0;
+    for (int a = 0; a < KN - F - 2; a++) score[i] += d[a];
+  }
+  int best[KN];
+  for (int i = 0; i < KN; i++) best[i] = i;
+  for (int a = 0; a < M; a++)
+    for (int b = a + 1; b < KN; b++)
+      if (score[best[b]] < score[best[a]]) {
+        int t = best[a];
+        best[a] = best[b], best[b] = t;
+      }
+  char spec[64];
+  snprintf(spec, sizeof spec, "krum:f=%d,m=%d", F, M);
+  fl_strategy *s = make(spec, LEN);
+  fl_update u[KN];
+  for (int i = 0; i < KN; i++) u[i] = owned(v[i], LEN, 1 + i);
+  fold(s, u, KN);
+  static float g[LEN];
+  finish(s, g);
+  for (int c = 0; c < LEN; c++) {
+    double want = 0;
+    for (int a = 0; a < M; a++) want += v[best[a]][c];
+    float w = (float)(want / M);
+    cr_assert(g[c] == w, "coordinate %d: %g, the mean of updates %d %d %d is %g", c,
+              (double)g[c], best[0], best[1], best[2], (double)w);
+  }
+  fl_strategy_free(s);
+}
+
 Test(strategy, krum_with_too_few_updates_fails_and_keeps_the_model) {
   float v[2] = {1, 1};
   fl_strategy *s = make("krum:f=2", 2);

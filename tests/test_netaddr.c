@@ -10,6 +10,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,33 @@ static int tcp_reaches(const struct sockaddr_storage *addr) {
   int r = connect(fd, (const struct sockaddr *)addr, len) == 0 ? 0 : errno;
   close(fd);
   return r;
+}
+
+/* GET / from the server at ip:port: the status code of the answer (0: none). */
+static int http_get(const char *ip, int port) {
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+  if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+  } else {
+    cr_assert_eq(inet_pton(AF_INET, ip, &a4->sin_addr), 1);
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  socklen_t len = ss.ss_family == AF_INET6 ? sizeof *a6 : sizeof *a4;
+  int code = 0;
+  if (fd >= 0 && connect(fd, (struct sockaddr *)&ss, len) == 0) {
+    const char req[] = "GET / HTTP/1.1\r\nHost: dualhost\r\nConnection: close\r\n\r\n";
+    char buf[64] = "";
+    if (write(fd, req, sizeof req - 1) == (ssize_t)(sizeof req - 1) && read(fd, buf, sizeof buf - 1) > 0)
+      sscanf(buf, "HTTP/1.%*d %d", &code);
+  }
+  if (fd >= 0) close(fd);
+  return code;
 }
 
 /* fl_listen_set_bind with what it logs (stderr) in log (malloc'd). */
@@ -126,18 +154,21 @@ Test(netaddr, a_numeric_address_is_taken_as_it_is, .timeout = 20) {
 }
 
 /* fl-server --listen dualhost:PORT: one client joins at [::1]:PORT, the other at
- * 127.0.0.1:PORT; the round needs both. */
+ * 127.0.0.1:PORT; the round needs both.  Its status page (--http dualhost:PORT)
+ * answers at both addresses too. */
 Test(netaddr, server_on_a_name_serves_each_address, .timeout = 120) {
   private_hosts();
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char listen[64], v6[64], v4[64];
+  char listen[64], v6[64], v4[64], http[64];
+  int http_port = fl_test_free_port();
   snprintf(listen, sizeof listen, "dualhost:%d", f.port);
+  snprintf(http, sizeof http, "dualhost:%d", http_port);
   snprintf(v6, sizeof v6, "[::1]:%d", f.port);
   snprintf(v4, sizeof v4, "127.0.0.1:%d", f.port);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--listen", listen, "--model", "logreg",
                                      "--rounds", "1", "--clients-per-round", "2",
-                                     "--min-clients", "2", NULL);
+                                     "--min-clients", "2", "--http", http, NULL);
   char slog[700];
   fl_test_fed_path(&f, "server.log", slog, sizeof slog);
   cr_assert_gt(s, 0, "no server (%s)", slog);
@@ -145,6 +176,9 @@ Test(netaddr, server_on_a_name_serves_each_address, .timeout = 120) {
   snprintf(want, sizeof want, "listening on dualhost port %d ([::1]:%d, 127.0.0.1:%d)", f.port,
            f.port, f.port);
   cr_assert_eq(fl_test_count(slog, want), 1, "%s lacks '%s'", slog, want);
+  /* The server waits for its two clients: the page is there until they come. */
+  cr_assert_eq(http_get("::1", http_port), 200, "no status page at [::1]:%d", http_port);
+  cr_assert_eq(http_get("127.0.0.1", http_port), 200, "no status page at 127.0.0.1:%d", http_port);
   pid_t c6 = fl_test_fed_clients(&f, "v6.log", "--server", v6, "--cert-index", "1", "--data",
                                  "fashion-mnist:train", "--max-samples", "200", NULL);
   pid_t c4 = fl_test_fed_clients(&f, "v4.log", "--server", v4, "--cert-index", "2", "--data",

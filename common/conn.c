@@ -12,7 +12,13 @@
  * Closing: a connection is marked CLOSING (no callback but on_close after that), its two
  * handles are uv_close()d, and when both close callbacks and any pending getaddrinfo
  * have come back, on_close runs and the memory is freed.  So a connection is never freed
- * under one of its own callbacks. */
+ * under one of its own callbacks.
+ *
+ * Connecting: a name may resolve to several addresses (::1 and 127.0.0.1).  They are
+ * tried in order; a failed one has its tcp handle closed and a fresh one made in the
+ * close callback (tcp_cycled) for the next, since libuv connects a handle only once.
+ * While that close is pending (tcp_cycling), close_handles leaves the tcp handle to
+ * tcp_cycled, which closes the replacement at once. */
 #include "conn.h"
 
 #include <mbedtls/error.h>
@@ -1028,7 +1034,6 @@ static void connect_failed(fl_conn *c, int status) {
   }
   fl_debug("conn", "%s: connect failed: %s; trying the next address of %s", c->addr,
            uv_strerror(status), c->target);
-  uv_read_stop((uv_stream_t *)&c->tcp);
   c->tcp_cycling = 1;
   uv_close((uv_handle_t *)&c->tcp, tcp_cycled);
 }
@@ -1142,7 +1147,6 @@ int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int 
   c->port = port;
   c->state = ST_RESOLVING;
   snprintf(c->addr, sizeof c->addr, "%s:%d", host, port);
-
   char service[16];
   snprintf(service, sizeof service, "%d", port);
   struct addrinfo hints;

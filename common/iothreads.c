@@ -3,7 +3,7 @@
  *
  * Why SO_REUSEPORT listeners rather than one acceptor handing sockets out: an accepted
  * socket then never changes loops, conn.c needs no way to adopt one mid-life (only
- * fl_listen_fd, to listen on a socket we bound), and accepting costs no extra hop.  The
+ * fl_listen_fds, to listen on sockets we bound), and accepting costs no extra hop.  The
  * kernel hashes connections over the listeners, so the spread is even only on average.
  *
  * Messages.  Each I/O thread has a command queue (control -> I/O) under its mutex, woken

@@ -12,7 +12,13 @@
  * Closing: a connection is marked CLOSING (no callback but on_close after that), its two
  * handles are uv_close()d, and when both close callbacks and any pending getaddrinfo
  * have come back, on_close runs and the memory is freed.  So a connection is never freed
- * under one of its own callbacks. */
+ * under one of its own callbacks.
+ *
+ * Connecting: a name may resolve to several addresses (::1 and 127.0.0.1).  They are
+ * tried in order; a failed one has its tcp handle closed and a fresh one made in the
+ * close callback (tcp_cycled) for the next, since libuv connects a handle only once.
+ * While that close is pending (tcp_cycling), close_handles leaves the tcp handle to
+ * tcp_cycled, which closes the replacement at once. */
 #include "conn.h"
 
 #include <mbedtls/error.h>
@@ -34,6 +40,7 @@
 #include "error.h"
 #include "frame.h"
 #include "log.h"
+#include "netaddr.h"
 #include "tls_internal.h"
 
 #define IN_CAP (64u * 1024)     /* ciphertext read buffer, allocated while in use */
@@ -81,6 +88,11 @@ struct fl_conn {
   int handles_closing, handles_closed, gai_pending;
   int above_high;      /* queue went above high_water; on_drain owed */
   int port;            /* connect: port to use once resolved */
+  char *target;        /* connect: "host:port" as asked, for the errors */
+  struct addrinfo *ai; /* connect: the resolved addresses, until one connects */
+  const struct addrinfo *ai_next; /* the next of them to try */
+  int tried;           /* addresses tried so far */
+  int tcp_cycling;     /* tcp is closing, to be replaced by a fresh handle for the next */
   int err;
   uint8_t *in;         /* ciphertext read from the socket, [in_off, in_len) unread */
   size_t in_off, in_len;
@@ -105,8 +117,8 @@ struct fl_conn {
   char reason[640];
 };
 
+/* One socket per address of the host listened on (netaddr.h), one port. */
 struct fl_listener {
-  uv_tcp_t tcp;
   hs_count *hs;
   pthread_mutex_t mu;        /* tls may be replaced from another thread */
   const fl_tls_config *tls;  /* a reference of the listener's */
@@ -114,6 +126,8 @@ struct fl_listener {
   fl_conn_callbacks cb;
   void *data;
   int port;
+  int n, open;               /* sockets; handles not yet closed */
+  uv_tcp_t tcp[];
 };
 
 typedef struct write_req {
@@ -168,6 +182,8 @@ static void finish(fl_conn *c) {
   fl_tls_config_free((fl_tls_config *)c->tls); /* the connection's reference */
   fl_frame_decoder_free(&c->dec);
   free(c->resume_key);
+  free(c->target);
+  uv_freeaddrinfo(c->ai);
   free(c->peer_names);
   free(c->in);
   free(c->pt);
@@ -185,7 +201,9 @@ static void handle_closed(uv_handle_t *h) {
 static void close_handles(fl_conn *c) {
   if (c->handles_closing) return;
   c->handles_closing = 1;
-  uv_close((uv_handle_t *)&c->tcp, handle_closed);
+  /* A handle closing to make way for the next address: its replacement is closed when
+   * it is made (tcp_cycled). */
+  if (!c->tcp_cycling) uv_close((uv_handle_t *)&c->tcp, handle_closed);
   uv_close((uv_handle_t *)&c->timer, handle_closed);
 }
 
@@ -276,8 +294,11 @@ static void timer_cb(uv_timer_t *t) {
   }
   if (c->state != ST_OPEN) {
     if (c->opt.handshake_timeout_ms && now - c->started >= c->opt.handshake_timeout_ms) {
-      fail(c, FL_ETIMEDOUT, "%s timed out after %u ms",
-           c->state == ST_HANDSHAKE ? "handshake" : "connect", c->opt.handshake_timeout_ms);
+      char tried[340] = "";
+      if (c->tried > 1 && c->state != ST_HANDSHAKE)
+        snprintf(tried, sizeof tried, " (%d addresses of %s tried)", c->tried, c->target);
+      fail(c, FL_ETIMEDOUT, "%s timed out after %u ms%s",
+           c->state == ST_HANDSHAKE ? "handshake" : "connect", c->opt.handshake_timeout_ms, tried);
       return;
     }
   } else {
@@ -734,21 +755,6 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 /* ---- creating connections ---- */
 
-static void format_addr(const struct sockaddr *sa, char *out, size_t n) {
-  char ip[64] = "?";
-  if (sa->sa_family == AF_INET) {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
-    uv_ip4_name(a, ip, sizeof ip);
-    snprintf(out, n, "%s:%d", ip, ntohs(a->sin_port));
-  } else if (sa->sa_family == AF_INET6) {
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
-    uv_ip6_name(a, ip, sizeof ip);
-    snprintf(out, n, "[%s]:%d", ip, ntohs(a->sin6_port));
-  } else {
-    snprintf(out, n, "?");
-  }
-}
-
 static fl_conn *conn_new(uv_loop_t *loop, const fl_tls_config *tls, const fl_conn_options *opt,
                          const fl_conn_callbacks *cb, void *data) {
   fl_conn *c = calloc(1, sizeof *c);
@@ -845,7 +851,7 @@ static void on_connection(uv_stream_t *server, int status) {
   struct sockaddr_storage ss;
   int len = sizeof ss;
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
-    format_addr((struct sockaddr *)&ss, c->addr, sizeof c->addr);
+    fl_addr_name((struct sockaddr *)&ss, c->addr, sizeof c->addr);
   uv_tcp_nodelay(&c->tcp, 1);
   r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
   if (r < 0) {
@@ -868,55 +874,20 @@ static void ignore_sigpipe(void) {
   }
 }
 
-int fl_listen_addr(const char *host, int port, struct sockaddr_storage *ss, int *len,
-                   char *err, size_t errlen) {
-  memset(ss, 0, sizeof *ss);
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) {
-    *len = (int)sizeof(struct sockaddr_in);
-    return 0;
-  }
-  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0) {
-    *len = (int)sizeof(struct sockaddr_in6);
-    return 0;
-  }
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  int r = getaddrinfo(host, NULL, &hints, &res);
-  if (r != 0 || !res) {
-    if (err && errlen)
-      snprintf(err, errlen, "cannot listen on '%s': %s", host,
-               r ? (r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r)) : "no address");
-    if (res) freeaddrinfo(res);
-    return FL_EINVAL;
-  }
-  size_t n = res->ai_addrlen < sizeof *ss ? res->ai_addrlen : sizeof *ss;
-  memcpy(ss, res->ai_addr, n);
-  *len = (int)n;
-  freeaddrinfo(res);
-  if (ss->ss_family == AF_INET) ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
-  else if (ss->ss_family == AF_INET6) ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
-  else {
-    if (err && errlen) snprintf(err, errlen, "cannot listen on '%s': not an IP address", host);
-    return FL_EINVAL;
-  }
-  return 0;
-}
-
 static void listener_closed(uv_handle_t *h) {
   fl_listener *l = h->data;
+  if (--l->open > 0) return;
   fl_tls_config_free((fl_tls_config *)l->tls);
   pthread_mutex_destroy(&l->mu);
   hs_unref(l->hs);
   free(l);
 }
 
-static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls,
+/* A listener on n sockets (the handles are initialized, not yet opened). */
+static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls, int n,
                                  const fl_conn_options *opt, const fl_conn_callbacks *cb,
                                  void *data) {
-  fl_listener *l = calloc(1, sizeof *l);
+  fl_listener *l = calloc(1, sizeof *l + (size_t)n * sizeof l->tcp[0]);
   if (!l) return NULL;
   l->hs = calloc(1, sizeof *l->hs);
   if (!l->hs) {
@@ -933,20 +904,51 @@ static fl_listener *listener_new(uv_loop_t *loop, const fl_tls_config *tls,
     fl_conn_options_default(&l->opt);
   if (cb) l->cb = *cb;
   l->data = data;
-  uv_tcp_init(loop, &l->tcp);
-  l->tcp.data = l;
+  l->n = l->open = n;
+  for (int i = 0; i < n; i++) {
+    uv_tcp_init(loop, &l->tcp[i]);
+    l->tcp[i].data = l;
+  }
   return l;
 }
 
-/* The bound socket starts listening; its port is read back (port 0 picks one). */
-static int listener_start(fl_listener *l) {
-  int r = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, on_connection);
-  if (r < 0) return r;
+void fl_listener_close(fl_listener *l) {
+  if (!l) return;
+  for (int i = 0; i < l->n; i++) uv_close((uv_handle_t *)&l->tcp[i], listener_closed);
+}
+
+int fl_listen_fds(uv_loop_t *loop, const fl_tls_config *tls, const uv_os_sock_t *fds, int n,
+                  const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
+                  fl_listener **out) {
+  *out = NULL;
+  int bad = !loop || !tls || !fds || n < 1 || !fl__tls_is_server(tls);
+  fl_listener *l = bad ? NULL : listener_new(loop, tls, n, opt, cb, data);
+  if (!l) {
+    for (int i = 0; fds && i < n; i++) close(fds[i]);
+    return bad ? FL_EINVAL : FL_ENOMEM;
+  }
+  ignore_sigpipe();
+  int r = 0, i = 0;
+  for (; i < n && r == 0; i++) { /* each handle owns its fd once opened */
+    r = uv_tcp_open(&l->tcp[i], fds[i]);
+    if (r < 0) close(fds[i]);
+  }
+  for (; i < n; i++) close(fds[i]);
+  for (i = 0; i < n && r == 0; i++) {
+    r = uv_listen((uv_stream_t *)&l->tcp[i], LISTEN_BACKLOG, on_connection);
+    if (r < 0) fl_error("conn", "cannot listen on socket %d: %s", (int)fds[i], uv_strerror(r));
+  }
+  if (r < 0) {
+    fl_listener_close(l);
+    return FL_ENET;
+  }
+  /* Every socket has the port (netaddr.h): the first says which (port 0 picked one). */
   struct sockaddr_storage ss;
   int len = sizeof ss;
-  uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len);
-  l->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                           : ((struct sockaddr_in *)&ss)->sin_port);
+  if (uv_tcp_getsockname(&l->tcp[0], (struct sockaddr *)&ss, &len) == 0)
+    l->port = fl_addr_port((struct sockaddr *)&ss);
+  fl_debug("conn", "listening on port %d (%d socket%s)", l->port, n, n == 1 ? "" : "s");
+  *out = l;
   return 0;
 }
 
@@ -956,57 +958,25 @@ int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int p
   *out = NULL;
   if (!loop || !tls || !host || port < 0 || port > 65535 || !fl__tls_is_server(tls))
     return FL_EINVAL;
-  ignore_sigpipe();
-  struct sockaddr_storage ss;
-  char why[300];
-  int sslen;
-  if (fl_listen_addr(host, port, &ss, &sslen, why, sizeof why) < 0) {
+  fl_listen_set set;
+  char why[1024];
+  int n = fl_listen_set_bind(&set, host, port, why, sizeof why);
+  if (n < 0) {
     fl_error("conn", "%s", why);
-    return FL_EINVAL;
+    return n;
   }
-  fl_listener *l = listener_new(loop, tls, opt, cb, data);
-  if (!l) return FL_ENOMEM;
-  int r = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
-  if (r == 0) r = listener_start(l);
-  if (r < 0) {
-    fl_error("conn", "cannot listen on %s port %d: %s", host, port, uv_strerror(r));
-    uv_close((uv_handle_t *)&l->tcp, listener_closed);
-    return FL_ENET;
-  }
-  fl_info("conn", "listening on %s port %d", host, l->port);
-  *out = l;
-  return 0;
-}
-
-int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
-                 const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
-                 fl_listener **out) {
-  *out = NULL;
-  if (!loop || !tls || fd < 0 || !fl__tls_is_server(tls)) return FL_EINVAL;
-  ignore_sigpipe();
-  fl_listener *l = listener_new(loop, tls, opt, cb, data);
-  if (!l) {
-    close(fd);
-    return FL_ENOMEM;
-  }
-  int r = uv_tcp_open(&l->tcp, fd);
-  if (r < 0) close(fd); /* not adopted: the handle does not own it */
-  if (r == 0) r = listener_start(l);
-  if (r < 0) {
-    fl_error("conn", "cannot listen on socket %d: %s", (int)fd, uv_strerror(r));
-    uv_close((uv_handle_t *)&l->tcp, listener_closed);
-    return FL_ENET;
-  }
-  fl_debug("conn", "listening on port %d (socket %d)", l->port, (int)fd);
-  *out = l;
+  int r = fl_listen_fds(loop, tls, set.fd, set.n, opt, cb, data, out);
+  if (r < 0) return r;
+  char names[512];
+  fl_listen_set_names(&set, names, sizeof names);
+  if (set.named)
+    fl_info("conn", "listening on %s port %d (%s)", host, set.port, names);
+  else
+    fl_info("conn", "listening on %s port %d", host, set.port);
   return 0;
 }
 
 int fl_listener_port(const fl_listener *l) { return l->port; }
-
-void fl_listener_close(fl_listener *l) {
-  if (l) uv_close((uv_handle_t *)&l->tcp, listener_closed);
-}
 
 void fl_listener_set_tls(fl_listener *l, const fl_tls_config *tls) {
   fl_tls_config_ref(tls);
@@ -1019,13 +989,65 @@ void fl_listener_set_tls(fl_listener *l, const fl_tls_config *tls) {
 
 const fl_tls_cert_ref *fl_conn_peer_cert(const fl_conn *c) { return &c->peer_cert; }
 
+static void connect_next(fl_conn *c);
+
+/* The next address worth trying (IPv4 or IPv6, not one tried already), or NULL. */
+static const struct addrinfo *next_addr(fl_conn *c) {
+  for (; c->ai_next; c->ai_next = c->ai_next->ai_next) {
+    const struct addrinfo *ai = c->ai_next;
+    if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+        ai->ai_addrlen > sizeof(struct sockaddr_storage))
+      continue;
+    int seen = 0;
+    for (const struct addrinfo *e = c->ai; e != ai && !seen; e = e->ai_next)
+      seen = e->ai_family == ai->ai_family && e->ai_addrlen == ai->ai_addrlen &&
+             fl_addr_same(e->ai_addr, ai->ai_addr);
+    if (!seen) return ai;
+  }
+  return NULL;
+}
+
+/* The fresh handle for the next address is there (or the connection is closing). */
+static void tcp_cycled(uv_handle_t *h) {
+  fl_conn *c = h->data;
+  c->tcp_cycling = 0;
+  uv_tcp_init(c->loop, &c->tcp);
+  c->tcp.data = c;
+  if (c->state != ST_CLOSING) {
+    connect_next(c);
+  } else if (c->handles_closing) { /* close_handles left this one to us */
+    uv_close((uv_handle_t *)&c->tcp, handle_closed);
+  }
+}
+
+/* The address being tried did not connect: on to the next one, on a fresh handle (libuv
+ * connects a handle once, and a socket whose connect failed cannot be used again); after
+ * the last, the connection fails saying how many were tried. */
+static void connect_failed(fl_conn *c, int status) {
+  if (!next_addr(c)) {
+    if (c->tried == 1)
+      fail(c, FL_ENET, "connect failed: %s", uv_strerror(status));
+    else
+      fail(c, FL_ENET, "connect failed: %d addresses of %s tried, the last: %s", c->tried,
+           c->target, uv_strerror(status));
+    return;
+  }
+  fl_debug("conn", "%s: connect failed: %s; trying the next address of %s", c->addr,
+           uv_strerror(status), c->target);
+  c->tcp_cycling = 1;
+  uv_close((uv_handle_t *)&c->tcp, tcp_cycled);
+}
+
 static void connect_cb(uv_connect_t *req, int status) {
   fl_conn *c = req->data;
   if (status == UV_ECANCELED || c->state == ST_CLOSING) return;
   if (status < 0) {
-    fail(c, FL_ENET, "connect failed: %s", uv_strerror(status));
+    connect_failed(c, status);
     return;
   }
+  uv_freeaddrinfo(c->ai); /* c->addr says which one it was */
+  c->ai = NULL;
+  c->ai_next = NULL;
   uv_tcp_nodelay(&c->tcp, 1);
   c->state = ST_HANDSHAKE;
   int r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
@@ -1034,6 +1056,42 @@ static void connect_cb(uv_connect_t *req, int status) {
     return;
   }
   drive(c);
+}
+
+/* Starts connecting the (fresh) handle to the next address (next_addr() is not NULL). */
+static void connect_next(fl_conn *c) {
+  const struct addrinfo *ai = next_addr(c);
+  c->ai_next = ai->ai_next;
+  c->tried++;
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+  fl_addr_set_port(&ss, c->port);
+  fl_addr_name((struct sockaddr *)&ss, c->addr, sizeof c->addr);
+  c->connect_req.data = c;
+  /* A fixed receive buffer is set before connecting: the window the SYN announces is then
+   * sized from it.  Shrunk afterwards, the buffer holds less than the window promised,
+   * and the kernel drops the peer's segments, the acknowledgements they carry included. */
+  if (c->opt.recv_buffer > 0) {
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), size = c->opt.recv_buffer;
+    if (fd < 0) { /* no such family here (IPv6): another address may do */
+      connect_failed(c, -errno);
+      return;
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) != 0) {
+      fail(c, FL_ENET, "cannot set the receive buffer to %d bytes: %s", size, strerror(errno));
+      close(fd);
+      return;
+    }
+    int r = uv_tcp_open(&c->tcp, fd); /* the handle owns fd from here */
+    if (r < 0) {
+      close(fd);
+      fail(c, FL_ENET, "cannot use the socket: %s", uv_strerror(r));
+      return;
+    }
+  }
+  int r = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss, connect_cb);
+  if (r < 0) connect_failed(c, r);
 }
 
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
@@ -1049,34 +1107,14 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
     uv_freeaddrinfo(res);
     return;
   }
-  struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  memcpy(&ss, res->ai_addr, res->ai_addrlen < sizeof ss ? res->ai_addrlen : sizeof ss);
-  uv_freeaddrinfo(res);
-  if (ss.ss_family == AF_INET) ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)c->port);
-  if (ss.ss_family == AF_INET6) ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)c->port);
-  format_addr((struct sockaddr *)&ss, c->addr, sizeof c->addr);
-  c->state = ST_CONNECTING;
-  c->connect_req.data = c;
-  /* A fixed receive buffer is set before connecting: the window the SYN announces is then
-   * sized from it.  Shrunk afterwards, the buffer holds less than the window promised,
-   * and the kernel drops the peer's segments, the acknowledgements they carry included. */
-  if (c->opt.recv_buffer > 0) {
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), size = c->opt.recv_buffer;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) != 0) {
-      fail(c, FL_ENET, "cannot set the receive buffer to %d bytes: %s", size, strerror(errno));
-      if (fd >= 0) close(fd);
-      return;
-    }
-    int r = uv_tcp_open(&c->tcp, fd); /* the handle owns fd from here */
-    if (r < 0) {
-      close(fd);
-      fail(c, FL_ENET, "cannot use the socket: %s", uv_strerror(r));
-      return;
-    }
+  c->ai = res; /* freed once connected, or with the connection */
+  c->ai_next = res;
+  if (!next_addr(c)) {
+    fail(c, FL_ENET, "cannot resolve %s: no IPv4 or IPv6 address", c->addr);
+    return;
   }
-  int r = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss, connect_cb);
-  if (r < 0) fail(c, FL_ENET, "connect failed: %s", uv_strerror(r));
+  c->state = ST_CONNECTING;
+  connect_next(c);
 }
 
 int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
@@ -1089,7 +1127,10 @@ int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int 
   fl_conn *c = conn_new(loop, tls, opt, cb, data);
   if (!c) return FL_ENOMEM;
   const char *name = fl__tls_server_name(tls);
-  if (mbedtls_ssl_set_hostname(&c->ssl, name ? name : host) != 0) {
+  char target[300];
+  snprintf(target, sizeof target, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+  c->target = strdup(target);
+  if (!c->target || mbedtls_ssl_set_hostname(&c->ssl, name ? name : host) != 0) {
     c->handles_closing = 1; /* never started: close quietly */
     c->state = ST_CLOSING;
     c->cb.on_close = NULL;

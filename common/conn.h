@@ -83,25 +83,20 @@ void fl_conn_options_default(fl_conn_options *o);
  * Returns the limit now in force (-1 if it cannot be read). */
 long fl_conn_raise_fd_limit(void);
 
-/* The address to listen on for host (an IPv4 or IPv6 address, or a host name, which is
- * resolved now, blocking: its first address, the one clients on this host would connect
- * to) and port, into ss (its length in *len).  0, or FL_EINVAL naming the host and why
- * it does not resolve in err. */
-int fl_listen_addr(const char *host, int port, struct sockaddr_storage *ss, int *len,
-                   char *err, size_t errlen);
-
-/* Server: listens on host:port ("0.0.0.0", "::", "127.0.0.1", a host name; port 0 = any) and
+/* Server: listens on host:port ("0.0.0.0", "::", "127.0.0.1", or a host name, resolved
+ * now, blocking: on every address it has, all on one port; see netaddr.h) and
  * handshakes every accepted connection; callbacks and data are given to each one.
- * The bound port is available from fl_listener_port(). */
+ * port 0 = any; the bound port is available from fl_listener_port(). */
 int fl_listen(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,
               const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
               fl_listener **out);
-/* Like fl_listen, on a socket the caller created and bound (not yet listening): lets
- * several loops accept on one port with SO_REUSEPORT (see iothreads.h).  The listener
- * owns fd from the call on, also when it fails (it is then closed). */
-int fl_listen_fd(uv_loop_t *loop, const fl_tls_config *tls, uv_os_sock_t fd,
-                 const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
-                 fl_listener **out);
+/* Like fl_listen, on n sockets the caller created and bound to one port (not yet
+ * listening): lets several loops accept on one port with SO_REUSEPORT (see
+ * iothreads.h).  The listener owns the fds from the call on, also when it fails (they
+ * are then closed). */
+int fl_listen_fds(uv_loop_t *loop, const fl_tls_config *tls, const uv_os_sock_t *fds, int n,
+                  const fl_conn_options *opt, const fl_conn_callbacks *cb, void *data,
+                  fl_listener **out);
 int fl_listener_port(const fl_listener *l);
 /* New connections accepted from now on use tls (a reload: renewed certificate, new CRL);
  * those already made keep theirs.  The listener takes a reference of tls and drops the
@@ -111,7 +106,11 @@ void fl_listener_set_tls(fl_listener *l, const fl_tls_config *tls);
 void fl_listener_close(fl_listener *l);
 
 /* Client: resolves and connects to host:port, then handshakes; callbacks as above (a
- * failed connect or handshake ends in on_close with an error).  *out is valid at once.
+ * failed connect or handshake ends in on_close with an error).  A name with several
+ * addresses (::1 and 127.0.0.1) has them tried in the resolver's order until one
+ * connects, each on a fresh socket, all within handshake_timeout_ms; the error after
+ * the last says how many were tried.  fl_conn_peer_addr() is the address connected to
+ * (while connecting, the one being tried).  *out is valid at once.
  * The server certificate must carry the config's server_name, or host when that is NULL.
  * Returns a negative FL_E* only for bad arguments or no memory (then no callback). */
 int fl_connect(uv_loop_t *loop, const fl_tls_config *tls, const char *host, int port,

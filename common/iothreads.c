@@ -3,7 +3,7 @@
  *
  * Why SO_REUSEPORT listeners rather than one acceptor handing sockets out: an accepted
  * socket then never changes loops, conn.c needs no way to adopt one mid-life (only
- * fl_listen_fd, to listen on a socket we bound), and accepting costs no extra hop.  The
+ * fl_listen_fds, to listen on sockets we bound), and accepting costs no extra hop.  The
  * kernel hashes connections over the listeners, so the spread is even only on average.
  *
  * Messages.  Each I/O thread has a command queue (control -> I/O) under its mutex, woken
@@ -39,6 +39,7 @@
 #include "error.h"
 #include "frame.h"
 #include "log.h"
+#include "netaddr.h"
 
 /* Inbound backpressure: a peer's socket is not read while this much waits for control. */
 #define RX_HIGH_FRAMES 4
@@ -613,38 +614,6 @@ int fl_peer_thread(const fl_peer *p) { return p->th->index; }
 
 /* ---- the io ---- */
 
-/* A socket bound to addr; with SO_REUSEPORT (reuseport), so that every I/O thread can
- * listen on the port. */
-static int bound_socket(const struct sockaddr *addr, socklen_t len, int reuseport, int *fd_out) {
-  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -errno;
-  int on = 1;
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
-      (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) ||
-      bind(fd, addr, len) != 0) {
-    int e = -errno;
-    close(fd);
-    return e;
-  }
-  *fd_out = fd;
-  return 0;
-}
-
-static void set_port(struct sockaddr_storage *ss, int port) {
-  if (ss->ss_family == AF_INET6)
-    ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
-  else
-    ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
-}
-
-static int get_port(int fd) {
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return -1;
-  return ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                        : ((struct sockaddr_in *)&ss)->sin_port);
-}
-
 /* Closes what thread_init made, on a thread that was never started. */
 static void thread_teardown(io_thread *th) {
   if (th->listener) fl_listener_close(th->listener);
@@ -655,13 +624,15 @@ static void thread_teardown(io_thread *th) {
   pthread_mutex_destroy(&th->mu);
 }
 
-static int thread_init(fl_io *io, int i, const fl_tls_config *tls, int fd) {
+/* Thread i's loop and its listener on fds (n sockets, one per address; owned from the
+ * call on). */
+static int thread_init(fl_io *io, int i, const fl_tls_config *tls, const int *fds, int n) {
   io_thread *th = &io->th[i];
   th->io = io;
   th->index = i;
   int r = uv_loop_init(&th->loop);
   if (r < 0) {
-    close(fd);
+    for (int k = 0; k < n; k++) close(fds[k]);
     return FL_ENOMEM;
   }
   th->loop.data = th;
@@ -670,7 +641,7 @@ static int thread_init(fl_io *io, int i, const fl_tls_config *tls, int fd) {
   th->wake.data = th;
   embed(&th->stop_listening, CMD_STOP_LISTENING, NULL);
   embed(&th->stop, CMD_STOP, NULL);
-  r = fl_listen_fd(&th->loop, tls, fd, &io->opt, &io_conn_cb, th, &th->listener);
+  r = fl_listen_fds(&th->loop, tls, fds, n, &io->opt, &io_conn_cb, th, &th->listener);
   if (r < 0) {
     thread_teardown(th);
     return r;
@@ -688,14 +659,18 @@ int fl_io_listen(uv_loop_t *control, int threads, const fl_tls_config *tls, cons
   if (threads <= 0) threads = (int)uv_available_parallelism();
   if (threads < 1) threads = 1;
   if (threads > MAX_THREADS) threads = MAX_THREADS;
-  struct sockaddr_storage ss;
-  char why[300];
-  int len;
-  if (fl_listen_addr(host, port, &ss, &len, why, sizeof why) < 0) {
+  /* SO_REUSEPORT would let us share the port with a listener of another process (of the
+   * same user) that set it too: a plain bind of every address first keeps "address in
+   * use" an error.  It also picks the port when port is 0, and finds the addresses of a
+   * name that this host has; the threads' sockets then bind to those, on that port. */
+  fl_listen_set set;
+  char why[1024];
+  int rc = fl_listen_set_bind(&set, host, port, why, sizeof why);
+  if (rc < 0) {
     fl_error("iothreads", "%s", why);
-    return FL_EINVAL;
+    return rc;
   }
-  socklen_t sslen = (socklen_t)len;
+  fl_listen_set_close(&set);
 
   fl_io *io = calloc(1, sizeof *io + (size_t)threads * sizeof(io_thread));
   if (!io) return FL_ENOMEM;
@@ -720,26 +695,23 @@ int fl_io_listen(uv_loop_t *control, int threads, const fl_tls_config *tls, cons
     io->opt.heartbeat = hb;
   }
 
-  /* SO_REUSEPORT would let us share the port with a listener of another process (of the
-   * same user) that set it too: a plain bind first keeps "address in use" an error.  It
-   * also picks the port when port is 0; the threads' sockets then bind to that. */
-  int fd = -1;
-  int r = bound_socket((struct sockaddr *)&ss, sslen, 0, &fd);
-  if (r == 0) {
-    io->port = get_port(fd);
-    set_port(&ss, io->port);
-    close(fd);
-  }
-  int rc = 0, n = 0;
-  for (; r == 0 && n < threads; n++) {
-    r = bound_socket((struct sockaddr *)&ss, sslen, 1, &fd);
-    if (r < 0) break;
-    rc = thread_init(io, n, tls, fd);
+  io->port = set.port;
+  int r = 0, n = 0;
+  rc = 0;
+  for (; n < threads; n++) {
+    int fds[FL_LISTEN_MAX_ADDRS], k = 0;
+    for (; k < set.n && (r = fl_listen_set_again(&set, k, &fds[k])) == 0; k++) {}
+    if (r < 0) {
+      char name[80];
+      fl_addr_name((struct sockaddr *)&set.addr[k], name, sizeof name);
+      fl_error("iothreads", "cannot listen on %s port %d: %s: %s", host, io->port, name,
+               uv_strerror(r));
+      while (k > 0) close(fds[--k]);
+      rc = FL_ENET;
+      break;
+    }
+    rc = thread_init(io, n, tls, fds, set.n);
     if (rc < 0) break;
-  }
-  if (r < 0) {
-    fl_error("iothreads", "cannot listen on %s port %d: %s", host, port, uv_strerror(r));
-    rc = FL_ENET;
   }
   if (rc < 0) {
     for (int i = 0; i < n; i++) thread_teardown(&io->th[i]);
@@ -762,8 +734,13 @@ int fl_io_listen(uv_loop_t *control, int threads, const fl_tls_config *tls, cons
     }
     io->th[i].started = 1;
   }
-  fl_info("iothreads", "listening on %s port %d with %d I/O thread%s", host, io->port, threads,
-          threads == 1 ? "" : "s");
+  char names[512] = "", list[500];
+  if (set.named) { /* which addresses the name stood for */
+    fl_listen_set_names(&set, list, sizeof list);
+    snprintf(names, sizeof names, " (%s)", list);
+  }
+  fl_info("iothreads", "listening on %s port %d%s with %d I/O thread%s", host, io->port, names,
+          threads, threads == 1 ? "" : "s");
   *out = io;
   return 0;
 }

@@ -57,7 +57,8 @@ typedef struct fl_peer_callbacks {
 } fl_peer_callbacks;
 
 /* Starts `threads` I/O threads (<= 0: one per core, uv_available_parallelism()), each
- * listening on host:port (port 0: one port picked by the kernel for all of them) with
+ * listening on host:port (a host name: on each of its addresses, netaddr.h; port 0: one
+ * port picked by the kernel for all of them) with
  * the connection options opt (NULL: defaults).  Callbacks run on `control`, which the
  * caller runs; data is each new peer's data until set.  The listeners and connections
  * hold references of tls (tls.h): the caller may free its own at any time.

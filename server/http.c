@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <microhttpd.h>
-#include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -16,11 +15,13 @@
 
 #include "error.h"
 #include "log.h"
+#include "netaddr.h"
 
 #define N_DOCS FL_HTTP_DOCS
 
 struct fl_http {
-  struct MHD_Daemon *d;
+  struct MHD_Daemon *d[FL_LISTEN_MAX_ADDRS]; /* one per address of the host (netaddr.h) */
+  int nd;
   uv_async_t async;          /* the HTTP thread asks the loop for fresh documents */
   int async_open;
   fl_http_build_cb build;
@@ -186,34 +187,42 @@ int fl_http_start(uv_loop_t *loop, const fl_http_options *o, fl_http **out, char
   h->async_open = 1;
   uv_unref((uv_handle_t *)&h->async); /* the loop ends with the run, whatever HTTP does */
 
-  struct addrinfo hints = {.ai_flags = AI_PASSIVE, .ai_socktype = SOCK_STREAM}, *ai = NULL;
-  char port[16];
-  snprintf(port, sizeof port, "%d", o->port);
-  int gai = getaddrinfo(o->host, port, &hints, &ai);
-  if (gai != 0 || !ai) {
-    snprintf(err, errlen, "--http: cannot resolve '%s': %s", o->host, gai_strerror(gai));
-    rc = FL_ECONFIG;
+  /* libmicrohttpd binds one address per daemon: a host name with several addresses
+   * gets a daemon on each.  Which of them this host has, and the port (0: picked), come
+   * from binding them as fl-server's own listeners do; the probe sockets are closed and
+   * each daemon binds its address again on that port. */
+  fl_listen_set set;
+  char why[1024];
+  int n = fl_listen_set_bind(&set, o->host, o->port, why, sizeof why);
+  if (n < 0) {
+    snprintf(err, errlen, "--http: %s", why);
+    rc = n == FL_EINVAL ? FL_ECONFIG : FL_EIO;
     goto fail;
   }
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
-  if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-  unsigned per_ip = o->max_connections / 4 ? o->max_connections / 4 : 1;
-  h->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, h,
-                          MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                          MHD_OPTION_CONNECTION_LIMIT, o->max_connections,
-                          MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
-                          MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s,
-                          MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)FL_HTTP_MEMORY,
-                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                          MHD_OPTION_END);
-  freeaddrinfo(ai);
-  if (!h->d) {
-    snprintf(err, errlen, "--http: cannot listen on %s:%d (in use, or not an address of this host)",
-             o->host, o->port);
-    goto fail;
+  fl_listen_set_close(&set);
+  unsigned conns = o->max_connections / (unsigned)n ? o->max_connections / (unsigned)n : 1;
+  unsigned per_ip = conns / 4 ? conns / 4 : 1;
+  for (int i = 0; i < n; i++) {
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    if (set.addr[i].ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    h->d[i] = MHD_start_daemon(flags, (uint16_t)set.port, NULL, NULL, on_request, h,
+                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&set.addr[i],
+                               MHD_OPTION_CONNECTION_LIMIT, conns,
+                               MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+                               MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s,
+                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)FL_HTTP_MEMORY,
+                               MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                               MHD_OPTION_END);
+    if (!h->d[i]) {
+      char name[80];
+      fl_addr_name((struct sockaddr *)&set.addr[i], name, sizeof name);
+      snprintf(err, errlen, "--http: cannot listen on %s:%d (%s: in use, or not an address of "
+               "this host)", o->host, o->port, name);
+      goto fail;
+    }
+    h->nd++;
   }
-  const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-  h->port = info ? info->port : o->port;
+  h->port = set.port;
   *out = h;
   return 0;
 fail:
@@ -233,8 +242,9 @@ static void on_closed(uv_handle_t *a) {
 
 void fl_http_free(fl_http *h) {
   if (!h) return;
-  if (h->d) MHD_stop_daemon(h->d); /* joins the HTTP thread: nothing sends on async after */
-  h->d = NULL;
+  for (int i = 0; i < h->nd; i++) MHD_stop_daemon(h->d[i]); /* joins its thread: nothing
+                                                             * sends on async after */
+  h->nd = 0;
   if (h->async_open) {
     uv_close((uv_handle_t *)&h->async, on_closed);
     return;

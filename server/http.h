@@ -15,7 +15,8 @@
  * have to follow; a thread with one mutex is simpler and keeps HTTP off the rounds.
  *
  * Limits (a peer cannot hold the endpoint): at most max_connections at once and a
- * quarter of them per address, FL_HTTP_MEMORY bytes of request per connection (larger
+ * quarter of them per address (a host name with several addresses has a daemon on each,
+ * and they share max_connections), FL_HTTP_MEMORY bytes of request per connection (larger
  * headers get 431), and a connection idle for timeout_s is closed.  Methods other than
  * GET and HEAD get 405, unknown paths 404, a request with a body 413.
  *
@@ -42,7 +43,8 @@ enum { FL_HTTP_METRICS, FL_HTTP_STATUS, FL_HTTP_DOCS };
 typedef int (*fl_http_build_cb)(void *arg, int doc, char **out, size_t *len);
 
 typedef struct fl_http_options {
-  const char *host;          /* numeric address or name to bind ("127.0.0.1", "::") */
+  const char *host;          /* numeric address or name to bind ("127.0.0.1", "::"); a
+                              * name: each of its addresses (netaddr.h) */
   int port;                  /* 0: any (fl_http_port says which) */
   unsigned max_connections;  /* at once, every peer together */
   unsigned timeout_s;        /* an idle connection is closed after this long */

@@ -733,3 +733,62 @@ Test(conn, loops_on_threads_share_configs, .timeout = 30) {
   fl_tls_config_free(cli);
   fl_tls_config_free(srv);
 }
+
+/* ---- names with several addresses ---- */
+
+/* "dualhost" resolves to ::1, then 127.0.0.1 (a private /etc/hosts: testutil.h), or the
+ * test skips saying why. */
+static void dual_hosts(void) {
+  char why[300], got[200];
+  if (fl_test_private_hosts("::1 dualhost\n127.0.0.1 dualhost\n", why, sizeof why) < 0)
+    cr_skip_test("%s", why);
+  fl_test_resolve("dualhost", got, sizeof got);
+  if (strcmp(got, "::1, 127.0.0.1") != 0)
+    cr_skip_test("dualhost resolves to '%s' here, not to ::1 then 127.0.0.1", got);
+}
+
+/* A server on 127.0.0.1 alone, a client given the name: ::1 refuses, 127.0.0.1 takes it
+ * (with the kernel's receive buffer, and with a fixed one: a fresh socket each time). */
+Test(conn, client_tries_each_address_of_a_name, .timeout = 20) {
+  dual_hosts();
+  test_ctx t;
+  ctx_init(&t, NULL, NULL);
+  t.mode = M_ECHO;
+  fl_tls_config *tls = client_tls("client-0001");
+  fl_conn_options fixed;
+  fl_conn_options_default(&fixed);
+  fixed.recv_buffer = 128 << 10;
+  for (int i = 0; i < 2; i++) {
+    peer *p = &t.cli[t.ncli++];
+    p->t = &t;
+    p->ping = 1;
+    t.cli_tls[t.ncli_tls++] = tls;
+    cr_assert_eq(fl_connect(&t.loop, tls, "dualhost", fl_listener_port(t.l), i ? &fixed : NULL,
+                            &cli_cb, p, &p->c), 0);
+    RUN_UNTIL(&t, p->closed || p->frames >= 3, 5000);
+    cr_assert(p->opened, "client %d: %s", i, p->reason);
+    cr_assert_geq(p->frames, 3);
+    cr_assert_eq(strncmp(fl_conn_peer_addr(p->c), "127.0.0.1:", 10), 0, "%s", fl_conn_peer_addr(p->c));
+  }
+  ctx_done(&t);
+}
+
+/* Every address refuses: the error names the name, how many were tried, the last error. */
+Test(conn, client_error_names_the_addresses_tried, .timeout = 20) {
+  dual_hosts();
+  test_ctx t;
+  ctx_init(&t, NULL, NULL);
+  int port = fl_test_free_port();
+  peer *p = &t.cli[t.ncli++];
+  p->t = &t;
+  t.cli_tls[t.ncli_tls++] = client_tls("client-0001");
+  cr_assert_eq(fl_connect(&t.loop, t.cli_tls[0], "dualhost", port, NULL, &cli_cb, p, &p->c), 0);
+  RUN_UNTIL(&t, p->closed, 5000);
+  cr_assert(p->closed);
+  cr_assert_eq(p->err, FL_ENET, "%s: %s", fl_err_name(p->err), p->reason);
+  char want[200];
+  snprintf(want, sizeof want, "connect failed: 2 addresses of dualhost:%d tried, the last: "
+           "connection refused", port);
+  cr_assert_str_eq(p->reason, want);
+  ctx_done(&t);
+}

@@ -3,14 +3,18 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <errno.h>
 #include <math.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -104,6 +108,53 @@ char *fl_test_tmpdir(void) {
   char tmpl[] = "/tmp/fl-test-XXXXXX";
   if (!mkdtemp(tmpl)) return NULL;
   return strdup(tmpl);
+}
+
+int fl_test_private_hosts(const char *lines, char *why, size_t whylen) {
+  if (geteuid() != 0) {
+    snprintf(why, whylen, "needs root: a private /etc/hosts is bind-mounted in a mount "
+             "namespace of the test's own");
+    return -1;
+  }
+  char *dir = fl_test_tmpdir();
+  if (!dir) {
+    snprintf(why, whylen, "no temporary directory: %s", strerror(errno));
+    return -1;
+  }
+  char path[600], cmd[1400];
+  snprintf(path, sizeof path, "%s/hosts", dir);
+  free(dir);
+  snprintf(cmd, sizeof cmd, "cat /etc/hosts > '%s' 2>/dev/null", path);
+  fl_test_system(cmd); /* no file of the machine's: only the lines given */
+  FILE *f = fopen(path, "a");
+  if (!f || fputs("\n", f) < 0 || fputs(lines, f) < 0 || fclose(f) != 0) {
+    snprintf(why, whylen, "cannot write %s", path);
+    return -1;
+  }
+  /* Private first: a bind mount in a namespace that shares its mounts with the
+   * machine's would replace the machine's /etc/hosts too. */
+  if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+      mount(path, "/etc/hosts", NULL, MS_BIND, NULL) != 0) {
+    snprintf(why, whylen, "no private mount namespace for /etc/hosts here: %s", strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+void fl_test_resolve(const char *host, char *out, size_t len) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+  size_t used = 0;
+  out[0] = '\0';
+  if (getaddrinfo(host, NULL, &hints, &res) != 0) return;
+  for (struct addrinfo *ai = res; ai && used + 1 < len; ai = ai->ai_next) {
+    char ip[INET6_ADDRSTRLEN] = "?";
+    const void *a = ai->ai_family == AF_INET6
+                        ? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
+                        : (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
+    inet_ntop(ai->ai_family, a, ip, sizeof ip);
+    used += (size_t)snprintf(out + used, len - used, "%s%s", used ? ", " : "", ip);
+  }
+  freeaddrinfo(res);
 }
 
 pid_t fl_test_spawn(const char *log, char *const argv[]) {

@@ -31,6 +31,17 @@ int fl_test_system(const char *cmd);
  * -1 if none could be found. */
 int fl_test_free_port(void);
 
+/* Gives this process, and what it starts from now on, an /etc/hosts of its own: the
+ * machine's, then lines ("::1 dualhost\n127.0.0.1 dualhost\n"), bind-mounted over
+ * /etc/hosts in a private mount namespace.  Host names then resolve as the test needs,
+ * and the machine's file is never touched.  Call it first in a test (Criterion runs each
+ * test in a process of its own; a thread started before keeps the machine's file).
+ * 0, or -1 with the reason in why (not root, no mount namespace): the test skips. */
+int fl_test_private_hosts(const char *lines, char *why, size_t whylen);
+/* The addresses getaddrinfo gives for host (as a client asks: any family, TCP), in its
+ * order, comma-separated ("::1, 127.0.0.1"); "" when it does not resolve. */
+void fl_test_resolve(const char *host, char *out, size_t len);
+
 /* FL_TEST_TIME_SCALE (default 1): deadlines in the suite are multiplied by it. */
 double fl_test_time_scale(void);
 

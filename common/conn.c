@@ -18,7 +18,9 @@
  * tried in order; a failed one has its tcp handle closed and a fresh one made in the
  * close callback (tcp_cycled) for the next, since libuv connects a handle only once.
  * While that close is pending (tcp_cycling), close_handles leaves the tcp handle to
- * tcp_cycled, which closes the replacement at once. */
+ * tcp_cycled, which closes the replacement at once.  An address that neither accepts
+ * nor refuses (its packets dropped on the way) gets an equal share of what is left of
+ * the handshake timeout, not all of it, so the next ones are still tried in time. */
 #include "conn.h"
 
 #include <mbedtls/error.h>
@@ -92,6 +94,7 @@ struct fl_conn {
   struct addrinfo *ai; /* connect: the resolved addresses, until one connects */
   const struct addrinfo *ai_next; /* the next of them to try */
   int tried;           /* addresses tried so far */
+  uint64_t attempt_end; /* when the address being tried gives way to the next (0: never) */
   int tcp_cycling;     /* tcp is closing, to be replaced by a fresh handle for the next */
   int err;
   uint8_t *in;         /* ciphertext read from the socket, [in_off, in_len) unread */
@@ -140,6 +143,7 @@ typedef struct write_req {
 
 static void timer_cb(uv_timer_t *t);
 static void process(fl_conn *c);
+static void connect_failed(fl_conn *c, int status);
 static int flush(fl_conn *c);
 
 void fl_conn_options_default(fl_conn_options *o) {
@@ -262,6 +266,8 @@ static void rearm(fl_conn *c) {
   if (c->need_process) next = now;
   if (c->state != ST_OPEN && c->opt.handshake_timeout_ms)
     consider(&next, c->started + c->opt.handshake_timeout_ms);
+  if (c->state == ST_CONNECTING && c->attempt_end && !c->tcp_cycling)
+    consider(&next, c->attempt_end);
   if (c->state == ST_OPEN) {
     if (c->opt.idle_timeout_ms && !c->paused) consider(&next, c->last_rx + c->opt.idle_timeout_ms);
     if (c->opt.heartbeat_interval_ms && c->opt.heartbeat)
@@ -293,6 +299,12 @@ static void timer_cb(uv_timer_t *t) {
     if (c->state == ST_CLOSING) return;
   }
   if (c->state != ST_OPEN) {
+    if (c->state == ST_CONNECTING && c->attempt_end && !c->tcp_cycling && now >= c->attempt_end &&
+        now - c->started < c->opt.handshake_timeout_ms) {
+      c->attempt_end = 0;
+      connect_failed(c, UV_ETIMEDOUT); /* on to the next address */
+      return;
+    }
     if (c->opt.handshake_timeout_ms && now - c->started >= c->opt.handshake_timeout_ms) {
       char tried[340] = "";
       if (c->tried > 1 && c->state != ST_HANDSHAKE)
@@ -991,10 +1003,10 @@ const fl_tls_cert_ref *fl_conn_peer_cert(const fl_conn *c) { return &c->peer_cer
 
 static void connect_next(fl_conn *c);
 
-/* The next address worth trying (IPv4 or IPv6, not one tried already), or NULL. */
-static const struct addrinfo *next_addr(fl_conn *c) {
-  for (; c->ai_next; c->ai_next = c->ai_next->ai_next) {
-    const struct addrinfo *ai = c->ai_next;
+/* The first address from `from` on worth trying (IPv4 or IPv6, not one listed before
+ * it), or NULL. */
+static const struct addrinfo *usable_from(const fl_conn *c, const struct addrinfo *from) {
+  for (const struct addrinfo *ai = from; ai; ai = ai->ai_next) {
     if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
         ai->ai_addrlen > sizeof(struct sockaddr_storage))
       continue;
@@ -1005,6 +1017,25 @@ static const struct addrinfo *next_addr(fl_conn *c) {
     if (!seen) return ai;
   }
   return NULL;
+}
+
+/* The next address worth trying, or NULL. */
+static const struct addrinfo *next_addr(fl_conn *c) {
+  c->ai_next = usable_from(c, c->ai_next);
+  return c->ai_next;
+}
+
+/* When the attempt starting now gives way to the next address: an equal share of what
+ * is left of the handshake timeout for it and each address after it; 0 (never) for the
+ * last, which the handshake timeout itself ends, or with no timeout. */
+static uint64_t attempt_end(const fl_conn *c) {
+  if (!c->opt.handshake_timeout_ms) return 0;
+  uint64_t now = uv_now(c->loop), end = c->started + c->opt.handshake_timeout_ms;
+  int left = 0; /* after this one */
+  for (const struct addrinfo *ai = usable_from(c, c->ai_next); ai; ai = usable_from(c, ai->ai_next))
+    left++;
+  if (!left || now >= end) return 0;
+  return now + (end - now) / (uint64_t)(left + 1);
 }
 
 /* The fresh handle for the next address is there (or the connection is closing). */
@@ -1063,6 +1094,7 @@ static void connect_next(fl_conn *c) {
   const struct addrinfo *ai = next_addr(c);
   c->ai_next = ai->ai_next;
   c->tried++;
+  c->attempt_end = attempt_end(c);
   struct sockaddr_storage ss;
   memset(&ss, 0, sizeof ss);
   memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
@@ -1091,7 +1123,10 @@ static void connect_next(fl_conn *c) {
     }
   }
   int r = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss, connect_cb);
-  if (r < 0) connect_failed(c, r);
+  if (r < 0)
+    connect_failed(c, r);
+  else
+    rearm(c); /* the attempt's end */
 }
 
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {

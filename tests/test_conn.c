@@ -792,3 +792,45 @@ Test(conn, client_error_names_the_addresses_tried, .timeout = 20) {
   cr_assert_str_eq(p->reason, want);
   ctx_done(&t);
 }
+
+/* The first address of the name drops the connection attempt instead of refusing it (a
+ * listener on [::1] at the server's port whose accept queue is full: the kernel drops
+ * further SYNs): the client gives it half the handshake timeout, not all of it, and
+ * connects to 127.0.0.1 within the rest. */
+Test(conn, client_moves_on_from_an_address_that_never_answers, .timeout = 60) {
+  dual_hosts();
+  test_ctx t;
+  ctx_init(&t, NULL, NULL);
+  t.mode = M_ECHO;
+  int port = fl_listener_port(t.l);
+  struct sockaddr_in6 a6;
+  memset(&a6, 0, sizeof a6);
+  a6.sin6_family = AF_INET6;
+  a6.sin6_port = htons((uint16_t)port);
+  a6.sin6_addr = in6addr_loopback;
+  int hole = socket(AF_INET6, SOCK_STREAM, 0), filler = socket(AF_INET6, SOCK_STREAM, 0);
+  cr_assert(hole >= 0 && filler >= 0);
+  cr_assert_eq(bind(hole, (struct sockaddr *)&a6, sizeof a6), 0, "bind [::1]:%d: %s", port,
+               strerror(errno));
+  cr_assert_eq(listen(hole, 0), 0);
+  /* one connection fills a queue of 0 (never accepted); the next SYN is dropped */
+  cr_assert_eq(connect(filler, (struct sockaddr *)&a6, sizeof a6), 0, "%s", strerror(errno));
+  fl_conn_options o;
+  fl_conn_options_default(&o);
+  o.handshake_timeout_ms = (unsigned)(8000 * fl_test_time_scale());
+  peer *p = &t.cli[t.ncli++];
+  p->t = &t;
+  p->ping = 1;
+  t.cli_tls[t.ncli_tls++] = client_tls("client-0001");
+  uint64_t t0 = uv_now(&t.loop);
+  cr_assert_eq(fl_connect(&t.loop, t.cli_tls[0], "dualhost", port, &o, &cli_cb, p, &p->c), 0);
+  RUN_UNTIL(&t, p->closed || p->frames >= 3, 30000);
+  cr_assert(p->opened, "not connected: %s", p->reason);
+  cr_assert_geq(p->frames, 3);
+  cr_assert_eq(strncmp(fl_conn_peer_addr(p->c), "127.0.0.1:", 10), 0, "%s", fl_conn_peer_addr(p->c));
+  /* [::1] had its share: half of the timeout, not less */
+  cr_assert_geq(uv_now(&t.loop) - t0, o.handshake_timeout_ms / 2);
+  close(filler);
+  close(hole);
+  ctx_done(&t);
+}

@@ -59,6 +59,17 @@
 #define CHUNKS_PER_THREAD 16
 #define CHUNK_GRAD_FLOATS ((size_t)16 << 20)
 
+/* With threads, a dense layer in training runs by rows over the whole batch (row_split,
+ * layers.h), each thread packing only its part of the weights.  A small one (at most
+ * SMALL_ROWS weights: 200x200, say) gains little from halving its products by rows (a
+ * throwaway instrumented build, `2nn` at batch 64: its row halves took 0.80-1.10 of the
+ * whole product's time, against 0.65-0.69 for the 784x200 layer's), while its two
+ * barriers cost more: it runs on each thread's samples instead, as the other layers do,
+ * when the step's chunks are one a thread anyway for it: in a model without a layer
+ * whose gradient is summed per chunk (a convolution's), whose many small chunks would
+ * cut the layer's products into slivers. */
+#define SMALL_ROWS ((size_t)1 << 16)
+
 typedef struct counter { size_t correct; char pad[64 - sizeof(size_t)]; } counter;
 
 struct fl_trainer {
@@ -74,6 +85,8 @@ struct fl_trainer {
                            * [s0, s0 + n) at row s0, packed at the layer's width */
   float **dedicated;      /* [nlayers]: a dout read across samples when T > 1, [max_batch][out_size] */
   char *skip;             /* [nlayers]: 1 for a ReLU the next layer does (takes_relu) */
+  char *by_rows;          /* [nlayers]: a row_split layer that runs by rows in training
+                           * (T > 1; see SMALL_ROWS) */
   float *keep;            /* head state [max_batch][out_dim] */
   float *loss;            /* per-sample loss of fl_trainer_grad [max_batch] */
   float *grad;            /* [num_trained] the gradient, all zero between steps (the step
@@ -149,13 +162,14 @@ fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int
   t->dout = calloc(nl ? nl : 1, sizeof *t->dout);
   t->dedicated = calloc(nl ? nl : 1, sizeof *t->dedicated);
   t->skip = calloc(nl ? nl : 1, 1);
+  t->by_rows = calloc(nl ? nl : 1, 1);
   t->cg_off = calloc(nl ? nl : 1, sizeof *t->cg_off);
   t->scratch = calloc((size_t)threads, sizeof *t->scratch);
   t->counts = calloc((size_t)threads, sizeof *t->counts);
   t->max_segs = 2 * m->nlayers + 2; /* forward: one before each whole-batch layer and the
                                      * last; backward: one per layer at most */
   t->next = calloc(2 * (size_t)t->max_segs, sizeof *t->next);
-  if (!t->act || !t->aux || !t->dout || !t->dedicated || !t->skip || !t->cg_off ||
+  if (!t->act || !t->aux || !t->dout || !t->dedicated || !t->skip || !t->by_rows || !t->cg_off ||
       !t->scratch || !t->counts || !t->next)
     goto fail;
   for (size_t i = 0; i + 1 < nl; i++)
@@ -174,6 +188,9 @@ fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int
     }
     if (l->b_len && !l->ops->param_grad) t->cg_off[i] = t->cg_len, t->cg_len += l->w_len + l->b_len;
   }
+  for (size_t i = 0; i < nl; i++)
+    t->by_rows[i] = threads > 1 && m->layers[i].ops->row_split &&
+                    !(t->cg_len == 0 && m->layers[i].w_len <= SMALL_ROWS);
   /* Layer i+1's backward reads dout[i+1] and writes dout[i]: alternate two buffers, in
    * which each chunk of samples has rows of its own (a thread may be a layer ahead of
    * another, on another chunk, writing rows of another width).  With threads, a dout that
@@ -235,6 +252,7 @@ void fl_trainer_free(fl_trainer *t) {
   free(t->dout);
   free(t->dedicated);
   free(t->skip);
+  free(t->by_rows);
   free(t->cg_off);
   free(t->cgrad);
   free(t->next);
@@ -352,7 +370,7 @@ static fl__pass layer_pass(const run *r, const slice *sl, int i, int whole) {
 /* Layer i runs over the whole batch, each thread a part of it (layers.h). */
 static int whole_batch(const run *r, int i) {
   const fl__layer_ops *ops = r->t->m->layers[i].ops;
-  return r->training && (ops->channel_split || (r->t->T > 1 && ops->row_split));
+  return r->training && (ops->channel_split || r->t->by_rows[i]);
 }
 
 /* A segment: what each chunk of the batch goes through between two barriers, in this

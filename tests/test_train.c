@@ -296,33 +296,40 @@ Test(train, threads_chunks_same_bits, .init = one_blas_thread, .timeout = 120) {
   fl_model_free(m);
 }
 
+/* A model of dense layers only, one above SMALL_ROWS weights (train.c: split by rows
+ * with threads) and two below (on each thread's samples). */
+#define DENSE_SPEC "in:144 dense:480 relu dense:64 tanh dense:4 softmax"
+
 /* The same thread count gives the same bits, run after run (batchnorm, dropout, conv
- * sums, the fused optimizer steps and the clipping pass included). */
+ * sums, dense layers by rows and by samples, the fused optimizer steps and the clipping
+ * pass included). */
 Test(train, threads_same_bits_every_run, .init = one_blas_thread, .timeout = 120) {
   fl_dataset d = synthetic(145, 144, 4, 6); /* the last batch of 16 has 1 sample: a thread
                                              * with none */
   fl_subset s = {&d, NULL, d.n};
-  fl_model *m = create(MIXED_SPEC);
-  size_t P = fl_model_num_params(m);
-  for (int T = 2; T <= 3; T++)
-    for (int clip = 0; clip < 2; clip++) {
-      job a = {m, &s, fl_train_config_default(), malloc(P * 4), 0}, b = a;
-      b.params = malloc(P * 4);
-      fl_optimizer_parse("adamw", &a.cfg);
-      a.cfg.lr = 1e-3f, a.cfg.batch_size = 16, a.cfg.epochs = 2, a.cfg.weight_decay = 0.01f;
-      a.cfg.clip_norm = clip ? 0.5f : 0.0f;
-      b.cfg = a.cfg;
-      job_threads = T;
-      run_job(&a);
-      run_job(&b);
-      job_threads = 1;
-      cr_assert_eq(a.rc, 0);
-      cr_assert_eq(b.rc, 0);
-      cr_assert_eq(memcmp(a.params, b.params, P * 4), 0, "%d threads, clip %d: runs differ", T,
-                   clip);
-      free(a.params), free(b.params);
-    }
-  fl_model_free(m);
+  for (int spec = 0; spec < 2; spec++) {
+    fl_model *m = create(spec ? DENSE_SPEC : MIXED_SPEC);
+    size_t P = fl_model_num_params(m);
+    for (int T = 2; T <= 3; T++)
+      for (int clip = 0; clip < 2; clip++) {
+        job a = {m, &s, fl_train_config_default(), malloc(P * 4), 0}, b = a;
+        b.params = malloc(P * 4);
+        fl_optimizer_parse("adamw", &a.cfg);
+        a.cfg.lr = 1e-3f, a.cfg.batch_size = 16, a.cfg.epochs = 2, a.cfg.weight_decay = 0.01f;
+        a.cfg.clip_norm = clip ? 0.5f : 0.0f;
+        b.cfg = a.cfg;
+        job_threads = T;
+        run_job(&a);
+        run_job(&b);
+        job_threads = 1;
+        cr_assert_eq(a.rc, 0);
+        cr_assert_eq(b.rc, 0);
+        cr_assert_eq(memcmp(a.params, b.params, P * 4), 0, "%s, %d threads, clip %d: runs differ",
+                     fl_model_spec(m), T, clip);
+        free(a.params), free(b.params);
+      }
+    fl_model_free(m);
+  }
   fl_dataset_free(&d);
 }
 
@@ -336,39 +343,42 @@ Test(train, threads_same_bits_every_run, .init = one_blas_thread, .timeout = 120
 Test(train, fused_steps_equal_separate_pass, .init = one_blas_thread, .timeout = 120) {
   fl_dataset d = synthetic(120, 144, 4, 8);
   fl_subset s = {&d, NULL, d.n};
-  fl_model *m = create(MIXED_SPEC);
-  size_t P = fl_model_num_params(m);
-  float *ref = malloc(P * 4);
-  fl_model_init(m, ref, 5);
-  static const struct { const char *opt; float lr, wd, prox; } cases[] = {
-      {"momentum", 0.02f, 0, 0},    {"momentum", 0.02f, 1e-3f, 0}, {"nesterov", 0.02f, 1e-3f, 0},
-      {"adam", 1e-3f, 0, 0},        {"adam", 1e-3f, 1e-2f, 0},     {"adamw", 1e-3f, 1e-2f, 0},
-      {"sgd", 0.05f, 1e-3f, 0.1f},  {"adam", 1e-3f, 0, 0.1f},      {"nesterov", 0.02f, 0, 0.1f},
-  };
-  for (int T = 1; T <= 2; T++)
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-      job a = {m, &s, fl_train_config_default(), malloc(P * 4), 0}, b = a;
-      b.params = malloc(P * 4);
-      fl_optimizer_parse(cases[c].opt, &a.cfg);
-      a.cfg.lr = cases[c].lr, a.cfg.weight_decay = cases[c].wd, a.cfg.prox_mu = cases[c].prox;
-      a.cfg.prox_ref = cases[c].prox > 0 ? ref : NULL;
-      a.cfg.batch_size = 9, a.cfg.epochs = 2; /* a short last batch */
-      b.cfg = a.cfg;
-      b.cfg.clip_norm = 1e30f;
-      job_threads = T;
-      run_job(&a);
-      run_job(&b);
-      job_threads = 1;
-      cr_assert_eq(a.rc, 0);
-      cr_assert_eq(b.rc, 0);
-      size_t differ = 0;
-      for (size_t i = 0; i < P; i++) differ += a.params[i] != b.params[i];
-      cr_assert_eq(differ, 0, "%s wd %g prox %g, %d threads: %zu of %zu weights differ",
-                   cases[c].opt, (double)cases[c].wd, (double)cases[c].prox, T, differ, P);
-      free(a.params), free(b.params);
-    }
-  free(ref);
-  fl_model_free(m);
+  for (int spec = 0; spec < 2; spec++) {
+    fl_model *m = create(spec ? DENSE_SPEC : MIXED_SPEC);
+    size_t P = fl_model_num_params(m);
+    float *ref = malloc(P * 4);
+    fl_model_init(m, ref, 5);
+    static const struct { const char *opt; float lr, wd, prox; } cases[] = {
+        {"momentum", 0.02f, 0, 0},    {"momentum", 0.02f, 1e-3f, 0}, {"nesterov", 0.02f, 1e-3f, 0},
+        {"adam", 1e-3f, 0, 0},        {"adam", 1e-3f, 1e-2f, 0},     {"adamw", 1e-3f, 1e-2f, 0},
+        {"sgd", 0.05f, 1e-3f, 0.1f},  {"adam", 1e-3f, 0, 0.1f},      {"nesterov", 0.02f, 0, 0.1f},
+    };
+    for (int T = 1; T <= 2; T++)
+      for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        job a = {m, &s, fl_train_config_default(), malloc(P * 4), 0}, b = a;
+        b.params = malloc(P * 4);
+        fl_optimizer_parse(cases[c].opt, &a.cfg);
+        a.cfg.lr = cases[c].lr, a.cfg.weight_decay = cases[c].wd, a.cfg.prox_mu = cases[c].prox;
+        a.cfg.prox_ref = cases[c].prox > 0 ? ref : NULL;
+        a.cfg.batch_size = 9, a.cfg.epochs = 2; /* a short last batch */
+        b.cfg = a.cfg;
+        b.cfg.clip_norm = 1e30f;
+        job_threads = T;
+        run_job(&a);
+        run_job(&b);
+        job_threads = 1;
+        cr_assert_eq(a.rc, 0);
+        cr_assert_eq(b.rc, 0);
+        size_t differ = 0;
+        for (size_t i = 0; i < P; i++) differ += a.params[i] != b.params[i];
+        cr_assert_eq(differ, 0, "%s: %s wd %g prox %g, %d threads: %zu of %zu weights differ",
+                     fl_model_spec(m), cases[c].opt, (double)cases[c].wd, (double)cases[c].prox,
+                     T, differ, P);
+        free(a.params), free(b.params);
+      }
+    free(ref);
+    fl_model_free(m);
+  }
   fl_dataset_free(&d);
 }
 

@@ -29,7 +29,8 @@
  *     after a barrier, param_grad for the same rows.  Each thread reads and packs only
  *     its part of the weights in every product, where a split of the samples would have
  *     every thread pack all of them (for a small layer at a small batch, the packing is
- *     a good part of the product).
+ *     a good part of the product).  A small one in a model without convolutions runs on
+ *     each thread's samples instead, param_grad still by rows (train.c, SMALL_ROWS).
  * With one thread all of this is the plain sequential pass (the batch is one chunk).
  * A forward and the backward of the same samples see the same cut (the same x, the same
  * aux), so aux may hold what is relative to the pass's samples (maxpool's offsets).
@@ -104,9 +105,9 @@ typedef struct fl__layer_ops {
   int (*param_grad)(const fl__layer *l, const fl__pass *p, uint32_t r0, uint32_t r1);
   int channel_split;  /* in training, runs over the whole batch by ranges of channels,
                        * which are its rows (b_len) */
-  int row_split;      /* in training with threads, runs over the whole batch: forward by
-                       * ranges of rows (c0, c1), backward by ranges of dx's columns (d0,
-                       * d1); needs param_grad */
+  int row_split;      /* in training with threads, may run over the whole batch (the
+                       * trainer decides): forward by ranges of rows (c0, c1), backward by
+                       * ranges of dx's columns (d0, d1); needs param_grad */
   int relu;           /* a layer before this one is initialised for a ReLU (He) */
   int is_relu;        /* the layer is y = x > 0 ? x : 0, element by element, and nothing
                        * else (no state, no buffers) */

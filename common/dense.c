@@ -8,7 +8,8 @@
  * their own rows with no sum across threads; with plain SGD that product writes straight
  * into the weights (alpha -lr, beta 1 - lr wd), and with momentum into the momentum
  * (kept scaled by the momentum, so beta 1), so the gradient is never stored and the
- * optimizer's pass streams less.  Other optimizers take the gradient rows to fl__step_apply at once. */
+ * optimizer's pass streams less.  Other optimizers take the gradient rows to
+ * fl__step_apply at once. */
 #include <cblas.h>
 #include <stdio.h>
 #include <string.h>
@@ -84,7 +85,9 @@ static int dense_param_grad(const fl__layer *l, const fl__pass *p, uint32_t r0, 
      * stored; then m += wd w; w -= lr m.  These rows of m are kept multiplied by the
      * momentum between steps (by the finish: zero at the start of a run, and read by
      * nothing else), so the product adds with beta 1 and OpenBLAS makes no scaling pass.
-     * The same operations as fl__step_apply's momentum, in the same order: the same bits. */
+     * The same operations as fl__step_apply's momentum, in the same order: the same bits
+     * with every kernel set (OpenBLAS's SkylakeX small-matrix kernel folds a beta other
+     * than 1 into the product with one rounding). */
     float *m = s->m + l->w_off + (size_t)r0 * in, *w = p->params + l->w_off + (size_t)r0 * in;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, in, B, 1.0f, p->dy + r0, out,
                 p->x, in, 1.0f, m, in);

@@ -147,9 +147,9 @@ static void step_apply(const fl__step *s, float *w, float *g, size_t off, size_t
 
 /* m [n] holds momentum m + g (the product added the gradient to the momentum the last
  * call left scaled): m += wd w; w -= lr m; then m is left as momentum m, the product's
- * next beta of 1 (OpenBLAS scales C in a pass of its own for any other beta).  The same
- * roundings as OpenBLAS's beta scaling (one product, c = beta c) and as
- * fl__step_apply's momentum: the same bits. */
+ * next beta of 1 (OpenBLAS scales C in a pass of its own for any other beta, or, in its
+ * SkylakeX small-matrix kernel, folds beta C into the product with one rounding).  The
+ * same roundings as fl__step_apply's momentum: the same bits. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 static void momentum_finish(float *restrict w, float *restrict m, float lr, float wd,
                             float mom, size_t n) {

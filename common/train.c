@@ -169,8 +169,8 @@ fl_trainer *fl_trainer_create_threads(const fl_model *m, uint32_t max_batch, int
   t->max_segs = 2 * m->nlayers + 2; /* forward: one before each whole-batch layer and the
                                      * last; backward: one per layer at most */
   t->next = calloc(2 * (size_t)t->max_segs, sizeof *t->next);
-  if (!t->act || !t->aux || !t->dout || !t->dedicated || !t->skip || !t->by_rows || !t->cg_off ||
-      !t->scratch || !t->counts || !t->next)
+  if (!t->act || !t->aux || !t->dout || !t->dedicated || !t->skip || !t->by_rows ||
+      !t->cg_off || !t->scratch || !t->counts || !t->next)
     goto fail;
   for (size_t i = 0; i + 1 < nl; i++)
     t->skip[i] = m->layers[i].ops->is_relu && m->layers[i + 1].ops->takes_relu &&

@@ -1028,7 +1028,7 @@ static const struct addrinfo *next_addr(fl_conn *c) {
 /* When the attempt starting now gives way to the next address: an equal share of what
  * is left of the handshake timeout for it and each address after it; 0 (never) for the
  * last, which the handshake timeout itself ends, or with no timeout. */
-static uint64_t attempt_end(const fl_conn *c) {
+static uint64_t attempt_deadline(const fl_conn *c) {
   if (!c->opt.handshake_timeout_ms) return 0;
   uint64_t now = uv_now(c->loop), end = c->started + c->opt.handshake_timeout_ms;
   int left = 0; /* after this one */
@@ -1094,7 +1094,7 @@ static void connect_next(fl_conn *c) {
   const struct addrinfo *ai = next_addr(c);
   c->ai_next = ai->ai_next;
   c->tried++;
-  c->attempt_end = attempt_end(c);
+  c->attempt_end = attempt_deadline(c);
   struct sockaddr_storage ss;
   memset(&ss, 0, sizeof ss);
   memcpy(&ss, ai->ai_addr, ai->ai_addrlen);

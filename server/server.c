@@ -226,7 +226,8 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
     s->eval_trainer = fl_trainer_create_threads(s->model, 256, cfg->eval_threads);
     if (!s->eval_trainer) {
       rc = FL_ENOMEM;
-      snprintf(err, errlen, "out of memory for the evaluation workspace");
+      snprintf(err, errlen, "--eval-threads %d: cannot start the evaluation's threads or "
+               "allocate its workspace", cfg->eval_threads);
       goto fail;
     }
     int et = fl_trainer_threads(s->eval_trainer);

@@ -31,16 +31,28 @@ static checkpoint sample(float *p, size_t n, uint8_t *state) {
   return c;
 }
 
-Test(checkpoint, round_trip_and_corruption) {
+/* A fresh directory (the caller frees it) and path the checkpoint's file in it. */
+static char *ckpt_path(char *path, size_t n) {
   char *dir = fl_test_tmpdir();
+  snprintf(path, n, "%s/run.ckpt", dir);
+  return dir;
+}
+
+/* c saved to path and read back into d. */
+static void save_load(const char *path, const checkpoint *c, checkpoint *d) {
+  char err[512];
+  cr_assert_eq(checkpoint_save(path, c, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(checkpoint_load(path, d, err, sizeof err), 0, "%s", err);
+}
+
+Test(checkpoint, round_trip_and_corruption) {
   char path[600], err[512];
-  snprintf(path, sizeof path, "%s/run.ckpt", dir);
+  char *dir = ckpt_path(path, sizeof path);
   float p[10];
   uint8_t st[3] = {9, 8, 7};
   checkpoint c = sample(p, 10, st), d;
   cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), FL_ENOENT);
-  cr_assert_eq(checkpoint_save(path, &c, err, sizeof err), 0, "%s", err);
-  cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), 0, "%s", err);
+  save_load(path, &c, &d);
   cr_assert_eq(d.rounds, 7);
   cr_assert_eq(d.model_version, 7);
   cr_assert_eq(d.metrics_len, 1234);
@@ -77,15 +89,13 @@ Test(checkpoint, round_trip_and_corruption) {
 /* A run's feature transform travels in the checkpoint's model image (version 2), and a
  * flipped byte in it is refused like any other. */
 Test(checkpoint, transform_round_trip) {
-  char *dir = fl_test_tmpdir();
   char path[600], err[512];
-  snprintf(path, sizeof path, "%s/run.ckpt", dir);
+  char *dir = ckpt_path(path, sizeof path);
   float p[10], mean[4] = {1, -2, 0.5f, 3}, sd[4] = {2, 1, 0.25f, 7};
   uint8_t st[3] = {9, 8, 7};
   checkpoint c = sample(p, 10, st), d;
   c.tf = (fl_transform){4, mean, sd};
-  cr_assert_eq(checkpoint_save(path, &c, err, sizeof err), 0, "%s", err);
-  cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), 0, "%s", err);
+  save_load(path, &c, &d);
   cr_assert_eq(d.tf.dim, 4);
   cr_assert_eq(memcmp(d.tf.mean, mean, sizeof mean), 0);
   cr_assert_eq(memcmp(d.tf.std, sd, sizeof sd), 0);
@@ -103,8 +113,7 @@ Test(checkpoint, transform_round_trip) {
   free(b);
   /* without one, dim 0 */
   c.tf = (fl_transform){0};
-  cr_assert_eq(checkpoint_save(path, &c, err, sizeof err), 0, "%s", err);
-  cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), 0, "%s", err);
+  save_load(path, &c, &d);
   cr_assert_eq(d.tf.dim, 0);
   checkpoint_free(&d);
   free(dir);
@@ -113,9 +122,8 @@ Test(checkpoint, transform_round_trip) {
 /* Versions 1 (before the privacy state) and 2 (before the best round) still read, with
  * none; a version from the future is refused by name. */
 Test(checkpoint, older_versions_still_read) {
-  char *dir = fl_test_tmpdir();
   char path[600], err[512];
-  snprintf(path, sizeof path, "%s/run.ckpt", dir);
+  char *dir = ckpt_path(path, sizeof path);
   float p[4];
   uint8_t st[3] = {9, 8, 7};
   checkpoint c = sample(p, 4, st), d;
@@ -158,15 +166,13 @@ Test(checkpoint, older_versions_still_read) {
 
 /* --keep-best's metric, round and value survive, to the bit. */
 Test(checkpoint, best_round_round_trip) {
-  char *dir = fl_test_tmpdir();
-  char path[600], err[512];
-  snprintf(path, sizeof path, "%s/run.ckpt", dir);
+  char path[600];
+  char *dir = ckpt_path(path, sizeof path);
   float p[4];
   uint8_t st[3] = {9, 8, 7};
   checkpoint c = sample(p, 4, st), d;
   c.best_metric = "test_accuracy", c.best_round = 5, c.best_value = 0.8746123456789;
-  cr_assert_eq(checkpoint_save(path, &c, err, sizeof err), 0, "%s", err);
-  cr_assert_eq(checkpoint_load(path, &d, err, sizeof err), 0, "%s", err);
+  save_load(path, &c, &d);
   cr_assert_str_eq(d.best_metric, "test_accuracy");
   cr_assert_eq(d.best_round, 5);
   cr_assert(d.best_value == c.best_value);

@@ -55,6 +55,16 @@ static void *run_job(void *arg) {
   return NULL;
 }
 
+/* Runs a and then b on trainers of T threads; both must succeed. */
+static void run_both(job *a, job *b, int T) {
+  job_threads = T;
+  run_job(a);
+  run_job(b);
+  job_threads = 1;
+  cr_assert_eq(a->rc, 0);
+  cr_assert_eq(b->rc, 0);
+}
+
 static fl_model *create(const char *spec) {
   fl_model *m = NULL;
   char err[256];
@@ -322,12 +332,7 @@ Test(train, threads_same_bits_every_run, .init = one_blas_thread, .timeout = 120
         a.cfg.lr = 1e-3f, a.cfg.batch_size = 16, a.cfg.epochs = 2, a.cfg.weight_decay = 0.01f;
         a.cfg.clip_norm = clip ? 0.5f : 0.0f;
         b.cfg = a.cfg;
-        job_threads = T;
-        run_job(&a);
-        run_job(&b);
-        job_threads = 1;
-        cr_assert_eq(a.rc, 0);
-        cr_assert_eq(b.rc, 0);
+        run_both(&a, &b, T);
         cr_assert_eq(memcmp(a.params, b.params, P * 4), 0, "%s, %d threads, clip %d: runs differ",
                      fl_model_spec(m), T, clip);
         free(a.params), free(b.params);
@@ -367,12 +372,7 @@ Test(train, fused_steps_equal_separate_pass, .init = one_blas_thread, .timeout =
         a.cfg.batch_size = 9, a.cfg.epochs = 2; /* a short last batch */
         b.cfg = a.cfg;
         b.cfg.clip_norm = 1e30f;
-        job_threads = T;
-        run_job(&a);
-        run_job(&b);
-        job_threads = 1;
-        cr_assert_eq(a.rc, 0);
-        cr_assert_eq(b.rc, 0);
+        run_both(&a, &b, T);
         size_t differ = 0;
         for (size_t i = 0; i < P; i++) differ += a.params[i] != b.params[i];
         cr_assert_eq(differ, 0, "%s: %s wd %g prox %g, %d threads: %zu of %zu weights differ",

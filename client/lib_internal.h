@@ -55,6 +55,8 @@ struct fl_client_task {
   fl_client_fit_config cfg;
   char optimizer[32];
   char *freeze;              /* cfg.freeze, owned */
+  uint64_t *frozen_at;       /* the server's frozen runs (TrainConfig.frozen_runs), owned */
+  fl_runs frozen;            /* frozen_at's: left out of a delta that is zero over them */
   flc_extra *extra;          /* [n_extra] the strategy's settings */
   size_t n_extra;
   float *global;             /* [n] the model as received (fit, evaluate); NULL after */

@@ -45,6 +45,7 @@ void flc__task_free(fl_client_task *t) {
   free(t->model);
   free(t->fmean);
   free(t->freeze);
+  free(t->frozen_at);
   free(t);
 }
 
@@ -144,6 +145,21 @@ static int check_model(fl_client *c, uint64_t model_id, uint64_t n, char *why, s
   return 0;
 }
 
+/* The frozen runs the server lets the delta leave out, checked: runs that are not the
+ * model's are left unused (the delta goes whole, which every server takes). */
+static void take_frozen_runs(fl_client *c, fl_client_task *t, const Fl__TrainConfig *k) {
+  char why[160];
+  if (!k->n_frozen_runs) return;
+  if (fl_runs_check(k->frozen_runs, k->n_frozen_runs, t->n, why, sizeof why) != 0) {
+    flc__log(c, FL_CLIENT_LOG_WARN, "round %" PRIu64 ": the server's frozen runs are not the "
+             "model's (%s); the update will be sent whole", t->round, why);
+    return;
+  }
+  if (!(t->frozen_at = malloc(k->n_frozen_runs * sizeof *t->frozen_at))) return;
+  memcpy(t->frozen_at, k->frozen_runs, k->n_frozen_runs * sizeof *t->frozen_at);
+  t->frozen = (fl_runs){t->frozen_at, k->n_frozen_runs / 2};
+}
+
 /* A new task's model is about to arrive; an unfinished earlier one is dropped. */
 static void begin_receive(fl_client *c, fl_client_task *t, int encoding) {
   if (c->rx) {
@@ -185,6 +201,7 @@ void flc__on_train_task(fl_client *c, const Fl__TrainTask *m) {
     t->cfg.lr = k->lr;
     snprintf(t->optimizer, sizeof t->optimizer, "%s", k->optimizer ? k->optimizer : "");
     if ((t->freeze = strdup(k->freeze ? k->freeze : ""))) t->cfg.freeze = t->freeze;
+    take_frozen_runs(c, t, k);
     t->cfg.momentum = k->momentum;
     t->cfg.weight_decay = k->weight_decay;
     t->cfg.prox_mu = k->prox_mu;
@@ -457,7 +474,7 @@ static int all_finite(const float *v, uint64_t n, uint64_t *bad) {
  * The residual is the client's, across rounds and reconnections (a model of another size
  * starts it over).  Encoding is deterministic for the seed, so the dry run here leaves
  * out exactly what the stream will. */
-static int feed_back(fl_client *c, fl_client_task *t, uint64_t seed) {
+static int feed_back(fl_client *c, fl_client_task *t, uint64_t seed, const fl_runs *skip) {
   if (c->uplink.enc == FL_ENC_FLOAT32 || c->uplink.enc == FL_ENC_FLOAT16) return 0;
   if (c->residual_n != t->n) {
     free(c->residual);
@@ -470,6 +487,10 @@ static int feed_back(fl_client *c, fl_client_task *t, uint64_t seed) {
   uint8_t *buf = malloc(c->chunk_bytes < 8 ? 8 : c->chunk_bytes);
   int rc = buf ? fl_encoder_init(&e, &c->uplink, t->params, t->n, c->chunk_bytes, seed) : FL_ENOMEM;
   fl_chunk ch;
+  if (rc == 0) { /* the server sees 0 where no chunk goes */
+    if (skip) fl_encoder_skip(&e, skip);
+    memset(c->residual, 0, t->n * sizeof *c->residual);
+  }
   while (rc == 0 && (rc = fl_encoder_next(&e, &ch, buf)) == 1) {
     fl_chunk_decode(&ch, c->residual); /* what the server will see ... */
     rc = 0;
@@ -577,14 +598,21 @@ static void answer(fl_client *c, fl_client_task *t) {
   /* A round aggregated securely: the secure aggregation masks and sends it (when the
    * shares it needs are in). */
   if (flc__secagg_take(c, t)) return;
-  /* The delta in this connection's encoding, with error feedback when it is lossy. */
+  /* The delta in this connection's encoding, with error feedback when it is lossy, and
+   * without the frozen parameters when the server offered and the delta leaves them at
+   * 0 (one that moves them goes whole, and the server refuses it by name). */
+  const fl_runs *skip = t->frozen.n && fl_runs_zero(&t->frozen, t->params) ? &t->frozen : NULL;
+  if (t->frozen.n && !skip)
+    flc__log(c, FL_CLIENT_LOG_WARN, "round %" PRIu64 ": the update changes frozen parameters "
+             "(--freeze %s); sending it whole", t->round, t->freeze ? t->freeze : "");
   uint64_t seed = update_seed(c, t);
-  if (feed_back(c, t, seed) != 0 ||
+  if (feed_back(c, t, seed, skip) != 0 ||
       fl_tensor_tx_init_codec(&t->tx, &c->uplink, t->params, t->n, c->chunk_bytes, seed) != 0) {
     fail_task(c, t, "out of memory for encoding the update");
     flc__task_free(t);
     return;
   }
+  if (skip) fl_tensor_tx_skip(&t->tx, skip);
   flc__send_update(c, t, c->uplink.enc);
 }
 
@@ -598,6 +626,7 @@ void flc__send_update(fl_client *c, fl_client_task *t, fl_enc enc) {
   u.num_examples = t->metrics.num_examples;
   u.metrics = &m;
   u.encoding = (Fl__Encoding)enc;
+  u.frozen_left_out = t->tx.enc.skip.n > 0;
   env.body_case = FL__ENVELOPE__BODY_UPDATE;
   env.update = &u;
   flc__log(c, FL_CLIENT_LOG_INFO,

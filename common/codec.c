@@ -202,6 +202,62 @@ uint64_t fl_codec_max_bytes(const fl_codec *c, uint64_t n) {
   return c->enc == FL_ENC_TOPK ? 8 * fl_codec_topk_count(c, n) : value_bytes(c->enc) * n;
 }
 
+/* ---- runs left out ---- */
+
+int fl_runs_check(const uint64_t *at, size_t n, uint64_t total, char *err, size_t errlen) {
+  if (n % 2)
+    return fl_errf(err, errlen, FL_EPROTO, "%zu run bounds, not start and end pairs", n);
+  uint64_t prev = 0;
+  for (size_t i = 0; i < n; i += 2) {
+    if (at[i] < prev || at[i] >= at[i + 1] || at[i + 1] > total)
+      return fl_errf(err, errlen, FL_EPROTO, "run [%llu, %llu) is empty, out of order or "
+                     "beyond the %llu values", (unsigned long long)at[i],
+                     (unsigned long long)at[i + 1], (unsigned long long)total);
+    prev = at[i + 1];
+  }
+  return 0;
+}
+
+int fl_runs_of_mask(const float *mask, uint64_t total, uint64_t **at, size_t *n) {
+  *at = NULL, *n = 0;
+  size_t runs = 0;
+  for (uint64_t i = 0; i < total; i++) runs += mask[i] != 0.0f && (i == 0 || mask[i - 1] == 0.0f);
+  if (!runs) return 0;
+  if (!(*at = malloc(2 * runs * sizeof **at))) return FL_ENOMEM;
+  for (uint64_t i = 0; i < total; i++) {
+    if (mask[i] == 0.0f) continue;
+    uint64_t j = i;
+    while (j < total && mask[j] != 0.0f) j++;
+    (*at)[2 * *n] = i, (*at)[2 * *n + 1] = j;
+    (*n)++;
+    i = j;
+  }
+  return 0;
+}
+
+int fl_runs_zero(const fl_runs *r, const float *x) {
+  for (size_t k = 0; k < r->n; k++)
+    for (uint64_t i = r->at[2 * k]; i < r->at[2 * k + 1]; i++)
+      if (x[i] != 0.0f) return 0;
+  return 1;
+}
+
+uint64_t fl_runs_end(const fl_runs *r, uint64_t total) {
+  uint64_t end = total;
+  for (size_t k = r->n; k > 0 && r->at[2 * k - 1] == end; k--) end = r->at[2 * k - 2];
+  return end;
+}
+
+/* Moves *at past the runs that hold it (*ri: the first run not behind it) and returns
+ * where the stretch of positions sent from *at ends: the next run's start, or total. */
+static uint64_t stretch(const fl_runs *r, size_t *ri, uint64_t *at, uint64_t total) {
+  while (*ri < r->n && r->at[2 * *ri] <= *at) {
+    if (r->at[2 * *ri + 1] > *at) *at = r->at[2 * *ri + 1];
+    (*ri)++;
+  }
+  return *ri < r->n ? r->at[2 * *ri] : total;
+}
+
 /* ---- encoding ---- */
 
 /* Puts the kth smallest of v[0..n) at v[kth] (quickselect, three-way partition). */
@@ -235,6 +291,8 @@ int fl_encoder_init(fl_encoder *e, const fl_codec *c, const float *x, uint64_t n
   e->c = *c;
   e->x = x;
   e->n = n;
+  e->stop = n;
+  e->empty = n == 0;
   e->chunk_bytes = chunk_bytes ? chunk_bytes : 1;
   fl_rng_seed2(&e->rng, seed, 0xc0dec);
   if (c->enc != FL_ENC_TOPK || n == 0) return 0;
@@ -278,17 +336,25 @@ static int encode_int8(fl_encoder *e, fl_chunk *out, uint8_t *buf, uint64_t off,
   return 0;
 }
 
+void fl_encoder_skip(fl_encoder *e, const fl_runs *r) {
+  e->skip = *r;
+  e->ri = 0;
+  e->next = 0;
+  e->stop = stretch(&e->skip, &e->ri, &e->next, e->n);
+  e->empty = e->next >= e->n;
+}
+
 int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
   memset(out, 0, sizeof *out);
   out->enc = e->c.enc;
   out->total = e->n;
   out->offset = e->next;
   out->data = buf;
-  if (e->next >= e->n && (e->n > 0 || e->sent > 0)) return 0;
+  if (e->next >= e->n && (!e->empty || e->sent > 0)) return 0;
   e->sent++;
   if (e->c.enc == FL_ENC_TOPK) {
     uint64_t budget = e->chunk_bytes / 8 ? e->chunk_bytes / 8 : 1, pairs = 0, i = e->next;
-    for (; i < e->n && pairs < budget; i++) {
+    for (; i < e->stop && pairs < budget; i++) {
       float a = fabsf(e->x[i]);
       int take = a > e->threshold || (a == e->threshold && e->at_threshold > 0);
       if (!take) continue;
@@ -300,11 +366,12 @@ int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
     out->count = i - e->next;
     out->len = 8 * pairs;
     e->next = i;
+    e->stop = stretch(&e->skip, &e->ri, &e->next, e->n);
     return 1;
   }
   size_t vb = value_bytes(e->c.enc);
   uint64_t cnt = e->chunk_bytes / vb ? e->chunk_bytes / vb : 1; /* at least one value */
-  if (cnt > e->n - e->next) cnt = e->n - e->next;
+  if (cnt > e->stop - e->next) cnt = e->stop - e->next;
   const float *x = e->x + e->next;
   switch (e->c.enc) {
   case FL_ENC_FLOAT32: /* any value, as it is: the receiver judges it */
@@ -332,6 +399,7 @@ int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
   out->count = cnt;
   out->len = cnt * vb;
   e->next += cnt;
+  e->stop = stretch(&e->skip, &e->ri, &e->next, e->n);
   return 1;
 }
 
@@ -341,7 +409,17 @@ void fl_decoder_init(fl_decoder *d, fl_enc enc, uint64_t total, uint64_t max_pai
   memset(d, 0, sizeof *d);
   d->enc = enc;
   d->total = total;
+  d->stop = total;
+  d->empty = total == 0;
   d->max_pairs = max_pairs ? max_pairs : total;
+}
+
+void fl_decoder_skip(fl_decoder *d, const fl_runs *r) {
+  d->skip = *r;
+  d->ri = 0;
+  d->next = 0;
+  d->stop = stretch(&d->skip, &d->ri, &d->next, d->total);
+  d->empty = d->next >= d->total;
 }
 
 int fl_decoder_check(fl_decoder *d, const fl_chunk *ch, char *err, size_t errlen) {
@@ -351,12 +429,16 @@ int fl_decoder_check(fl_decoder *d, const fl_chunk *ch, char *err, size_t errlen
   if (ch->total != d->total)
     return fl_errf(err, errlen, FL_EPROTO, "chunk announces %llu values, the tensor has %llu",
                    (unsigned long long)ch->total, (unsigned long long)d->total);
-  if (d->next >= d->total && (d->total > 0 || d->chunks > 0))
+  if (d->next >= d->total && (!d->empty || d->chunks > 0))
     return fl_errf(err, errlen, FL_EPROTO, "chunk after the tensor was complete");
   if (ch->offset != d->next)
     return fl_errf(err, errlen, FL_EPROTO, "chunk at offset %llu, expected %llu",
                    (unsigned long long)ch->offset, (unsigned long long)d->next);
-  if (ch->count > d->total - d->next || (ch->count == 0 && d->total > 0))
+  if (ch->count > d->stop - d->next && d->stop < d->total)
+    return fl_errf(err, errlen, FL_EPROTO, "chunk covers %llu values at %llu, into the "
+                   "positions left out from %llu", (unsigned long long)ch->count,
+                   (unsigned long long)ch->offset, (unsigned long long)d->stop);
+  if (ch->count > d->stop - d->next || (ch->count == 0 && !d->empty))
     return fl_errf(err, errlen, FL_EPROTO, "chunk covers %llu values at %llu of %llu",
                    (unsigned long long)ch->count, (unsigned long long)ch->offset,
                    (unsigned long long)d->total);
@@ -416,6 +498,7 @@ int fl_decoder_check(fl_decoder *d, const fl_chunk *ch, char *err, size_t errlen
     return fl_errf(err, errlen, FL_EPROTO, "unknown encoding %d", (int)ch->enc);
   }
   d->next += ch->count;
+  d->stop = stretch(&d->skip, &d->ri, &d->next, d->total);
   d->chunks++;
   return d->next == d->total;
 }
@@ -517,8 +600,14 @@ int fl_chunk_record_next(const uint8_t *recs, size_t len, size_t *pos, fl_enc en
 
 void fl_records_decode(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total, float *dst) {
   size_t pos = 0;
+  uint64_t covered = 0; /* the records come in order; between them, positions left out */
   fl_chunk ch;
-  while (fl_chunk_record_next(recs, len, &pos, enc, total, &ch)) fl_chunk_decode(&ch, dst);
+  while (fl_chunk_record_next(recs, len, &pos, enc, total, &ch)) {
+    if (ch.offset > covered) memset(dst + covered, 0, (ch.offset - covered) * sizeof *dst);
+    fl_chunk_decode(&ch, dst);
+    covered = ch.offset + ch.count;
+  }
+  if (total > covered) memset(dst + covered, 0, (total - covered) * sizeof *dst);
 }
 
 void fl_records_axpy(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total, double w,

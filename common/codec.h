@@ -69,10 +69,36 @@ typedef struct fl_chunk {
   size_t len;
 } fl_chunk;
 
+/* Runs of a tensor its chunks leave out (frozen parameters, zero by agreement): runs[2 i]
+ * and runs[2 i + 1] are the start and end of run i, [start, end); the runs increase and
+ * do not overlap.  The chunks then cover the other positions in order, none reaching into
+ * a run; a tensor they leave nothing of is sent as one empty chunk at its end. */
+typedef struct fl_runs {
+  const uint64_t *at;      /* [2 n], borrowed */
+  size_t n;
+} fl_runs;
+
+/* 0 when n uint64s at[] are the runs of a tensor of total values (an even count; each
+ * start below its end, the end at most total and at most the next start), else FL_EPROTO
+ * with the reason in err. */
+int fl_runs_check(const uint64_t *at, size_t n, uint64_t total, char *err, size_t errlen);
+/* The runs of the positions where mask[0..total) is not 0: their bounds into *at
+ * (malloc'd; NULL when there are none), their count into *n.  0, or FL_ENOMEM. */
+int fl_runs_of_mask(const float *mask, uint64_t total, uint64_t **at, size_t *n);
+/* Whether x is zero over every run. */
+int fl_runs_zero(const fl_runs *r, const float *x);
+/* The position after the last one the chunks cover (total, or the start of a run that
+ * ends the tensor). */
+uint64_t fl_runs_end(const fl_runs *r, uint64_t total);
+
 typedef struct fl_encoder {
   fl_codec c;
   const float *x;
   uint64_t n, next;
+  fl_runs skip;             /* positions left out (fl_encoder_skip) */
+  size_t ri;                /* the first run not behind next */
+  uint64_t stop;            /* the end of the stretch next is in: a run's start, or n */
+  int empty;                /* nothing to send: one empty chunk */
   uint32_t chunk_bytes;
   fl_rng rng;               /* stochastic rounding */
   float threshold;          /* topk: values of larger magnitude are sent ... */
@@ -91,11 +117,17 @@ int fl_encoder_init(fl_encoder *e, const fl_codec *c, const float *x, uint64_t n
  * FL_ERANGE when a value cannot be encoded (not finite, or beyond float16's range; float32
  * carries any value as it is). */
 int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf);
+/* Leaves the runs r (checked, borrowed) out of the chunks, before the first is made. */
+void fl_encoder_skip(fl_encoder *e, const fl_runs *r);
 
 /* The receiving side of one tensor. */
 typedef struct fl_decoder {
   fl_enc enc;
   uint64_t total, next;     /* positions covered so far */
+  fl_runs skip;             /* positions the sender leaves out (fl_decoder_skip) */
+  size_t ri;                /* as in fl_encoder */
+  uint64_t stop;
+  int empty;
   uint64_t pairs, max_pairs; /* topk: pairs received, and the most accepted */
   uint64_t chunks;
 } fl_decoder;
@@ -109,6 +141,8 @@ void fl_decoder_init(fl_decoder *d, fl_enc enc, uint64_t total, uint64_t max_pai
  * int8 parameters that make one), with the reason in err.  Only a checked chunk may be
  * decoded. */
 int fl_decoder_check(fl_decoder *d, const fl_chunk *ch, char *err, size_t errlen);
+/* Expects the chunks to leave the runs r (checked, borrowed) out, before the first comes. */
+void fl_decoder_skip(fl_decoder *d, const fl_runs *r);
 
 /* dst[offset .. offset + count) = the chunk's values (topk: 0 where no pair is). */
 void fl_chunk_decode(const fl_chunk *ch, float *dst);
@@ -132,7 +166,8 @@ void fl_chunk_record_put(const fl_chunk *ch, uint8_t *dst);
  * enc (its data points into recs); advances *pos.  1, or 0 at the end. */
 int fl_chunk_record_next(const uint8_t *recs, size_t len, size_t *pos, fl_enc enc, uint64_t total,
                          fl_chunk *ch);
-/* Over all the records of a tensor: dst = the values (0 where a topk stream sends none);
+/* Over all the records of a tensor: dst = the values (0 where a topk stream sends none,
+ * and where no chunk was: the runs a sender left out);
  * sum += w * values; the sum of the squared values. */
 void fl_records_decode(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total, float *dst);
 void fl_records_axpy(const uint8_t *recs, size_t len, fl_enc enc, uint64_t total, double w,

@@ -231,6 +231,15 @@ int fl_tensor_tx_next(fl_tensor_tx *tx, uint8_t **out, size_t *len) {
   return rc;
 }
 
+void fl_tensor_tx_skip(fl_tensor_tx *tx, const fl_runs *r) { fl_encoder_skip(&tx->enc, r); }
+
+void fl_tensor_rx_skip(fl_tensor_rx *rx, const fl_runs *r) {
+  fl_decoder_skip(&rx->dec, r);
+  rx->have = rx->dec.next;
+  for (size_t k = 0; rx->dst && k < r->n; k++)
+    memset(rx->dst + r->at[2 * k], 0, (r->at[2 * k + 1] - r->at[2 * k]) * sizeof *rx->dst);
+}
+
 void fl_tensor_rx_init(fl_tensor_rx *rx, float *dst, uint64_t total) {
   fl_tensor_rx_init_enc(rx, dst, total, FL_ENC_FLOAT32, 0);
 }

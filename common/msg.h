@@ -70,6 +70,9 @@ int fl_tensor_tx_init_codec(fl_tensor_tx *tx, const fl_codec *c, const float *va
  * (malloc'd, caller frees).  Returns 1 when a chunk was produced, 0 when the tensor is
  * complete, or FL_E* (FL_ERANGE: a value the encoding cannot carry). */
 int fl_tensor_tx_next(fl_tensor_tx *tx, uint8_t **out, size_t *len);
+/* Leaves the runs r (checked, borrowed, zero in values by agreement) out of the chunks;
+ * before the first chunk. */
+void fl_tensor_tx_skip(fl_tensor_tx *tx, const fl_runs *r);
 
 /* The receiving side: checks each chunk from the peer (codec.h's decoder: place, length,
  * encoding, finite values) and decodes it into a caller-provided float array. */
@@ -92,6 +95,9 @@ void fl_tensor_rx_init_enc(fl_tensor_rx *rx, float *dst, uint64_t total, fl_enc 
  * chunk, a chunk after completion), FL_EFORMAT (another encoding than expected),
  * FL_ENONFINITE (naming the value).  After an error the transfer is broken. */
 int fl_tensor_rx_add(fl_tensor_rx *rx, const Fl__TensorChunk *chunk, char *err, size_t errlen);
+/* Expects the chunks to leave the runs r (checked, borrowed) out, and sets dst to 0 over
+ * them; before the first chunk. */
+void fl_tensor_rx_skip(fl_tensor_rx *rx, const fl_runs *r);
 /* The same checks without decoding: *view is the chunk as codec.h sees it (its data
  * borrowed from chunk), for a caller that keeps updates encoded. */
 int fl_tensor_rx_check(fl_tensor_rx *rx, const Fl__TensorChunk *chunk, fl_chunk *view, char *err,

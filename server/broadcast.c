@@ -178,6 +178,8 @@ void srv_send_train_task(client *c) {
   tc.clip_norm = (float)cfg->clip_norm;
   tc.seed = cfg->seed * 1000003ULL + s->r.number;
   tc.freeze = cfg->freeze ? cfg->freeze : (char *)"";
+  tc.n_frozen_runs = 2 * s->frozen_runs.n; /* the client may leave them out of its delta */
+  tc.frozen_runs = s->frozen_at;
   t.round = s->r.number;
   t.model_version = s->model_version;
   t.model_id = fl_model_id(s->model);

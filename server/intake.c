@@ -107,6 +107,7 @@ static void take_update(client *c, float *buf) {
   else
     fl_tensor_rx_init_enc(&c->rxt, NULL, total, enc->enc,
                           enc->enc == FL_ENC_TOPK ? fl_codec_topk_count(enc, total) : 0);
+  if (c->upd_left_out && !masked) fl_tensor_rx_skip(&c->rxt, &s->frozen_runs);
   send_proceed(c);
 }
 
@@ -354,6 +355,13 @@ void srv_on_update(client *c, const Fl__Update *u) {
     srv_advance(s);
     return;
   }
+  if (u->frozen_left_out && !s->frozen_runs.n) {
+    srv_count_answer(c);
+    refuse(c, "update leaves out frozen parameters, but this server offered none to leave out%s",
+           s->frozen ? " (secure aggregation sums whole deltas)" : "");
+    srv_advance(s);
+    return;
+  }
   if (u->num_examples > c->num_samples) {
     srv_count_answer(c);
     refuse(c, "update claims %llu examples, but the client declared %llu when it joined",
@@ -362,6 +370,7 @@ void srv_on_update(client *c, const Fl__Update *u) {
     return;
   }
   c->upd_examples = u->num_examples;
+  c->upd_left_out = u->frozen_left_out;
   c->upd_loss = u->metrics ? u->metrics->loss : NAN;
   c->upd_acc = u->metrics ? u->metrics->accuracy : NAN;
   c->upd_seconds = u->metrics ? u->metrics->seconds : 0;
@@ -389,11 +398,18 @@ void srv_abort_rx(client *c) {
   c->rx = RX_DISCARD;
 }
 
+/* Whether ch is the last chunk of the client's update: it reaches the update's end, or
+ * the frozen runs its client leaves out at the end. */
+static int last_chunk(const client *c, const Fl__TensorChunk *ch) {
+  uint64_t count = ch->count ? ch->count : ch->data.len / 4;
+  uint64_t end = c->upd_left_out ? fl_runs_end(&c->srv->frozen_runs, ch->total) : ch->total;
+  return ch->offset + count >= end;
+}
+
 void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
   server *s = c->srv;
   if (c->rx == RX_DISCARD) {
-    uint64_t count = ch->data.len / 4;
-    if (ch->offset + count >= ch->total) c->rx = RX_IDLE;
+    if (last_chunk(c, ch)) c->rx = RX_IDLE;
     return;
   }
   if (c->rx == RX_INIT) {
@@ -428,7 +444,7 @@ void srv_on_chunk(client *c, const Fl__TensorChunk *ch) {
     }
   }
   if (rc < 0) {
-    int last = ch->offset + (ch->count ? ch->count : ch->data.len / 4) >= ch->total;
+    int last = last_chunk(c, ch);
     srv_abort_rx(c);
     srv_count_answer(c);
     refuse(c, "%s", err);

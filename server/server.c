@@ -195,6 +195,14 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
       goto fail;
     }
     fl_info("server", "--freeze %s: %lld of %zu parameters frozen", cfg->freeze, nf, s->n);
+    /* Clients leave them out of their deltas, but not out of a secure sum's masked
+     * inputs, which cover every position. */
+    if (!cfg->secagg && fl_runs_of_mask(s->frozen, s->n, &s->frozen_at, &s->frozen_runs.n)) {
+      rc = FL_ENOMEM;
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+    s->frozen_runs.at = s->frozen_at;
   }
   if (cfg->standardize && fl_model_is_external(s->model)) {
     snprintf(err, errlen, "--standardize: the features of the external model '%s' are its "
@@ -391,6 +399,7 @@ void server_free(server *s) {
   srv_standardize_free(s);
   free(s->frozen);
   free(s->frozen_ref);
+  free(s->frozen_at);
   for (int i = 0; s->bufs && i < s->n_free; i++) free(s->bufs[i]);
   free(s->bufs);
   free(s->ready);

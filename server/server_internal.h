@@ -108,6 +108,7 @@ struct client {
   size_t data_len, data_cap; /* bytes written (encoded updates: chunk records), and room */
   uint64_t upd_examples;
   double upd_loss, upd_acc, upd_seconds;
+  int upd_left_out;             /* its delta leaves out the frozen runs */
   int sa_index;              /* its index in the attempt's secure aggregation, -1: none */
   /* What the status page shows (status.c). */
   uint64_t joined_ms, heard_ms; /* uv_now when it connected, when a frame last came */
@@ -315,6 +316,9 @@ struct server {
   float *frozen;                /* --freeze: [n] 1 where a parameter is frozen, or NULL */
   float *frozen_ref;            /* [n] the global model they hold, restored after every
                                  * round (a lossy encoding's rounding cannot move them) */
+  uint64_t *frozen_at;          /* their runs (codec.h), offered to clients to leave out of
+                                 * their deltas (TrainConfig.frozen_runs), or NULL */
+  fl_runs frozen_runs;          /* frozen_at's; none with secure aggregation */
   size_t tf_dim;
   int have_best;                /* --keep-best: best_value holds a round's value */
   double best_value;

@@ -300,3 +300,124 @@ Test(codec, decoder_refuses_malformed_chunks) {
   p[12] = 0, p[13] = 0, p[14] = 0xc0, p[15] = 0x7f; /* NaN */
   refused(&d, (fl_chunk){FL_ENC_TOPK, 0, 10, 100, 0, 0, p, 16}, FL_ENONFINITE, "value 7 is not finite");
 }
+
+/* Frozen runs left out (fl_encoder_skip, fl_decoder_skip): one at the start, two that
+ * touch in the middle and one at the end.  In every encoding the chunks cover exactly the
+ * other positions, in order, within their byte budget and without reaching into a run;
+ * the decoder, told the same runs, takes them all and completes on the last; the records
+ * decode to 0 over the runs; and float32 carries the other values exactly. */
+Test(codec, chunks_leave_the_runs_out) {
+  enum { M = 1000 };
+  static float x[M], y[M];
+  const uint64_t at[] = {0, 7, 100, 300, 300, 301, 950, M};
+  const fl_runs runs = {at, 4};
+  fl_rng r;
+  fl_rng_seed(&r, 3);
+  for (int i = 0; i < M; i++) x[i] = 1.0f + fl_rng_uniform(&r); /* none is 0 */
+  for (int k = 0; k < 4; k++)
+    for (uint64_t i = at[2 * k]; i < at[2 * k + 1]; i++) x[i] = 0.0f;
+  cr_assert(fl_runs_zero(&runs, x));
+  cr_assert_eq(fl_runs_end(&runs, M), 950);
+  const char *specs[] = {"float32", "float16", "int8", "topk:0.5"};
+  for (size_t s = 0; s < sizeof specs / sizeof *specs; s++) {
+    fl_codec c = codec(specs[s]);
+    fl_encoder e;
+    cr_assert_eq(fl_encoder_init(&e, &c, x, M, 48, 1), 0);
+    fl_encoder_skip(&e, &runs);
+    fl_decoder d;
+    fl_decoder_init(&d, c.enc, M, c.enc == FL_ENC_TOPK ? fl_codec_topk_count(&c, M) : 0);
+    fl_decoder_skip(&d, &runs);
+    uint8_t buf[48], recs[65536];
+    size_t len = 0;
+    uint64_t covered = 0, expect = 7;
+    fl_chunk ch;
+    int rc, done = 0;
+    char err[256];
+    while ((rc = fl_encoder_next(&e, &ch, buf)) == 1) {
+      cr_assert(!done, "%s: chunk after completion", specs[s]);
+      cr_assert_eq(ch.offset, expect, "%s: chunk at %llu", specs[s], (unsigned long long)ch.offset);
+      for (int k = 0; k < 4; k++)
+        cr_assert(ch.offset + ch.count <= at[2 * k] || ch.offset >= at[2 * k + 1],
+                  "%s: chunk [%llu, +%llu) reaches into run %d", specs[s],
+                  (unsigned long long)ch.offset, (unsigned long long)ch.count, k);
+      done = fl_decoder_check(&d, &ch, err, sizeof err);
+      cr_assert_geq(done, 0, "%s: %s", specs[s], err);
+      covered += ch.count;
+      expect = ch.offset + ch.count;
+      expect = expect == 100 ? 301 : expect == 950 ? M : expect;
+      cr_assert_leq(len + fl_chunk_record_size(&ch), sizeof recs);
+      fl_chunk_record_put(&ch, recs + len);
+      len += fl_chunk_record_size(&ch);
+    }
+    cr_assert_eq(rc, 0);
+    cr_assert(done, "%s: never complete", specs[s]);
+    cr_assert_eq(covered, M - 7 - 201 - 50, "%s", specs[s]);
+    for (int i = 0; i < M; i++) y[i] = 7.0f;
+    fl_records_decode(recs, len, c.enc, M, y);
+    for (int k = 0; k < 4; k++)
+      for (uint64_t i = at[2 * k]; i < at[2 * k + 1]; i++)
+        cr_assert_eq(y[i], 0.0f, "%s: %g at %llu", specs[s], (double)y[i], (unsigned long long)i);
+    if (c.enc == FL_ENC_FLOAT32) cr_assert(memcmp(x, y, sizeof x) == 0, "float32 is not exact");
+  }
+}
+
+/* A tensor its runs leave nothing of is one empty chunk at its end. */
+Test(codec, a_tensor_all_left_out_is_one_empty_chunk) {
+  const uint64_t at[] = {0, 4, 4, 10};
+  const fl_runs runs = {at, 2};
+  float x[10] = {0};
+  fl_codec c = codec("int8");
+  fl_encoder e;
+  cr_assert_eq(fl_encoder_init(&e, &c, x, 10, 64, 1), 0);
+  fl_encoder_skip(&e, &runs);
+  fl_decoder d;
+  fl_decoder_init(&d, c.enc, 10, 0);
+  fl_decoder_skip(&d, &runs);
+  uint8_t buf[64];
+  fl_chunk ch;
+  cr_assert_eq(fl_encoder_next(&e, &ch, buf), 1);
+  cr_assert(ch.offset == 10 && ch.count == 0 && ch.len == 0);
+  cr_assert_eq(fl_decoder_check(&d, &ch, NULL, 0), 1);
+  cr_assert_eq(fl_encoder_next(&e, &ch, buf), 0);
+  cr_assert_eq(fl_runs_end(&runs, 10), 0);
+}
+
+/* A decoder told the runs refuses a whole stream, a chunk reaching into a run, and a
+ * chunk that skips more than a run; bad runs from a peer are named. */
+Test(codec, runs_are_checked) {
+  uint8_t b[64] = {0};
+  const uint64_t at[] = {0, 2, 6, 8};
+  const fl_runs runs = {at, 2};
+  fl_decoder d;
+  fl_decoder_init(&d, FL_ENC_FLOAT32, 10, 0);
+  fl_decoder_skip(&d, &runs);
+  refused(&d, (fl_chunk){FL_ENC_FLOAT32, 0, 10, 10, 0, 0, b, 40}, FL_EPROTO, "offset 0, expected 2");
+  refused(&d, (fl_chunk){FL_ENC_FLOAT32, 2, 5, 10, 0, 0, b, 20}, FL_EPROTO,
+          "covers 5 values at 2, into the positions left out from 6");
+  cr_assert_eq(fl_decoder_check(&d, &(fl_chunk){FL_ENC_FLOAT32, 2, 4, 10, 0, 0, b, 16}, NULL, 0), 0);
+  refused(&d, (fl_chunk){FL_ENC_FLOAT32, 9, 1, 10, 0, 0, b, 4}, FL_EPROTO, "offset 9, expected 8");
+  cr_assert_eq(fl_decoder_check(&d, &(fl_chunk){FL_ENC_FLOAT32, 8, 2, 10, 0, 0, b, 8}, NULL, 0), 1);
+
+  char err[256];
+  const uint64_t odd[] = {0, 2, 4}, empty[] = {3, 3}, back[] = {4, 6, 5, 7}, past[] = {8, 11};
+  cr_assert_eq(fl_runs_check(odd, 3, 10, err, sizeof err), FL_EPROTO);
+  cr_assert(strstr(err, "3 run bounds"), "%s", err);
+  cr_assert_eq(fl_runs_check(empty, 2, 10, err, sizeof err), FL_EPROTO);
+  cr_assert(strstr(err, "run [3, 3)"), "%s", err);
+  cr_assert_eq(fl_runs_check(back, 4, 10, err, sizeof err), FL_EPROTO);
+  cr_assert(strstr(err, "run [5, 7)"), "%s", err);
+  cr_assert_eq(fl_runs_check(past, 2, 10, err, sizeof err), FL_EPROTO);
+  cr_assert(strstr(err, "beyond the 10 values"), "%s", err);
+  cr_assert_eq(fl_runs_check(at, 4, 10, err, sizeof err), 0);
+
+  const float mask[10] = {1, 1, 0, 0, 1, 0, 1, 1, 1, 1};
+  uint64_t *got;
+  size_t n;
+  cr_assert_eq(fl_runs_of_mask(mask, 10, &got, &n), 0);
+  cr_assert_eq(n, 3);
+  const uint64_t want[] = {0, 2, 4, 5, 6, 10};
+  cr_assert(memcmp(got, want, sizeof want) == 0);
+  free(got);
+  cr_assert_eq(fl_runs_of_mask(mask + 2, 2, &got, &n), 0);
+  cr_assert(n == 0 && got == NULL);
+}

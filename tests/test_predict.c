@@ -597,6 +597,65 @@ Test(predict, keep_best_survives_a_restart, .timeout = 600) {
   fl_test_fed_free(&f);
 }
 
+/* The update bytes the server took in round r, and their size as float32 values. */
+static void update_bytes(const char *metrics, int r, double *bytes, double *raw) {
+  char *line = fl_test_metrics_line(metrics, r);
+  cr_assert_not_null(line, "no round %d in %s", r, metrics);
+  *bytes = fl_test_json_num(line, "update_bytes");
+  *raw = fl_test_json_num(line, "update_bytes_raw");
+  free(line);
+}
+
+/* fl-server --freeze head with int8 updates: the frozen run ends the model, so each
+ * client's update is the first layer's 56 values, one byte each, and the stream ends
+ * before the model does; the first layer trains and the head stays as it was. */
+Test(predict, federated_freeze_head_int8, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], init[700], args[4096];
+  fl_test_fed_path(&f, "train.csv", train, sizeof train);
+  fl_test_fed_path(&f, "init.flm", init, sizeof init);
+  write_blobs(train, 600, 1, 1, 1);
+  snprintf(args, sizeof args, "--model 'in:6 dense:8 relu dense:1 sigmoid_bce' --data %s "
+           "--test none --epochs 1 --lr 0.01 --standardize --out %s", train, init);
+  cr_assert_eq(run(f.dir, "fl-train", args), 0);
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
+                               "--init-model", init, "--freeze", "head", "--uplink", "int8",
+                               "--rounds", "2", "--clients-per-round", "3", "--min-clients", "3",
+                               "--lr", "0.05", NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
+                                "--partition", "iid", "--seed", "1", NULL);
+  char slog[700], clog[700];
+  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  cr_assert_eq(fl_test_count(f.metrics, "\"updates_accepted\":3"), 2, "see %s", f.metrics);
+  for (int r = 1; r <= 2; r++) {
+    double bytes, raw;
+    update_bytes(f.metrics, r, &bytes, &raw);
+    cr_assert(bytes == 3 * 56 && raw == 3 * 65 * 4, "round %d: %g bytes for %g (%s)", r, bytes,
+              raw, f.metrics);
+  }
+  char err[512], *spec[2];
+  uint64_t id[2];
+  float *w[2];
+  size_t n[2];
+  fl_transform tf[2];
+  const char *files[2] = {init, f.model};
+  for (int k = 0; k < 2; k++)
+    cr_assert_eq(fl_modelfile_load_ex(files[k], &spec[k], &id[k], &w[k], &n[k], &tf[k], err,
+                                      sizeof err), 0, "%s", err);
+  cr_assert_neq(memcmp(w[0], w[1], 56 * sizeof(float)), 0, "the first layer did not train");
+  cr_assert_eq(memcmp(w[0] + 56, w[1] + 56, 9 * sizeof(float)), 0, "the frozen head moved");
+  for (int k = 0; k < 2; k++) {
+    fl_transform_free(&tf[k]);
+    free(spec[k]);
+    free(w[k]);
+  }
+  fl_test_fed_free(&f);
+}
+
 /* examples/tabular/run.sh (make tabular) end to end on the breast-cancer table: the
  * federation of 5 non-IID clients with federated standardisation, and fl-train on all
  * the data, both scored by fl-predict. */
@@ -624,7 +683,8 @@ Test(predict, tabular_example, .timeout = 300) {
 /* fl-server --freeze all-but-head from a model fl-train made: the clients train the head
  * only, the final model's other layers are the initial ones bit for bit, and a client
  * whose update changes a frozen parameter (here a simulated attacker adding noise) is
- * refused by name while the others' updates count. */
+ * refused by name while the others' updates count.  The honest clients leave the frozen
+ * parameters out: their updates carry the head's 9 values, not all 65. */
 Test(predict, federated_freeze, .timeout = 300) {
   fl_test_fed f;
   fl_test_fed_init(&f);
@@ -650,6 +710,13 @@ Test(predict, federated_freeze, .timeout = 300) {
   cr_assert_eq(fl_test_count(slog, "--freeze all-but-head: 56 of 65 parameters frozen"), 1);
   cr_assert_eq(fl_test_count(slog, "changes frozen parameter"), 2, "see %s", slog);
   cr_assert_eq(fl_test_count(f.metrics, "\"updates_accepted\":2"), 2, "see %s", f.metrics);
+  cr_assert_eq(fl_test_count(clog, "the update changes frozen parameters"), 2, "see %s", clog);
+  for (int r = 1; r <= 2; r++) {
+    double bytes, raw;
+    update_bytes(f.metrics, r, &bytes, &raw);
+    cr_assert(bytes == 2 * 9 * 4 && raw == 2 * 65 * 4, "round %d: %g bytes for %g (%s)", r, bytes,
+              raw, f.metrics);
+  }
 
   char err[512], *spec[2];
   uint64_t id[2];

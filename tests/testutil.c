@@ -1,6 +1,7 @@
 /* Helpers shared by the tests (see testutil.h). */
 #include "testutil.h"
 
+#include <criterion/criterion.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <errno.h>
@@ -17,6 +18,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -100,6 +102,33 @@ int fl_test_free_port(void) {
   flock(fd, LOCK_UN);
   close(fd);
   return port;
+}
+
+/* ---- certificates ---- */
+
+const char *fl_test_extra_certs(void) {
+  static char dir[1024];
+  snprintf(dir, sizeof dir, "%s/extra", fl_test_certs_dir());
+  char probe[1100];
+  snprintf(probe, sizeof probe, "%s/other/client-0001.crt", dir);
+  struct stat st;
+  if (stat(probe, &st) == 0) return dir;
+  char tmp[1100], cmd[4096];
+  snprintf(tmp, sizeof tmp, "%s/extra.XXXXXX", fl_test_certs_dir());
+  cr_assert_not_null(mkdtemp(tmp));
+  snprintf(cmd, sizeof cmd, "%s/tests/mkcerts_extra.sh '%s' '%s' '%s'", fl_test_src_dir(),
+           fl_test_certs_dir(), tmp, fl_test_src_dir());
+  cr_assert_eq(fl_test_system(cmd), 0, "tests/mkcerts_extra.sh failed");
+  if (rename(tmp, dir) != 0) { /* another test process made them first */
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    fl_test_system(cmd);
+  }
+  return dir;
+}
+
+void fl_test_client_cert(int index, char *crt, char *key, size_t len) {
+  snprintf(crt, len, "%s/client-%04d.crt", fl_test_certs_dir(), index);
+  snprintf(key, len, "%s/client-%04d.key", fl_test_certs_dir(), index);
 }
 
 /* ---- processes and logs ---- */

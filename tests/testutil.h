@@ -42,6 +42,13 @@ int fl_test_private_hosts(const char *lines, char *why, size_t whylen);
  * order, comma-separated ("::1, 127.0.0.1"); "" when it does not resolve. */
 void fl_test_resolve(const char *host, char *out, size_t len);
 
+/* The extra certificates of tests/mkcerts_extra.sh (expired, revoked with a CRL, another
+ * CA), made once per certificate directory, in FL_CERTS/extra (returned; a static
+ * buffer).  Fails the test when the script does. */
+const char *fl_test_extra_certs(void);
+/* The paths of the test certificate client-NNNN (index from 1) and of its key. */
+void fl_test_client_cert(int index, char *crt, char *key, size_t len);
+
 /* FL_TEST_TIME_SCALE (default 1): deadlines in the suite are multiplied by it. */
 double fl_test_time_scale(void);
 

@@ -71,43 +71,20 @@ typedef struct hostile {
 } hostile;
 
 static void send_env(hostile *h, const Fl__Envelope *env) {
-  uint8_t *buf;
-  size_t len;
-  if (fl_msg_encode(env, &buf, &len) != 0) {
-    h->failed = 1;
-    return;
-  }
-  fl_conn_send(h->conn, buf, len);
-  free(buf);
+  if (fl_test_send(h->conn, env) != 0) h->failed = 1;
 }
 
 static void send_update(hostile *h, uint64_t round) {
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Update u = FL__UPDATE__INIT;
-  Fl__Metrics m = FL__METRICS__INIT;
-  m.loss = 1.0;
-  m.num_examples = 100;
-  u.round = round;
-  u.model_id = h->model_id;
-  u.num_params = h->num_params;
-  u.num_examples = 100;
-  u.encoding = FL__ENCODING__ENCODING_FLOAT32;
-  u.metrics = &m;
-  env.body_case = FL__ENVELOPE__BODY_UPDATE;
-  env.update = &u;
-  send_env(h, &env);
+  if (fl_test_send_update(h->conn, round, h->model_id, h->num_params, 100,
+                          FL__ENCODING__ENCODING_FLOAT32, 100) != 0)
+    h->failed = 1;
 }
 
 static void send_zero_delta(hostile *h) {
   float *delta = calloc(h->num_params, sizeof *delta);
   fl_tensor_tx tx;
   fl_tensor_tx_init(&tx, delta, h->num_params, 65536);
-  uint8_t *buf;
-  size_t len;
-  while (fl_tensor_tx_next(&tx, &buf, &len) == 1) {
-    fl_conn_send(h->conn, buf, len);
-    free(buf);
-  }
+  fl_test_send_tensor(h->conn, &tx);
   free(delta);
 }
 
@@ -137,14 +114,7 @@ static void send_forged_error(hostile *h) {
 
 static void on_open(fl_conn *conn) {
   hostile *h = fl_conn_data(conn);
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello hello = FL__HELLO__INIT;
-  hello.protocol_version = FL_PROTOCOL_VERSION;
-  hello.software_version = "hostile";
-  hello.num_samples = DECLARED;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &hello;
-  send_env(h, &env);
+  if (fl_test_send_hello(conn, "hostile", DECLARED, NULL, 0) != 0) h->failed = 1;
 }
 
 static void drip_byte(uv_timer_t *t) {
@@ -283,13 +253,9 @@ static pid_t spawn_hostile_as(const fl_test_fed *f, hmode mode, const char *ccer
   pid_t pid = fork();
   cr_assert_neq(pid, -1);
   if (pid > 0) return pid;
-  const char *certs = fl_test_certs_dir();
-  char ca[512], err[512];
-  snprintf(ca, sizeof ca, "%s/ca.crt", certs);
-  fl_tls_options t = {.ca_file = ca, .cert_file = ccert, .key_file = ckey,
-                      .server_name = "localhost"};
+  char err[512];
   fl_tls_config *tls;
-  if (fl_tls_config_create(&t, &tls, err, sizeof err) != 0) _exit(3);
+  if (fl_test_client_tls(ccert, ckey, &tls, err, sizeof err) != 0) _exit(3);
   uv_loop_t loop;
   uv_loop_init(&loop);
   hostile h = {.mode = mode, .loop = &loop, .tls = tls, .port = f->port};
@@ -307,10 +273,8 @@ static pid_t spawn_hostile_as(const fl_test_fed *f, hmode mode, const char *ccer
 
 /* The same with the test certificate client-NNNN (cert). */
 static pid_t spawn_hostile(const fl_test_fed *f, hmode mode, int cert) {
-  const char *certs = fl_test_certs_dir();
   char ccert[512], ckey[512];
-  snprintf(ccert, sizeof ccert, "%s/client-%04d.crt", certs, cert);
-  snprintf(ckey, sizeof ckey, "%s/client-%04d.key", certs, cert);
+  fl_test_client_cert(cert, ccert, ckey, sizeof ccert);
   return spawn_hostile_as(f, mode, ccert, ckey);
 }
 

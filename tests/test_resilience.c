@@ -268,17 +268,7 @@ typedef struct staller {
 
 static void st_open(fl_conn *c) {
   staller *p = fl_conn_data(c);
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello h = FL__HELLO__INIT;
-  h.protocol_version = FL_PROTOCOL_VERSION;
-  h.num_samples = 100;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &h;
-  uint8_t *buf;
-  size_t len;
-  cr_assert_eq(fl_msg_encode(&env, &buf, &len), 0);
-  fl_conn_send(c, buf, len);
-  free(buf);
+  cr_assert_eq(fl_test_send_hello(c, NULL, 100, NULL, 0), 0);
   if (p->half_frame) {
     const uint8_t half[2] = {0, 0};
     fl_conn_send_raw(c, half, sizeof half);
@@ -332,11 +322,8 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   fl_conn_options_default(&opt); /* no heartbeat payload: these peers stay silent */
   for (int i = 0; i < 2; i++) {
     char cert[600], key[600], err[512];
-    snprintf(cert, sizeof cert, "%s/client-%04d.crt", fl_test_certs_dir(), 21 + i);
-    snprintf(key, sizeof key, "%s/client-%04d.key", fl_test_certs_dir(), 21 + i);
-    fl_tls_options t = {.ca_file = s.ca, .cert_file = cert, .key_file = key,
-                        .server_name = "localhost"};
-    cr_assert_eq(fl_tls_config_create(&t, &tls[i], err, sizeof err), 0, "%s", err);
+    fl_test_client_cert(21 + i, cert, key, sizeof cert);
+    cr_assert_eq(fl_test_client_tls(cert, key, &tls[i], err, sizeof err), 0, "%s", err);
     int port = atoi(strrchr(s.addr, ':') + 1);
     cr_assert_eq(fl_connect(&loop, tls[i], "127.0.0.1", port, &opt, &st_cb, &p[i], &p[i].conn), 0);
   }
@@ -406,23 +393,7 @@ typedef struct refuser {
   int closed;
 } refuser;
 
-static void rf_send(fl_conn *c, const Fl__Envelope *env) {
-  uint8_t *buf;
-  size_t len;
-  cr_assert_eq(fl_msg_encode(env, &buf, &len), 0);
-  fl_conn_send(c, buf, len);
-  free(buf);
-}
-
-static void rf_hello(fl_conn *c) {
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello h = FL__HELLO__INIT;
-  h.protocol_version = FL_PROTOCOL_VERSION;
-  h.num_samples = 100;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &h;
-  rf_send(c, &env);
-}
+static void rf_hello(fl_conn *c) { cr_assert_eq(fl_test_send_hello(c, NULL, 100, NULL, 0), 0); }
 
 static void rf_open(fl_conn *c) { rf_hello(c); }
 
@@ -432,15 +403,9 @@ static void rf_frame(fl_conn *c, const uint8_t *p, size_t n) {
   cr_assert_eq(fl_msg_decode(p, n, &env), 0);
   if (env->body_case == FL__ENVELOPE__BODY_TRAIN_TASK) {
     r->tasks++;
-    Fl__Envelope out = FL__ENVELOPE__INIT;
-    Fl__Update u = FL__UPDATE__INIT;
-    u.round = env->train_task->round;
-    u.model_id = env->train_task->model_id ^ 0x5a5a;
-    u.num_params = env->train_task->num_params;
-    u.num_examples = 100;
-    out.body_case = FL__ENVELOPE__BODY_UPDATE;
-    out.update = &u;
-    rf_send(c, &out);
+    const Fl__TrainTask *t = env->train_task;
+    cr_assert_eq(fl_test_send_update(c, t->round, t->model_id ^ 0x5a5a, t->num_params, 100,
+                                     FL__ENCODING__ENCODING_FLOAT32, 0), 0);
   } else if (env->body_case == FL__ENVELOPE__BODY_ERROR && r->probe_sent &&
              strstr(env->error->reason, "second hello")) {
     r->probe_answered = 1;
@@ -485,11 +450,8 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   refuser rf = {0};
   fl_tls_config *tls;
   char cert[600], key[600], err[512];
-  snprintf(cert, sizeof cert, "%s/client-%04d.crt", fl_test_certs_dir(), 23);
-  snprintf(key, sizeof key, "%s/client-%04d.key", fl_test_certs_dir(), 23);
-  fl_tls_options t = {.ca_file = s.ca, .cert_file = cert, .key_file = key,
-                      .server_name = "localhost"};
-  cr_assert_eq(fl_tls_config_create(&t, &tls, err, sizeof err), 0, "%s", err);
+  fl_test_client_cert(23, cert, key, sizeof cert);
+  cr_assert_eq(fl_test_client_tls(cert, key, &tls, err, sizeof err), 0, "%s", err);
   fl_conn_options opt;
   fl_conn_options_default(&opt);
   uint8_t *hb;

@@ -56,9 +56,8 @@ typedef struct sac {
   uint64_t examples;         /* declared and claimed */
   /* the round in hand */
   uint64_t round, attempt, model_id, n;
-  float *model;
-  fl_tensor_rx rx;
-  int receiving, have_model, have_shares, sent_input, left_out;
+  fl_test_model model;
+  int have_model, have_shares, sent_input, left_out;
   fl_secagg_client *sa;
   fl_secagg_params p;
   double clip, scale, cap;
@@ -98,11 +97,7 @@ static float delta_of(int i, uint64_t r, uint64_t j) {
 }
 
 static void send_env(sac *c, const Fl__Envelope *env) {
-  uint8_t *buf;
-  size_t len;
-  cr_assert_eq(fl_msg_encode(env, &buf, &len), 0);
-  fl_conn_send(c->conn, buf, len);
-  free(buf);
+  cr_assert_eq(fl_test_send(c->conn, env), 0);
 }
 
 static void reset_round(sac *c) {
@@ -173,16 +168,7 @@ static void try_input(sac *c) {
   run *r = c->r;
   if (!c->have_model || c->sent_input || c->left_out) return;
   if (r->secagg && !c->have_shares) return;
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Update u = FL__UPDATE__INIT;
-  Fl__Metrics m = FL__METRICS__INIT;
-  m.loss = 1.0;
-  m.num_examples = c->examples;
-  u.round = c->round;
-  u.model_id = c->model_id;
-  u.num_params = c->n;
-  u.num_examples = c->examples;
-  u.metrics = &m;
+  Fl__Encoding enc = FL__ENCODING__ENCODING_FLOAT32;
   if (r->secagg) {
     uint64_t dim = c->p.dim;
     c->ring = malloc(dim * sizeof *c->ring);
@@ -206,11 +192,10 @@ static void try_input(sac *c) {
       memcpy(r->masked_copy[c->round - 1], c->ring, dim * sizeof(uint32_t));
       r->masked_len = dim;
     }
-    u.encoding = c->p.bits == 32 ? FL__ENCODING__ENCODING_RING32 : FL__ENCODING__ENCODING_RING16;
+    enc = c->p.bits == 32 ? FL__ENCODING__ENCODING_RING32 : FL__ENCODING__ENCODING_RING16;
   }
-  env.body_case = FL__ENVELOPE__BODY_UPDATE;
-  env.update = &u;
-  send_env(c, &env);
+  cr_assert_eq(fl_test_send_update(c->conn, c->round, c->model_id, c->n, c->examples, enc,
+                                   c->examples), 0);
   c->sent_input = 1;
 }
 
@@ -226,12 +211,7 @@ static void send_values(sac *c) {
     for (uint64_t j = 0; j < c->n; j++) plain[j] = delta_of(c->index, c->round, j);
     fl_tensor_tx_init(&tx, plain, c->n, 65536);
   }
-  uint8_t *buf;
-  size_t len;
-  while (fl_tensor_tx_next(&tx, &buf, &len) == 1) {
-    fl_conn_send(c->conn, buf, len);
-    free(buf);
-  }
+  fl_test_send_tensor(c->conn, &tx);
   free(plain);
   /* The server sums it with the others unless the client drops before unmasking...
    * which does not take it out: only the stages before the input do. */
@@ -389,24 +369,16 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     c->round = t->round;
     c->model_id = t->model_id;
     c->n = t->num_params;
-    free(c->model);
-    c->model = malloc(c->n * sizeof(float));
-    fl_tensor_rx_init(&c->rx, c->model, c->n);
-    c->receiving = 1;
+    fl_test_model_expect(&c->model, c->n);
     break;
   }
-  case FL__ENVELOPE__BODY_CHUNK: {
-    char err[160];
-    int rc = fl_tensor_rx_add(&c->rx, env->chunk, err, sizeof err);
-    cr_assert_geq(rc, 0, "%s", err);
-    if (rc == 1 && c->receiving) {
-      c->receiving = 0;
-      check_model(r, c->round, c->model, c->n);
+  case FL__ENVELOPE__BODY_CHUNK:
+    if (fl_test_model_add(&c->model, env->chunk)) {
+      check_model(r, c->round, c->model.values, c->n);
       c->have_model = 1;
       try_input(c);
     }
     break;
-  }
   case FL__ENVELOPE__BODY_PROCEED: send_values(c); break;
   case FL__ENVELOPE__BODY_ERROR:
     cr_assert(c->left_out, "client %d: unexpected error from the server: %s", c->index,
@@ -424,17 +396,8 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
 
 static void on_open(fl_conn *conn) {
   sac *c = fl_conn_data(conn);
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello h = FL__HELLO__INIT;
   char *caps[] = {"train", "encoding:float32", "secagg"};
-  h.protocol_version = FL_PROTOCOL_VERSION;
-  h.software_version = "test";
-  h.num_samples = c->examples;
-  h.n_capabilities = 3;
-  h.capabilities = caps;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &h;
-  send_env(c, &env);
+  cr_assert_eq(fl_test_send_hello(conn, "test", c->examples, caps, 3), 0);
 }
 
 static void on_drain(fl_conn *conn) { (void)conn; }
@@ -505,15 +468,11 @@ static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
   uv_timer_init(&r->loop, &r->deadline);
   r->deadline.data = r;
   uv_timer_start(&r->deadline, on_deadline, (uint64_t)(240000 * fl_test_time_scale()), 0);
-  const char *certs = fl_test_certs_dir();
   for (int i = 0; i < r->n; i++) {
     sac *c = &r->c[i];
     char cert[600], key[600], err[512];
-    snprintf(cert, sizeof cert, "%s/client-%04d.crt", certs, i + 1);
-    snprintf(key, sizeof key, "%s/client-%04d.key", certs, i + 1);
-    fl_tls_options t = {.ca_file = f->ca, .cert_file = cert, .key_file = key,
-                        .server_name = "localhost"};
-    cr_assert_eq(fl_tls_config_create(&t, &c->tls, err, sizeof err), 0, "%s", err);
+    fl_test_client_cert(i + 1, cert, key, sizeof cert);
+    cr_assert_eq(fl_test_client_tls(cert, key, &c->tls, err, sizeof err), 0, "%s", err);
     c->r = r;
     c->index = i;
     c->examples = 100 + 10 * (uint64_t)i;
@@ -537,7 +496,7 @@ static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
   for (int i = 0; i < r->n; i++) {
     reset_round(&r->c[i]);
     fl_tls_config_free(r->c[i].tls);
-    free(r->c[i].model);
+    fl_test_model_free(&r->c[i].model);
   }
   uv_loop_close(&r->loop);
 }

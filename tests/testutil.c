@@ -401,6 +401,90 @@ pid_t fl_test_fed_clients(fl_test_fed *f, const char *log, ...) {
   return pid;
 }
 
+/* ---- scripted clients ---- */
+
+int fl_test_client_tls(const char *crt, const char *key, fl_tls_config **out, char *err,
+                       size_t errlen) {
+  char ca[1024];
+  snprintf(ca, sizeof ca, "%s/ca.crt", fl_test_certs_dir());
+  fl_tls_options t = {.ca_file = ca, .cert_file = crt, .key_file = key,
+                      .server_name = "localhost"};
+  return fl_tls_config_create(&t, out, err, errlen);
+}
+
+int fl_test_send(fl_conn *c, const Fl__Envelope *env) {
+  uint8_t *buf;
+  size_t len;
+  int rc = fl_msg_encode(env, &buf, &len);
+  if (rc != 0) return rc;
+  fl_conn_send(c, buf, len);
+  free(buf);
+  return 0;
+}
+
+int fl_test_send_hello(fl_conn *c, const char *software, uint64_t num_samples,
+                       char **caps, size_t ncaps) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Hello h = FL__HELLO__INIT;
+  h.protocol_version = FL_PROTOCOL_VERSION;
+  if (software) h.software_version = (char *)software;
+  h.num_samples = num_samples;
+  h.n_capabilities = ncaps;
+  h.capabilities = caps;
+  env.body_case = FL__ENVELOPE__BODY_HELLO;
+  env.hello = &h;
+  return fl_test_send(c, &env);
+}
+
+int fl_test_send_update(fl_conn *c, uint64_t round, uint64_t model_id, uint64_t num_params,
+                        uint64_t examples, Fl__Encoding enc, uint64_t metrics_examples) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Update u = FL__UPDATE__INIT;
+  Fl__Metrics m = FL__METRICS__INIT;
+  m.loss = 1.0;
+  m.num_examples = metrics_examples;
+  u.round = round;
+  u.model_id = model_id;
+  u.num_params = num_params;
+  u.num_examples = examples;
+  u.encoding = enc;
+  u.metrics = metrics_examples ? &m : NULL;
+  env.body_case = FL__ENVELOPE__BODY_UPDATE;
+  env.update = &u;
+  return fl_test_send(c, &env);
+}
+
+void fl_test_send_tensor(fl_conn *c, fl_tensor_tx *tx) {
+  uint8_t *buf;
+  size_t len;
+  while (fl_tensor_tx_next(tx, &buf, &len) == 1) {
+    fl_conn_send(c, buf, len);
+    free(buf);
+  }
+}
+
+void fl_test_model_expect(fl_test_model *m, uint64_t n) {
+  free(m->values);
+  m->values = malloc(n * sizeof *m->values);
+  m->n = n;
+  fl_tensor_rx_init(&m->rx, m->values, n);
+  m->receiving = 1;
+}
+
+int fl_test_model_add(fl_test_model *m, const Fl__TensorChunk *chunk) {
+  char err[160];
+  int rc = fl_tensor_rx_add(&m->rx, chunk, err, sizeof err);
+  cr_assert_geq(rc, 0, "%s", err);
+  if (rc != 1 || !m->receiving) return 0;
+  m->receiving = 0;
+  return 1;
+}
+
+void fl_test_model_free(fl_test_model *m) {
+  free(m->values);
+  m->values = NULL;
+}
+
 /* ---- metrics ---- */
 
 double fl_test_json_num(const char *line, const char *key) {

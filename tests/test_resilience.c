@@ -23,33 +23,8 @@
 #include "msg.h"
 #include "testutil.h"
 
-typedef struct setup {
-  char *dir;
-  char ca[512], cert[512], key[512], listen[64], addr[64];
-  char *server, *client;
-} setup;
-
-static void setup_init(setup *s) {
-  s->dir = fl_test_tmpdir();
-  const char *certs = fl_test_certs_dir();
-  snprintf(s->ca, sizeof s->ca, "%s/ca.crt", certs);
-  snprintf(s->cert, sizeof s->cert, "%s/server.crt", certs);
-  snprintf(s->key, sizeof s->key, "%s/server.key", certs);
-  int port = fl_test_free_port();
-  snprintf(s->listen, sizeof s->listen, "127.0.0.1:%d", port);
-  snprintf(s->addr, sizeof s->addr, "127.0.0.1:%d", port);
-  s->server = fl_test_bin("fl-server");
-  s->client = fl_test_bin("fl-client");
-}
-
-static void setup_free(setup *s) {
-  free(s->server);
-  free(s->client);
-  free(s->dir);
-}
-
 /* A server of the run `tag` (its model and metrics files), logging to server-LOG.log. */
-static pid_t start_server(setup *s, const char *tag, const char *log_tag, const char *rounds,
+static pid_t start_server(fl_test_fed *s, const char *tag, const char *log_tag, const char *rounds,
                           int resume) {
   char log[600], out[600], metrics[600];
   snprintf(log, sizeof log, "%s/server-%s.log", s->dir, log_tag);
@@ -67,10 +42,10 @@ static pid_t start_server(setup *s, const char *tag, const char *log_tag, const 
   return fl_test_spawn(log, argv);
 }
 
-static pid_t start_clients(setup *s, const char *tag, const char *n, const char *first) {
+static pid_t start_clients(fl_test_fed *s, const char *tag, const char *n, const char *first) {
   char log[600];
   snprintf(log, sizeof log, "%s/clients-%s.log", s->dir, tag);
-  char *argv[] = {s->client, "--server", s->addr, "--server-name", "localhost", "--clients",
+  char *argv[] = {s->client, "--server", s->listen, "--server-name", "localhost", "--clients",
                   (char *)n, "--cert-index", (char *)first, "--data", "fashion-mnist:train",
                   "--max-samples", "4000", "--partition", "iid", "--num-partitions", "4",
                   "--partition-index", "0", "--seed", "9", "--certs-dir",
@@ -90,8 +65,8 @@ static float *load_model(const char *path, size_t *n) {
 }
 
 Test(resilience, sigkill_and_resume_match_an_uninterrupted_run, .timeout = 600) {
-  setup s;
-  setup_init(&s);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
   char path[600];
 
   /* The reference: one uninterrupted run. */
@@ -156,12 +131,12 @@ Test(resilience, sigkill_and_resume_match_an_uninterrupted_run, .timeout = 600) 
   cr_assert_lt(worst, 1e-5, "resumed model differs by %g", worst);
   free(a);
   free(b);
-  setup_free(&s);
+  fl_test_fed_free(&s);
 }
 
 Test(resilience, sigterm_stops_cleanly_and_resume_continues, .timeout = 300) {
-  setup s;
-  setup_init(&s);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
   char log[600], metrics[600], clog[600];
   snprintf(log, sizeof log, "%s/server-term.log", s.dir);
   snprintf(metrics, sizeof metrics, "%s/metrics-term.jsonl", s.dir);
@@ -187,14 +162,14 @@ Test(resilience, sigterm_stops_cleanly_and_resume_continues, .timeout = 300) {
   cr_assert_eq(fl_test_metrics_rounds(metrics), 6);
   cr_assert_eq(fl_test_count(log, "resuming from"), 1);
   cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  fl_test_fed_free(&s);
 }
 
-static pid_t start_group(setup *s, const char *tag, const char *n, const char *first,
+static pid_t start_group(fl_test_fed *s, const char *tag, const char *n, const char *first,
                          const char *part, const char *crash_round) {
   char log[600];
   snprintf(log, sizeof log, "%s/clients-%s.log", s->dir, tag);
-  char *argv[] = {s->client, "--server", s->addr, "--server-name", "localhost", "--clients",
+  char *argv[] = {s->client, "--server", s->listen, "--server-name", "localhost", "--clients",
                   (char *)n, "--cert-index", (char *)first, "--data", "fashion-mnist:train",
                   "--max-samples", "20000", "--partition", "iid", "--num-partitions", "20",
                   "--partition-index", (char *)part, "--certs-dir", (char *)fl_test_certs_dir(),
@@ -209,8 +184,8 @@ static pid_t start_group(setup *s, const char *tag, const char *n, const char *f
  * (--min-clients 20), so it cannot run ahead while they are gone, whatever the machine's
  * speed; once they are restarted every later round takes an update from each of them. */
 Test(resilience, churn_thirty_percent_killed_and_restarted, .timeout = 600) {
-  setup s;
-  setup_init(&s);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
   char log[600], metrics[600], out[600];
   snprintf(log, sizeof log, "%s/server.log", s.dir);
   snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
@@ -254,7 +229,7 @@ Test(resilience, churn_thirty_percent_killed_and_restarted, .timeout = 600) {
     }
   }
   cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  fl_test_fed_free(&s);
 }
 
 /* ---- peers that stall ---- */
@@ -291,8 +266,8 @@ static void st_tick(uv_timer_t *t) {
 
 Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   fl_log_set_level(FL_LOG_ERROR);
-  setup s;
-  setup_init(&s);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
   char log[600], metrics[600], out[600];
   snprintf(log, sizeof log, "%s/server.log", s.dir);
   snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
@@ -305,7 +280,7 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
   char clog[600];
   snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
-  char *cargv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "2",
+  char *cargv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "2",
                    "--data", "fashion-mnist:train", "--max-samples", "2000", "--partition",
                    "iid", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca,
                    "--heartbeat", "0.4", "--idle-timeout", "4", NULL};
@@ -324,8 +299,7 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
     char cert[600], key[600], err[512];
     fl_test_client_cert(21 + i, cert, key, sizeof cert);
     cr_assert_eq(fl_test_client_tls(cert, key, &tls[i], err, sizeof err), 0, "%s", err);
-    int port = atoi(strrchr(s.addr, ':') + 1);
-    cr_assert_eq(fl_connect(&loop, tls[i], "127.0.0.1", port, &opt, &st_cb, &p[i], &p[i].conn), 0);
+        cr_assert_eq(fl_connect(&loop, tls[i], "127.0.0.1", s.port, &opt, &st_cb, &p[i], &p[i].conn), 0);
   }
   uv_timer_t tick;
   uv_timer_init(&loop, &tick);
@@ -343,7 +317,7 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   cr_assert_geq(fl_test_count(log, "client-0021 dropped out"), 1);
   cr_assert_geq(fl_test_count(log, "client-0022 dropped out"), 1);
   cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  fl_test_fed_free(&s);
 }
 
 /* ---- stragglers ---- */
@@ -351,8 +325,8 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
 /* Six clients with size-skewed data, four updates needed: the round closes once the
  * four fastest are in, and the two slowest are refused as stale. */
 Test(resilience, over_selection_closes_rounds_without_the_slowest, .timeout = 300) {
-  setup s;
-  setup_init(&s);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
   char log[600], metrics[600], out[600], clog[600];
   snprintf(log, sizeof log, "%s/server.log", s.dir);
   snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
@@ -364,7 +338,7 @@ Test(resilience, over_selection_closes_rounds_without_the_slowest, .timeout = 30
                   "--cert", s.cert, "--key", s.key, NULL};
   pid_t srv = fl_test_spawn(log, argv);
   cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
-  char *cargv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "6",
+  char *cargv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "6",
                    "--data", "fashion-mnist:train", "--max-samples", "12000", "--partition",
                    "quantity:0.5", "--seed", "4", "--certs-dir", (char *)fl_test_certs_dir(),
                    "--ca", s.ca, "--workers", "2", NULL};
@@ -377,7 +351,7 @@ Test(resilience, over_selection_closes_rounds_without_the_slowest, .timeout = 30
   cr_assert_eq(fl_test_count(log, "closing the round without the 2 slowest clients"), 3);
   cr_assert_geq(fl_test_count(log, "stale update for round"), 1, "no late update was refused (%s)", log);
   cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  fl_test_fed_free(&s);
 }
 
 /* A client that says hello, keeps its connection alive and answers every task with an
@@ -427,8 +401,8 @@ static const fl_conn_callbacks rf_cb = {rf_open, rf_frame, rf_drain, rf_close};
  * --max-attempts it waits for a new client instead of spinning, then completes. */
 Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) {
   fl_log_set_level(FL_LOG_ERROR);
-  setup s;
-  setup_init(&s);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
   char log[600], metrics[600], out[600], clog[600];
   snprintf(log, sizeof log, "%s/server.log", s.dir);
   snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
@@ -440,7 +414,7 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
                   metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
   pid_t srv = fl_test_spawn(log, argv);
   cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
-  char *cargv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "1",
+  char *cargv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "1",
                    "--data", "fashion-mnist:train", "--max-samples", "500", "--certs-dir",
                    (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
   pid_t good = fl_test_spawn(clog, cargv);
@@ -460,8 +434,7 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   opt.heartbeat = hb;
   opt.heartbeat_len = hb_len;
   opt.heartbeat_interval_ms = 200;
-  int port = atoi(strrchr(s.addr, ':') + 1);
-  cr_assert_eq(fl_connect(&loop, tls, "127.0.0.1", port, &opt, &rf_cb, &rf, &rf.conn), 0);
+    cr_assert_eq(fl_connect(&loop, tls, "127.0.0.1", s.port, &opt, &rf_cb, &rf, &rf.conn), 0);
   /* Until the server gives up on the round and waits; then the probe. */
   while (!fl_test_count(log, "waiting for new clients") && fl_test_running(srv) && !rf.closed)
     uv_run(&loop, UV_RUN_NOWAIT), usleep(10000);
@@ -483,7 +456,7 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   /* A new client arrives: the round is tried again and the run completes. */
   char clog2[600];
   snprintf(clog2, sizeof clog2, "%s/clients2.log", s.dir);
-  char *c2argv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "1",
+  char *c2argv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "1",
                     "--cert-index", "2", "--data", "fashion-mnist:train", "--max-samples", "500",
                     "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
   pid_t good2 = fl_test_spawn(clog2, c2argv);
@@ -495,5 +468,5 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   cr_assert_eq(fl_test_count(log, "round 1/2: "), 3, "%s", log);
   cr_assert_eq(fl_test_metrics_rounds(metrics), 2);
   cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  fl_test_fed_free(&s);
 }

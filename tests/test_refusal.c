@@ -362,34 +362,19 @@ static long json_int(const char *line, const char *key) {
 }
 
 /* A run: fl-server with the common flags plus extra[] (NULL-terminated), and sc->n
- * scripted clients on sc's loop until every one has finished.  Paths in `files`. */
-typedef struct files { char dir[256], log[512], metrics[512]; } files;
-
-static void run_script(script *sc, files *f, const char *const *extra) {
-  char *dir = fl_test_tmpdir();
-  snprintf(f->dir, sizeof f->dir, "%s", dir);
-  free(dir);
-  char out[512], listen[64], ca[512], cert[512], key[512], rounds[16];
-  int port = fl_test_free_port();
-  snprintf(f->log, sizeof f->log, "%s/server.log", f->dir);
-  snprintf(f->metrics, sizeof f->metrics, "%s/metrics.jsonl", f->dir);
-  snprintf(out, sizeof out, "%s/model.bin", f->dir);
-  snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+ * scripted clients on sc's loop until every one has finished.  Its files are f's. */
+static void run_script(script *sc, fl_test_fed *f, const char *const *extra) {
+  fl_test_fed_init(f);
+  char rounds[16];
   snprintf(rounds, sizeof rounds, "%d", sc->rounds);
-  const char *certs = fl_test_certs_dir();
-  snprintf(ca, sizeof ca, "%s/ca.crt", certs);
-  snprintf(cert, sizeof cert, "%s/server.crt", certs);
-  snprintf(key, sizeof key, "%s/server.key", certs);
-  char *server = fl_test_bin("fl-server");
-  char *argv[64] = {server, "--listen", listen, "--model", "logreg", "--rounds", rounds,
-                    "--round-timeout", "30", "--metrics", f->metrics, "--out", out, "--ca", ca,
-                    "--cert", cert, "--key", key, "--seed", "7"};
+  const char *argv[64] = {"--model", "logreg", "--rounds", rounds, "--round-timeout", "30",
+                          "--seed", "7"};
   int argc = 0;
   while (argv[argc]) argc++;
-  for (int i = 0; extra[i]; i++) argv[argc++] = (char *)extra[i];
+  for (int i = 0; extra[i]; i++) argv[argc++] = extra[i];
   argv[argc] = NULL;
-  pid_t pid = fl_test_spawn(f->log, argv);
-  cr_assert(fl_test_wait_for(f->log, "listening on", 30), "server did not start");
+  pid_t pid = fl_test_fed_server_ready_list(f, "server.log", argv);
+  cr_assert(pid > 0, "server did not start");
 
   sc->log = f->log;
   uv_loop_init(&sc->loop);
@@ -408,7 +393,7 @@ static void run_script(script *sc, files *f, const char *const *extra) {
     cr_assert_eq(fl_test_client_tls(ccert, ckey, &c->tls, err, sizeof err), 0, "%s", err);
     c->sc = sc;
     c->index = i;
-    cr_assert_eq(fl_connect(&sc->loop, c->tls, "127.0.0.1", port, &opt, &cbs, c, &c->conn), 0);
+    cr_assert_eq(fl_connect(&sc->loop, c->tls, "127.0.0.1", f->port, &opt, &cbs, c, &c->conn), 0);
   }
   uv_run(&sc->loop, UV_RUN_DEFAULT);
   int rc = fl_test_wait(pid, 60);
@@ -419,11 +404,10 @@ static void run_script(script *sc, files *f, const char *const *extra) {
     fl_test_model_free(&sc->c[i].model);
   }
   uv_loop_close(&sc->loop);
-  free(server);
 }
 
 /* The metrics agree with what the script counted, round by round; returns the refusals. */
-static int check_metrics(const script *sc, const files *f) {
+static int check_metrics(const script *sc, const fl_test_fed *f) {
   char *m = fl_test_read_file(f->metrics, NULL);
   cr_assert_not_null(m);
   int lines = 0, total_refused = 0;
@@ -445,7 +429,7 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   script *sc = calloc(1, sizeof *sc);
   sc->n = NCLIENTS;
   sc->rounds = ROUNDS;
-  files f;
+  fl_test_fed f;
   sc->per_round = 3;
   static const char *const extra[] = {"--clients-per-round", "3", "--min-clients", "4",
                                       "--min-updates", "1", NULL};
@@ -486,6 +470,7 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   cr_assert_eq(fl_test_count(f.log, "client-0004's weight"), capped);
   cr_assert(fl_test_count(f.log, "NaN") + fl_test_count(f.log, "finite") >= 1, "no NaN refusal in log");
   free(sc);
+  fl_test_fed_free(&f);
 }
 
 /* One update buffer, three clients selected for two updates: client 0 holds the buffer
@@ -498,7 +483,7 @@ Test(refusal, updates_queue_for_a_buffer_and_the_last_is_refused_at_close, .time
   sc->queue = 1;
   sc->n = 3;
   sc->rounds = 3;
-  files f;
+  fl_test_fed f;
   sc->per_round = 3;
   static const char *const extra[] = {"--clients-per-round", "2", "--over-select", "0.5",
                                       "--min-clients", "3", "--update-buffers", "1",
@@ -518,4 +503,5 @@ Test(refusal, updates_queue_for_a_buffer_and_the_last_is_refused_at_close, .time
   cr_assert_eq(fl_test_count(f.log, "before the update was taken"), 3);
   cr_assert_eq(fl_test_count(f.metrics, "\"fold_passes\":2"), 3);
   free(sc);
+  fl_test_fed_free(&f);
 }

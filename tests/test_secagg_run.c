@@ -82,8 +82,7 @@ struct run {
   double cap_of[MAXROUND + 1];   /* the unit weight the server announced */
   int checks;                /* models verified */
   double worst;              /* largest error seen, over the bound */
-  int port;
-  const char *log;
+  fl_test_fed f;             /* the server's port, files and log */
   pid_t server;
   void (*after_round)(run *r, uint64_t round); /* when round's result was verified */
   uint32_t *masked_copy[2];  /* the uniformity test: what client 0 sent in rounds 1, 2 */
@@ -429,7 +428,7 @@ static const fl_conn_callbacks cbs = {on_open, on_frame, on_drain, on_close};
 static void connect_client(sac *c) {
   fl_conn_options opt;
   fl_conn_options_default(&opt);
-  cr_assert_eq(fl_connect(&c->r->loop, c->tls, "127.0.0.1", c->r->port, &opt, &cbs, c, &c->conn), 0);
+  cr_assert_eq(fl_connect(&c->r->loop, c->tls, "127.0.0.1", c->r->f.port, &opt, &cbs, c, &c->conn), 0);
 }
 
 static void on_deadline(uv_timer_t *t) {
@@ -438,15 +437,24 @@ static void on_deadline(uv_timer_t *t) {
     r->c[i].done = 1;
     if (r->c[i].conn) fl_conn_close(r->c[i].conn, "test deadline");
   }
-  cr_assert_fail("the run did not end in time (server log %s)", r->log);
+  cr_assert_fail("the run did not end in time (server log %s)", r->f.log);
 }
 
-/* Runs fl-server (logreg, the given rounds and extra flags) with n scripted clients until
- * the server says Done to all of them.  The server's log path goes to log. */
-static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
-  char log[600], nclients[16], nrounds[16];
-  fl_test_fed_path(f, "server.log", log, sizeof log);
-  r->log = strdup(log);
+/* A run of n scripted clients, with secure aggregation or without, and its federation's
+ * files; run_free frees it. */
+static run *run_new(int n, int secagg) {
+  run *r = calloc(1, sizeof *r);
+  r->n = n;
+  r->secagg = secagg;
+  fl_test_fed_init(&r->f);
+  return r;
+}
+
+/* Runs fl-server (logreg, the given rounds and extra flags) with r's scripted clients
+ * until the server says Done to all of them. */
+static void play(run *r, int rounds, const char *const *extra) {
+  const char *log = r->f.log;
+  char nclients[16], nrounds[16];
   snprintf(nclients, sizeof nclients, "%d", r->n);
   snprintf(nrounds, sizeof nrounds, "%d", rounds);
   const char *argv[40] = {"--model", "logreg", "--rounds", nrounds, "--clients-per-round",
@@ -456,14 +464,8 @@ static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
   while (argv[argc]) argc++;
   for (int i = 0; extra && extra[i]; i++) argv[argc++] = extra[i];
   argv[argc] = NULL;
-#define A(i) (char *)argv[i]
-  r->server = fl_test_fed_server_ready(f, "server.log", A(0), A(1), A(2), A(3), A(4), A(5), A(6),
-                                       A(7), A(8), A(9), A(10), A(11), A(12), A(13), A(14), A(15),
-                                       A(16), A(17), A(18), A(19), A(20), A(21), A(22), A(23),
-                                       NULL);
-#undef A
+  r->server = fl_test_fed_server_ready_list(&r->f, "server.log", argv);
   cr_assert_gt(r->server, 0, "fl-server did not start (%s)", log);
-  r->port = f->port;
   uv_loop_init(&r->loop);
   uv_timer_init(&r->loop, &r->deadline);
   r->deadline.data = r;
@@ -487,7 +489,7 @@ static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
   uint64_t id;
   size_t n;
   float *final;
-  cr_assert_eq(fl_modelfile_load(f->model, &spec, &id, &final, &n, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(fl_modelfile_load(r->f.model, &spec, &id, &final, &n, err, sizeof err), 0, "%s", err);
   check_model(r, (uint64_t)rounds + 1, final, n);
   free(spec);
   free(final);
@@ -503,7 +505,7 @@ static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
 
 static void run_free(run *r) {
   free(r->prev);
-  free((char *)r->log);
+  fl_test_fed_free(&r->f);
   for (int i = 0; i < 2; i++) {
     free(r->masked_copy[i]);
     free(r->plain_copy[i]);
@@ -526,19 +528,15 @@ static stage plan_within(const run *r, int i, uint64_t round, uint64_t attempt) 
 }
 
 Test(secagg_run, dropouts_at_each_stage_up_to_n_minus_t, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 6;
-  r->secagg = 1;
+  run *r = run_new(6, 1);
   r->plan = plan_within;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const extra[] = {"--secagg", "--secagg-threshold", "3", NULL};
-  play(r, &f, 5, extra);
+  play(r, 5, extra);
   /* one attempt each, and the stages' counts as planned */
   static const int keys[] = {0, 6, 3, 6, 6, 6}, shares[] = {0, 6, 3, 3, 6, 6},
                    inputs[] = {0, 6, 3, 3, 3, 6}, revealed[] = {0, 6, 3, 3, 3, 3};
   for (int round = 1; round <= 5; round++) {
-    char *line = fl_test_metrics_line(f.metrics, round);
+    char *line = fl_test_metrics_line(r->f.metrics, round);
     cr_assert_not_null(line, "no metrics for round %d", round);
     cr_assert_eq(fl_test_json_num(line, "attempts"), 1, "round %d: %s", round, line);
     char want[160];
@@ -547,9 +545,8 @@ Test(secagg_run, dropouts_at_each_stage_up_to_n_minus_t, .timeout = 600) {
     cr_assert(strstr(line, want), "round %d: expected %s in %s", round, want, line);
     free(line);
   }
-  cr_assert_eq(fl_test_count(r->log, "sent no keys in time"), 0); /* they dropped, not stalled */
+  cr_assert_eq(fl_test_count(r->f.log, "sent no keys in time"), 0); /* they dropped, not stalled */
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- more than n - t: the attempt fails, the retry completes ---- */
@@ -562,27 +559,22 @@ static stage plan_beyond(const run *r, int i, uint64_t round, uint64_t attempt) 
 }
 
 Test(secagg_run, too_many_dropouts_fail_the_attempt_and_the_retry_completes, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 6;
-  r->secagg = 1;
+  run *r = run_new(6, 1);
   r->plan = plan_beyond;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const extra[] = {"--secagg", "--secagg-threshold", "4", NULL};
-  play(r, &f, 4, extra);
+  play(r, 4, extra);
   for (int round = 1; round <= 4; round++) {
-    char *line = fl_test_metrics_line(f.metrics, round);
+    char *line = fl_test_metrics_line(r->f.metrics, round);
     cr_assert_not_null(line);
     cr_assert_eq(fl_test_json_num(line, "attempts"), 2, "round %d: %s", round, line);
     free(line);
   }
-  cr_assert_eq(fl_test_count(r->log, "3 of 6 clients sent keys, the threshold is 4"), 1, "%s", r->log);
-  cr_assert_eq(fl_test_count(r->log, "3 of 6 clients sent their shares, the threshold is 4"), 1);
-  cr_assert_eq(fl_test_count(r->log, "3 masked inputs, the threshold is 4"), 1);
-  cr_assert_eq(fl_test_count(r->log, "shares, 4 needed"), 1, "%s", r->log);
-  cr_assert_eq(fl_test_count(r->log, "retrying with a new selection"), 4);
+  cr_assert_eq(fl_test_count(r->f.log, "3 of 6 clients sent keys, the threshold is 4"), 1, "%s", r->f.log);
+  cr_assert_eq(fl_test_count(r->f.log, "3 of 6 clients sent their shares, the threshold is 4"), 1);
+  cr_assert_eq(fl_test_count(r->f.log, "3 masked inputs, the threshold is 4"), 1);
+  cr_assert_eq(fl_test_count(r->f.log, "shares, 4 needed"), 1, "%s", r->f.log);
+  cr_assert_eq(fl_test_count(r->f.log, "retrying with a new selection"), 4);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- SecAgg+: four neighbours of ten ---- */
@@ -596,18 +588,13 @@ static stage plan_plus(const run *r, int i, uint64_t round, uint64_t attempt) {
 }
 
 Test(secagg_run, secagg_plus_with_four_neighbours, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 10;
-  r->secagg = 1;
+  run *r = run_new(10, 1);
   r->plan = plan_plus;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const extra[] = {"--secagg", "--secagg-neighbors", "4", "--secagg-threshold",
                                       "3", NULL};
-  play(r, &f, 3, extra);
-  cr_assert_eq(fl_test_count(r->log, "among 10 clients, 4 neighbours each, threshold 3"), 3);
+  play(r, 3, extra);
+  cr_assert_eq(fl_test_count(r->f.log, "among 10 clients, 4 neighbours each, threshold 3"), 3);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- malformed keys and shares ---- */
@@ -619,23 +606,18 @@ static misdeed bad_round1(const run *r, int i, uint64_t round) {
 }
 
 Test(secagg_run, a_bad_key_or_share_leaves_its_client_out, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 6;
-  r->secagg = 1;
+  run *r = run_new(6, 1);
   r->bad = bad_round1;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const extra[] = {"--secagg", "--secagg-threshold", "3", NULL};
-  play(r, &f, 2, extra);
-  cr_assert_eq(fl_test_count(r->log, "client-0001 left out: a public key that is not a usable X25519 point"), 1,
-               "%s", r->log);
-  cr_assert_eq(fl_test_count(r->log, "client-0002 left out: a sealed share of the wrong size"), 1);
-  char *line = fl_test_metrics_line(f.metrics, 1);
+  play(r, 2, extra);
+  cr_assert_eq(fl_test_count(r->f.log, "client-0001 left out: a public key that is not a usable X25519 point"), 1,
+               "%s", r->f.log);
+  cr_assert_eq(fl_test_count(r->f.log, "client-0002 left out: a sealed share of the wrong size"), 1);
+  char *line = fl_test_metrics_line(r->f.metrics, 1);
   cr_assert(strstr(line, "\"keys\":5,\"shares\":4,\"inputs\":4"), "%s", line);
   cr_assert_eq(fl_test_json_num(line, "attempts"), 1);
   free(line);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- what the server sees of one input ---- */
@@ -659,13 +641,9 @@ static double chi2_two(const uint8_t *a, const uint8_t *b, size_t len) {
 }
 
 Test(secagg_run, a_masked_input_looks_uniform, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 4;
-  r->secagg = 1;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
+  run *r = run_new(4, 1);
   static const char *const extra[] = {"--secagg", NULL};
-  play(r, &f, 2, extra);
+  play(r, 2, extra);
   cr_assert(r->masked_copy[0] && r->masked_copy[1]);
   size_t len = r->masked_len * 4;
   /* 255 degrees of freedom: mean 255, deviation 22.6; 400 is beyond six deviations, a
@@ -683,7 +661,6 @@ Test(secagg_run, a_masked_input_looks_uniform, .timeout = 600) {
   /* and the inputs really differ (other deltas, another round) */
   cr_assert_neq(memcmp(r->plain_copy[0], r->plain_copy[1], len), 0);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- the server's memory ---- */
@@ -747,18 +724,13 @@ static void scan_after(run *r, uint64_t round) {
 }
 
 static void memory_run(int secagg) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 3;
-  r->secagg = secagg;
+  run *r = run_new(3, secagg);
   r->after_round = scan_after;
   scanned = found_plain = found_fixed = 0;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const with[] = {"--secagg", "--secagg-threshold", "2", NULL};
-  play(r, &f, 2, secagg ? with : NULL);
+  play(r, 2, secagg ? with : NULL);
   cr_assert(scanned);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 Test(secagg_run, the_server_never_holds_one_unmasked_update, .timeout = 600) {

@@ -333,6 +333,7 @@ void fl_test_fed_init(fl_test_fed *f) {
   snprintf(f->listen, sizeof f->listen, "127.0.0.1:%d", f->port);
   snprintf(f->model, sizeof f->model, "%s/model.bin", f->dir);
   snprintf(f->metrics, sizeof f->metrics, "%s/metrics.jsonl", f->dir);
+  snprintf(f->log, sizeof f->log, "%s/server.log", f->dir);
   f->server = fl_test_bin("fl-server");
   f->client = fl_test_bin("fl-client");
 }
@@ -350,55 +351,68 @@ void fl_test_fed_path(const fl_test_fed *f, const char *name, char *out, size_t 
 
 #define MAX_ARGS 128
 
-/* argv = fixed[] then the NULL-terminated extra arguments of ap. */
+/* argv = fixed[] then the NULL-terminated extra[] (NULL: none). */
 static pid_t spawn_with(const fl_test_fed *f, const char *log, char **fixed, int nfixed,
-                        va_list ap) {
+                        const char *const *extra) {
   char *argv[MAX_ARGS];
   int n = 0;
   for (int i = 0; i < nfixed; i++) argv[n++] = fixed[i];
-  const char *a;
-  while ((a = va_arg(ap, const char *)) && n < MAX_ARGS - 1) argv[n++] = (char *)a;
+  for (int i = 0; extra && extra[i] && n < MAX_ARGS - 1; i++) argv[n++] = (char *)extra[i];
   argv[n] = NULL;
   char path[700];
   fl_test_fed_path(f, log, path, sizeof path);
   return fl_test_spawn(path, argv);
 }
 
-static pid_t server_v(fl_test_fed *f, const char *log, va_list ap) {
+/* The NULL-terminated arguments of ap into out[MAX_ARGS]. */
+static void collect(va_list ap, const char **out) {
+  int n = 0;
+  const char *a;
+  while ((a = va_arg(ap, const char *)) && n < MAX_ARGS - 1) out[n++] = a;
+  out[n] = NULL;
+}
+
+static pid_t server_list(fl_test_fed *f, const char *log, const char *const *extra) {
   char *fixed[] = {f->server, "--listen", f->listen, "--ca", f->ca, "--cert", f->cert,
                    "--key", f->key, "--out", f->model, "--metrics", f->metrics};
-  return spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), ap);
+  return spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), extra);
 }
 
 pid_t fl_test_fed_server(fl_test_fed *f, const char *log, ...) {
+  const char *extra[MAX_ARGS];
   va_list ap;
   va_start(ap, log);
-  pid_t pid = server_v(f, log, ap);
+  collect(ap, extra);
   va_end(ap);
-  return pid;
+  return server_list(f, log, extra);
 }
 
-pid_t fl_test_fed_server_ready(fl_test_fed *f, const char *log, ...) {
-  va_list ap;
-  va_start(ap, log);
-  pid_t pid = server_v(f, log, ap);
-  va_end(ap);
+pid_t fl_test_fed_server_ready_list(fl_test_fed *f, const char *log, const char *const *extra) {
+  pid_t pid = server_list(f, log, extra);
   char path[700];
   fl_test_fed_path(f, log, path, sizeof path);
   if (!fl_test_wait_for_while(path, "[server] listening on", pid, 30)) return -1;
   return pid;
 }
 
-pid_t fl_test_fed_clients(fl_test_fed *f, const char *log, ...) {
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", f->port);
-  char *fixed[] = {f->client, "--server", addr, "--server-name", "localhost", "--ca", f->ca,
-                   "--certs-dir", (char *)fl_test_certs_dir()};
+pid_t fl_test_fed_server_ready(fl_test_fed *f, const char *log, ...) {
+  const char *extra[MAX_ARGS];
   va_list ap;
   va_start(ap, log);
-  pid_t pid = spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), ap);
+  collect(ap, extra);
   va_end(ap);
-  return pid;
+  return fl_test_fed_server_ready_list(f, log, extra);
+}
+
+pid_t fl_test_fed_clients(fl_test_fed *f, const char *log, ...) {
+  char *fixed[] = {f->client, "--server", f->listen, "--server-name", "localhost", "--ca", f->ca,
+                   "--certs-dir", (char *)fl_test_certs_dir()};
+  const char *extra[MAX_ARGS];
+  va_list ap;
+  va_start(ap, log);
+  collect(ap, extra);
+  va_end(ap);
+  return spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), extra);
 }
 
 /* ---- scripted clients ---- */

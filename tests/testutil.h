@@ -104,6 +104,7 @@ typedef struct fl_test_fed {
   int port;
   char listen[64];                  /* 127.0.0.1:PORT */
   char model[600], metrics[600];    /* DIR/model.bin, DIR/metrics.jsonl */
+  char log[600];                    /* DIR/server.log, the server's log by convention */
   char *server, *client;            /* paths of the binaries */
 } fl_test_fed;
 
@@ -115,6 +116,8 @@ void fl_test_fed_path(const fl_test_fed *f, const char *name, char *out, size_t 
 pid_t fl_test_fed_server(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
 /* Starts fl-server and waits until it listens (30 s); -1 if it never did. */
 pid_t fl_test_fed_server_ready(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
+/* The same with the extra arguments in a NULL-terminated array (borrowed; NULL: none). */
+pid_t fl_test_fed_server_ready_list(fl_test_fed *f, const char *log, const char *const *extra);
 /* Starts one fl-client process with the extra arguments (NULL-terminated). */
 pid_t fl_test_fed_clients(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
 

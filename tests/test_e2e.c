@@ -21,8 +21,6 @@
 Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
   fl_test_fed r;
   fl_test_fed_init(&r);
-  char log[700];
-  fl_test_fed_path(&r, "server.log", log, sizeof log);
   char clog[600];
   snprintf(clog, sizeof clog, "%s/clients.log", r.dir);
   char *sargv[] = {r.server, "--listen", r.listen, "--model", "2nn", "--rounds", "5",
@@ -34,11 +32,11 @@ Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
                    "fashion-mnist:train", "--max-samples", "6000", "--partition", "iid",
                    "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca, "--workers", "2",
                    NULL};
-  pid_t s = fl_test_spawn(log, sargv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", s, 60), "no server (%s)", log);
+  pid_t s = fl_test_spawn(r.log, sargv);
+  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
   pid_t c = fl_test_spawn(clog, cargv);
   int rc = fl_test_wait(s, 540);
-  cr_assert_eq(rc, 0, "fl-server exited with %d (see %s)", rc, log);
+  cr_assert_eq(rc, 0, "fl-server exited with %d (see %s)", rc, r.log);
   rc = fl_test_wait(c, 30);
   cr_assert_eq(rc, 0, "fl-client exited with %d (see %s)", rc, clog);
 
@@ -66,8 +64,8 @@ Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
   cr_assert_eq(lines, 5);
   cr_assert_gt(last, 0.70, "final test accuracy %.3f", last);
   cr_assert_gt(last, first, "accuracy did not rise: %.3f -> %.3f", first, last);
-  cr_assert_eq(fl_test_count(log, "round 5/5 done"), 1);
-  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  cr_assert_eq(fl_test_count(r.log, "round 5/5 done"), 1);
+  cr_assert(fl_test_sanitizer_clean(r.log), "sanitizer report in %s", r.log);
   cr_assert(fl_test_sanitizer_clean(clog), "sanitizer report in %s", clog);
   fl_test_fed_free(&r);
 }
@@ -78,8 +76,6 @@ Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
 Test(e2e, global_model_is_weighted_average, .timeout = 300) {
   fl_test_fed r;
   fl_test_fed_init(&r);
-  char log[700];
-  fl_test_fed_path(&r, "server.log", log, sizeof log);
   char clog[600];
   snprintf(clog, sizeof clog, "%s/clients.log", r.dir);
   char *sargv[] = {r.server, "--listen", r.listen, "--model", "2nn", "--rounds", "1",
@@ -90,10 +86,10 @@ Test(e2e, global_model_is_weighted_average, .timeout = 300) {
                    "fashion-mnist:train", "--max-samples", "301", "--partition", "iid",
                    "--seed", "5", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca,
                    NULL};
-  pid_t s = fl_test_spawn(log, sargv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", s, 60), "no server (%s)", log);
+  pid_t s = fl_test_spawn(r.log, sargv);
+  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
   pid_t c = fl_test_spawn(clog, cargv);
-  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", log);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", r.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "fl-client failed (see %s)", clog);
 
   char err[512], *spec;
@@ -197,8 +193,6 @@ Test(e2e, server_and_three_client_processes, .timeout = 300) {
 Test(e2e, init_model_from_fl_train, .timeout = 300) {
   fl_test_fed r;
   fl_test_fed_init(&r);
-  char log[700];
-  fl_test_fed_path(&r, "server.log", log, sizeof log);
   char pre[600], tlog[600], cmd[2048];
   snprintf(pre, sizeof pre, "%s/pretrained.bin", r.dir);
   snprintf(tlog, sizeof tlog, "%s/train.log", r.dir);
@@ -208,8 +202,8 @@ Test(e2e, init_model_from_fl_train, .timeout = 300) {
 
   char *bad[] = {r.server, "--listen", r.listen, "--model", "2nn", "--init-model", pre,
                  "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
-  cr_assert_eq(fl_test_wait(fl_test_spawn(log, bad), 30), 1);
-  cr_assert_eq(fl_test_count(log, "pretrained.bin holds model 'in:784 dense:10 softmax'"), 1, "%s", log);
+  cr_assert_eq(fl_test_wait(fl_test_spawn(r.log, bad), 30), 1);
+  cr_assert_eq(fl_test_count(r.log, "pretrained.bin holds model 'in:784 dense:10 softmax'"), 1, "%s", r.log);
 
   /* One round with a tiny step: the model is still the pretrained one's quality. */
   char *sargv[] = {r.server, "--listen", r.listen, "--model", "logreg", "--init-model", pre,
@@ -221,16 +215,16 @@ Test(e2e, init_model_from_fl_train, .timeout = 300) {
   char *cargv[] = {r.client, "--server", r.listen, "--server-name", "localhost", "--clients",
                    "1", "--data", "fashion-mnist:train", "--max-samples", "100", "--certs-dir",
                    (char *)fl_test_certs_dir(), "--ca", r.ca, NULL};
-  pid_t s = fl_test_spawn(log, sargv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", s, 60), "no server (%s)", log);
+  pid_t s = fl_test_spawn(r.log, sargv);
+  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
   pid_t c = fl_test_spawn(clog, cargv);
-  cr_assert_eq(fl_test_wait(s, 120), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(s, 120), 0, "server failed (%s)", r.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "client failed (%s)", clog);
   char *m = fl_test_read_file(r.metrics, NULL);
   cr_assert_not_null(m);
   double acc = fl_test_json_num(m, "test_accuracy");
   free(m);
   cr_assert_gt(acc, 0.75, "a pretrained start should test well above chance: %.3f", acc);
-  cr_assert_eq(fl_test_count(log, "initial model from"), 1);
+  cr_assert_eq(fl_test_count(r.log, "initial model from"), 1);
   fl_test_fed_free(&r);
 }

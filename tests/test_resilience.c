@@ -186,34 +186,30 @@ static pid_t start_group(fl_test_fed *s, const char *tag, const char *n, const c
 Test(resilience, churn_thirty_percent_killed_and_restarted, .timeout = 600) {
   fl_test_fed s;
   fl_test_fed_init(&s);
-  char log[600], metrics[600], out[600];
-  snprintf(log, sizeof log, "%s/server.log", s.dir);
-  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
-  snprintf(out, sizeof out, "%s/model.bin", s.dir);
   char *argv[] = {s.server, "--listen", s.listen, "--model", "2nn", "--rounds", "5",
                   "--clients-per-round", "20", "--min-clients", "20", "--min-updates", "4",
-                  "--round-timeout", "600", "--epochs", "1", "--seed", "5", "--out", out,
-                  "--metrics", metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key,
+                  "--round-timeout", "600", "--epochs", "1", "--seed", "5", "--out", s.model,
+                  "--metrics", s.metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key,
                   "--log-level", "debug", NULL};
-  pid_t srv = fl_test_spawn(log, argv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
+  pid_t srv = fl_test_spawn(s.log, argv);
+  cr_assert(fl_test_wait_for_while(s.log, "[server] listening on", srv, 60), "no server (%s)", s.log);
   pid_t a = start_group(&s, "a", "14", "1", "0", "0");
   pid_t b = start_group(&s, "b", "6", "15", "14", "2");
   cr_assert_eq(fl_test_wait(b, 240), 128 + SIGKILL, "clients b did not die in round 2 (%s)", s.dir);
-  cr_assert(fl_test_wait_for(log, "round 2/5 done", 240), "no round 2 (%s)", log);
+  cr_assert(fl_test_wait_for(s.log, "round 2/5 done", 240), "no round 2 (%s)", s.log);
   pid_t b2 = start_group(&s, "b2", "6", "15", "14", "0");
-  cr_assert_eq(fl_test_wait(srv, 300), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(srv, 300), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(a, 60), 0, "clients a failed (%s)", s.dir);
   cr_assert_eq(fl_test_wait(b2, 60), 0, "restarted clients b failed (%s)", s.dir);
 
-  cr_assert_eq(fl_test_metrics_rounds(metrics), 5);
-  char *r2 = fl_test_metrics_line(metrics, 2);
+  cr_assert_eq(fl_test_metrics_rounds(s.metrics), 5);
+  char *r2 = fl_test_metrics_line(s.metrics, 2);
   cr_assert_not_null(r2);
   cr_assert_eq(fl_test_json_num(r2, "clients_dropped"), 6, "%s", r2);
   cr_assert_eq(fl_test_json_num(r2, "updates_accepted"), 14, "%s", r2);
   free(r2);
   for (int r = 3; r <= 5; r++) {
-    char *line = fl_test_metrics_line(metrics, r);
+    char *line = fl_test_metrics_line(s.metrics, r);
     cr_assert_not_null(line);
     cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 20, "%s", line);
     free(line);
@@ -221,14 +217,14 @@ Test(resilience, churn_thirty_percent_killed_and_restarted, .timeout = 600) {
   for (int i = 15; i <= 20; i++) {
     char who[96];
     snprintf(who, sizeof who, "round 2: client-%04d dropped out", i);
-    cr_assert_eq(fl_test_count(log, who), 1, "%s not logged (%s)", who, log);
+    cr_assert_eq(fl_test_count(s.log, who), 1, "%s not logged (%s)", who, s.log);
     /* Back after the restart: an update in each later round. */
     for (int r = 3; r <= 5; r++) {
       snprintf(who, sizeof who, "round %d: update from client-%04d (", r, i);
-      cr_assert_eq(fl_test_count(log, who), 1, "no '%s' (%s)", who, log);
+      cr_assert_eq(fl_test_count(s.log, who), 1, "no '%s' (%s)", who, s.log);
     }
   }
-  cr_assert(fl_test_sanitizer_clean(log));
+  cr_assert(fl_test_sanitizer_clean(s.log));
   fl_test_fed_free(&s);
 }
 
@@ -268,16 +264,12 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   fl_log_set_level(FL_LOG_ERROR);
   fl_test_fed s;
   fl_test_fed_init(&s);
-  char log[600], metrics[600], out[600];
-  snprintf(log, sizeof log, "%s/server.log", s.dir);
-  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
-  snprintf(out, sizeof out, "%s/model.bin", s.dir);
   char *argv[] = {s.server, "--listen", s.listen, "--model", "logreg", "--rounds", "1",
                   "--clients-per-round", "4", "--min-clients", "4", "--round-timeout", "120",
-                  "--idle-timeout", "4", "--heartbeat", "0.4", "--out", out, "--metrics",
-                  metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
-  pid_t srv = fl_test_spawn(log, argv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
+                  "--idle-timeout", "4", "--heartbeat", "0.4", "--out", s.model, "--metrics",
+                  s.metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
+  pid_t srv = fl_test_spawn(s.log, argv);
+  cr_assert(fl_test_wait_for_while(s.log, "[server] listening on", srv, 60), "no server (%s)", s.log);
   char clog[600];
   snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
   char *cargv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "2",
@@ -287,7 +279,7 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   pid_t good = fl_test_spawn(clog, cargv);
   /* The silent peers come once the good clients are in: the round starts the moment
    * they are ready too, however long the good ones took to load their data. */
-  cr_assert(fl_test_wait_for_while(log, "; 2 clients ready", srv, 120), "good clients never ready (%s)", log);
+  cr_assert(fl_test_wait_for_while(s.log, "; 2 clients ready", srv, 120), "good clients never ready (%s)", s.log);
 
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -309,14 +301,14 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   for (int i = 0; i < 2; i++) fl_tls_config_free(tls[i]);
   uv_loop_close(&loop);
 
-  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(good, 30), 0, "good clients failed (%s)", clog);
-  cr_assert_eq(fl_test_count(metrics, "\"updates_accepted\":2"), 1, "%s", metrics);
-  cr_assert_eq(fl_test_count(metrics, "\"clients_dropped\":2"), 1, "%s", metrics);
-  cr_assert_eq(fl_test_count(log, "timed out with"), 0, "the round waited for its timeout");
-  cr_assert_geq(fl_test_count(log, "client-0021 dropped out"), 1);
-  cr_assert_geq(fl_test_count(log, "client-0022 dropped out"), 1);
-  cr_assert(fl_test_sanitizer_clean(log));
+  cr_assert_eq(fl_test_count(s.metrics, "\"updates_accepted\":2"), 1, "%s", s.metrics);
+  cr_assert_eq(fl_test_count(s.metrics, "\"clients_dropped\":2"), 1, "%s", s.metrics);
+  cr_assert_eq(fl_test_count(s.log, "timed out with"), 0, "the round waited for its timeout");
+  cr_assert_geq(fl_test_count(s.log, "client-0021 dropped out"), 1);
+  cr_assert_geq(fl_test_count(s.log, "client-0022 dropped out"), 1);
+  cr_assert(fl_test_sanitizer_clean(s.log));
   fl_test_fed_free(&s);
 }
 
@@ -327,30 +319,27 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
 Test(resilience, over_selection_closes_rounds_without_the_slowest, .timeout = 300) {
   fl_test_fed s;
   fl_test_fed_init(&s);
-  char log[600], metrics[600], out[600], clog[600];
-  snprintf(log, sizeof log, "%s/server.log", s.dir);
-  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
-  snprintf(out, sizeof out, "%s/model.bin", s.dir);
+  char clog[600];
   snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
   char *argv[] = {s.server, "--listen", s.listen, "--model", "2nn", "--rounds", "3",
                   "--clients-per-round", "4", "--over-select", "0.5", "--min-clients", "6",
-                  "--epochs", "2", "--out", out, "--metrics", metrics, "--ca", s.ca,
+                  "--epochs", "2", "--out", s.model, "--metrics", s.metrics, "--ca", s.ca,
                   "--cert", s.cert, "--key", s.key, NULL};
-  pid_t srv = fl_test_spawn(log, argv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
+  pid_t srv = fl_test_spawn(s.log, argv);
+  cr_assert(fl_test_wait_for_while(s.log, "[server] listening on", srv, 60), "no server (%s)", s.log);
   char *cargv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "6",
                    "--data", "fashion-mnist:train", "--max-samples", "12000", "--partition",
                    "quantity:0.5", "--seed", "4", "--certs-dir", (char *)fl_test_certs_dir(),
                    "--ca", s.ca, "--workers", "2", NULL};
   pid_t c = fl_test_spawn(clog, cargv);
-  cr_assert_eq(fl_test_wait(srv, 240), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(srv, 240), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "clients failed (%s)", clog);
-  cr_assert_eq(fl_test_metrics_rounds(metrics), 3);
-  cr_assert_eq(fl_test_count(metrics, "\"clients_selected\":6"), 3, "%s", metrics);
-  cr_assert_eq(fl_test_count(metrics, "\"updates_accepted\":4"), 3, "%s", metrics);
-  cr_assert_eq(fl_test_count(log, "closing the round without the 2 slowest clients"), 3);
-  cr_assert_geq(fl_test_count(log, "stale update for round"), 1, "no late update was refused (%s)", log);
-  cr_assert(fl_test_sanitizer_clean(log));
+  cr_assert_eq(fl_test_metrics_rounds(s.metrics), 3);
+  cr_assert_eq(fl_test_count(s.metrics, "\"clients_selected\":6"), 3, "%s", s.metrics);
+  cr_assert_eq(fl_test_count(s.metrics, "\"updates_accepted\":4"), 3, "%s", s.metrics);
+  cr_assert_eq(fl_test_count(s.log, "closing the round without the 2 slowest clients"), 3);
+  cr_assert_geq(fl_test_count(s.log, "stale update for round"), 1, "no late update was refused (%s)", s.log);
+  cr_assert(fl_test_sanitizer_clean(s.log));
   fl_test_fed_free(&s);
 }
 
@@ -403,17 +392,14 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   fl_log_set_level(FL_LOG_ERROR);
   fl_test_fed s;
   fl_test_fed_init(&s);
-  char log[600], metrics[600], out[600], clog[600];
-  snprintf(log, sizeof log, "%s/server.log", s.dir);
-  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
-  snprintf(out, sizeof out, "%s/model.bin", s.dir);
+  char clog[600];
   snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
   char *argv[] = {s.server, "--listen", s.listen, "--model", "logreg", "--rounds", "2",
                   "--clients-per-round", "2", "--min-clients", "2", "--min-updates", "2",
-                  "--round-timeout", "600", "--max-attempts", "2", "--log-level", "debug", "--out", out, "--metrics",
-                  metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
-  pid_t srv = fl_test_spawn(log, argv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
+                  "--round-timeout", "600", "--max-attempts", "2", "--log-level", "debug", "--out", s.model, "--metrics",
+                  s.metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
+  pid_t srv = fl_test_spawn(s.log, argv);
+  cr_assert(fl_test_wait_for_while(s.log, "[server] listening on", srv, 60), "no server (%s)", s.log);
   char *cargv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "1",
                    "--data", "fashion-mnist:train", "--max-samples", "500", "--certs-dir",
                    (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
@@ -436,16 +422,16 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   opt.heartbeat_interval_ms = 200;
     cr_assert_eq(fl_connect(&loop, tls, "127.0.0.1", s.port, &opt, &rf_cb, &rf, &rf.conn), 0);
   /* Until the server gives up on the round and waits; then the probe. */
-  while (!fl_test_count(log, "waiting for new clients") && fl_test_running(srv) && !rf.closed)
+  while (!fl_test_count(s.log, "waiting for new clients") && fl_test_running(srv) && !rf.closed)
     uv_run(&loop, UV_RUN_NOWAIT), usleep(10000);
-  cr_assert(fl_test_count(log, "waiting for new clients"), "the server never waited (%s)", log);
+  cr_assert(fl_test_count(s.log, "waiting for new clients"), "the server never waited (%s)", s.log);
   rf.probe_sent = 1;
   rf_hello(rf.conn);
   while (!rf.probe_answered && !rf.closed) uv_run(&loop, UV_RUN_ONCE);
-  cr_assert(rf.probe_answered, "no answer to the probe (%s)", log);
+  cr_assert(rf.probe_answered, "no answer to the probe (%s)", s.log);
   cr_assert_eq(rf.tasks_at_probe, 2, "the refusing client got %d tasks, not 2 (%s)",
-               rf.tasks_at_probe, log);
-  cr_assert_eq(fl_test_count(log, "round 1/2: "), 2, "the server kept retrying (%s)", log);
+               rf.tasks_at_probe, s.log);
+  cr_assert_eq(fl_test_count(s.log, "round 1/2: "), 2, "the server kept retrying (%s)", s.log);
   fl_conn_close(rf.conn, "leaving");
   while (!rf.closed) uv_run(&loop, UV_RUN_ONCE);
   uv_run(&loop, UV_RUN_DEFAULT);
@@ -460,13 +446,13 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
                     "--cert-index", "2", "--data", "fashion-mnist:train", "--max-samples", "500",
                     "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
   pid_t good2 = fl_test_spawn(clog2, c2argv);
-  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(good, 30), 0);
   cr_assert_eq(fl_test_wait(good2, 30), 0);
-  cr_assert_eq(fl_test_count(log, "retrying with a new selection"), 1, "%s", log);
-  cr_assert_eq(fl_test_count(log, "refused update from client-0023"), 2, "%s", log);
-  cr_assert_eq(fl_test_count(log, "round 1/2: "), 3, "%s", log);
-  cr_assert_eq(fl_test_metrics_rounds(metrics), 2);
-  cr_assert(fl_test_sanitizer_clean(log));
+  cr_assert_eq(fl_test_count(s.log, "retrying with a new selection"), 1, "%s", s.log);
+  cr_assert_eq(fl_test_count(s.log, "refused update from client-0023"), 2, "%s", s.log);
+  cr_assert_eq(fl_test_count(s.log, "round 1/2: "), 3, "%s", s.log);
+  cr_assert_eq(fl_test_metrics_rounds(s.metrics), 2);
+  cr_assert(fl_test_sanitizer_clean(s.log));
   fl_test_fed_free(&s);
 }

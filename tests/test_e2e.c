@@ -22,19 +22,15 @@ Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
   fl_test_fed r;
   fl_test_fed_init(&r);
   char clog[600];
-  snprintf(clog, sizeof clog, "%s/clients.log", r.dir);
-  char *sargv[] = {r.server, "--listen", r.listen, "--model", "2nn", "--rounds", "5",
-                   "--clients-per-round", "10", "--min-clients", "10", "--epochs", "1",
-                   "--batch-size", "10", "--lr", "0.05", "--test-data", "fashion-mnist:test",
-                   "--metrics", r.metrics, "--out", r.model, "--ca", r.ca, "--cert", r.cert,
-                   "--key", r.key, NULL};
-  char *cargv[] = {r.client, "--server", r.listen, "--server-name", "localhost", "--clients", "10", "--data",
-                   "fashion-mnist:train", "--max-samples", "6000", "--partition", "iid",
-                   "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca, "--workers", "2",
-                   NULL};
-  pid_t s = fl_test_spawn(r.log, sargv);
-  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
-  pid_t c = fl_test_spawn(clog, cargv);
+  fl_test_fed_path(&r, "clients.log", clog, sizeof clog);
+  pid_t s = fl_test_fed_server_ready(&r, "server.log", "--model", "2nn", "--rounds", "5",
+                                     "--clients-per-round", "10", "--min-clients", "10",
+                                     "--epochs", "1", "--batch-size", "10", "--lr", "0.05",
+                                     "--test-data", "fashion-mnist:test", NULL);
+  cr_assert_gt(s, 0, "no server (%s)", r.log);
+  pid_t c = fl_test_fed_clients(&r, "clients.log", "--clients", "10", "--data",
+                                "fashion-mnist:train", "--max-samples", "6000", "--partition",
+                                "iid", "--workers", "2", NULL);
   int rc = fl_test_wait(s, 540);
   cr_assert_eq(rc, 0, "fl-server exited with %d (see %s)", rc, r.log);
   rc = fl_test_wait(c, 30);
@@ -77,18 +73,15 @@ Test(e2e, global_model_is_weighted_average, .timeout = 300) {
   fl_test_fed r;
   fl_test_fed_init(&r);
   char clog[600];
-  snprintf(clog, sizeof clog, "%s/clients.log", r.dir);
-  char *sargv[] = {r.server, "--listen", r.listen, "--model", "2nn", "--rounds", "1",
-                   "--clients-per-round", "3", "--min-clients", "3", "--epochs", "2",
-                   "--batch-size", "16", "--lr", "0.05", "--seed", "11", "--out", r.model,
-                   "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
-  char *cargv[] = {r.client, "--server", r.listen, "--server-name", "localhost", "--clients", "3", "--data",
-                   "fashion-mnist:train", "--max-samples", "301", "--partition", "iid",
-                   "--seed", "5", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca,
-                   NULL};
-  pid_t s = fl_test_spawn(r.log, sargv);
-  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
-  pid_t c = fl_test_spawn(clog, cargv);
+  fl_test_fed_path(&r, "clients.log", clog, sizeof clog);
+  pid_t s = fl_test_fed_server_ready(&r, "server.log", "--model", "2nn", "--rounds", "1",
+                                     "--clients-per-round", "3", "--min-clients", "3",
+                                     "--epochs", "2", "--batch-size", "16", "--lr", "0.05",
+                                     "--seed", "11", NULL);
+  cr_assert_gt(s, 0, "no server (%s)", r.log);
+  pid_t c = fl_test_fed_clients(&r, "clients.log", "--clients", "3", "--data",
+                                "fashion-mnist:train", "--max-samples", "301", "--partition",
+                                "iid", "--seed", "5", NULL);
   cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", r.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "fl-client failed (see %s)", clog);
 
@@ -153,28 +146,23 @@ Test(e2e, global_model_is_weighted_average, .timeout = 300) {
 Test(e2e, server_and_three_client_processes, .timeout = 300) {
   fl_test_fed r;
   fl_test_fed_init(&r);
-  char log[700];
-  fl_test_fed_path(&r, "server.log", log, sizeof log);
-  char *sargv[] = {r.server, "--listen", r.listen, "--model", "logreg", "--rounds", "3",
-                   "--clients-per-round", "3", "--min-clients", "3", "--fed-eval-every", "2",
-                   "--metrics", r.metrics, "--out", r.model, "--ca", r.ca, "--cert", r.cert,
-                   "--key", r.key, NULL};
-  pid_t s = fl_test_spawn(log, sargv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", s, 60), "no server (%s)", log);
+  pid_t s = fl_test_fed_server_ready(&r, "server.log", "--model", "logreg", "--rounds", "3",
+                                     "--clients-per-round", "3", "--min-clients", "3",
+                                     "--fed-eval-every", "2", NULL);
+  cr_assert_gt(s, 0, "no server (%s)", r.log);
   pid_t c[3];
   char logs[3][600];
   for (int i = 0; i < 3; i++) {
-    char cert[600], key[600], idx[8];
+    char cert[600], key[600], idx[8], name[32];
     fl_test_client_cert(i + 1, cert, key, sizeof cert);
     snprintf(idx, sizeof idx, "%d", i);
-    snprintf(logs[i], sizeof logs[i], "%s/client%d.log", r.dir, i);
-    char *cargv[] = {r.client, "--server", r.listen, "--server-name", "localhost", "--cert", cert, "--key", key,
-                     "--ca", r.ca, "--data", "fashion-mnist:train", "--max-samples", "3000",
-                     "--partition", "iid", "--num-partitions", "3", "--partition-index", idx,
-                     NULL};
-    c[i] = fl_test_spawn(logs[i], cargv);
+    snprintf(name, sizeof name, "client%d.log", i);
+    fl_test_fed_path(&r, name, logs[i], sizeof logs[i]);
+    c[i] = fl_test_fed_clients(&r, name, "--cert", cert, "--key", key, "--data",
+                               "fashion-mnist:train", "--max-samples", "3000", "--partition",
+                               "iid", "--num-partitions", "3", "--partition-index", idx, NULL);
   }
-  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", log);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", r.log);
   for (int i = 0; i < 3; i++) {
     cr_assert_eq(fl_test_wait(c[i], 30), 0, "client %d failed (see %s)", i, logs[i]);
     cr_assert_eq(fl_test_count(logs[i], "training is done"), 1);
@@ -184,7 +172,7 @@ Test(e2e, server_and_three_client_processes, .timeout = 300) {
   /* Federated evaluation in rounds 2 and 3 (every 2nd, and the last), by all three. */
   cr_assert_eq(fl_test_count(r.metrics, "\"fed_eval_clients\":3"), 2, "%s", r.metrics);
   cr_assert_eq(fl_test_count(r.metrics, "\"fed_eval_accuracy\":null"), 1, "%s", r.metrics);
-  cr_assert(fl_test_sanitizer_clean(log));
+  cr_assert(fl_test_sanitizer_clean(r.log));
   fl_test_fed_free(&r);
 }
 
@@ -200,24 +188,19 @@ Test(e2e, init_model_from_fl_train, .timeout = 300) {
            fl_test_bin_dir(), pre, tlog);
   cr_assert_eq(fl_test_system(cmd), 0, "fl-train failed (%s)", tlog);
 
-  char *bad[] = {r.server, "--listen", r.listen, "--model", "2nn", "--init-model", pre,
-                 "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
-  cr_assert_eq(fl_test_wait(fl_test_spawn(r.log, bad), 30), 1);
+  pid_t bad = fl_test_fed_server(&r, "server.log", "--model", "2nn", "--init-model", pre, NULL);
+  cr_assert_eq(fl_test_wait(bad, 30), 1);
   cr_assert_eq(fl_test_count(r.log, "pretrained.bin holds model 'in:784 dense:10 softmax'"), 1, "%s", r.log);
 
   /* One round with a tiny step: the model is still the pretrained one's quality. */
-  char *sargv[] = {r.server, "--listen", r.listen, "--model", "logreg", "--init-model", pre,
-                   "--rounds", "1", "--clients-per-round", "1", "--lr", "0.0001",
-                   "--test-data", "fashion-mnist:test", "--metrics", r.metrics, "--out", r.model,
-                   "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
+  pid_t s = fl_test_fed_server_ready(&r, "server.log", "--model", "logreg", "--init-model", pre,
+                                     "--rounds", "1", "--clients-per-round", "1", "--lr",
+                                     "0.0001", "--test-data", "fashion-mnist:test", NULL);
+  cr_assert_gt(s, 0, "no server (%s)", r.log);
   char clog[600];
-  snprintf(clog, sizeof clog, "%s/client.log", r.dir);
-  char *cargv[] = {r.client, "--server", r.listen, "--server-name", "localhost", "--clients",
-                   "1", "--data", "fashion-mnist:train", "--max-samples", "100", "--certs-dir",
-                   (char *)fl_test_certs_dir(), "--ca", r.ca, NULL};
-  pid_t s = fl_test_spawn(r.log, sargv);
-  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
-  pid_t c = fl_test_spawn(clog, cargv);
+  fl_test_fed_path(&r, "client.log", clog, sizeof clog);
+  pid_t c = fl_test_fed_clients(&r, "client.log", "--clients", "1", "--data",
+                                "fashion-mnist:train", "--max-samples", "100", NULL);
   cr_assert_eq(fl_test_wait(s, 120), 0, "server failed (%s)", r.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "client failed (%s)", clog);
   char *m = fl_test_read_file(r.metrics, NULL);

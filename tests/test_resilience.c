@@ -26,33 +26,26 @@
 /* A server of the run `tag` (its model and metrics files), logging to server-LOG.log. */
 static pid_t start_server(fl_test_fed *s, const char *tag, const char *log_tag, const char *rounds,
                           int resume) {
-  char log[600], out[600], metrics[600];
-  snprintf(log, sizeof log, "%s/server-%s.log", s->dir, log_tag);
+  char log[64], out[600], metrics[600];
+  snprintf(log, sizeof log, "server-%s.log", log_tag);
   snprintf(out, sizeof out, "%s/model-%s.bin", s->dir, tag);
   snprintf(metrics, sizeof metrics, "%s/metrics-%s.jsonl", s->dir, tag);
-  char *argv[40] = {s->server, "--listen", s->listen, "--model", "2nn", "--rounds",
-                    (char *)rounds, "--clients-per-round", "4", "--min-clients", "4",
-                    "--seed", "3", "--lr", "0.05", "--batch-size", "20", "--epochs", "2", "--out", out,
-                    "--metrics", metrics, "--ca", s->ca, "--cert", s->cert, "--key", s->key,
-                    "--idle-timeout", "10", "--heartbeat", "1"};
-  int n = 0;
-  while (argv[n]) n++;
-  if (resume) argv[n++] = "--resume";
-  argv[n] = NULL;
-  return fl_test_spawn(log, argv);
+  return fl_test_fed_server(s, log, "--model", "2nn", "--rounds", rounds, "--clients-per-round",
+                            "4", "--min-clients", "4", "--seed", "3", "--lr", "0.05",
+                            "--batch-size", "20", "--epochs", "2", "--out", out, "--metrics",
+                            metrics, "--idle-timeout", "10", "--heartbeat", "1",
+                            resume ? "--resume" : NULL, NULL);
 }
 
 static pid_t start_clients(fl_test_fed *s, const char *tag, const char *n, const char *first) {
-  char log[600];
-  snprintf(log, sizeof log, "%s/clients-%s.log", s->dir, tag);
-  char *argv[] = {s->client, "--server", s->listen, "--server-name", "localhost", "--clients",
-                  (char *)n, "--cert-index", (char *)first, "--data", "fashion-mnist:train",
-                  "--max-samples", "4000", "--partition", "iid", "--num-partitions", "4",
-                  "--partition-index", "0", "--seed", "9", "--certs-dir",
-                  (char *)fl_test_certs_dir(), "--ca", s->ca, "--retry-base", "0.05",
-                  "--retry-max", "0.3", "--max-retries", "100000", "--workers", "2",
-                  "--idle-timeout", "10", "--heartbeat", "1", NULL};
-  return fl_test_spawn(log, argv);
+  char log[64];
+  snprintf(log, sizeof log, "clients-%s.log", tag);
+  return fl_test_fed_clients(s, log, "--clients", n, "--cert-index", first, "--data",
+                             "fashion-mnist:train", "--max-samples", "4000", "--partition", "iid",
+                             "--num-partitions", "4", "--partition-index", "0", "--seed", "9",
+                             "--retry-base", "0.05", "--retry-max", "0.3", "--max-retries",
+                             "100000", "--workers", "2", "--idle-timeout", "10", "--heartbeat",
+                             "1", NULL);
 }
 
 static float *load_model(const char *path, size_t *n) {
@@ -167,15 +160,13 @@ Test(resilience, sigterm_stops_cleanly_and_resume_continues, .timeout = 300) {
 
 static pid_t start_group(fl_test_fed *s, const char *tag, const char *n, const char *first,
                          const char *part, const char *crash_round) {
-  char log[600];
-  snprintf(log, sizeof log, "%s/clients-%s.log", s->dir, tag);
-  char *argv[] = {s->client, "--server", s->listen, "--server-name", "localhost", "--clients",
-                  (char *)n, "--cert-index", (char *)first, "--data", "fashion-mnist:train",
-                  "--max-samples", "20000", "--partition", "iid", "--num-partitions", "20",
-                  "--partition-index", (char *)part, "--certs-dir", (char *)fl_test_certs_dir(),
-                  "--ca", s->ca, "--retry-base", "0.05", "--retry-max", "0.5", "--max-retries",
-                  "100000", "--workers", "2", "--sim-crash-round", (char *)crash_round, NULL};
-  return fl_test_spawn(log, argv);
+  char log[64];
+  snprintf(log, sizeof log, "clients-%s.log", tag);
+  return fl_test_fed_clients(s, log, "--clients", n, "--cert-index", first, "--data",
+                             "fashion-mnist:train", "--max-samples", "20000", "--partition", "iid",
+                             "--num-partitions", "20", "--partition-index", part, "--retry-base",
+                             "0.05", "--retry-max", "0.5", "--max-retries", "100000", "--workers",
+                             "2", "--sim-crash-round", crash_round, NULL);
 }
 
 /* Twenty clients in two processes; the six of one process die (SIGKILL) the moment round
@@ -186,13 +177,11 @@ static pid_t start_group(fl_test_fed *s, const char *tag, const char *n, const c
 Test(resilience, churn_thirty_percent_killed_and_restarted, .timeout = 600) {
   fl_test_fed s;
   fl_test_fed_init(&s);
-  char *argv[] = {s.server, "--listen", s.listen, "--model", "2nn", "--rounds", "5",
-                  "--clients-per-round", "20", "--min-clients", "20", "--min-updates", "4",
-                  "--round-timeout", "600", "--epochs", "1", "--seed", "5", "--out", s.model,
-                  "--metrics", s.metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key,
-                  "--log-level", "debug", NULL};
-  pid_t srv = fl_test_spawn(s.log, argv);
-  cr_assert(fl_test_wait_for_while(s.log, "[server] listening on", srv, 60), "no server (%s)", s.log);
+  pid_t srv = fl_test_fed_server_ready(&s, "server.log", "--model", "2nn", "--rounds", "5",
+                                       "--clients-per-round", "20", "--min-clients", "20",
+                                       "--min-updates", "4", "--round-timeout", "600", "--epochs",
+                                       "1", "--seed", "5", "--log-level", "debug", NULL);
+  cr_assert_gt(srv, 0, "no server (%s)", s.log);
   pid_t a = start_group(&s, "a", "14", "1", "0", "0");
   pid_t b = start_group(&s, "b", "6", "15", "14", "2");
   cr_assert_eq(fl_test_wait(b, 240), 128 + SIGKILL, "clients b did not die in round 2 (%s)", s.dir);
@@ -264,19 +253,16 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   fl_log_set_level(FL_LOG_ERROR);
   fl_test_fed s;
   fl_test_fed_init(&s);
-  char *argv[] = {s.server, "--listen", s.listen, "--model", "logreg", "--rounds", "1",
-                  "--clients-per-round", "4", "--min-clients", "4", "--round-timeout", "120",
-                  "--idle-timeout", "4", "--heartbeat", "0.4", "--out", s.model, "--metrics",
-                  s.metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
-  pid_t srv = fl_test_spawn(s.log, argv);
-  cr_assert(fl_test_wait_for_while(s.log, "[server] listening on", srv, 60), "no server (%s)", s.log);
+  pid_t srv = fl_test_fed_server_ready(&s, "server.log", "--model", "logreg", "--rounds", "1",
+                                       "--clients-per-round", "4", "--min-clients", "4",
+                                       "--round-timeout", "120", "--idle-timeout", "4",
+                                       "--heartbeat", "0.4", NULL);
+  cr_assert_gt(srv, 0, "no server (%s)", s.log);
   char clog[600];
-  snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
-  char *cargv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "2",
-                   "--data", "fashion-mnist:train", "--max-samples", "2000", "--partition",
-                   "iid", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca,
-                   "--heartbeat", "0.4", "--idle-timeout", "4", NULL};
-  pid_t good = fl_test_spawn(clog, cargv);
+  fl_test_fed_path(&s, "clients.log", clog, sizeof clog);
+  pid_t good = fl_test_fed_clients(&s, "clients.log", "--clients", "2", "--data",
+                                   "fashion-mnist:train", "--max-samples", "2000", "--partition",
+                                   "iid", "--heartbeat", "0.4", "--idle-timeout", "4", NULL);
   /* The silent peers come once the good clients are in: the round starts the moment
    * they are ready too, however long the good ones took to load their data. */
   cr_assert(fl_test_wait_for_while(s.log, "; 2 clients ready", srv, 120), "good clients never ready (%s)", s.log);
@@ -320,18 +306,14 @@ Test(resilience, over_selection_closes_rounds_without_the_slowest, .timeout = 30
   fl_test_fed s;
   fl_test_fed_init(&s);
   char clog[600];
-  snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
-  char *argv[] = {s.server, "--listen", s.listen, "--model", "2nn", "--rounds", "3",
-                  "--clients-per-round", "4", "--over-select", "0.5", "--min-clients", "6",
-                  "--epochs", "2", "--out", s.model, "--metrics", s.metrics, "--ca", s.ca,
-                  "--cert", s.cert, "--key", s.key, NULL};
-  pid_t srv = fl_test_spawn(s.log, argv);
-  cr_assert(fl_test_wait_for_while(s.log, "[server] listening on", srv, 60), "no server (%s)", s.log);
-  char *cargv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "6",
-                   "--data", "fashion-mnist:train", "--max-samples", "12000", "--partition",
-                   "quantity:0.5", "--seed", "4", "--certs-dir", (char *)fl_test_certs_dir(),
-                   "--ca", s.ca, "--workers", "2", NULL};
-  pid_t c = fl_test_spawn(clog, cargv);
+  fl_test_fed_path(&s, "clients.log", clog, sizeof clog);
+  pid_t srv = fl_test_fed_server_ready(&s, "server.log", "--model", "2nn", "--rounds", "3",
+                                       "--clients-per-round", "4", "--over-select", "0.5",
+                                       "--min-clients", "6", "--epochs", "2", NULL);
+  cr_assert_gt(srv, 0, "no server (%s)", s.log);
+  pid_t c = fl_test_fed_clients(&s, "clients.log", "--clients", "6", "--data",
+                                "fashion-mnist:train", "--max-samples", "12000", "--partition",
+                                "quantity:0.5", "--seed", "4", "--workers", "2", NULL);
   cr_assert_eq(fl_test_wait(srv, 240), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "clients failed (%s)", clog);
   cr_assert_eq(fl_test_metrics_rounds(s.metrics), 3);
@@ -392,18 +374,13 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   fl_log_set_level(FL_LOG_ERROR);
   fl_test_fed s;
   fl_test_fed_init(&s);
-  char clog[600];
-  snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
-  char *argv[] = {s.server, "--listen", s.listen, "--model", "logreg", "--rounds", "2",
-                  "--clients-per-round", "2", "--min-clients", "2", "--min-updates", "2",
-                  "--round-timeout", "600", "--max-attempts", "2", "--log-level", "debug", "--out", s.model, "--metrics",
-                  s.metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
-  pid_t srv = fl_test_spawn(s.log, argv);
-  cr_assert(fl_test_wait_for_while(s.log, "[server] listening on", srv, 60), "no server (%s)", s.log);
-  char *cargv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "1",
-                   "--data", "fashion-mnist:train", "--max-samples", "500", "--certs-dir",
-                   (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
-  pid_t good = fl_test_spawn(clog, cargv);
+  pid_t srv = fl_test_fed_server_ready(&s, "server.log", "--model", "logreg", "--rounds", "2",
+                                       "--clients-per-round", "2", "--min-clients", "2",
+                                       "--min-updates", "2", "--round-timeout", "600",
+                                       "--max-attempts", "2", "--log-level", "debug", NULL);
+  cr_assert_gt(srv, 0, "no server (%s)", s.log);
+  pid_t good = fl_test_fed_clients(&s, "clients.log", "--clients", "1", "--data",
+                                   "fashion-mnist:train", "--max-samples", "500", NULL);
 
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -440,12 +417,8 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   free(hb);
 
   /* A new client arrives: the round is tried again and the run completes. */
-  char clog2[600];
-  snprintf(clog2, sizeof clog2, "%s/clients2.log", s.dir);
-  char *c2argv[] = {s.client, "--server", s.listen, "--server-name", "localhost", "--clients", "1",
-                    "--cert-index", "2", "--data", "fashion-mnist:train", "--max-samples", "500",
-                    "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
-  pid_t good2 = fl_test_spawn(clog2, c2argv);
+  pid_t good2 = fl_test_fed_clients(&s, "clients2.log", "--clients", "1", "--cert-index", "2",
+                                    "--data", "fashion-mnist:train", "--max-samples", "500", NULL);
   cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(good, 30), 0);
   cr_assert_eq(fl_test_wait(good2, 30), 0);

@@ -372,6 +372,16 @@ static void collect(va_list ap, const char **out) {
   out[n] = NULL;
 }
 
+/* Declares extra[MAX_ARGS]: a variadic function's NULL-terminated arguments after last. */
+#define EXTRA_ARGS(extra, last)                                                    \
+  const char *extra[MAX_ARGS];                                                     \
+  do {                                                                             \
+    va_list ap_;                                                                   \
+    va_start(ap_, last);                                                           \
+    collect(ap_, extra);                                                           \
+    va_end(ap_);                                                                   \
+  } while (0)
+
 static pid_t server_list(fl_test_fed *f, const char *log, const char *const *extra) {
   char *fixed[] = {f->server, "--listen", f->listen, "--ca", f->ca, "--cert", f->cert,
                    "--key", f->key, "--out", f->model, "--metrics", f->metrics};
@@ -379,11 +389,7 @@ static pid_t server_list(fl_test_fed *f, const char *log, const char *const *ext
 }
 
 pid_t fl_test_fed_server(fl_test_fed *f, const char *log, ...) {
-  const char *extra[MAX_ARGS];
-  va_list ap;
-  va_start(ap, log);
-  collect(ap, extra);
-  va_end(ap);
+  EXTRA_ARGS(extra, log);
   return server_list(f, log, extra);
 }
 
@@ -391,27 +397,19 @@ pid_t fl_test_fed_server_ready_list(fl_test_fed *f, const char *log, const char 
   pid_t pid = server_list(f, log, extra);
   char path[700];
   fl_test_fed_path(f, log, path, sizeof path);
-  if (!fl_test_wait_for_while(path, "[server] listening on", pid, 30)) return -1;
+  if (!fl_test_wait_for_while(path, "[server] listening on", pid, 60)) return -1;
   return pid;
 }
 
 pid_t fl_test_fed_server_ready(fl_test_fed *f, const char *log, ...) {
-  const char *extra[MAX_ARGS];
-  va_list ap;
-  va_start(ap, log);
-  collect(ap, extra);
-  va_end(ap);
+  EXTRA_ARGS(extra, log);
   return fl_test_fed_server_ready_list(f, log, extra);
 }
 
 pid_t fl_test_fed_clients(fl_test_fed *f, const char *log, ...) {
   char *fixed[] = {f->client, "--server", f->listen, "--server-name", "localhost", "--ca", f->ca,
                    "--certs-dir", (char *)fl_test_certs_dir()};
-  const char *extra[MAX_ARGS];
-  va_list ap;
-  va_start(ap, log);
-  collect(ap, extra);
-  va_end(ap);
+  EXTRA_ARGS(extra, log);
   return spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), extra);
 }
 

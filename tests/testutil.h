@@ -114,7 +114,7 @@ void fl_test_fed_free(fl_test_fed *f);
 void fl_test_fed_path(const fl_test_fed *f, const char *name, char *out, size_t len);
 /* Starts fl-server with the extra arguments (NULL-terminated); does not wait. */
 pid_t fl_test_fed_server(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
-/* Starts fl-server and waits until it listens (30 s); -1 if it never did. */
+/* Starts fl-server and waits until it listens (60 s); -1 if it never did. */
 pid_t fl_test_fed_server_ready(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
 /* The same with the extra arguments in a NULL-terminated array (borrowed; NULL: none). */
 pid_t fl_test_fed_server_ready_list(fl_test_fed *f, const char *log, const char *const *extra);

@@ -1,6 +1,6 @@
-/* Helpers shared by the tests: where the source tree and the built binaries are, ports
- * that nothing else takes, spawning the real binaries, waiting on what they log, and
- * reading their metrics.
+/* Helpers shared by the tests: where the source tree, the built binaries and the test
+ * certificates are, ports that nothing else takes, spawning the real binaries, waiting on
+ * what they log, clients scripted by a test itself, and reading the metrics.
  *
  * Waiting: every wait here is for an event (a process exits, a line appears in a log)
  * with a deadline that only catches hangs.  Deadlines are multiplied by FL_TEST_TIME_SCALE
@@ -154,7 +154,8 @@ typedef struct fl_test_model {
   int receiving;   /* a model is on its way */
 } fl_test_model;
 
-/* A task announced a model of n values: a fresh array, and the model is on its way. */
+/* A task announced a model of n values: a fresh array (the last one freed), and the
+ * model is on its way. */
 void fl_test_model_expect(fl_test_model *m, uint64_t n);
 /* Takes one of its chunks (borrowed); fails the test on a chunk the receiver refuses.
  * 1 when this chunk completed the model on its way, else 0. */

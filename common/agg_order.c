@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "kth.h"
 #include "strategy_internal.h"
 
 typedef struct order {
@@ -53,39 +54,11 @@ static int order_fold(fl__agg *a, fl_update *u, size_t k, char *err, size_t errl
   return 0;
 }
 
-/* Puts the kth smallest of v[0..n) at v[kth], smaller or equal ones before it and larger
- * or equal ones after it: quickselect with a median-of-three pivot and a three-way
- * partition, so runs of equal values (common: clients that did not move a weight) cost
- * nothing extra. */
-static void select_kth(float *v, size_t n, size_t kth) {
-  size_t lo = 0, hi = n; /* the kth is in [lo, hi) */
-  while (hi - lo > 1) {
-    float x = v[lo], y = v[lo + (hi - lo) / 2], z = v[hi - 1];
-    float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-    size_t lt = lo, i = lo, gt = hi; /* [lo, lt) < pivot, [lt, i) == pivot, [gt, hi) > pivot */
-    while (i < gt) {
-      float t = v[i];
-      if (t < pivot) {
-        v[i++] = v[lt];
-        v[lt++] = t;
-      } else if (t > pivot) {
-        v[i] = v[--gt];
-        v[gt] = t;
-      } else {
-        i++;
-      }
-    }
-    if (kth < lt) hi = lt;
-    else if (kth >= gt) lo = gt;
-    else return;
-  }
-}
-
 /* The mean of the values of ranks [t, k - t) of v[0..k) (reordered). */
 static float trimmed_one(float *v, size_t k, size_t t) {
   if (t > 0) {
-    select_kth(v, k, t);
-    select_kth(v + t, k - t, k - 2 * t - 1);
+    fl_kth_smallest(v, k, t);
+    fl_kth_smallest(v + t, k - t, k - 2 * t - 1);
   }
   double s = 0;
   for (size_t i = t; i < k - t; i++) s += v[i];
@@ -94,7 +67,7 @@ static float trimmed_one(float *v, size_t k, size_t t) {
 
 static float median_one(float *v, size_t k) {
   size_t h = k / 2;
-  select_kth(v, k, h);
+  fl_kth_smallest(v, k, h);
   if (k & 1) return v[h];
   float below = v[0];
   for (size_t i = 1; i < h; i++) below = v[i] > below ? v[i] : below;

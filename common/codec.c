@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "kth.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -260,31 +261,6 @@ static uint64_t stretch(const fl_runs *r, size_t *ri, uint64_t *at, uint64_t tot
 
 /* ---- encoding ---- */
 
-/* Puts the kth smallest of v[0..n) at v[kth] (quickselect, three-way partition). */
-static void select_kth(float *v, size_t n, size_t kth) {
-  size_t lo = 0, hi = n;
-  while (hi - lo > 1) {
-    float x = v[lo], y = v[lo + (hi - lo) / 2], z = v[hi - 1];
-    float pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-    size_t lt = lo, i = lo, gt = hi;
-    while (i < gt) {
-      float t = v[i];
-      if (t < pivot) {
-        v[i++] = v[lt];
-        v[lt++] = t;
-      } else if (t > pivot) {
-        v[i] = v[--gt];
-        v[gt] = t;
-      } else {
-        i++;
-      }
-    }
-    if (kth < lt) hi = lt;
-    else if (kth >= gt) lo = gt;
-    else return;
-  }
-}
-
 int fl_encoder_init(fl_encoder *e, const fl_codec *c, const float *x, uint64_t n,
                     uint32_t chunk_bytes, uint64_t seed) {
   memset(e, 0, sizeof *e);
@@ -306,7 +282,7 @@ int fl_encoder_init(fl_encoder *e, const fl_codec *c, const float *x, uint64_t n
     }
     mag[i] = fabsf(x[i]);
   }
-  select_kth(mag, n, n - k); /* the kth largest magnitude */
+  fl_kth_smallest(mag, n, n - k); /* the kth largest magnitude */
   e->threshold = mag[n - k];
   uint64_t above = 0;
   for (uint64_t i = 0; i < n; i++) above += fabsf(x[i]) > e->threshold;

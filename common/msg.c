@@ -192,6 +192,22 @@ int fl_version_negotiate(const Fl__Hello *hello, uint32_t *chosen) {
 
 /* ---- tensors ---- */
 
+int fl_msg_chunk(const fl_chunk *ch, uint8_t **out, size_t *len) {
+  Fl__TensorChunk c = FL__TENSOR_CHUNK__INIT;
+  c.offset = ch->offset;
+  c.total = ch->total;
+  c.count = ch->count;
+  c.encoding = (Fl__Encoding)ch->enc;
+  c.scale = ch->scale;
+  c.zero_point = ch->zero;
+  c.data.data = ch->len ? (uint8_t *)ch->data : NULL; /* only read by the packer */
+  c.data.len = ch->len;
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  env.body_case = FL__ENVELOPE__BODY_CHUNK;
+  env.chunk = &c;
+  return fl_msg_encode(&env, out, len);
+}
+
 void fl_tensor_tx_init(fl_tensor_tx *tx, const float *values, uint64_t n, uint32_t chunk_bytes) {
   const fl_codec f32 = {FL_ENC_FLOAT32, 0, 0};
   fl_tensor_tx_init_codec(tx, &f32, values, n, chunk_bytes, 0); /* float32 cannot fail here */
@@ -211,19 +227,7 @@ int fl_tensor_tx_next(fl_tensor_tx *tx, uint8_t **out, size_t *len) {
   fl_chunk ch;
   int rc = fl_encoder_next(&tx->enc, &ch, buf);
   if (rc == 1) {
-    Fl__TensorChunk c = FL__TENSOR_CHUNK__INIT;
-    c.offset = ch.offset;
-    c.total = ch.total;
-    c.count = ch.count;
-    c.encoding = (Fl__Encoding)ch.enc;
-    c.scale = ch.scale;
-    c.zero_point = ch.zero;
-    c.data.data = ch.len ? buf : NULL;
-    c.data.len = ch.len;
-    Fl__Envelope env = FL__ENVELOPE__INIT;
-    env.body_case = FL__ENVELOPE__BODY_CHUNK;
-    env.chunk = &c;
-    int erc = fl_msg_encode(&env, out, len);
+    int erc = fl_msg_chunk(&ch, out, len);
     if (erc) rc = erc;
     else tx->payload += ch.len;
   }

@@ -51,6 +51,12 @@ int fl_msg_error(Fl__ErrorCode code, const char *reason, uint8_t **out, size_t *
  * answers fl_msg_error(FL__ERROR_CODE__ERROR_VERSION, ...) and closes. */
 int fl_version_negotiate(const Fl__Hello *hello, uint32_t *chosen);
 
+/* Encoded Envelope{TensorChunk} of one chunk of a codec's encoder (codec.h; its payload
+ * borrowed for the call); *out malloc'd, caller frees.  0 or FL_ENOMEM.  fl_tensor_tx
+ * sends a whole tensor this way; a sender that keeps the chunks (fl-server's encoded
+ * downlink) calls it for each. */
+int fl_msg_chunk(const fl_chunk *ch, uint8_t **out, size_t *len);
+
 /* Streams values[0..n) as TensorChunk frames of at most chunk_bytes of data, in an
  * encoding (codec.h).  An empty tensor (n = 0) is sent as one empty chunk, so the
  * receiver always completes on a chunk.  values is borrowed: keep it alive and unchanged

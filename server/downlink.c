@@ -54,21 +54,9 @@ int srv_downlink_prepare(server *s) {
   if (!payload) rc = FL_ENOMEM;
   fl_chunk ch;
   while (rc == 0 && (rc = fl_encoder_next(&e, &ch, payload)) == 1) {
-    Fl__TensorChunk c = FL__TENSOR_CHUNK__INIT;
-    c.offset = ch.offset;
-    c.total = ch.total;
-    c.count = ch.count;
-    c.encoding = (Fl__Encoding)ch.enc;
-    c.scale = ch.scale;
-    c.zero_point = ch.zero;
-    c.data.data = ch.len ? payload : NULL;
-    c.data.len = ch.len;
-    Fl__Envelope env = FL__ENVELOPE__INIT;
-    env.body_case = FL__ENVELOPE__BODY_CHUNK;
-    env.chunk = &c;
     uint8_t *frame;
     size_t len;
-    rc = fl_msg_encode(&env, &frame, &len);
+    rc = fl_msg_chunk(&ch, &frame, &len);
     if (rc == 0 && (rc = keep_frame(s, frame, len)) != 0) free(frame);
     /* The encoder has read this chunk's values: they become what the clients decode. */
     if (rc == 0) fl_chunk_decode(&ch, s->global);

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -286,28 +285,6 @@ static void ctx_done(test_ctx *t) {
   fl_tls_config_free(t->srv_tls);
 }
 
-/* Extra certificates (expired, revoked + CRL, foreign CA), made once per certs dir. */
-static const char *extra_certs(void) {
-  static char dir[1024];
-  snprintf(dir, sizeof dir, "%s/extra", certs());
-  char probe[1100];
-  snprintf(probe, sizeof probe, "%s/other/client-0001.crt", dir);
-  struct stat st;
-  if (stat(probe, &st) == 0) return dir;
-  char tmp[1100];
-  snprintf(tmp, sizeof tmp, "%s/extra.XXXXXX", certs());
-  cr_assert_not_null(mkdtemp(tmp));
-  char cmd[4096];
-  snprintf(cmd, sizeof cmd, "%s/tests/mkcerts_extra.sh '%s' '%s' '%s'", fl_test_src_dir(),
-           certs(), tmp, fl_test_src_dir());
-  cr_assert_eq(fl_test_system(cmd), 0, "tests/mkcerts_extra.sh failed");
-  if (rename(tmp, dir) != 0) { /* another test process made them first */
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    fl_test_system(cmd);
-  }
-  return dir;
-}
-
 /* ---- tests ---- */
 
 Test(conn, handshake_and_frames_both_ways, .timeout = 20) {
@@ -372,21 +349,21 @@ Test(conn, refuses_client_without_certificate, .timeout = 20) {
 }
 
 Test(conn, refuses_certificate_from_another_ca, .timeout = 30) {
-  const char *x = extra_certs();
+  const char *x = fl_test_extra_certs();
   expect_refused(tls_cfg(0, path(certs(), "ca.crt"), path(x, "other/client-0001.crt"),
                          path(x, "other/client-0001.key"), NULL, "localhost"),
                  NULL, 1, "not correctly signed");
 }
 
 Test(conn, refuses_expired_certificate, .timeout = 30) {
-  const char *x = extra_certs();
+  const char *x = fl_test_extra_certs();
   expect_refused(tls_cfg(0, path(certs(), "ca.crt"), path(x, "expired.crt"), path(x, "expired.key"),
                          NULL, "localhost"),
                  NULL, 1, "expired");
 }
 
 Test(conn, refuses_revoked_certificate, .timeout = 30) {
-  const char *x = extra_certs();
+  const char *x = fl_test_extra_certs();
   expect_refused(tls_cfg(0, path(certs(), "ca.crt"), path(x, "revoked.crt"), path(x, "revoked.key"),
                          NULL, "localhost"),
                  path(x, "crl.pem"), 1, "revoked");

@@ -18,61 +18,19 @@
 #include "testutil.h"
 #include "train.h"
 
-typedef struct run {
-  char *dir;
-  char log[512], metrics[512], out[512], listen[64], server_addr[64];
-  char ca[512], cert[512], key[512];
-  char *server, *client;
-} run;
-
-static void run_init(run *r) {
-  r->dir = fl_test_tmpdir();
-  int port = fl_test_free_port();
-  snprintf(r->log, sizeof r->log, "%s/server.log", r->dir);
-  snprintf(r->metrics, sizeof r->metrics, "%s/metrics.jsonl", r->dir);
-  snprintf(r->out, sizeof r->out, "%s/model.bin", r->dir);
-  snprintf(r->listen, sizeof r->listen, "127.0.0.1:%d", port);
-  snprintf(r->server_addr, sizeof r->server_addr, "127.0.0.1:%d", port);
-  const char *certs = fl_test_certs_dir();
-  snprintf(r->ca, sizeof r->ca, "%s/ca.crt", certs);
-  snprintf(r->cert, sizeof r->cert, "%s/server.crt", certs);
-  snprintf(r->key, sizeof r->key, "%s/server.key", certs);
-  r->server = fl_test_bin("fl-server");
-  r->client = fl_test_bin("fl-client");
-}
-
-static void run_free(run *r) {
-  free(r->server);
-  free(r->client);
-  free(r->dir);
-}
-
-/* Reads "key":X from a JSON line (NAN when absent or null). */
-static double json_num(const char *line, const char *key) {
-  char pat[64];
-  snprintf(pat, sizeof pat, "\"%s\":", key);
-  const char *p = strstr(line, pat);
-  if (!p || strncmp(p + strlen(pat), "null", 4) == 0) return NAN;
-  return strtod(p + strlen(pat), NULL);
-}
-
 Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
-  run r;
-  run_init(&r);
+  fl_test_fed r;
+  fl_test_fed_init(&r);
   char clog[600];
-  snprintf(clog, sizeof clog, "%s/clients.log", r.dir);
-  char *sargv[] = {r.server, "--listen", r.listen, "--model", "2nn", "--rounds", "5",
-                   "--clients-per-round", "10", "--min-clients", "10", "--epochs", "1",
-                   "--batch-size", "10", "--lr", "0.05", "--test-data", "fashion-mnist:test",
-                   "--metrics", r.metrics, "--out", r.out, "--ca", r.ca, "--cert", r.cert,
-                   "--key", r.key, NULL};
-  char *cargv[] = {r.client, "--server", r.server_addr, "--server-name", "localhost", "--clients", "10", "--data",
-                   "fashion-mnist:train", "--max-samples", "6000", "--partition", "iid",
-                   "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca, "--workers", "2",
-                   NULL};
-  pid_t s = fl_test_spawn(r.log, sargv);
-  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
-  pid_t c = fl_test_spawn(clog, cargv);
+  fl_test_fed_path(&r, "clients.log", clog, sizeof clog);
+  pid_t s = fl_test_fed_server_ready(&r, "server.log", "--model", "2nn", "--rounds", "5",
+                                     "--clients-per-round", "10", "--min-clients", "10",
+                                     "--epochs", "1", "--batch-size", "10", "--lr", "0.05",
+                                     "--test-data", "fashion-mnist:test", NULL);
+  cr_assert_gt(s, 0, "no server (%s)", r.log);
+  pid_t c = fl_test_fed_clients(&r, "clients.log", "--clients", "10", "--data",
+                                "fashion-mnist:train", "--max-samples", "6000", "--partition",
+                                "iid", "--workers", "2", NULL);
   int rc = fl_test_wait(s, 540);
   cr_assert_eq(rc, 0, "fl-server exited with %d (see %s)", rc, r.log);
   rc = fl_test_wait(c, 30);
@@ -86,14 +44,14 @@ Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
     lines++;
     cr_assert_eq(line[0], '{');
     cr_assert_eq(line[strlen(line) - 1], '}');
-    cr_assert_eq(json_num(line, "round"), lines, "%s", line);
-    cr_assert_eq(json_num(line, "clients_selected"), 10, "%s", line);
-    cr_assert_eq(json_num(line, "updates_accepted"), 10, "%s", line);
-    cr_assert_eq(json_num(line, "examples"), 6000, "%s", line);
-    cr_assert(json_num(line, "bytes_received") > 10 * 199210 * 4, "%s", line);
-    cr_assert(json_num(line, "bytes_sent") > 10 * 199210 * 4, "%s", line);
-    cr_assert(json_num(line, "seconds") > 0, "%s", line);
-    double acc = json_num(line, "test_accuracy");
+    cr_assert_eq(fl_test_json_num(line, "round"), lines, "%s", line);
+    cr_assert_eq(fl_test_json_num(line, "clients_selected"), 10, "%s", line);
+    cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 10, "%s", line);
+    cr_assert_eq(fl_test_json_num(line, "examples"), 6000, "%s", line);
+    cr_assert(fl_test_json_num(line, "bytes_received") > 10 * 199210 * 4, "%s", line);
+    cr_assert(fl_test_json_num(line, "bytes_sent") > 10 * 199210 * 4, "%s", line);
+    cr_assert(fl_test_json_num(line, "seconds") > 0, "%s", line);
+    double acc = fl_test_json_num(line, "test_accuracy");
     cr_assert(acc >= 0 && acc <= 1, "%s", line);
     if (lines == 1) first = acc;
     last = acc;
@@ -105,28 +63,25 @@ Test(e2e, ten_clients_learn_fashion_mnist, .timeout = 600) {
   cr_assert_eq(fl_test_count(r.log, "round 5/5 done"), 1);
   cr_assert(fl_test_sanitizer_clean(r.log), "sanitizer report in %s", r.log);
   cr_assert(fl_test_sanitizer_clean(clog), "sanitizer report in %s", clog);
-  run_free(&r);
+  fl_test_fed_free(&r);
 }
 
 /* One round, three clients on IID partitions of 300 samples, deterministic training:
  * the server's model must equal the weighted average of the three locally trained
  * models, which this test computes itself. */
 Test(e2e, global_model_is_weighted_average, .timeout = 300) {
-  run r;
-  run_init(&r);
+  fl_test_fed r;
+  fl_test_fed_init(&r);
   char clog[600];
-  snprintf(clog, sizeof clog, "%s/clients.log", r.dir);
-  char *sargv[] = {r.server, "--listen", r.listen, "--model", "2nn", "--rounds", "1",
-                   "--clients-per-round", "3", "--min-clients", "3", "--epochs", "2",
-                   "--batch-size", "16", "--lr", "0.05", "--seed", "11", "--out", r.out,
-                   "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
-  char *cargv[] = {r.client, "--server", r.server_addr, "--server-name", "localhost", "--clients", "3", "--data",
-                   "fashion-mnist:train", "--max-samples", "301", "--partition", "iid",
-                   "--seed", "5", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", r.ca,
-                   NULL};
-  pid_t s = fl_test_spawn(r.log, sargv);
-  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
-  pid_t c = fl_test_spawn(clog, cargv);
+  fl_test_fed_path(&r, "clients.log", clog, sizeof clog);
+  pid_t s = fl_test_fed_server_ready(&r, "server.log", "--model", "2nn", "--rounds", "1",
+                                     "--clients-per-round", "3", "--min-clients", "3",
+                                     "--epochs", "2", "--batch-size", "16", "--lr", "0.05",
+                                     "--seed", "11", NULL);
+  cr_assert_gt(s, 0, "no server (%s)", r.log);
+  pid_t c = fl_test_fed_clients(&r, "clients.log", "--clients", "3", "--data",
+                                "fashion-mnist:train", "--max-samples", "301", "--partition",
+                                "iid", "--seed", "5", NULL);
   cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", r.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "fl-client failed (see %s)", clog);
 
@@ -134,7 +89,7 @@ Test(e2e, global_model_is_weighted_average, .timeout = 300) {
   uint64_t id;
   float *got;
   size_t n;
-  cr_assert_eq(fl_modelfile_load(r.out, &spec, &id, &got, &n, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(fl_modelfile_load(r.model, &spec, &id, &got, &n, err, sizeof err), 0, "%s", err);
 
   /* The same computation, independently: initial model from the server's seed, each
    * client's partition and seed as the protocol defines them. */
@@ -185,31 +140,27 @@ Test(e2e, global_model_is_weighted_average, .timeout = 300) {
   fl_partition_free(parts);
   fl_dataset_free(&d);
   fl_model_free(m);
-  run_free(&r);
+  fl_test_fed_free(&r);
 }
 
 Test(e2e, server_and_three_client_processes, .timeout = 300) {
-  run r;
-  run_init(&r);
-  char *sargv[] = {r.server, "--listen", r.listen, "--model", "logreg", "--rounds", "3",
-                   "--clients-per-round", "3", "--min-clients", "3", "--fed-eval-every", "2",
-                   "--metrics", r.metrics, "--out", r.out, "--ca", r.ca, "--cert", r.cert,
-                   "--key", r.key, NULL};
-  pid_t s = fl_test_spawn(r.log, sargv);
-  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
+  fl_test_fed r;
+  fl_test_fed_init(&r);
+  pid_t s = fl_test_fed_server_ready(&r, "server.log", "--model", "logreg", "--rounds", "3",
+                                     "--clients-per-round", "3", "--min-clients", "3",
+                                     "--fed-eval-every", "2", NULL);
+  cr_assert_gt(s, 0, "no server (%s)", r.log);
   pid_t c[3];
   char logs[3][600];
   for (int i = 0; i < 3; i++) {
-    char cert[600], key[600], idx[8];
-    snprintf(cert, sizeof cert, "%s/client-%04d.crt", fl_test_certs_dir(), i + 1);
-    snprintf(key, sizeof key, "%s/client-%04d.key", fl_test_certs_dir(), i + 1);
+    char cert[600], key[600], idx[8], name[32];
+    fl_test_client_cert(i + 1, cert, key, sizeof cert);
     snprintf(idx, sizeof idx, "%d", i);
-    snprintf(logs[i], sizeof logs[i], "%s/client%d.log", r.dir, i);
-    char *cargv[] = {r.client, "--server", r.server_addr, "--server-name", "localhost", "--cert", cert, "--key", key,
-                     "--ca", r.ca, "--data", "fashion-mnist:train", "--max-samples", "3000",
-                     "--partition", "iid", "--num-partitions", "3", "--partition-index", idx,
-                     NULL};
-    c[i] = fl_test_spawn(logs[i], cargv);
+    snprintf(name, sizeof name, "client%d.log", i);
+    fl_test_fed_path(&r, name, logs[i], sizeof logs[i]);
+    c[i] = fl_test_fed_clients(&r, name, "--cert", cert, "--key", key, "--data",
+                               "fashion-mnist:train", "--max-samples", "3000", "--partition",
+                               "iid", "--num-partitions", "3", "--partition-index", idx, NULL);
   }
   cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", r.log);
   for (int i = 0; i < 3; i++) {
@@ -222,14 +173,14 @@ Test(e2e, server_and_three_client_processes, .timeout = 300) {
   cr_assert_eq(fl_test_count(r.metrics, "\"fed_eval_clients\":3"), 2, "%s", r.metrics);
   cr_assert_eq(fl_test_count(r.metrics, "\"fed_eval_accuracy\":null"), 1, "%s", r.metrics);
   cr_assert(fl_test_sanitizer_clean(r.log));
-  run_free(&r);
+  fl_test_fed_free(&r);
 }
 
 /* --init-model starts from a pretrained model file (here one fl-train made), and a file
  * for another model is refused with a message naming both. */
 Test(e2e, init_model_from_fl_train, .timeout = 300) {
-  run r;
-  run_init(&r);
+  fl_test_fed r;
+  fl_test_fed_init(&r);
   char pre[600], tlog[600], cmd[2048];
   snprintf(pre, sizeof pre, "%s/pretrained.bin", r.dir);
   snprintf(tlog, sizeof tlog, "%s/train.log", r.dir);
@@ -237,31 +188,26 @@ Test(e2e, init_model_from_fl_train, .timeout = 300) {
            fl_test_bin_dir(), pre, tlog);
   cr_assert_eq(fl_test_system(cmd), 0, "fl-train failed (%s)", tlog);
 
-  char *bad[] = {r.server, "--listen", r.listen, "--model", "2nn", "--init-model", pre,
-                 "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
-  cr_assert_eq(fl_test_wait(fl_test_spawn(r.log, bad), 30), 1);
+  pid_t bad = fl_test_fed_server(&r, "server.log", "--model", "2nn", "--init-model", pre, NULL);
+  cr_assert_eq(fl_test_wait(bad, 30), 1);
   cr_assert_eq(fl_test_count(r.log, "pretrained.bin holds model 'in:784 dense:10 softmax'"), 1, "%s", r.log);
 
   /* One round with a tiny step: the model is still the pretrained one's quality. */
-  char *sargv[] = {r.server, "--listen", r.listen, "--model", "logreg", "--init-model", pre,
-                   "--rounds", "1", "--clients-per-round", "1", "--lr", "0.0001",
-                   "--test-data", "fashion-mnist:test", "--metrics", r.metrics, "--out", r.out,
-                   "--ca", r.ca, "--cert", r.cert, "--key", r.key, NULL};
+  pid_t s = fl_test_fed_server_ready(&r, "server.log", "--model", "logreg", "--init-model", pre,
+                                     "--rounds", "1", "--clients-per-round", "1", "--lr",
+                                     "0.0001", "--test-data", "fashion-mnist:test", NULL);
+  cr_assert_gt(s, 0, "no server (%s)", r.log);
   char clog[600];
-  snprintf(clog, sizeof clog, "%s/client.log", r.dir);
-  char *cargv[] = {r.client, "--server", r.server_addr, "--server-name", "localhost", "--clients",
-                   "1", "--data", "fashion-mnist:train", "--max-samples", "100", "--certs-dir",
-                   (char *)fl_test_certs_dir(), "--ca", r.ca, NULL};
-  pid_t s = fl_test_spawn(r.log, sargv);
-  cr_assert(fl_test_wait_for_while(r.log, "[server] listening on", s, 60), "no server (%s)", r.log);
-  pid_t c = fl_test_spawn(clog, cargv);
+  fl_test_fed_path(&r, "client.log", clog, sizeof clog);
+  pid_t c = fl_test_fed_clients(&r, "client.log", "--clients", "1", "--data",
+                                "fashion-mnist:train", "--max-samples", "100", NULL);
   cr_assert_eq(fl_test_wait(s, 120), 0, "server failed (%s)", r.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "client failed (%s)", clog);
   char *m = fl_test_read_file(r.metrics, NULL);
   cr_assert_not_null(m);
-  double acc = json_num(m, "test_accuracy");
+  double acc = fl_test_json_num(m, "test_accuracy");
   free(m);
   cr_assert_gt(acc, 0.75, "a pretrained start should test well above chance: %.3f", acc);
   cr_assert_eq(fl_test_count(r.log, "initial model from"), 1);
-  run_free(&r);
+  fl_test_fed_free(&r);
 }

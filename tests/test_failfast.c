@@ -121,10 +121,8 @@ Test(failfast, client_that_cannot_train_is_left_out, .timeout = 240) {
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "logreg:3:2", "--rounds", "1",
                                      "--clients-per-round", "1", "--round-timeout", "600", NULL);
   cr_assert_gt(s, 0);
-  char c2[700];
-  snprintf(c2, sizeof c2, "%s/client-0002.crt", fl_test_certs_dir());
-  char k2[700];
-  snprintf(k2, sizeof k2, "%s/client-0002.key", fl_test_certs_dir());
+  char c2[700], k2[700];
+  fl_test_client_cert(2, c2, k2, sizeof c2);
 
   /* Too wide: refused by the client itself, at its first task. */
   pid_t b = fl_test_fed_clients(&f, "wide.log", "--cert", c2, "--key", k2, "--data", wide, NULL);
@@ -146,8 +144,7 @@ Test(failfast, client_that_cannot_train_is_left_out, .timeout = 240) {
 
   /* Labels beyond the model's outputs: the same, named by sample and label. */
   char c3[700], k3[700];
-  snprintf(c3, sizeof c3, "%s/client-0003.crt", fl_test_certs_dir());
-  snprintf(k3, sizeof k3, "%s/client-0003.key", fl_test_certs_dir());
+  fl_test_client_cert(3, c3, k3, sizeof c3);
   b = fl_test_fed_clients(&f, "labels.log", "--cert", c3, "--key", k3, "--data", labels, NULL);
   rc = fl_test_wait(b, 60);
   fl_test_fed_path(&f, "labels.log", log, sizeof log);
@@ -156,8 +153,7 @@ Test(failfast, client_that_cannot_train_is_left_out, .timeout = 240) {
 
   /* A client whose data fits completes the run. */
   char c1[700], k1[700];
-  snprintf(c1, sizeof c1, "%s/client-0001.crt", fl_test_certs_dir());
-  snprintf(k1, sizeof k1, "%s/client-0001.key", fl_test_certs_dir());
+  fl_test_client_cert(1, c1, k1, sizeof c1);
   pid_t a = fl_test_fed_clients(&f, "fits.log", "--cert", c1, "--key", k1, "--data", fits, NULL);
   cr_assert_eq(fl_test_wait(s, 120), 0, "the server did not finish the run");
   cr_assert_eq(fl_test_wait(a, 60), 0);
@@ -169,31 +165,6 @@ Test(failfast, client_that_cannot_train_is_left_out, .timeout = 240) {
   fl_test_fed_free(&f);
 }
 
-/* Extra certificates (expired, revoked + CRL, another CA) from tests/mkcerts_extra.sh,
- * made once per certificate directory. */
-static const char *extra_certs(void) {
-  static char dir[1024];
-  snprintf(dir, sizeof dir, "%s/extra", fl_test_certs_dir());
-  char probe[1100];
-  snprintf(probe, sizeof probe, "%s/other/client-0001.crt", dir);
-  FILE *f = fopen(probe, "r");
-  if (f) {
-    fclose(f);
-    return dir;
-  }
-  char tmp[1100], cmd[4096];
-  snprintf(tmp, sizeof tmp, "%s/extra.XXXXXX", fl_test_certs_dir());
-  cr_assert_not_null(mkdtemp(tmp));
-  snprintf(cmd, sizeof cmd, "%s/tests/mkcerts_extra.sh '%s' '%s' '%s'", fl_test_src_dir(),
-           fl_test_certs_dir(), tmp, fl_test_src_dir());
-  cr_assert_eq(fl_test_system(cmd), 0, "tests/mkcerts_extra.sh failed");
-  if (rename(tmp, dir) != 0) { /* another test process made them first */
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    fl_test_system(cmd);
-  }
-  return dir;
-}
-
 #define CLIENT "--data {DIR}/fits.csv --ca {CERTS}/ca.crt "
 #define C1 "--cert {CERTS}/client-0001.crt --key {CERTS}/client-0001.key "
 
@@ -203,7 +174,7 @@ Test(failfast, refused_certificates_are_reported_at_once, .timeout = 240) {
   fl_test_fed f;
   fl_test_fed_init(&f);
   write_csvs(f.dir);
-  const char *x = extra_certs();
+  const char *x = fl_test_extra_certs();
   char crl[1100], port[16];
   snprintf(crl, sizeof crl, "%s/crl.pem", x);
   snprintf(port, sizeof port, "%d", f.port);

@@ -71,43 +71,20 @@ typedef struct hostile {
 } hostile;
 
 static void send_env(hostile *h, const Fl__Envelope *env) {
-  uint8_t *buf;
-  size_t len;
-  if (fl_msg_encode(env, &buf, &len) != 0) {
-    h->failed = 1;
-    return;
-  }
-  fl_conn_send(h->conn, buf, len);
-  free(buf);
+  if (fl_test_send(h->conn, env) != 0) h->failed = 1;
 }
 
 static void send_update(hostile *h, uint64_t round) {
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Update u = FL__UPDATE__INIT;
-  Fl__Metrics m = FL__METRICS__INIT;
-  m.loss = 1.0;
-  m.num_examples = 100;
-  u.round = round;
-  u.model_id = h->model_id;
-  u.num_params = h->num_params;
-  u.num_examples = 100;
-  u.encoding = FL__ENCODING__ENCODING_FLOAT32;
-  u.metrics = &m;
-  env.body_case = FL__ENVELOPE__BODY_UPDATE;
-  env.update = &u;
-  send_env(h, &env);
+  if (fl_test_send_update(h->conn, round, h->model_id, h->num_params, 100,
+                          FL__ENCODING__ENCODING_FLOAT32, 100) != 0)
+    h->failed = 1;
 }
 
 static void send_zero_delta(hostile *h) {
   float *delta = calloc(h->num_params, sizeof *delta);
   fl_tensor_tx tx;
   fl_tensor_tx_init(&tx, delta, h->num_params, 65536);
-  uint8_t *buf;
-  size_t len;
-  while (fl_tensor_tx_next(&tx, &buf, &len) == 1) {
-    fl_conn_send(h->conn, buf, len);
-    free(buf);
-  }
+  fl_test_send_tensor(h->conn, &tx);
   free(delta);
 }
 
@@ -137,14 +114,7 @@ static void send_forged_error(hostile *h) {
 
 static void on_open(fl_conn *conn) {
   hostile *h = fl_conn_data(conn);
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello hello = FL__HELLO__INIT;
-  hello.protocol_version = FL_PROTOCOL_VERSION;
-  hello.software_version = "hostile";
-  hello.num_samples = DECLARED;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &hello;
-  send_env(h, &env);
+  if (fl_test_send_hello(conn, "hostile", DECLARED, NULL, 0) != 0) h->failed = 1;
 }
 
 static void drip_byte(uv_timer_t *t) {
@@ -283,13 +253,9 @@ static pid_t spawn_hostile_as(const fl_test_fed *f, hmode mode, const char *ccer
   pid_t pid = fork();
   cr_assert_neq(pid, -1);
   if (pid > 0) return pid;
-  const char *certs = fl_test_certs_dir();
-  char ca[512], err[512];
-  snprintf(ca, sizeof ca, "%s/ca.crt", certs);
-  fl_tls_options t = {.ca_file = ca, .cert_file = ccert, .key_file = ckey,
-                      .server_name = "localhost"};
+  char err[512];
   fl_tls_config *tls;
-  if (fl_tls_config_create(&t, &tls, err, sizeof err) != 0) _exit(3);
+  if (fl_test_client_tls(ccert, ckey, &tls, err, sizeof err) != 0) _exit(3);
   uv_loop_t loop;
   uv_loop_init(&loop);
   hostile h = {.mode = mode, .loop = &loop, .tls = tls, .port = f->port};
@@ -307,10 +273,8 @@ static pid_t spawn_hostile_as(const fl_test_fed *f, hmode mode, const char *ccer
 
 /* The same with the test certificate client-NNNN (cert). */
 static pid_t spawn_hostile(const fl_test_fed *f, hmode mode, int cert) {
-  const char *certs = fl_test_certs_dir();
   char ccert[512], ckey[512];
-  snprintf(ccert, sizeof ccert, "%s/client-%04d.crt", certs, cert);
-  snprintf(ckey, sizeof ckey, "%s/client-%04d.key", certs, cert);
+  fl_test_client_cert(cert, ccert, ckey, sizeof ccert);
   return spawn_hostile_as(f, mode, ccert, ckey);
 }
 
@@ -349,13 +313,11 @@ static pid_t honest(fl_test_fed *f, const char *log, const char *n) {
 }
 
 static void finish(fl_test_fed *f, pid_t s, pid_t c, int rounds) {
-  char log[700];
-  fl_test_fed_path(f, "server.log", log, sizeof log);
-  cr_assert_eq(fl_test_wait(s, 300 * fl_test_time_scale()), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(s, 300 * fl_test_time_scale()), 0, "server failed (%s)", f->log);
   cr_assert_eq(fl_test_wait(c, 60 * fl_test_time_scale()), 0, "honest clients failed (%s)", f->dir);
   cr_assert_eq(fl_test_metrics_rounds(f->metrics), rounds, "%s", f->metrics);
-  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
-  assert_not_forged(log);
+  cr_assert(fl_test_sanitizer_clean(f->log), "sanitizer report in %s", f->log);
+  assert_not_forged(f->log);
 }
 
 /* A dense model "in:784 dense:W relu dense:10 softmax" whose float32 parameters are more
@@ -383,8 +345,7 @@ static void model_beyond_buffers(char *spec, size_t len) {
 Test(hostile, fed_eval_stream_does_not_stall, .timeout = 900) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700], spec[96];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  char spec[96];
   model_beyond_buffers(spec, sizeof spec);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", spec, "--rounds", "3",
                                      "--clients-per-round", "4", "--min-clients", "4",
@@ -395,11 +356,11 @@ Test(hostile, fed_eval_stream_does_not_stall, .timeout = 900) {
   pid_t b = spawn_hostile(&f, H_EVAL_STALL, 8);
   pid_t c = honest(&f, "clients.log", "2");
   for (int r = 1; r <= 3; r++) {
-    cr_assert(fl_test_wait_count(log, "before the model was delivered; closing", r, 300),
-              "round %d: the early evaluation result was not refused (%s)", r, log);
+    cr_assert(fl_test_wait_count(f.log, "before the model was delivered; closing", r, 300),
+              "round %d: the early evaluation result was not refused (%s)", r, f.log);
     kill(a, SIGUSR1);
-    cr_assert(fl_test_wait_count(log, "dropped: did not take the evaluation model in time", r, 300),
-              "round %d: the stalled evaluation stream was not dropped (%s)", r, log);
+    cr_assert(fl_test_wait_count(f.log, "dropped: did not take the evaluation model in time", r, 300),
+              "round %d: the stalled evaluation stream was not dropped (%s)", r, f.log);
     kill(b, SIGUSR1);
   }
   finish(&f, s, c, 3);
@@ -419,8 +380,7 @@ Test(hostile, fed_eval_stream_does_not_stall, .timeout = 900) {
 Test(hostile, slow_reader_dropped_at_round_deadline, .timeout = 900) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700], spec[96];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  char spec[96];
   model_beyond_buffers(spec, sizeof spec);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", spec, "--rounds", "2",
                                      "--clients-per-round", "3", "--min-clients", "3",
@@ -429,8 +389,8 @@ Test(hostile, slow_reader_dropped_at_round_deadline, .timeout = 900) {
   pid_t a = spawn_hostile(&f, H_TRAIN_STALL, 7);
   pid_t c = honest(&f, "clients.log", "2");
   for (int r = 1; r <= 2; r++) {
-    cr_assert(fl_test_wait_count(log, "client-0007 dropped: did not take the model before the round's deadline", r, 300),
-              "round %d: the slow reader was not dropped (%s)", r, log);
+    cr_assert(fl_test_wait_count(f.log, "client-0007 dropped: did not take the model before the round's deadline", r, 300),
+              "round %d: the slow reader was not dropped (%s)", r, f.log);
     kill(a, SIGUSR1);
   }
   finish(&f, s, c, 2);
@@ -447,8 +407,7 @@ Test(hostile, slow_reader_dropped_at_round_deadline, .timeout = 900) {
 Test(hostile, sigterm_ends_a_stuck_round, .timeout = 600) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700], spec[96];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  char spec[96];
   model_beyond_buffers(spec, sizeof spec);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", spec, "--rounds", "50",
                                      "--clients-per-round", "3", "--min-clients", "3",
@@ -457,13 +416,13 @@ Test(hostile, sigterm_ends_a_stuck_round, .timeout = 600) {
   cr_assert_gt(s, 0);
   pid_t a = spawn_hostile(&f, H_TRAIN_STALL, 7);
   pid_t c = honest(&f, "clients.log", "2");
-  cr_assert(fl_test_wait_count(log, "round 1: update from client-000", 2, 300),
-            "the honest updates never came (%s)", log);
+  cr_assert(fl_test_wait_count(f.log, "round 1: update from client-000", 2, 300),
+            "the honest updates never came (%s)", f.log);
   kill(s, SIGTERM);
-  cr_assert_eq(fl_test_wait(s, 60), 0, "SIGTERM did not end the server (%s)", log);
-  cr_assert(fl_test_count(log, "client-0007 dropped: the server is stopping"), "%s", log);
-  cr_assert(fl_test_count(log, "stopped before any round completed"), "%s", log);
-  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  cr_assert_eq(fl_test_wait(s, 60), 0, "SIGTERM did not end the server (%s)", f.log);
+  cr_assert(fl_test_count(f.log, "client-0007 dropped: the server is stopping"), "%s", f.log);
+  cr_assert(fl_test_count(f.log, "stopped before any round completed"), "%s", f.log);
+  cr_assert(fl_test_sanitizer_clean(f.log), "sanitizer report in %s", f.log);
   stop_child(a);
   kill(c, SIGTERM);
   fl_test_wait(c, 60);
@@ -475,8 +434,6 @@ Test(hostile, sigterm_ends_a_stuck_round, .timeout = 600) {
 Test(hostile, nonreader_flood_cut_off, .timeout = 600) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "3",
                                      "--clients-per-round", "2", "--min-clients", "2",
                                      "--max-frame-mib", "1", "--io-threads", "1", NULL);
@@ -487,8 +444,8 @@ Test(hostile, nonreader_flood_cut_off, .timeout = 600) {
    * from one flood to the next.  (Under AddressSanitizer freed memory first fills its
    * quarantine, 256 MiB by default.) */
   for (int i = 1; i <= 5; i++) {
-    cr_assert(fl_test_wait_count(log, "the peer does not read; closing", i, 300),
-              "flood %d: the flooding client was not cut off (%s)", i, log);
+    cr_assert(fl_test_wait_count(f.log, "the peer does not read; closing", i, 300),
+              "flood %d: the flooding client was not cut off (%s)", i, f.log);
     rss[i] = rss_kib(s);
     kill(a, SIGUSR1);
   }
@@ -497,7 +454,7 @@ Test(hostile, nonreader_flood_cut_off, .timeout = 600) {
   const char *san = getenv("FL_SANITIZER");
   long allowance = (san && *san ? 256 + 64 : 64) * 1024L, later = 0;
   cr_assert(before > 0 && rss[1] > 0 && rss[1] - before < allowance,
-            "the server grew from %ld to %ld KiB (%s)", before, rss[1], log);
+            "the server grew from %ld to %ld KiB (%s)", before, rss[1], f.log);
   for (int i = 3; i <= 5; i++)
     if (rss[i] > later) later = rss[i];
   /* Under the sanitizers the quarantine's churn and the allocator's metadata move the RSS
@@ -505,7 +462,7 @@ Test(hostile, nonreader_flood_cut_off, .timeout = 600) {
    * exit (finish), is the check of its memory there. */
   long more = (san && *san ? 96 : 32) * 1024L;
   cr_assert(later - rss[2] < more, "the server grew from %ld to %ld KiB over three more "
-            "floods (%s)", rss[2], later, log);
+            "floods (%s)", rss[2], later, f.log);
   pid_t c = honest(&f, "clients.log", "2");
   finish(&f, s, c, 3);
   stop_child(a);
@@ -518,8 +475,6 @@ Test(hostile, nonreader_flood_cut_off, .timeout = 600) {
 Test(hostile, held_buffers_and_spoofed_eval, .timeout = 600) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "3",
                                      "--clients-per-round", "5", "--min-clients", "5",
                                      "--update-buffers", "2", "--upload-grace", "2",
@@ -531,9 +486,9 @@ Test(hostile, held_buffers_and_spoofed_eval, .timeout = 600) {
   pid_t e = spawn_hostile(&f, H_EVAL_HUGE, 9);
   pid_t c = honest(&f, "clients.log", "2");
   finish(&f, s, c, 3);
-  cr_assert_geq(fl_test_count(log, "update not delivered in time after Proceed"), 6, "%s", log);
-  cr_assert_eq(fl_test_count(log, "closed while the update was arriving"), 0, "%s", log);
-  cr_assert_geq(fl_test_count(log, "evaluation result of client-0009 left out"), 3, "%s", log);
+  cr_assert_geq(fl_test_count(f.log, "update not delivered in time after Proceed"), 6, "%s", f.log);
+  cr_assert_eq(fl_test_count(f.log, "closed while the update was arriving"), 0, "%s", f.log);
+  cr_assert_geq(fl_test_count(f.log, "evaluation result of client-0009 left out"), 3, "%s", f.log);
   for (int r = 1; r <= 3; r++) {
     char *line = fl_test_metrics_line(f.metrics, r);
     cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 3, "%s", line); /* 2 honest + 9's zero */
@@ -554,8 +509,6 @@ Test(hostile, held_buffers_and_spoofed_eval, .timeout = 600) {
 Test(hostile, dripped_frames_and_idle_handshakes, .timeout = 600) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "2",
                                      "--clients-per-round", "3", "--min-clients", "3",
                                      "--round-timeout", "20", "--frame-timeout", "2",
@@ -563,9 +516,9 @@ Test(hostile, dripped_frames_and_idle_handshakes, .timeout = 600) {
   cr_assert_gt(s, 0);
   pid_t st = spawn_hostile(&f, H_TRAIN_STALL, 8);
   pid_t c = honest(&f, "clients.log", "2");
-  cr_assert(fl_test_wait_for_while(log, "round 1/2: 3 of", s, 300), "no round began (%s)", log);
+  cr_assert(fl_test_wait_for_while(f.log, "round 1/2: 3 of", s, 300), "no round began (%s)", f.log);
   pid_t d = spawn_hostile(&f, H_DRIP, 7);
-  cr_assert(fl_test_wait_for_while(log, "client-0007 ready", s, 300), "%s", log);
+  cr_assert(fl_test_wait_for_while(f.log, "client-0007 ready", s, 300), "%s", f.log);
   enum { RAW = 32 };
   int fds[RAW];
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f.port)};
@@ -575,12 +528,12 @@ Test(hostile, dripped_frames_and_idle_handshakes, .timeout = 600) {
     cr_assert_geq(fds[i], 0);
     cr_assert_eq(connect(fds[i], (struct sockaddr *)&a, sizeof a), 0);
   }
-  cr_assert(fl_test_wait_for_while(log, "handshakes in progress, the most allowed", s, 300),
-            "the handshakes were not capped (%s)", log);
-  cr_assert(fl_test_wait_for_while(log, "frame not completed within 2000 ms", s, 300),
-            "the dripping client was not dropped (%s)", log);
+  cr_assert(fl_test_wait_for_while(f.log, "handshakes in progress, the most allowed", s, 300),
+            "the handshakes were not capped (%s)", f.log);
+  cr_assert(fl_test_wait_for_while(f.log, "frame not completed within 2000 ms", s, 300),
+            "the dripping client was not dropped (%s)", f.log);
   for (int i = 0; i < RAW; i++) close(fds[i]);
-  cr_assert(fl_test_wait_for_while(log, "round 1/2 done", s, 300), "%s", log);
+  cr_assert(fl_test_wait_for_while(f.log, "round 1/2 done", s, 300), "%s", f.log);
   kill(st, SIGUSR1);
   finish(&f, s, c, 2);
   char *line = fl_test_metrics_line(f.metrics, 1);
@@ -612,8 +565,7 @@ static void wait_past(time_t end) {
 Test(hostile, expired_certificate_not_selected, .timeout = 600) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700], crt[700], key[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  char crt[700], key[700];
   time_t end = timed_certs(&f, 8);
   fl_test_fed_path(&f, "timed/expiring.crt", crt, sizeof crt);
   fl_test_fed_path(&f, "timed/expiring.key", key, sizeof key);
@@ -621,12 +573,12 @@ Test(hostile, expired_certificate_not_selected, .timeout = 600) {
                                      "--clients-per-round", "3", "--min-clients", "2", NULL);
   cr_assert_gt(s, 0);
   pid_t e = spawn_hostile_as(&f, H_HOLD, crt, key);
-  cr_assert(fl_test_wait_for_while(log, "expiring-client ready", s, 300), "%s", log);
+  cr_assert(fl_test_wait_for_while(f.log, "expiring-client ready", s, 300), "%s", f.log);
   wait_past(end);
   pid_t c = honest(&f, "clients.log", "2");
   finish(&f, s, c, 2);
-  cr_assert(fl_test_count(log, "expiring-client (") && fl_test_count(log, "its certificate expired at"),
-            "the expired client was not closed (%s)", log);
+  cr_assert(fl_test_count(f.log, "expiring-client (") && fl_test_count(f.log, "its certificate expired at"),
+            "the expired client was not closed (%s)", f.log);
   for (int r = 1; r <= 2; r++) {
     char *line = fl_test_metrics_line(f.metrics, r);
     cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 2, "%s", line);
@@ -640,15 +592,14 @@ Test(hostile, expired_certificate_not_selected, .timeout = 600) {
 Test(hostile, expired_crl, .timeout = 300) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700], log2[700], old[700], soon[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
+  char log2[700], old[700], soon[700];
   fl_test_fed_path(&f, "server2.log", log2, sizeof log2);
   time_t end = timed_certs(&f, 6);
   fl_test_fed_path(&f, "timed/crl-expired.pem", old, sizeof old);
   fl_test_fed_path(&f, "timed/crl-soon.pem", soon, sizeof soon);
   pid_t s = fl_test_fed_server(&f, "server.log", "--model", "2nn", "--crl", old, NULL);
-  cr_assert_neq(fl_test_wait(s, 60), 0, "a server with an expired CRL started (%s)", log);
-  cr_assert(fl_test_count(log, "expired on 2021-01-01T00:00:00Z"), "%s", log);
+  cr_assert_neq(fl_test_wait(s, 60), 0, "a server with an expired CRL started (%s)", f.log);
+  cr_assert(fl_test_count(f.log, "expired on 2021-01-01T00:00:00Z"), "%s", f.log);
   s = fl_test_fed_server_ready(&f, "server2.log", "--model", "2nn", "--crl", soon, NULL);
   cr_assert_gt(s, 0, "the server refused a CRL still valid (%s)", log2);
   wait_past(end);
@@ -671,8 +622,6 @@ Test(hostile, expired_crl, .timeout = 300) {
 Test(hostile, closing_round_gives_no_proceed, .timeout = 600) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char log[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "1",
                                      "--clients-per-round", "3", "--min-clients", "3",
                                      "--update-buffers", "1", "--upload-grace", "100000",
@@ -680,17 +629,17 @@ Test(hostile, closing_round_gives_no_proceed, .timeout = 600) {
                                      "--max-attempts", "1", NULL);
   cr_assert_gt(s, 0);
   pid_t c = honest(&f, "clients.log", "2");
-  cr_assert(fl_test_wait_for_while(log, "2 clients ready", s, 300), "%s", log);
+  cr_assert(fl_test_wait_for_while(f.log, "2 clients ready", s, 300), "%s", f.log);
   pid_t a = spawn_hostile(&f, H_HOLD, 7);
-  cr_assert(fl_test_wait_for_while(log, "waiting for new clients", s, 300), "%s", log);
-  cr_assert_eq(fl_test_count(log, "closed before the update was taken"), 2, "%s", log);
-  cr_assert_eq(fl_test_count(log, "closed while the update was arriving"), 1, "%s", log);
-  cr_assert(fl_test_count(log, "from client-0007: round 1 closed while the update was arriving"),
-            "%s", log);
+  cr_assert(fl_test_wait_for_while(f.log, "waiting for new clients", s, 300), "%s", f.log);
+  cr_assert_eq(fl_test_count(f.log, "closed before the update was taken"), 2, "%s", f.log);
+  cr_assert_eq(fl_test_count(f.log, "closed while the update was arriving"), 1, "%s", f.log);
+  cr_assert(fl_test_count(f.log, "from client-0007: round 1 closed while the update was arriving"),
+            "%s", f.log);
   kill(s, SIGTERM);
-  cr_assert_eq(fl_test_wait(s, 60), 0, "SIGTERM did not end the server (%s)", log);
-  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
-  assert_not_forged(log);
+  cr_assert_eq(fl_test_wait(s, 60), 0, "SIGTERM did not end the server (%s)", f.log);
+  cr_assert(fl_test_sanitizer_clean(f.log), "sanitizer report in %s", f.log);
+  assert_not_forged(f.log);
   stop_child(a);
   kill(c, SIGTERM);
   fl_test_wait(c, 60);

@@ -48,9 +48,7 @@ typedef struct sclient {
   fl_conn *conn;
   int tasks;                /* tasks received so far */
   uint64_t round, model_id, num_params;
-  float *model;
-  fl_tensor_rx rx;
-  int receiving;
+  fl_test_model model;
   uint64_t task_round;      /* last round whose model it holds */
   int done;
   int expect;               /* replies (Proceed or Error) still due to its Updates */
@@ -82,14 +80,6 @@ struct script {
   const char *log;           /* the server's log (queue test) */
 };
 
-static void send_env(sclient *c, const Fl__Envelope *env) {
-  uint8_t *buf;
-  size_t len;
-  cr_assert_eq(fl_msg_encode(env, &buf, &len), 0);
-  fl_conn_send(c->conn, buf, len);
-  free(buf);
-}
-
 #define DECLARED 1000           /* the samples a scripted client declares in its Hello */
 #define HUGE_CLAIM (1ULL << 62) /* client-0004's declared and claimed examples */
 #define POISON 3e38f            /* a finite delta value far beyond any norm bound */
@@ -99,20 +89,8 @@ static void send_env(sclient *c, const Fl__Envelope *env) {
  * when the Proceed comes. */
 static void send_update_ex(sclient *c, uint64_t round, uint64_t model_id, uint64_t n,
                            int nan_at, int take, uint64_t examples) {
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Update u = FL__UPDATE__INIT;
-  Fl__Metrics m = FL__METRICS__INIT;
-  m.loss = 1.0;
-  m.num_examples = 100;
-  u.round = round;
-  u.model_id = model_id;
-  u.num_params = n;
-  u.num_examples = examples;
-  u.encoding = (Fl__Encoding)c->enc_override;
-  u.metrics = &m;
-  env.body_case = FL__ENVELOPE__BODY_UPDATE;
-  env.update = &u;
-  send_env(c, &env);
+  cr_assert_eq(fl_test_send_update(c->conn, round, model_id, n, examples,
+                                   (Fl__Encoding)c->enc_override, 100), 0);
   c->expect++;
   if (!take) return;
   cr_assert(!c->pending, "one update at a time waits for Proceed");
@@ -139,12 +117,7 @@ static void send_delta(sclient *c) {
   c->delta_seq = ++c->sc->seq;
   fl_tensor_tx tx;
   fl_tensor_tx_init(&tx, delta, n, 4096);
-  uint8_t *buf;
-  size_t len;
-  while (fl_tensor_tx_next(&tx, &buf, &len) == 1) {
-    fl_conn_send(c->conn, buf, len);
-    free(buf);
-  }
+  fl_test_send_tensor(c->conn, &tx);
   free(delta);
 }
 
@@ -303,18 +276,11 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     c->round = t->round;
     c->model_id = t->model_id;
     c->num_params = t->num_params;
-    free(c->model);
-    c->model = malloc(t->num_params * sizeof(float));
-    fl_tensor_rx_init(&c->rx, c->model, t->num_params);
-    c->receiving = 1;
+    fl_test_model_expect(&c->model, t->num_params);
     break;
   }
-  case FL__ENVELOPE__BODY_CHUNK: {
-    char err[160];
-    int rc = fl_tensor_rx_add(&c->rx, env->chunk, err, sizeof err);
-    cr_assert_geq(rc, 0, "%s", err);
-    if (rc == 1 && c->receiving) {
-      c->receiving = 0;
+  case FL__ENVELOPE__BODY_CHUNK:
+    if (fl_test_model_add(&c->model, env->chunk)) {
       c->tasks++;
       c->task_round = c->round;
       if (c->round != sc->current) { /* the first model of a new round */
@@ -324,7 +290,6 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
       next_step(sc);
     }
     break;
-  }
   case FL__ENVELOPE__BODY_PROCEED:
     cr_assert(c->pending && env->proceed->round == c->pending_round,
               "client %d: proceed for round %llu, but no update of that round waits", c->index,
@@ -361,14 +326,7 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
 
 static void on_open(fl_conn *conn) {
   sclient *c = fl_conn_data(conn);
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello h = FL__HELLO__INIT;
-  h.protocol_version = FL_PROTOCOL_VERSION;
-  h.software_version = "test";
-  h.num_samples = c->index == 3 ? HUGE_CLAIM : DECLARED;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &h;
-  send_env(c, &env);
+  cr_assert_eq(fl_test_send_hello(conn, "test", c->index == 3 ? HUGE_CLAIM : DECLARED, NULL, 0), 0);
 }
 
 static void on_drain(fl_conn *conn) { (void)conn; }
@@ -404,34 +362,19 @@ static long json_int(const char *line, const char *key) {
 }
 
 /* A run: fl-server with the common flags plus extra[] (NULL-terminated), and sc->n
- * scripted clients on sc's loop until every one has finished.  Paths in `files`. */
-typedef struct files { char dir[256], log[512], metrics[512]; } files;
-
-static void run_script(script *sc, files *f, const char *const *extra) {
-  char *dir = fl_test_tmpdir();
-  snprintf(f->dir, sizeof f->dir, "%s", dir);
-  free(dir);
-  char out[512], listen[64], ca[512], cert[512], key[512], rounds[16];
-  int port = fl_test_free_port();
-  snprintf(f->log, sizeof f->log, "%s/server.log", f->dir);
-  snprintf(f->metrics, sizeof f->metrics, "%s/metrics.jsonl", f->dir);
-  snprintf(out, sizeof out, "%s/model.bin", f->dir);
-  snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+ * scripted clients on sc's loop until every one has finished.  Its files are f's. */
+static void run_script(script *sc, fl_test_fed *f, const char *const *extra) {
+  fl_test_fed_init(f);
+  char rounds[16];
   snprintf(rounds, sizeof rounds, "%d", sc->rounds);
-  const char *certs = fl_test_certs_dir();
-  snprintf(ca, sizeof ca, "%s/ca.crt", certs);
-  snprintf(cert, sizeof cert, "%s/server.crt", certs);
-  snprintf(key, sizeof key, "%s/server.key", certs);
-  char *server = fl_test_bin("fl-server");
-  char *argv[64] = {server, "--listen", listen, "--model", "logreg", "--rounds", rounds,
-                    "--round-timeout", "30", "--metrics", f->metrics, "--out", out, "--ca", ca,
-                    "--cert", cert, "--key", key, "--seed", "7"};
+  const char *argv[64] = {"--model", "logreg", "--rounds", rounds, "--round-timeout", "30",
+                          "--seed", "7"};
   int argc = 0;
   while (argv[argc]) argc++;
-  for (int i = 0; extra[i]; i++) argv[argc++] = (char *)extra[i];
+  for (int i = 0; extra[i]; i++) argv[argc++] = extra[i];
   argv[argc] = NULL;
-  pid_t pid = fl_test_spawn(f->log, argv);
-  cr_assert(fl_test_wait_for(f->log, "listening on", 30), "server did not start");
+  pid_t pid = fl_test_fed_server_ready_list(f, "server.log", argv);
+  cr_assert(pid > 0, "server did not start");
 
   sc->log = f->log;
   uv_loop_init(&sc->loop);
@@ -446,14 +389,11 @@ static void run_script(script *sc, files *f, const char *const *extra) {
   for (int i = 0; i < sc->n; i++) {
     sclient *c = &sc->c[i];
     char ccert[512], ckey[512], err[512];
-    snprintf(ccert, sizeof ccert, "%s/client-%04d.crt", certs, i + 1);
-    snprintf(ckey, sizeof ckey, "%s/client-%04d.key", certs, i + 1);
-    fl_tls_options t = {.ca_file = ca, .cert_file = ccert, .key_file = ckey,
-                        .server_name = "localhost"};
-    cr_assert_eq(fl_tls_config_create(&t, &c->tls, err, sizeof err), 0, "%s", err);
+    fl_test_client_cert(i + 1, ccert, ckey, sizeof ccert);
+    cr_assert_eq(fl_test_client_tls(ccert, ckey, &c->tls, err, sizeof err), 0, "%s", err);
     c->sc = sc;
     c->index = i;
-    cr_assert_eq(fl_connect(&sc->loop, c->tls, "127.0.0.1", port, &opt, &cbs, c, &c->conn), 0);
+    cr_assert_eq(fl_connect(&sc->loop, c->tls, "127.0.0.1", f->port, &opt, &cbs, c, &c->conn), 0);
   }
   uv_run(&sc->loop, UV_RUN_DEFAULT);
   int rc = fl_test_wait(pid, 60);
@@ -461,14 +401,13 @@ static void run_script(script *sc, files *f, const char *const *extra) {
   cr_assert(fl_test_sanitizer_clean(f->log), "sanitizer report in %s", f->log);
   for (int i = 0; i < sc->n; i++) {
     fl_tls_config_free(sc->c[i].tls);
-    free(sc->c[i].model);
+    fl_test_model_free(&sc->c[i].model);
   }
   uv_loop_close(&sc->loop);
-  free(server);
 }
 
 /* The metrics agree with what the script counted, round by round; returns the refusals. */
-static int check_metrics(const script *sc, const files *f) {
+static int check_metrics(const script *sc, const fl_test_fed *f) {
   char *m = fl_test_read_file(f->metrics, NULL);
   cr_assert_not_null(m);
   int lines = 0, total_refused = 0;
@@ -490,7 +429,7 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   script *sc = calloc(1, sizeof *sc);
   sc->n = NCLIENTS;
   sc->rounds = ROUNDS;
-  files f;
+  fl_test_fed f;
   sc->per_round = 3;
   static const char *const extra[] = {"--clients-per-round", "3", "--min-clients", "4",
                                       "--min-updates", "1", NULL};
@@ -531,6 +470,7 @@ Test(refusal, bad_updates_refused_round_goes_on, .timeout = 240) {
   cr_assert_eq(fl_test_count(f.log, "client-0004's weight"), capped);
   cr_assert(fl_test_count(f.log, "NaN") + fl_test_count(f.log, "finite") >= 1, "no NaN refusal in log");
   free(sc);
+  fl_test_fed_free(&f);
 }
 
 /* One update buffer, three clients selected for two updates: client 0 holds the buffer
@@ -543,7 +483,7 @@ Test(refusal, updates_queue_for_a_buffer_and_the_last_is_refused_at_close, .time
   sc->queue = 1;
   sc->n = 3;
   sc->rounds = 3;
-  files f;
+  fl_test_fed f;
   sc->per_round = 3;
   static const char *const extra[] = {"--clients-per-round", "2", "--over-select", "0.5",
                                       "--min-clients", "3", "--update-buffers", "1",
@@ -563,4 +503,5 @@ Test(refusal, updates_queue_for_a_buffer_and_the_last_is_refused_at_close, .time
   cr_assert_eq(fl_test_count(f.log, "before the update was taken"), 3);
   cr_assert_eq(fl_test_count(f.metrics, "\"fold_passes\":2"), 3);
   free(sc);
+  fl_test_fed_free(&f);
 }

@@ -23,61 +23,29 @@
 #include "msg.h"
 #include "testutil.h"
 
-typedef struct setup {
-  char *dir;
-  char ca[512], cert[512], key[512], listen[64], addr[64];
-  char *server, *client;
-} setup;
-
-static void setup_init(setup *s) {
-  s->dir = fl_test_tmpdir();
-  const char *certs = fl_test_certs_dir();
-  snprintf(s->ca, sizeof s->ca, "%s/ca.crt", certs);
-  snprintf(s->cert, sizeof s->cert, "%s/server.crt", certs);
-  snprintf(s->key, sizeof s->key, "%s/server.key", certs);
-  int port = fl_test_free_port();
-  snprintf(s->listen, sizeof s->listen, "127.0.0.1:%d", port);
-  snprintf(s->addr, sizeof s->addr, "127.0.0.1:%d", port);
-  s->server = fl_test_bin("fl-server");
-  s->client = fl_test_bin("fl-client");
-}
-
-static void setup_free(setup *s) {
-  free(s->server);
-  free(s->client);
-  free(s->dir);
-}
-
 /* A server of the run `tag` (its model and metrics files), logging to server-LOG.log. */
-static pid_t start_server(setup *s, const char *tag, const char *log_tag, const char *rounds,
+static pid_t start_server(fl_test_fed *s, const char *tag, const char *log_tag, const char *rounds,
                           int resume) {
-  char log[600], out[600], metrics[600];
-  snprintf(log, sizeof log, "%s/server-%s.log", s->dir, log_tag);
+  char log[64], out[600], metrics[600];
+  snprintf(log, sizeof log, "server-%s.log", log_tag);
   snprintf(out, sizeof out, "%s/model-%s.bin", s->dir, tag);
   snprintf(metrics, sizeof metrics, "%s/metrics-%s.jsonl", s->dir, tag);
-  char *argv[40] = {s->server, "--listen", s->listen, "--model", "2nn", "--rounds",
-                    (char *)rounds, "--clients-per-round", "4", "--min-clients", "4",
-                    "--seed", "3", "--lr", "0.05", "--batch-size", "20", "--epochs", "2", "--out", out,
-                    "--metrics", metrics, "--ca", s->ca, "--cert", s->cert, "--key", s->key,
-                    "--idle-timeout", "10", "--heartbeat", "1"};
-  int n = 0;
-  while (argv[n]) n++;
-  if (resume) argv[n++] = "--resume";
-  argv[n] = NULL;
-  return fl_test_spawn(log, argv);
+  return fl_test_fed_server(s, log, "--model", "2nn", "--rounds", rounds, "--clients-per-round",
+                            "4", "--min-clients", "4", "--seed", "3", "--lr", "0.05",
+                            "--batch-size", "20", "--epochs", "2", "--out", out, "--metrics",
+                            metrics, "--idle-timeout", "10", "--heartbeat", "1",
+                            resume ? "--resume" : NULL, NULL);
 }
 
-static pid_t start_clients(setup *s, const char *tag, const char *n, const char *first) {
-  char log[600];
-  snprintf(log, sizeof log, "%s/clients-%s.log", s->dir, tag);
-  char *argv[] = {s->client, "--server", s->addr, "--server-name", "localhost", "--clients",
-                  (char *)n, "--cert-index", (char *)first, "--data", "fashion-mnist:train",
-                  "--max-samples", "4000", "--partition", "iid", "--num-partitions", "4",
-                  "--partition-index", "0", "--seed", "9", "--certs-dir",
-                  (char *)fl_test_certs_dir(), "--ca", s->ca, "--retry-base", "0.05",
-                  "--retry-max", "0.3", "--max-retries", "100000", "--workers", "2",
-                  "--idle-timeout", "10", "--heartbeat", "1", NULL};
-  return fl_test_spawn(log, argv);
+static pid_t start_clients(fl_test_fed *s, const char *tag, const char *n, const char *first) {
+  char log[64];
+  snprintf(log, sizeof log, "clients-%s.log", tag);
+  return fl_test_fed_clients(s, log, "--clients", n, "--cert-index", first, "--data",
+                             "fashion-mnist:train", "--max-samples", "4000", "--partition", "iid",
+                             "--num-partitions", "4", "--partition-index", "0", "--seed", "9",
+                             "--retry-base", "0.05", "--retry-max", "0.3", "--max-retries",
+                             "100000", "--workers", "2", "--idle-timeout", "10", "--heartbeat",
+                             "1", NULL);
 }
 
 static float *load_model(const char *path, size_t *n) {
@@ -90,8 +58,8 @@ static float *load_model(const char *path, size_t *n) {
 }
 
 Test(resilience, sigkill_and_resume_match_an_uninterrupted_run, .timeout = 600) {
-  setup s;
-  setup_init(&s);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
   char path[600];
 
   /* The reference: one uninterrupted run. */
@@ -156,12 +124,12 @@ Test(resilience, sigkill_and_resume_match_an_uninterrupted_run, .timeout = 600) 
   cr_assert_lt(worst, 1e-5, "resumed model differs by %g", worst);
   free(a);
   free(b);
-  setup_free(&s);
+  fl_test_fed_free(&s);
 }
 
 Test(resilience, sigterm_stops_cleanly_and_resume_continues, .timeout = 300) {
-  setup s;
-  setup_init(&s);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
   char log[600], metrics[600], clog[600];
   snprintf(log, sizeof log, "%s/server-term.log", s.dir);
   snprintf(metrics, sizeof metrics, "%s/metrics-term.jsonl", s.dir);
@@ -187,20 +155,18 @@ Test(resilience, sigterm_stops_cleanly_and_resume_continues, .timeout = 300) {
   cr_assert_eq(fl_test_metrics_rounds(metrics), 6);
   cr_assert_eq(fl_test_count(log, "resuming from"), 1);
   cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  fl_test_fed_free(&s);
 }
 
-static pid_t start_group(setup *s, const char *tag, const char *n, const char *first,
+static pid_t start_group(fl_test_fed *s, const char *tag, const char *n, const char *first,
                          const char *part, const char *crash_round) {
-  char log[600];
-  snprintf(log, sizeof log, "%s/clients-%s.log", s->dir, tag);
-  char *argv[] = {s->client, "--server", s->addr, "--server-name", "localhost", "--clients",
-                  (char *)n, "--cert-index", (char *)first, "--data", "fashion-mnist:train",
-                  "--max-samples", "20000", "--partition", "iid", "--num-partitions", "20",
-                  "--partition-index", (char *)part, "--certs-dir", (char *)fl_test_certs_dir(),
-                  "--ca", s->ca, "--retry-base", "0.05", "--retry-max", "0.5", "--max-retries",
-                  "100000", "--workers", "2", "--sim-crash-round", (char *)crash_round, NULL};
-  return fl_test_spawn(log, argv);
+  char log[64];
+  snprintf(log, sizeof log, "clients-%s.log", tag);
+  return fl_test_fed_clients(s, log, "--clients", n, "--cert-index", first, "--data",
+                             "fashion-mnist:train", "--max-samples", "20000", "--partition", "iid",
+                             "--num-partitions", "20", "--partition-index", part, "--retry-base",
+                             "0.05", "--retry-max", "0.5", "--max-retries", "100000", "--workers",
+                             "2", "--sim-crash-round", crash_round, NULL);
 }
 
 /* Twenty clients in two processes; the six of one process die (SIGKILL) the moment round
@@ -209,36 +175,30 @@ static pid_t start_group(setup *s, const char *tag, const char *n, const char *f
  * (--min-clients 20), so it cannot run ahead while they are gone, whatever the machine's
  * speed; once they are restarted every later round takes an update from each of them. */
 Test(resilience, churn_thirty_percent_killed_and_restarted, .timeout = 600) {
-  setup s;
-  setup_init(&s);
-  char log[600], metrics[600], out[600];
-  snprintf(log, sizeof log, "%s/server.log", s.dir);
-  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
-  snprintf(out, sizeof out, "%s/model.bin", s.dir);
-  char *argv[] = {s.server, "--listen", s.listen, "--model", "2nn", "--rounds", "5",
-                  "--clients-per-round", "20", "--min-clients", "20", "--min-updates", "4",
-                  "--round-timeout", "600", "--epochs", "1", "--seed", "5", "--out", out,
-                  "--metrics", metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key,
-                  "--log-level", "debug", NULL};
-  pid_t srv = fl_test_spawn(log, argv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
+  pid_t srv = fl_test_fed_server_ready(&s, "server.log", "--model", "2nn", "--rounds", "5",
+                                       "--clients-per-round", "20", "--min-clients", "20",
+                                       "--min-updates", "4", "--round-timeout", "600", "--epochs",
+                                       "1", "--seed", "5", "--log-level", "debug", NULL);
+  cr_assert_gt(srv, 0, "no server (%s)", s.log);
   pid_t a = start_group(&s, "a", "14", "1", "0", "0");
   pid_t b = start_group(&s, "b", "6", "15", "14", "2");
   cr_assert_eq(fl_test_wait(b, 240), 128 + SIGKILL, "clients b did not die in round 2 (%s)", s.dir);
-  cr_assert(fl_test_wait_for(log, "round 2/5 done", 240), "no round 2 (%s)", log);
+  cr_assert(fl_test_wait_for(s.log, "round 2/5 done", 240), "no round 2 (%s)", s.log);
   pid_t b2 = start_group(&s, "b2", "6", "15", "14", "0");
-  cr_assert_eq(fl_test_wait(srv, 300), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(srv, 300), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(a, 60), 0, "clients a failed (%s)", s.dir);
   cr_assert_eq(fl_test_wait(b2, 60), 0, "restarted clients b failed (%s)", s.dir);
 
-  cr_assert_eq(fl_test_metrics_rounds(metrics), 5);
-  char *r2 = fl_test_metrics_line(metrics, 2);
+  cr_assert_eq(fl_test_metrics_rounds(s.metrics), 5);
+  char *r2 = fl_test_metrics_line(s.metrics, 2);
   cr_assert_not_null(r2);
   cr_assert_eq(fl_test_json_num(r2, "clients_dropped"), 6, "%s", r2);
   cr_assert_eq(fl_test_json_num(r2, "updates_accepted"), 14, "%s", r2);
   free(r2);
   for (int r = 3; r <= 5; r++) {
-    char *line = fl_test_metrics_line(metrics, r);
+    char *line = fl_test_metrics_line(s.metrics, r);
     cr_assert_not_null(line);
     cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 20, "%s", line);
     free(line);
@@ -246,15 +206,15 @@ Test(resilience, churn_thirty_percent_killed_and_restarted, .timeout = 600) {
   for (int i = 15; i <= 20; i++) {
     char who[96];
     snprintf(who, sizeof who, "round 2: client-%04d dropped out", i);
-    cr_assert_eq(fl_test_count(log, who), 1, "%s not logged (%s)", who, log);
+    cr_assert_eq(fl_test_count(s.log, who), 1, "%s not logged (%s)", who, s.log);
     /* Back after the restart: an update in each later round. */
     for (int r = 3; r <= 5; r++) {
       snprintf(who, sizeof who, "round %d: update from client-%04d (", r, i);
-      cr_assert_eq(fl_test_count(log, who), 1, "no '%s' (%s)", who, log);
+      cr_assert_eq(fl_test_count(s.log, who), 1, "no '%s' (%s)", who, s.log);
     }
   }
-  cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  cr_assert(fl_test_sanitizer_clean(s.log));
+  fl_test_fed_free(&s);
 }
 
 /* ---- peers that stall ---- */
@@ -268,17 +228,7 @@ typedef struct staller {
 
 static void st_open(fl_conn *c) {
   staller *p = fl_conn_data(c);
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello h = FL__HELLO__INIT;
-  h.protocol_version = FL_PROTOCOL_VERSION;
-  h.num_samples = 100;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &h;
-  uint8_t *buf;
-  size_t len;
-  cr_assert_eq(fl_msg_encode(&env, &buf, &len), 0);
-  fl_conn_send(c, buf, len);
-  free(buf);
+  cr_assert_eq(fl_test_send_hello(c, NULL, 100, NULL, 0), 0);
   if (p->half_frame) {
     const uint8_t half[2] = {0, 0};
     fl_conn_send_raw(c, half, sizeof half);
@@ -301,28 +251,21 @@ static void st_tick(uv_timer_t *t) {
 
 Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   fl_log_set_level(FL_LOG_ERROR);
-  setup s;
-  setup_init(&s);
-  char log[600], metrics[600], out[600];
-  snprintf(log, sizeof log, "%s/server.log", s.dir);
-  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
-  snprintf(out, sizeof out, "%s/model.bin", s.dir);
-  char *argv[] = {s.server, "--listen", s.listen, "--model", "logreg", "--rounds", "1",
-                  "--clients-per-round", "4", "--min-clients", "4", "--round-timeout", "120",
-                  "--idle-timeout", "4", "--heartbeat", "0.4", "--out", out, "--metrics",
-                  metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
-  pid_t srv = fl_test_spawn(log, argv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
+  pid_t srv = fl_test_fed_server_ready(&s, "server.log", "--model", "logreg", "--rounds", "1",
+                                       "--clients-per-round", "4", "--min-clients", "4",
+                                       "--round-timeout", "120", "--idle-timeout", "4",
+                                       "--heartbeat", "0.4", NULL);
+  cr_assert_gt(srv, 0, "no server (%s)", s.log);
   char clog[600];
-  snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
-  char *cargv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "2",
-                   "--data", "fashion-mnist:train", "--max-samples", "2000", "--partition",
-                   "iid", "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca,
-                   "--heartbeat", "0.4", "--idle-timeout", "4", NULL};
-  pid_t good = fl_test_spawn(clog, cargv);
+  fl_test_fed_path(&s, "clients.log", clog, sizeof clog);
+  pid_t good = fl_test_fed_clients(&s, "clients.log", "--clients", "2", "--data",
+                                   "fashion-mnist:train", "--max-samples", "2000", "--partition",
+                                   "iid", "--heartbeat", "0.4", "--idle-timeout", "4", NULL);
   /* The silent peers come once the good clients are in: the round starts the moment
    * they are ready too, however long the good ones took to load their data. */
-  cr_assert(fl_test_wait_for_while(log, "; 2 clients ready", srv, 120), "good clients never ready (%s)", log);
+  cr_assert(fl_test_wait_for_while(s.log, "; 2 clients ready", srv, 120), "good clients never ready (%s)", s.log);
 
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -332,13 +275,9 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   fl_conn_options_default(&opt); /* no heartbeat payload: these peers stay silent */
   for (int i = 0; i < 2; i++) {
     char cert[600], key[600], err[512];
-    snprintf(cert, sizeof cert, "%s/client-%04d.crt", fl_test_certs_dir(), 21 + i);
-    snprintf(key, sizeof key, "%s/client-%04d.key", fl_test_certs_dir(), 21 + i);
-    fl_tls_options t = {.ca_file = s.ca, .cert_file = cert, .key_file = key,
-                        .server_name = "localhost"};
-    cr_assert_eq(fl_tls_config_create(&t, &tls[i], err, sizeof err), 0, "%s", err);
-    int port = atoi(strrchr(s.addr, ':') + 1);
-    cr_assert_eq(fl_connect(&loop, tls[i], "127.0.0.1", port, &opt, &st_cb, &p[i], &p[i].conn), 0);
+    fl_test_client_cert(21 + i, cert, key, sizeof cert);
+    cr_assert_eq(fl_test_client_tls(cert, key, &tls[i], err, sizeof err), 0, "%s", err);
+        cr_assert_eq(fl_connect(&loop, tls[i], "127.0.0.1", s.port, &opt, &st_cb, &p[i], &p[i].conn), 0);
   }
   uv_timer_t tick;
   uv_timer_init(&loop, &tick);
@@ -348,15 +287,15 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
   for (int i = 0; i < 2; i++) fl_tls_config_free(tls[i]);
   uv_loop_close(&loop);
 
-  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", log);
+  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(good, 30), 0, "good clients failed (%s)", clog);
-  cr_assert_eq(fl_test_count(metrics, "\"updates_accepted\":2"), 1, "%s", metrics);
-  cr_assert_eq(fl_test_count(metrics, "\"clients_dropped\":2"), 1, "%s", metrics);
-  cr_assert_eq(fl_test_count(log, "timed out with"), 0, "the round waited for its timeout");
-  cr_assert_geq(fl_test_count(log, "client-0021 dropped out"), 1);
-  cr_assert_geq(fl_test_count(log, "client-0022 dropped out"), 1);
-  cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  cr_assert_eq(fl_test_count(s.metrics, "\"updates_accepted\":2"), 1, "%s", s.metrics);
+  cr_assert_eq(fl_test_count(s.metrics, "\"clients_dropped\":2"), 1, "%s", s.metrics);
+  cr_assert_eq(fl_test_count(s.log, "timed out with"), 0, "the round waited for its timeout");
+  cr_assert_geq(fl_test_count(s.log, "client-0021 dropped out"), 1);
+  cr_assert_geq(fl_test_count(s.log, "client-0022 dropped out"), 1);
+  cr_assert(fl_test_sanitizer_clean(s.log));
+  fl_test_fed_free(&s);
 }
 
 /* ---- stragglers ---- */
@@ -364,33 +303,26 @@ Test(resilience, silent_and_stalled_clients_are_dropped, .timeout = 300) {
 /* Six clients with size-skewed data, four updates needed: the round closes once the
  * four fastest are in, and the two slowest are refused as stale. */
 Test(resilience, over_selection_closes_rounds_without_the_slowest, .timeout = 300) {
-  setup s;
-  setup_init(&s);
-  char log[600], metrics[600], out[600], clog[600];
-  snprintf(log, sizeof log, "%s/server.log", s.dir);
-  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
-  snprintf(out, sizeof out, "%s/model.bin", s.dir);
-  snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
-  char *argv[] = {s.server, "--listen", s.listen, "--model", "2nn", "--rounds", "3",
-                  "--clients-per-round", "4", "--over-select", "0.5", "--min-clients", "6",
-                  "--epochs", "2", "--out", out, "--metrics", metrics, "--ca", s.ca,
-                  "--cert", s.cert, "--key", s.key, NULL};
-  pid_t srv = fl_test_spawn(log, argv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
-  char *cargv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "6",
-                   "--data", "fashion-mnist:train", "--max-samples", "12000", "--partition",
-                   "quantity:0.5", "--seed", "4", "--certs-dir", (char *)fl_test_certs_dir(),
-                   "--ca", s.ca, "--workers", "2", NULL};
-  pid_t c = fl_test_spawn(clog, cargv);
-  cr_assert_eq(fl_test_wait(srv, 240), 0, "server failed (%s)", log);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
+  char clog[600];
+  fl_test_fed_path(&s, "clients.log", clog, sizeof clog);
+  pid_t srv = fl_test_fed_server_ready(&s, "server.log", "--model", "2nn", "--rounds", "3",
+                                       "--clients-per-round", "4", "--over-select", "0.5",
+                                       "--min-clients", "6", "--epochs", "2", NULL);
+  cr_assert_gt(srv, 0, "no server (%s)", s.log);
+  pid_t c = fl_test_fed_clients(&s, "clients.log", "--clients", "6", "--data",
+                                "fashion-mnist:train", "--max-samples", "12000", "--partition",
+                                "quantity:0.5", "--seed", "4", "--workers", "2", NULL);
+  cr_assert_eq(fl_test_wait(srv, 240), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(c, 30), 0, "clients failed (%s)", clog);
-  cr_assert_eq(fl_test_metrics_rounds(metrics), 3);
-  cr_assert_eq(fl_test_count(metrics, "\"clients_selected\":6"), 3, "%s", metrics);
-  cr_assert_eq(fl_test_count(metrics, "\"updates_accepted\":4"), 3, "%s", metrics);
-  cr_assert_eq(fl_test_count(log, "closing the round without the 2 slowest clients"), 3);
-  cr_assert_geq(fl_test_count(log, "stale update for round"), 1, "no late update was refused (%s)", log);
-  cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  cr_assert_eq(fl_test_metrics_rounds(s.metrics), 3);
+  cr_assert_eq(fl_test_count(s.metrics, "\"clients_selected\":6"), 3, "%s", s.metrics);
+  cr_assert_eq(fl_test_count(s.metrics, "\"updates_accepted\":4"), 3, "%s", s.metrics);
+  cr_assert_eq(fl_test_count(s.log, "closing the round without the 2 slowest clients"), 3);
+  cr_assert_geq(fl_test_count(s.log, "stale update for round"), 1, "no late update was refused (%s)", s.log);
+  cr_assert(fl_test_sanitizer_clean(s.log));
+  fl_test_fed_free(&s);
 }
 
 /* A client that says hello, keeps its connection alive and answers every task with an
@@ -406,23 +338,7 @@ typedef struct refuser {
   int closed;
 } refuser;
 
-static void rf_send(fl_conn *c, const Fl__Envelope *env) {
-  uint8_t *buf;
-  size_t len;
-  cr_assert_eq(fl_msg_encode(env, &buf, &len), 0);
-  fl_conn_send(c, buf, len);
-  free(buf);
-}
-
-static void rf_hello(fl_conn *c) {
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello h = FL__HELLO__INIT;
-  h.protocol_version = FL_PROTOCOL_VERSION;
-  h.num_samples = 100;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &h;
-  rf_send(c, &env);
-}
+static void rf_hello(fl_conn *c) { cr_assert_eq(fl_test_send_hello(c, NULL, 100, NULL, 0), 0); }
 
 static void rf_open(fl_conn *c) { rf_hello(c); }
 
@@ -432,15 +348,9 @@ static void rf_frame(fl_conn *c, const uint8_t *p, size_t n) {
   cr_assert_eq(fl_msg_decode(p, n, &env), 0);
   if (env->body_case == FL__ENVELOPE__BODY_TRAIN_TASK) {
     r->tasks++;
-    Fl__Envelope out = FL__ENVELOPE__INIT;
-    Fl__Update u = FL__UPDATE__INIT;
-    u.round = env->train_task->round;
-    u.model_id = env->train_task->model_id ^ 0x5a5a;
-    u.num_params = env->train_task->num_params;
-    u.num_examples = 100;
-    out.body_case = FL__ENVELOPE__BODY_UPDATE;
-    out.update = &u;
-    rf_send(c, &out);
+    const Fl__TrainTask *t = env->train_task;
+    cr_assert_eq(fl_test_send_update(c, t->round, t->model_id ^ 0x5a5a, t->num_params, 100,
+                                     FL__ENCODING__ENCODING_FLOAT32, 0), 0);
   } else if (env->body_case == FL__ENVELOPE__BODY_ERROR && r->probe_sent &&
              strstr(env->error->reason, "second hello")) {
     r->probe_answered = 1;
@@ -462,34 +372,23 @@ static const fl_conn_callbacks rf_cb = {rf_open, rf_frame, rf_drain, rf_close};
  * --max-attempts it waits for a new client instead of spinning, then completes. */
 Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) {
   fl_log_set_level(FL_LOG_ERROR);
-  setup s;
-  setup_init(&s);
-  char log[600], metrics[600], out[600], clog[600];
-  snprintf(log, sizeof log, "%s/server.log", s.dir);
-  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s.dir);
-  snprintf(out, sizeof out, "%s/model.bin", s.dir);
-  snprintf(clog, sizeof clog, "%s/clients.log", s.dir);
-  char *argv[] = {s.server, "--listen", s.listen, "--model", "logreg", "--rounds", "2",
-                  "--clients-per-round", "2", "--min-clients", "2", "--min-updates", "2",
-                  "--round-timeout", "600", "--max-attempts", "2", "--log-level", "debug", "--out", out, "--metrics",
-                  metrics, "--ca", s.ca, "--cert", s.cert, "--key", s.key, NULL};
-  pid_t srv = fl_test_spawn(log, argv);
-  cr_assert(fl_test_wait_for_while(log, "[server] listening on", srv, 60), "no server (%s)", log);
-  char *cargv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "1",
-                   "--data", "fashion-mnist:train", "--max-samples", "500", "--certs-dir",
-                   (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
-  pid_t good = fl_test_spawn(clog, cargv);
+  fl_test_fed s;
+  fl_test_fed_init(&s);
+  pid_t srv = fl_test_fed_server_ready(&s, "server.log", "--model", "logreg", "--rounds", "2",
+                                       "--clients-per-round", "2", "--min-clients", "2",
+                                       "--min-updates", "2", "--round-timeout", "600",
+                                       "--max-attempts", "2", "--log-level", "debug", NULL);
+  cr_assert_gt(srv, 0, "no server (%s)", s.log);
+  pid_t good = fl_test_fed_clients(&s, "clients.log", "--clients", "1", "--data",
+                                   "fashion-mnist:train", "--max-samples", "500", NULL);
 
   uv_loop_t loop;
   uv_loop_init(&loop);
   refuser rf = {0};
   fl_tls_config *tls;
   char cert[600], key[600], err[512];
-  snprintf(cert, sizeof cert, "%s/client-%04d.crt", fl_test_certs_dir(), 23);
-  snprintf(key, sizeof key, "%s/client-%04d.key", fl_test_certs_dir(), 23);
-  fl_tls_options t = {.ca_file = s.ca, .cert_file = cert, .key_file = key,
-                      .server_name = "localhost"};
-  cr_assert_eq(fl_tls_config_create(&t, &tls, err, sizeof err), 0, "%s", err);
+  fl_test_client_cert(23, cert, key, sizeof cert);
+  cr_assert_eq(fl_test_client_tls(cert, key, &tls, err, sizeof err), 0, "%s", err);
   fl_conn_options opt;
   fl_conn_options_default(&opt);
   uint8_t *hb;
@@ -498,19 +397,18 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   opt.heartbeat = hb;
   opt.heartbeat_len = hb_len;
   opt.heartbeat_interval_ms = 200;
-  int port = atoi(strrchr(s.addr, ':') + 1);
-  cr_assert_eq(fl_connect(&loop, tls, "127.0.0.1", port, &opt, &rf_cb, &rf, &rf.conn), 0);
+    cr_assert_eq(fl_connect(&loop, tls, "127.0.0.1", s.port, &opt, &rf_cb, &rf, &rf.conn), 0);
   /* Until the server gives up on the round and waits; then the probe. */
-  while (!fl_test_count(log, "waiting for new clients") && fl_test_running(srv) && !rf.closed)
+  while (!fl_test_count(s.log, "waiting for new clients") && fl_test_running(srv) && !rf.closed)
     uv_run(&loop, UV_RUN_NOWAIT), usleep(10000);
-  cr_assert(fl_test_count(log, "waiting for new clients"), "the server never waited (%s)", log);
+  cr_assert(fl_test_count(s.log, "waiting for new clients"), "the server never waited (%s)", s.log);
   rf.probe_sent = 1;
   rf_hello(rf.conn);
   while (!rf.probe_answered && !rf.closed) uv_run(&loop, UV_RUN_ONCE);
-  cr_assert(rf.probe_answered, "no answer to the probe (%s)", log);
+  cr_assert(rf.probe_answered, "no answer to the probe (%s)", s.log);
   cr_assert_eq(rf.tasks_at_probe, 2, "the refusing client got %d tasks, not 2 (%s)",
-               rf.tasks_at_probe, log);
-  cr_assert_eq(fl_test_count(log, "round 1/2: "), 2, "the server kept retrying (%s)", log);
+               rf.tasks_at_probe, s.log);
+  cr_assert_eq(fl_test_count(s.log, "round 1/2: "), 2, "the server kept retrying (%s)", s.log);
   fl_conn_close(rf.conn, "leaving");
   while (!rf.closed) uv_run(&loop, UV_RUN_ONCE);
   uv_run(&loop, UV_RUN_DEFAULT);
@@ -519,19 +417,15 @@ Test(resilience, failed_rounds_retry_then_wait_for_new_clients, .timeout = 300) 
   free(hb);
 
   /* A new client arrives: the round is tried again and the run completes. */
-  char clog2[600];
-  snprintf(clog2, sizeof clog2, "%s/clients2.log", s.dir);
-  char *c2argv[] = {s.client, "--server", s.addr, "--server-name", "localhost", "--clients", "1",
-                    "--cert-index", "2", "--data", "fashion-mnist:train", "--max-samples", "500",
-                    "--certs-dir", (char *)fl_test_certs_dir(), "--ca", s.ca, NULL};
-  pid_t good2 = fl_test_spawn(clog2, c2argv);
-  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", log);
+  pid_t good2 = fl_test_fed_clients(&s, "clients2.log", "--clients", "1", "--cert-index", "2",
+                                    "--data", "fashion-mnist:train", "--max-samples", "500", NULL);
+  cr_assert_eq(fl_test_wait(srv, 120), 0, "server failed (%s)", s.log);
   cr_assert_eq(fl_test_wait(good, 30), 0);
   cr_assert_eq(fl_test_wait(good2, 30), 0);
-  cr_assert_eq(fl_test_count(log, "retrying with a new selection"), 1, "%s", log);
-  cr_assert_eq(fl_test_count(log, "refused update from client-0023"), 2, "%s", log);
-  cr_assert_eq(fl_test_count(log, "round 1/2: "), 3, "%s", log);
-  cr_assert_eq(fl_test_metrics_rounds(metrics), 2);
-  cr_assert(fl_test_sanitizer_clean(log));
-  setup_free(&s);
+  cr_assert_eq(fl_test_count(s.log, "retrying with a new selection"), 1, "%s", s.log);
+  cr_assert_eq(fl_test_count(s.log, "refused update from client-0023"), 2, "%s", s.log);
+  cr_assert_eq(fl_test_count(s.log, "round 1/2: "), 3, "%s", s.log);
+  cr_assert_eq(fl_test_metrics_rounds(s.metrics), 2);
+  cr_assert(fl_test_sanitizer_clean(s.log));
+  fl_test_fed_free(&s);
 }

@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <uv.h>
 
 #include "conn.h"
@@ -208,31 +207,10 @@ Test(resume, server_without_tickets_never_resumes, .timeout = 60) {
   fl_tls_config_free(c);
 }
 
-/* Extra certificates (revoked + CRL, another CA) from tests/mkcerts_extra.sh. */
-static const char *extra_certs(void) {
-  static char dir[1024];
-  snprintf(dir, sizeof dir, "%s/extra", fl_test_certs_dir());
-  char probe[1100];
-  snprintf(probe, sizeof probe, "%s/other/client-0001.crt", dir);
-  struct stat st;
-  if (stat(probe, &st) == 0) return dir;
-  char tmp[1100], cmd[4096];
-  snprintf(tmp, sizeof tmp, "%s/extra.XXXXXX", fl_test_certs_dir());
-  cr_assert_not_null(mkdtemp(tmp));
-  snprintf(cmd, sizeof cmd, "%s/tests/mkcerts_extra.sh '%s' '%s' '%s'", fl_test_src_dir(),
-           fl_test_certs_dir(), tmp, fl_test_src_dir());
-  cr_assert_eq(fl_test_system(cmd), 0, "tests/mkcerts_extra.sh failed");
-  if (rename(tmp, dir) != 0) { /* another test process made them first */
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    fl_test_system(cmd);
-  }
-  return dir;
-}
-
 /* A server restarts with the same key file: its clients resume, but the CRL it now has
  * refuses the revoked one's ticket, and its full handshake too. */
 Test(resume, restart_keeps_tickets_but_a_revoked_client_cannot_resume, .timeout = 60) {
-  const char *x = extra_certs();
+  const char *x = fl_test_extra_certs();
   char *dir = fl_test_tmpdir();
   char keys[600], crl[1200], rcrt[1200], rkey[1200];
   snprintf(keys, sizeof keys, "%s/tickets", dir);

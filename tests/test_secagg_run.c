@@ -56,9 +56,8 @@ typedef struct sac {
   uint64_t examples;         /* declared and claimed */
   /* the round in hand */
   uint64_t round, attempt, model_id, n;
-  float *model;
-  fl_tensor_rx rx;
-  int receiving, have_model, have_shares, sent_input, left_out;
+  fl_test_model model;
+  int have_model, have_shares, sent_input, left_out;
   fl_secagg_client *sa;
   fl_secagg_params p;
   double clip, scale, cap;
@@ -83,8 +82,7 @@ struct run {
   double cap_of[MAXROUND + 1];   /* the unit weight the server announced */
   int checks;                /* models verified */
   double worst;              /* largest error seen, over the bound */
-  int port;
-  const char *log;
+  fl_test_fed f;             /* the server's port, files and log */
   pid_t server;
   void (*after_round)(run *r, uint64_t round); /* when round's result was verified */
   uint32_t *masked_copy[2];  /* the uniformity test: what client 0 sent in rounds 1, 2 */
@@ -98,11 +96,7 @@ static float delta_of(int i, uint64_t r, uint64_t j) {
 }
 
 static void send_env(sac *c, const Fl__Envelope *env) {
-  uint8_t *buf;
-  size_t len;
-  cr_assert_eq(fl_msg_encode(env, &buf, &len), 0);
-  fl_conn_send(c->conn, buf, len);
-  free(buf);
+  cr_assert_eq(fl_test_send(c->conn, env), 0);
 }
 
 static void reset_round(sac *c) {
@@ -173,16 +167,7 @@ static void try_input(sac *c) {
   run *r = c->r;
   if (!c->have_model || c->sent_input || c->left_out) return;
   if (r->secagg && !c->have_shares) return;
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Update u = FL__UPDATE__INIT;
-  Fl__Metrics m = FL__METRICS__INIT;
-  m.loss = 1.0;
-  m.num_examples = c->examples;
-  u.round = c->round;
-  u.model_id = c->model_id;
-  u.num_params = c->n;
-  u.num_examples = c->examples;
-  u.metrics = &m;
+  Fl__Encoding enc = FL__ENCODING__ENCODING_FLOAT32;
   if (r->secagg) {
     uint64_t dim = c->p.dim;
     c->ring = malloc(dim * sizeof *c->ring);
@@ -206,11 +191,10 @@ static void try_input(sac *c) {
       memcpy(r->masked_copy[c->round - 1], c->ring, dim * sizeof(uint32_t));
       r->masked_len = dim;
     }
-    u.encoding = c->p.bits == 32 ? FL__ENCODING__ENCODING_RING32 : FL__ENCODING__ENCODING_RING16;
+    enc = c->p.bits == 32 ? FL__ENCODING__ENCODING_RING32 : FL__ENCODING__ENCODING_RING16;
   }
-  env.body_case = FL__ENVELOPE__BODY_UPDATE;
-  env.update = &u;
-  send_env(c, &env);
+  cr_assert_eq(fl_test_send_update(c->conn, c->round, c->model_id, c->n, c->examples, enc,
+                                   c->examples), 0);
   c->sent_input = 1;
 }
 
@@ -226,12 +210,7 @@ static void send_values(sac *c) {
     for (uint64_t j = 0; j < c->n; j++) plain[j] = delta_of(c->index, c->round, j);
     fl_tensor_tx_init(&tx, plain, c->n, 65536);
   }
-  uint8_t *buf;
-  size_t len;
-  while (fl_tensor_tx_next(&tx, &buf, &len) == 1) {
-    fl_conn_send(c->conn, buf, len);
-    free(buf);
-  }
+  fl_test_send_tensor(c->conn, &tx);
   free(plain);
   /* The server sums it with the others unless the client drops before unmasking...
    * which does not take it out: only the stages before the input do. */
@@ -389,24 +368,16 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     c->round = t->round;
     c->model_id = t->model_id;
     c->n = t->num_params;
-    free(c->model);
-    c->model = malloc(c->n * sizeof(float));
-    fl_tensor_rx_init(&c->rx, c->model, c->n);
-    c->receiving = 1;
+    fl_test_model_expect(&c->model, c->n);
     break;
   }
-  case FL__ENVELOPE__BODY_CHUNK: {
-    char err[160];
-    int rc = fl_tensor_rx_add(&c->rx, env->chunk, err, sizeof err);
-    cr_assert_geq(rc, 0, "%s", err);
-    if (rc == 1 && c->receiving) {
-      c->receiving = 0;
-      check_model(r, c->round, c->model, c->n);
+  case FL__ENVELOPE__BODY_CHUNK:
+    if (fl_test_model_add(&c->model, env->chunk)) {
+      check_model(r, c->round, c->model.values, c->n);
       c->have_model = 1;
       try_input(c);
     }
     break;
-  }
   case FL__ENVELOPE__BODY_PROCEED: send_values(c); break;
   case FL__ENVELOPE__BODY_ERROR:
     cr_assert(c->left_out, "client %d: unexpected error from the server: %s", c->index,
@@ -424,17 +395,8 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
 
 static void on_open(fl_conn *conn) {
   sac *c = fl_conn_data(conn);
-  Fl__Envelope env = FL__ENVELOPE__INIT;
-  Fl__Hello h = FL__HELLO__INIT;
   char *caps[] = {"train", "encoding:float32", "secagg"};
-  h.protocol_version = FL_PROTOCOL_VERSION;
-  h.software_version = "test";
-  h.num_samples = c->examples;
-  h.n_capabilities = 3;
-  h.capabilities = caps;
-  env.body_case = FL__ENVELOPE__BODY_HELLO;
-  env.hello = &h;
-  send_env(c, &env);
+  cr_assert_eq(fl_test_send_hello(conn, "test", c->examples, caps, 3), 0);
 }
 
 static void on_drain(fl_conn *conn) { (void)conn; }
@@ -466,7 +428,7 @@ static const fl_conn_callbacks cbs = {on_open, on_frame, on_drain, on_close};
 static void connect_client(sac *c) {
   fl_conn_options opt;
   fl_conn_options_default(&opt);
-  cr_assert_eq(fl_connect(&c->r->loop, c->tls, "127.0.0.1", c->r->port, &opt, &cbs, c, &c->conn), 0);
+  cr_assert_eq(fl_connect(&c->r->loop, c->tls, "127.0.0.1", c->r->f.port, &opt, &cbs, c, &c->conn), 0);
 }
 
 static void on_deadline(uv_timer_t *t) {
@@ -475,15 +437,24 @@ static void on_deadline(uv_timer_t *t) {
     r->c[i].done = 1;
     if (r->c[i].conn) fl_conn_close(r->c[i].conn, "test deadline");
   }
-  cr_assert_fail("the run did not end in time (server log %s)", r->log);
+  cr_assert_fail("the run did not end in time (server log %s)", r->f.log);
 }
 
-/* Runs fl-server (logreg, the given rounds and extra flags) with n scripted clients until
- * the server says Done to all of them.  The server's log path goes to log. */
-static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
-  char log[600], nclients[16], nrounds[16];
-  fl_test_fed_path(f, "server.log", log, sizeof log);
-  r->log = strdup(log);
+/* A run of n scripted clients, with secure aggregation or without, and its federation's
+ * files; run_free frees it. */
+static run *run_new(int n, int secagg) {
+  run *r = calloc(1, sizeof *r);
+  r->n = n;
+  r->secagg = secagg;
+  fl_test_fed_init(&r->f);
+  return r;
+}
+
+/* Runs fl-server (logreg, the given rounds and extra flags) with r's scripted clients
+ * until the server says Done to all of them. */
+static void play(run *r, int rounds, const char *const *extra) {
+  const char *log = r->f.log;
+  char nclients[16], nrounds[16];
   snprintf(nclients, sizeof nclients, "%d", r->n);
   snprintf(nrounds, sizeof nrounds, "%d", rounds);
   const char *argv[40] = {"--model", "logreg", "--rounds", nrounds, "--clients-per-round",
@@ -493,27 +464,17 @@ static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
   while (argv[argc]) argc++;
   for (int i = 0; extra && extra[i]; i++) argv[argc++] = extra[i];
   argv[argc] = NULL;
-#define A(i) (char *)argv[i]
-  r->server = fl_test_fed_server_ready(f, "server.log", A(0), A(1), A(2), A(3), A(4), A(5), A(6),
-                                       A(7), A(8), A(9), A(10), A(11), A(12), A(13), A(14), A(15),
-                                       A(16), A(17), A(18), A(19), A(20), A(21), A(22), A(23),
-                                       NULL);
-#undef A
+  r->server = fl_test_fed_server_ready_list(&r->f, "server.log", argv);
   cr_assert_gt(r->server, 0, "fl-server did not start (%s)", log);
-  r->port = f->port;
   uv_loop_init(&r->loop);
   uv_timer_init(&r->loop, &r->deadline);
   r->deadline.data = r;
   uv_timer_start(&r->deadline, on_deadline, (uint64_t)(240000 * fl_test_time_scale()), 0);
-  const char *certs = fl_test_certs_dir();
   for (int i = 0; i < r->n; i++) {
     sac *c = &r->c[i];
     char cert[600], key[600], err[512];
-    snprintf(cert, sizeof cert, "%s/client-%04d.crt", certs, i + 1);
-    snprintf(key, sizeof key, "%s/client-%04d.key", certs, i + 1);
-    fl_tls_options t = {.ca_file = f->ca, .cert_file = cert, .key_file = key,
-                        .server_name = "localhost"};
-    cr_assert_eq(fl_tls_config_create(&t, &c->tls, err, sizeof err), 0, "%s", err);
+    fl_test_client_cert(i + 1, cert, key, sizeof cert);
+    cr_assert_eq(fl_test_client_tls(cert, key, &c->tls, err, sizeof err), 0, "%s", err);
     c->r = r;
     c->index = i;
     c->examples = 100 + 10 * (uint64_t)i;
@@ -528,7 +489,7 @@ static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
   uint64_t id;
   size_t n;
   float *final;
-  cr_assert_eq(fl_modelfile_load(f->model, &spec, &id, &final, &n, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(fl_modelfile_load(r->f.model, &spec, &id, &final, &n, err, sizeof err), 0, "%s", err);
   check_model(r, (uint64_t)rounds + 1, final, n);
   free(spec);
   free(final);
@@ -537,14 +498,14 @@ static void play(run *r, fl_test_fed *f, int rounds, const char *const *extra) {
   for (int i = 0; i < r->n; i++) {
     reset_round(&r->c[i]);
     fl_tls_config_free(r->c[i].tls);
-    free(r->c[i].model);
+    fl_test_model_free(&r->c[i].model);
   }
   uv_loop_close(&r->loop);
 }
 
 static void run_free(run *r) {
   free(r->prev);
-  free((char *)r->log);
+  fl_test_fed_free(&r->f);
   for (int i = 0; i < 2; i++) {
     free(r->masked_copy[i]);
     free(r->plain_copy[i]);
@@ -567,19 +528,15 @@ static stage plan_within(const run *r, int i, uint64_t round, uint64_t attempt) 
 }
 
 Test(secagg_run, dropouts_at_each_stage_up_to_n_minus_t, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 6;
-  r->secagg = 1;
+  run *r = run_new(6, 1);
   r->plan = plan_within;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const extra[] = {"--secagg", "--secagg-threshold", "3", NULL};
-  play(r, &f, 5, extra);
+  play(r, 5, extra);
   /* one attempt each, and the stages' counts as planned */
   static const int keys[] = {0, 6, 3, 6, 6, 6}, shares[] = {0, 6, 3, 3, 6, 6},
                    inputs[] = {0, 6, 3, 3, 3, 6}, revealed[] = {0, 6, 3, 3, 3, 3};
   for (int round = 1; round <= 5; round++) {
-    char *line = fl_test_metrics_line(f.metrics, round);
+    char *line = fl_test_metrics_line(r->f.metrics, round);
     cr_assert_not_null(line, "no metrics for round %d", round);
     cr_assert_eq(fl_test_json_num(line, "attempts"), 1, "round %d: %s", round, line);
     char want[160];
@@ -588,9 +545,8 @@ Test(secagg_run, dropouts_at_each_stage_up_to_n_minus_t, .timeout = 600) {
     cr_assert(strstr(line, want), "round %d: expected %s in %s", round, want, line);
     free(line);
   }
-  cr_assert_eq(fl_test_count(r->log, "sent no keys in time"), 0); /* they dropped, not stalled */
+  cr_assert_eq(fl_test_count(r->f.log, "sent no keys in time"), 0); /* they dropped, not stalled */
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- more than n - t: the attempt fails, the retry completes ---- */
@@ -603,27 +559,22 @@ static stage plan_beyond(const run *r, int i, uint64_t round, uint64_t attempt) 
 }
 
 Test(secagg_run, too_many_dropouts_fail_the_attempt_and_the_retry_completes, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 6;
-  r->secagg = 1;
+  run *r = run_new(6, 1);
   r->plan = plan_beyond;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const extra[] = {"--secagg", "--secagg-threshold", "4", NULL};
-  play(r, &f, 4, extra);
+  play(r, 4, extra);
   for (int round = 1; round <= 4; round++) {
-    char *line = fl_test_metrics_line(f.metrics, round);
+    char *line = fl_test_metrics_line(r->f.metrics, round);
     cr_assert_not_null(line);
     cr_assert_eq(fl_test_json_num(line, "attempts"), 2, "round %d: %s", round, line);
     free(line);
   }
-  cr_assert_eq(fl_test_count(r->log, "3 of 6 clients sent keys, the threshold is 4"), 1, "%s", r->log);
-  cr_assert_eq(fl_test_count(r->log, "3 of 6 clients sent their shares, the threshold is 4"), 1);
-  cr_assert_eq(fl_test_count(r->log, "3 masked inputs, the threshold is 4"), 1);
-  cr_assert_eq(fl_test_count(r->log, "shares, 4 needed"), 1, "%s", r->log);
-  cr_assert_eq(fl_test_count(r->log, "retrying with a new selection"), 4);
+  cr_assert_eq(fl_test_count(r->f.log, "3 of 6 clients sent keys, the threshold is 4"), 1, "%s", r->f.log);
+  cr_assert_eq(fl_test_count(r->f.log, "3 of 6 clients sent their shares, the threshold is 4"), 1);
+  cr_assert_eq(fl_test_count(r->f.log, "3 masked inputs, the threshold is 4"), 1);
+  cr_assert_eq(fl_test_count(r->f.log, "shares, 4 needed"), 1, "%s", r->f.log);
+  cr_assert_eq(fl_test_count(r->f.log, "retrying with a new selection"), 4);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- SecAgg+: four neighbours of ten ---- */
@@ -637,18 +588,13 @@ static stage plan_plus(const run *r, int i, uint64_t round, uint64_t attempt) {
 }
 
 Test(secagg_run, secagg_plus_with_four_neighbours, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 10;
-  r->secagg = 1;
+  run *r = run_new(10, 1);
   r->plan = plan_plus;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const extra[] = {"--secagg", "--secagg-neighbors", "4", "--secagg-threshold",
                                       "3", NULL};
-  play(r, &f, 3, extra);
-  cr_assert_eq(fl_test_count(r->log, "among 10 clients, 4 neighbours each, threshold 3"), 3);
+  play(r, 3, extra);
+  cr_assert_eq(fl_test_count(r->f.log, "among 10 clients, 4 neighbours each, threshold 3"), 3);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- malformed keys and shares ---- */
@@ -660,23 +606,18 @@ static misdeed bad_round1(const run *r, int i, uint64_t round) {
 }
 
 Test(secagg_run, a_bad_key_or_share_leaves_its_client_out, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 6;
-  r->secagg = 1;
+  run *r = run_new(6, 1);
   r->bad = bad_round1;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const extra[] = {"--secagg", "--secagg-threshold", "3", NULL};
-  play(r, &f, 2, extra);
-  cr_assert_eq(fl_test_count(r->log, "client-0001 left out: a public key that is not a usable X25519 point"), 1,
-               "%s", r->log);
-  cr_assert_eq(fl_test_count(r->log, "client-0002 left out: a sealed share of the wrong size"), 1);
-  char *line = fl_test_metrics_line(f.metrics, 1);
+  play(r, 2, extra);
+  cr_assert_eq(fl_test_count(r->f.log, "client-0001 left out: a public key that is not a usable X25519 point"), 1,
+               "%s", r->f.log);
+  cr_assert_eq(fl_test_count(r->f.log, "client-0002 left out: a sealed share of the wrong size"), 1);
+  char *line = fl_test_metrics_line(r->f.metrics, 1);
   cr_assert(strstr(line, "\"keys\":5,\"shares\":4,\"inputs\":4"), "%s", line);
   cr_assert_eq(fl_test_json_num(line, "attempts"), 1);
   free(line);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- what the server sees of one input ---- */
@@ -700,13 +641,9 @@ static double chi2_two(const uint8_t *a, const uint8_t *b, size_t len) {
 }
 
 Test(secagg_run, a_masked_input_looks_uniform, .timeout = 600) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 4;
-  r->secagg = 1;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
+  run *r = run_new(4, 1);
   static const char *const extra[] = {"--secagg", NULL};
-  play(r, &f, 2, extra);
+  play(r, 2, extra);
   cr_assert(r->masked_copy[0] && r->masked_copy[1]);
   size_t len = r->masked_len * 4;
   /* 255 degrees of freedom: mean 255, deviation 22.6; 400 is beyond six deviations, a
@@ -724,7 +661,6 @@ Test(secagg_run, a_masked_input_looks_uniform, .timeout = 600) {
   /* and the inputs really differ (other deltas, another round) */
   cr_assert_neq(memcmp(r->plain_copy[0], r->plain_copy[1], len), 0);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 /* ---- the server's memory ---- */
@@ -788,18 +724,13 @@ static void scan_after(run *r, uint64_t round) {
 }
 
 static void memory_run(int secagg) {
-  run *r = calloc(1, sizeof *r);
-  r->n = 3;
-  r->secagg = secagg;
+  run *r = run_new(3, secagg);
   r->after_round = scan_after;
   scanned = found_plain = found_fixed = 0;
-  fl_test_fed f;
-  fl_test_fed_init(&f);
   static const char *const with[] = {"--secagg", "--secagg-threshold", "2", NULL};
-  play(r, &f, 2, secagg ? with : NULL);
+  play(r, 2, secagg ? with : NULL);
   cr_assert(scanned);
   run_free(r);
-  fl_test_fed_free(&f);
 }
 
 Test(secagg_run, the_server_never_holds_one_unmasked_update, .timeout = 600) {

@@ -1,6 +1,7 @@
 /* Helpers shared by the tests (see testutil.h). */
 #include "testutil.h"
 
+#include <criterion/criterion.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <errno.h>
@@ -17,6 +18,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -100,6 +102,33 @@ int fl_test_free_port(void) {
   flock(fd, LOCK_UN);
   close(fd);
   return port;
+}
+
+/* ---- certificates ---- */
+
+const char *fl_test_extra_certs(void) {
+  static char dir[1024];
+  snprintf(dir, sizeof dir, "%s/extra", fl_test_certs_dir());
+  char probe[1100];
+  snprintf(probe, sizeof probe, "%s/other/client-0001.crt", dir);
+  struct stat st;
+  if (stat(probe, &st) == 0) return dir;
+  char tmp[1100], cmd[4096];
+  snprintf(tmp, sizeof tmp, "%s/extra.XXXXXX", fl_test_certs_dir());
+  cr_assert_not_null(mkdtemp(tmp));
+  snprintf(cmd, sizeof cmd, "%s/tests/mkcerts_extra.sh '%s' '%s' '%s'", fl_test_src_dir(),
+           fl_test_certs_dir(), tmp, fl_test_src_dir());
+  cr_assert_eq(fl_test_system(cmd), 0, "tests/mkcerts_extra.sh failed");
+  if (rename(tmp, dir) != 0) { /* another test process made them first */
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    fl_test_system(cmd);
+  }
+  return dir;
+}
+
+void fl_test_client_cert(int index, char *crt, char *key, size_t len) {
+  snprintf(crt, len, "%s/client-%04d.crt", fl_test_certs_dir(), index);
+  snprintf(key, len, "%s/client-%04d.key", fl_test_certs_dir(), index);
 }
 
 /* ---- processes and logs ---- */
@@ -304,6 +333,7 @@ void fl_test_fed_init(fl_test_fed *f) {
   snprintf(f->listen, sizeof f->listen, "127.0.0.1:%d", f->port);
   snprintf(f->model, sizeof f->model, "%s/model.bin", f->dir);
   snprintf(f->metrics, sizeof f->metrics, "%s/metrics.jsonl", f->dir);
+  snprintf(f->log, sizeof f->log, "%s/server.log", f->dir);
   f->server = fl_test_bin("fl-server");
   f->client = fl_test_bin("fl-client");
 }
@@ -321,55 +351,150 @@ void fl_test_fed_path(const fl_test_fed *f, const char *name, char *out, size_t 
 
 #define MAX_ARGS 128
 
-/* argv = fixed[] then the NULL-terminated extra arguments of ap. */
+/* argv = fixed[] then the NULL-terminated extra[] (NULL: none). */
 static pid_t spawn_with(const fl_test_fed *f, const char *log, char **fixed, int nfixed,
-                        va_list ap) {
+                        const char *const *extra) {
   char *argv[MAX_ARGS];
   int n = 0;
   for (int i = 0; i < nfixed; i++) argv[n++] = fixed[i];
-  const char *a;
-  while ((a = va_arg(ap, const char *)) && n < MAX_ARGS - 1) argv[n++] = (char *)a;
+  for (int i = 0; extra && extra[i] && n < MAX_ARGS - 1; i++) argv[n++] = (char *)extra[i];
   argv[n] = NULL;
   char path[700];
   fl_test_fed_path(f, log, path, sizeof path);
   return fl_test_spawn(path, argv);
 }
 
-static pid_t server_v(fl_test_fed *f, const char *log, va_list ap) {
+/* The NULL-terminated arguments of ap into out[MAX_ARGS]. */
+static void collect(va_list ap, const char **out) {
+  int n = 0;
+  const char *a;
+  while ((a = va_arg(ap, const char *)) && n < MAX_ARGS - 1) out[n++] = a;
+  out[n] = NULL;
+}
+
+/* Declares extra[MAX_ARGS]: a variadic function's NULL-terminated arguments after last. */
+#define EXTRA_ARGS(extra, last)                                                    \
+  const char *extra[MAX_ARGS];                                                     \
+  do {                                                                             \
+    va_list ap_;                                                                   \
+    va_start(ap_, last);                                                           \
+    collect(ap_, extra);                                                           \
+    va_end(ap_);                                                                   \
+  } while (0)
+
+static pid_t server_list(fl_test_fed *f, const char *log, const char *const *extra) {
   char *fixed[] = {f->server, "--listen", f->listen, "--ca", f->ca, "--cert", f->cert,
                    "--key", f->key, "--out", f->model, "--metrics", f->metrics};
-  return spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), ap);
+  return spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), extra);
 }
 
 pid_t fl_test_fed_server(fl_test_fed *f, const char *log, ...) {
-  va_list ap;
-  va_start(ap, log);
-  pid_t pid = server_v(f, log, ap);
-  va_end(ap);
+  EXTRA_ARGS(extra, log);
+  return server_list(f, log, extra);
+}
+
+pid_t fl_test_fed_server_ready_list(fl_test_fed *f, const char *log, const char *const *extra) {
+  pid_t pid = server_list(f, log, extra);
+  char path[700];
+  fl_test_fed_path(f, log, path, sizeof path);
+  if (!fl_test_wait_for_while(path, "[server] listening on", pid, 60)) return -1;
   return pid;
 }
 
 pid_t fl_test_fed_server_ready(fl_test_fed *f, const char *log, ...) {
-  va_list ap;
-  va_start(ap, log);
-  pid_t pid = server_v(f, log, ap);
-  va_end(ap);
-  char path[700];
-  fl_test_fed_path(f, log, path, sizeof path);
-  if (!fl_test_wait_for_while(path, "[server] listening on", pid, 30)) return -1;
-  return pid;
+  EXTRA_ARGS(extra, log);
+  return fl_test_fed_server_ready_list(f, log, extra);
 }
 
 pid_t fl_test_fed_clients(fl_test_fed *f, const char *log, ...) {
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", f->port);
-  char *fixed[] = {f->client, "--server", addr, "--server-name", "localhost", "--ca", f->ca,
+  char *fixed[] = {f->client, "--server", f->listen, "--server-name", "localhost", "--ca", f->ca,
                    "--certs-dir", (char *)fl_test_certs_dir()};
-  va_list ap;
-  va_start(ap, log);
-  pid_t pid = spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), ap);
-  va_end(ap);
-  return pid;
+  EXTRA_ARGS(extra, log);
+  return spawn_with(f, log, fixed, (int)(sizeof fixed / sizeof *fixed), extra);
+}
+
+/* ---- scripted clients ---- */
+
+int fl_test_client_tls(const char *crt, const char *key, fl_tls_config **out, char *err,
+                       size_t errlen) {
+  char ca[1024];
+  snprintf(ca, sizeof ca, "%s/ca.crt", fl_test_certs_dir());
+  fl_tls_options t = {.ca_file = ca, .cert_file = crt, .key_file = key,
+                      .server_name = "localhost"};
+  return fl_tls_config_create(&t, out, err, errlen);
+}
+
+int fl_test_send(fl_conn *c, const Fl__Envelope *env) {
+  uint8_t *buf;
+  size_t len;
+  int rc = fl_msg_encode(env, &buf, &len);
+  if (rc != 0) return rc;
+  fl_conn_send(c, buf, len);
+  free(buf);
+  return 0;
+}
+
+int fl_test_send_hello(fl_conn *c, const char *software, uint64_t num_samples,
+                       char **caps, size_t ncaps) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Hello h = FL__HELLO__INIT;
+  h.protocol_version = FL_PROTOCOL_VERSION;
+  if (software) h.software_version = (char *)software;
+  h.num_samples = num_samples;
+  h.n_capabilities = ncaps;
+  h.capabilities = caps;
+  env.body_case = FL__ENVELOPE__BODY_HELLO;
+  env.hello = &h;
+  return fl_test_send(c, &env);
+}
+
+int fl_test_send_update(fl_conn *c, uint64_t round, uint64_t model_id, uint64_t num_params,
+                        uint64_t examples, Fl__Encoding enc, uint64_t metrics_examples) {
+  Fl__Envelope env = FL__ENVELOPE__INIT;
+  Fl__Update u = FL__UPDATE__INIT;
+  Fl__Metrics m = FL__METRICS__INIT;
+  m.loss = 1.0;
+  m.num_examples = metrics_examples;
+  u.round = round;
+  u.model_id = model_id;
+  u.num_params = num_params;
+  u.num_examples = examples;
+  u.encoding = enc;
+  u.metrics = metrics_examples ? &m : NULL;
+  env.body_case = FL__ENVELOPE__BODY_UPDATE;
+  env.update = &u;
+  return fl_test_send(c, &env);
+}
+
+void fl_test_send_tensor(fl_conn *c, fl_tensor_tx *tx) {
+  uint8_t *buf;
+  size_t len;
+  while (fl_tensor_tx_next(tx, &buf, &len) == 1) {
+    fl_conn_send(c, buf, len);
+    free(buf);
+  }
+}
+
+void fl_test_model_expect(fl_test_model *m, uint64_t n) {
+  free(m->values);
+  m->values = malloc(n * sizeof *m->values);
+  m->n = n;
+  fl_tensor_rx_init(&m->rx, m->values, n);
+  m->receiving = 1;
+}
+
+int fl_test_model_add(fl_test_model *m, const Fl__TensorChunk *chunk) {
+  char err[160];
+  int rc = fl_tensor_rx_add(&m->rx, chunk, err, sizeof err);
+  cr_assert_geq(rc, 0, "%s", err);
+  if (rc != 1 || !m->receiving) return 0;
+  m->receiving = 0;
+  return 1;
+}
+
+void fl_test_model_free(fl_test_model *m) {
+  free(m->values);
+  m->values = NULL;
 }
 
 /* ---- metrics ---- */

@@ -1,6 +1,6 @@
-/* Helpers shared by the tests: where the source tree and the built binaries are, ports
- * that nothing else takes, spawning the real binaries, waiting on what they log, and
- * reading their metrics.
+/* Helpers shared by the tests: where the source tree, the built binaries and the test
+ * certificates are, ports that nothing else takes, spawning the real binaries, waiting on
+ * what they log, clients scripted by a test itself, and reading the metrics.
  *
  * Waiting: every wait here is for an event (a process exits, a line appears in a log)
  * with a deadline that only catches hangs.  Deadlines are multiplied by FL_TEST_TIME_SCALE
@@ -10,7 +10,11 @@
 #define FL_TESTUTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
+
+#include "conn.h"
+#include "msg.h"
 
 /* The source tree (FL_SRC_DIR, set by make test; "." otherwise). */
 const char *fl_test_src_dir(void);
@@ -41,6 +45,13 @@ int fl_test_private_hosts(const char *lines, char *why, size_t whylen);
 /* The addresses getaddrinfo gives for host (as a client asks: any family, TCP), in its
  * order, comma-separated ("::1, 127.0.0.1"); "" when it does not resolve. */
 void fl_test_resolve(const char *host, char *out, size_t len);
+
+/* The extra certificates of tests/mkcerts_extra.sh (expired, revoked with a CRL, another
+ * CA), made once per certificate directory, in FL_CERTS/extra (returned; a static
+ * buffer).  Fails the test when the script does. */
+const char *fl_test_extra_certs(void);
+/* The paths of the test certificate client-NNNN (index from 1) and of its key. */
+void fl_test_client_cert(int index, char *crt, char *key, size_t len);
 
 /* FL_TEST_TIME_SCALE (default 1): deadlines in the suite are multiplied by it. */
 double fl_test_time_scale(void);
@@ -93,6 +104,7 @@ typedef struct fl_test_fed {
   int port;
   char listen[64];                  /* 127.0.0.1:PORT */
   char model[600], metrics[600];    /* DIR/model.bin, DIR/metrics.jsonl */
+  char log[600];                    /* DIR/server.log, the server's log by convention */
   char *server, *client;            /* paths of the binaries */
 } fl_test_fed;
 
@@ -102,10 +114,54 @@ void fl_test_fed_free(fl_test_fed *f);
 void fl_test_fed_path(const fl_test_fed *f, const char *name, char *out, size_t len);
 /* Starts fl-server with the extra arguments (NULL-terminated); does not wait. */
 pid_t fl_test_fed_server(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
-/* Starts fl-server and waits until it listens (30 s); -1 if it never did. */
+/* Starts fl-server and waits until it listens (60 s); -1 if it never did. */
 pid_t fl_test_fed_server_ready(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
+/* The same with the extra arguments in a NULL-terminated array (borrowed; NULL: none). */
+pid_t fl_test_fed_server_ready_list(fl_test_fed *f, const char *log, const char *const *extra);
 /* Starts one fl-client process with the extra arguments (NULL-terminated). */
 pid_t fl_test_fed_clients(fl_test_fed *f, const char *log, ...) __attribute__((sentinel));
+
+/* ---- scripted clients ----
+ *
+ * A test that plays a client itself (one that misbehaves, or whose every message the
+ * test must know) speaks the real protocol over real TLS with conn.h and msg.h, on a
+ * libuv loop of its own.  These build and send its messages and take in its models. */
+
+/* A TLS configuration for a client with certificate crt (key `key`), trusting the test
+ * CA, that expects the server to be named "localhost".  *out is the caller's to free
+ * (fl_tls_config_free).  0, or a negative FL_E* code with the reason in err. */
+int fl_test_client_tls(const char *crt, const char *key, fl_tls_config **out, char *err,
+                       size_t errlen);
+/* Encodes env (borrowed) and sends it on c: 0, or fl_msg_encode's error (nothing sent). */
+int fl_test_send(fl_conn *c, const Fl__Envelope *env);
+/* A Hello of this protocol version, declaring num_samples; software (NULL: none) and
+ * caps[0..ncaps) are borrowed.  As fl_test_send. */
+int fl_test_send_hello(fl_conn *c, const char *software, uint64_t num_samples,
+                       char **caps, size_t ncaps);
+/* An Update header: num_params values of the delta in encoding enc are to follow on
+ * Proceed, weighed as `examples`.  With metrics_examples > 0 it carries metrics (loss 1
+ * over that many examples), with 0 none.  As fl_test_send. */
+int fl_test_send_update(fl_conn *c, uint64_t round, uint64_t model_id, uint64_t num_params,
+                        uint64_t examples, Fl__Encoding enc, uint64_t metrics_examples);
+/* Sends every chunk tx still has, until it is complete or cannot encode. */
+void fl_test_send_tensor(fl_conn *c, fl_tensor_tx *tx);
+
+/* A model arriving in chunks after its task. */
+typedef struct fl_test_model {
+  float *values;   /* [n] malloc'd, kept after the model is in; NULL before the first */
+  uint64_t n;
+  fl_tensor_rx rx;
+  int receiving;   /* a model is on its way */
+} fl_test_model;
+
+/* A task announced a model of n values: a fresh array (the last one freed), and the
+ * model is on its way. */
+void fl_test_model_expect(fl_test_model *m, uint64_t n);
+/* Takes one of its chunks (borrowed); fails the test on a chunk the receiver refuses.
+ * 1 when this chunk completed the model on its way, else 0. */
+int fl_test_model_add(fl_test_model *m, const Fl__TensorChunk *chunk);
+/* Frees the values (m may be all zero). */
+void fl_test_model_free(fl_test_model *m);
 
 /* ---- the metrics file: one JSON object per line ---- */
 

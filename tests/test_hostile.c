@@ -21,6 +21,8 @@
  *                score (item 8)
  *   drip         announces a frame and sends its bytes one at a time, a few a second
  *                (item 10; with raw TCP connections that never handshake)
+ *   left-out     says its delta leaves the frozen parameters out (Update.frozen_left_out)
+ *                and sends it whole all the same
  * Every hostile client also sends an Error whose reason carries a forged log line
  * (item 6).  Those that train send an honest-looking zero delta.
  *
@@ -45,7 +47,7 @@
 #include "version.h"
 
 typedef enum { H_EVAL_NOREAD, H_EVAL_STALL, H_TRAIN_STALL, H_FLOOD, H_HOLD, H_EVAL_HUGE,
-               H_DRIP } hmode;
+               H_DRIP, H_LEFT_OUT } hmode;
 
 #define DECLARED 1000
 #define FORGED "FORGED 2026-01-01T00:00:00.000Z INFO  [server] round 999/999 done"
@@ -75,6 +77,19 @@ static void send_env(hostile *h, const Fl__Envelope *env) {
 }
 
 static void send_update(hostile *h, uint64_t round) {
+  if (h->mode == H_LEFT_OUT) { /* the same header, claiming the frozen runs left out */
+    Fl__Envelope env = FL__ENVELOPE__INIT;
+    Fl__Update u = FL__UPDATE__INIT;
+    u.round = round;
+    u.model_id = h->model_id;
+    u.num_params = h->num_params;
+    u.num_examples = 100;
+    u.frozen_left_out = 1;
+    env.body_case = FL__ENVELOPE__BODY_UPDATE;
+    env.update = &u;
+    send_env(h, &env);
+    return;
+  }
   if (fl_test_send_update(h->conn, round, h->model_id, h->num_params, 100,
                           FL__ENCODING__ENCODING_FLOAT32, 100) != 0)
     h->failed = 1;
@@ -644,4 +659,39 @@ Test(hostile, closing_round_gives_no_proceed, .timeout = 600) {
   kill(c, SIGTERM);
   fl_test_wait(c, 60);
   fl_test_fed_free(&f);
+}
+
+/* A client that says its delta leaves the frozen parameters out, and sends it whole: with
+ * --freeze 2 (2nn's second dense layer, a run in the middle of the model) its chunk that
+ * reaches into the run is refused by name, and the honest clients' deltas, which leave the
+ * run out, are taken; a server that froze nothing refuses the claim at the header.  Both
+ * rounds end with the honest clients' updates. */
+Test(hostile, frozen_parameters_claimed_left_out, .timeout = 600) {
+  for (int frozen = 1; frozen >= 0; frozen--) {
+    fl_test_fed f;
+    fl_test_fed_init(&f);
+    const char *freeze = frozen ? "--freeze" : NULL; /* without it the list ends there */
+    pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "2",
+                                       "--clients-per-round", "3", "--min-clients", "3", freeze,
+                                       "2", NULL);
+    cr_assert_gt(s, 0);
+    pid_t h = spawn_hostile(&f, H_LEFT_OUT, 7);
+    pid_t c = honest(&f, "clients.log", "2");
+    finish(&f, s, c, 2);
+    const char *why = frozen ? "chunk covers 16384 values at 147456, into the positions left out "
+                               "from 157000"
+                             : "update leaves out frozen parameters, but this server offered "
+                               "none to leave out";
+    cr_assert_eq(fl_test_count(f.log, why), 2, "'%s' not twice in %s", why, f.log);
+    for (int r = 1; r <= 2; r++) {
+      char *line = fl_test_metrics_line(f.metrics, r);
+      cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 2, "%s", line);
+      /* 2nn: 157,000 parameters, the frozen 40,200, then 2,010 */
+      double want = 2.0 * (frozen ? 199210 - 40200 : 199210) * 4;
+      cr_assert_eq(fl_test_json_num(line, "update_bytes"), want, "%s", line);
+      free(line);
+    }
+    stop_child(h);
+    fl_test_fed_free(&f);
+  }
 }

@@ -265,7 +265,8 @@ typedef struct fl_client_fit_config {
   uint64_t seed;         /* the round's seed, the same for every client */
   /* Since 1.1: layers the server froze (fl-server --freeze: "all-but-head", "0,2-3";
    * "" for none): their parameters must come back unchanged (a zero delta), or the
-   * server refuses the update. */
+   * server refuses the update.  Unchanged, the library leaves them out of the update
+   * (the server lists their positions), which then carries only the trained layers. */
   const char *freeze;
 } fl_client_fit_config;
 

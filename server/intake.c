@@ -271,9 +271,10 @@ void srv_count_answer(client *c) {
 }
 
 /* Counts and logs a refusal of the round's; the client is told when it is still there. */
-static void note_refusal(server *s, const char *id, const char *reason) {
-  fl_warn("server", "round %llu: refused update from %s: %s", (unsigned long long)s->r.number,
-          id, reason);
+static void note_refusal(server *s, const char *id, const char *reason, int log) {
+  if (log)
+    fl_warn("server", "round %llu: refused update from %s: %s", (unsigned long long)s->r.number,
+            id, reason);
   s->r.refused++;
   if (s->status) srv_status_refused(s, reason);
   if (s->r.n_refusals < MAX_REFUSALS) {
@@ -290,7 +291,7 @@ static void refuse(client *c, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(reason, sizeof reason, fmt, ap);
   va_end(ap);
-  note_refusal(c->srv, c->id, reason);
+  note_refusal(c->srv, c->id, reason, srv_client_log_ok(c));
   srv_send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason);
 }
 
@@ -301,7 +302,7 @@ static void refuse_gone(server *s, const char *id, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(reason, sizeof reason, fmt, ap);
   va_end(ap);
-  note_refusal(s, id, reason);
+  note_refusal(s, id, reason, 1); /* one a client a round at most: its folded update */
   for (client *c = s->clients; c; c = c->next)
     if (!c->closing && strcmp(c->id, id) == 0) srv_send_error(c, FL__ERROR_CODE__ERROR_REFUSED, reason);
 }

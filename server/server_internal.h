@@ -108,8 +108,11 @@ struct client {
   size_t data_len, data_cap; /* bytes written (encoded updates: chunk records), and room */
   uint64_t upd_examples;
   double upd_loss, upd_acc, upd_seconds;
-  int upd_left_out;             /* its delta leaves out the frozen runs */
+  int upd_left_out;          /* its delta leaves out the frozen runs */
   int sa_index;              /* its index in the attempt's secure aggregation, -1: none */
+  uint64_t log_round;        /* the round log_used and log_dropped count in */
+  unsigned log_used;         /* lines logged about its messages (srv_client_log_ok) */
+  uint64_t log_dropped;      /* and those left out */
   /* What the status page shows (status.c). */
   uint64_t joined_ms, heard_ms; /* uv_now when it connected, when a frame last came */
   float progress;            /* of its current task, from its heartbeats */
@@ -359,6 +362,11 @@ size_t srv_clients_available(server *s);
 void srv_send_error(client *c, Fl__ErrorCode code, const char *reason);
 /* Frees the list of clients left out of the run. */
 void srv_excluded_free(server *s);
+/* Whether a line about a message of this client (a refusal, its error report) may go to
+ * the log: at most CLIENT_LOG_LINES a round each, so that no client can flood the log;
+ * what it sent is counted all the same.  The first line left out says so, and the
+ * client's next line in a later round, or its disconnection, says how many were. */
+int srv_client_log_ok(client *c);
 
 /* ---- intake.c ---- */
 

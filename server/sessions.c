@@ -229,6 +229,32 @@ static void on_hello(client *c, const Fl__Hello *h) {
   srv_advance(s);
 }
 
+enum { CLIENT_LOG_LINES = 20 };
+
+/* The lines of an earlier round the client's budget left out. */
+static void log_dropped(client *c) {
+  if (c->log_dropped)
+    fl_warn("server", "%s: %llu more lines about its messages in round %llu were not logged",
+            c->id, (unsigned long long)c->log_dropped, (unsigned long long)c->log_round);
+  c->log_dropped = 0;
+}
+
+int srv_client_log_ok(client *c) {
+  uint64_t round = c->srv->r.number;
+  if (c->log_round != round) {
+    log_dropped(c);
+    c->log_round = round, c->log_used = 0;
+  }
+  if (c->log_used < CLIENT_LOG_LINES) {
+    c->log_used++;
+    return 1;
+  }
+  if (c->log_dropped++ == 0)
+    fl_warn("server", "%s: %d lines about its messages this round; the rest of the round's "
+            "are counted, not logged", c->id, CLIENT_LOG_LINES);
+  return 0;
+}
+
 /* A client's Error about a task it was given is its answer to it: the round, the
  * evaluation or the request for initial parameters goes on without it. */
 static void on_client_error(client *c, const Fl__Error *e) {
@@ -238,7 +264,7 @@ static void on_client_error(client *c, const Fl__Error *e) {
   }
   char reason[200]; /* the peer's words, bounded (the log escapes what they hold) */
   snprintf(reason, sizeof reason, "%s", e->reason ? e->reason : "");
-  fl_warn("server", "%s reports an error: %s", c->id, reason);
+  if (srv_client_log_ok(c)) fl_warn("server", "%s reports an error: %s", c->id, reason);
   switch (e->task) {
   case FL__TASK_KIND__TASK_TRAIN: srv_on_train_error(c, e->round, reason); break;
   case FL__TASK_KIND__TASK_EVALUATE: srv_on_eval_error(c, e->round); break;
@@ -302,7 +328,7 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
     fl_peer_close(peer, "client left");
     break;
   default:
-    fl_warn("server", "%s: unexpected %s message", c->id, fl_msg_name(env));
+    if (srv_client_log_ok(c)) fl_warn("server", "%s: unexpected %s message", c->id, fl_msg_name(env));
     srv_send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "unexpected message");
     break;
   }
@@ -314,6 +340,7 @@ static void on_drain(fl_peer *peer) { srv_pump_tx(fl_peer_data(peer)); }
 static void on_close(fl_peer *peer, int err, const char *reason) {
   client *c = fl_peer_data(peer);
   server *s = c->srv;
+  log_dropped(c);
   if (c->ready || err)
     FL_LOG(err ? FL_LOG_WARN : FL_LOG_INFO, "server", "%s (%s) disconnected: %s", c->id[0] ? c->id : "?",
            fl_peer_addr(peer), reason ? reason : "closed");

@@ -23,6 +23,8 @@
  *                (item 10; with raw TCP connections that never handshake)
  *   left-out     says its delta leaves the frozen parameters out (Update.frozen_left_out)
  *                and sends it whole all the same
+ *   chatter      reads everything, and on its first task sends thousands of error reports
+ *                and of updates for another round, each refused, before its real update
  * Every hostile client also sends an Error whose reason carries a forged log line
  * (item 6).  Those that train send an honest-looking zero delta.
  *
@@ -47,9 +49,10 @@
 #include "version.h"
 
 typedef enum { H_EVAL_NOREAD, H_EVAL_STALL, H_TRAIN_STALL, H_FLOOD, H_HOLD, H_EVAL_HUGE,
-               H_DRIP, H_LEFT_OUT } hmode;
+               H_DRIP, H_LEFT_OUT, H_CHATTER } hmode;
 
 #define DECLARED 1000
+#define CHATTER 3000    /* error reports, and refused updates, the chatter sends */
 #define FORGED "FORGED 2026-01-01T00:00:00.000Z INFO  [server] round 999/999 done"
 
 typedef struct hostile {
@@ -62,6 +65,7 @@ typedef struct hostile {
   uint64_t got;           /* values of the model received */
   int failed;
   int welcomed;           /* this connection got its Welcome */
+  int chattered;          /* chatter: its flood is sent */
   int done;               /* the server said Done: no reconnection */
   int reconnects;
   uv_loop_t *loop;
@@ -178,6 +182,13 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     h->receiving = 1;
     h->got = 0;
     if (h->mode == H_TRAIN_STALL) fl_conn_pause(conn);
+    if (h->mode == H_CHATTER && !h->chattered) {
+      h->chattered = 1;
+      for (int i = 0; i < CHATTER; i++) {
+        send_forged_error(h);
+        send_update(h, 999999);
+      }
+    }
     break;
   case FL__ENVELOPE__BODY_EVAL_TASK:
     h->round = env->eval_task->round;
@@ -694,4 +705,36 @@ Test(hostile, frozen_parameters_claimed_left_out, .timeout = 600) {
     stop_child(h);
     fl_test_fed_free(&f);
   }
+}
+
+/* A client that reads everything but sends 3,000 error reports and 3,000 updates for
+ * another round in round 1 (each answered with an Error, which it reads): each update is
+ * refused and counted in the metrics, and its
+ * real update is taken, but the log gets at most 20 lines about its messages that round,
+ * one saying the rest are not logged, and at its disconnection one saying how many. */
+Test(hostile, chatter_does_not_flood_the_log, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "2",
+                                     "--clients-per-round", "3", "--min-clients", "3", NULL);
+  cr_assert_gt(s, 0);
+  pid_t h = spawn_hostile(&f, H_CHATTER, 7);
+  pid_t c = honest(&f, "clients.log", "2");
+  finish(&f, s, c, 2);
+  cr_assert_eq(fl_test_wait(h, 60 * fl_test_time_scale()), 0, "the chatter failed");
+  char *line = fl_test_metrics_line(f.metrics, 1);
+  cr_assert_eq(fl_test_json_num(line, "updates_refused"), CHATTER, "%s", line);
+  cr_assert_eq(fl_test_json_num(line, "updates_accepted"), 3, "%s", line);
+  free(line);
+  int logged = fl_test_count(f.log, "refused update from client-0007") +
+               fl_test_count(f.log, "client-0007 reports an error");
+  cr_assert_eq(logged, 20, "%d lines about the chatter's messages (%s)", logged, f.log);
+  cr_assert_eq(fl_test_count(f.log, "client-0007: 20 lines about its messages this round; the "
+                                    "rest of the round's are counted, not logged"), 1, "%s", f.log);
+  char want[160];
+  /* and the error report on its Welcome, while the server waits for round 1's clients */
+  snprintf(want, sizeof want, "client-0007: %d more lines about its messages in round 1 were "
+           "not logged", 2 * CHATTER + 1 - 20);
+  cr_assert_eq(fl_test_count(f.log, want), 1, "'%s' not in %s", want, f.log);
+  fl_test_fed_free(&f);
 }

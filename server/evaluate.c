@@ -58,8 +58,9 @@ void srv_evaluate_test(server *s) {
 void srv_on_eval_result(client *c, const Fl__EvalResult *e) {
   server *s = c->srv;
   if (!c->eval_pending || s->ph != PH_FED_EVAL || e->round != s->r.number) {
-    fl_warn("server", "%s: unexpected evaluation result for round %llu", c->id,
-            (unsigned long long)e->round);
+    if (srv_client_log_ok(c))
+      fl_warn("server", "%s: unexpected evaluation result for round %llu", c->id,
+              (unsigned long long)e->round);
     return;
   }
   if (c->tx_active) { /* it cannot have evaluated a model it has not been sent */

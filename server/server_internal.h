@@ -362,10 +362,11 @@ size_t srv_clients_available(server *s);
 void srv_send_error(client *c, Fl__ErrorCode code, const char *reason);
 /* Frees the list of clients left out of the run. */
 void srv_excluded_free(server *s);
-/* Whether a line about a message of this client (a refusal, its error report) may go to
- * the log: at most CLIENT_LOG_LINES a round each, so that no client can flood the log;
- * what it sent is counted all the same.  The first line left out says so, and the
- * client's next line in a later round, or its disconnection, says how many were. */
+/* Whether a line about a message of this client may go to the log: a refusal, its error
+ * report, an unexpected message or evaluation result (what a client can send again and
+ * again without being closed).  At most CLIENT_LOG_LINES a round each, so that no client
+ * can flood the log; what it sent is counted all the same.  The first line left out says
+ * so, and the client's next line in a later round, or its disconnection, how many were. */
 int srv_client_log_ok(client *c);
 
 /* ---- intake.c ---- */

@@ -140,8 +140,8 @@ struct fl_client {
   struct fl_secagg_client *sa;
   struct flc_secagg_cfg *sa_cfg;
   fl_client_task *sa_task;   /* its fit, waiting for the shares */
-  struct flc_mask_job *sa_job; /* its input being masked on libuv's thread pool */
-  int masking;               /* mask jobs not back yet, this round's or a reset one's */
+  struct flc_sa_job *sa_job; /* its stage running on libuv's thread pool */
+  int sa_jobs;               /* jobs not back yet, this round's or a reset one's */
   char *server_spec;         /* the server's model, from its Welcome or last TrainTask */
   uint64_t server_model_id, server_num_params;
   fl_client_task *rx;        /* its model is arriving */

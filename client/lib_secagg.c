@@ -10,12 +10,15 @@
  * asked (secagg.c refuses).  Everything from the server is checked before use: a
  * message of another round, of the wrong size, or out of order is ignored and logged.
  *
- * The masking (k + 1 keystreams of the model's size) runs on libuv's thread pool, not on
- * the loop: it takes long enough to hold up heartbeats, and a loop shared by many clients
- * (a simulation) would keep one that the server told to send waiting past its deadline.
- * While it runs the round's state is the job's to read: a reset (a new round, a lost
- * connection) hands the state to the job, which frees it and drops the input when it
- * comes back, and the run does not finish before it has. */
+ * The three stages that take time run on libuv's thread pool, not on the loop: sealing
+ * the shares (a key agreement with every neighbour), opening those received (another),
+ * and the masking (k + 1 keystreams of the model's size).  Each holds up heartbeats, and
+ * a loop shared by many clients (a simulation) would do every client's in turn, keeping
+ * those the server waits for past its deadline.  One job runs at a time, each stage
+ * starting when the server's answer to the one before comes; while it runs the round's
+ * state is the job's to read: a reset (a new round, a lost connection) hands the state
+ * to the job, which frees it and drops its results when it comes back, and the run does
+ * not finish before it has. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -36,16 +39,57 @@ struct flc_secagg_cfg {
   uint8_t *bad;             /* [n] senders whose shares did not open */
 };
 
-/* A masking in flight (try_send).  orphan: the round's state, once a reset gave it up. */
-struct flc_mask_job {
+/* A stage in flight.  orphan: the round's state, once a reset gave it up. */
+typedef enum { JOB_SHARE, JOB_OPEN, JOB_MASK } job_kind;
+struct flc_sa_job {
   uv_work_t work;
+  job_kind kind;
   fl_client *c;
-  fl_client_task *t;
   struct fl_secagg_client *sa, *orphan;
+  uint64_t round;           /* the protocol round, for the message it answers with */
+  uint32_t n;
+  /* JOB_SHARE: the peers' keys (have: who sent them) in, the sealed shares (to: for
+   * whom) out.  JOB_OPEN: have is U2, sealed the shares received; bad out. */
+  uint8_t (*cp)[32], (*sp)[32], *have, *sealed, *to, *bad;
+  fl_client_task *t;        /* JOB_MASK: its ring elements, masked in place */
   fl_enc enc;
   int rc;
   char err[256];
 };
+
+static void job_free(struct flc_sa_job *j) {
+  free(j->cp), free(j->sp), free(j->have), free(j->sealed), free(j->to), free(j->bad);
+  free(j);
+}
+
+static void job_work(uv_work_t *w);
+static void job_done(uv_work_t *w, int status);
+
+/* Puts j (its inputs set) on the thread pool: 0, or -1 (logged, j freed). */
+static int start_job(fl_client *c, struct flc_sa_job *j, const char *what) {
+  j->c = c;
+  j->sa = c->sa;
+  j->work.data = j;
+  int rc = uv_queue_work(c->loop, &j->work, job_work, job_done);
+  if (rc < 0) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: cannot start %s: %s", what, uv_strerror(rc));
+    if (j->t) flc__task_free(j->t);
+    job_free(j);
+    return -1;
+  }
+  c->sa_job = j;
+  c->sa_jobs++;
+  return 0;
+}
+
+/* A message for a stage that cannot start while another runs (the server's order
+ * forbids it): 1 when it is to be ignored. */
+static int busy(fl_client *c, const char *what) {
+  if (!c->sa_job) return 0;
+  flc__log(c, FL_CLIENT_LOG_WARN, "secure aggregation: %s while this client's last stage is "
+           "still running; ignored", what);
+  return 1;
+}
 
 void flc__secagg_reset(fl_client *c) {
   if (c->sa_job) { /* the job still reads the state: it frees it when it comes back */
@@ -119,38 +163,52 @@ void flc__on_secagg_setup(fl_client *c, const Fl__SecAggSetup *m) {
 }
 
 void flc__on_secagg_peers(fl_client *c, const Fl__SecAggPeers *m) {
-  if (!ours(c, m->round, "peers' keys")) return;
+  if (!ours(c, m->round, "peers' keys") || busy(c, "peers' keys")) return;
   uint32_t n = c->sa_cfg->p.n;
-  uint8_t (*cp)[32] = calloc(n, 32), (*sp)[32] = calloc(n, 32), *have = calloc(n, 1);
-  uint8_t *sealed = malloc((size_t)n * FL_SECAGG_SEALED), *to = calloc(n, 1);
-  uint32_t *peer = malloc(n * sizeof *peer);
-  ProtobufCBinaryData *blobs = malloc(n * sizeof *blobs);
-  char err[256] = "";
-  int ok = cp && sp && have && sealed && to && peer && blobs && m->n_index == m->n_c_pub &&
-           m->n_index == m->n_s_pub && m->n_index <= n;
+  struct flc_sa_job *j = calloc(1, sizeof *j);
+  if (j) {
+    *j = (struct flc_sa_job){.kind = JOB_SHARE, .round = m->round, .n = n};
+    j->cp = calloc(n, 32), j->sp = calloc(n, 32), j->have = calloc(n, 1);
+    j->sealed = malloc((size_t)n * FL_SECAGG_SEALED), j->to = calloc(n, 1);
+  }
+  if (!j || !j->cp || !j->sp || !j->have || !j->sealed || !j->to) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: out of memory");
+    if (j) job_free(j);
+    return;
+  }
+  int ok = m->n_index == m->n_c_pub && m->n_index == m->n_s_pub && m->n_index <= n;
   for (size_t i = 0; ok && i < m->n_index; i++) {
     uint32_t v = m->index[i];
-    ok = v < n && !have[v] && m->c_pub[i].len == 32 && m->s_pub[i].len == 32;
+    ok = v < n && !j->have[v] && m->c_pub[i].len == 32 && m->s_pub[i].len == 32;
     if (!ok) break;
-    memcpy(cp[v], m->c_pub[i].data, 32);
-    memcpy(sp[v], m->s_pub[i].data, 32);
-    have[v] = 1;
+    memcpy(j->cp[v], m->c_pub[i].data, 32);
+    memcpy(j->sp[v], m->s_pub[i].data, 32);
+    j->have[v] = 1;
   }
   if (!ok) {
     flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: malformed peer keys from the server");
-  } else if (fl_secagg_client_shares(c->sa, (const uint8_t(*)[32])cp, (const uint8_t(*)[32])sp,
-                                     have, sealed, to, err, sizeof err) != 0) {
-    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: cannot share: %s", err);
+    job_free(j);
+    return;
+  }
+  start_job(c, j, "sharing");
+}
+
+/* On the loop: the sealed shares go to the server. */
+static void send_shares(fl_client *c, const struct flc_sa_job *j) {
+  uint32_t *peer = malloc(j->n * sizeof *peer);
+  ProtobufCBinaryData *blobs = malloc(j->n * sizeof *blobs);
+  if (!peer || !blobs) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: out of memory");
   } else {
     size_t k = 0;
-    for (uint32_t v = 0; v < n; v++)
-      if (to[v]) {
+    for (uint32_t v = 0; v < j->n; v++)
+      if (j->to[v]) {
         peer[k] = v;
-        blobs[k++] = (ProtobufCBinaryData){FL_SECAGG_SEALED, sealed + (size_t)v * FL_SECAGG_SEALED};
+        blobs[k++] = (ProtobufCBinaryData){FL_SECAGG_SEALED, j->sealed + (size_t)v * FL_SECAGG_SEALED};
       }
     Fl__Envelope env = FL__ENVELOPE__INIT;
     Fl__SecAggShares sh = FL__SEC_AGG_SHARES__INIT;
-    sh.round = m->round;
+    sh.round = j->round;
     sh.n_peer = k;
     sh.peer = peer;
     sh.n_sealed = k;
@@ -159,38 +217,49 @@ void flc__on_secagg_peers(fl_client *c, const Fl__SecAggPeers *m) {
     env.secagg_shares = &sh;
     flc__send(c, &env);
   }
-  free(cp), free(sp), free(have), free(sealed), free(to), free(peer), free(blobs);
+  free(peer);
+  free(blobs);
 }
 
 static void try_send(fl_client *c);
-static void mask_work(uv_work_t *w);
-static void mask_done(uv_work_t *w, int status);
 
 void flc__on_secagg_shares(fl_client *c, const Fl__SecAggShares *m) {
-  if (!ours(c, m->round, "shares")) return;
-  struct flc_secagg_cfg *g = c->sa_cfg;
-  uint32_t n = g->p.n;
-  uint8_t *u2 = calloc(n, 1), *sealed = calloc(n, FL_SECAGG_SEALED);
-  char err[256] = "";
-  int ok = u2 && sealed && m->n_peer == m->n_sealed && m->n_u2 <= n;
+  if (!ours(c, m->round, "shares") || busy(c, "shares")) return;
+  uint32_t n = c->sa_cfg->p.n;
+  struct flc_sa_job *j = calloc(1, sizeof *j);
+  if (j) {
+    *j = (struct flc_sa_job){.kind = JOB_OPEN, .round = m->round, .n = n};
+    j->have = calloc(n, 1), j->sealed = calloc(n, FL_SECAGG_SEALED), j->bad = calloc(n, 1);
+  }
+  if (!j || !j->have || !j->sealed || !j->bad) {
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: out of memory");
+    if (j) job_free(j);
+    return;
+  }
+  uint8_t *u2 = j->have;
+  int ok = m->n_peer == m->n_sealed && m->n_u2 <= n;
   for (size_t i = 0; ok && i < m->n_u2; i++) ok = m->u2[i] < n && !u2[m->u2[i]] && (u2[m->u2[i]] = 1);
   for (size_t i = 0; ok && i < m->n_peer; i++) {
     ok = m->peer[i] < n && m->sealed[i].len == FL_SECAGG_SEALED;
-    if (ok) memcpy(sealed + (size_t)m->peer[i] * FL_SECAGG_SEALED, m->sealed[i].data, FL_SECAGG_SEALED);
+    if (ok) memcpy(j->sealed + (size_t)m->peer[i] * FL_SECAGG_SEALED, m->sealed[i].data, FL_SECAGG_SEALED);
   }
   if (!ok) {
     flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: malformed shares from the server");
-  } else if (fl_secagg_client_take_shares(c->sa, u2, sealed, g->bad, err, sizeof err) != 0) {
-    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: %s", err);
-  } else {
-    for (uint32_t u = 0; u < n; u++)
-      if (g->bad[u])
-        flc__log(c, FL_CLIENT_LOG_WARN, "secure aggregation: the shares client %u sent do not open", u);
-    g->shares_in = 1;
-    try_send(c);
+    job_free(j);
+    return;
   }
-  free(u2);
-  free(sealed);
+  start_job(c, j, "opening the shares");
+}
+
+/* On the loop: the shares are open; the input goes once the fit is in too. */
+static void shares_open(fl_client *c, const struct flc_sa_job *j) {
+  struct flc_secagg_cfg *g = c->sa_cfg;
+  memcpy(g->bad, j->bad, j->n);
+  for (uint32_t u = 0; u < j->n; u++)
+    if (g->bad[u])
+      flc__log(c, FL_CLIENT_LOG_WARN, "secure aggregation: the shares client %u sent do not open", u);
+  g->shares_in = 1;
+  try_send(c);
 }
 
 int flc__secagg_take(fl_client *c, fl_client_task *t) {
@@ -209,7 +278,7 @@ int flc__secagg_take(fl_client *c, fl_client_task *t) {
 static void try_send(fl_client *c) {
   struct flc_secagg_cfg *g = c->sa_cfg;
   fl_client_task *t = c->sa_task;
-  if (!t || !g->shares_in) return;
+  if (!t || !g->shares_in || c->sa_job) return;
   c->sa_task = NULL;
   uint64_t n = t->n, dim = g->p.dim;
   if (dim != n + 1 + (uint64_t)g->clip_bit) {
@@ -259,53 +328,62 @@ static void try_send(fl_client *c) {
     q = g->stochastic ? floor(q + fl_rng_uniform(&r)) : nearbyint(q);
     t->ring[i] = (uint32_t)(int64_t)q & keep;
   }
-  struct flc_mask_job *j = calloc(1, sizeof *j);
+  struct flc_sa_job *j = calloc(1, sizeof *j);
   if (!j) {
     flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: out of memory");
     flc__task_free(t);
     return;
   }
-  *j = (struct flc_mask_job){.c = c, .t = t, .sa = c->sa,
-                             .enc = g->p.bits == 32 ? FL_ENC_RING32 : FL_ENC_RING16};
-  j->work.data = j;
-  int rc = uv_queue_work(c->loop, &j->work, mask_work, mask_done);
-  if (rc < 0) {
-    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: cannot start masking: %s", uv_strerror(rc));
-    flc__task_free(t);
-    free(j);
-    return;
+  *j = (struct flc_sa_job){.kind = JOB_MASK, .t = t,
+                           .enc = g->p.bits == 32 ? FL_ENC_RING32 : FL_ENC_RING16};
+  start_job(c, j, "masking");
+}
+
+static void job_work(uv_work_t *w) {
+  struct flc_sa_job *j = w->data;
+  switch (j->kind) {
+  case JOB_SHARE:
+    j->rc = fl_secagg_client_shares(j->sa, (const uint8_t(*)[32])j->cp, (const uint8_t(*)[32])j->sp,
+                                    j->have, j->sealed, j->to, j->err, sizeof j->err);
+    break;
+  case JOB_OPEN:
+    j->rc = fl_secagg_client_take_shares(j->sa, j->have, j->sealed, j->bad, j->err, sizeof j->err);
+    break;
+  case JOB_MASK:
+    j->rc = fl_secagg_client_mask(j->sa, j->t->ring, j->err, sizeof j->err);
+    break;
   }
-  c->sa_job = j;
-  c->masking++;
 }
 
-static void mask_work(uv_work_t *w) {
-  struct flc_mask_job *j = w->data;
-  j->rc = fl_secagg_client_mask(j->sa, j->t->ring, j->err, sizeof j->err);
-}
-
-/* On the loop: the masked input goes out, unless the round was reset meanwhile. */
-static void mask_done(uv_work_t *w, int status) {
-  struct flc_mask_job *j = w->data;
+/* On the loop: the stage's result goes on, unless the round was reset meanwhile. */
+static void job_done(uv_work_t *w, int status) {
+  static const char *const what[] = {"cannot share: ", "", ""};
+  struct flc_sa_job *j = w->data;
   fl_client *c = j->c;
   fl_client_task *t = j->t;
   if (j->orphan || c->sa_job != j) {
     fl_secagg_client_free(j->orphan);
-    flc__task_free(t);
+    if (t) flc__task_free(t);
   } else if (status < 0 || j->rc != 0) {
     c->sa_job = NULL;
-    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: %s",
+    flc__log(c, FL_CLIENT_LOG_ERROR, "secure aggregation: %s%s", what[j->kind],
              status < 0 ? uv_strerror(status) : j->err);
-    flc__task_free(t);
+    if (t) flc__task_free(t);
   } else {
     c->sa_job = NULL;
-    fl_codec ring = {j->enc, 0, 0};
-    fl_tensor_tx_init_codec(&t->tx, &ring, (const float *)(const void *)t->ring, c->sa_cfg->p.dim,
-                            c->chunk_bytes, 0);
-    flc__send_update(c, t, ring.enc);
+    if (j->kind == JOB_SHARE) {
+      send_shares(c, j);
+    } else if (j->kind == JOB_OPEN) {
+      shares_open(c, j);
+    } else {
+      fl_codec ring = {j->enc, 0, 0};
+      fl_tensor_tx_init_codec(&t->tx, &ring, (const float *)(const void *)t->ring,
+                              c->sa_cfg->p.dim, c->chunk_bytes, 0);
+      flc__send_update(c, t, ring.enc);
+    }
   }
-  free(j);
-  c->masking--;
+  job_free(j);
+  c->sa_jobs--;
   flc__maybe_finished(c);
 }
 

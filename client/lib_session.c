@@ -357,7 +357,7 @@ static void on_handle_closed(uv_handle_t *h) {
 
 /* Closes the handles once the connection is gone and the application holds no task. */
 void flc__maybe_finished(fl_client *c) {
-  if (c->state != FLC_FINISHING || c->conn || c->active || c->masking || c->handles_closing) return;
+  if (c->state != FLC_FINISHING || c->conn || c->active || c->sa_jobs || c->handles_closing) return;
   c->handles_closing = 1;
   pthread_mutex_lock(&c->mu);
   c->accepting = 0;

@@ -97,7 +97,7 @@ BINS := $(if $(SERVER_SRCS),$(B)/fl-server) $(if $(CLIENT_SRCS),$(B)/fl-client) 
 # and the committed list client/libflclient.symbols is checked against both.
 LIBCLIENT_COMMON := common/error.c common/rng.c common/model.c common/frame.c common/msg.c \
                     common/tls.c common/conn.c common/netaddr.c common/ticket.c common/fileio.c \
-                    common/codec.c common/kth.c \
+                    common/codec.c common/kth.c common/log_budget.c \
                     common/secagg.c common/shamir.c common/agree.c common/prg.c common/csprng.c \
                     common/layers.c common/dense.c common/conv.c common/maxpool.c \
                     common/avgpool.c common/batchnorm.c common/activation.c common/dropout.c \

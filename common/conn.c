@@ -42,6 +42,7 @@
 #include "error.h"
 #include "frame.h"
 #include "log.h"
+#include "log_budget.h"
 #include "netaddr.h"
 #include "tls_internal.h"
 
@@ -60,6 +61,7 @@ typedef struct hs_count {
   unsigned refused;    /* connections closed for the cap since the last warning */
   uint64_t warned;     /* when that warning was */
   uint64_t crl_warned; /* when the last "CRL expired" error was */
+  fl_log_budget log;   /* lines about connections that fail their handshake */
 } hs_count;
 
 static void hs_unref(hs_count *h) {
@@ -235,6 +237,24 @@ static void begin_close(fl_conn *c, int err, const char *reason, int graceful) {
 
 static const char *who(const fl_conn *c) { return c->peer_id[0] ? c->peer_id : "-"; }
 
+/* Anyone who reaches a listener can make connections that fail their handshake, as
+ * fast as it likes: at most HS_LOG_LINES lines about them in each HS_LOG_WINDOW_MS per
+ * listener (per I/O thread); the first left out says so, and the next window's first line
+ * how many were. */
+enum { HS_LOG_LINES = 10, HS_LOG_WINDOW_MS = 10000 };
+
+static int hs_log_ok(fl_conn *c) {
+  uint64_t n, in;
+  int k = fl_log_budget_take(&c->hs->log, HS_LOG_LINES, uv_now(c->loop) / HS_LOG_WINDOW_MS, &n, &in);
+  if (n)
+    fl_warn("conn", "%llu more connections that failed before their handshake was complete "
+            "were not logged", (unsigned long long)n);
+  if (k == FL_LOG_FIRST_SKIP)
+    fl_warn("conn", "%d connections failed before their handshake was complete within %d s; "
+            "more are counted, not logged", HS_LOG_LINES, HS_LOG_WINDOW_MS / 1000);
+  return k == FL_LOG_TAKE;
+}
+
 /* Ends the connection with an error, logged with the peer's address and identity. */
 __attribute__((format(printf, 3, 4)))
 static void fail(fl_conn *c, int err, const char *fmt, ...) {
@@ -244,7 +264,8 @@ static void fail(fl_conn *c, int err, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(reason, sizeof reason, fmt, ap);
   va_end(ap);
-  fl_warn("conn", "%s %s: %s (%s)", c->addr, who(c), reason, fl_err_name(err));
+  if (!c->hs || hs_log_ok(c)) /* hs: an accepted connection still in its handshake */
+    fl_warn("conn", "%s %s: %s (%s)", c->addr, who(c), reason, fl_err_name(err));
   begin_close(c, err, reason, 0);
 }
 

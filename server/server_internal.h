@@ -51,6 +51,8 @@
 #include "config.h"
 #include "dataset.h"
 #include "iothreads.h"
+#include "log.h"
+#include "log_budget.h"
 #include "modelfile.h"
 #include "model.h"
 #include "msg.h"
@@ -110,9 +112,7 @@ struct client {
   double upd_loss, upd_acc, upd_seconds;
   int upd_left_out;          /* its delta leaves out the frozen runs */
   int sa_index;              /* its index in the attempt's secure aggregation, -1: none */
-  uint64_t log_round;        /* the round log_used and log_dropped count in */
-  unsigned log_used;         /* lines logged about its messages (srv_client_log_ok) */
-  uint64_t log_dropped;      /* and those left out */
+  fl_log_budget log_budget;  /* lines about its messages, by round (srv_client_log_ok) */
   /* What the status page shows (status.c). */
   uint64_t joined_ms, heard_ms; /* uv_now when it connected, when a frame last came */
   float progress;            /* of its current task, from its heartbeats */

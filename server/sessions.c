@@ -231,28 +231,21 @@ static void on_hello(client *c, const Fl__Hello *h) {
 
 enum { CLIENT_LOG_LINES = 20 };
 
-/* The lines of an earlier round the client's budget left out. */
-static void log_dropped(client *c) {
-  if (c->log_dropped)
+/* What the client's budget left out of an earlier round. */
+static void say_dropped(const client *c, uint64_t n, uint64_t round) {
+  if (n)
     fl_warn("server", "%s: %llu more lines about its messages in round %llu were not logged",
-            c->id, (unsigned long long)c->log_dropped, (unsigned long long)c->log_round);
-  c->log_dropped = 0;
+            c->id, (unsigned long long)n, (unsigned long long)round);
 }
 
 int srv_client_log_ok(client *c) {
-  uint64_t round = c->srv->r.number;
-  if (c->log_round != round) {
-    log_dropped(c);
-    c->log_round = round, c->log_used = 0;
-  }
-  if (c->log_used < CLIENT_LOG_LINES) {
-    c->log_used++;
-    return 1;
-  }
-  if (c->log_dropped++ == 0)
+  uint64_t n, round;
+  int k = fl_log_budget_take(&c->log_budget, CLIENT_LOG_LINES, c->srv->r.number, &n, &round);
+  say_dropped(c, n, round);
+  if (k == FL_LOG_FIRST_SKIP)
     fl_warn("server", "%s: %d lines about its messages this round; the rest of the round's "
             "are counted, not logged", c->id, CLIENT_LOG_LINES);
-  return 0;
+  return k == FL_LOG_TAKE;
 }
 
 /* A client's Error about a task it was given is its answer to it: the round, the
@@ -340,7 +333,8 @@ static void on_drain(fl_peer *peer) { srv_pump_tx(fl_peer_data(peer)); }
 static void on_close(fl_peer *peer, int err, const char *reason) {
   client *c = fl_peer_data(peer);
   server *s = c->srv;
-  log_dropped(c);
+  uint64_t round, n = fl_log_budget_flush(&c->log_budget, &round);
+  say_dropped(c, n, round);
   if (c->ready || err)
     FL_LOG(err ? FL_LOG_WARN : FL_LOG_INFO, "server", "%s (%s) disconnected: %s", c->id[0] ? c->id : "?",
            fl_peer_addr(peer), reason ? reason : "closed");

@@ -738,3 +738,48 @@ Test(hostile, chatter_does_not_flood_the_log, .timeout = 600) {
   cr_assert_eq(fl_test_count(f.log, want), 1, "'%s' not in %s", want, f.log);
   fl_test_fed_free(&f);
 }
+
+/* Anyone who reaches the port can open connections that fail their handshake, as fast as
+ * it likes (here 300 that each send bytes that are not TLS): at most 10 lines about them
+ * go to the log in each 10 s window, and the first left out says the rest are counted.
+ * The bound is checked against the windows the test's own connections spanned, so it
+ * holds on a machine of any speed; the honest clients' rounds go on. */
+Test(hostile, failed_handshakes_do_not_flood_the_log, .timeout = 600) {
+  enum { JUNK = 300 };
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "2",
+                                     "--clients-per-round", "2", "--min-clients", "2",
+                                     "--io-threads", "1", NULL);
+  cr_assert_gt(s, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f.port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  static const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (int i = 0; i < JUNK; i++) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(write(fd, junk, sizeof junk - 1), (ssize_t)(sizeof junk - 1));
+    char b[256];
+    while (read(fd, b, sizeof b) > 0) {} /* until the server closes it */
+    close(fd);
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  pid_t c = honest(&f, "clients.log", "2");
+  cr_assert_eq(fl_test_wait(s, 300 * fl_test_time_scale()), 0, "server failed (%s)", f.log);
+  cr_assert_eq(fl_test_wait(c, 60 * fl_test_time_scale()), 0, "honest clients failed (%s)", f.dir);
+  cr_assert_eq(fl_test_metrics_rounds(f.metrics), 2, "%s", f.metrics);
+  cr_assert(fl_test_sanitizer_clean(f.log), "sanitizer report in %s", f.log);
+  double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  int windows = (int)(secs / 10.0) + 2; /* the 10 s windows the connections can fall in */
+  int lines = fl_test_count(f.log, "handshake failed");
+  cr_assert(lines >= 1 && lines <= 10 * windows, "%d lines about %d failed handshakes in %.1f s "
+            "(%s)", lines, JUNK, secs, f.log);
+  if (10 * windows < JUNK) /* some were left out */
+    cr_assert_geq(fl_test_count(f.log, "more are counted, not logged"), 1, "%s", f.log);
+  fprintf(stderr, "hostile.failed_handshakes_do_not_flood_the_log: %d lines for %d failed "
+          "handshakes in %.1f s\n", lines, JUNK, secs);
+  fl_test_fed_free(&f);
+}

@@ -597,65 +597,6 @@ Test(predict, keep_best_survives_a_restart, .timeout = 600) {
   fl_test_fed_free(&f);
 }
 
-/* The update bytes the server took in round r, and their size as float32 values. */
-static void update_bytes(const char *metrics, int r, double *bytes, double *raw) {
-  char *line = fl_test_metrics_line(metrics, r);
-  cr_assert_not_null(line, "no round %d in %s", r, metrics);
-  *bytes = fl_test_json_num(line, "update_bytes");
-  *raw = fl_test_json_num(line, "update_bytes_raw");
-  free(line);
-}
-
-/* fl-server --freeze head with int8 updates: the frozen run ends the model, so each
- * client's update is the first layer's 56 values, one byte each, and the stream ends
- * before the model does; the first layer trains and the head stays as it was. */
-Test(predict, federated_freeze_head_int8, .timeout = 300) {
-  fl_test_fed f;
-  fl_test_fed_init(&f);
-  char train[700], init[700], args[4096];
-  fl_test_fed_path(&f, "train.csv", train, sizeof train);
-  fl_test_fed_path(&f, "init.flm", init, sizeof init);
-  write_blobs(train, 600, 1, 1, 1);
-  snprintf(args, sizeof args, "--model 'in:6 dense:8 relu dense:1 sigmoid_bce' --data %s "
-           "--test none --epochs 1 --lr 0.01 --standardize --out %s", train, init);
-  cr_assert_eq(run(f.dir, "fl-train", args), 0);
-  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
-                               "--init-model", init, "--freeze", "head", "--uplink", "int8",
-                               "--rounds", "2", "--clients-per-round", "3", "--min-clients", "3",
-                               "--lr", "0.05", NULL);
-  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
-                                "--partition", "iid", "--seed", "1", NULL);
-  char slog[700], clog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
-  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
-  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
-  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
-  cr_assert_eq(fl_test_count(f.metrics, "\"updates_accepted\":3"), 2, "see %s", f.metrics);
-  for (int r = 1; r <= 2; r++) {
-    double bytes, raw;
-    update_bytes(f.metrics, r, &bytes, &raw);
-    cr_assert(bytes == 3 * 56 && raw == 3 * 65 * 4, "round %d: %g bytes for %g (%s)", r, bytes,
-              raw, f.metrics);
-  }
-  char err[512], *spec[2];
-  uint64_t id[2];
-  float *w[2];
-  size_t n[2];
-  fl_transform tf[2];
-  const char *files[2] = {init, f.model};
-  for (int k = 0; k < 2; k++)
-    cr_assert_eq(fl_modelfile_load_ex(files[k], &spec[k], &id[k], &w[k], &n[k], &tf[k], err,
-                                      sizeof err), 0, "%s", err);
-  cr_assert_neq(memcmp(w[0], w[1], 56 * sizeof(float)), 0, "the first layer did not train");
-  cr_assert_eq(memcmp(w[0] + 56, w[1] + 56, 9 * sizeof(float)), 0, "the frozen head moved");
-  for (int k = 0; k < 2; k++) {
-    fl_transform_free(&tf[k]);
-    free(spec[k]);
-    free(w[k]);
-  }
-  fl_test_fed_free(&f);
-}
-
 /* examples/tabular/run.sh (make tabular) end to end on the breast-cancer table: the
  * federation of 5 non-IID clients with federated standardisation, and fl-train on all
  * the data, both scored by fl-predict. */
@@ -680,6 +621,54 @@ Test(predict, tabular_example, .timeout = 300) {
   free(dir);
 }
 
+/* The update bytes the server took in round r, and their size as float32 values. */
+static void update_bytes(const char *metrics, int r, double *bytes, double *raw) {
+  char *line = fl_test_metrics_line(metrics, r);
+  cr_assert_not_null(line, "no round %d in %s", r, metrics);
+  *bytes = fl_test_json_num(line, "update_bytes");
+  *raw = fl_test_json_num(line, "update_bytes_raw");
+  free(line);
+}
+
+#define FREEZE_MODEL "in:6 dense:8 relu dense:1 sigmoid_bce" /* 56 + 9 parameters */
+
+/* The freeze tests' data (train) and initial model (init), trained by fl-train with
+ * flags. */
+static void freeze_start(fl_test_fed *f, char *train, char *init, size_t len, const char *flags) {
+  char args[4096];
+  fl_test_fed_path(f, "train.csv", train, len);
+  fl_test_fed_path(f, "init.flm", init, len);
+  write_blobs(train, 600, 1, 1, 1);
+  snprintf(args, sizeof args, "--model '" FREEZE_MODEL "' --data %s --test none --standardize "
+           "--out %s %s", train, init, flags);
+  cr_assert_eq(run(f->dir, "fl-train", args), 0);
+}
+
+/* The model files init and final: the first 56 parameters (the first layer) moved or
+ * not, as first_moves says, and the last 9 (the head) the other way; with tf_dim, the
+ * final model's standardisation is that wide. */
+static void freeze_result(const char *init, const char *final, int first_moves, int tf_dim) {
+  char err[512], *spec[2];
+  uint64_t id[2];
+  float *w[2];
+  size_t n[2];
+  fl_transform tf[2];
+  const char *files[2] = {init, final};
+  for (int k = 0; k < 2; k++)
+    cr_assert_eq(fl_modelfile_load_ex(files[k], &spec[k], &id[k], &w[k], &n[k], &tf[k], err,
+                                      sizeof err), 0, "%s", err);
+  int first = memcmp(w[0], w[1], 56 * sizeof(float)) != 0;
+  int head = memcmp(w[0] + 56, w[1] + 56, 9 * sizeof(float)) != 0;
+  cr_assert(first == first_moves && head == !first_moves, "the first layer %s, the head %s",
+            first ? "moved" : "did not move", head ? "moved" : "did not move");
+  if (tf_dim) cr_assert_eq(tf[1].dim, tf_dim, "the server kept --init-model's standardisation");
+  for (int k = 0; k < 2; k++) {
+    fl_transform_free(&tf[k]);
+    free(spec[k]);
+    free(w[k]);
+  }
+}
+
 /* fl-server --freeze all-but-head from a model fl-train made: the clients train the head
  * only, the final model's other layers are the initial ones bit for bit, and a client
  * whose update changes a frozen parameter (here a simulated attacker adding noise) is
@@ -688,27 +677,21 @@ Test(predict, tabular_example, .timeout = 300) {
 Test(predict, federated_freeze, .timeout = 300) {
   fl_test_fed f;
   fl_test_fed_init(&f);
-  char train[700], init[700], args[4096];
-  fl_test_fed_path(&f, "train.csv", train, sizeof train);
-  fl_test_fed_path(&f, "init.flm", init, sizeof init);
-  write_blobs(train, 600, 1, 1, 1);
-  snprintf(args, sizeof args, "--model 'in:6 dense:8 relu dense:1 sigmoid_bce' --data %s "
-           "--test none --epochs 2 --optimizer adam --lr 0.01 --standardize --out %s", train, init);
-  cr_assert_eq(run(f.dir, "fl-train", args), 0);
-  pid_t s = fl_test_fed_server(&f, "server.log", "--model", "in:6 dense:8 relu dense:1 sigmoid_bce",
-                               "--init-model", init, "--freeze", "all-but-head", "--rounds", "2",
+  char train[700], init[700];
+  freeze_start(&f, train, init, sizeof train, "--epochs 2 --optimizer adam --lr 0.01");
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", FREEZE_MODEL, "--init-model", init,
+                               "--freeze", "all-but-head", "--rounds", "2",
                                "--clients-per-round", "3", "--min-clients", "3", "--min-updates", "1",
                                "--optimizer", "adam", "--lr", "0.01", NULL);
   pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
                                 "--partition", "iid", "--seed", "1", "--attack", "noise:0.1",
                                 "--attack-clients", "2", NULL);
-  char slog[700], clog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  char clog[700];
   fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
-  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", f.log);
   cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
-  cr_assert_eq(fl_test_count(slog, "--freeze all-but-head: 56 of 65 parameters frozen"), 1);
-  cr_assert_eq(fl_test_count(slog, "changes frozen parameter"), 2, "see %s", slog);
+  cr_assert_eq(fl_test_count(f.log, "--freeze all-but-head: 56 of 65 parameters frozen"), 1);
+  cr_assert_eq(fl_test_count(f.log, "changes frozen parameter"), 2, "see %s", f.log);
   cr_assert_eq(fl_test_count(f.metrics, "\"updates_accepted\":2"), 2, "see %s", f.metrics);
   cr_assert_eq(fl_test_count(clog, "the update changes frozen parameters"), 2, "see %s", clog);
   for (int r = 1; r <= 2; r++) {
@@ -717,23 +700,35 @@ Test(predict, federated_freeze, .timeout = 300) {
     cr_assert(bytes == 2 * 9 * 4 && raw == 2 * 65 * 4, "round %d: %g bytes for %g (%s)", r, bytes,
               raw, f.metrics);
   }
+  freeze_result(init, f.model, 0, 6);
+  fl_test_fed_free(&f);
+}
 
-  char err[512], *spec[2];
-  uint64_t id[2];
-  float *w[2];
-  size_t n[2];
-  fl_transform tf[2];
-  const char *files[2] = {init, f.model};
-  for (int k = 0; k < 2; k++)
-    cr_assert_eq(fl_modelfile_load_ex(files[k], &spec[k], &id[k], &w[k], &n[k], &tf[k], err,
-                                      sizeof err), 0, "%s", err);
-  cr_assert_eq(memcmp(w[0], w[1], 56 * sizeof(float)), 0, "a frozen layer moved");
-  cr_assert_neq(memcmp(w[0] + 56, w[1] + 56, 9 * sizeof(float)), 0, "the head did not train");
-  cr_assert_eq(tf[1].dim, 6, "the server kept --init-model's standardisation");
-  for (int k = 0; k < 2; k++) {
-    fl_transform_free(&tf[k]);
-    free(spec[k]);
-    free(w[k]);
+/* fl-server --freeze head with int8 updates: the frozen run ends the model, so each
+ * client's update is the first layer's 56 values, one byte each, and the stream ends
+ * before the model does; the first layer trains and the head stays as it was. */
+Test(predict, federated_freeze_head_int8, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], init[700];
+  freeze_start(&f, train, init, sizeof train, "--epochs 1 --lr 0.01");
+  pid_t s = fl_test_fed_server(&f, "server.log", "--model", FREEZE_MODEL, "--init-model", init,
+                               "--freeze", "head", "--uplink", "int8", "--rounds", "2",
+                               "--clients-per-round", "3", "--min-clients", "3", "--lr", "0.05",
+                               NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
+                                "--partition", "iid", "--seed", "1", NULL);
+  char clog[700];
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", f.log);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  cr_assert_eq(fl_test_count(f.metrics, "\"updates_accepted\":3"), 2, "see %s", f.metrics);
+  for (int r = 1; r <= 2; r++) {
+    double bytes, raw;
+    update_bytes(f.metrics, r, &bytes, &raw);
+    cr_assert(bytes == 3 * 56 && raw == 3 * 65 * 4, "round %d: %g bytes for %g (%s)", r, bytes,
+              raw, f.metrics);
   }
+  freeze_result(init, f.model, 1, 0);
   fl_test_fed_free(&f);
 }

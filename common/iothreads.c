@@ -82,9 +82,10 @@ typedef struct io_thread {
   uv_async_t wake;
   pthread_t tid;
   int started;
-  pthread_mutex_t mu;  /* cmds, nconn, and the peers' shared fields */
+  pthread_mutex_t mu;  /* cmds, nconn, hs_failed, and the peers' shared fields */
   msg_queue cmds;
   int nconn;
+  uint64_t hs_failed;  /* connections that ended in their handshake */
   msg stop_listening, stop;
   /* I/O thread only */
   fl_listener *listener;
@@ -320,7 +321,12 @@ static void io_drain(fl_conn *c) {
 static void io_close(fl_conn *c, int err, const char *reason) {
   io_thread *th = thread_of(c);
   fl_peer *p = fl_conn_data(c);
-  if ((void *)p == (void *)th) return; /* its handshake failed: no peer, conn logged it */
+  if ((void *)p == (void *)th) { /* its handshake failed: no peer, conn logged it */
+    pthread_mutex_lock(&th->mu);
+    th->hs_failed++;
+    pthread_mutex_unlock(&th->mu);
+    return;
+  }
   p->conn = NULL;
   free_msgs(q_take(&p->out));
   p->end_err = err;
@@ -753,6 +759,15 @@ int fl_io_thread_connections(fl_io *io, int i) {
   io_thread *th = &io->th[i];
   pthread_mutex_lock(&th->mu);
   int n = th->nconn;
+  pthread_mutex_unlock(&th->mu);
+  return n;
+}
+
+uint64_t fl_io_thread_handshakes_failed(fl_io *io, int i) {
+  if (i < 0 || i >= io->nthreads) return 0;
+  io_thread *th = &io->th[i];
+  pthread_mutex_lock(&th->mu);
+  uint64_t n = th->hs_failed;
   pthread_mutex_unlock(&th->mu);
   return n;
 }

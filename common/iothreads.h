@@ -71,6 +71,10 @@ int fl_io_threads(const fl_io *io);
 /* Connections open (handshake done, not yet closed) on I/O thread i, as that thread
  * sees them.  For tests and statistics. */
 int fl_io_thread_connections(fl_io *io, int i);
+/* Connections thread i accepted that ended before their TLS handshake was complete
+ * (a certificate refused, another protocol, the peer gone), since the start; any thread
+ * may call it. */
+uint64_t fl_io_thread_handshakes_failed(fl_io *io, int i);
 /* Stops accepting.  From the call on no new peer is presented: connections whose
  * handshake completes later are closed without callbacks.  Peers already open go on. */
 void fl_io_stop_listening(fl_io *io);

@@ -162,6 +162,10 @@ static void write_metrics(server *s, FILE *f) {
   metric(f, "fl_round_clients_selected", "gauge", "Clients selected for the attempt under way.", (double)r->selected);
   metric(f, "fl_round_updates_accepted", "gauge", "Updates accepted so far in the attempt under way.", (double)r->accepted);
   metric(f, "fl_clients_connected", "gauge", "Connections open (TLS handshake done).", (double)s->n_clients);
+  uint64_t hs_failed = 0;
+  for (int i = 0; i < fl_io_threads(s->io); i++) hs_failed += fl_io_thread_handshakes_failed(s->io, i);
+  metric(f, "fl_handshakes_failed_total", "counter", "Connections that ended before their TLS "
+         "handshake was complete (the log names at most 10 in 10 s per I/O thread).", (double)hs_failed);
   metric(f, "fl_clients_ready", "gauge", "Clients that said hello and take tasks.", (double)s->n_ready);
   metric(f, "fl_clients_selected_total", "counter", "Clients selected, over completed rounds.", (double)st->selected);
   metric(f, "fl_updates_accepted_total", "counter", "Updates folded into the global model.", (double)st->accepted);

@@ -442,3 +442,34 @@ Test(status, bad_requests_leave_the_federation_alone, .timeout = 300) {
   cr_assert(fl_test_sanitizer_clean(slog));
   fl_test_fed_free(&f);
 }
+
+/* Connections to the federation's port that are not TLS fail their handshake; the log
+ * names at most 10 of them in 10 s (hostile::failed_handshakes_do_not_flood_the_log), and
+ * /metrics counts every one: 25 here, polled until the server's I/O thread has closed the
+ * last (never more).  Then the federation runs its round. */
+Test(status, failed_handshakes_are_counted, .timeout = 300) {
+  enum { JUNK = 25 };
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  int http = fl_test_free_port();
+  pid_t s = server(&f, http, "1", "1", 0);
+  cr_assert(fl_test_wait_for_while(f.log, "status page on http://127.0.0.1:", s, 30), "(%s)", f.dir);
+  const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (int i = 0; i < JUNK; i++) raw(f.port, junk, sizeof junk - 1, NULL);
+  double n = 0;
+  for (int tries = 0; tries < 600 * fl_test_time_scale(); tries++) {
+    char *body = NULL;
+    cr_assert_eq(get(http, "/metrics", &body), 200);
+    n = metric(body, "fl_handshakes_failed_total");
+    free(body);
+    cr_assert(n <= JUNK, "%g failed handshakes counted for %d", n, JUNK);
+    if (n == JUNK) break;
+    usleep(100 * 1000); /* polling for the count: the closes are the I/O thread's */
+  }
+  cr_assert_eq(n, JUNK, "%g failed handshakes counted for %d", n, JUNK);
+  cr_assert_geq(fl_test_count(f.log, "handshake failed"), 1, "(%s)", f.log);
+  pid_t c = clients(&f);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (%s)", f.log);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (%s)", f.dir);
+  fl_test_fed_free(&f);
+}

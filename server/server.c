@@ -411,5 +411,6 @@ void server_free(server *s) {
   free(s->checkpoint);
   fl_model_free(s->model);
   srv_excluded_free(s);
+  srv_id_logs_free(s);
   free(s);
 }

@@ -112,7 +112,6 @@ struct client {
   double upd_loss, upd_acc, upd_seconds;
   int upd_left_out;          /* its delta leaves out the frozen runs */
   int sa_index;              /* its index in the attempt's secure aggregation, -1: none */
-  fl_log_budget log_budget;  /* lines about its messages, by round (srv_client_log_ok) */
   /* What the status page shows (status.c). */
   uint64_t joined_ms, heard_ms; /* uv_now when it connected, when a frame last came */
   float progress;            /* of its current task, from its heartbeats */
@@ -279,6 +278,8 @@ struct server {
   client *clients;
   size_t n_clients, n_ready;
   excluded *excluded;            /* left out of the run (sessions.c), newest first */
+  struct id_log *id_logs;        /* [id_logs_cap] log budgets by identity (idlog.c) */
+  size_t id_logs_n, id_logs_cap;
   size_t n_excluded;
   size_t sends_pending;          /* model streams not finished, queued ones too */
   size_t streams;                /* model streams under way (at most max_streams) */
@@ -362,12 +363,21 @@ size_t srv_clients_available(server *s);
 void srv_send_error(client *c, Fl__ErrorCode code, const char *reason);
 /* Frees the list of clients left out of the run. */
 void srv_excluded_free(server *s);
+
+/* ---- idlog.c ---- */
+
 /* Whether a line about a message of this client may go to the log: a refusal, its error
  * report, an unexpected message or evaluation result (what a client can send again and
- * again without being closed).  At most CLIENT_LOG_LINES a round each, so that no client
- * can flood the log; what it sent is counted all the same.  The first line left out says
- * so, and the client's next line in a later round, or its disconnection, how many were. */
+ * again without being closed).  At most 20 a round per identity, so that no client can
+ * flood the log, reconnecting or not; what it sent is counted all the same.  The first
+ * line left out says so, and the identity's next line in a later round, or the end of
+ * its connection (srv_client_log_flush), how many were. */
 int srv_client_log_ok(client *c);
+void srv_client_log_flush(client *c);
+/* The same for lines about its connections (connected, refused at hello, ready, goodbye,
+ * disconnected): at most 12 a minute per identity. */
+int srv_id_log_ok(client *c);
+void srv_id_logs_free(server *s);
 
 /* ---- intake.c ---- */
 

@@ -129,13 +129,15 @@ static void on_open(fl_peer *peer) {
   snprintf(c->id, sizeof c->id, "%s", fl_peer_id(peer));
   client *old = find_client(c->srv, c->id, c);
   if (old) {
-    fl_warn("server", "%s connected again from %s; closing its older connection", c->id,
-            fl_peer_addr(peer));
+    if (srv_id_log_ok(c))
+      fl_warn("server", "%s connected again from %s; closing its older connection", c->id,
+              fl_peer_addr(peer));
     old->closing = 1;
     fl_peer_close(old->peer, "replaced by a newer connection of the same client");
   }
-  fl_info("server", "%s connected from %s%s", c->id, fl_peer_addr(peer),
-          fl_peer_resumed(peer) ? " (TLS session resumed)" : "");
+  if (srv_id_log_ok(c))
+    fl_info("server", "%s connected from %s%s", c->id, fl_peer_addr(peer),
+            fl_peer_resumed(peer) ? " (TLS session resumed)" : "");
 }
 
 static void on_hello(client *c, const Fl__Hello *h) {
@@ -150,7 +152,7 @@ static void on_hello(client *c, const Fl__Hello *h) {
     snprintf(reason, sizeof reason,
              "protocol version %u is not supported; this server speaks version %u",
              h->protocol_version, FL_PROTOCOL_VERSION);
-    fl_warn("server", "%s (%s): %s", c->id, fl_peer_addr(c->peer), reason);
+    if (srv_id_log_ok(c)) fl_warn("server", "%s (%s): %s", c->id, fl_peer_addr(c->peer), reason);
     srv_send_error(c, FL__ERROR_CODE__ERROR_VERSION, reason);
     c->closing = 1;
     fl_peer_close(c->peer, "incompatible protocol version");
@@ -161,14 +163,14 @@ static void on_hello(client *c, const Fl__Hello *h) {
   if (x) {
     snprintf(why, sizeof why, "%s is left out of this run: it said it cannot train this model (%s)",
              c->id, x->reason);
-    fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
+    if (srv_id_log_ok(c)) fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
     srv_send_error(c, FL__ERROR_CODE__ERROR_INCOMPATIBLE, why);
     c->closing = 1;
     fl_peer_close(c->peer, "left out of the run");
     return;
   }
   if (srv_model_disagrees(s, h, why, sizeof why)) {
-    fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
+    if (srv_id_log_ok(c)) fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
     srv_send_error(c, FL__ERROR_CODE__ERROR_MODEL, why);
     c->closing = 1;
     fl_peer_close(c->peer, "model disagreement");
@@ -186,7 +188,7 @@ static void on_hello(client *c, const Fl__Hello *h) {
   if (s->cfg->secagg && !secagg) {
     const char *why = "this server aggregates updates securely (--secagg), and the client does "
                       "not speak secure aggregation (no 'secagg' capability)";
-    fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
+    if (srv_id_log_ok(c)) fl_warn("server", "%s (%s): refused: %s", c->id, fl_peer_addr(c->peer), why);
     srv_send_error(c, FL__ERROR_CODE__ERROR_VERSION, why);
     c->closing = 1;
     fl_peer_close(c->peer, "no secure aggregation");
@@ -197,7 +199,8 @@ static void on_hello(client *c, const Fl__Hello *h) {
   const fl_codec f32 = {FL_ENC_FLOAT32, 0, 0};
   c->uplink = speaks[s->uplink.enc] ? s->uplink : f32;
   c->down_cached = s->downlink.enc != FL_ENC_FLOAT32 && speaks[s->downlink.enc];
-  if (c->uplink.enc != s->uplink.enc || (s->downlink.enc != FL_ENC_FLOAT32 && !c->down_cached))
+  if ((c->uplink.enc != s->uplink.enc || (s->downlink.enc != FL_ENC_FLOAT32 && !c->down_cached)) &&
+      srv_id_log_ok(c))
     fl_info("server", "%s does not offer %s%s%s: it sends and gets float32 instead", c->id,
             c->uplink.enc != s->uplink.enc ? fl_enc_name(s->uplink.enc) : "",
             c->uplink.enc != s->uplink.enc && !c->down_cached && s->downlink.enc != FL_ENC_FLOAT32 ? " and " : "",
@@ -224,28 +227,10 @@ static void on_hello(client *c, const Fl__Hello *h) {
   env.body_case = FL__ENVELOPE__BODY_WELCOME;
   env.welcome = &w;
   srv_send(c, &env);
-  fl_info("server", "%s ready (%llu samples, client %.64s); %zu clients ready", c->id,
-          (unsigned long long)h->num_samples, h->software_version, s->n_ready);
+  if (srv_id_log_ok(c))
+    fl_info("server", "%s ready (%llu samples, client %.64s); %zu clients ready", c->id,
+            (unsigned long long)h->num_samples, h->software_version, s->n_ready);
   srv_advance(s);
-}
-
-enum { CLIENT_LOG_LINES = 20 };
-
-/* What the client's budget left out of an earlier round. */
-static void say_dropped(const client *c, uint64_t n, uint64_t round) {
-  if (n)
-    fl_warn("server", "%s: %llu more lines about its messages in round %llu were not logged",
-            c->id, (unsigned long long)n, (unsigned long long)round);
-}
-
-int srv_client_log_ok(client *c) {
-  uint64_t n, round;
-  int k = fl_log_budget_take(&c->log_budget, CLIENT_LOG_LINES, c->srv->r.number, &n, &round);
-  say_dropped(c, n, round);
-  if (k == FL_LOG_FIRST_SKIP)
-    fl_warn("server", "%s: %d lines about its messages this round; the rest of the round's "
-            "are counted, not logged", c->id, CLIENT_LOG_LINES);
-  return k == FL_LOG_TAKE;
 }
 
 /* A client's Error about a task it was given is its answer to it: the round, the
@@ -281,8 +266,9 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   Fl__Envelope *env;
   int rc = fl_msg_decode(payload, len, &env);
   if (rc) {
-    fl_warn("server", "%s (%s): undecodable message of %zu bytes: %s", c->id,
-            fl_peer_addr(peer), len, fl_strerror(rc));
+    if (srv_id_log_ok(c))
+      fl_warn("server", "%s (%s): undecodable message of %zu bytes: %s", c->id,
+              fl_peer_addr(peer), len, fl_strerror(rc));
     srv_send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "undecodable message");
     c->closing = 1;
     fl_peer_close(peer, "undecodable message");
@@ -290,7 +276,7 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   }
   if (!c->ready && env->body_case != FL__ENVELOPE__BODY_HELLO &&
       env->body_case != FL__ENVELOPE__BODY_HEARTBEAT) {
-    fl_warn("server", "%s: %s before hello", c->id, fl_msg_name(env));
+    if (srv_id_log_ok(c)) fl_warn("server", "%s: %s before hello", c->id, fl_msg_name(env));
     srv_send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, "expected hello first");
     c->closing = 1;
     fl_peer_close(peer, "protocol violation: no hello");
@@ -316,7 +302,8 @@ static void on_frame(fl_peer *peer, const uint8_t *payload, size_t len) {
   case FL__ENVELOPE__BODY_SECAGG_SHARES: srv_secagg_on_shares(c, env->secagg_shares); break;
   case FL__ENVELOPE__BODY_SECAGG_REVEAL: srv_secagg_on_reveal(c, env->secagg_reveal); break;
   case FL__ENVELOPE__BODY_DONE:
-    fl_info("server", "%s says goodbye: %.200s", c->id, env->done->reason ? env->done->reason : "");
+    if (srv_id_log_ok(c))
+      fl_info("server", "%s says goodbye: %.200s", c->id, env->done->reason ? env->done->reason : "");
     c->closing = 1;
     fl_peer_close(peer, "client left");
     break;
@@ -333,9 +320,8 @@ static void on_drain(fl_peer *peer) { srv_pump_tx(fl_peer_data(peer)); }
 static void on_close(fl_peer *peer, int err, const char *reason) {
   client *c = fl_peer_data(peer);
   server *s = c->srv;
-  uint64_t round, n = fl_log_budget_flush(&c->log_budget, &round);
-  say_dropped(c, n, round);
-  if (c->ready || err)
+  srv_client_log_flush(c);
+  if ((c->ready || err) && srv_id_log_ok(c))
     FL_LOG(err ? FL_LOG_WARN : FL_LOG_INFO, "server", "%s (%s) disconnected: %s", c->id[0] ? c->id : "?",
            fl_peer_addr(peer), reason ? reason : "closed");
   srv_tx_done(c);

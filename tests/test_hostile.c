@@ -25,6 +25,7 @@
  *                and sends it whole all the same
  *   chatter      reads everything, and on its first task sends thousands of error reports
  *                and of updates for another round, each refused, before its real update
+ *   reconnect    closes its connection as soon as it is welcomed, and comes back, 100 times
  * Every hostile client also sends an Error whose reason carries a forged log line
  * (item 6).  Those that train send an honest-looking zero delta.
  *
@@ -49,10 +50,11 @@
 #include "version.h"
 
 typedef enum { H_EVAL_NOREAD, H_EVAL_STALL, H_TRAIN_STALL, H_FLOOD, H_HOLD, H_EVAL_HUGE,
-               H_DRIP, H_LEFT_OUT, H_CHATTER } hmode;
+               H_DRIP, H_LEFT_OUT, H_CHATTER, H_RECONNECT } hmode;
 
 #define DECLARED 1000
 #define CHATTER 3000    /* error reports, and refused updates, the chatter sends */
+#define RECONNECTS 100  /* the reconnecting client's connections after its first */
 #define FORGED "FORGED 2026-01-01T00:00:00.000Z INFO  [server] round 999/999 done"
 
 typedef struct hostile {
@@ -166,6 +168,10 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     h->model_id = env->welcome->model_id;
     h->num_params = env->welcome->num_params;
     send_forged_error(h);
+    if (h->mode == H_RECONNECT) {
+      fl_conn_close(conn, "again");
+      break;
+    }
     if (h->mode == H_DRIP) {
       static const uint8_t header[4] = {0, 0, 4, 0}; /* a frame of 1024 bytes */
       fl_conn_send_raw(conn, header, sizeof header);
@@ -254,7 +260,7 @@ static void on_close(fl_conn *conn, int err, const char *reason) {
   (void)reason;
   h->conn = NULL;
   uv_timer_stop(&h->drip);
-  if (h->done || !h->welcomed || ++h->reconnects > 20) {
+  if (h->done || !h->welcomed || ++h->reconnects > (h->mode == H_RECONNECT ? RECONNECTS : 20)) {
     uv_close((uv_handle_t *)&h->again, NULL);
     uv_close((uv_handle_t *)&h->usr1, NULL);
     uv_close((uv_handle_t *)&h->drip, NULL);
@@ -781,5 +787,44 @@ Test(hostile, failed_handshakes_do_not_flood_the_log, .timeout = 600) {
     cr_assert_geq(fl_test_count(f.log, "more are counted, not logged"), 1, "%s", f.log);
   fprintf(stderr, "hostile.failed_handshakes_do_not_flood_the_log: %d lines for %d failed "
           "handshakes in %.1f s\n", lines, JUNK, secs);
+  fl_test_fed_free(&f);
+}
+
+/* A client with a valid certificate that closes its connection as soon as it is welcomed,
+ * and comes back, 101 times: the lines about its connections (connected, ready,
+ * disconnected) and its error reports are budgeted by its identity, not by connection,
+ * so each new connection gets no fresh budget: at most 12 connection lines a minute (the
+ * bound is checked against the minutes its connections spanned, so it holds at any
+ * speed), and the first left out says so.  The honest clients' rounds go on. */
+Test(hostile, reconnecting_client_does_not_flood_the_log, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "2",
+                                     "--clients-per-round", "2", "--min-clients", "2", NULL);
+  cr_assert_gt(s, 0);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  pid_t h = spawn_hostile(&f, H_RECONNECT, 7);
+  cr_assert_eq(fl_test_wait(h, 300 * fl_test_time_scale()), 0, "the reconnecting client failed");
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  pid_t c = honest(&f, "clients.log", "2");
+  cr_assert_eq(fl_test_wait(s, 300 * fl_test_time_scale()), 0, "server failed (%s)", f.log);
+  cr_assert_eq(fl_test_wait(c, 60 * fl_test_time_scale()), 0, "honest clients failed (%s)", f.dir);
+  cr_assert_eq(fl_test_metrics_rounds(f.metrics), 2, "%s", f.metrics);
+  assert_not_forged(f.log);
+  double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  int minutes = (int)(secs / 60.0) + 2; /* the 1-minute windows its connections can fall in */
+  int lines = fl_test_count(f.log, "client-0007 connected from") +
+              fl_test_count(f.log, "client-0007 ready (") +
+              fl_test_count(f.log, "client-0007 (127.0.0.1");
+  cr_assert(lines >= 3 && lines <= 12 * minutes, "%d lines about %d connections in %.1f s (%s)",
+            lines, RECONNECTS + 1, secs, f.log);
+  if (12 * minutes < 3 * (RECONNECTS + 1))
+    cr_assert_geq(fl_test_count(f.log, "client-0007: 12 lines about its connections within a "
+                                       "minute; more are counted, not logged"), 1, "%s", f.log);
+  int errors = fl_test_count(f.log, "client-0007 reports an error");
+  cr_assert(errors >= 1 && errors <= 20 * 3, "%d error reports logged (%s)", errors, f.log);
+  fprintf(stderr, "hostile.reconnecting_client_does_not_flood_the_log: %d lines for %d "
+          "connections in %.1f s\n", lines, RECONNECTS + 1, secs);
   fl_test_fed_free(&f);
 }

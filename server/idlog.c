@@ -4,7 +4,10 @@
  * Two budgets an identity (log_budget.h): lines about its messages, by round (refusals,
  * error reports, unexpected messages: srv_client_log_ok), and lines about its
  * connections, by minute (connected, refused at hello, ready, goodbye, disconnected:
- * srv_id_log_ok).  The identities live in an open-addressing table that only grows, with
+ * srv_id_log_ok).  Each budget's notices (lines start being left out; how many were)
+ * come once a period at most, whatever the client does: the count of a round's message
+ * lines when the round ends, that of a minute's connection lines with the identity's
+ * next one.  The identities live in an open-addressing table that only grows, with
  * one entry for each identity that ever connected: as many as the CA gave certificates
  * to, at most. */
 #include <stdlib.h>
@@ -59,18 +62,11 @@ static struct id_log *entry(client *c) {
   return e;
 }
 
-static void say_msgs_dropped(const client *c, uint64_t n, uint64_t round) {
-  if (n)
-    fl_warn("server", "%s: %llu more lines about its messages in round %llu were not logged",
-            c->id, (unsigned long long)n, (unsigned long long)round);
-}
-
 int srv_client_log_ok(client *c) {
   struct id_log *e = entry(c);
   if (!e) return 1;
-  uint64_t n, round;
+  uint64_t n, round; /* n is 0: srv_client_logs_said says it when a round ends */
   int k = fl_log_budget_take(&e->msgs, CLIENT_LOG_LINES, c->srv->r.number, &n, &round);
-  say_msgs_dropped(c, n, round);
   if (k == FL_LOG_FIRST_SKIP)
     fl_warn("server", "%s: %d lines about its messages this round; the rest of the round's "
             "are counted, not logged", c->id, CLIENT_LOG_LINES);
@@ -92,14 +88,18 @@ int srv_id_log_ok(client *c) {
   return k == FL_LOG_TAKE;
 }
 
-void srv_client_log_flush(client *c) {
-  struct id_log *e = entry(c);
-  if (!e) return;
-  uint64_t round, n = fl_log_budget_flush(&e->msgs, &round);
-  say_msgs_dropped(c, n, round);
+void srv_client_logs_said(server *s) {
+  for (size_t i = 0; i < s->id_logs_cap; i++) {
+    struct id_log *e = &s->id_logs[i];
+    uint64_t round, n = e->id[0] ? fl_log_budget_flush(&e->msgs, &round) : 0;
+    if (n)
+      fl_warn("server", "%s: %llu more lines about its messages in round %llu were not logged",
+              e->id, (unsigned long long)n, (unsigned long long)round);
+  }
 }
 
 void srv_id_logs_free(server *s) {
+  srv_client_logs_said(s);
   free(s->id_logs);
   s->id_logs = NULL;
   s->id_logs_n = s->id_logs_cap = 0;

@@ -137,6 +137,7 @@ static void close_collection(server *s) {
 }
 
 void srv_begin_round_number(server *s, uint64_t number) {
+  srv_client_logs_said(s); /* what the last round's budgets left out */
   s->r.number = number;
   s->r.attempt = 0;
   s->r.tested = 0;

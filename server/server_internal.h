@@ -370,12 +370,13 @@ void srv_excluded_free(server *s);
  * report, an unexpected message or evaluation result (what a client can send again and
  * again without being closed).  At most 20 a round per identity, so that no client can
  * flood the log, reconnecting or not; what it sent is counted all the same.  The first
- * line left out says so, and the identity's next line in a later round, or the end of
- * its connection (srv_client_log_flush), how many were. */
+ * line left out says so, and srv_client_logs_said, when the round ends, how many were. */
 int srv_client_log_ok(client *c);
-void srv_client_log_flush(client *c);
+/* Logs, for each identity whose lines the round left out, how many (and forgets them). */
+void srv_client_logs_said(server *s);
 /* The same for lines about its connections (connected, refused at hello, ready, goodbye,
- * disconnected): at most 12 a minute per identity. */
+ * disconnected): at most 12 a minute per identity, the count left out said with the
+ * identity's next line after the minute. */
 int srv_id_log_ok(client *c);
 void srv_id_logs_free(server *s);
 

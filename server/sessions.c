@@ -320,7 +320,6 @@ static void on_drain(fl_peer *peer) { srv_pump_tx(fl_peer_data(peer)); }
 static void on_close(fl_peer *peer, int err, const char *reason) {
   client *c = fl_peer_data(peer);
   server *s = c->srv;
-  srv_client_log_flush(c);
   if ((c->ready || err) && srv_id_log_ok(c))
     FL_LOG(err ? FL_LOG_WARN : FL_LOG_INFO, "server", "%s (%s) disconnected: %s", c->id[0] ? c->id : "?",
            fl_peer_addr(peer), reason ? reason : "closed");

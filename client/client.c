@@ -481,6 +481,7 @@ static int setup_vc(app *a, vclient *v, int i, char *err, size_t errlen) {
       (rc = fl_client_set_heartbeat(fc, cfg->heartbeat, cfg->idle_timeout)) != 0 ||
       (rc = fl_client_set_threading(fc, FL_CLIENT_THREAD_LOOP)) != 0 ||
       (rc = fl_client_set_encodings(fc, a->encodings)) != 0 ||
+      (rc = fl_client_set_frozen_cache(fc, cfg->frozen_cache)) != 0 ||
       (rc = fl_client_set_throttle(fc, a->throttle)) != 0 ||
       (rc = fl_client_on_fit(fc, on_fit)) != 0 ||
       (rc = fl_client_on_evaluate(fc, on_evaluate)) != 0 ||

@@ -19,6 +19,7 @@ const fl_option client_options[] = {
   O("train-threads", "client", FL_OPTT_INT, train_threads, "0", "N", "threads each training job splits its batches over (0 = the cores divided by the workers: all of them for one client, 1 in a simulation)", 0, 1024),
   O("share-feature-stats", "client", FL_OPTT_BOOL, share_feature_stats, "false", NULL, "send the count, sum and sum of squares of each feature of the local training data when joining (no sample), for a server that standardises features (fl-server --standardize)", 0, 0),
   O("fedbn", "client", FL_OPTT_BOOL, fedbn, "false", NULL, "FedBN: keep the model's batchnorm layers local (this client's own scale, shift and statistics; their delta is zero)", 0, 0),
+  O("frozen-cache", "client", FL_OPTT_BOOL, frozen_cache, "true", NULL, "keep the frozen parameters of a model sent whole (fl-server --freeze), so that the server sends later models without them (one copy for all the virtual clients of the process); false: every model comes whole", 0, 0),
   O("log-level", "client", FL_OPTT_LOGLEVEL, log_level, "info", "LEVEL", "debug, info, warn or error", 0, 0),
   O("max-retries", "client", FL_OPTT_INT, max_retries, "20", "N", "failed connection attempts in a row before a client gives up", 0, 1000000),
   O("retry-base", "client", FL_OPTT_DOUBLE, retry_base, "0.2", "SECONDS", "first reconnect delay (doubles each attempt, with jitter)", 0.001, 3600),

@@ -12,6 +12,7 @@ typedef struct client_config {
   int workers;           /* training jobs at once */
   int train_threads;     /* threads per training job (0: cores / workers) */
   int fedbn;             /* keep batchnorm layers local */
+  int frozen_cache;      /* keep frozen values, to be sent models without them */
   int share_feature_stats; /* send per-feature count, sum, sum of squares in the Hello */
   char *log_level;
   int max_retries;

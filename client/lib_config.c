@@ -28,6 +28,7 @@ int fl_client_new(fl_client **out) {
   c->idle_timeout = 120;
   c->threading = FL_CLIENT_THREAD_WORKER;
   c->encodings = FL_CLIENT_ENC_ALL;
+  c->frozen_cache = 1;
   c->log_level = FL_CLIENT_LOG_INFO;
   c->state = FLC_IDLE;
   *out = c;
@@ -45,6 +46,7 @@ int fl_client_free(fl_client *c) {
   free(c->fs_sq);
   free(c->server_spec);
   free(c->residual);
+  flc__frozen_drop(c);
   flc__secagg_reset(c);
   pthread_mutex_destroy(&c->mu);
   free(c);
@@ -227,6 +229,13 @@ int fl_client_set_encodings(fl_client *c, unsigned flags) {
     return flc__errf(c, FL_CLIENT_EINVAL, "fl_client_set_encodings: unknown flags 0x%x",
                      flags & ~(unsigned)FL_CLIENT_ENC_ALL);
   c->encodings = flags | FL_CLIENT_ENC_FLOAT32;
+  return 0;
+}
+
+int fl_client_set_frozen_cache(fl_client *c, int on) {
+  CONFIGURABLE(c, "fl_client_set_frozen_cache");
+  c->frozen_cache = on != 0;
+  if (!on) flc__frozen_drop(c);
   return 0;
 }
 

@@ -45,6 +45,7 @@ typedef enum {
 } flc_state;
 
 typedef struct flc_extra { char *key; double value; } flc_extra;
+typedef struct flc_frozen flc_frozen; /* frozen values, kept across tasks (lib_frozen.c) */
 
 struct fl_client_task {
   fl_client *c;
@@ -57,6 +58,8 @@ struct fl_client_task {
   char *freeze;              /* cfg.freeze, owned */
   uint64_t *frozen_at;       /* the server's frozen runs (TrainConfig.frozen_runs), owned */
   fl_runs frozen;            /* frozen_at's: left out of a delta that is zero over them */
+  uint64_t frozen_id;        /* the task's (TrainTask.frozen_id): what the runs hold */
+  int model_left_out;        /* its model came without the frozen runs (filled in) */
   flc_extra *extra;          /* [n_extra] the strategy's settings */
   size_t n_extra;
   float *global;             /* [n] the model as received (fit, evaluate); NULL after */
@@ -132,6 +135,8 @@ struct fl_client {
   fl_rng rng;                /* backoff jitter */
   uint32_t chunk_bytes;      /* tensor data per chunk, as the Welcome asks */
   unsigned encodings;        /* FL_CLIENT_ENC_* offered in the Hello */
+  int frozen_cache;          /* keeps frozen values across tasks (fl_client_set_frozen_cache) */
+  flc_frozen *frozen;        /* the ones it keeps, or NULL */
   fl_codec uplink;           /* the encoding of this connection's updates (the Welcome's) */
   float *residual;           /* error feedback: what lossy updates left out so far (across
                               * rounds and connections, for residual_n parameters) */
@@ -202,6 +207,15 @@ int flc__secagg_take(fl_client *c, fl_client_task *t);
 /* Forgets the round (the connection is gone, or a new round began). */
 void flc__secagg_reset(fl_client *c);
 void flc__task_free(fl_client_task *t);
+
+/* lib_frozen.c: keeps x's values over the runs r when fl_runs_id says they are id's (and
+ * caching is on), in place of what the client kept before; drops what it keeps; the id it
+ * keeps (0: none); its runs if it keeps id's values, else NULL; writes them into x. */
+void flc__frozen_keep(fl_client *c, uint64_t id, const fl_runs *r, const float *x);
+void flc__frozen_drop(fl_client *c);
+uint64_t flc__frozen_held(const fl_client *c);
+const fl_runs *flc__frozen_runs(const fl_client *c, uint64_t id);
+void flc__frozen_fill(const fl_client *c, float *x);
 
 /* lib_throttle.c: 1 when c may handshake now, else c waits and starts when a slot
  * frees; release gives c's slot back; leave takes c out of the queue. */

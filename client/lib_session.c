@@ -62,7 +62,7 @@ static void on_open(fl_conn *conn) {
   Fl__Envelope env = FL__ENVELOPE__INIT;
   Fl__Hello h = FL__HELLO__INIT;
   uint32_t versions[1] = {FL_PROTOCOL_VERSION};
-  char *caps[8];
+  char *caps[10];
   size_t ncaps = 0;
   caps[ncaps++] = "train";
   caps[ncaps++] = "encoding:float32";
@@ -72,6 +72,7 @@ static void on_open(fl_conn *conn) {
   if (c->evaluate) caps[ncaps++] = "evaluate";
   if (c->get_params && c->model_spec) caps[ncaps++] = "params";
   caps[ncaps++] = "secagg";
+  if (c->frozen_cache) caps[ncaps++] = "frozen-cache";
   char software[64];
   snprintf(software, sizeof software, "libflclient %s (fl %s)", fl_client_version(), FL_VERSION);
   h.protocol_version = FL_PROTOCOL_VERSION;
@@ -79,6 +80,7 @@ static void on_open(fl_conn *conn) {
   h.supported_versions = versions;
   h.software_version = software;
   h.num_samples = c->num_examples;
+  h.frozen_held = flc__frozen_held(c);
   h.n_capabilities = ncaps;
   h.capabilities = caps;
   Fl__FeatureStats fs = FL__FEATURE_STATS__INIT;

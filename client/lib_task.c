@@ -160,8 +160,28 @@ static void take_frozen_runs(fl_client *c, fl_client_task *t, const Fl__TrainCon
   t->frozen = (fl_runs){t->frozen_at, k->n_frozen_runs / 2};
 }
 
-/* A new task's model is about to arrive; an unfinished earlier one is dropped. */
-static void begin_receive(fl_client *c, fl_client_task *t, int encoding) {
+/* A task whose model leaves out the frozen runs: the runs this client keeps for its
+ * frozen_id, or NULL when it keeps none that fit a model of n parameters.  Then it has
+ * nothing to fill them with, and cannot tell where the model's chunks end: it says so and
+ * connects again, and its new Hello tells the server what it keeps (a server sends such a
+ * model only to a client that said it keeps them). */
+static const fl_runs *left_out_runs(fl_client *c, int kind, uint64_t round, uint64_t id,
+                                    uint64_t n) {
+  const fl_runs *r = flc__frozen_runs(c, id);
+  char why[160];
+  if (r && fl_runs_check(r->at, 2 * r->n, n, why, sizeof why) == 0) return r;
+  snprintf(why, sizeof why, "the model leaves out frozen parameters (id %016" PRIx64 ") that "
+           "this client does not keep", id);
+  flc__log(c, FL_CLIENT_LOG_ERROR, "round %" PRIu64 ": cannot take the %s task: %s; "
+           "reconnecting", round, task_what(kind), why);
+  flc__send_error(c, FL__ERROR_CODE__ERROR_REFUSED, why, round, wire_kind(kind));
+  fl_conn_close(c->conn, "model without the frozen parameters this client keeps");
+  return NULL;
+}
+
+/* A new task's model is about to arrive; an unfinished earlier one is dropped.  With
+ * left_out, its chunks leave those runs out, and they hold the values the client keeps. */
+static void begin_receive(fl_client *c, fl_client_task *t, int encoding, const fl_runs *left_out) {
   if (c->rx) {
     flc__log(c, FL_CLIENT_LOG_WARN,
              "new task for round %" PRIu64 " before the last one's model arrived; dropping that one",
@@ -172,14 +192,25 @@ static void begin_receive(fl_client *c, fl_client_task *t, int encoding) {
    * client that offered the encoding); an unknown one fails on the first chunk. */
   fl_tensor_rx_init_enc(&t->rx, t->global, t->n,
                         encoding >= 0 && encoding < FL_ENC_COUNT ? (fl_enc)encoding : FL_ENC_FLOAT32, 0);
+  if (left_out) {
+    fl_tensor_rx_skip(&t->rx, left_out);
+    flc__frozen_fill(c, t->global);
+    t->model_left_out = 1;
+  }
   c->rx = t;
 }
 
 void flc__on_train_task(fl_client *c, const Fl__TrainTask *m) {
   char why[400];
   c->discarding = 0;
+  const fl_runs *left_out = NULL;
+  if (m->model_frozen_left_out &&
+      !(left_out = left_out_runs(c, FL_CLIENT_TASK_FIT, m->round, m->frozen_id, m->num_params)))
+    return;
+  /* where its model's chunks end, for a refusal to skip them */
+  const uint64_t end = left_out ? fl_runs_end(left_out, m->num_params) : m->num_params;
   if (check_model(c, m->model_id, m->num_params, why, sizeof why) != 0) {
-    refuse_task(c, FL_CLIENT_TASK_FIT, m->round, m->num_params, "%s", why);
+    refuse_task(c, FL_CLIENT_TASK_FIT, m->round, end, "%s", why);
     return;
   }
   if (m->model_spec && m->model_spec[0] &&
@@ -221,35 +252,42 @@ void flc__on_train_task(fl_client *c, const Fl__TrainTask *m) {
     }
   }
   if (!t) {
-    refuse_task(c, FL_CLIENT_TASK_FIT, m->round, m->num_params,
+    refuse_task(c, FL_CLIENT_TASK_FIT, m->round, end,
                 "out of memory for a model of %" PRIu64 " parameters", m->num_params);
     return;
   }
   if (take_transform(t, m->n_feature_mean, m->feature_mean, m->n_feature_std, m->feature_std,
                      why, sizeof why) != 0) {
     flc__task_free(t);
-    refuse_task(c, FL_CLIENT_TASK_FIT, m->round, m->num_params, "%s", why);
+    refuse_task(c, FL_CLIENT_TASK_FIT, m->round, end, "%s", why);
     return;
   }
-  begin_receive(c, t, (int)m->encoding);
+  t->frozen_id = m->frozen_id;
+  begin_receive(c, t, (int)m->encoding, left_out);
   flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": training task received", m->round);
 }
 
 void flc__on_eval_task(fl_client *c, const Fl__EvalTask *m) {
   char why[400];
   c->discarding = 0;
+  const fl_runs *left_out = NULL;
+  if (m->model_frozen_left_out &&
+      !(left_out = left_out_runs(c, FL_CLIENT_TASK_EVALUATE, m->round, m->frozen_id,
+                                 m->num_params)))
+    return;
+  const uint64_t end = left_out ? fl_runs_end(left_out, m->num_params) : m->num_params;
   if (!c->evaluate) {
-    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params,
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, end,
                 "this client does not evaluate (no evaluate callback)");
     return;
   }
   if (check_model(c, m->model_id, m->num_params, why, sizeof why) != 0) {
-    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params, "%s", why);
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, end, "%s", why);
     return;
   }
   if (!c->model_spec && c->server_spec &&
       (m->model_id != c->server_model_id || m->num_params != c->server_num_params)) {
-    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params,
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, end,
                 "evaluation of model %016" PRIx64 " (%" PRIu64 " parameters), but the server's "
                 "model is '%s' (%016" PRIx64 ")", m->model_id, m->num_params, c->server_spec,
                 c->server_model_id);
@@ -258,16 +296,16 @@ void flc__on_eval_task(fl_client *c, const Fl__EvalTask *m) {
   fl_client_task *t = task_new(c, FL_CLIENT_TASK_EVALUATE, m->round, m->model_id,
                                m->num_params, c->model_spec ? c->model_spec : c->server_spec);
   if (!t) {
-    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params, "out of memory");
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, end, "out of memory");
     return;
   }
   if (take_transform(t, m->n_feature_mean, m->feature_mean, m->n_feature_std, m->feature_std,
                      why, sizeof why) != 0) {
     flc__task_free(t);
-    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, m->num_params, "%s", why);
+    refuse_task(c, FL_CLIENT_TASK_EVALUATE, m->round, end, "%s", why);
     return;
   }
-  begin_receive(c, t, (int)m->encoding);
+  begin_receive(c, t, (int)m->encoding, left_out);
 }
 
 static void submit(fl_client *c, fl_client_task *t);
@@ -310,7 +348,7 @@ void flc__on_chunk(fl_client *c, const Fl__TensorChunk *ch) {
              t->round, err);
     flc__send_error(c, FL__ERROR_CODE__ERROR_PROTOCOL, err, t->round, wire_kind(t->kind));
     c->rx = NULL;
-    discard_from(c, ch->offset + ch->data.len / 4, t->n);
+    discard_from(c, ch->offset + ch->data.len / 4, fl_runs_end(&t->rx.dec.skip, t->n));
     flc__task_free(t);
     return;
   }
@@ -320,6 +358,9 @@ void flc__on_chunk(fl_client *c, const Fl__TensorChunk *ch) {
     flc__log(c, FL_CLIENT_LOG_DEBUG, "round %" PRIu64 ": model in, %s, crc32 of its float32 "
              "values %08lx", t->round, fl_enc_name((int)t->rx.dec.enc),
              crc32_z(0, (const Bytef *)t->global, t->n * sizeof *t->global));
+  /* a whole model's frozen values, kept for the models after it */
+  if (t->kind == FL_CLIENT_TASK_FIT && !t->model_left_out && t->frozen.n)
+    flc__frozen_keep(c, t->frozen_id, &t->frozen, t->global);
   if (t->params != t->global) memcpy(t->params, t->global, t->n * sizeof *t->params);
   submit(c, t);
 }

@@ -243,6 +243,28 @@ int fl_runs_zero(const fl_runs *r, const float *x) {
   return 1;
 }
 
+/* FNV-1a over the low `bytes` bytes of v, little-endian first */
+static uint64_t fnv1a(uint64_t h, uint64_t v, int bytes) {
+  for (int b = 0; b < bytes; b++) {
+    h ^= (v >> (8 * b)) & 0xff;
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+uint64_t fl_runs_id(const fl_runs *r, const float *x) {
+  uint64_t h = fnv1a(0xcbf29ce484222325ULL, r->n, 8);
+  for (size_t k = 0; k < r->n; k++) {
+    h = fnv1a(fnv1a(h, r->at[2 * k], 8), r->at[2 * k + 1], 8);
+    for (uint64_t i = r->at[2 * k]; i < r->at[2 * k + 1]; i++) {
+      uint32_t bits;
+      memcpy(&bits, &x[i], sizeof bits);
+      h = fnv1a(h, bits, 4);
+    }
+  }
+  return h ? h : 1;
+}
+
 uint64_t fl_runs_end(const fl_runs *r, uint64_t total) {
   uint64_t end = total;
   for (size_t k = r->n; k > 0 && r->at[2 * k - 1] == end; k--) end = r->at[2 * k - 2];

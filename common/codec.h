@@ -87,6 +87,11 @@ int fl_runs_check(const uint64_t *at, size_t n, uint64_t total, char *err, size_
 int fl_runs_of_mask(const float *mask, uint64_t total, uint64_t **at, size_t *n);
 /* Whether x is zero over every run. */
 int fl_runs_zero(const fl_runs *r, const float *x);
+/* The identity of the runs and of x's values over them (their bits): a 64-bit FNV-1a
+ * hash, never 0.  Two models with the same id hold the same values there, barring a
+ * collision of the hash (which a peer could force: an id names values, it does not
+ * prove them). */
+uint64_t fl_runs_id(const fl_runs *r, const float *x);
 /* The position after the last one the chunks cover (total, or the start of a run that
  * ends the tensor). */
 uint64_t fl_runs_end(const fl_runs *r, uint64_t total);

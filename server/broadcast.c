@@ -139,6 +139,15 @@ static Fl__Encoding model_encoding(const client *c) {
   return cached_now(c) ? (Fl__Encoding)c->srv->downlink.enc : FL__ENCODING__ENCODING_FLOAT32;
 }
 
+/* Whether c's next model leaves out the frozen runs: it keeps the values --freeze holds
+ * there (it said so in its Hello, or was sent a whole model on this connection), and the
+ * model goes as float32 (a compressed downlink rounds the frozen values too, so what one
+ * client kept would not be what another decodes). */
+static int leaves_frozen_out(const client *c) {
+  const server *s = c->srv;
+  return s->frozen_id && s->downlink.enc == FL_ENC_FLOAT32 && c->frozen_held == s->frozen_id;
+}
+
 static void start_tx(client *c) {
   server *s = c->srv;
   if (c->tx_active) { /* never two streams for one client: the counters and the queue
@@ -153,6 +162,10 @@ static void start_tx(client *c) {
   c->stream_cached = cached_now(c);
   c->frame_next = 0;
   fl_tensor_tx_init(&c->tx, s->global, s->n, (uint32_t)s->cfg->chunk_kib * 1024u);
+  if (c->model_left_out)
+    fl_tensor_tx_skip(&c->tx, &s->frozen_runs);
+  else if (c->keeps_frozen && s->frozen_id && s->downlink.enc == FL_ENC_FLOAT32)
+    c->frozen_held = s->frozen_id; /* it keeps them from this whole model */
   c->tx_active = 1;
   c->tx_queued = 1;
   s->sends_pending++;
@@ -190,6 +203,8 @@ void srv_send_train_task(client *c) {
   t.n_feature_mean = t.n_feature_std = s->tf_dim;
   t.feature_mean = s->tf_mean;
   t.feature_std = s->tf_std;
+  t.frozen_id = s->frozen_id;
+  t.model_frozen_left_out = c->model_left_out = leaves_frozen_out(c);
   env.body_case = FL__ENVELOPE__BODY_TRAIN_TASK;
   env.train_task = &t;
   if (srv_send(c, &env) == 0) start_tx(c);
@@ -207,6 +222,8 @@ void srv_send_eval_task(client *c) {
   t.n_feature_mean = t.n_feature_std = s->tf_dim;
   t.feature_mean = s->tf_mean;
   t.feature_std = s->tf_std;
+  t.frozen_id = s->frozen_id;
+  t.model_frozen_left_out = c->model_left_out = leaves_frozen_out(c);
   env.body_case = FL__ENVELOPE__BODY_EVAL_TASK;
   env.eval_task = &t;
   if (srv_send(c, &env) == 0) {

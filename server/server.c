@@ -266,6 +266,7 @@ int server_create(const server_config *cfg, server **out, char *err, size_t errl
       goto fail;
     }
     memcpy(s->frozen_ref, s->global, sizeof *s->frozen_ref * s->n);
+    if (s->frozen_runs.n) s->frozen_id = fl_runs_id(&s->frozen_runs, s->frozen_ref);
   }
   if (cfg->metrics) {
     s->metrics = fopen(cfg->metrics, "a");

@@ -93,6 +93,9 @@ struct client {
   int eval_pending;          /* owes an EvalResult */
   fl_codec uplink;           /* its updates' encoding (the server's, if it offered it) */
   int down_cached;           /* it takes the server's compressed downlink */
+  int keeps_frozen;          /* lists "frozen-cache": keeps the frozen values it is sent */
+  uint64_t frozen_held;      /* the frozen_id of the values it keeps (0: none) */
+  int model_left_out;        /* its current task's model leaves the frozen runs out */
   int stream_cached;         /* the model stream under way sends those frames */
   size_t frame_next;         /* the next frame of the cached model it is sent */
 
@@ -323,6 +326,9 @@ struct server {
   uint64_t *frozen_at;          /* their runs (codec.h), offered to clients to leave out of
                                  * their deltas (TrainConfig.frozen_runs), or NULL */
   fl_runs frozen_runs;          /* frozen_at's; none with secure aggregation */
+  uint64_t frozen_id;           /* fl_runs_id of frozen_runs over frozen_ref (0: no runs):
+                                 * a client that keeps these values is sent models without
+                                 * them (broadcast.c) */
   size_t tf_dim;
   int have_best;                /* --keep-best: best_value holds a round's value */
   double best_value;

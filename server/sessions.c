@@ -182,6 +182,7 @@ static void on_hello(client *c, const Fl__Hello *h) {
     const char *cap = h->capabilities[i];
     if (strcmp(cap, "params") == 0) c->can_params = 1;
     if (strcmp(cap, "secagg") == 0) secagg = 1;
+    if (strcmp(cap, "frozen-cache") == 0) c->keeps_frozen = 1;
     for (int e = 0; e < FL_ENC_COUNT; e++)
       if (strncmp(cap, "encoding:", 9) == 0 && strcmp(cap + 9, fl_enc_name(e)) == 0) speaks[e] = 1;
   }
@@ -206,6 +207,7 @@ static void on_hello(client *c, const Fl__Hello *h) {
             c->uplink.enc != s->uplink.enc && !c->down_cached && s->downlink.enc != FL_ENC_FLOAT32 ? " and " : "",
             s->downlink.enc != FL_ENC_FLOAT32 && !c->down_cached ? fl_enc_name(s->downlink.enc) : "");
   c->num_samples = h->num_samples;
+  c->frozen_held = c->keeps_frozen ? h->frozen_held : 0;
   srv_standardize_hello(c, h);
   c->ready = 1;
   s->n_ready++;
@@ -240,6 +242,8 @@ static void on_client_error(client *c, const Fl__Error *e) {
     exclude(c, e);
     return;
   }
+  /* It may not hold the frozen values it said it keeps: its next model goes whole. */
+  if (c->model_left_out) c->frozen_held = 0;
   char reason[200]; /* the peer's words, bounded (the log escapes what they hold) */
   snprintf(reason, sizeof reason, "%s", e->reason ? e->reason : "");
   if (srv_client_log_ok(c)) fl_warn("server", "%s reports an error: %s", c->id, reason);

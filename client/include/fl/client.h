@@ -231,6 +231,12 @@ enum fl_client_encoding {
 };
 int fl_client_set_encodings(fl_client *c, unsigned flags);
 
+/* Whether the client keeps the frozen parameters of a model it is sent whole (a server
+ * run with --freeze), so that the server leaves them out of the models it sends it after
+ * that (default on).  A process keeps one copy of them, however many of its clients hold
+ * them.  With it off, every model comes whole. */
+int fl_client_set_frozen_cache(fl_client *c, int on);
+
 enum fl_client_threading {
   FL_CLIENT_THREAD_WORKER = 0, /* callbacks on a thread of the library's (default) */
   FL_CLIENT_THREAD_LOOP = 1    /* callbacks on the loop thread */

@@ -50,7 +50,7 @@
 #include "version.h"
 
 typedef enum { H_EVAL_NOREAD, H_EVAL_STALL, H_TRAIN_STALL, H_FLOOD, H_HOLD, H_EVAL_HUGE,
-               H_DRIP, H_LEFT_OUT, H_CHATTER, H_RECONNECT } hmode;
+               H_DRIP, H_LEFT_OUT, H_CHATTER, H_RECONNECT, H_FROZEN } hmode;
 
 #define DECLARED 1000
 #define CHATTER 3000    /* error reports, and refused updates, the chatter sends */
@@ -76,7 +76,17 @@ typedef struct hostile {
   uv_timer_t again;
   uv_signal_t usr1;       /* the test says: the server has dropped you, read again */
   uv_timer_t drip;
+  /* H_FROZEN */
+  int conns;              /* connections so far, this one included */
+  int tasks;              /* training tasks on this connection */
+  uint64_t frozen_id;     /* the server's, from its first task */
+  int left_out;           /* the model arriving leaves out the frozen runs */
+  uint64_t values;        /* values its chunks carried */
+  int hello_path;         /* a task on a later connection came without them */
 } hostile;
+
+/* 2nn with --freeze 2: its second dense layer, [157000, 197200), left out */
+#define FROZEN_LEFT (199210 - 40200)
 
 static void send_env(hostile *h, const Fl__Envelope *env) {
   if (fl_test_send(h->conn, env) != 0) h->failed = 1;
@@ -135,7 +145,50 @@ static void send_forged_error(hostile *h) {
 
 static void on_open(fl_conn *conn) {
   hostile *h = fl_conn_data(conn);
+  h->conns++;
+  h->tasks = 0;
+  if (h->mode == H_FROZEN) { /* keeps frozen values: first a wrong id, then the server's */
+    Fl__Envelope env = FL__ENVELOPE__INIT;
+    Fl__Hello m = FL__HELLO__INIT;
+    char *caps[] = {"train", "encoding:float32", "frozen-cache"};
+    m.protocol_version = FL_PROTOCOL_VERSION;
+    m.software_version = "hostile";
+    m.num_samples = DECLARED;
+    m.n_capabilities = 3;
+    m.capabilities = caps;
+    m.frozen_held = h->conns == 1 ? 0x1234 : h->frozen_id;
+    env.body_case = FL__ENVELOPE__BODY_HELLO;
+    env.hello = &m;
+    send_env(h, &env);
+    return;
+  }
   if (fl_test_send_hello(conn, "hostile", DECLARED, NULL, 0) != 0) h->failed = 1;
+}
+
+/* H_FROZEN: a training task must leave the frozen runs out exactly when the client keeps
+ * the server's values: not the first on the first connection (its Hello named another id),
+ * every one after it (it was sent them whole), and every one on a later connection (its
+ * Hello named the server's id).  On the first connection's second task it leaves, to come
+ * back with that Hello.  0, or -1 when it left. */
+static int frozen_task(hostile *h, const Fl__TrainTask *t) {
+  h->tasks++;
+  int want = !(h->conns == 1 && h->tasks == 1);
+  if (!t->frozen_id || (h->frozen_id && t->frozen_id != h->frozen_id) ||
+      t->model_frozen_left_out != want) {
+    fprintf(stderr, "hostile: connection %d, task %d: frozen id %016llx (first %016llx), "
+            "left out %d, expected %d\n", h->conns, h->tasks, (unsigned long long)t->frozen_id,
+            (unsigned long long)h->frozen_id, t->model_frozen_left_out, want);
+    h->failed = 1;
+  }
+  h->frozen_id = t->frozen_id;
+  h->left_out = t->model_frozen_left_out;
+  h->values = 0;
+  if (h->conns == 1 && h->tasks == 2) {
+    fl_conn_close(h->conn, "again");
+    return -1;
+  }
+  if (h->conns > 1) h->hello_path = 1;
+  return 0;
 }
 
 static void drip_byte(uv_timer_t *t) {
@@ -183,6 +236,7 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     }
     break;
   case FL__ENVELOPE__BODY_TRAIN_TASK:
+    if (h->mode == H_FROZEN && frozen_task(h, env->train_task) < 0) break;
     h->round = env->train_task->round;
     h->kind = 1;
     h->receiving = 1;
@@ -211,8 +265,14 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
   case FL__ENVELOPE__BODY_CHUNK: {
     const Fl__TensorChunk *ch = env->chunk;
     uint64_t count = ch->count ? ch->count : ch->data.len / 4;
+    h->values += count;
     if (h->receiving && ch->offset + count >= ch->total) {
       h->receiving = 0;
+      if (h->mode == H_FROZEN && h->values != (h->left_out ? FROZEN_LEFT : 199210)) {
+        fprintf(stderr, "hostile: a model of %llu values (left out: %d)\n",
+                (unsigned long long)h->values, h->left_out);
+        h->failed = 1;
+      }
       model_in(h);
     }
     break;
@@ -222,6 +282,10 @@ static void on_frame(fl_conn *conn, const uint8_t *p, size_t len) {
     break;
   case FL__ENVELOPE__BODY_DONE:
     h->done = 1;
+    if (h->mode == H_FROZEN && !h->hello_path) {
+      fprintf(stderr, "hostile: no task after it came back\n");
+      h->failed = 1;
+    }
     fl_conn_close(conn, "done");
     break;
   default:
@@ -719,6 +783,36 @@ Test(hostile, frozen_parameters_claimed_left_out, .timeout = 600) {
     stop_child(h);
     fl_test_fed_free(&f);
   }
+}
+
+/* A client that says it keeps the frozen parameters (the "frozen-cache" capability, and
+ * in its Hello the id of the values it keeps) is sent models without them only when it
+ * keeps the server's: its first model comes whole (its Hello named another id), the next
+ * without them, and so does the first on its next connection (its Hello named the
+ * server's id).  The honest clients get the same from round 2 (2nn with --freeze 2: a run
+ * in the middle of the model, 40,200 of 199,210 values) and train every round. */
+Test(hostile, frozen_values_held_are_left_out, .timeout = 600) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "2nn", "--rounds", "3",
+                                     "--clients-per-round", "3", "--min-clients", "3",
+                                     "--min-updates", "2", "--freeze", "2", NULL);
+  cr_assert_gt(s, 0);
+  pid_t h = spawn_hostile(&f, H_FROZEN, 7);
+  pid_t c = honest(&f, "clients.log", "2");
+  finish(&f, s, c, 3);
+  cr_assert_eq(fl_test_wait(h, 60 * fl_test_time_scale()), 0, "the scripted client saw "
+               "models it should not have (its stderr says which)");
+  for (int r = 1; r <= 3; r++) {
+    char *line = fl_test_metrics_line(f.metrics, r);
+    cr_assert_geq(fl_test_json_num(line, "updates_accepted"), 2, "%s", line);
+    double bytes = fl_test_json_num(line, "model_bytes");
+    /* round 1: three whole models; then none (each chunk's frame < 64 bytes of 16,384 values) */
+    cr_assert(r == 1 ? bytes > 3.0 * 199210 * 4 : bytes < 3.0 * FROZEN_LEFT * 4 * 1.01,
+              "round %d: %g model bytes", r, bytes);
+    free(line);
+  }
+  fl_test_fed_free(&f);
 }
 
 /* A client that reads everything but sends 3,000 error reports and 3,000 updates for

@@ -290,13 +290,12 @@ int main(int argc, char **argv) {
   }
   printf("training throughput vs the same step's bare sgemm calls, for every optimizer\n"
          "(synthetic data; 1 thread: samples per CPU-second of the thread, best of several\n"
-         "alternating runs; ratio = train / sgemm-only, the median of adjacent pairs of runs;\n"
-         "2 threads: samples per wall-clock\n"
-         "second of a 2-thread trainer, its ratio to a 1-thread trainer's, and the\n"
-         "process CPU time of the 2-thread run over the 1-thread run's; pass = the\n"
-         "optimizer's separate pass over all parameters, over the sgemm-only time;\n"
-         "pair = two 1-thread trainers at once over one alone: what the machine gives\n"
-         "two threads of this work)\n\n");
+         "alternating runs; ratio = train / sgemm-only, the median of its ratio in adjacent\n"
+         "pairs of runs; 2 threads: samples per wall-clock second of a 2-thread trainer,\n"
+         "its ratio to a 1-thread trainer's, and the process CPU time of the 2-thread run\n"
+         "over the 1-thread run's; pass = the optimizer's separate pass over all\n"
+         "parameters, over the sgemm-only time; pair = two 1-thread trainers at once over\n"
+         "one alone: what the machine gives two threads of this work)\n\n");
   printf("%-5s %-9s %5s %12s %12s %7s %6s %6s %12s %7s %6s %6s %6s\n", "model", "optimizer",
          "batch", "train/cpu-s", "sgemm/cpu-s", "ratio", "target", "pass", "2 thr samp/s",
          "x 1 thr", "target", "cpu x", "pair");

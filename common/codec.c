@@ -281,6 +281,20 @@ static uint64_t stretch(const fl_runs *r, size_t *ri, uint64_t *at, uint64_t tot
   return *ri < r->n ? r->at[2 * *ri] : total;
 }
 
+/* With runs split at rather than skipped: where the stretch from at ends, the next bound
+ * of a run after it (its start, or its end when at is inside it), or total. */
+static uint64_t next_bound(const fl_runs *r, size_t *ri, uint64_t at, uint64_t total) {
+  while (*ri < r->n && r->at[2 * *ri + 1] <= at) (*ri)++;
+  if (*ri == r->n) return total;
+  return r->at[2 * *ri] > at ? r->at[2 * *ri] : r->at[2 * *ri + 1];
+}
+
+/* The end of the stretch the next chunk may cover (past a skipped run first). */
+static void encoder_stretch(fl_encoder *e) {
+  e->stop = e->split ? next_bound(&e->skip, &e->ri, e->next, e->n)
+                     : stretch(&e->skip, &e->ri, &e->next, e->n);
+}
+
 /* ---- encoding ---- */
 
 int fl_encoder_init(fl_encoder *e, const fl_codec *c, const float *x, uint64_t n,
@@ -338,8 +352,17 @@ void fl_encoder_skip(fl_encoder *e, const fl_runs *r) {
   e->skip = *r;
   e->ri = 0;
   e->next = 0;
-  e->stop = stretch(&e->skip, &e->ri, &e->next, e->n);
+  e->split = 0;
+  encoder_stretch(e);
   e->empty = e->next >= e->n;
+}
+
+void fl_encoder_split(fl_encoder *e, const fl_runs *r) {
+  e->skip = *r;
+  e->ri = 0;
+  e->next = 0;
+  e->split = 1;
+  encoder_stretch(e);
 }
 
 int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
@@ -364,7 +387,7 @@ int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
     out->count = i - e->next;
     out->len = 8 * pairs;
     e->next = i;
-    e->stop = stretch(&e->skip, &e->ri, &e->next, e->n);
+    encoder_stretch(e);
     return 1;
   }
   size_t vb = value_bytes(e->c.enc);
@@ -397,7 +420,7 @@ int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
   out->count = cnt;
   out->len = cnt * vb;
   e->next += cnt;
-  e->stop = stretch(&e->skip, &e->ri, &e->next, e->n);
+  encoder_stretch(e);
   return 1;
 }
 

@@ -100,7 +100,8 @@ typedef struct fl_encoder {
   fl_codec c;
   const float *x;
   uint64_t n, next;
-  fl_runs skip;             /* positions left out (fl_encoder_skip) */
+  fl_runs skip;             /* positions left out (fl_encoder_skip), or split at */
+  int split;                /* fl_encoder_split: the runs are sent, in chunks of their own */
   size_t ri;                /* the first run not behind next */
   uint64_t stop;            /* the end of the stretch next is in: a run's start, or n */
   int empty;                /* nothing to send: one empty chunk */
@@ -124,6 +125,13 @@ int fl_encoder_init(fl_encoder *e, const fl_codec *c, const float *x, uint64_t n
 int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf);
 /* Leaves the runs r (checked, borrowed) out of the chunks, before the first is made. */
 void fl_encoder_skip(fl_encoder *e, const fl_runs *r);
+/* Sends every position, but no chunk crosses a bound of the runs r (checked, borrowed):
+ * a chunk lies wholly inside a run or wholly outside all of them, and the chunks outside
+ * are the ones fl_encoder_skip with r would make (the same values, scales and bits when
+ * the encoding rounds deterministically; not topk), so dropping the others gives that
+ * stream.
+ * Before the first chunk is made. */
+void fl_encoder_split(fl_encoder *e, const fl_runs *r);
 
 /* The receiving side of one tensor. */
 typedef struct fl_decoder {

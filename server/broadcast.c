@@ -62,6 +62,7 @@ void srv_pump_tx(client *c) {
     size_t len;
     int rc;
     if (c->stream_cached) { /* the frames encoded once for every client (downlink.c) */
+      if (c->model_left_out) c->frame_next = srv_downlink_skip_runs(c->srv, c->frame_next);
       const uint8_t *f = srv_downlink_frame(c->srv, c->frame_next, &len);
       rc = f != NULL;
       if (f) {
@@ -139,13 +140,13 @@ static Fl__Encoding model_encoding(const client *c) {
   return cached_now(c) ? (Fl__Encoding)c->srv->downlink.enc : FL__ENCODING__ENCODING_FLOAT32;
 }
 
-/* Whether c's next model leaves out the frozen runs: it keeps the values --freeze holds
- * there (it said so in its Hello, or was sent a whole model on this connection), and the
- * model goes as float32 (a compressed downlink rounds the frozen values too, so what one
- * client kept would not be what another decodes). */
+/* Whether c's next model leaves out the frozen runs: it keeps the values the clients are
+ * sent there (it said so in its Hello, or was sent a whole model on this connection), and
+ * something is left of the model without them (in the encoded frames, a frame outside the
+ * runs: a model wholly frozen goes whole). */
 static int leaves_frozen_out(const client *c) {
   const server *s = c->srv;
-  return s->frozen_id && s->downlink.enc == FL_ENC_FLOAT32 && c->frozen_held == s->frozen_id;
+  return s->frozen_id && c->frozen_held == s->frozen_id && (!cached_now(c) || s->down_out);
 }
 
 static void start_tx(client *c) {
@@ -164,7 +165,7 @@ static void start_tx(client *c) {
   fl_tensor_tx_init(&c->tx, s->global, s->n, (uint32_t)s->cfg->chunk_kib * 1024u);
   if (c->model_left_out)
     fl_tensor_tx_skip(&c->tx, &s->frozen_runs);
-  else if (c->keeps_frozen && s->frozen_id && s->downlink.enc == FL_ENC_FLOAT32)
+  else if (c->keeps_frozen && s->frozen_id)
     c->frozen_held = s->frozen_id; /* it keeps them from this whole model */
   c->tx_active = 1;
   c->tx_queued = 1;

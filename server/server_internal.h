@@ -255,6 +255,8 @@ struct server {
    * frames every client taking it is sent; downlink.c). */
   uint8_t **down_frame;
   size_t *down_len, down_count, down_cap;
+  uint8_t *down_in_run;          /* [down_cap] 1: the frame lies inside a frozen run */
+  size_t down_out;               /* frames outside the frozen runs */
   uint64_t down_version;
   int down_valid;
 
@@ -526,6 +528,8 @@ void srv_drop_streams(server *s, const char *why);
 int srv_downlink_prepare(server *s);
 /* The i-th frame of the encoded model (NULL past the last). */
 const uint8_t *srv_downlink_frame(const server *s, size_t i, size_t *len);
+/* The first frame from i on outside the frozen runs (down_count when none is left). */
+size_t srv_downlink_skip_runs(const server *s, size_t i);
 void srv_downlink_free(server *s);
 
 /* ---- evaluate.c ---- */

@@ -361,6 +361,65 @@ Test(codec, chunks_leave_the_runs_out) {
   }
 }
 
+/* Split at the runs, an encoder sends every position, no chunk crosses a run's bound, and
+ * the chunks outside the runs are, byte for byte, the ones that leave the runs out (for
+ * int8 their scales and zero points too): the stream that skips the runs is the split
+ * one without its chunks inside them.  (Runs of nonzero values here: what is split at
+ * need not be zero.) */
+Test(codec, chunks_split_at_the_runs) {
+  enum { M = 1000 };
+  static float x[M];
+  const uint64_t at[] = {0, 7, 100, 300, 300, 301, 950, M};
+  const fl_runs runs = {at, 4};
+  fl_rng r;
+  fl_rng_seed(&r, 4);
+  for (int i = 0; i < M; i++) x[i] = fl_rng_uniform(&r) - 0.5f;
+  const char *specs[] = {"float32", "float16", "int8"};
+  for (size_t s = 0; s < sizeof specs / sizeof *specs; s++) {
+    fl_codec c = codec(specs[s]);
+    fl_encoder split, skip;
+    cr_assert_eq(fl_encoder_init(&split, &c, x, M, 48, 1), 0);
+    cr_assert_eq(fl_encoder_init(&skip, &c, x, M, 48, 1), 0);
+    fl_encoder_split(&split, &runs);
+    fl_encoder_skip(&skip, &runs);
+    fl_decoder d;
+    fl_decoder_init(&d, c.enc, M, 0);
+    uint8_t a[48], b[48];
+    fl_chunk ch, sk;
+    uint64_t expect = 0, inside = 0;
+    int rc, done = 0;
+    char err[256];
+    while ((rc = fl_encoder_next(&split, &ch, a)) == 1) {
+      cr_assert_eq(ch.offset, expect, "%s: chunk at %llu", specs[s], (unsigned long long)ch.offset);
+      int in = 0;
+      for (int k = 0; k < 4; k++) {
+        cr_assert(ch.offset + ch.count <= at[2 * k] || ch.offset >= at[2 * k + 1] ||
+                      (ch.offset >= at[2 * k] && ch.offset + ch.count <= at[2 * k + 1]),
+                  "%s: chunk [%llu, +%llu) crosses a bound of run %d", specs[s],
+                  (unsigned long long)ch.offset, (unsigned long long)ch.count, k);
+        in |= ch.offset >= at[2 * k] && ch.offset < at[2 * k + 1];
+      }
+      done = fl_decoder_check(&d, &ch, err, sizeof err);
+      cr_assert_geq(done, 0, "%s: %s", specs[s], err);
+      expect = ch.offset + ch.count;
+      if (in) {
+        inside += ch.count;
+        continue;
+      }
+      cr_assert_eq(fl_encoder_next(&skip, &sk, b), 1, "%s: the skipping stream ended first",
+                   specs[s]);
+      cr_assert(sk.offset == ch.offset && sk.count == ch.count && sk.len == ch.len &&
+                    memcmp(a, b, ch.len) == 0 && sk.scale == ch.scale && sk.zero == ch.zero,
+                "%s: the chunk at %llu differs from the skipping stream's", specs[s],
+                (unsigned long long)ch.offset);
+    }
+    cr_assert_eq(rc, 0);
+    cr_assert(done, "%s: never complete", specs[s]);
+    cr_assert_eq(inside, 7 + 201 + 50, "%s", specs[s]);
+    cr_assert_eq(fl_encoder_next(&skip, &sk, b), 0, "%s: the skipping stream has more", specs[s]);
+  }
+}
+
 /* A tensor its runs leave nothing of is one empty chunk at its end. */
 Test(codec, a_tensor_all_left_out_is_one_empty_chunk) {
   const uint64_t at[] = {0, 4, 4, 10};

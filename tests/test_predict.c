@@ -707,64 +707,76 @@ Test(predict, federated_freeze, .timeout = 300) {
 /* The models fl-server --freeze sends: whole the first time a client is sent one, then
  * without the frozen parameters, which the client keeps (one copy for the process's three
  * virtual clients) and fills in, for training and for federated evaluation alike: the
- * head's 9 values a client instead of all 65.  The same federation with every model sent
- * whole (fl-client --frozen-cache=false) ends with the same model, bit for bit, after the
- * same evaluations: what the clients filled in is what the server holds. */
-Test(predict, federated_freeze_sends_the_frozen_values_once, .timeout = 300) {
-  fl_test_fed f[2];
+ * head's 9 values a client instead of all 65, as float32 and as the int8 downlink (whose
+ * frames split at the frozen run, the head's chunk the same in both streams).  The same
+ * federation with every model sent whole (fl-client --frozen-cache=false) ends with the
+ * same model, bit for bit, after the same evaluations: what the clients filled in is what
+ * the server sends. */
+Test(predict, federated_freeze_sends_the_frozen_values_once, .timeout = 600) {
   char train[700], init[700];
-  float *w[2];
-  size_t n[2];
-  double loss[2][3];
-  for (int k = 0; k < 2; k++) { /* 0: the clients keep the frozen values; 1: they do not */
-    fl_test_fed_init(&f[k]);
-    if (k == 0) freeze_start(&f[0], train, init, sizeof train, "--epochs 1 --lr 0.01");
-    pid_t s = fl_test_fed_server(&f[k], "server.log", "--model", FREEZE_MODEL, "--init-model",
-                                 init, "--freeze", "all-but-head", "--rounds", "3",
-                                 "--clients-per-round", "3", "--min-clients", "3",
-                                 "--fed-eval-every", "1", "--lr", "0.05", NULL);
-    pid_t c = fl_test_fed_clients(&f[k], "clients.log", "--clients", "3", "--data", train,
-                                  "--partition", "iid", "--seed", "1",
-                                  k ? "--frozen-cache=false" : "--frozen-cache", NULL);
-    char clog[700];
-    fl_test_fed_path(&f[k], "clients.log", clog, sizeof clog);
-    cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", f[k].log);
-    cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
-    for (int r = 1; r <= 3; r++) {
-      char *line = fl_test_metrics_line(f[k].metrics, r);
-      cr_assert_not_null(line, "no round %d in %s", r, f[k].metrics);
-      double bytes = fl_test_json_num(line, "model_bytes");
-      double raw = fl_test_json_num(line, "model_bytes_raw");
-      loss[k][r - 1] = fl_test_json_num(line, "fed_eval_loss");
-      free(line);
-      /* a training and an evaluation model to each of the 3 clients a round; a chunk's
-       * frame adds less than 64 bytes to its values */
-      cr_assert(raw == 6 * 65 * 4, "round %d: %g bytes raw (%s)", r, raw, f[k].metrics);
-      if (k == 1 || r == 1) /* the first training models go whole */
-        cr_assert(bytes > (k ? 6 : 3) * 65 * 4, "round %d: %g model bytes (%s)", r, bytes,
-                  f[k].metrics);
-      if (k == 0)
-        cr_assert(bytes < (r == 1 ? 3 * (65 * 4 + 64) + 3 * (9 * 4 + 64) : 6 * (9 * 4 + 64)),
-                  "round %d: %g model bytes (%s)", r, bytes, f[k].metrics);
+  fl_test_fed first;
+  fl_test_fed_init(&first);
+  freeze_start(&first, train, init, sizeof train, "--epochs 1 --lr 0.01");
+  const char *downlinks[] = {"float32", "int8"};
+  for (int dl = 0; dl < 2; dl++) {
+    const double vb = dl ? 1 : 4; /* bytes a value */
+    fl_test_fed f[2];
+    float *w[2];
+    size_t n[2];
+    double loss[2][3];
+    for (int k = 0; k < 2; k++) { /* 0: the clients keep the frozen values; 1: they do not */
+      fl_test_fed_init(&f[k]);
+      pid_t s = fl_test_fed_server(&f[k], "server.log", "--model", FREEZE_MODEL,
+                                   "--init-model", init, "--freeze", "all-but-head",
+                                   "--downlink", downlinks[dl], "--rounds", "3",
+                                   "--clients-per-round", "3", "--min-clients", "3",
+                                   "--fed-eval-every", "1", "--lr", "0.05", NULL);
+      pid_t c = fl_test_fed_clients(&f[k], "clients.log", "--clients", "3", "--data", train,
+                                    "--partition", "iid", "--seed", "1",
+                                    k ? "--frozen-cache=false" : "--frozen-cache", NULL);
+      char clog[700];
+      fl_test_fed_path(&f[k], "clients.log", clog, sizeof clog);
+      cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", f[k].log);
+      cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+      for (int r = 1; r <= 3; r++) {
+        char *line = fl_test_metrics_line(f[k].metrics, r);
+        cr_assert_not_null(line, "no round %d in %s", r, f[k].metrics);
+        double bytes = fl_test_json_num(line, "model_bytes");
+        double raw = fl_test_json_num(line, "model_bytes_raw");
+        loss[k][r - 1] = fl_test_json_num(line, "fed_eval_loss");
+        free(line);
+        /* a training and an evaluation model to each of the 3 clients a round; a chunk's
+         * frame adds less than 64 bytes to its values, and a whole model is one chunk of
+         * the frozen run and one of the head */
+        cr_assert(raw == 6 * 65 * 4, "round %d: %g bytes raw (%s)", r, raw, f[k].metrics);
+        if (k == 1 || r == 1) /* the first training models go whole */
+          cr_assert(bytes > (k ? 6 : 3) * 65 * vb, "%s, round %d: %g model bytes (%s)",
+                    downlinks[dl], r, bytes, f[k].metrics);
+        if (k == 0)
+          cr_assert(bytes < (r == 1 ? 3 * (65 * vb + 128) + 3 * (9 * vb + 64)
+                                    : 6 * (9 * vb + 64)),
+                    "%s, round %d: %g model bytes (%s)", downlinks[dl], r, bytes, f[k].metrics);
+      }
+      char err[512], *spec;
+      uint64_t id;
+      fl_transform tf;
+      cr_assert_eq(fl_modelfile_load_ex(f[k].model, &spec, &id, &w[k], &n[k], &tf, err,
+                                        sizeof err), 0, "%s", err);
+      fl_transform_free(&tf);
+      free(spec);
     }
-    char err[512], *spec;
-    uint64_t id;
-    fl_transform tf;
-    cr_assert_eq(fl_modelfile_load_ex(f[k].model, &spec, &id, &w[k], &n[k], &tf, err,
-                                      sizeof err), 0, "%s", err);
-    fl_transform_free(&tf);
-    free(spec);
+    cr_assert(n[0] == 65 && n[1] == 65 && memcmp(w[0], w[1], 65 * sizeof(float)) == 0,
+              "%s: the final models differ (%s, %s)", downlinks[dl], f[0].model, f[1].model);
+    for (int r = 0; r < 3; r++)
+      cr_assert(loss[0][r] == loss[1][r], "%s, round %d: federated evaluation loss %.9g, whole "
+                "models %.9g", downlinks[dl], r + 1, loss[0][r], loss[1][r]);
+    if (!dl) freeze_result(init, f[0].model, 0, 6);
+    for (int k = 0; k < 2; k++) {
+      free(w[k]);
+      fl_test_fed_free(&f[k]);
+    }
   }
-  cr_assert(n[0] == 65 && n[1] == 65 && memcmp(w[0], w[1], 65 * sizeof(float)) == 0,
-            "the final models differ (%s, %s)", f[0].model, f[1].model);
-  for (int r = 0; r < 3; r++)
-    cr_assert(loss[0][r] == loss[1][r], "round %d: federated evaluation loss %.9g, whole models "
-              "%.9g", r + 1, loss[0][r], loss[1][r]);
-  freeze_result(init, f[0].model, 0, 6);
-  for (int k = 0; k < 2; k++) {
-    free(w[k]);
-    fl_test_fed_free(&f[k]);
-  }
+  fl_test_fed_free(&first);
 }
 
 /* fl-server --freeze head with int8 updates: the frozen run ends the model, so each

@@ -103,7 +103,8 @@ typedef struct fl_encoder {
   fl_runs skip;             /* positions left out (fl_encoder_skip), or split at */
   int split;                /* fl_encoder_split: the runs are sent, in chunks of their own */
   size_t ri;                /* the first run not behind next */
-  uint64_t stop;            /* the end of the stretch next is in: a run's start, or n */
+  uint64_t stop;            /* the end of the stretch next is in: a run's start (or, split,
+                             * its end), or n */
   int empty;                /* nothing to send: one empty chunk */
   uint32_t chunk_bytes;
   fl_rng rng;               /* stochastic rounding */
@@ -129,8 +130,7 @@ void fl_encoder_skip(fl_encoder *e, const fl_runs *r);
  * a chunk lies wholly inside a run or wholly outside all of them, and the chunks outside
  * are the ones fl_encoder_skip with r would make (the same values, scales and bits when
  * the encoding rounds deterministically; not topk), so dropping the others gives that
- * stream.
- * Before the first chunk is made. */
+ * stream.  Before the first chunk is made. */
 void fl_encoder_split(fl_encoder *e, const fl_runs *r);
 
 /* The receiving side of one tensor. */

@@ -328,9 +328,10 @@ struct server {
   uint64_t *frozen_at;          /* their runs (codec.h), offered to clients to leave out of
                                  * their deltas (TrainConfig.frozen_runs), or NULL */
   fl_runs frozen_runs;          /* frozen_at's; none with secure aggregation */
-  uint64_t frozen_id;           /* fl_runs_id of frozen_runs over frozen_ref (0: no runs):
-                                 * a client that keeps these values is sent models without
-                                 * them (broadcast.c) */
+  uint64_t frozen_id;           /* fl_runs_id of frozen_runs over the values the clients
+                                 * are sent there (frozen_ref's, or with a compressed
+                                 * downlink the decoded model's); 0: no runs.  A client that
+                                 * keeps them is sent models without them (broadcast.c) */
   size_t tf_dim;
   int have_best;                /* --keep-best: best_value holds a round's value */
   double best_value;

@@ -76,13 +76,12 @@ Test(compression, a_float32_client_takes_part, .timeout = 900) {
   fl_test_fed f;
   fl_test_fed_init(&f);
   char *m = run(&f, "int8", "float16", 1);
-  char slog[700], plog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  char plog[700];
   fl_test_fed_path(&f, "plain.log", plog, sizeof plog);
-  cr_assert_eq(fl_test_count(slog, "does not offer int8 and float16: it sends and gets float32"), 2,
-               "%s", slog);
+  cr_assert_eq(fl_test_count(f.log, "does not offer int8 and float16: it sends and gets float32"),
+               2, "%s", f.log);
   cr_assert_eq(fl_test_count(plog, "updates in float32"), 2, "%s", plog);
-  cr_assert_eq(fl_test_count(slog, "refused update"), 0, "%s", slog);
+  cr_assert_eq(fl_test_count(f.log, "refused update"), 0, "%s", f.log);
   /* 8 int8 updates and 2 float32 ones: 40 units of raw data in 8 + 8. */
   double up = fl_test_json_num(m, "update_compression");
   cr_assert(up > 2.4 && up < 2.51, "update compression %.3f: %s", up, m);
@@ -105,22 +104,21 @@ Test(compression, clients_decode_the_servers_model_exactly, .timeout = 900) {
                                 "iid", "--seed", "1", "--log-level", "debug", NULL);
   cr_assert_eq(fl_test_wait(s, 600), 0, "server failed (%s)", f.dir);
   cr_assert_eq(fl_test_wait(a, 60), 0, "clients failed (%s)", f.dir);
-  char slog[700], clog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  char clog[700];
   fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
   size_t len;
-  char *text = fl_test_read_file(slog, &len);
-  cr_assert(text, "%s", slog);
+  char *text = fl_test_read_file(f.log, &len);
+  cr_assert(text, "%s", f.log);
   unsigned long sent[16];
   int nsent = 0;
   for (char *p = text; (p = strstr(p, "encoded as float16 in ")) != NULL; p++) {
     char *c = strstr(p, "values ");
-    cr_assert(c && nsent < 16, "%s", slog);
+    cr_assert(c && nsent < 16, "%s", f.log);
     sent[nsent++] = strtoul(c + 7, NULL, 16);
   }
   free(text);
-  cr_assert_geq(nsent, 3, "the server logged %d float16 models (%s)", nsent, slog);
-  for (int i = 1; i < nsent; i++) cr_assert_neq(sent[i], sent[i - 1], "%s", slog);
+  cr_assert_geq(nsent, 3, "the server logged %d float16 models (%s)", nsent, f.log);
+  for (int i = 1; i < nsent; i++) cr_assert_neq(sent[i], sent[i - 1], "%s", f.log);
   text = fl_test_read_file(clog, &len);
   cr_assert(text, "%s", clog);
   int got = 0;
@@ -129,7 +127,7 @@ Test(compression, clients_decode_the_servers_model_exactly, .timeout = 900) {
     int known = 0;
     for (int i = 0; i < nsent; i++) known |= crc == sent[i];
     cr_assert(known, "a client decoded a model (crc32 %08lx) the server never kept (%s, %s)", crc,
-              slog, clog);
+              f.log, clog);
     got++;
   }
   free(text);

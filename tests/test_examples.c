@@ -124,13 +124,11 @@ Test(examples, built_against_a_staged_install_they_federate, .timeout = 600) {
   cr_assert_eq(run_sh(cmd, log), 0, "logreg is not linked to libflclient.so.1");
 
   /* Logistic regression in C: initial parameters from a client. */
-  char slog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "external:logreg20:21",
                                      "--rounds", "8", "--clients-per-round", "3", "--min-clients",
                                      "3", "--fed-eval-every", "1", "--lr", "0.1", "--batch-size",
                                      "16", NULL);
-  cr_assert_gt(s, 0, "no server (%s)", slog);
+  cr_assert_gt(s, 0, "no server (%s)", f.log);
   pid_t other = start_example(&f, "logreg", 4, "other.log", "--features", "5");
   pid_t c[3];
   for (int i = 0; i < 3; i++) {
@@ -139,7 +137,7 @@ Test(examples, built_against_a_staged_install_they_federate, .timeout = 600) {
     c[i] = start_example(&f, "logreg", i + 1, name, NULL, NULL);
   }
   cr_assert_eq(fl_test_wait(other, 60), 1, "a client of another model was not refused");
-  cr_assert_eq(fl_test_wait(s, 400), 0, "fl-server failed (%s)", slog);
+  cr_assert_eq(fl_test_wait(s, 400), 0, "fl-server failed (%s)", f.log);
   for (int i = 0; i < 3; i++) {
     char name[32], path[700];
     snprintf(name, sizeof name, "logreg%d.log", i + 1);
@@ -152,7 +150,7 @@ Test(examples, built_against_a_staged_install_they_federate, .timeout = 600) {
   cr_assert_eq(fl_test_count(log, "FL_CLIENT_EMODEL"), 1, "%s", log);
   cr_assert_geq(fl_test_count(log, "'external:logreg5:6' (6 parameters), but this federation trains 'external:logreg20:21' (21 parameters)"), 1, "%s", log);
   cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
-  cr_assert_eq(fl_test_count(slog, "initial model from client-000"), 1, "%s", slog);
+  cr_assert_eq(fl_test_count(f.log, "initial model from client-000"), 1, "%s", f.log);
   cr_assert_eq(fl_test_metrics_rounds(f.metrics), 8, "%s", f.metrics);
   char *first = fl_test_metrics_line(f.metrics, 1), *last = fl_test_metrics_line(f.metrics, 8);
   double acc1 = fl_test_json_num(first, "fed_eval_accuracy"), acc8 = fl_test_json_num(last, "fed_eval_accuracy");
@@ -163,7 +161,7 @@ Test(examples, built_against_a_staged_install_they_federate, .timeout = 600) {
   cr_assert_lt(loss8, loss1, "training loss did not fall: %.4f -> %.4f", loss1, loss8);
   free(first);
   free(last);
-  cr_assert(fl_test_sanitizer_clean(slog));
+  cr_assert(fl_test_sanitizer_clean(f.log));
 
   /* Linear regression in C++: the initial model from --init-model. */
   fl_test_fed g;
@@ -177,19 +175,18 @@ Test(examples, built_against_a_staged_install_they_federate, .timeout = 600) {
   fl_model_free(m);
   snprintf(cmd, sizeof cmd, "cp %s/linreg %s/linreg", f.dir, g.dir);
   cr_assert_eq(run_sh(cmd, log), 0);
-  fl_test_fed_path(&g, "server.log", slog, sizeof slog);
   s = fl_test_fed_server_ready(&g, "server.log", "--model", "external:linreg10:11", "--init-model",
                                init, "--rounds", "8", "--clients-per-round", "2", "--min-clients",
                                "2", "--fed-eval-every", "1", "--lr", "0.02", "--batch-size", "16",
                                NULL);
-  cr_assert_gt(s, 0, "no server (%s)", slog);
+  cr_assert_gt(s, 0, "no server (%s)", g.log);
   pid_t d[2];
   for (int i = 0; i < 2; i++) {
     char name[32];
     snprintf(name, sizeof name, "linreg%d.log", i + 1);
     d[i] = start_example(&g, "linreg", i + 1, name, NULL, NULL);
   }
-  cr_assert_eq(fl_test_wait(s, 400), 0, "fl-server failed (%s)", slog);
+  cr_assert_eq(fl_test_wait(s, 400), 0, "fl-server failed (%s)", g.log);
   for (int i = 0; i < 2; i++) {
     char name[32], path[700];
     snprintf(name, sizeof name, "linreg%d.log", i + 1);
@@ -198,7 +195,7 @@ Test(examples, built_against_a_staged_install_they_federate, .timeout = 600) {
     cr_assert_eq(fl_test_count(path, "linreg: training is done"), 1, "%s", path);
     cr_assert(fl_test_sanitizer_clean(path), "sanitizer report in %s", path);
   }
-  cr_assert_eq(fl_test_count(slog, "initial model from"), 1, "%s", slog);
+  cr_assert_eq(fl_test_count(g.log, "initial model from"), 1, "%s", g.log);
   first = fl_test_metrics_line(g.metrics, 1);
   last = fl_test_metrics_line(g.metrics, 8);
   cr_assert(first && last, "%s", g.metrics);
@@ -207,7 +204,7 @@ Test(examples, built_against_a_staged_install_they_federate, .timeout = 600) {
   cr_assert_lt(loss8 * 5, loss1, "evaluation loss %.4f -> %.4f (%s)", loss1, loss8, g.metrics);
   free(first);
   free(last);
-  cr_assert(fl_test_sanitizer_clean(slog));
+  cr_assert(fl_test_sanitizer_clean(g.log));
   fl_test_fed_free(&g);
   fl_test_fed_free(&f);
 }
@@ -233,11 +230,10 @@ Test(examples, static_library_keeps_its_insides_to_itself, .timeout = 300) {
   cr_assert_eq(run_sh(cmd, log), 0, "linking the static library failed (%s)", log);
 
   /* It runs: against a server of another model it is refused, and says so. */
-  char slog[700], olog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  char olog[700];
   fl_test_fed_path(&f, "static.log", olog, sizeof olog);
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--model", "external:logreg3:4", NULL);
-  cr_assert_gt(s, 0, "no server (%s)", slog);
+  cr_assert_gt(s, 0, "no server (%s)", f.log);
   pid_t c = start_example(&f, "logreg-static", 1, "static.log", NULL, NULL);
   cr_assert_eq(fl_test_wait(c, 60), 1, "%s", olog);
   cr_assert_eq(fl_test_count(olog, "FL_CLIENT_EMODEL"), 1, "%s", olog);

@@ -203,9 +203,7 @@ Test(failfast, refused_certificates_are_reported_at_once, .timeout = 240) {
   cr_assert(fl_test_running(s), "the server did not survive the refused clients");
   kill(s, SIGTERM);
   cr_assert_eq(fl_test_wait(s, 30), 0);
-  char log[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
-  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  cr_assert(fl_test_sanitizer_clean(f.log), "sanitizer report in %s", f.log);
   fl_test_fed_free(&f);
 }
 
@@ -367,7 +365,7 @@ Test(failfast, revoke_and_sighup, .timeout = 240) {
   fl_test_fed f;
   fl_test_fed_init(&f);
   write_csvs(f.dir);
-  char certs[700], gen[1024], cmd[4096], fits[700], log[700];
+  char certs[700], gen[1024], cmd[4096], fits[700];
   fl_test_fed_path(&f, "certs", certs, sizeof certs);
   fl_test_fed_path(&f, "fits.csv", fits, sizeof fits);
   snprintf(gen, sizeof gen, "%s/certs/gen.sh", fl_test_src_dir());
@@ -388,20 +386,20 @@ Test(failfast, revoke_and_sighup, .timeout = 240) {
     snprintf(c[i], sizeof c[i], "%s/client-%04d.crt", certs, i + 1);
     snprintf(k[i], sizeof k[i], "%s/client-%04d.key", certs, i + 1);
   }
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
   /* client-0001 and client-0002 connect; the round waits for a third client. */
   pid_t a = fl_test_fed_clients(&f, "c1.log", "--ca", ca, "--cert", c[0], "--key", k[0],
                                 "--data", fits, NULL);
   pid_t b = fl_test_fed_clients(&f, "c2.log", "--ca", ca, "--cert", c[1], "--key", k[1],
                                 "--data", fits, NULL);
-  cr_assert(fl_test_wait_for(log, "client-0001 ready", 60));
-  cr_assert(fl_test_wait_for(log, "client-0002 ready", 60));
+  cr_assert(fl_test_wait_for(f.log, "client-0001 ready", 60));
+  cr_assert(fl_test_wait_for(f.log, "client-0002 ready", 60));
 
   snprintf(cmd, sizeof cmd, "%s --quiet --out %s --revoke client-0002", gen, certs);
   cr_assert_eq(fl_test_system(cmd), 0);
   kill(s, SIGHUP);
-  cr_assert(fl_test_wait_for(log, "SIGHUP: reloaded", 30));
-  cr_assert(fl_test_count(log, "client-0002 (") && fl_test_count(log, "its certificate is revoked"));
+  cr_assert(fl_test_wait_for(f.log, "SIGHUP: reloaded", 30));
+  cr_assert(fl_test_count(f.log, "client-0002 (") &&
+            fl_test_count(f.log, "its certificate is revoked"));
   int rc = fl_test_wait(b, 60);
   char clog[700];
   fl_test_fed_path(&f, "c2.log", clog, sizeof clog);
@@ -410,7 +408,7 @@ Test(failfast, revoke_and_sighup, .timeout = 240) {
 
   /* client-0001 stayed connected; two more are accepted under the reloaded files, and
    * the three complete the run. */
-  cr_assert_eq(fl_test_count(log, "client-0001 (127.0.0.1"), 0, "client-0001 was disconnected");
+  cr_assert_eq(fl_test_count(f.log, "client-0001 (127.0.0.1"), 0, "client-0001 was disconnected");
   pid_t d = fl_test_fed_clients(&f, "c3.log", "--ca", ca, "--cert", c[2], "--key", k[2],
                                 "--data", fits, NULL);
   pid_t e = fl_test_fed_clients(&f, "c4.log", "--ca", ca, "--cert", c[3], "--key", k[3],
@@ -419,8 +417,8 @@ Test(failfast, revoke_and_sighup, .timeout = 240) {
   cr_assert_eq(fl_test_wait(a, 60), 0);
   cr_assert_eq(fl_test_wait(d, 60), 0);
   cr_assert_eq(fl_test_wait(e, 60), 0);
-  cr_assert_eq(fl_test_count(log, "client-0001 connected from"), 1, "client-0001 reconnected");
-  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  cr_assert_eq(fl_test_count(f.log, "client-0001 connected from"), 1, "client-0001 reconnected");
+  cr_assert(fl_test_sanitizer_clean(f.log), "sanitizer report in %s", f.log);
   cr_assert(fl_test_sanitizer_clean(clog), "sanitizer report in %s", clog);
   fl_test_fed_free(&f);
 }

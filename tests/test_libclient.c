@@ -146,11 +146,6 @@ static void h_free(harness *h) {
   fl_test_fed_free(&h->f);
 }
 
-static char *server_log(harness *h, char *out, size_t len) {
-  fl_test_fed_path(&h->f, "server.log", out, len);
-  return out;
-}
-
 /* ---- the clients' training: deterministic arithmetic, checkable exactly ---- */
 
 /* Round r's fit of client k adds this to every parameter. */
@@ -349,12 +344,10 @@ Test(libclient, external_model_federation_on_one_loop, .timeout = 240) {
   harness h;
   h_init(&h);
   const int rounds = 3;
-  char slog[700];
-  server_log(&h, slog, sizeof slog);
   pid_t s = fl_test_fed_server_ready(&h.f, "server.log", "--model", "external:toy:8", "--rounds",
                                      "3", "--clients-per-round", "3", "--min-clients", "3",
                                      "--fed-eval-every", "1", NULL);
-  cr_assert_gt(s, 0, "no server (%s)", slog);
+  cr_assert_gt(s, 0, "no server (%s)", h.f.log);
   fl_client_throttle *th = fl_client_throttle_new(1);
   for (int k = 0; k < 3; k++) {
     fl_client *c = h_client(&h, k);
@@ -367,14 +360,14 @@ Test(libclient, external_model_federation_on_one_loop, .timeout = 240) {
   }
   h.t[1].pending = 1;
   h_run(&h, 180);
-  cr_assert_eq(fl_test_wait(s, 60), 0, "fl-server failed (%s)", slog);
+  cr_assert_eq(fl_test_wait(s, 60), 0, "fl-server failed (%s)", h.f.log);
   for (int k = 0; k < 3; k++) {
     cr_assert_eq(h.t[k].status, 0, "client %d: %s", k, fl_client_errmsg(h.t[k].c));
     cr_assert_eq(h.t[k].fits, rounds);
     cr_assert_eq(h.t[k].evals, rounds);
     cr_assert_eq(h.t[k].fit_on_loop_thread, rounds, "LOOP threading calls fit on the loop");
   }
-  cr_assert_eq(fl_test_count(slog, "initial model from client-000"), 1, "%s", slog);
+  cr_assert_eq(fl_test_count(h.f.log, "initial model from client-000"), 1, "%s", h.f.log);
 
   char err[512], *spec;
   uint64_t id;
@@ -404,7 +397,7 @@ Test(libclient, external_model_federation_on_one_loop, .timeout = 240) {
   }
   free(spec);
   free(got);
-  cr_assert(fl_test_sanitizer_clean(slog));
+  cr_assert(fl_test_sanitizer_clean(h.f.log));
   h_free(&h);
   cr_assert_eq(fl_client_throttle_free(th), 0);
 }
@@ -425,14 +418,13 @@ static void write_init_model(harness *h, const char *spec, char *path, size_t le
 Test(libclient, failing_fit_is_reported_and_the_round_goes_on, .timeout = 240) {
   harness h;
   h_init(&h);
-  char slog[700], init[700];
-  server_log(&h, slog, sizeof slog);
+  char init[700];
   write_init_model(&h, "external:toy:8", init, sizeof init);
   pid_t s = fl_test_fed_server_ready(&h.f, "server.log", "--model", "external:toy:8",
                                      "--init-model", init, "--rounds", "3",
                                      "--clients-per-round", "3", "--min-clients", "3",
                                      "--round-timeout", "600", NULL);
-  cr_assert_gt(s, 0, "no server (%s)", slog);
+  cr_assert_gt(s, 0, "no server (%s)", h.f.log);
   for (int k = 0; k < 3; k++) {
     fl_client *c = h_client(&h, k);
     cr_assert_eq(fl_client_set_model(c, "toy", 8), 0);
@@ -441,7 +433,7 @@ Test(libclient, failing_fit_is_reported_and_the_round_goes_on, .timeout = 240) {
   h.t[1].fail_round = 2;
   h.t[2].overclaim_round = 3; /* the library itself refuses to send that */
   h_run(&h, 180);
-  cr_assert_eq(fl_test_wait(s, 60), 0, "fl-server failed (%s)", slog);
+  cr_assert_eq(fl_test_wait(s, 60), 0, "fl-server failed (%s)", h.f.log);
   for (int k = 0; k < 3; k++) {
     cr_assert_eq(h.t[k].status, 0, "client %d: %s", k, fl_client_errmsg(h.t[k].c));
     cr_assert_eq(h.t[k].fits, 3, "client %d trained %d rounds", k, h.t[k].fits);
@@ -458,11 +450,13 @@ Test(libclient, failing_fit_is_reported_and_the_round_goes_on, .timeout = 240) {
   cr_assert(strstr(r3, "\"client\":\"client-0003\",\"reason\":\"fit reported 1000 examples, "
                        "more than the 30 announced when joining (fl_client_set_num_examples)\""),
             "%s", r3);
-  cr_assert_eq(fl_test_count(slog, "timed out with"), 0, "the round waited for its timeout (%s)", slog);
-  cr_assert_eq(fl_test_count(slog, "client-0002 could not train: no data today (round 2)"), 1, "%s", slog);
+  cr_assert_eq(fl_test_count(h.f.log, "timed out with"), 0, "the round waited for its timeout (%s)",
+               h.f.log);
+  cr_assert_eq(fl_test_count(h.f.log, "client-0002 could not train: no data today (round 2)"), 1,
+               "%s", h.f.log);
   cr_assert_eq(fl_test_count(h.log_path, "round 2: training failed: no data today (round 2)"), 1,
                "%s", h.log_path);
-  cr_assert_eq(fl_test_count(slog, "initial model from"), 1, "%s", slog);
+  cr_assert_eq(fl_test_count(h.f.log, "initial model from"), 1, "%s", h.f.log);
   free(r2);
   free(r3);
   h_free(&h);
@@ -471,8 +465,7 @@ Test(libclient, failing_fit_is_reported_and_the_round_goes_on, .timeout = 240) {
 Test(libclient, long_fit_on_a_worker_keeps_the_connection, .timeout = 240) {
   harness h;
   h_init(&h);
-  char slog[700], init[700], idle[32], beat[32];
-  server_log(&h, slog, sizeof slog);
+  char init[700], idle[32], beat[32];
   write_init_model(&h, "external:toy:8", init, sizeof init);
   /* Idle timeouts of ten heartbeats (scaled like every wait of the suite), and a fit of
    * two and a half idle timeouts, the server's and the client's. */
@@ -483,18 +476,18 @@ Test(libclient, long_fit_on_a_worker_keeps_the_connection, .timeout = 240) {
                                      "--init-model", init, "--rounds", "1",
                                      "--clients-per-round", "1", "--idle-timeout", idle,
                                      "--heartbeat", beat, NULL);
-  cr_assert_gt(s, 0, "no server (%s)", slog);
+  cr_assert_gt(s, 0, "no server (%s)", h.f.log);
   fl_client *c = h_client(&h, 0);
   cr_assert_eq(fl_client_set_model(c, "toy", 8), 0);
   cr_assert_eq(fl_client_set_heartbeat(c, hb, to), 0);
   cr_assert_eq(fl_client_on_fit(c, t_fit), 0);
   h.t[0].sleep_s = 2.5 * to;
   h_run(&h, 90);
-  cr_assert_eq(fl_test_wait(s, 60), 0, "fl-server failed (%s)", slog);
+  cr_assert_eq(fl_test_wait(s, 60), 0, "fl-server failed (%s)", h.f.log);
   cr_assert_eq(h.t[0].status, 0, "%s", fl_client_errmsg(c));
   cr_assert_eq(fl_test_count(h.f.metrics, "\"updates_accepted\":1"), 1, "%s", h.f.metrics);
   cr_assert_eq(fl_test_count(h.log_path, "joined the federation"), 1, "it joined again (%s)", h.log_path);
-  cr_assert_eq(fl_test_count(slog, "dropped out"), 0, "%s", slog);
+  cr_assert_eq(fl_test_count(h.f.log, "dropped out"), 0, "%s", h.f.log);
   h_free(&h);
 }
 
@@ -509,13 +502,12 @@ static void *run_thread(void *arg) {
 Test(libclient, stop_from_another_thread_cancels_the_fit, .timeout = 120) {
   harness h;
   h_init(&h);
-  char slog[700], init[700];
-  server_log(&h, slog, sizeof slog);
+  char init[700];
   write_init_model(&h, "external:toy:8", init, sizeof init);
   pid_t s = fl_test_fed_server_ready(&h.f, "server.log", "--model", "external:toy:8",
                                      "--init-model", init, "--rounds", "1",
                                      "--clients-per-round", "1", NULL);
-  cr_assert_gt(s, 0, "no server (%s)", slog);
+  cr_assert_gt(s, 0, "no server (%s)", h.f.log);
   fl_client *c = h_client(&h, 0);
   cr_assert_eq(fl_client_set_model(c, "toy", 8), 0);
   cr_assert_eq(fl_client_on_fit(c, t_fit), 0);
@@ -534,7 +526,8 @@ Test(libclient, stop_from_another_thread_cancels_the_fit, .timeout = 120) {
   pthread_join(th, NULL);
   cr_assert_eq(r.rc, FL_CLIENT_ESTOPPED, "%s", fl_client_err_name(r.rc));
   cr_assert(atomic_load(&h.t[0].saw_cancel), "the fit was not told");
-  cr_assert(fl_test_wait_for(slog, "client-0001 says goodbye: client stopping", 30), "%s", slog);
+  cr_assert(fl_test_wait_for(h.f.log, "client-0001 says goodbye: client stopping", 30), "%s",
+            h.f.log);
   fl_test_wait(s, 1); /* the server waits for clients that never come: killed */
   h_free(&h);
 }
@@ -542,10 +535,8 @@ Test(libclient, stop_from_another_thread_cancels_the_fit, .timeout = 120) {
 Test(libclient, a_client_of_another_model_is_refused, .timeout = 120) {
   harness h;
   h_init(&h);
-  char slog[700];
-  server_log(&h, slog, sizeof slog);
   pid_t s = fl_test_fed_server_ready(&h.f, "server.log", "--model", "external:toy:8", NULL);
-  cr_assert_gt(s, 0, "no server (%s)", slog);
+  cr_assert_gt(s, 0, "no server (%s)", h.f.log);
   fl_client *other = h_client(&h, 0), *none = h_client(&h, 1);
   cr_assert_eq(fl_client_set_model(other, "other", 8), 0);
   cr_assert_eq(fl_client_on_fit(other, t_fit), 0);
@@ -556,7 +547,7 @@ Test(libclient, a_client_of_another_model_is_refused, .timeout = 120) {
   const char *m = fl_client_errmsg(other);
   cr_assert(strstr(m, "'external:other:8'") && strstr(m, "'external:toy:8'"), "%s", m);
   cr_assert(strstr(fl_client_errmsg(none), "declares no model"), "%s", fl_client_errmsg(none));
-  cr_assert_eq(fl_test_count(slog, "refused: the client declares model 'external:other:8' (8 parameters), but this federation trains 'external:toy:8' (8 parameters)"), 1, "%s", slog);
+  cr_assert_eq(fl_test_count(h.f.log, "refused: the client declares model 'external:other:8' (8 parameters), but this federation trains 'external:toy:8' (8 parameters)"), 1, "%s", h.f.log);
   cr_assert_eq(h.t[0].fits + h.t[1].fits, 0);
   fl_test_wait(s, 1);
   h_free(&h);

@@ -169,13 +169,11 @@ Test(netaddr, server_on_a_name_serves_each_address, .timeout = 120) {
   pid_t s = fl_test_fed_server_ready(&f, "server.log", "--listen", listen, "--model", "logreg",
                                      "--rounds", "1", "--clients-per-round", "2",
                                      "--min-clients", "2", "--http", http, NULL);
-  char slog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
-  cr_assert_gt(s, 0, "no server (%s)", slog);
+  cr_assert_gt(s, 0, "no server (%s)", f.log);
   char want[200];
   snprintf(want, sizeof want, "listening on dualhost port %d ([::1]:%d, 127.0.0.1:%d)", f.port,
            f.port, f.port);
-  cr_assert_eq(fl_test_count(slog, want), 1, "%s lacks '%s'", slog, want);
+  cr_assert_eq(fl_test_count(f.log, want), 1, "%s lacks '%s'", f.log, want);
   /* The server waits for its two clients: the page is there until they come. */
   cr_assert_eq(http_get("::1", http_port), 200, "no status page at [::1]:%d", http_port);
   cr_assert_eq(http_get("127.0.0.1", http_port), 200, "no status page at 127.0.0.1:%d", http_port);
@@ -183,11 +181,11 @@ Test(netaddr, server_on_a_name_serves_each_address, .timeout = 120) {
                                  "fashion-mnist:train", "--max-samples", "200", NULL);
   pid_t c4 = fl_test_fed_clients(&f, "v4.log", "--server", v4, "--cert-index", "2", "--data",
                                  "fashion-mnist:train", "--max-samples", "200", NULL);
-  cr_assert_eq(fl_test_wait(s, 90), 0, "fl-server failed (%s)", slog);
+  cr_assert_eq(fl_test_wait(s, 90), 0, "fl-server failed (%s)", f.log);
   cr_assert_eq(fl_test_wait(c6, 30), 0, "the client at %s failed (%s)", v6, f.dir);
   cr_assert_eq(fl_test_wait(c4, 30), 0, "the client at %s failed (%s)", v4, f.dir);
   cr_assert_eq(fl_test_count(f.metrics, "\"updates_accepted\":2"), 1, "%s", f.metrics);
-  cr_assert(fl_test_sanitizer_clean(slog), "sanitizer report in %s", slog);
+  cr_assert(fl_test_sanitizer_clean(f.log), "sanitizer report in %s", f.log);
   fl_test_fed_free(&f);
 }
 
@@ -199,12 +197,11 @@ Test(netaddr, server_names_each_address_it_cannot_listen_on, .timeout = 60) {
   char listen[64];
   snprintf(listen, sizeof listen, "nohost:%d", f.port);
   pid_t s = fl_test_fed_server(&f, "server.log", "--listen", listen, "--model", "logreg", NULL);
-  char slog[700], want[300];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
-  cr_assert_eq(fl_test_wait(s, 30), 1, "fl-server did not fail (%s)", slog);
+  char want[300];
+  cr_assert_eq(fl_test_wait(s, 30), 1, "fl-server did not fail (%s)", f.log);
   snprintf(want, sizeof want, "cannot listen on nohost port %d: 192.0.2.1:%d: address not "
            "available; 198.51.100.1:%d: address not available", f.port, f.port,
            f.port);
-  cr_assert_eq(fl_test_count(slog, want), 1, "%s lacks '%s'", slog, want);
+  cr_assert_eq(fl_test_count(f.log, want), 1, "%s lacks '%s'", f.log, want);
   fl_test_fed_free(&f);
 }

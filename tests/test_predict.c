@@ -369,10 +369,9 @@ Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 3
                                "--keep-best", "test_auc", "--eval-threads", "2", NULL);
   pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
                                 "--partition", "iid", "--seed", "1", NULL);
-  char slog[700], clog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  char clog[700];
   fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
-  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", f.log);
   cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
   char *first = fl_test_metrics_line(f.metrics, 1);
   cr_assert_not_null(first);
@@ -385,9 +384,9 @@ Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 3
   cr_assert(fed_auc > 0.5 && fed_auc <= 1.0, "%s", line);
   cr_assert_eq(fl_test_json_num(line, "fed_eval_clients"), 3, "%s", line);
   free(line);
-  cr_assert_gt(fl_test_count(slog, "federated eval loss"), 0);
-  cr_assert_gt(fl_test_count(slog, " auc 0."), 0, "the round line names no AUC (%s)", slog);
-  cr_assert_eq(fl_test_count(slog, "300 samples, evaluated on 2 threads"), 1, "%s", slog);
+  cr_assert_gt(fl_test_count(f.log, "federated eval loss"), 0);
+  cr_assert_gt(fl_test_count(f.log, " auc 0."), 0, "the round line names no AUC (%s)", f.log);
+  cr_assert_eq(fl_test_count(f.log, "300 samples, evaluated on 2 threads"), 1, "%s", f.log);
 
   snprintf(args, sizeof args, "--model %s --data %s --out %s/pred.csv --threads 1", f.model,
            test, f.dir);
@@ -401,7 +400,7 @@ Test(predict, auc_reaches_the_server_and_fl_predict_uses_its_model, .timeout = 3
   double best = fmax(auc1, test_auc);
   cr_assert_lt(fabs(after(o, "auc ") - best), 1e-4, "%s vs %g", o, best);
   free(o);
-  cr_assert_gt(fl_test_count(slog, "best test_auc so far"), 0);
+  cr_assert_gt(fl_test_count(f.log, "best test_auc so far"), 0);
   cr_assert_eq(run(f.dir, "fl-server", "--keep-best accuracy"), 2);
   cr_assert(has(f.dir, "err.txt", "--keep-best: 'accuracy' is not one of"));
   fl_test_fed_free(&f);
@@ -426,15 +425,14 @@ Test(predict, federated_standardisation, .timeout = 300) {
   pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
                                 "--partition", "dirichlet:0.5", "--seed", "1",
                                 "--share-feature-stats", NULL);
-  char slog[700], clog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
+  char clog[700];
   fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
-  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", slog);
+  cr_assert_eq(fl_test_wait(s, 240), 0, "fl-server failed (see %s)", f.log);
   cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
-  cr_assert_eq(fl_test_count(slog, "features standardised: means and deviations of 6 features "
-                                   "from 3 clients (900 samples)"), 1, "see %s", slog);
+  cr_assert_eq(fl_test_count(f.log, "features standardised: means and deviations of 6 features "
+                                    "from 3 clients (900 samples)"), 1, "see %s", f.log);
   cr_assert_gt(fl_test_count(clog, "features standardised with the federation's"), 0);
-  cr_assert(fl_test_sanitizer_clean(slog) && fl_test_sanitizer_clean(clog));
+  cr_assert(fl_test_sanitizer_clean(f.log) && fl_test_sanitizer_clean(clog));
   char *line = fl_test_metrics_line(f.metrics, 3);
   cr_assert_not_null(line);
   double test_auc = fl_test_json_num(line, "test_auc"), acc = fl_test_json_num(line, "test_accuracy");

@@ -41,9 +41,7 @@ static int run(fl_test_fed *f, const char *const *extra, const char *rounds) {
                                 "iid", "--num-partitions", "6", "--seed", "1", NULL);
   int rc = fl_test_wait(s, 600);
   fl_test_wait(c, 60);
-  char log[700];
-  fl_test_fed_path(f, "server.log", log, sizeof log);
-  cr_assert(fl_test_sanitizer_clean(log), "sanitizer report in %s", log);
+  cr_assert(fl_test_sanitizer_clean(f->log), "sanitizer report in %s", f->log);
   return rc;
 }
 
@@ -64,9 +62,7 @@ Test(privacy, secure_aggregation_gives_the_plain_model, .timeout = 900) {
   const char *extra[] = {"--secagg", NULL};
   cr_assert_eq(run(&sec, extra, "3"), 0, "secure run failed (%s)", sec.dir);
 
-  char log[700];
-  fl_test_fed_path(&sec, "server.log", log, sizeof log);
-  cr_assert_eq(fl_test_count(log, "secure sum of 6"), ROUNDS, "%s", log);
+  cr_assert_eq(fl_test_count(sec.log, "secure sum of 6"), ROUNDS, "%s", sec.log);
   for (int r = 1; r <= ROUNDS; r++) {
     char *line = fl_test_metrics_line(sec.metrics, r);
     cr_assert_not_null(strstr(line, "\"secagg\":{"), "%s", line);
@@ -104,9 +100,7 @@ Test(privacy, secagg_int8_and_distributed_noise_compose, .timeout = 900) {
   const char *extra[] = {"--secagg", "--uplink", "int8", "--dp-clip", "1", "--dp-noise", "0.05",
                          "--dp-mode", "distributed", NULL};
   cr_assert_eq(run(&f, extra, "3"), 0, "run failed (%s)", f.dir);
-  char log[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
-  cr_assert_eq(fl_test_count(log, "16-bit ring"), ROUNDS, "%s", log);
+  cr_assert_eq(fl_test_count(f.log, "16-bit ring"), ROUNDS, "%s", f.log);
   double prev = 0;
   for (int r = 1; r <= ROUNDS; r++) {
     char *line = fl_test_metrics_line(f.metrics, r);
@@ -162,9 +156,7 @@ Test(privacy, central_noise_with_adaptive_clipping_and_a_budget, .timeout = 900)
   cr_assert_eq(run(&f, budget, "5"), 0, "budget run failed (%s)", f.dir);
   cr_assert_eq(fl_test_metrics_rounds(f.metrics), 2, "rounds run within epsilon %s (%s)", target,
                f.dir);
-  char log[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
-  cr_assert_eq(fl_test_count(log, "round 3 would take epsilon to"), 1, "%s", log);
+  cr_assert_eq(fl_test_count(f.log, "round 3 would take epsilon to"), 1, "%s", f.log);
   fl_test_fed_free(&f);
 }
 
@@ -186,10 +178,8 @@ Test(privacy, options_that_cannot_work_are_refused_at_start, .timeout = 120) {
     pid_t s = fl_test_fed_server(&f, "server.log", "--model", "logreg", (char *)c[0], (char *)c[1],
                                  (char *)c[2], (char *)c[3], (char *)c[4], (char *)c[5], NULL);
     int rc = fl_test_wait(s, 60);
-    char log[700];
-    fl_test_fed_path(&f, "server.log", log, sizeof log);
-    cr_assert_neq(rc, 0, "case %zu was accepted (%s)", i, log);
-    cr_assert_gt(fl_test_count(log, says[i]), 0, "case %zu: no '%s' in %s", i, says[i], log);
+    cr_assert_neq(rc, 0, "case %zu was accepted (%s)", i, f.log);
+    cr_assert_gt(fl_test_count(f.log, says[i]), 0, "case %zu: no '%s' in %s", i, says[i], f.log);
     fl_test_fed_free(&f);
   }
 }
@@ -218,9 +208,8 @@ Test(privacy, the_accountant_survives_a_restart, .timeout = 900) {
   const char *second[] = {"--dp-clip", "0.5", "--dp-noise", "0.8", "--dp-quantile", "0.5",
                           "--checkpoint", ckpt, "--resume", NULL};
   cr_assert_eq(run(&parts, second, "3"), 0, "resumed part failed (%s)", parts.dir);
-  char log[700];
-  fl_test_fed_path(&parts, "server.log", log, sizeof log);
-  cr_assert_eq(fl_test_count(log, "the privacy accountant goes on from 2 rounds"), 1, "%s", log);
+  cr_assert_eq(fl_test_count(parts.log, "the privacy accountant goes on from 2 rounds"), 1, "%s",
+               parts.log);
   line = fl_test_metrics_line(parts.metrics, 3);
   double got = fl_test_json_num(line, "epsilon"), clip3 = fl_test_json_num(line, "dp_clip");
   cr_assert_float_eq(got, want, 1e-9, "epsilon after a restart %.6f, in one run %.6f", got, want);
@@ -238,8 +227,7 @@ Test(privacy, the_accountant_survives_a_restart, .timeout = 900) {
   const char *refused[] = {"--dp-clip", "0.5", "--dp-noise", "0.8", "--checkpoint", ckpt,
                            "--resume", NULL};
   cr_assert_neq(run(&whole, refused, "2"), 0, "a private run resumed a plain checkpoint");
-  fl_test_fed_path(&whole, "server.log", log, sizeof log);
-  cr_assert_eq(fl_test_count(log, "holds no privacy accountant"), 1, "%s", log);
+  cr_assert_eq(fl_test_count(whole.log, "holds no privacy accountant"), 1, "%s", whole.log);
   fl_test_fed_free(&whole);
   fl_test_fed_free(&parts);
 }

@@ -132,16 +132,16 @@ Test(status, metrics_status_page_and_progress, .timeout = 300) {
   fl_test_fed f;
   fl_test_fed_init(&f);
   int http = fl_test_free_port();
-  char slog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
   pid_t s = server(&f, http, "4", "5", 0);
   pid_t c = clients(&f);
-  cr_assert(fl_test_wait_for_while(slog, "status page on http://127.0.0.1:", s, 30), "no status page (%s)", f.dir);
+  cr_assert(fl_test_wait_for_while(f.log, "status page on http://127.0.0.1:", s, 30),
+            "no status page (%s)", f.dir);
 
   /* Progress: five epochs, five steps a task, each seen by the server. */
-  cr_assert(fl_test_wait_for_while(slog, "20% of its task done", s, 120), "no progress reached the server (%s)", f.dir);
-  cr_assert(fl_test_wait_for_while(slog, "60% of its task done", s, 120));
-  cr_assert(fl_test_wait_for_while(slog, "round 2/4 done", s, 120), "(%s)", f.dir);
+  cr_assert(fl_test_wait_for_while(f.log, "20% of its task done", s, 120),
+            "no progress reached the server (%s)", f.dir);
+  cr_assert(fl_test_wait_for_while(f.log, "60% of its task done", s, 120));
+  cr_assert(fl_test_wait_for_while(f.log, "round 2/4 done", s, 120), "(%s)", f.dir);
   /* The clients stop, so the run cannot end while the documents are read. */
   kill(c, SIGSTOP);
   cr_assert(fl_test_wait_stopped(c, 30));
@@ -241,7 +241,7 @@ Test(status, metrics_status_page_and_progress, .timeout = 300) {
   } else {
     cr_log_warn("gnuplot is not installed (Debian: gnuplot-nox): fl-plot was not tried");
   }
-  cr_assert(fl_test_sanitizer_clean(slog));
+  cr_assert(fl_test_sanitizer_clean(f.log));
   fl_test_fed_free(&f);
 }
 
@@ -271,13 +271,11 @@ Test(status, prometheus_scrapes_and_chromium_renders, .timeout = 400) {
   fl_test_fed f;
   fl_test_fed_init(&f);
   int http = fl_test_free_port();
-  char slog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
   pid_t s = server(&f, http, "4", "1", 0);
   pid_t c = clients(&f);
   /* After round 2 the clients stop: the server waits in round 3 with 2 rounds done and
    * 3 clients connected, which is what Prometheus and the page must show. */
-  cr_assert(fl_test_wait_for_while(slog, "round 2/4 done", s, 180), "(%s)", f.dir);
+  cr_assert(fl_test_wait_for_while(f.log, "round 2/4 done", s, 180), "(%s)", f.dir);
   kill(c, SIGSTOP);
   cr_assert(fl_test_wait_stopped(c, 30));
 
@@ -363,11 +361,10 @@ Test(status, bad_requests_leave_the_federation_alone, .timeout = 300) {
   fl_test_fed f;
   fl_test_fed_init(&f);
   int http = fl_test_free_port();
-  char slog[700];
-  fl_test_fed_path(&f, "server.log", slog, sizeof slog);
   /* one second of idle per HTTP connection; 8 connections, 2 per address */
   pid_t s = server(&f, http, "4", "1", 1);
-  cr_assert(fl_test_wait_for_while(slog, "status page on http://127.0.0.1:", s, 30), "(%s)", f.dir);
+  cr_assert(fl_test_wait_for_while(f.log, "status page on http://127.0.0.1:", s, 30), "(%s)",
+            f.dir);
   /* The bad requests come while the server waits for its clients (none started yet, so
    * the run cannot end before the checks do); the clients start while idle connections
    * hold every HTTP slot, and the rounds must go on. */
@@ -375,16 +372,15 @@ Test(status, bad_requests_leave_the_federation_alone, .timeout = 300) {
   /* A second server cannot take the same HTTP port, nor a malformed address: it says so. */
   fl_test_fed g;
   fl_test_fed_init(&g);
-  char h[32], glog[700];
+  char h[32];
   snprintf(h, sizeof h, "127.0.0.1:%d", http);
-  fl_test_fed_path(&g, "server.log", glog, sizeof glog);
   pid_t s2 = fl_test_fed_server(&g, "server.log", "--http", h, NULL);
   cr_assert_eq(fl_test_wait(s2, 30), 1);
-  cr_assert(fl_test_count(glog, "--http: cannot listen on 127.0.0.1 port "), "(%s)", glog);
+  cr_assert(fl_test_count(g.log, "--http: cannot listen on 127.0.0.1 port "), "(%s)", g.log);
   s2 = fl_test_fed_server(&g, "server.log", "--http", "no:port:here", NULL);
   int rc2 = fl_test_wait(s2, 30);
   cr_assert(rc2 > 0 && rc2 < 128, "exit %d", rc2);
-  cr_assert(fl_test_count(glog, "--http: expected HOST:PORT or PORT"), "(%s)", glog);
+  cr_assert(fl_test_count(g.log, "--http: expected HOST:PORT or PORT"), "(%s)", g.log);
   fl_test_fed_free(&g);
 
   char *body = NULL;
@@ -432,14 +428,15 @@ Test(status, bad_requests_leave_the_federation_alone, .timeout = 300) {
   int idle[12];
   for (int i = 0; i < 12; i++) idle[i] = connect_to(http);
   pid_t c = clients(&f);
-  cr_assert(fl_test_wait_for_while(slog, "round 2/4 done", s, 180), "the rounds stopped (%s)", f.dir);
+  cr_assert(fl_test_wait_for_while(f.log, "round 2/4 done", s, 180), "the rounds stopped (%s)",
+            f.dir);
   for (int i = 0; i < 12; i++) close(idle[i]);
 
   cr_assert_eq(fl_test_wait(s, 240), 0, "server failed (%s)", f.dir);
   cr_assert_eq(fl_test_wait(c, 60), 0);
   cr_assert_eq(fl_test_metrics_rounds(f.metrics), 4);
-  cr_assert_eq(fl_test_count(slog, "ERROR"), 0);
-  cr_assert(fl_test_sanitizer_clean(slog));
+  cr_assert_eq(fl_test_count(f.log, "ERROR"), 0);
+  cr_assert(fl_test_sanitizer_clean(f.log));
   fl_test_fed_free(&f);
 }
 

@@ -188,9 +188,7 @@ Test(strategies, an_absolute_weight_cap_holds_every_update, .timeout = 600) {
                                 "iid", "--num-partitions", "4", "--seed", "1", NULL);
   cr_assert_eq(fl_test_wait(s, 300), 0, "server failed (%s)", f.dir);
   cr_assert_eq(fl_test_wait(c, 60), 0, "clients failed (%s)", f.dir);
-  char log[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
-  cr_assert_eq(fl_test_count(log, "capped to 1000 (--max-weight)"), 8, "%s", log);
+  cr_assert_eq(fl_test_count(f.log, "capped to 1000 (--max-weight)"), 8, "%s", f.log);
   for (int r = 1; r <= 2; r++) {
     char *line = fl_test_metrics_line(f.metrics, r);
     cr_assert_eq(fl_test_json_num(line, "weights_capped"), 4, "%s", line);
@@ -207,8 +205,6 @@ Test(strategies, a_round_that_does_not_fit_strategy_memory_is_refused, .timeout 
   pid_t s = fl_test_fed_server(&f, "server.log", "--model", "2nn", "--strategy", "median",
                                "--clients-per-round", "100", "--strategy-memory", "16", NULL);
   cr_assert_neq(fl_test_wait(s, 60), 0, "the server started (%s)", f.dir);
-  char log[700];
-  fl_test_fed_path(&f, "server.log", log, sizeof log);
-  cr_assert_eq(fl_test_count(log, "above --strategy-memory 16 MiB"), 1, "%s", log);
+  cr_assert_eq(fl_test_count(f.log, "above --strategy-memory 16 MiB"), 1, "%s", f.log);
   fl_test_fed_free(&f);
 }

@@ -348,22 +348,20 @@ static int encode_int8(fl_encoder *e, fl_chunk *out, uint8_t *buf, uint64_t off,
   return 0;
 }
 
-void fl_encoder_skip(fl_encoder *e, const fl_runs *r) {
+static void encoder_runs(fl_encoder *e, const fl_runs *r, int split) {
   e->skip = *r;
   e->ri = 0;
   e->next = 0;
-  e->split = 0;
+  e->split = split;
   encoder_stretch(e);
+}
+
+void fl_encoder_skip(fl_encoder *e, const fl_runs *r) {
+  encoder_runs(e, r, 0);
   e->empty = e->next >= e->n;
 }
 
-void fl_encoder_split(fl_encoder *e, const fl_runs *r) {
-  e->skip = *r;
-  e->ri = 0;
-  e->next = 0;
-  e->split = 1;
-  encoder_stretch(e);
-}
+void fl_encoder_split(fl_encoder *e, const fl_runs *r) { encoder_runs(e, r, 1); }
 
 int fl_encoder_next(fl_encoder *e, fl_chunk *out, uint8_t *buf) {
   memset(out, 0, sizeof *out);

@@ -8,6 +8,7 @@
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -775,6 +776,54 @@ Test(predict, federated_freeze_sends_the_frozen_values_once, .timeout = 600) {
     }
   }
   fl_test_fed_free(&first);
+}
+
+/* A server restarted from its checkpoint leaves out the frozen values its clients kept
+ * from the run before: the fl-client process stops itself at round 3's task
+ * (--sim-stop-round) while the first server is killed and a second resumes; it then
+ * connects again with a Hello naming the values it keeps, and every model the second
+ * server sends leaves them out (its round 3 stops the clients again, one by one: the test
+ * continues them each time).  The run ends with all its rounds. */
+Test(predict, frozen_values_kept_across_a_server_restart, .timeout = 300) {
+  fl_test_fed f;
+  fl_test_fed_init(&f);
+  char train[700], init[700], ck[700], log2[700], clog[700];
+  freeze_start(&f, train, init, sizeof train, "--epochs 1 --lr 0.01");
+  fl_test_fed_path(&f, "ck.bin", ck, sizeof ck);
+  fl_test_fed_path(&f, "server2.log", log2, sizeof log2);
+  fl_test_fed_path(&f, "clients.log", clog, sizeof clog);
+#define RESTART_SERVER(log, ...)                                                             \
+  fl_test_fed_server(&f, log, "--model", FREEZE_MODEL, "--init-model", init, "--freeze",      \
+                     "all-but-head", "--rounds", "4", "--clients-per-round", "3",             \
+                     "--min-clients", "3", "--lr", "0.05", "--checkpoint", ck, __VA_ARGS__)
+  pid_t s = RESTART_SERVER("server.log", NULL);
+  pid_t c = fl_test_fed_clients(&f, "clients.log", "--clients", "3", "--data", train,
+                                "--partition", "iid", "--seed", "1", "--sim-stop-round", "3",
+                                "--retry-base", "0.1", "--retry-max", "1", NULL);
+  cr_assert(fl_test_wait_stopped(c, 120), "the clients never stopped at round 3 (%s)", f.log);
+  kill(s, SIGKILL);
+  waitpid(s, NULL, 0);
+  s = RESTART_SERVER("server2.log", "--resume", NULL);
+#undef RESTART_SERVER
+  /* the second server's round 3 stops each client again on its way: go on each time */
+  int st = 0;
+  kill(c, SIGCONT);
+  while (waitpid(s, &st, WNOHANG) == 0)
+    if (fl_test_wait_stopped(c, 1)) kill(c, SIGCONT);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the resumed fl-server failed (see %s)", log2);
+  cr_assert_eq(fl_test_wait(c, 60), 0, "fl-client failed (see %s)", clog);
+  cr_assert_eq(fl_test_count(log2, "resuming from"), 1, "%s", log2);
+  for (int r = 1; r <= 4; r++) {
+    char *line = fl_test_metrics_line(f.metrics, r);
+    cr_assert_not_null(line, "no round %d in %s", r, f.metrics);
+    double bytes = fl_test_json_num(line, "model_bytes");
+    free(line);
+    /* round 1: three whole models; after it (round 3 from the second server) the head's
+     * 9 values in a frame of less than 64 bytes more */
+    cr_assert(r == 1 ? bytes > 3 * 65 * 4 : bytes < 3 * (9 * 4 + 64),
+              "round %d: %g model bytes (%s)", r, bytes, f.metrics);
+  }
+  fl_test_fed_free(&f);
 }
 
 /* fl-server --freeze head with int8 updates: the frozen run ends the model, so each
